@@ -1,0 +1,81 @@
+//! Accounts: each owns its Sublist, so subjects never cross accounts except through
+//! imports. `$G` is the default account when none are configured.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use canopy_subject::Sublist;
+
+use crate::conn::ConnShared;
+
+/// The global account's name.
+pub const GLOBAL_ACCOUNT: &str = "$G";
+/// The default system account's name.
+pub const SYSTEM_ACCOUNT: &str = "$SYS";
+
+/// One subscription. Identity is the allocation: two subscriptions are equal only if they
+/// are the same `Arc`.
+pub struct Subscription {
+    pub conn: Arc<ConnShared>,
+    pub subject: Bytes,
+    pub queue: Option<Bytes>,
+    pub sid: Bytes,
+    /// Auto-unsubscribe after this many messages (0 = never).
+    pub max: AtomicU64,
+    pub delivered: AtomicU64,
+}
+
+impl Subscription {
+    pub fn subject_str(&self) -> &str {
+        std::str::from_utf8(&self.subject).unwrap_or("")
+    }
+    pub fn queue_str(&self) -> Option<&str> {
+        self.queue
+            .as_ref()
+            .map(|q| std::str::from_utf8(q).unwrap_or(""))
+    }
+}
+
+/// What the Sublist stores.
+#[derive(Clone)]
+pub struct SubRef(pub Arc<Subscription>);
+
+impl PartialEq for SubRef {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl std::ops::Deref for SubRef {
+    type Target = Subscription;
+    fn deref(&self) -> &Subscription {
+        &self.0
+    }
+}
+
+pub struct Account {
+    pub name: String,
+    pub sublist: Sublist<SubRef>,
+    pub num_conns: AtomicUsize,
+    pub num_leafs: AtomicUsize,
+    pub in_msgs: AtomicU64,
+    pub out_msgs: AtomicU64,
+}
+
+impl Account {
+    pub fn new(name: &str, cache: bool) -> Arc<Self> {
+        Arc::new(Account {
+            name: name.to_string(),
+            sublist: Sublist::with_cache(cache),
+            num_conns: AtomicUsize::new(0),
+            num_leafs: AtomicUsize::new(0),
+            in_msgs: AtomicU64::new(0),
+            out_msgs: AtomicU64::new(0),
+        })
+    }
+
+    pub fn client_connections(&self) -> usize {
+        self.num_conns.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,301 @@
+//! Client authentication and permissions: user/password (plain or bcrypt), token, nkey
+//! (nonce signature), `no_auth_user`, and users bound to accounts.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use canopy_conf::{Options, Permissions};
+use canopy_proto::ClientConnect;
+use canopy_subject::{subject_is_subset_of, subject_matches};
+
+use crate::account::GLOBAL_ACCOUNT;
+
+/// Compiled allow/deny lists for one direction.
+#[derive(Debug, Clone, Default)]
+pub struct SubjectRules {
+    pub allow: Option<Vec<String>>,
+    pub deny: Vec<String>,
+}
+
+impl SubjectRules {
+    /// May a message be published to this literal subject?
+    pub fn permits_publish(&self, subject: &str) -> bool {
+        if let Some(allow) = &self.allow {
+            if !allow.iter().any(|a| subject_matches(a, subject)) {
+                return false;
+            }
+        }
+        !self.deny.iter().any(|d| subject_matches(d, subject))
+    }
+
+    /// May this subscription subject (possibly a wildcard) be subscribed to? A subject
+    /// partly covered by a deny rule is allowed; the denied part is filtered at delivery.
+    pub fn permits_subscribe(&self, subject: &str) -> bool {
+        if let Some(allow) = &self.allow {
+            if !allow.iter().any(|a| subject_is_subset_of(subject, a)) {
+                return false;
+            }
+        }
+        !self.deny.iter().any(|d| subject_is_subset_of(subject, d))
+    }
+
+    /// Is delivery of this literal subject denied (deny rules on wildcard subscriptions)?
+    pub fn denies_delivery(&self, subject: &str) -> bool {
+        self.deny.iter().any(|d| subject_matches(d, subject))
+    }
+}
+
+/// A user's permissions, compiled.
+#[derive(Debug, Clone, Default)]
+pub struct Perms {
+    pub publish: SubjectRules,
+    pub subscribe: SubjectRules,
+    /// `allow_responses`: publishing to reply subjects of received requests is allowed.
+    pub allow_responses: bool,
+}
+
+impl Perms {
+    pub fn from_config(p: &Permissions) -> Perms {
+        let rules = |sp: &Option<canopy_conf::SubjectPermission>| match sp {
+            None => SubjectRules::default(),
+            Some(sp) => SubjectRules {
+                allow: if sp.allow.is_empty() {
+                    None
+                } else {
+                    Some(sp.allow.clone())
+                },
+                deny: sp.deny.clone(),
+            },
+        };
+        Perms {
+            publish: rules(&p.publish),
+            subscribe: rules(&p.subscribe),
+            allow_responses: p.allow_responses.is_some(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct UserEntry {
+    password: Option<String>,
+    account: String,
+    perms: Option<Arc<Perms>>,
+}
+
+/// What a successful authentication yields.
+#[derive(Debug, Clone)]
+pub struct Authenticated {
+    pub user: String,
+    pub account: String,
+    pub perms: Option<Arc<Perms>>,
+}
+
+/// The server's client authentication table, rebuilt on reload.
+#[derive(Debug, Default)]
+pub struct ClientAuth {
+    users: HashMap<String, UserEntry>,
+    nkeys: HashMap<String, UserEntry>,
+    token: Option<String>,
+    no_auth_user: Option<String>,
+}
+
+fn is_bcrypt(s: &str) -> bool {
+    s.starts_with("$2a$") || s.starts_with("$2b$") || s.starts_with("$2x$") || s.starts_with("$2y$")
+}
+
+/// Compares a presented secret with a configured one (plain or bcrypt hash).
+pub fn check_password(configured: &str, presented: &str) -> bool {
+    if is_bcrypt(configured) {
+        bcrypt::verify(presented, configured).unwrap_or(false)
+    } else {
+        // Constant-time comparison of equal-length strings.
+        let (a, b) = (configured.as_bytes(), presented.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+}
+
+impl ClientAuth {
+    pub fn from_options(o: &Options) -> ClientAuth {
+        let mut a = ClientAuth {
+            token: o.authorization.token.clone(),
+            no_auth_user: o.no_auth_user.clone(),
+            ..Default::default()
+        };
+        let default_perms = o.authorization.default_permissions.as_ref();
+        if let Some(u) = &o.authorization.user {
+            a.users.insert(
+                u.clone(),
+                UserEntry {
+                    password: o.authorization.password.clone(),
+                    account: GLOBAL_ACCOUNT.to_string(),
+                    perms: default_perms.map(|p| Arc::new(Perms::from_config(p))),
+                },
+            );
+        }
+        let mut add = |u: &canopy_conf::User, account: &str, dflt: Option<&Permissions>| {
+            let perms = u
+                .permissions
+                .as_ref()
+                .or(dflt)
+                .map(|p| Arc::new(Perms::from_config(p)));
+            let entry = UserEntry {
+                password: u.password.clone(),
+                account: u.account.clone().unwrap_or_else(|| account.to_string()),
+                perms,
+            };
+            if let Some(nk) = &u.nkey {
+                a.nkeys.insert(nk.clone(), entry);
+            } else {
+                a.users.insert(u.user.clone(), entry);
+            }
+        };
+        for u in &o.authorization.users {
+            add(u, GLOBAL_ACCOUNT, default_perms);
+        }
+        for acc in &o.accounts {
+            for u in &acc.users {
+                add(
+                    u,
+                    &acc.name,
+                    acc.default_permissions.as_ref().or(default_perms),
+                );
+            }
+        }
+        a
+    }
+
+    /// True when clients must present credentials (INFO `auth_required`).
+    pub fn required(&self) -> bool {
+        !self.users.is_empty() || !self.nkeys.is_empty() || self.token.is_some()
+    }
+
+    /// True when the INFO must carry a nonce (nkey users exist).
+    pub fn needs_nonce(&self) -> bool {
+        !self.nkeys.is_empty()
+    }
+
+    /// Checks a CONNECT. `nonce` is what our INFO sent. Runs bcrypt, so call it off the
+    /// async executor when hashes are configured. `Err` carries the user name for the log.
+    pub fn authenticate(&self, c: &ClientConnect, nonce: &str) -> Result<Authenticated, String> {
+        if !self.required() {
+            return Ok(Authenticated {
+                user: String::new(),
+                account: GLOBAL_ACCOUNT.to_string(),
+                perms: None,
+            });
+        }
+        if let Some(nk) = Some(c.nkey.as_str()).filter(|s| !s.is_empty()) {
+            let entry = self.nkeys.get(nk).ok_or_else(|| nk.to_string())?;
+            let sig = c.sig.as_str();
+            if !verify_nonce_signature(nk, nonce, sig) {
+                return Err(nk.to_string());
+            }
+            return Ok(Authenticated {
+                user: nk.to_string(),
+                account: entry.account.clone(),
+                perms: entry.perms.clone(),
+            });
+        }
+        if let Some(tok) = &self.token {
+            let presented = c.auth_token.as_str();
+            if check_password(tok, presented) {
+                return Ok(Authenticated {
+                    user: String::new(),
+                    account: GLOBAL_ACCOUNT.to_string(),
+                    perms: None,
+                });
+            }
+            return Err("<token>".to_string());
+        }
+        let user = c.user.as_str();
+        if user.is_empty() && c.auth_token.is_empty() && c.nkey.is_empty() && c.jwt.is_empty() {
+            if let Some(nau) = &self.no_auth_user {
+                if let Some(e) = self.users.get(nau) {
+                    return Ok(Authenticated {
+                        user: nau.clone(),
+                        account: e.account.clone(),
+                        perms: e.perms.clone(),
+                    });
+                }
+            }
+        }
+        let entry = self.users.get(user).ok_or_else(|| user.to_string())?;
+        let presented = c.pass.as_str();
+        match &entry.password {
+            Some(p) if check_password(p, presented) => Ok(Authenticated {
+                user: user.to_string(),
+                account: entry.account.clone(),
+                perms: entry.perms.clone(),
+            }),
+            None if presented.is_empty() => Ok(Authenticated {
+                user: user.to_string(),
+                account: entry.account.clone(),
+                perms: entry.perms.clone(),
+            }),
+            _ => Err(user.to_string()),
+        }
+    }
+}
+
+/// Verifies an nkey signature over the nonce (base64url without padding, or standard
+/// base64, as nats-server accepts both).
+pub fn verify_nonce_signature(public_key: &str, nonce: &str, sig: &str) -> bool {
+    use base64::Engine as _;
+    let Ok(kp) = nkeys::KeyPair::from_public_key(public_key) else {
+        return false;
+    };
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(sig.trim_end_matches('='))
+        .or_else(|_| base64::engine::general_purpose::STANDARD.decode(sig));
+    match raw {
+        Ok(raw) => kp.verify(nonce.as_bytes(), &raw).is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// A fresh nonce for INFO (11 random bytes, base64url, like nats-server's 15-character nonce).
+pub fn new_nonce() -> String {
+    use base64::Engine as _;
+    let bytes: [u8; 11] = rand::random();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_rules() {
+        let r = SubjectRules {
+            allow: Some(vec!["foo.>".into()]),
+            deny: vec!["foo.secret".into()],
+        };
+        assert!(r.permits_publish("foo.bar"));
+        assert!(!r.permits_publish("foo.secret"));
+        assert!(!r.permits_publish("bar"));
+        assert!(r.permits_subscribe("foo.*"));
+        assert!(!r.permits_subscribe(">"));
+        assert!(r.denies_delivery("foo.secret"));
+    }
+
+    #[test]
+    fn passwords() {
+        assert!(check_password("s3cr3t", "s3cr3t"));
+        assert!(!check_password("s3cr3t", "s3cr3"));
+        let h = bcrypt::hash("pw", 4).unwrap();
+        assert!(check_password(&h, "pw"));
+        assert!(!check_password(&h, "px"));
+        assert!(!check_password("$2a$11$secrethash", "x"));
+    }
+
+    #[test]
+    fn nkey_signature() {
+        use base64::Engine as _;
+        let kp = nkeys::KeyPair::new_user();
+        let nonce = new_nonce();
+        let sig = kp.sign(nonce.as_bytes()).unwrap();
+        let s = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sig);
+        assert!(verify_nonce_signature(&kp.public_key(), &nonce, &s));
+        assert!(!verify_nonce_signature(&kp.public_key(), "other", &s));
+    }
+}

@@ -1,0 +1,583 @@
+//! The client connection role: INFO, CONNECT and authentication, PUB/HPUB routing,
+//! SUB/UNSUB bookkeeping, verbose/pedantic/echo/no_responders, limits and errors.
+//!
+//! One reader task per connection parses and routes each op in place (no channel hop);
+//! the writer task lives in [`crate::conn`].
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use canopy_proto::{ClientConnect, Op, Parser, ParserLimits, Role};
+use canopy_subject::MatchResult;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+
+use crate::account::{Account, SubRef, Subscription};
+use crate::auth::{Authenticated, Perms};
+use crate::conn::{conn_label, writer_loop, CloseReason, ConnKind, ConnShared, FlushList};
+use crate::deliver::{deliver, no_responders, Msg, Origin};
+use crate::errors;
+use crate::server::Server;
+
+/// Entries in the per-connection subject → match-result cache before it is cleared.
+const L1_CACHE_MAX: usize = 256;
+/// Entries in the per-connection publish-permission cache before it is cleared.
+const PERM_CACHE_MAX: usize = 1024;
+
+struct Client {
+    server: Arc<Server>,
+    conn: Arc<ConnShared>,
+    account: Arc<Account>,
+    perms: Option<Arc<Perms>>,
+    subs: HashMap<Bytes, SubRef>,
+    connected: bool,
+    auth_required: bool,
+    nonce: String,
+    verbose: bool,
+    pedantic: bool,
+    echo: bool,
+    no_responders: bool,
+    max_subs: usize,
+    l1: HashMap<Bytes, (u64, Arc<MatchResult<SubRef>>)>,
+    perm_cache: HashMap<Bytes, bool>,
+    flush: FlushList,
+    batch_in_msgs: u64,
+    batch_in_bytes: u64,
+    batch_out_msgs: u64,
+    batch_out_bytes: u64,
+}
+
+/// Serves one client connection until it closes.
+pub async fn serve<S>(server: Arc<Server>, stream: S, addr: SocketAddr)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let opts = server.opts();
+    let cid = server.next_cid();
+    let conn = Arc::new(ConnShared::new(
+        cid,
+        ConnKind::Client,
+        addr,
+        opts.max_pending as usize,
+    ));
+    let auth = server.client_auth();
+    let nonce = if auth.needs_nonce() {
+        crate::auth::new_nonce()
+    } else {
+        String::new()
+    };
+    let info = server.client_info(cid, addr, &nonce, auth.required());
+    conn.enqueue(|b| canopy_proto::encode_info(b, &info));
+    conn.flush_signal();
+    let (rd, wr) = tokio::io::split(stream);
+    let writer = tokio::spawn(writer_loop(conn.clone(), wr, server.liveness()));
+
+    if !server.admit_client(&conn) {
+        tracing::warn!("{} - Maximum connections exceeded", conn_label(&conn));
+        conn.error_and_close(errors::MAX_CONNECTIONS, CloseReason::MaxConnections);
+        let _ = writer.await;
+        return;
+    }
+    tracing::debug!("{} - Client connection created", conn_label(&conn));
+
+    let mut client = Client {
+        account: server.global_account(),
+        server: server.clone(),
+        conn: conn.clone(),
+        perms: None,
+        subs: HashMap::new(),
+        connected: false,
+        auth_required: auth.required(),
+        nonce,
+        verbose: false,
+        pedantic: false,
+        echo: true,
+        no_responders: false,
+        max_subs: opts.max_subscriptions as usize,
+        l1: HashMap::new(),
+        perm_cache: HashMap::new(),
+        flush: FlushList::default(),
+        batch_in_msgs: 0,
+        batch_in_bytes: 0,
+        batch_out_msgs: 0,
+        batch_out_bytes: 0,
+    };
+    let limits = ParserLimits {
+        max_control_line: opts.max_control_line as usize,
+        max_payload: opts.max_payload as usize,
+    };
+    let auth_timeout = opts.authorization.timeout.unwrap_or(Duration::from_secs(2));
+    drop(opts);
+    client
+        .read_loop(rd, Parser::new(Role::Client, limits), auth_timeout)
+        .await;
+    client.conn.close(CloseReason::ClientClosed);
+    let _ = writer.await;
+    client.cleanup();
+}
+
+impl Client {
+    async fn read_loop<R: AsyncRead + Unpin>(
+        &mut self,
+        mut rd: R,
+        mut parser: Parser,
+        auth_timeout: Duration,
+    ) {
+        let mut buf = BytesMut::with_capacity(32 * 1024);
+        let auth_deadline = tokio::time::Instant::now() + auth_timeout;
+        loop {
+            if buf.capacity() - buf.len() < 8 * 1024 {
+                buf.reserve(32 * 1024);
+            }
+            let waiting_auth = self.auth_required && !self.connected;
+            let res = tokio::select! {
+                biased;
+                _ = self.conn.cancel.cancelled() => return,
+                _ = tokio::time::sleep_until(auth_deadline), if waiting_auth => {
+                    tracing::error!("{} - Authentication Timeout", conn_label(&self.conn));
+                    self.server.stats.auth_failures.fetch_add(1, Ordering::Relaxed);
+                    self.conn.error_and_close(errors::AUTH_TIMEOUT, CloseReason::AuthTimeout);
+                    return;
+                }
+                r = rd.read_buf(&mut buf) => r,
+            };
+            match res {
+                Ok(0) => {
+                    self.conn.close(CloseReason::ClientClosed);
+                    return;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.conn.close(CloseReason::ReadError(e.to_string()));
+                    return;
+                }
+            }
+            loop {
+                match parser.next(&mut buf) {
+                    Ok(Some(op)) => {
+                        if !self.handle(op).await {
+                            self.end_batch();
+                            return;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        let text = e.client_error_text();
+                        self.server.note_proto_error(&e);
+                        tracing::error!("{} - Client parser ERROR: {e}", conn_label(&self.conn));
+                        let reason = if text == Some(errors::MAX_PAYLOAD) {
+                            CloseReason::MaxPayload
+                        } else {
+                            CloseReason::ProtocolViolation(e.to_string())
+                        };
+                        if let Some(text) = text {
+                            self.conn.send_err(text);
+                        }
+                        if e.closes_connection() {
+                            self.conn.close(reason);
+                            self.end_batch();
+                            return;
+                        }
+                    }
+                }
+            }
+            self.end_batch();
+            self.conn.touch();
+        }
+    }
+
+    /// Publishes the batch's counters and wakes every receiver once.
+    fn end_batch(&mut self) {
+        self.flush.flush();
+        let s = &self.server.stats;
+        if self.batch_in_msgs > 0 {
+            self.conn
+                .stats
+                .in_msgs
+                .fetch_add(self.batch_in_msgs, Ordering::Relaxed);
+            self.conn
+                .stats
+                .in_bytes
+                .fetch_add(self.batch_in_bytes, Ordering::Relaxed);
+            s.in_msgs.fetch_add(self.batch_in_msgs, Ordering::Relaxed);
+            s.in_bytes.fetch_add(self.batch_in_bytes, Ordering::Relaxed);
+            self.account
+                .in_msgs
+                .fetch_add(self.batch_in_msgs, Ordering::Relaxed);
+            self.batch_in_msgs = 0;
+            self.batch_in_bytes = 0;
+        }
+        if self.batch_out_msgs > 0 {
+            s.out_msgs.fetch_add(self.batch_out_msgs, Ordering::Relaxed);
+            s.out_bytes
+                .fetch_add(self.batch_out_bytes, Ordering::Relaxed);
+            self.account
+                .out_msgs
+                .fetch_add(self.batch_out_msgs, Ordering::Relaxed);
+            self.batch_out_msgs = 0;
+            self.batch_out_bytes = 0;
+        }
+    }
+
+    fn ok(&self) {
+        if self.verbose {
+            self.conn.enqueue(|b| b.extend_from_slice(b"+OK\r\n"));
+            self.conn.flush_signal();
+        }
+    }
+
+    /// Handles one op. Returns false when the connection must stop reading.
+    async fn handle(&mut self, op: Op) -> bool {
+        if !self.connected && self.auth_required && !matches!(op, Op::Connect(_)) {
+            tracing::error!(
+                "{} - Authorization Violation: operation before CONNECT",
+                conn_label(&self.conn)
+            );
+            self.server
+                .stats
+                .auth_failures
+                .fetch_add(1, Ordering::Relaxed);
+            self.conn
+                .error_and_close(errors::AUTH_VIOLATION, CloseReason::AuthViolation);
+            return false;
+        }
+        match op {
+            Op::Connect(json) => return self.on_connect(&json).await,
+            Op::Ping => {
+                self.conn.enqueue(|b| b.extend_from_slice(b"PONG\r\n"));
+                self.conn.flush_signal();
+            }
+            Op::Pong => self.conn.pong_received(),
+            Op::Pub {
+                subject,
+                reply,
+                payload,
+            } => self.on_pub(subject, reply, None, payload),
+            Op::HPub {
+                subject,
+                reply,
+                header_len,
+                payload,
+            } => self.on_pub(subject, reply, Some(header_len), payload),
+            Op::Sub {
+                subject,
+                queue,
+                sid,
+            } => self.on_sub(subject, queue, sid),
+            Op::Unsub { sid, max } => self.on_unsub(sid, max),
+            // Anything else a client may not send.
+            _ => {
+                self.conn.error_and_close(
+                    errors::UNKNOWN_OP,
+                    CloseReason::ProtocolViolation("unexpected op".into()),
+                );
+                return false;
+            }
+        }
+        !self.conn.is_closed()
+    }
+
+    async fn on_connect(&mut self, json: &[u8]) -> bool {
+        let c: ClientConnect = match serde_json::from_slice(json) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!("{} - Invalid CONNECT: {e}", conn_label(&self.conn));
+                self.conn.error_and_close(
+                    errors::UNKNOWN_OP,
+                    CloseReason::ProtocolViolation(format!("invalid CONNECT: {e}")),
+                );
+                return false;
+            }
+        };
+        if !self.connected {
+            let auth = self.server.client_auth();
+            let nonce = self.nonce.clone();
+            let c2 = c.clone();
+            let result = if auth.required() {
+                tokio::task::spawn_blocking(move || auth.authenticate(&c2, &nonce))
+                    .await
+                    .unwrap_or_else(|_| Err(String::new()))
+            } else {
+                auth.authenticate(&c2, &nonce)
+            };
+            match result {
+                Ok(a) => {
+                    if !self.bind(a) {
+                        return false;
+                    }
+                }
+                Err(user) => {
+                    tracing::error!(
+                        "{} - authentication error - User {:?}",
+                        conn_label(&self.conn),
+                        user
+                    );
+                    self.server
+                        .stats
+                        .auth_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.conn
+                        .error_and_close(errors::AUTH_VIOLATION, CloseReason::AuthViolation);
+                    return false;
+                }
+            }
+        }
+        let headers = c.headers && !self.server.opts().no_header_support;
+        if c.no_responders && !headers {
+            self.conn.error_and_close(
+                "no responders requires headers support",
+                CloseReason::ProtocolViolation("no_responders without headers".into()),
+            );
+            return false;
+        }
+        self.verbose = c.verbose;
+        self.pedantic = c.pedantic;
+        self.echo = c.echo;
+        self.no_responders = c.no_responders;
+        self.conn.headers.store(headers, Ordering::Relaxed);
+        self.conn.echo.store(c.echo, Ordering::Relaxed);
+        {
+            let mut m = self.conn.meta.lock();
+            m.name = c.name.clone();
+            m.lang = c.lang.clone();
+            m.version = c.version.clone();
+        }
+        self.ok();
+        true
+    }
+
+    /// Binds the connection to its authenticated account.
+    fn bind(&mut self, a: Authenticated) -> bool {
+        let Some(acc) = self.server.account(&a.account) else {
+            tracing::error!(
+                "{} - account {:?} of user {:?} does not exist",
+                conn_label(&self.conn),
+                a.account,
+                a.user
+            );
+            self.conn
+                .error_and_close(errors::AUTH_VIOLATION, CloseReason::AuthViolation);
+            return false;
+        };
+        acc.num_conns.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut m = self.conn.meta.lock();
+            m.user = a.user;
+            m.account = acc.name.clone();
+        }
+        self.account = acc;
+        self.perms = a.perms;
+        self.connected = true;
+        self.conn.registered.store(true, Ordering::Relaxed);
+        true
+    }
+
+    fn may_publish(&mut self, subject: &Bytes) -> bool {
+        let Some(perms) = &self.perms else {
+            return true;
+        };
+        if let Some(&ok) = self.perm_cache.get(subject) {
+            return ok;
+        }
+        let ok = std::str::from_utf8(subject)
+            .map(|s| perms.publish.permits_publish(s))
+            .unwrap_or(false);
+        if self.perm_cache.len() >= PERM_CACHE_MAX {
+            self.perm_cache.clear();
+        }
+        self.perm_cache.insert(subject.clone(), ok);
+        ok
+    }
+
+    fn lookup(&mut self, subject: &Bytes, subject_str: &str) -> Arc<MatchResult<SubRef>> {
+        if let Some((g, r)) = self.l1.get(subject) {
+            if *g == self.account.sublist.generation() {
+                return r.clone();
+            }
+        }
+        let (r, generation) = self.account.sublist.match_with_generation(subject_str);
+        if self.l1.len() >= L1_CACHE_MAX {
+            self.l1.clear();
+        }
+        self.l1.insert(subject.clone(), (generation, r.clone()));
+        r
+    }
+
+    fn on_pub(
+        &mut self,
+        subject: Bytes,
+        reply: Option<Bytes>,
+        hdr_len: Option<usize>,
+        payload: Bytes,
+    ) {
+        self.batch_in_msgs += 1;
+        self.batch_in_bytes += payload.len() as u64;
+        let Ok(subject_str) = std::str::from_utf8(&subject) else {
+            self.conn.send_err(errors::INVALID_PUB_SUBJECT);
+            return;
+        };
+        // Pedantic clients are told about a bad subject; like nats-server, the message
+        // still goes out.
+        if self.pedantic && !canopy_subject::is_valid_pedantic_publish(subject_str) {
+            self.conn.send_err(errors::INVALID_PUB_SUBJECT);
+        }
+        if !self.may_publish(&subject) {
+            tracing::error!(
+                "{} - Publish Violation - User {:?}, Subject {:?}",
+                conn_label(&self.conn),
+                self.conn.meta.lock().user,
+                subject_str
+            );
+            self.server
+                .stats
+                .permission_denials
+                .fetch_add(1, Ordering::Relaxed);
+            self.conn
+                .send_err(&errors::pub_permission_violation(subject_str));
+            return;
+        }
+        let result = self.lookup(&subject, subject_str);
+        let msg = Msg {
+            subject: &subject,
+            reply: reply.as_deref(),
+            hdr_len,
+            payload: &payload,
+        };
+        let origin = Origin {
+            cid: self.conn.cid,
+            echo: self.echo,
+        };
+        let d = deliver(&self.account, &result, &msg, &origin, &mut self.flush);
+        self.batch_out_msgs += d.msgs;
+        self.batch_out_bytes += d.bytes;
+        if d.msgs == 0 && self.no_responders {
+            if let Some(r) = &reply {
+                no_responders(&self.account, r, self.conn.cid, &mut self.flush);
+            }
+        }
+        self.ok();
+    }
+
+    fn on_sub(&mut self, subject: Bytes, queue: Option<Bytes>, sid: Bytes) {
+        let Ok(subject_str) = std::str::from_utf8(&subject) else {
+            self.conn.send_err(errors::INVALID_SUBJECT);
+            return;
+        };
+        if !canopy_subject::is_well_formed(subject_str) {
+            self.conn.send_err(errors::INVALID_SUBJECT);
+            return;
+        }
+        let queue_str = match &queue {
+            None => None,
+            Some(q) => match std::str::from_utf8(q) {
+                Ok(q) if canopy_subject::is_valid_queue_name(q) => Some(q),
+                _ => {
+                    self.conn.send_err(errors::INVALID_SUBJECT);
+                    return;
+                }
+            },
+        };
+        if let Some(perms) = &self.perms {
+            if !perms.subscribe.permits_subscribe(subject_str) {
+                tracing::error!(
+                    "{} - Subscription Violation - User {:?}, Subject {:?}",
+                    conn_label(&self.conn),
+                    self.conn.meta.lock().user,
+                    subject_str
+                );
+                self.server
+                    .stats
+                    .permission_denials
+                    .fetch_add(1, Ordering::Relaxed);
+                self.conn
+                    .send_err(&errors::sub_permission_violation(subject_str, queue_str));
+                return;
+            }
+        }
+        if self.subs.contains_key(&sid) {
+            // nats-server ignores a SUB that reuses a live sid.
+            self.ok();
+            return;
+        }
+        if self.max_subs > 0 && self.subs.len() >= self.max_subs {
+            // Drop subscriptions that hit their auto-unsubscribe limit before refusing.
+            self.subs.retain(|_, s| {
+                s.max.load(Ordering::Relaxed) == 0
+                    || s.delivered.load(Ordering::Relaxed) < s.max.load(Ordering::Relaxed)
+            });
+            if self.subs.len() >= self.max_subs {
+                tracing::error!(
+                    "{} - Maximum Subscriptions Exceeded (max {})",
+                    conn_label(&self.conn),
+                    self.max_subs
+                );
+                self.conn.send_err(errors::MAX_SUBSCRIPTIONS);
+                return;
+            }
+        }
+        let sub = SubRef(Arc::new(Subscription {
+            conn: self.conn.clone(),
+            subject: subject.clone(),
+            queue: queue.clone(),
+            sid: sid.clone(),
+            max: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
+        }));
+        if let Err(e) = self
+            .account
+            .sublist
+            .insert(subject_str, queue_str, sub.clone())
+        {
+            tracing::error!("{} - subscription refused: {e}", conn_label(&self.conn));
+            self.conn.send_err(errors::INVALID_SUBJECT);
+            return;
+        }
+        self.subs.insert(sid, sub);
+        self.conn.num_subs.fetch_add(1, Ordering::Relaxed);
+        self.ok();
+    }
+
+    fn on_unsub(&mut self, sid: Bytes, max: Option<u64>) {
+        if let Some(sub) = self.subs.get(&sid).cloned() {
+            match max {
+                Some(m) if m > 0 && sub.delivered.load(Ordering::Relaxed) < m => {
+                    sub.max.store(m, Ordering::Relaxed);
+                    // A message may have been counted between the check and the store.
+                    if sub.delivered.load(Ordering::Relaxed) >= m {
+                        self.remove_sub(&sid);
+                    }
+                }
+                _ => self.remove_sub(&sid),
+            }
+        }
+        self.ok();
+    }
+
+    fn remove_sub(&mut self, sid: &Bytes) {
+        if let Some(sub) = self.subs.remove(sid) {
+            if self
+                .account
+                .sublist
+                .remove(sub.subject_str(), sub.queue_str(), &sub)
+            {
+                self.conn.num_subs.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn cleanup(&mut self) {
+        for (_, sub) in self.subs.drain() {
+            self.account
+                .sublist
+                .remove(sub.subject_str(), sub.queue_str(), &sub);
+        }
+        self.conn.num_subs.store(0, Ordering::Relaxed);
+        if self.connected {
+            self.account.num_conns.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.server.remove_conn(&self.conn);
+    }
+}

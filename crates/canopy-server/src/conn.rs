@@ -1,0 +1,344 @@
+//! What every connection kind shares: the outbound buffer that other readers append into,
+//! the writer task that drains it, liveness (PING/PONG), counters and closing.
+//!
+//! Delivery never blocks the publisher: a reader appends an encoded message into the
+//! receiver's buffer under a short lock and remembers the receiver; after its read batch it
+//! wakes each receiver's writer once. The writer swaps the whole buffer out and writes it
+//! with one syscall where the kernel allows.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::BytesMut;
+use parking_lot::Mutex;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// The kinds of connection, as `/connz` and `/varz` count them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnKind {
+    Client,
+    Route,
+    Leaf,
+}
+
+/// Why a connection closed (`/connz?state=closed` `reason`, and the log line).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    ClientClosed,
+    ReadError(String),
+    WriteError(String),
+    SlowConsumerPendingBytes,
+    SlowConsumerWriteDeadline,
+    StaleConnection,
+    ProtocolViolation(String),
+    AuthViolation,
+    AuthTimeout,
+    MaxPayload,
+    MaxConnections,
+    ServerShutdown,
+    LameDuck,
+    Other(String),
+}
+
+impl std::fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CloseReason::ClientClosed => f.write_str("Client Closed"),
+            CloseReason::ReadError(e) => write!(f, "Read Error: {e}"),
+            CloseReason::WriteError(e) => write!(f, "Write Error: {e}"),
+            CloseReason::SlowConsumerPendingBytes => f.write_str("Slow Consumer (Pending Bytes)"),
+            CloseReason::SlowConsumerWriteDeadline => f.write_str("Slow Consumer (Write Deadline)"),
+            CloseReason::StaleConnection => f.write_str("Stale Connection"),
+            CloseReason::ProtocolViolation(e) => write!(f, "Protocol Violation: {e}"),
+            CloseReason::AuthViolation => f.write_str("Authentication Failure"),
+            CloseReason::AuthTimeout => f.write_str("Authentication Timeout"),
+            CloseReason::MaxPayload => f.write_str("Maximum Payload Exceeded"),
+            CloseReason::MaxConnections => f.write_str("Maximum Connections Exceeded"),
+            CloseReason::ServerShutdown => f.write_str("Server Shutdown"),
+            CloseReason::LameDuck => f.write_str("Lame Duck Mode"),
+            CloseReason::Other(e) => f.write_str(e),
+        }
+    }
+}
+
+/// Per-connection counters, read by monitoring.
+#[derive(Debug, Default)]
+pub struct ConnStats {
+    pub in_msgs: AtomicU64,
+    pub in_bytes: AtomicU64,
+    pub out_msgs: AtomicU64,
+    pub out_bytes: AtomicU64,
+}
+
+/// Descriptive fields filled in after CONNECT (for `/connz` and logs).
+#[derive(Debug, Default, Clone)]
+pub struct ConnMeta {
+    pub name: String,
+    pub lang: String,
+    pub version: String,
+    pub user: String,
+    pub account: String,
+    pub tls_version: String,
+}
+
+struct Out {
+    buf: BytesMut,
+    closed: bool,
+}
+
+/// The part of a connection other tasks can see and deliver into.
+pub struct ConnShared {
+    pub cid: u64,
+    pub kind: ConnKind,
+    pub addr: SocketAddr,
+    pub start: SystemTime,
+    out: Mutex<Out>,
+    wake: Notify,
+    /// Cancelled when the connection is closing; reader and writer both watch it.
+    pub cancel: CancellationToken,
+    close_reason: Mutex<Option<CloseReason>>,
+    pub stats: ConnStats,
+    pub meta: Mutex<ConnMeta>,
+    /// Receiver capabilities other readers need when encoding for us.
+    pub headers: AtomicBool,
+    pub echo: AtomicBool,
+    /// Outstanding server PINGs without a PONG.
+    pub pings_out: AtomicU32,
+    /// Round-trip time of the last server PING, in nanoseconds (0 = unknown).
+    pub rtt_ns: AtomicU64,
+    ping_sent_at: Mutex<Option<Instant>>,
+    pub last_activity: Mutex<SystemTime>,
+    pub num_subs: AtomicUsize,
+    max_pending: usize,
+    /// Set once the connection finished its handshake (CONNECT accepted).
+    pub registered: AtomicBool,
+}
+
+impl ConnShared {
+    pub fn new(cid: u64, kind: ConnKind, addr: SocketAddr, max_pending: usize) -> Self {
+        let now = SystemTime::now();
+        ConnShared {
+            cid,
+            kind,
+            addr,
+            start: now,
+            out: Mutex::new(Out {
+                buf: BytesMut::with_capacity(4096),
+                closed: false,
+            }),
+            wake: Notify::new(),
+            cancel: CancellationToken::new(),
+            close_reason: Mutex::new(None),
+            stats: ConnStats::default(),
+            meta: Mutex::new(ConnMeta::default()),
+            headers: AtomicBool::new(false),
+            echo: AtomicBool::new(true),
+            pings_out: AtomicU32::new(0),
+            rtt_ns: AtomicU64::new(0),
+            ping_sent_at: Mutex::new(None),
+            last_activity: Mutex::new(now),
+            num_subs: AtomicUsize::new(0),
+            max_pending,
+            registered: AtomicBool::new(false),
+        }
+    }
+
+    /// Appends bytes produced by `f` to the outbound buffer. Returns false when the
+    /// connection is closed (nothing appended) or just became a slow consumer.
+    /// The caller must call [`ConnShared::flush_signal`] (directly or through a
+    /// [`FlushList`]) once its batch is done.
+    #[inline]
+    pub fn enqueue(&self, f: impl FnOnce(&mut BytesMut)) -> bool {
+        let over = {
+            let mut out = self.out.lock();
+            if out.closed {
+                return false;
+            }
+            f(&mut out.buf);
+            out.buf.len() > self.max_pending && self.kind == ConnKind::Client
+        };
+        if over {
+            self.close(CloseReason::SlowConsumerPendingBytes);
+            return false;
+        }
+        true
+    }
+
+    /// Wakes the writer.
+    #[inline]
+    pub fn flush_signal(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Bytes waiting to be written (`/connz` `pending_bytes`).
+    pub fn pending_bytes(&self) -> usize {
+        self.out.lock().buf.len()
+    }
+
+    /// Starts closing: records the first reason, stops accepting output and wakes both
+    /// tasks. What is already buffered (an `-ERR`, say) is still written.
+    pub fn close(&self, reason: CloseReason) {
+        {
+            let mut r = self.close_reason.lock();
+            if r.is_some() {
+                return;
+            }
+            *r = Some(reason);
+        }
+        self.out.lock().closed = true;
+        self.cancel.cancel();
+        self.wake.notify_one();
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.close_reason.lock().clone()
+    }
+
+    /// Sends `-ERR 'text'` and closes.
+    pub fn error_and_close(&self, text: &str, reason: CloseReason) {
+        self.send_err(text);
+        self.close(reason);
+    }
+
+    /// Sends `-ERR 'text'` (the connection stays open).
+    pub fn send_err(&self, text: &str) {
+        self.enqueue(|b| canopy_proto::encode_err(b, text));
+        self.flush_signal();
+    }
+
+    /// Records activity (for `/connz` `last_activity` and idle).
+    pub fn touch(&self) {
+        *self.last_activity.lock() = SystemTime::now();
+    }
+
+    /// Called when a PONG arrives.
+    pub fn pong_received(&self) {
+        self.pings_out.store(0, Ordering::Relaxed);
+        if let Some(at) = self.ping_sent_at.lock().take() {
+            self.rtt_ns
+                .store(at.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Sends a PING to measure the round trip (`rtt` in monitoring).
+    pub fn send_ping(&self) {
+        *self.ping_sent_at.lock() = Some(Instant::now());
+        self.enqueue(|b| b.extend_from_slice(b"PING\r\n"));
+        self.flush_signal();
+    }
+
+    fn take_into(&self, mine: &mut BytesMut) {
+        let mut out = self.out.lock();
+        std::mem::swap(&mut out.buf, mine);
+    }
+}
+
+/// The receivers a reader delivered to during one read batch; each is woken once.
+#[derive(Default)]
+pub struct FlushList {
+    conns: Vec<Arc<ConnShared>>,
+}
+
+impl FlushList {
+    #[inline]
+    pub fn add(&mut self, c: &Arc<ConnShared>) {
+        // Small lists: a linear scan beats hashing for the usual handful of receivers.
+        if !self.conns.iter().any(|x| Arc::ptr_eq(x, c)) {
+            self.conns.push(c.clone());
+        }
+    }
+    pub fn flush(&mut self) {
+        for c in self.conns.drain(..) {
+            c.flush_signal();
+        }
+    }
+}
+
+/// Liveness settings for the writer's ping timer.
+#[derive(Clone, Copy, Debug)]
+pub struct Liveness {
+    pub ping_interval: Duration,
+    pub ping_max: u32,
+    pub write_deadline: Duration,
+}
+
+/// Drains the outbound buffer to the socket until the connection closes, sending PINGs on
+/// the interval and closing stale connections. Returns after the final flush.
+pub async fn writer_loop<W: AsyncWrite + Unpin>(conn: Arc<ConnShared>, mut wr: W, live: Liveness) {
+    let mut mine = BytesMut::with_capacity(4096);
+    let start = tokio::time::Instant::now() + live.ping_interval;
+    let mut ticker = tokio::time::interval_at(start, live.ping_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let closing = tokio::select! {
+            biased;
+            _ = conn.cancel.cancelled() => true,
+            _ = conn.wake.notified() => false,
+            _ = ticker.tick() => {
+                if conn.pings_out.load(Ordering::Relaxed) + 1 > live.ping_max {
+                    tracing::debug!("{} - Stale Client Connection - Closing", conn_label(&conn));
+                    conn.error_and_close(crate::errors::STALE_CONNECTION, CloseReason::StaleConnection);
+                    true
+                } else {
+                    conn.pings_out.fetch_add(1, Ordering::Relaxed);
+                    conn.send_ping();
+                    false
+                }
+            }
+        };
+        conn.take_into(&mut mine);
+        if !mine.is_empty() {
+            let n = mine.len();
+            let deadline = if closing {
+                live.write_deadline.min(Duration::from_secs(2))
+            } else {
+                live.write_deadline
+            };
+            match tokio::time::timeout(deadline, wr.write_all(&mine)).await {
+                Ok(Ok(())) => {
+                    conn.stats.out_bytes.fetch_add(n as u64, Ordering::Relaxed);
+                }
+                Ok(Err(e)) => {
+                    conn.close(CloseReason::WriteError(e.to_string()));
+                    break;
+                }
+                Err(_) => {
+                    conn.close(CloseReason::SlowConsumerWriteDeadline);
+                    break;
+                }
+            }
+            mine.clear();
+            // Give memory back after a burst.
+            if mine.capacity() > 1 << 20 {
+                mine = BytesMut::with_capacity(4096);
+            }
+        }
+        if closing {
+            // Take what was queued between the swap and now (e.g. a final -ERR).
+            conn.take_into(&mut mine);
+            if !mine.is_empty() {
+                let _ = tokio::time::timeout(Duration::from_secs(1), wr.write_all(&mine)).await;
+            }
+            break;
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), wr.shutdown()).await;
+}
+
+/// `ip:port - cid:N` as nats-server prefixes its connection log lines.
+pub fn conn_label(c: &ConnShared) -> String {
+    let k = match c.kind {
+        ConnKind::Client => "cid",
+        ConnKind::Route => "rid",
+        ConnKind::Leaf => "lid",
+    };
+    format!("{} - {}:{}", c.addr, k, c.cid)
+}

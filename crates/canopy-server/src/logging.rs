@@ -1,0 +1,189 @@
+//! Logging in nats-server's shape: `[pid] 2026/11/26 23:23:26.577764 [INF] message`.
+//!
+//! A `tracing` layer formats every event; `debug`/`trace`/`logtime` live in atomics so a
+//! config reload (SIGHUP) can change them without rebuilding the subscriber.
+
+use std::fmt::Write as _;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use parking_lot::Mutex;
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::layer::{Context, Layer};
+use tracing_subscriber::prelude::*;
+
+/// The switches a reload may change.
+#[derive(Debug, Default)]
+pub struct LogSettings {
+    pub debug: AtomicBool,
+    pub trace: AtomicBool,
+    pub logtime: AtomicBool,
+    pub logtime_utc: AtomicBool,
+}
+
+enum Sink {
+    Stderr,
+    File { path: PathBuf, file: File },
+}
+
+struct NatsLayer {
+    settings: Arc<LogSettings>,
+    sink: Arc<Mutex<Sink>>,
+    pid: u32,
+}
+
+static GLOBAL: OnceLock<(Arc<LogSettings>, Arc<Mutex<Sink>>)> = OnceLock::new();
+
+/// Installs the global logger. Later calls only update the settings (tests may start
+/// several servers in one process).
+pub fn init(
+    debug: bool,
+    trace: bool,
+    logtime: bool,
+    utc: bool,
+    log_file: Option<&Path>,
+) -> std::io::Result<()> {
+    let sink = match log_file {
+        Some(p) => Sink::File {
+            path: p.to_path_buf(),
+            file: OpenOptions::new().create(true).append(true).open(p)?,
+        },
+        None => Sink::Stderr,
+    };
+    if let Some((s, k)) = GLOBAL.get() {
+        apply(s, debug, trace, logtime, utc);
+        *k.lock() = sink;
+        return Ok(());
+    }
+    let settings = Arc::new(LogSettings::default());
+    apply(&settings, debug, trace, logtime, utc);
+    let sink = Arc::new(Mutex::new(sink));
+    let _ = GLOBAL.set((settings.clone(), sink.clone()));
+    let layer = NatsLayer {
+        settings,
+        sink,
+        pid: std::process::id(),
+    };
+    let _ = tracing_subscriber::registry().with(layer).try_init();
+    Ok(())
+}
+
+/// Changes the level switches (config reload).
+pub fn update(debug: bool, trace: bool, logtime: bool, utc: bool) {
+    if let Some((s, _)) = GLOBAL.get() {
+        apply(s, debug, trace, logtime, utc);
+    }
+}
+
+/// Reopens the log file (SIGUSR1, for log rotation).
+pub fn reopen() {
+    if let Some((_, sink)) = GLOBAL.get() {
+        let mut g = sink.lock();
+        if let Sink::File { path, .. } = &*g {
+            if let Ok(f) = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path.clone())
+            {
+                let path = path.clone();
+                *g = Sink::File { path, file: f };
+            }
+        }
+    }
+}
+
+fn apply(s: &LogSettings, debug: bool, trace: bool, logtime: bool, utc: bool) {
+    s.debug.store(debug, Ordering::Relaxed);
+    s.trace.store(trace, Ordering::Relaxed);
+    s.logtime.store(logtime, Ordering::Relaxed);
+    s.logtime_utc.store(utc, Ordering::Relaxed);
+}
+
+/// True when trace logging is on: the hot path checks this before formatting protocol traces.
+pub fn trace_enabled() -> bool {
+    GLOBAL
+        .get()
+        .map(|(s, _)| s.trace.load(Ordering::Relaxed))
+        .unwrap_or(false)
+}
+
+struct MsgVisitor(String);
+
+impl Visit for MsgVisitor {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.0.push_str(value);
+        } else {
+            let _ = write!(self.0, " {}={}", field.name(), value);
+        }
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            let _ = write!(self.0, "{value:?}");
+        } else {
+            let _ = write!(self.0, " {}={:?}", field.name(), value);
+        }
+    }
+}
+
+impl<S: Subscriber> Layer<S> for NatsLayer {
+    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+        let level = *event.metadata().level();
+        let tag = match level {
+            Level::ERROR => "[ERR]",
+            Level::WARN => "[WRN]",
+            Level::INFO => "[INF]",
+            Level::DEBUG => {
+                if !self.settings.debug.load(Ordering::Relaxed) {
+                    return;
+                }
+                "[DBG]"
+            }
+            Level::TRACE => {
+                if !self.settings.trace.load(Ordering::Relaxed) {
+                    return;
+                }
+                "[TRC]"
+            }
+        };
+        // Only our own crates log below INFO; dependencies stay quiet.
+        if level > Level::INFO && !event.metadata().target().starts_with("canopy") {
+            return;
+        }
+        let mut v = MsgVisitor(String::new());
+        event.record(&mut v);
+        let mut line = format!("[{}] ", self.pid);
+        if self.settings.logtime.load(Ordering::Relaxed) {
+            if self.settings.logtime_utc.load(Ordering::Relaxed) {
+                let _ = write!(
+                    line,
+                    "{} ",
+                    chrono::Utc::now().format("%Y/%m/%d %H:%M:%S%.6f")
+                );
+            } else {
+                let _ = write!(
+                    line,
+                    "{} ",
+                    chrono::Local::now().format("%Y/%m/%d %H:%M:%S%.6f")
+                );
+            }
+        }
+        line.push_str(tag);
+        line.push(' ');
+        line.push_str(&v.0);
+        line.push('\n');
+        let mut sink = self.sink.lock();
+        match &mut *sink {
+            Sink::Stderr => {
+                let _ = std::io::stderr().write_all(line.as_bytes());
+            }
+            Sink::File { file, .. } => {
+                let _ = file.write_all(line.as_bytes());
+            }
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! The `canopy-server` binary.
+
+fn main() {
+    std::process::exit(canopy_server::run::main());
+}

@@ -1,0 +1,348 @@
+//! The process: flags, configuration, `-t`, `--signal`, logging, listeners, the ports and
+//! pid files, and the signal loop (SIGINT/SIGTERM stop, SIGHUP reload, SIGUSR1 reopen
+//! logs, SIGUSR2 lame duck).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use canopy_conf::{Options, Pos};
+use tokio::net::TcpListener;
+
+use crate::flags::{self, Flags};
+use crate::server::Server;
+use crate::version;
+
+fn prog_name() -> String {
+    std::env::args()
+        .next()
+        .map(|a| {
+            Path::new(&a)
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or(a)
+        })
+        .unwrap_or_else(|| "canopy-server".into())
+}
+
+fn flag_pos() -> Pos {
+    Pos::new("<command line>".into(), 0, 0)
+}
+
+/// Loads the config file named by the flags (or defaults) and applies the flags on top.
+pub fn load_options(f: &Flags) -> Result<Options, Vec<String>> {
+    let mut o = match f.get("config") {
+        Some(path) => canopy_conf::load_file(Path::new(path))
+            .map_err(|e| e.iter().map(|e| e.to_string()).collect::<Vec<_>>())?,
+        None => Options::default(),
+    };
+    apply_flags(&mut o, f).map_err(|e| vec![e])?;
+    o.validate()
+        .map_err(|e| e.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
+    Ok(o)
+}
+
+fn parse_num<T: std::str::FromStr>(flag: &str, v: &str) -> Result<T, String> {
+    v.parse()
+        .map_err(|_| format!("invalid value \"{v}\" for flag -{flag}"))
+}
+
+/// Command-line flags override the file, as with nats-server.
+pub fn apply_flags(o: &mut Options, f: &Flags) -> Result<(), String> {
+    for (k, v) in &f.values {
+        let v = v.as_str();
+        let on = v == "true";
+        match *k {
+            "addr" => o.host = v.to_string(),
+            "port" => o.port = parse_num(k, v)?,
+            "name" => o.server_name = Some(v.to_string()),
+            "pid" => o.pid_file = Some(PathBuf::from(v)),
+            "http_port" => o.http_port = Some(parse_num(k, v)?),
+            "https_port" => o.https_port = Some(parse_num(k, v)?),
+            "client_advertise" => o.client_advertise = Some(v.to_string()),
+            "ports_file_dir" => o.ports_file_dir = Some(PathBuf::from(v)),
+            "log" => o.log_file = Some(PathBuf::from(v)),
+            "logtime" => o.logtime = on,
+            "logtime_utc" => o.logtime_utc = on,
+            "syslog" => o.syslog = on,
+            "remote_syslog" => o.remote_syslog = Some(v.to_string()),
+            "debug" => o.debug = on,
+            "trace" => o.trace = on,
+            "trace_verbose" => o.trace_verbose = on,
+            "log_size_limit" => o.log_size_limit = parse_num(k, v)?,
+            "max_traced_msg_len" => o.max_traced_msg_len = parse_num(k, v)?,
+            "jetstream" => {
+                let js = o
+                    .jetstream
+                    .get_or_insert_with(|| canopy_conf::JetStreamOpts {
+                        pos: flag_pos(),
+                        ..Default::default()
+                    });
+                js.enabled = on;
+            }
+            "store_dir" => {
+                // Client test harnesses pass -sd on every start, with or without JetStream:
+                // recording the directory is harmless until JetStream is enabled.
+                if let Some(js) = o.jetstream.as_mut() {
+                    js.store_dir = Some(PathBuf::from(v));
+                } else {
+                    let mut js = canopy_conf::JetStreamOpts {
+                        pos: flag_pos(),
+                        ..Default::default()
+                    };
+                    js.enabled = false;
+                    js.store_dir = Some(PathBuf::from(v));
+                    o.jetstream = Some(js);
+                }
+            }
+            "user" => o.authorization.user = Some(v.to_string()),
+            "pass" => o.authorization.password = Some(v.to_string()),
+            "auth" => o.authorization.token = Some(v.to_string()),
+            "tls" | "tlsverify" | "tlscert" | "tlskey" | "tlscacert" => {
+                let t = o.tls.get_or_insert_with(|| canopy_conf::TlsConfig {
+                    pos: flag_pos(),
+                    ..Default::default()
+                });
+                match *k {
+                    "tlsverify" => t.verify = on,
+                    "tlscert" => t.cert_file = Some(PathBuf::from(v)),
+                    "tlskey" => t.key_file = Some(PathBuf::from(v)),
+                    "tlscacert" => t.ca_file = Some(PathBuf::from(v)),
+                    _ => {}
+                }
+            }
+            "routes" | "cluster" | "cluster_name" | "cluster_advertise" | "no_advertise"
+            | "connect_retries" => {
+                let c = o
+                    .cluster
+                    .get_or_insert_with(|| canopy_conf::ClusterOpts::new(flag_pos()));
+                match *k {
+                    "routes" => {
+                        c.routes = v
+                            .split(',')
+                            .map(|s| s.trim().to_string())
+                            .filter(|s| !s.is_empty())
+                            .collect()
+                    }
+                    "cluster" => {
+                        let hp = v
+                            .split_once("://")
+                            .map(|(_, r)| r)
+                            .unwrap_or(v)
+                            .rsplit('@')
+                            .next()
+                            .unwrap_or(v);
+                        let (h, p) = hp
+                            .rsplit_once(':')
+                            .ok_or_else(|| format!("invalid cluster url \"{v}\""))?;
+                        c.host = h.to_string();
+                        c.port = parse_num(k, p)?;
+                        c.listen = Some(hp.to_string());
+                    }
+                    "cluster_name" => c.name = Some(v.to_string()),
+                    "cluster_advertise" => c.advertise = Some(v.to_string()),
+                    "no_advertise" => c.no_advertise = on,
+                    "connect_retries" => c.connect_retries = parse_num(k, v)?,
+                    _ => {}
+                }
+            }
+            "profile" => return Err("--profile is not supported by canopy-server".into()),
+            _ => {}
+        }
+    }
+    if !f.rest.is_empty() {
+        return Err(format!("unexpected arguments: {}", f.rest.join(" ")));
+    }
+    Ok(())
+}
+
+const TLS_HELP: &str = "\
+TLS Options:
+    --tls                        Enable TLS, do not verify clients (default: false)
+    --tlscert <file>             Server certificate file
+    --tlskey <file>              Private key for server certificate
+    --tlsverify                  Enable TLS, verify client certificates
+    --tlscacert <file>           Client certificate CA for verification
+
+TLS lands with Canopy's security work; until then these flags are refused at start.
+";
+
+/// The `canopy-server` entry point. Returns the process exit code.
+pub fn main() -> i32 {
+    let prog = prog_name();
+    let f = match flags::parse(std::env::args().skip(1)) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("{e}\n{}", flags::USAGE);
+            return 1;
+        }
+    };
+    if f.bool("help") == Some(true) {
+        print!("{}", flags::USAGE);
+        return 0;
+    }
+    if f.bool("help_tls") == Some(true) {
+        print!("{TLS_HELP}");
+        return 0;
+    }
+    if f.bool("version") == Some(true) {
+        println!("{prog}: v{}", version::NATS_COMPAT_VERSION);
+        println!("canopy v{}", version::CANOPY_VERSION);
+        return 0;
+    }
+    if let Some(sig) = f.get("signal") {
+        return match crate::signal::send(sig, f.get("pid")) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("{prog}: {e}");
+                1
+            }
+        };
+    }
+    let opts = match load_options(&f) {
+        Ok(o) => o,
+        Err(errs) => {
+            for e in errs {
+                eprintln!("{prog}: {e}");
+            }
+            return 1;
+        }
+    };
+    let warnings = opts.warnings();
+    if f.bool("test_config") == Some(true) {
+        for w in &warnings {
+            println!("{prog}: warning: {w}");
+        }
+        for (pos, what) in opts.extensions_used() {
+            println!("{prog}: {pos}: Canopy extension: {what}");
+        }
+        for (pos, what) in opts.unsupported() {
+            println!("{prog}: {pos}: note: {what}; the server refuses to start with it");
+        }
+        match f.get("config") {
+            Some(c) => println!("{prog}: configuration file {c} is valid"),
+            None => println!("{prog}: configuration is valid"),
+        }
+        return 0;
+    }
+    let unsupported = opts.unsupported();
+    if !unsupported.is_empty() {
+        for (pos, what) in unsupported {
+            eprintln!("{prog}: {pos}: {what} (not implemented yet)");
+        }
+        return 1;
+    }
+    if let Err(e) = crate::logging::init(
+        opts.debug,
+        opts.trace,
+        opts.logtime,
+        opts.logtime_utc,
+        opts.log_file.as_deref(),
+    ) {
+        eprintln!("{prog}: cannot open log file: {e}");
+        return 1;
+    }
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{prog}: cannot start runtime: {e}");
+            return 1;
+        }
+    };
+    match rt.block_on(run_server(opts, f, prog)) {
+        Ok(()) => 0,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("[FTL] {e:#}");
+            1
+        }
+    }
+}
+
+async fn bind(host: &str, port: i32) -> anyhow::Result<TcpListener> {
+    let port = if port < 0 { 0 } else { port as u16 };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let l = TcpListener::bind((host, port))
+        .await
+        .map_err(|e| anyhow::anyhow!("Error listening on {host}:{port}: {e}"))?;
+    Ok(l)
+}
+
+fn fmt_hostport(a: &SocketAddr) -> String {
+    a.to_string()
+}
+
+/// Starts the server and serves until a stop signal.
+pub async fn run_server(opts: Options, f: Flags, prog: String) -> anyhow::Result<()> {
+    let server = Server::new(opts.clone());
+    tracing::info!("Starting nats-server");
+    tracing::info!("  Version:  {}", version::NATS_COMPAT_VERSION);
+    tracing::info!("  Canopy:   {}", version::CANOPY_VERSION);
+    tracing::info!("  Git:      [not set]");
+    tracing::info!("  Name:     {}", server.name);
+    tracing::info!("  ID:       {}", server.id);
+    if let Some(c) = &opts.config_file {
+        tracing::info!("Using configuration file: {}", c.display());
+    }
+    let mut monitoring_urls = Vec::new();
+    if let Some(hp) = opts.http_port {
+        let host = opts.http_host.clone().unwrap_or_else(|| opts.host.clone());
+        let l = bind(&host, hp).await?;
+        let addr = l.local_addr()?;
+        *server.http_addr.lock() = Some(addr);
+        tracing::info!("Starting http monitor on {}", fmt_hostport(&addr));
+        monitoring_urls.push(format!("http://{}", fmt_hostport(&addr)));
+        tokio::spawn(crate::monitor::serve(server.clone(), l));
+    }
+    let listener = bind(&opts.host, opts.port).await?;
+    let addr = listener.local_addr()?;
+    *server.client_addr.lock() = Some(addr);
+    tracing::info!(
+        "Listening for client connections on {}:{}",
+        opts.host,
+        addr.port()
+    );
+    tokio::spawn(server.clone().accept_clients(listener));
+
+    let pid = std::process::id();
+    if let Some(p) = &opts.pid_file {
+        std::fs::write(p, pid.to_string())
+            .map_err(|e| anyhow::anyhow!("Could not write pidfile {}: {e}", p.display()))?;
+    }
+    let mut ports_file = None;
+    if let Some(dir) = &opts.ports_file_dir {
+        let host = if opts.host == "0.0.0.0" || opts.host == "::" {
+            "127.0.0.1".to_string()
+        } else {
+            opts.host.clone()
+        };
+        let ports = serde_json::json!({
+            "nats": [format!("nats://{host}:{}", addr.port())],
+            "monitoring": monitoring_urls,
+        });
+        let path = dir.join(format!("{prog}_{pid}.ports"));
+        std::fs::write(&path, ports.to_string())
+            .map_err(|e| anyhow::anyhow!("Error writing ports file {}: {e}", path.display()))?;
+        ports_file = Some(path);
+    }
+    tracing::info!("Server is ready");
+
+    crate::signal::wait(server.clone(), f).await;
+    tracing::info!("Initiating Shutdown...");
+    server.shutdown_now();
+    // Give writers a moment to flush their last bytes.
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    if let Some(p) = ports_file {
+        let _ = std::fs::remove_file(p);
+    }
+    if let Some(p) = &opts.pid_file {
+        let _ = std::fs::remove_file(p);
+    }
+    tracing::info!("Server Exiting..");
+    Ok(())
+}

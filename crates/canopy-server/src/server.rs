@@ -1,0 +1,349 @@
+//! The server: identity, options (swapped on reload), accounts, the connection registry,
+//! listeners, lame duck mode and shutdown.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use canopy_conf::Options;
+use canopy_proto::ServerInfo;
+use parking_lot::{Mutex, RwLock};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::account::{Account, GLOBAL_ACCOUNT, SYSTEM_ACCOUNT};
+use crate::auth::ClientAuth;
+use crate::conn::{conn_label, CloseReason, ConnKind, ConnShared, Liveness};
+use crate::version;
+
+/// Server-wide counters (`/varz`).
+#[derive(Debug, Default)]
+pub struct ServerStats {
+    pub in_msgs: AtomicU64,
+    pub in_bytes: AtomicU64,
+    pub out_msgs: AtomicU64,
+    pub out_bytes: AtomicU64,
+    pub slow_consumers: AtomicU64,
+    pub total_connections: AtomicU64,
+    pub auth_failures: AtomicU64,
+    pub permission_denials: AtomicU64,
+    pub max_payload_violations: AtomicU64,
+}
+
+/// A connection that has closed, kept for `/connz?state=closed`.
+#[derive(Debug, Clone)]
+pub struct ClosedConn {
+    pub cid: u64,
+    pub addr: SocketAddr,
+    pub start: SystemTime,
+    pub stop: SystemTime,
+    pub reason: String,
+    pub name: String,
+    pub lang: String,
+    pub version: String,
+    pub account: String,
+    pub user: String,
+    pub in_msgs: u64,
+    pub out_msgs: u64,
+    pub in_bytes: u64,
+    pub out_bytes: u64,
+}
+
+const CLOSED_RING: usize = 10_000;
+
+pub struct Server {
+    pub id: String,
+    pub name: String,
+    pub start: SystemTime,
+    opts: RwLock<Arc<Options>>,
+    auth: RwLock<Arc<ClientAuth>>,
+    accounts: RwLock<HashMap<String, Arc<Account>>>,
+    global: Arc<Account>,
+    conns: Mutex<HashMap<u64, Arc<ConnShared>>>,
+    pub closed: Mutex<std::collections::VecDeque<ClosedConn>>,
+    next_cid: AtomicU64,
+    pub stats: ServerStats,
+    /// Cancelled to stop accepting (lame duck mode, shutdown).
+    pub accepting: CancellationToken,
+    /// Cancelled when the server is shutting down.
+    pub shutdown: CancellationToken,
+    pub ldm: AtomicBool,
+    pub client_addr: Mutex<Option<SocketAddr>>,
+    pub http_addr: Mutex<Option<SocketAddr>>,
+    pub config_load_time: Mutex<SystemTime>,
+    pub system_account: String,
+}
+
+impl Server {
+    /// Builds the server state from validated options.
+    pub fn new(opts: Options) -> Arc<Server> {
+        let id = nkeys::KeyPair::new_server().public_key();
+        let name = opts.server_name.clone().unwrap_or_else(|| id.clone());
+        let cache = !opts.disable_sublist_cache;
+        let global = Account::new(GLOBAL_ACCOUNT, cache);
+        let mut accounts = HashMap::new();
+        accounts.insert(GLOBAL_ACCOUNT.to_string(), global.clone());
+        for a in &opts.accounts {
+            accounts.insert(a.name.clone(), Account::new(&a.name, cache));
+        }
+        let system_account = opts
+            .system_account
+            .clone()
+            .unwrap_or_else(|| SYSTEM_ACCOUNT.to_string());
+        accounts
+            .entry(system_account.clone())
+            .or_insert_with(|| Account::new(&system_account, cache));
+        let auth = ClientAuth::from_options(&opts);
+        Arc::new(Server {
+            id,
+            name,
+            start: SystemTime::now(),
+            opts: RwLock::new(Arc::new(opts)),
+            auth: RwLock::new(Arc::new(auth)),
+            accounts: RwLock::new(accounts),
+            global,
+            conns: Mutex::new(HashMap::new()),
+            closed: Mutex::new(std::collections::VecDeque::new()),
+            next_cid: AtomicU64::new(1),
+            stats: ServerStats::default(),
+            accepting: CancellationToken::new(),
+            shutdown: CancellationToken::new(),
+            ldm: AtomicBool::new(false),
+            client_addr: Mutex::new(None),
+            http_addr: Mutex::new(None),
+            config_load_time: Mutex::new(SystemTime::now()),
+            system_account,
+        })
+    }
+
+    pub fn opts(&self) -> Arc<Options> {
+        self.opts.read().clone()
+    }
+
+    pub fn client_auth(&self) -> Arc<ClientAuth> {
+        self.auth.read().clone()
+    }
+
+    pub fn global_account(&self) -> Arc<Account> {
+        self.global.clone()
+    }
+
+    pub fn account(&self, name: &str) -> Option<Arc<Account>> {
+        self.accounts.read().get(name).cloned()
+    }
+
+    pub fn accounts(&self) -> Vec<Arc<Account>> {
+        let mut v: Vec<_> = self.accounts.read().values().cloned().collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    pub fn next_cid(&self) -> u64 {
+        self.next_cid.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn liveness(&self) -> Liveness {
+        let o = self.opts();
+        Liveness {
+            ping_interval: o.ping_interval.max(Duration::from_millis(10)),
+            ping_max: o.ping_max,
+            write_deadline: o.write_deadline.max(Duration::from_millis(10)),
+        }
+    }
+
+    /// Registers a new client connection unless `max_connections` is reached.
+    pub fn admit_client(&self, conn: &Arc<ConnShared>) -> bool {
+        let max = self.opts().max_connections as usize;
+        let mut conns = self.conns.lock();
+        let clients = conns
+            .values()
+            .filter(|c| c.kind == ConnKind::Client)
+            .count();
+        if max > 0 && clients >= max {
+            return false;
+        }
+        conns.insert(conn.cid, conn.clone());
+        self.stats.total_connections.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
+    /// Forgets a closed connection, counting slow consumers and keeping it for `/connz`.
+    pub fn remove_conn(&self, conn: &Arc<ConnShared>) {
+        self.conns.lock().remove(&conn.cid);
+        let reason = conn.close_reason().unwrap_or(CloseReason::ClientClosed);
+        match reason {
+            CloseReason::SlowConsumerPendingBytes | CloseReason::SlowConsumerWriteDeadline => {
+                self.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!("{} - Slow Consumer Detected: {reason}", conn_label(conn));
+            }
+            _ => tracing::debug!("{} - Client connection closed: {reason}", conn_label(conn)),
+        }
+        let m = conn.meta.lock().clone();
+        let mut closed = self.closed.lock();
+        if closed.len() >= CLOSED_RING {
+            closed.pop_front();
+        }
+        closed.push_back(ClosedConn {
+            cid: conn.cid,
+            addr: conn.addr,
+            start: conn.start,
+            stop: SystemTime::now(),
+            reason: reason.to_string(),
+            name: m.name,
+            lang: m.lang,
+            version: m.version,
+            account: m.account,
+            user: m.user,
+            in_msgs: conn.stats.in_msgs.load(Ordering::Relaxed),
+            out_msgs: conn.stats.out_msgs.load(Ordering::Relaxed),
+            in_bytes: conn.stats.in_bytes.load(Ordering::Relaxed),
+            out_bytes: conn.stats.out_bytes.load(Ordering::Relaxed),
+        });
+    }
+
+    pub fn connections(&self) -> Vec<Arc<ConnShared>> {
+        let mut v: Vec<_> = self.conns.lock().values().cloned().collect();
+        v.sort_by_key(|c| c.cid);
+        v
+    }
+
+    pub fn num_clients(&self) -> usize {
+        self.conns
+            .lock()
+            .values()
+            .filter(|c| c.kind == ConnKind::Client)
+            .count()
+    }
+
+    /// The INFO a client sees on connect.
+    pub fn client_info(
+        &self,
+        cid: u64,
+        addr: SocketAddr,
+        nonce: &str,
+        auth_required: bool,
+    ) -> ServerInfo {
+        let o = self.opts();
+        let (host, port) = self.advertised_client_hostport(&o);
+        ServerInfo {
+            server_id: self.id.clone(),
+            server_name: self.name.clone(),
+            version: version::NATS_COMPAT_VERSION.to_string(),
+            proto: version::CLIENT_PROTO,
+            go: version::RUNTIME.to_string(),
+            host,
+            port,
+            headers: !o.no_header_support,
+            auth_required,
+            max_payload: o.max_payload as i64,
+            client_id: cid,
+            client_ip: addr.ip().to_string(),
+            nonce: nonce.to_string(),
+            ldm: self.ldm.load(Ordering::Relaxed),
+            canopy_version: version::CANOPY_VERSION.to_string(),
+            ..Default::default()
+        }
+    }
+
+    fn advertised_client_hostport(&self, o: &Options) -> (String, u16) {
+        let addr = *self.client_addr.lock();
+        let host = o.host.clone();
+        let port = addr.map(|a| a.port()).unwrap_or(o.port.max(0) as u16);
+        (host, port)
+    }
+
+    /// Counts a protocol error that nats-server would count (max payload violations).
+    pub fn note_proto_error(&self, e: &canopy_proto::ProtoError) {
+        if matches!(e, canopy_proto::ProtoError::MaxPayload { .. }) {
+            self.stats
+                .max_payload_violations
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Swaps in reloaded options (the caller has checked they may change live).
+    pub fn apply_reload(&self, opts: Options) {
+        let auth = ClientAuth::from_options(&opts);
+        crate::logging::update(opts.debug, opts.trace, opts.logtime, opts.logtime_utc);
+        *self.auth.write() = Arc::new(auth);
+        *self.opts.write() = Arc::new(opts);
+        *self.config_load_time.lock() = SystemTime::now();
+    }
+
+    /// Accepts client connections until `accepting` is cancelled.
+    pub async fn accept_clients(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let accepted = tokio::select! {
+                _ = self.accepting.cancelled() => break,
+                r = listener.accept() => r,
+            };
+            match accepted {
+                Ok((stream, addr)) => {
+                    let _ = stream.set_nodelay(true);
+                    let s = self.clone();
+                    tokio::spawn(crate::client::serve(s, stream, addr));
+                }
+                Err(e) => {
+                    tracing::error!("Error accepting client connection: {e}");
+                    // Out of file descriptors and the like: back off briefly.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    }
+
+    /// Lame duck mode: stop accepting, tell clients (INFO `ldm`), then close them spread
+    /// over `lame_duck_duration` after the grace period, then shut down.
+    pub async fn lame_duck(self: Arc<Self>) {
+        if self.ldm.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let o = self.opts();
+        tracing::info!("Entering lame duck mode, stop accepting new clients");
+        self.accepting.cancel();
+        let conns = self.connections();
+        for c in conns.iter().filter(|c| c.kind == ConnKind::Client) {
+            let info = ServerInfo {
+                server_id: self.id.clone(),
+                server_name: self.name.clone(),
+                version: version::NATS_COMPAT_VERSION.to_string(),
+                proto: version::CLIENT_PROTO,
+                ldm: true,
+                ..Default::default()
+            };
+            c.enqueue(|b| canopy_proto::encode_info(b, &info));
+            c.flush_signal();
+        }
+        let grace = o.lame_duck_grace_period;
+        let total = o.lame_duck_duration;
+        tokio::select! {
+            _ = self.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(grace.min(total)) => {}
+        }
+        let conns = self.connections();
+        let spread = total.saturating_sub(grace);
+        let n = conns.len().max(1) as u32;
+        let step = spread / n;
+        for c in conns {
+            c.close(CloseReason::LameDuck);
+            if !step.is_zero() {
+                tokio::select! {
+                    _ = self.shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(step) => {}
+                }
+            }
+        }
+        self.shutdown.cancel();
+    }
+
+    /// Closes every connection and stops everything.
+    pub fn shutdown_now(&self) {
+        self.accepting.cancel();
+        for c in self.connections() {
+            c.close(CloseReason::ServerShutdown);
+        }
+        self.shutdown.cancel();
+    }
+}

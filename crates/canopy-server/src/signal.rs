@@ -1,0 +1,175 @@
+//! Signals: handling them in the server, and `--signal` sending them to a running one.
+
+use std::sync::Arc;
+
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::flags::Flags;
+use crate::server::Server;
+
+/// Serves signals until the server should stop (SIGINT/SIGTERM, or lame duck finished).
+pub async fn wait(server: Arc<Server>, flags: Flags) {
+    let (Ok(mut int), Ok(mut term), Ok(mut hup), Ok(mut usr1), Ok(mut usr2), Ok(mut quit)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+        signal(SignalKind::user_defined1()),
+        signal(SignalKind::user_defined2()),
+        signal(SignalKind::quit()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        server.shutdown.cancelled().await;
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = int.recv() => { tracing::debug!("Trapped \"interrupt\" signal"); return; }
+            _ = term.recv() => { tracing::debug!("Trapped \"terminated\" signal"); return; }
+            _ = quit.recv() => { tracing::debug!("Trapped \"quit\" signal"); return; }
+            _ = hup.recv() => reload(&server, &flags),
+            _ = usr1.recv() => { crate::logging::reopen(); tracing::info!("Reopened log file"); }
+            _ = usr2.recv() => { tokio::spawn(server.clone().lame_duck()); }
+            _ = server.shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Re-reads the configuration and applies what may change while running.
+pub fn reload(server: &Arc<Server>, flags: &Flags) {
+    match try_reload(server, flags) {
+        Ok(()) => tracing::info!("Reloaded server configuration"),
+        Err(e) => tracing::error!("Failed to reload server configuration: {e}"),
+    }
+}
+
+fn try_reload(server: &Arc<Server>, flags: &Flags) -> Result<(), String> {
+    let new = crate::run::load_options(flags).map_err(|e| e.join("; "))?;
+    let old = server.opts();
+    let mut fixed = Vec::new();
+    if new.host != old.host || new.port != old.port {
+        fixed.push("listen");
+    }
+    if new.server_name != old.server_name {
+        fixed.push("server_name");
+    }
+    if new.http_port != old.http_port || new.http_host != old.http_host {
+        fixed.push("http_port");
+    }
+    if new.cluster != old.cluster {
+        fixed.push("cluster");
+    }
+    if new.leafnodes != old.leafnodes {
+        fixed.push("leafnodes");
+    }
+    let names = |o: &canopy_conf::Options| {
+        let mut v: Vec<String> = o.accounts.iter().map(|a| a.name.clone()).collect();
+        v.sort();
+        v
+    };
+    if names(&new) != names(&old) {
+        fixed.push("accounts");
+    }
+    if !fixed.is_empty() {
+        return Err(format!(
+            "config reload not supported for {}",
+            fixed.join(", ")
+        ));
+    }
+    if !new.unsupported().is_empty() {
+        let what: Vec<String> = new
+            .unsupported()
+            .into_iter()
+            .map(|(p, w)| format!("{p}: {w}"))
+            .collect();
+        return Err(what.join("; "));
+    }
+    server.apply_reload(new);
+    Ok(())
+}
+
+/// `--signal <cmd>[=<pid>]`: sends the matching signal to a running server.
+pub fn send(spec: &str, pid_file: Option<&str>) -> Result<(), String> {
+    let (cmd, pid) = match spec.split_once('=') {
+        Some((c, p)) => (c, Some(p.to_string())),
+        None => (spec, None),
+    };
+    let sig = match cmd {
+        "stop" | "term" => libc::SIGTERM,
+        "quit" => libc::SIGINT,
+        "reopen" => libc::SIGUSR1,
+        "reload" => libc::SIGHUP,
+        "ldm" => libc::SIGUSR2,
+        "kill" => libc::SIGKILL,
+        _ => return Err(format!("unknown signal \"{cmd}\"")),
+    };
+    let pid = match pid {
+        Some(p) => p,
+        None => match pid_file {
+            Some(f) => std::fs::read_to_string(f)
+                .map_err(|e| format!("cannot read pid file {f}: {e}"))?
+                .trim()
+                .to_string(),
+            None => find_pid()?,
+        },
+    };
+    // A pid may also be given as a path to a pid file.
+    let pid = if pid.chars().all(|c| c.is_ascii_digit()) {
+        pid
+    } else {
+        std::fs::read_to_string(&pid)
+            .map_err(|e| format!("cannot read pid file {pid}: {e}"))?
+            .trim()
+            .to_string()
+    };
+    let n: i32 = pid.parse().map_err(|_| format!("invalid pid \"{pid}\""))?;
+    kill(n, sig)
+}
+
+#[allow(unsafe_code)]
+fn kill(pid: i32, sig: i32) -> Result<(), String> {
+    // SAFETY: kill(2) takes plain integers and has no memory-safety preconditions.
+    let r = unsafe { libc::kill(pid, sig) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "failed to signal pid {pid}: {}",
+            std::io::Error::last_os_error()
+        ))
+    }
+}
+
+/// Finds the single running process with our executable name (as nats-server does with
+/// pgrep when no pid is given).
+fn find_pid() -> Result<String, String> {
+    let me = std::process::id();
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let name = exe
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut found = Vec::new();
+    let dir = std::fs::read_dir("/proc").map_err(|e| e.to_string())?;
+    for ent in dir.flatten() {
+        let fname = ent.file_name();
+        let Some(pid) = fname.to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        if let Ok(comm) = std::fs::read_to_string(format!("/proc/{pid}/comm")) {
+            if comm.trim() == name || name.starts_with(comm.trim()) && comm.trim().len() == 15 {
+                found.push(pid.to_string());
+            }
+        }
+    }
+    match found.len() {
+        0 => Err(format!("no {name} process running")),
+        1 => Ok(found.remove(0)),
+        _ => Err(format!(
+            "multiple {name} processes running:\n{}",
+            found.join("\n")
+        )),
+    }
+}
