@@ -1,0 +1,57 @@
+//! Idle-connection memory: open N raw connections (INFO, CONNECT, PING/PONG), hold them
+//! for `--settle`, and report the server's VmRSS growth per connection.
+
+use super::raw::RawConn;
+use super::{BenchArgs, CpuWindow, IdleStats, Report};
+use crate::conn::ConnArgs;
+use crate::procstat;
+use anyhow::{Context, Result};
+use futures::StreamExt;
+use std::time::Instant;
+
+/// Handshakes in flight at once (keeps the accept backlog from overflowing).
+const PARALLEL: usize = 64;
+
+pub async fn run(conn: &ConnArgs, a: &BenchArgs, n: usize) -> Result<Report> {
+    let addr = conn.socket_addr()?;
+    let json = conn.connect_json("canopy bench idle")?;
+    let rss_before = a.server_pid.map(procstat::rss_kib).transpose()?;
+    let window = CpuWindow::start(a.server_pid)?;
+    let t0 = Instant::now();
+    let conns: Vec<RawConn> = futures::stream::iter(0..n)
+        .map(|_| RawConn::connect(&addr, &json))
+        .buffer_unordered(PARALLEL)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_>>()
+        .context("opening idle connections")?;
+    let connect_secs = t0.elapsed().as_secs_f64();
+    tokio::time::sleep(a.settle).await;
+    let rss_after = a.server_pid.map(procstat::rss_kib).transpose()?;
+    let (client_cpu, server_cpu) = window.finish(0)?;
+    drop(conns);
+    let delta = rss_before.zip(rss_after).map(|(b, a)| a as i64 - b as i64);
+    Ok(Report {
+        mode: "idle",
+        client: "raw",
+        subject: a.subject.clone(),
+        msgs: 0,
+        size: 0,
+        pubs: 0,
+        subs: 0,
+        pub_stats: None,
+        sub_stats: None,
+        request: None,
+        idle: Some(IdleStats {
+            conns: n,
+            connect_secs,
+            rss_before_kib: rss_before,
+            rss_after_kib: rss_after,
+            delta_kib: delta,
+            bytes_per_conn: delta.map(|d| d as f64 * 1024.0 / n.max(1) as f64),
+        }),
+        client_cpu,
+        server_cpu,
+    })
+}
