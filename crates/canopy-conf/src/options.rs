@@ -702,10 +702,7 @@ pub enum Feature {
 pub const NOT_IMPLEMENTED: &[Feature] = &[
     Feature::Cluster,
     Feature::ClusterTls,
-    Feature::LeafnodeListener,
-    Feature::LeafnodeRemotes,
     Feature::LeafnodeTls,
-    Feature::LeafnodeCompression,
     Feature::Gateway,
     Feature::Websocket,
     Feature::Mqtt,

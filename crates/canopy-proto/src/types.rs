@@ -149,6 +149,10 @@ pub struct ServerInfo {
     /// Canopy extension: our own version (nats-server ignores unknown fields).
     #[serde(skip_serializing_if = "String::is_empty", deserialize_with = "nd")]
     pub canopy_version: String,
+    /// Canopy extension: this server both accepts leaf connections and solicits remotes
+    /// (a regional hub); links between two regional hubs form a loop-free mesh.
+    #[serde(skip_serializing_if = "is_false", deserialize_with = "nd")]
+    pub canopy_regional: bool,
 }
 
 /// A client's `CONNECT`. Like nats-server, `echo`, `verbose` and `pedantic` default to
@@ -276,6 +280,12 @@ pub struct LeafConnect {
     /// with `attempted to connect to leaf node port`. Never serialized.
     #[serde(skip_serializing, deserialize_with = "nd")]
     pub lang: String,
+    /// Canopy extension: the soliciting server's Canopy version.
+    #[serde(skip_serializing_if = "String::is_empty", deserialize_with = "nd")]
+    pub canopy_version: String,
+    /// Canopy extension: the soliciting server is a regional hub (see `ServerInfo`).
+    #[serde(skip_serializing_if = "is_false", deserialize_with = "nd")]
+    pub canopy_regional: bool,
 }
 
 /// A route's `CONNECT`.

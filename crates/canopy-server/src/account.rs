@@ -8,6 +8,7 @@ use bytes::Bytes;
 use canopy_subject::Sublist;
 
 use crate::conn::ConnShared;
+use crate::interest::{InterestMap, Link};
 
 /// The global account's name.
 pub const GLOBAL_ACCOUNT: &str = "$G";
@@ -61,18 +62,43 @@ pub struct Account {
     pub num_leafs: AtomicUsize,
     pub in_msgs: AtomicU64,
     pub out_msgs: AtomicU64,
+    /// Interest by (subject, queue) and source, for advertising to links.
+    pub interest: parking_lot::Mutex<InterestMap>,
+    /// The leaf links bound to this account (changed under the interest lock).
+    pub links: parking_lot::RwLock<Vec<Arc<Link>>>,
+    /// This account's loop-detection subject (`$LDS.<random>`), advertised to every link.
+    pub lds: String,
+    /// True when the server has leaf nodes configured: client interest is then tracked
+    /// in `interest` for advertising.
+    pub track_interest: bool,
 }
 
 impl Account {
-    pub fn new(name: &str, cache: bool) -> Arc<Self> {
-        Arc::new(Account {
+    pub fn new(name: &str, cache: bool, track_interest: bool) -> Arc<Self> {
+        let lds = format!("$LDS.{}", crate::nuid());
+        let acc = Arc::new(Account {
+            track_interest,
+            lds,
+            interest: parking_lot::Mutex::new(InterestMap::default()),
+            links: parking_lot::RwLock::new(Vec::new()),
             name: name.to_string(),
             sublist: Sublist::with_cache(cache),
             num_conns: AtomicUsize::new(0),
             num_leafs: AtomicUsize::new(0),
             in_msgs: AtomicU64::new(0),
             out_msgs: AtomicU64::new(0),
-        })
+        });
+        if track_interest {
+            // The loop-detection subject is local interest of every account with links.
+            let key = (Arc::from(acc.lds.as_str()), None);
+            acc.interest_add(&key, 0, crate::interest::LinkClass::Client, 1);
+        }
+        acc
+    }
+
+    /// The interest key of a subscription.
+    pub fn key_of(sub: &Subscription) -> crate::interest::Key {
+        (Arc::from(sub.subject_str()), sub.queue_str().map(Arc::from))
     }
 
     pub fn client_connections(&self) -> usize {

@@ -18,8 +18,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use crate::account::{Account, SubRef, Subscription};
 use crate::auth::{Authenticated, Perms};
 use crate::conn::{conn_label, writer_loop, CloseReason, ConnKind, ConnShared, FlushList};
-use crate::deliver::{deliver, no_responders, Msg, Origin};
+use crate::deliver::{deliver, no_responders, Msg, Origin, Scratch};
 use crate::errors;
+use crate::interest::LinkClass;
 use crate::server::Server;
 
 /// Entries in the per-connection subject → match-result cache before it is cleared.
@@ -44,6 +45,7 @@ struct Client {
     l1: HashMap<Bytes, (u64, Arc<MatchResult<SubRef>>)>,
     perm_cache: HashMap<Bytes, bool>,
     flush: FlushList,
+    scratch: Scratch,
     batch_in_msgs: u64,
     batch_in_bytes: u64,
     batch_out_msgs: u64,
@@ -100,6 +102,7 @@ where
         l1: HashMap::new(),
         perm_cache: HashMap::new(),
         flush: FlushList::default(),
+        scratch: Scratch::default(),
         batch_in_msgs: 0,
         batch_in_bytes: 0,
         batch_out_msgs: 0,
@@ -247,6 +250,8 @@ impl Client {
         match op {
             Op::Connect(json) => return self.on_connect(&json).await,
             Op::Ping => {
+                // Counters and deliveries before this PING are visible once the PONG is.
+                self.end_batch();
                 self.conn.enqueue(|b| b.extend_from_slice(b"PONG\r\n"));
                 self.conn.flush_signal();
             }
@@ -449,8 +454,17 @@ impl Client {
         let origin = Origin {
             cid: self.conn.cid,
             echo: self.echo,
+            class: LinkClass::Client,
+            queues: None,
         };
-        let d = deliver(&self.account, &result, &msg, &origin, &mut self.flush);
+        let d = deliver(
+            &self.account,
+            &result,
+            &msg,
+            &origin,
+            &mut self.scratch,
+            &mut self.flush,
+        );
         self.batch_out_msgs += d.msgs;
         self.batch_out_bytes += d.bytes;
         if d.msgs == 0 && self.no_responders {
@@ -535,6 +549,11 @@ impl Client {
             self.conn.send_err(errors::INVALID_SUBJECT);
             return;
         }
+        if self.account.track_interest {
+            let key = Account::key_of(&sub);
+            self.account
+                .interest_add(&key, self.conn.cid, LinkClass::Client, 1);
+        }
         self.subs.insert(sid, sub);
         self.conn.num_subs.fetch_add(1, Ordering::Relaxed);
         self.ok();
@@ -558,26 +577,29 @@ impl Client {
 
     fn remove_sub(&mut self, sid: &Bytes) {
         if let Some(sub) = self.subs.remove(sid) {
-            if self
-                .account
-                .sublist
-                .remove(sub.subject_str(), sub.queue_str(), &sub)
-            {
-                self.conn.num_subs.fetch_sub(1, Ordering::Relaxed);
-            }
+            drop_subscription(&self.account, &sub);
         }
     }
 
     fn cleanup(&mut self) {
         for (_, sub) in self.subs.drain() {
-            self.account
-                .sublist
-                .remove(sub.subject_str(), sub.queue_str(), &sub);
+            drop_subscription(&self.account, &sub);
         }
         self.conn.num_subs.store(0, Ordering::Relaxed);
         if self.connected {
             self.account.num_conns.fetch_sub(1, Ordering::Relaxed);
         }
         self.server.remove_conn(&self.conn);
+    }
+}
+
+/// Removes a client subscription from its account (UNSUB, auto-unsubscribe, close), once.
+pub fn drop_subscription(acc: &Account, sub: &SubRef) {
+    if acc.sublist.remove(sub.subject_str(), sub.queue_str(), sub) {
+        sub.conn.num_subs.fetch_sub(1, Ordering::Relaxed);
+        if acc.track_interest {
+            let key = Account::key_of(sub);
+            acc.interest_add(&key, sub.conn.cid, LinkClass::Client, -1);
+        }
     }
 }

@@ -7,8 +7,8 @@
 //! with one syscall where the kernel allows.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::BytesMut;
@@ -116,6 +116,12 @@ pub struct ConnShared {
     max_pending: usize,
     /// Set once the connection finished its handshake (CONNECT accepted).
     pub registered: AtomicBool,
+    /// [`crate::interest::LinkClass`] as u8: how messages from and to this connection are
+    /// forwarded.
+    pub link_class: AtomicU8,
+    /// Leaf links: subjects never sent over this link (`deny_exports`, the peer's
+    /// `deny_pub`).
+    pub deny_send: OnceLock<Vec<String>>,
 }
 
 impl ConnShared {
@@ -144,6 +150,8 @@ impl ConnShared {
             num_subs: AtomicUsize::new(0),
             max_pending,
             registered: AtomicBool::new(false),
+            link_class: AtomicU8::new(0),
+            deny_send: OnceLock::new(),
         }
     }
 

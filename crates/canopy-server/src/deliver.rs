@@ -1,6 +1,8 @@
 //! Fan-out of one message to the subscriptions a Sublist lookup matched: encode straight
-//! into each receiver's outbound buffer, pick one member per queue group, honour echo,
-//! auto-unsubscribe limits and header stripping. No allocation per subscriber.
+//! into each receiver's outbound buffer, pick one member per queue group (local clients
+//! first), forward once per link with the queue names it must serve, honour echo,
+//! auto-unsubscribe limits, header stripping and the forwarding rule of
+//! [`crate::interest`]. No allocation per subscriber.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -10,7 +12,8 @@ use canopy_subject::MatchResult;
 use rand::Rng;
 
 use crate::account::{Account, SubRef};
-use crate::conn::FlushList;
+use crate::conn::{ConnKind, ConnShared, FlushList};
+use crate::interest::{msg_allowed, LinkClass};
 
 /// One message on its way to subscribers.
 pub struct Msg<'a> {
@@ -24,32 +27,108 @@ pub struct Msg<'a> {
 /// Delivery counters for one message.
 #[derive(Default, Clone, Copy)]
 pub struct Delivered {
+    /// Local deliveries plus link forwards.
     pub msgs: u64,
     pub bytes: u64,
+    /// Forwards over links.
+    pub forwarded: u64,
 }
 
-/// Publisher identity for echo suppression.
-pub struct Origin {
+/// Where a message came from.
+pub struct Origin<'a> {
     pub cid: u64,
     pub echo: bool,
+    pub class: LinkClass,
+    /// `None`: serve every queue group (a client's publish). `Some(list)`: serve only
+    /// these groups (a link forwarded the message for them).
+    pub queues: Option<&'a [Bytes]>,
 }
 
-/// Delivers to every plain subscription and one member of each queue group.
+/// A link that gets one copy of the message, with the queue groups it must serve.
+pub struct LinkTarget {
+    conn: Arc<ConnShared>,
+    queues: Vec<Arc<str>>,
+}
+
+/// Reusable scratch space for [`deliver`] (one per reader).
+#[derive(Default)]
+pub struct Scratch {
+    links: Vec<LinkTarget>,
+}
+
+#[inline]
+fn link_may_receive(conn: &ConnShared, origin: &Origin<'_>, subject: &[u8]) -> bool {
+    if conn.cid == origin.cid {
+        return false;
+    }
+    let dst = LinkClass::from_u8(conn.link_class.load(Ordering::Relaxed));
+    if !msg_allowed(origin.class, dst) {
+        return false;
+    }
+    match conn.deny_send.get() {
+        Some(deny) if !deny.is_empty() => {
+            let s = std::str::from_utf8(subject).unwrap_or("");
+            !deny.iter().any(|d| canopy_subject::subject_matches(d, s))
+        }
+        _ => true,
+    }
+}
+
+fn add_target(scratch: &mut Scratch, conn: &Arc<ConnShared>, queue: Option<&Arc<str>>) {
+    let t = match scratch
+        .links
+        .iter_mut()
+        .position(|t| Arc::ptr_eq(&t.conn, conn))
+    {
+        Some(i) => &mut scratch.links[i],
+        None => {
+            scratch.links.push(LinkTarget {
+                conn: conn.clone(),
+                queues: Vec::new(),
+            });
+            let n = scratch.links.len() - 1;
+            &mut scratch.links[n]
+        }
+    };
+    if let Some(q) = queue {
+        if !t.queues.iter().any(|x| x == q) {
+            t.queues.push(q.clone());
+        }
+    }
+}
+
+/// Delivers to every plain subscription and one member of each queue group, and
+/// forwards once per interested link.
 pub fn deliver(
     acc: &Account,
     result: &MatchResult<SubRef>,
     msg: &Msg<'_>,
-    origin: &Origin,
+    origin: &Origin<'_>,
+    scratch: &mut Scratch,
     flush: &mut FlushList,
 ) -> Delivered {
     let mut d = Delivered::default();
     for sub in &result.psubs {
-        if !origin.echo && sub.conn.cid == origin.cid {
-            continue;
+        match sub.conn.kind {
+            ConnKind::Client => {
+                if !origin.echo && sub.conn.cid == origin.cid {
+                    continue;
+                }
+                deliver_one(acc, sub, msg, flush, &mut d);
+            }
+            _ => {
+                if link_may_receive(&sub.conn, origin, msg.subject) {
+                    add_target(scratch, &sub.conn, None);
+                }
+            }
         }
-        deliver_one(acc, sub, msg, flush, &mut d);
     }
     for group in &result.qsubs {
+        if let Some(wanted) = origin.queues {
+            if !wanted.iter().any(|q| q.as_ref() == group.name.as_bytes()) {
+                continue;
+            }
+        }
         let n = group.members.len();
         if n == 0 {
             continue;
@@ -59,24 +138,59 @@ pub fn deliver(
         } else {
             rand::thread_rng().gen_range(0..n)
         };
+        // Local members first (nats-server prefers them), then one link.
+        let mut done = false;
         for i in 0..n {
             let sub = &group.members[(start + i) % n];
-            if !origin.echo && sub.conn.cid == origin.cid {
-                continue;
-            }
-            if sub.conn.is_closed() {
+            if sub.conn.kind != ConnKind::Client
+                || sub.conn.is_closed()
+                || (!origin.echo && sub.conn.cid == origin.cid)
+            {
                 continue;
             }
             if deliver_one(acc, sub, msg, flush, &mut d) {
+                done = true;
                 break;
             }
+        }
+        if done {
+            continue;
+        }
+        for i in 0..n {
+            let sub = &group.members[(start + i) % n];
+            if sub.conn.kind != ConnKind::Client
+                && !sub.conn.is_closed()
+                && link_may_receive(&sub.conn, origin, msg.subject)
+            {
+                add_target(scratch, &sub.conn, Some(&group.name));
+                break;
+            }
+        }
+    }
+    for t in scratch.links.drain(..) {
+        let ok = t.conn.enqueue(|b| {
+            canopy_proto::encode_lmsg(
+                b,
+                msg.subject,
+                msg.reply,
+                t.queues.iter().map(|q| q.as_bytes()),
+                msg.hdr_len,
+                msg.payload,
+            )
+        });
+        if ok {
+            t.conn.stats.out_msgs.fetch_add(1, Ordering::Relaxed);
+            flush.add(&t.conn);
+            d.msgs += 1;
+            d.forwarded += 1;
+            d.bytes += msg.payload.len() as u64;
         }
     }
     d
 }
 
-/// Encodes the message for one subscription. Returns false if it was not delivered
-/// (auto-unsubscribe limit reached, receiver closed).
+/// Encodes the message for one client subscription. Returns false if it was not
+/// delivered (auto-unsubscribe limit reached, receiver closed).
 #[inline]
 pub fn deliver_one(
     acc: &Account,
@@ -92,8 +206,7 @@ pub fn deliver_one(
             return false;
         }
         if n == max {
-            acc.sublist.remove(sub.subject_str(), sub.queue_str(), sub);
-            sub.conn.num_subs.fetch_sub(1, Ordering::Relaxed);
+            crate::client::drop_subscription(acc, sub);
         }
     }
     let conn = &sub.conn;

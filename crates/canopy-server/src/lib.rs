@@ -13,9 +13,21 @@ pub mod conn;
 pub mod deliver;
 pub mod errors;
 pub mod flags;
+pub mod interest;
+pub mod leaf;
 pub mod logging;
 pub mod monitor;
 pub mod run;
 pub mod server;
 pub mod signal;
 pub mod version;
+
+/// A random 22-character identifier (like nats-server's NUIDs) for inboxes and `$LDS.`.
+pub fn nuid() -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut rng = rand::thread_rng();
+    (0..22)
+        .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
+        .collect()
+}

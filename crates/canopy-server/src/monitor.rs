@@ -80,7 +80,7 @@ fn handle(server: &Arc<Server>, req: Request<Incoming>) -> Response<Full<Bytes>>
         "/connz" => response(StatusCode::OK, connz(server, &q)),
         "/routez" => response(StatusCode::OK, routez(server)),
         "/gatewayz" => response(StatusCode::OK, gatewayz(server)),
-        "/leafz" => response(StatusCode::OK, leafz(server)),
+        "/leafz" => response(StatusCode::OK, leafz(server, &q)),
         "/subsz" | "/subscriptionsz" => response(StatusCode::OK, subsz(server, &q)),
         "/accountz" => response(StatusCode::OK, accountz(server, &q)),
         "/accstatz" => response(StatusCode::OK, accstatz(server)),
@@ -238,7 +238,7 @@ pub fn varz(s: &Arc<Server>) -> Value {
         "total_connections": st.total_connections.load(Ordering::Relaxed),
         "routes": 0,
         "remotes": 0,
-        "leafnodes": 0,
+        "leafnodes": s.leaf_links().len(),
         "in_msgs": st.in_msgs.load(Ordering::Relaxed),
         "out_msgs": st.out_msgs.load(Ordering::Relaxed),
         "in_bytes": st.in_bytes.load(Ordering::Relaxed),
@@ -421,10 +421,11 @@ pub fn gatewayz(s: &Arc<Server>) -> Value {
     })
 }
 
-pub fn leafz(s: &Arc<Server>) -> Value {
-    json!({
-        "server_id": s.id, "now": rfc3339(SystemTime::now()), "leafnodes": 0, "leafs": [],
-    })
+pub fn leafz(s: &Arc<Server>, q: &HashMap<String, String>) -> Value {
+    let subs = q
+        .get("subs")
+        .is_some_and(|v| v == "1" || v == "true" || v == "detail");
+    crate::leaf::leafz(s, subs, q.get("acc").map(String::as_str))
 }
 
 pub fn subsz(s: &Arc<Server>, q: &HashMap<String, String>) -> Value {

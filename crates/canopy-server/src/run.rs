@@ -224,7 +224,23 @@ pub fn main() -> i32 {
         }
         return 0;
     }
-    let unsupported = opts.unsupported();
+    let mut unsupported = opts.unsupported();
+    if let Some(lo) = &opts.leafnodes {
+        if lo.reconnect_buffer_size.is_some() {
+            unsupported.push((
+                lo.pos.clone(),
+                "leafnodes.reconnect_buffer_size (store-and-forward) is not supported yet".into(),
+            ));
+        }
+        for r in &lo.remotes {
+            if let Some(m) = r.account_mappings.first() {
+                unsupported.push((
+                    m.pos.clone(),
+                    "leafnodes.remotes[].account_mappings is not supported yet".into(),
+                ));
+            }
+        }
+    }
     if !unsupported.is_empty() {
         for (pos, what) in unsupported {
             eprintln!("{prog}: {pos}: {what} (not implemented yet)");
@@ -243,6 +259,15 @@ pub fn main() -> i32 {
     }
     for w in &warnings {
         tracing::warn!("{w}");
+    }
+    for u in opts.features_used() {
+        if u.feature == canopy_conf::Feature::LeafnodeCompression {
+            tracing::warn!(
+                "{}: {} requested: Canopy does not compress leaf traffic yet; links run uncompressed (\"not supported\" to peers)",
+                u.pos,
+                u.what
+            );
+        }
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -309,6 +334,28 @@ pub async fn run_server(opts: Options, f: Flags, prog: String) -> anyhow::Result
     );
     tokio::spawn(server.clone().accept_clients(listener));
 
+    let mut leaf_url = None;
+    if let Some(lo) = opts.leafnodes.as_ref().filter(|l| l.port != 0) {
+        let l = bind(&lo.host, lo.port).await?;
+        let laddr = l.local_addr()?;
+        tracing::info!(
+            "Listening for leafnode connections on {}:{}",
+            lo.host,
+            laddr.port()
+        );
+        leaf_url = Some(format!(
+            "nats-leaf://{}:{}",
+            if lo.host == "0.0.0.0" || lo.host == "::" {
+                "127.0.0.1"
+            } else {
+                lo.host.as_str()
+            },
+            laddr.port()
+        ));
+        tokio::spawn(crate::leaf::accept_leafs(server.clone(), l));
+    }
+    server.start_remotes();
+
     let pid = std::process::id();
     if let Some(p) = &opts.pid_file {
         std::fs::write(p, pid.to_string())
@@ -321,10 +368,13 @@ pub async fn run_server(opts: Options, f: Flags, prog: String) -> anyhow::Result
         } else {
             opts.host.clone()
         };
-        let ports = serde_json::json!({
+        let mut ports = serde_json::json!({
             "nats": [format!("nats://{host}:{}", addr.port())],
             "monitoring": monitoring_urls,
         });
+        if let Some(u) = &leaf_url {
+            ports["leafnode"] = serde_json::json!([u]);
+        }
         let path = dir.join(format!("{prog}_{pid}.ports"));
         std::fs::write(&path, ports.to_string())
             .map_err(|e| anyhow::anyhow!("Error writing ports file {}: {e}", path.display()))?;

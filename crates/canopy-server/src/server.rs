@@ -30,6 +30,7 @@ pub struct ServerStats {
     pub auth_failures: AtomicU64,
     pub permission_denials: AtomicU64,
     pub max_payload_violations: AtomicU64,
+    pub loops_detected: AtomicU64,
 }
 
 /// A connection that has closed, kept for `/connz?state=closed`.
@@ -74,6 +75,7 @@ pub struct Server {
     pub http_addr: Mutex<Option<SocketAddr>>,
     pub config_load_time: Mutex<SystemTime>,
     pub system_account: String,
+    remotes: Mutex<Vec<Arc<crate::leaf::RemoteState>>>,
 }
 
 impl Server {
@@ -82,11 +84,12 @@ impl Server {
         let id = nkeys::KeyPair::new_server().public_key();
         let name = opts.server_name.clone().unwrap_or_else(|| id.clone());
         let cache = !opts.disable_sublist_cache;
-        let global = Account::new(GLOBAL_ACCOUNT, cache);
+        let track = opts.leafnodes.is_some();
+        let global = Account::new(GLOBAL_ACCOUNT, cache, track);
         let mut accounts = HashMap::new();
         accounts.insert(GLOBAL_ACCOUNT.to_string(), global.clone());
         for a in &opts.accounts {
-            accounts.insert(a.name.clone(), Account::new(&a.name, cache));
+            accounts.insert(a.name.clone(), Account::new(&a.name, cache, track));
         }
         let system_account = opts
             .system_account
@@ -94,7 +97,7 @@ impl Server {
             .unwrap_or_else(|| SYSTEM_ACCOUNT.to_string());
         accounts
             .entry(system_account.clone())
-            .or_insert_with(|| Account::new(&system_account, cache));
+            .or_insert_with(|| Account::new(&system_account, cache, track));
         let auth = ClientAuth::from_options(&opts);
         Arc::new(Server {
             id,
@@ -115,6 +118,7 @@ impl Server {
             http_addr: Mutex::new(None),
             config_load_time: Mutex::new(SystemTime::now()),
             system_account,
+            remotes: Mutex::new(Vec::new()),
         })
     }
 
@@ -169,6 +173,39 @@ impl Server {
         true
     }
 
+    /// Registers a non-client connection (leaf, route): no `max_connections` check.
+    pub fn register_conn(&self, conn: &Arc<ConnShared>) {
+        self.conns.lock().insert(conn.cid, conn.clone());
+    }
+
+    /// Starts one task per configured leaf remote.
+    pub fn start_remotes(self: &Arc<Self>) {
+        let o = self.opts();
+        let Some(lo) = &o.leafnodes else {
+            return;
+        };
+        for r in &lo.remotes {
+            if r.disabled {
+                tracing::info!("leafnode remote {:?} is disabled", r.urls);
+                continue;
+            }
+            let state = Arc::new(crate::leaf::RemoteState {
+                urls: r.urls.clone(),
+                account: r
+                    .account
+                    .clone()
+                    .unwrap_or_else(|| GLOBAL_ACCOUNT.to_string()),
+                ..Default::default()
+            });
+            self.remotes.lock().push(state.clone());
+            tokio::spawn(crate::leaf::run_remote(self.clone(), r.clone(), state));
+        }
+    }
+
+    pub fn remote_states(&self) -> Vec<Arc<crate::leaf::RemoteState>> {
+        self.remotes.lock().clone()
+    }
+
     /// Forgets a closed connection, counting slow consumers and keeping it for `/connz`.
     pub fn remove_conn(&self, conn: &Arc<ConnShared>) {
         self.conns.lock().remove(&conn.cid);
@@ -179,6 +216,9 @@ impl Server {
                 tracing::warn!("{} - Slow Consumer Detected: {reason}", conn_label(conn));
             }
             _ => tracing::debug!("{} - Client connection closed: {reason}", conn_label(conn)),
+        }
+        if conn.kind != ConnKind::Client {
+            return;
         }
         let m = conn.meta.lock().clone();
         let mut closed = self.closed.lock();

@@ -1,0 +1,380 @@
+//! One interest model for every link: per account, a reference count per (subject, queue)
+//! and per source connection; each link is told the interest it should hear, computed by
+//! one rule table, and only changes cross the wire (LS+/LS-).
+//!
+//! ## The forwarding rule (see docs/ARCHITECTURE.md)
+//!
+//! Every connection has a class: `Client`, `Downlink` (a leaf that connected to us: we are
+//! its hub), `Uplink` (we connected to it: it is our hub) or `Mesh` (a link between two
+//! *regional hubs*, servers that both accept leaf connections and solicit remotes).
+//! [`msg_allowed`] says which class may forward to which; interest flows the opposite way,
+//! so [`interest_allowed`]`(src, dst) == msg_allowed(dst, src)`, which keeps what we
+//! advertise and what we forward consistent by construction:
+//!
+//! | from \ to | Client | Downlink | Uplink | Mesh |
+//! |-----------|--------|----------|--------|------|
+//! | Client    | yes    | yes      | yes    | yes  |
+//! | Downlink  | yes    | yes*     | yes    | yes  |
+//! | Uplink    | yes    | yes      | no     | no   |
+//! | Mesh      | yes    | yes      | no     | no   |
+//!
+//! (*never back to the link it came from.) Trees (hub and spoke, chains) work because
+//! downlinks hear everything and uplinks hear only what is below us; meshes of regional
+//! hubs work like gateways: one hop, split horizon, so every region gets a message once.
+//! Two regional hubs that solicit each other have two connections: only one of them (the
+//! one solicited by the server with the smaller id) carries our interest.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+
+use crate::account::{Account, SubRef, Subscription};
+use crate::conn::ConnShared;
+
+/// What kind of peer a connection is, for forwarding decisions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum LinkClass {
+    Client = 0,
+    Downlink = 1,
+    Uplink = 2,
+    Mesh = 3,
+}
+
+impl LinkClass {
+    pub fn from_u8(v: u8) -> LinkClass {
+        match v {
+            1 => LinkClass::Downlink,
+            2 => LinkClass::Uplink,
+            3 => LinkClass::Mesh,
+            _ => LinkClass::Client,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LinkClass::Client => "client",
+            LinkClass::Downlink => "downlink",
+            LinkClass::Uplink => "uplink",
+            LinkClass::Mesh => "mesh",
+        }
+    }
+}
+
+/// May a message that arrived from `src` be forwarded to `dst`?
+#[inline]
+pub fn msg_allowed(src: LinkClass, dst: LinkClass) -> bool {
+    use LinkClass::*;
+    match dst {
+        Client | Downlink => true,
+        Uplink | Mesh => matches!(src, Client | Downlink),
+    }
+}
+
+/// May interest learned from `src` be advertised to `dst`?
+#[inline]
+pub fn interest_allowed(src: LinkClass, dst: LinkClass) -> bool {
+    msg_allowed(dst, src)
+}
+
+/// An interest key: subject and optional queue group.
+pub type Key = (Arc<str>, Option<Arc<str>>);
+
+#[derive(Debug, Clone)]
+struct Source {
+    cid: u64,
+    class: LinkClass,
+    count: u32,
+}
+
+/// Per-account interest: key → the sources that want it.
+#[derive(Default)]
+pub struct InterestMap {
+    keys: HashMap<Key, Vec<Source>>,
+}
+
+/// A leaf connection as the interest model sees it.
+pub struct Link {
+    pub conn: Arc<ConnShared>,
+    pub peer_id: String,
+    pub peer_name: String,
+    pub solicited: bool,
+    /// The URL we dialled (solicited links) or the peer address.
+    pub remote_url: String,
+    /// Interest on these subjects is never advertised to this link (`deny_imports`).
+    pub deny_advertise: Vec<String>,
+    /// Messages and interest on these subjects from this link are dropped (`deny_imports`).
+    pub deny_receive: Vec<String>,
+    /// False for the standby connection of a mesh pair: it carries none of our interest.
+    pub advertise: AtomicBool,
+    /// What we advertised to this link (key → weight); changed only under the account's
+    /// interest lock.
+    smap: Mutex<HashMap<Key, u32>>,
+    /// Interest this link gave us, as Sublist entries.
+    pub remote_subs: Mutex<HashMap<Key, SubRef>>,
+    pub reconnects: AtomicU64,
+}
+
+impl Link {
+    pub fn new(
+        conn: Arc<ConnShared>,
+        peer_id: String,
+        peer_name: String,
+        solicited: bool,
+        remote_url: String,
+        deny_advertise: Vec<String>,
+        deny_receive: Vec<String>,
+    ) -> Link {
+        Link {
+            conn,
+            peer_id,
+            peer_name,
+            solicited,
+            remote_url,
+            deny_advertise,
+            deny_receive,
+            advertise: AtomicBool::new(true),
+            smap: Mutex::new(HashMap::new()),
+            remote_subs: Mutex::new(HashMap::new()),
+            reconnects: AtomicU64::new(0),
+        }
+    }
+
+    pub fn class(&self) -> LinkClass {
+        LinkClass::from_u8(self.conn.link_class.load(Ordering::Relaxed))
+    }
+
+    /// Number of keys advertised to the peer (for monitoring).
+    pub fn advertised(&self) -> usize {
+        self.smap.lock().len()
+    }
+
+    /// Subjects of the interest the peer gave us (for `/leafz?subs=1`).
+    pub fn remote_subjects(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .remote_subs
+            .lock()
+            .keys()
+            .map(|(s, q)| match q {
+                Some(q) => format!("{s} {q}"),
+                None => s.to_string(),
+            })
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+fn denied(list: &[String], subject: &str) -> bool {
+    list.iter()
+        .any(|d| canopy_subject::subject_is_subset_of(subject, d))
+}
+
+impl Account {
+    /// Records a change of `delta` in one source's count for `key` and tells every link
+    /// whose advertised weight changes.
+    pub fn interest_add(&self, key: &Key, cid: u64, class: LinkClass, delta: i64) {
+        let mut map = self.interest.lock();
+        let sources = map.keys.entry(key.clone()).or_default();
+        match sources.iter_mut().position(|s| s.cid == cid) {
+            Some(i) => {
+                let n = (sources[i].count as i64 + delta).max(0) as u32;
+                if n == 0 {
+                    sources.swap_remove(i);
+                } else {
+                    sources[i].count = n;
+                }
+            }
+            None if delta > 0 => sources.push(Source {
+                cid,
+                class,
+                count: delta as u32,
+            }),
+            None => {}
+        }
+        self.propagate_key(&mut map, key, Some(cid));
+    }
+
+    /// Sets one source's count for `key` (queue weights from a link are absolute).
+    pub fn interest_set(&self, key: &Key, cid: u64, class: LinkClass, count: u32) {
+        let mut map = self.interest.lock();
+        let sources = map.keys.entry(key.clone()).or_default();
+        match sources.iter_mut().position(|s| s.cid == cid) {
+            Some(i) if count == 0 => {
+                sources.swap_remove(i);
+            }
+            Some(i) => sources[i].count = count,
+            None if count > 0 => sources.push(Source { cid, class, count }),
+            None => {}
+        }
+        self.propagate_key(&mut map, key, Some(cid));
+    }
+
+    fn propagate_key(&self, map: &mut InterestMap, key: &Key, from: Option<u64>) {
+        let links = self.links.read();
+        let sources = map.keys.get(key).cloned().unwrap_or_default();
+        for link in links.iter() {
+            if Some(link.conn.cid) == from {
+                continue;
+            }
+            sync_key(link, key, &sources);
+        }
+        if sources.is_empty() {
+            map.keys.remove(key);
+        }
+    }
+
+    /// Registers a link and sends it the whole interest it should hear.
+    pub fn add_link(&self, link: Arc<Link>) {
+        let map = self.interest.lock();
+        self.links.write().push(link.clone());
+        sync_link(&map, &link);
+    }
+
+    /// Re-sends what changed for every link (after a link changed class or standby state).
+    pub fn resync_links(&self) {
+        let map = self.interest.lock();
+        for link in self.links.read().iter() {
+            sync_link(&map, link);
+        }
+    }
+
+    /// Forgets a closed link: its interest leaves the Sublist and the other links.
+    pub fn remove_link(&self, link: &Arc<Link>) {
+        let mut map = self.interest.lock();
+        self.links.write().retain(|l| !Arc::ptr_eq(l, link));
+        let subs: Vec<(Key, SubRef)> = link.remote_subs.lock().drain().collect();
+        let cid = link.conn.cid;
+        for (key, sub) in subs {
+            self.sublist.remove(&key.0, key.1.as_deref(), &sub);
+            if let Some(sources) = map.keys.get_mut(&key) {
+                sources.retain(|s| s.cid != cid);
+            }
+            self.propagate_key(&mut map, &key, Some(cid));
+        }
+    }
+
+    /// The links of this account.
+    pub fn links(&self) -> Vec<Arc<Link>> {
+        self.links.read().clone()
+    }
+
+    /// Updates the interest a link gave us (LS+ with `weight` for queues, LS-: 0).
+    pub fn link_interest(&self, link: &Arc<Link>, key: Key, weight: u32) {
+        {
+            let mut subs = link.remote_subs.lock();
+            if weight == 0 {
+                if let Some(sub) = subs.remove(&key) {
+                    self.sublist.remove(&key.0, key.1.as_deref(), &sub);
+                }
+            } else if !subs.contains_key(&key) {
+                let sub = SubRef(Arc::new(Subscription {
+                    conn: link.conn.clone(),
+                    subject: Bytes::copy_from_slice(key.0.as_bytes()),
+                    queue: key.1.as_ref().map(|q| Bytes::copy_from_slice(q.as_bytes())),
+                    sid: Bytes::new(),
+                    max: AtomicU64::new(0),
+                    delivered: AtomicU64::new(0),
+                }));
+                if self
+                    .sublist
+                    .insert(&key.0, key.1.as_deref(), sub.clone())
+                    .is_err()
+                {
+                    return;
+                }
+                subs.insert(key.clone(), sub);
+            }
+        }
+        self.interest_set(&key, link.conn.cid, link.class(), weight);
+    }
+
+    /// Total number of interest keys (for monitoring).
+    pub fn interest_keys(&self) -> usize {
+        self.interest.lock().keys.len()
+    }
+}
+
+/// Brings one key's advertisement to `link` in line with the sources.
+fn sync_key(link: &Link, key: &Key, sources: &[Source]) {
+    let dst = link.class();
+    let mut desired: u32 = 0;
+    if link.advertise.load(Ordering::Relaxed) && !denied(&link.deny_advertise, &key.0) {
+        for s in sources {
+            if s.cid != link.conn.cid && interest_allowed(s.class, dst) {
+                desired += s.count;
+            }
+        }
+    }
+    let mut smap = link.smap.lock();
+    let old = smap.get(key).copied().unwrap_or(0);
+    let subject = key.0.as_bytes();
+    match &key.1 {
+        None => {
+            if desired > 0 && old == 0 {
+                smap.insert(key.clone(), 1);
+                link.conn
+                    .enqueue(|b| canopy_proto::encode_ls_plus(b, subject, None));
+                link.conn.flush_signal();
+            } else if desired == 0 && old > 0 {
+                smap.remove(key);
+                link.conn
+                    .enqueue(|b| canopy_proto::encode_ls_minus(b, subject, None));
+                link.conn.flush_signal();
+            }
+        }
+        Some(q) => {
+            if desired == old {
+                return;
+            }
+            let q = q.as_bytes();
+            if desired > 0 {
+                smap.insert(key.clone(), desired);
+                link.conn
+                    .enqueue(|b| canopy_proto::encode_ls_plus(b, subject, Some((q, desired))));
+            } else {
+                smap.remove(key);
+                link.conn
+                    .enqueue(|b| canopy_proto::encode_ls_minus(b, subject, Some(q)));
+            }
+            link.conn.flush_signal();
+        }
+    }
+}
+
+fn sync_link(map: &InterestMap, link: &Link) {
+    let mut keys: Vec<Key> = map.keys.keys().cloned().collect();
+    for k in link.smap.lock().keys() {
+        if !map.keys.contains_key(k) {
+            keys.push(k.clone());
+        }
+    }
+    for key in keys {
+        let sources = map.keys.get(&key).map(Vec::as_slice).unwrap_or(&[]);
+        sync_key(link, &key, sources);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use LinkClass::*;
+
+    #[test]
+    fn interest_mirrors_forwarding() {
+        let all = [Client, Downlink, Uplink, Mesh];
+        for s in all {
+            for d in all {
+                assert_eq!(interest_allowed(s, d), msg_allowed(d, s));
+            }
+        }
+        // Split horizon on the mesh, and nothing from a hub back up to another hub.
+        assert!(!msg_allowed(Mesh, Mesh));
+        assert!(!msg_allowed(Uplink, Uplink));
+        assert!(!msg_allowed(Uplink, Mesh));
+        assert!(msg_allowed(Downlink, Downlink));
+        assert!(msg_allowed(Mesh, Downlink));
+    }
+}

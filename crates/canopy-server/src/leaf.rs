@@ -1,0 +1,1101 @@
+//! Leaf nodes: the accepting side (`leafnodes { port }`, we are the hub) and the soliciting
+//! side (`leafnodes { remotes }`, we are the spoke), wire compatible with nats-server 2.9+.
+//!
+//! A leaf connection is a [`Link`] in its account's interest model ([`crate::interest`]):
+//! LS+/LS- from the peer become Sublist entries owned by the link; our interest is
+//! advertised by the model; LMSG/HMSG are delivered with [`crate::deliver`] under the
+//! forwarding rule. Loops through servers that do not follow that rule (a Go server in a
+//! ring, say) are caught as nats-server does: our `$LDS.<random>` subject coming back.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use canopy_conf::RemoteLeafOpts;
+use canopy_proto::{LeafConnect, Op, Parser, ParserLimits, Role, ServerInfo};
+use parking_lot::Mutex;
+use rand::seq::SliceRandom;
+use rand::Rng;
+use serde_json::{json, Value};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::account::{Account, GLOBAL_ACCOUNT};
+use crate::conn::{conn_label, writer_loop, CloseReason, ConnKind, ConnShared, FlushList};
+use crate::deliver::{deliver, Msg, Origin, Scratch};
+use crate::errors;
+use crate::interest::{Link, LinkClass};
+use crate::server::Server;
+use crate::version;
+
+/// How long a solicitor waits before retrying after the peer reported a loop.
+pub const LOOP_RECONNECT_DELAY: Duration = Duration::from_secs(30);
+/// Default port of a leaf URL without one.
+pub const DEFAULT_LEAF_PORT: u16 = 7422;
+
+/// Live state of one configured remote, for `/leafz` (Canopy extension) and metrics.
+#[derive(Debug, Default)]
+pub struct RemoteState {
+    pub urls: Vec<String>,
+    pub account: String,
+    pub connected: AtomicBool,
+    pub connected_url: Mutex<Option<String>>,
+    pub last_error: Mutex<Option<String>>,
+    pub attempts: AtomicU64,
+    pub reconnects: AtomicU64,
+}
+
+/// A parsed leaf URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeafUrl {
+    pub host: String,
+    pub port: u16,
+    pub user: Option<String>,
+    pub pass: Option<String>,
+    pub tls: bool,
+}
+
+impl LeafUrl {
+    pub fn parse(url: &str) -> Result<LeafUrl, String> {
+        let (scheme, rest) = match url.split_once("://") {
+            Some((s, r)) => (s.to_ascii_lowercase(), r),
+            None => ("nats-leaf".to_string(), url),
+        };
+        if !matches!(scheme.as_str(), "nats-leaf" | "nats" | "tls" | "leaf") {
+            return Err(format!("unsupported URL scheme \"{scheme}\" in {url:?}"));
+        }
+        let rest = rest.trim_end_matches('/');
+        let (userinfo, hostport) = match rest.rsplit_once('@') {
+            Some((u, h)) => (Some(u), h),
+            None => (None, rest),
+        };
+        let (user, pass) = match userinfo {
+            Some(u) => match u.split_once(':') {
+                Some((a, b)) => (Some(a.to_string()), Some(b.to_string())),
+                None => (Some(u.to_string()), None),
+            },
+            None => (None, None),
+        };
+        let (host, port) = if let Some(h) = hostport.strip_prefix('[') {
+            let (h, p) = h
+                .split_once(']')
+                .ok_or_else(|| format!("bad IPv6 host in {url:?}"))?;
+            let port = match p.strip_prefix(':') {
+                Some(p) => p.parse().map_err(|_| format!("bad port in {url:?}"))?,
+                None => DEFAULT_LEAF_PORT,
+            };
+            (h.to_string(), port)
+        } else {
+            match hostport.rsplit_once(':') {
+                Some((h, p)) => (
+                    h.to_string(),
+                    p.parse().map_err(|_| format!("bad port in {url:?}"))?,
+                ),
+                None => (hostport.to_string(), DEFAULT_LEAF_PORT),
+            }
+        };
+        if host.is_empty() {
+            return Err(format!("missing host in {url:?}"));
+        }
+        Ok(LeafUrl {
+            host,
+            port,
+            user,
+            pass,
+            tls: scheme == "tls",
+        })
+    }
+
+    pub fn hostport(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// The user JWT and seed of a `.creds` file (CRLF tolerated).
+pub fn parse_creds(text: &str) -> Result<(String, String), String> {
+    let mut jwt = None;
+    let mut seed = None;
+    let mut lines = text.lines().map(|l| l.trim());
+    while let Some(l) = lines.next() {
+        if l.starts_with("---") && l.contains("BEGIN") {
+            let body = lines.by_ref().find(|x| !x.is_empty()).unwrap_or("");
+            if l.contains("JWT") {
+                jwt = Some(body.to_string());
+            } else if l.contains("SEED") {
+                seed = Some(body.to_string());
+            }
+        }
+    }
+    match (jwt, seed) {
+        (Some(j), Some(s)) if !j.is_empty() && s.starts_with('S') => Ok((j, s)),
+        _ => Err("no user JWT and nkey seed blocks found".into()),
+    }
+}
+
+fn sign_nonce(seed: &str, nonce: &str) -> Result<(String, String), String> {
+    use base64::Engine as _;
+    let kp = nkeys::KeyPair::from_seed(seed).map_err(|e| format!("invalid nkey seed: {e}"))?;
+    let sig = kp
+        .sign(nonce.as_bytes())
+        .map_err(|e| format!("cannot sign nonce: {e}"))?;
+    Ok((
+        kp.public_key(),
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sig),
+    ))
+}
+
+impl Server {
+    /// True when this server both accepts leaf connections and solicits remotes: links
+    /// between two such regional hubs form a mesh (see `interest.rs`).
+    pub fn is_regional(&self) -> bool {
+        let o = self.opts();
+        o.leafnodes
+            .as_ref()
+            .is_some_and(|l| l.port != 0 && !l.remotes.is_empty())
+    }
+
+    /// All live leaf links, across accounts.
+    pub fn leaf_links(&self) -> Vec<Arc<Link>> {
+        let mut v: Vec<Arc<Link>> = self.accounts().iter().flat_map(|a| a.links()).collect();
+        v.sort_by_key(|l| l.conn.cid);
+        v
+    }
+
+    /// Decides which connection of a mesh pair carries our interest.
+    fn refresh_mesh(&self, acc: &Account, peer_id: &str) {
+        let links: Vec<Arc<Link>> = acc
+            .links()
+            .into_iter()
+            .filter(|l| l.peer_id == peer_id && l.class() == LinkClass::Mesh)
+            .collect();
+        let mut changed = false;
+        let prefer_solicited = self.id.as_str() < peer_id;
+        let has_preferred = links.iter().any(|l| l.solicited == prefer_solicited);
+        for l in &links {
+            let want = !has_preferred || l.solicited == prefer_solicited;
+            if l.advertise.swap(want, Ordering::Relaxed) != want {
+                changed = true;
+            }
+        }
+        if changed {
+            acc.resync_links();
+        }
+    }
+}
+
+/// The INFO our leafnode listener sends.
+fn leaf_info(server: &Server, cid: u64, nonce: &str, listen: SocketAddr) -> ServerInfo {
+    let o = server.opts();
+    let lo = o
+        .leafnodes
+        .clone()
+        .unwrap_or_else(|| canopy_conf::LeafNodeOpts::new(Default::default()));
+    let advertise = lo
+        .advertise
+        .clone()
+        .unwrap_or_else(|| format!("{}:{}", advertise_host(&lo.host), listen.port()));
+    ServerInfo {
+        server_id: server.id.clone(),
+        server_name: server.name.clone(),
+        version: version::NATS_COMPAT_VERSION.to_string(),
+        proto: version::CLIENT_PROTO,
+        go: version::RUNTIME.to_string(),
+        host: lo.host.clone(),
+        port: listen.port(),
+        headers: true,
+        auth_required: true,
+        max_payload: o.max_payload as i64,
+        client_id: cid,
+        nonce: nonce.to_string(),
+        info_on_connect: true,
+        leafnode_urls: if lo.no_advertise {
+            Vec::new()
+        } else {
+            vec![advertise]
+        },
+        canopy_version: version::CANOPY_VERSION.to_string(),
+        canopy_regional: server.is_regional(),
+        ..Default::default()
+    }
+}
+
+fn advertise_host(h: &str) -> String {
+    if h == "0.0.0.0" || h == "::" || h.is_empty() {
+        "127.0.0.1".into()
+    } else {
+        h.to_string()
+    }
+}
+
+/// Accepts leaf connections until the server stops accepting.
+pub async fn accept_leafs(server: Arc<Server>, listener: TcpListener) {
+    let Ok(listen) = listener.local_addr() else {
+        return;
+    };
+    loop {
+        let accepted = tokio::select! {
+            _ = server.accepting.cancelled() => break,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((stream, addr)) => {
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(serve_accepted(server.clone(), stream, addr, listen));
+            }
+            Err(e) => {
+                tracing::error!("Error accepting leafnode connection: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+/// What ended a link session.
+#[derive(Debug, PartialEq, Eq)]
+enum Ended {
+    Closed,
+    LoopDetected,
+}
+
+struct Session {
+    server: Arc<Server>,
+    conn: Arc<ConnShared>,
+    link: Option<Arc<Link>>,
+    account: Option<Arc<Account>>,
+    nonce: String,
+    flush: FlushList,
+    scratch: Scratch,
+    ended: Ended,
+}
+
+async fn serve_accepted(
+    server: Arc<Server>,
+    stream: TcpStream,
+    addr: SocketAddr,
+    listen: SocketAddr,
+) {
+    let cid = server.next_cid();
+    let conn = Arc::new(ConnShared::new(cid, ConnKind::Leaf, addr, usize::MAX));
+    let nonce = crate::auth::new_nonce();
+    let info = leaf_info(&server, cid, &nonce, listen);
+    conn.enqueue(|b| canopy_proto::encode_info(b, &info));
+    conn.flush_signal();
+    let (rd, wr) = tokio::io::split(stream);
+    server.register_conn(&conn);
+    let writer = tokio::spawn(writer_loop(conn.clone(), wr, server.liveness()));
+    tracing::debug!("{} - Leafnode connection accepted", conn_label(&conn));
+    let mut s = Session {
+        server: server.clone(),
+        conn: conn.clone(),
+        link: None,
+        account: None,
+        nonce,
+        flush: FlushList::default(),
+        scratch: Scratch::default(),
+        ended: Ended::Closed,
+    };
+    let timeout = server
+        .opts()
+        .leafnodes
+        .as_ref()
+        .and_then(|l| l.authorization.as_ref())
+        .and_then(|a| a.timeout)
+        .unwrap_or(Duration::from_secs(2));
+    s.read_loop(rd, timeout).await;
+    conn.close(CloseReason::ClientClosed);
+    let _ = writer.await;
+    s.teardown();
+}
+
+impl Session {
+    async fn read_loop<R: AsyncRead + Unpin>(&mut self, mut rd: R, auth_timeout: Duration) {
+        let max_payload = self.server.opts().max_payload as usize;
+        let mut parser = Parser::new(Role::Leaf, ParserLimits::link(max_payload));
+        let mut buf = BytesMut::with_capacity(32 * 1024);
+        let deadline = tokio::time::Instant::now() + auth_timeout;
+        loop {
+            if buf.capacity() - buf.len() < 8 * 1024 {
+                buf.reserve(32 * 1024);
+            }
+            let waiting = self.link.is_none();
+            let res = tokio::select! {
+                biased;
+                _ = self.conn.cancel.cancelled() => return,
+                _ = tokio::time::sleep_until(deadline), if waiting => {
+                    tracing::error!("{} - Authentication Timeout", conn_label(&self.conn));
+                    self.conn.error_and_close(errors::AUTH_TIMEOUT, CloseReason::AuthTimeout);
+                    return;
+                }
+                r = rd.read_buf(&mut buf) => r,
+            };
+            match res {
+                Ok(0) => {
+                    self.conn.close(CloseReason::ClientClosed);
+                    return;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.conn.close(CloseReason::ReadError(e.to_string()));
+                    return;
+                }
+            }
+            loop {
+                match parser.next(&mut buf) {
+                    Ok(Some(op)) => {
+                        if !self.handle(op) {
+                            self.flush.flush();
+                            return;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::error!("{} - Leafnode parser ERROR: {e}", conn_label(&self.conn));
+                        if let Some(t) = e.client_error_text() {
+                            self.conn.send_err(t);
+                        }
+                        self.conn
+                            .close(CloseReason::ProtocolViolation(e.to_string()));
+                        self.flush.flush();
+                        return;
+                    }
+                }
+            }
+            self.flush.flush();
+            self.conn.touch();
+        }
+    }
+
+    /// Handles one op; false ends the session.
+    fn handle(&mut self, op: Op) -> bool {
+        match op {
+            Op::Ping => {
+                self.conn.enqueue(|b| b.extend_from_slice(b"PONG\r\n"));
+                self.conn.flush_signal();
+            }
+            Op::Pong => self.conn.pong_received(),
+            Op::Connect(json) if self.link.is_none() => return self.on_connect(&json),
+            Op::Connect(_) => {}
+            Op::Info(_) => {}
+            Op::Err(text) => {
+                let t = String::from_utf8_lossy(&text);
+                tracing::error!("{} - Leafnode Error '{t}'", conn_label(&self.conn));
+                if t.contains("Loop detected") {
+                    self.ended = Ended::LoopDetected;
+                }
+                self.conn
+                    .close(CloseReason::Other(format!("peer error: {t}")));
+                return false;
+            }
+            _ if self.link.is_none() => {
+                tracing::error!(
+                    "{} - Leafnode sent an operation before CONNECT",
+                    conn_label(&self.conn)
+                );
+                self.conn
+                    .error_and_close(errors::AUTH_VIOLATION, CloseReason::AuthViolation);
+                return false;
+            }
+            Op::LSub {
+                subject,
+                queue,
+                weight,
+            } => return self.on_lsub(subject, queue, weight.unwrap_or(1).max(1)),
+            Op::LUnsub { subject, queue } => return self.on_lsub(subject, queue, 0),
+            Op::LMsg {
+                subject,
+                reply,
+                queues,
+                header_len,
+                payload,
+            } => self.on_lmsg(subject, reply, queues, header_len, payload),
+            other => {
+                tracing::error!(
+                    "{} - Unexpected leafnode operation {}",
+                    conn_label(&self.conn),
+                    other.verb()
+                );
+                self.conn.error_and_close(
+                    errors::UNKNOWN_OP,
+                    CloseReason::ProtocolViolation("unexpected op".into()),
+                );
+                return false;
+            }
+        }
+        !self.conn.is_closed()
+    }
+
+    /// The accepting side: authenticate the solicitor and bind its account.
+    fn on_connect(&mut self, json: &[u8]) -> bool {
+        let c: LeafConnect = match serde_json::from_slice(json) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!("{} - Invalid leafnode CONNECT: {e}", conn_label(&self.conn));
+                self.conn.error_and_close(
+                    errors::UNKNOWN_OP,
+                    CloseReason::ProtocolViolation(format!("invalid CONNECT: {e}")),
+                );
+                return false;
+            }
+        };
+        if !c.lang.is_empty() {
+            tracing::error!(
+                "{} - a client ({} {}) connected to the leafnode port",
+                conn_label(&self.conn),
+                c.lang,
+                c.version
+            );
+            self.conn.error_and_close(
+                errors::LEAF_PORT_CLIENT,
+                CloseReason::ProtocolViolation("client on leaf port".into()),
+            );
+            return false;
+        }
+        let account = match authenticate_leaf(&self.server, &c, &self.nonce) {
+            Ok(a) => a,
+            Err(who) => {
+                tracing::error!(
+                    "{} - leafnode {:?} rejected: authorization violation for user {:?}",
+                    conn_label(&self.conn),
+                    c.name,
+                    who
+                );
+                self.server
+                    .stats
+                    .auth_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                self.conn
+                    .error_and_close(errors::AUTH_VIOLATION, CloseReason::AuthViolation);
+                return false;
+            }
+        };
+        let Some(acc) = self.server.account(&account) else {
+            tracing::error!(
+                "{} - leafnode bound to unknown account {account:?}",
+                conn_label(&self.conn)
+            );
+            self.conn
+                .error_and_close(errors::AUTH_VIOLATION, CloseReason::AuthViolation);
+            return false;
+        };
+        let class = if self.server.is_regional() && c.canopy_regional {
+            LinkClass::Mesh
+        } else if c.hub {
+            LinkClass::Uplink
+        } else {
+            LinkClass::Downlink
+        };
+        let _ = self.conn.deny_send.set(c.deny_pub.clone());
+        // A fast reconnect from the same server replaces the old connection.
+        for old in acc.links() {
+            if !old.solicited && !c.server_id.is_empty() && old.peer_id == c.server_id {
+                tracing::warn!(
+                    "{} - replacing leafnode connection from the same server {:?}",
+                    conn_label(&old.conn),
+                    c.name
+                );
+                old.conn
+                    .close(CloseReason::Other("replaced by a new connection".into()));
+            }
+        }
+        let peer_name = if c.name.is_empty() {
+            c.server_id.clone()
+        } else {
+            c.name.clone()
+        };
+        let link = Arc::new(Link::new(
+            self.conn.clone(),
+            c.server_id.clone(),
+            peer_name,
+            false,
+            self.conn.addr.to_string(),
+            Vec::new(),
+            Vec::new(),
+        ));
+        self.establish(link, acc, class);
+        true
+    }
+
+    fn establish(&mut self, link: Arc<Link>, acc: Arc<Account>, class: LinkClass) {
+        self.conn.link_class.store(class as u8, Ordering::Relaxed);
+        {
+            let mut m = self.conn.meta.lock();
+            m.account = acc.name.clone();
+            m.name = link.peer_name.clone();
+        }
+        // Tell the solicitor which account it is bound to, then our interest, then PING.
+        if !link.solicited {
+            let info = ServerInfo {
+                server_id: self.server.id.clone(),
+                server_name: self.server.name.clone(),
+                version: version::NATS_COMPAT_VERSION.to_string(),
+                proto: version::CLIENT_PROTO,
+                headers: true,
+                max_payload: self.server.opts().max_payload as i64,
+                connect_info: true,
+                remote_account: acc.name.clone(),
+                is_system_account: acc.name == self.server.system_account,
+                canopy_version: version::CANOPY_VERSION.to_string(),
+                ..Default::default()
+            };
+            self.conn.enqueue(|b| canopy_proto::encode_info(b, &info));
+        }
+        acc.num_leafs.fetch_add(1, Ordering::Relaxed);
+        acc.add_link(link.clone());
+        self.conn.registered.store(true, Ordering::Relaxed);
+        self.conn.send_ping();
+        tracing::info!(
+            "{} - Leafnode connection created for account: {} (peer {:?}, {})",
+            conn_label(&self.conn),
+            acc.name,
+            link.peer_name,
+            class.as_str()
+        );
+        if class == LinkClass::Mesh {
+            self.server.refresh_mesh(&acc, &link.peer_id);
+        }
+        self.link = Some(link);
+        self.account = Some(acc);
+    }
+
+    fn on_lsub(&mut self, subject: Bytes, queue: Option<Bytes>, weight: u32) -> bool {
+        let (Some(link), Some(acc)) = (self.link.clone(), self.account.clone()) else {
+            return false;
+        };
+        let Ok(subj) = std::str::from_utf8(&subject) else {
+            return true;
+        };
+        if weight > 0 && subj == acc.lds {
+            tracing::error!(
+                "{} - Loop detected for leafnode account=\"{}\" between this server {:?} and {:?}: our loop-detection subject came back; closing (retry in {}s)",
+                conn_label(&self.conn),
+                acc.name,
+                self.server.name,
+                link.peer_name,
+                LOOP_RECONNECT_DELAY.as_secs()
+            );
+            self.server
+                .stats
+                .loops_detected
+                .fetch_add(1, Ordering::Relaxed);
+            let text = format!(
+                "Loop detected for leafnode account=\"{}\". Delaying attempt to reconnect for {}s",
+                acc.name,
+                LOOP_RECONNECT_DELAY.as_secs()
+            );
+            self.ended = Ended::LoopDetected;
+            self.conn
+                .error_and_close(&text, CloseReason::Other("loop detected".into()));
+            return false;
+        }
+        if !canopy_subject::is_well_formed(subj)
+            || link
+                .deny_receive
+                .iter()
+                .any(|d| canopy_subject::subject_is_subset_of(subj, d))
+        {
+            return true;
+        }
+        let q = match &queue {
+            Some(q) => match std::str::from_utf8(q) {
+                Ok(q) => Some(Arc::from(q)),
+                Err(_) => return true,
+            },
+            None => None,
+        };
+        let weight = if q.is_none() { weight.min(1) } else { weight };
+        acc.link_interest(&link, (Arc::from(subj), q), weight);
+        true
+    }
+
+    fn on_lmsg(
+        &mut self,
+        subject: Bytes,
+        reply: Option<Bytes>,
+        queues: Vec<Bytes>,
+        header_len: Option<usize>,
+        payload: Bytes,
+    ) {
+        let (Some(link), Some(acc)) = (self.link.as_ref(), self.account.as_ref()) else {
+            return;
+        };
+        let st = &self.conn.stats;
+        st.in_msgs.fetch_add(1, Ordering::Relaxed);
+        st.in_bytes
+            .fetch_add(payload.len() as u64, Ordering::Relaxed);
+        let s = &self.server.stats;
+        s.in_msgs.fetch_add(1, Ordering::Relaxed);
+        s.in_bytes
+            .fetch_add(payload.len() as u64, Ordering::Relaxed);
+        let Ok(subj) = std::str::from_utf8(&subject) else {
+            return;
+        };
+        if link
+            .deny_receive
+            .iter()
+            .any(|d| canopy_subject::subject_matches(d, subj))
+        {
+            self.server
+                .stats
+                .permission_denials
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let result = acc.sublist.matches(subj);
+        let msg = Msg {
+            subject: &subject,
+            reply: reply.as_deref(),
+            hdr_len: header_len,
+            payload: &payload,
+        };
+        let origin = Origin {
+            cid: self.conn.cid,
+            echo: true,
+            class: link.class(),
+            queues: Some(&queues),
+        };
+        let d = deliver(
+            acc,
+            &result,
+            &msg,
+            &origin,
+            &mut self.scratch,
+            &mut self.flush,
+        );
+        s.out_msgs.fetch_add(d.msgs, Ordering::Relaxed);
+        s.out_bytes.fetch_add(d.bytes, Ordering::Relaxed);
+    }
+
+    fn teardown(&mut self) {
+        let reason = self
+            .conn
+            .close_reason()
+            .map(|r| r.to_string())
+            .unwrap_or_default();
+        if let (Some(link), Some(acc)) = (self.link.take(), self.account.take()) {
+            acc.remove_link(&link);
+            acc.num_leafs.fetch_sub(1, Ordering::Relaxed);
+            if link.class() == LinkClass::Mesh {
+                self.server.refresh_mesh(&acc, &link.peer_id);
+            }
+            tracing::info!(
+                "{} - Leafnode connection closed: {reason} (account {}, peer {:?})",
+                conn_label(&self.conn),
+                acc.name,
+                link.peer_name
+            );
+        }
+        self.server.remove_conn(&self.conn);
+    }
+}
+
+/// The accepting side's authentication: `leafnodes.authorization` users (bound to their
+/// accounts), its single user, or else the client users. Returns the account name, or
+/// the rejected user for the log.
+fn authenticate_leaf(server: &Server, c: &LeafConnect, nonce: &str) -> Result<String, String> {
+    let o = server.opts();
+    let auth = o.leafnodes.as_ref().and_then(|l| l.authorization.clone());
+    if let Some(a) = auth.filter(|a| a.user.is_some() || !a.users.is_empty() || a.nkey.is_some()) {
+        if let Some(nk) = &a.nkey {
+            if &c.nkey == nk && crate::auth::verify_nonce_signature(nk, nonce, &c.sig) {
+                return Ok(a.account.clone().unwrap_or_else(|| GLOBAL_ACCOUNT.into()));
+            }
+        }
+        if let Some(u) = &a.user {
+            if &c.user == u
+                && crate::auth::check_password(a.password.as_deref().unwrap_or(""), &c.pass)
+            {
+                return Ok(a.account.clone().unwrap_or_else(|| GLOBAL_ACCOUNT.into()));
+            }
+        }
+        for u in &a.users {
+            if u.user == c.user
+                && crate::auth::check_password(u.password.as_deref().unwrap_or(""), &c.pass)
+            {
+                return Ok(u.account.clone().unwrap_or_else(|| GLOBAL_ACCOUNT.into()));
+            }
+        }
+        return Err(c.user.clone());
+    }
+    // No leaf-specific users: the client users apply, as in nats-server.
+    let client_auth = server.client_auth();
+    let cc = canopy_proto::ClientConnect {
+        user: c.user.clone(),
+        pass: c.pass.clone(),
+        auth_token: c.auth_token.clone(),
+        nkey: c.nkey.clone(),
+        sig: c.sig.clone(),
+        jwt: c.jwt.clone(),
+        ..Default::default()
+    };
+    client_auth.authenticate(&cc, nonce).map(|a| a.account)
+}
+
+/// Runs one configured remote forever: connect, serve, reconnect.
+pub async fn run_remote(server: Arc<Server>, remote: RemoteLeafOpts, state: Arc<RemoteState>) {
+    let o = server.opts();
+    let lo = o.leafnodes.clone();
+    let interval = remote
+        .reconnect_interval
+        .or(lo.as_ref().map(|l| l.reconnect_interval))
+        .unwrap_or(Duration::from_secs(1))
+        .max(Duration::from_millis(50));
+    let dial_timeout = remote
+        .connect_timeout
+        .or(remote.dial_timeout)
+        .or(lo.as_ref().and_then(|l| l.dial_timeout))
+        .unwrap_or(Duration::from_secs(2));
+    let account_name = remote
+        .account
+        .clone()
+        .unwrap_or_else(|| GLOBAL_ACCOUNT.into());
+    let mut urls = Vec::new();
+    for u in &remote.urls {
+        match LeafUrl::parse(u) {
+            Ok(p) => urls.push(p),
+            Err(e) => tracing::error!("leafnode remote: {e}"),
+        }
+    }
+    drop(o);
+    if urls.is_empty() {
+        tracing::error!("leafnode remote has no usable URL; not connecting");
+        return;
+    }
+    let mut attempt: u64 = 0;
+    let mut connected_before = false;
+    loop {
+        let mut order = urls.clone();
+        if !remote.no_randomize {
+            order.shuffle(&mut rand::thread_rng());
+        }
+        let mut delay = interval;
+        for url in &order {
+            if server.shutdown.is_cancelled() {
+                return;
+            }
+            attempt += 1;
+            state.attempts.fetch_add(1, Ordering::Relaxed);
+            let target = url.hostport();
+            let stream = match tokio::time::timeout(dial_timeout, TcpStream::connect(&target)).await
+            {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    note_failure(&state, &target, attempt, &e.to_string());
+                    continue;
+                }
+                Err(_) => {
+                    note_failure(&state, &target, attempt, "connect timed out");
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            if connected_before {
+                state.reconnects.fetch_add(1, Ordering::Relaxed);
+            }
+            match solicit(&server, &remote, &account_name, url, stream, &state).await {
+                Ok(Ended::LoopDetected) => {
+                    delay = LOOP_RECONNECT_DELAY;
+                    connected_before = true;
+                    break;
+                }
+                Ok(Ended::Closed) => {
+                    connected_before = true;
+                    attempt = 0;
+                    break;
+                }
+                Err(e) => {
+                    note_failure(&state, &target, attempt, &e);
+                }
+            }
+        }
+        if remote.reconnect == Some(false) && connected_before {
+            tracing::warn!(
+                "leafnode remote {:?}: reconnect disabled; not reconnecting",
+                remote.urls
+            );
+            return;
+        }
+        // Jitter spreads the reconnects of many leaves after a hub restart.
+        let jitter = rand::thread_rng().gen_range(0..=delay.as_millis() as u64 / 5 + 1);
+        let wait = delay + Duration::from_millis(jitter);
+        tokio::select! {
+            _ = server.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+fn note_failure(state: &RemoteState, target: &str, attempt: u64, err: &str) {
+    tracing::error!(
+        "Error trying to connect as leafnode to remote server \"{target}\" (attempt {attempt}): {err}"
+    );
+    *state.last_error.lock() = Some(format!("{target}: {err}"));
+}
+
+/// One solicited session: read INFO, send CONNECT, serve until it ends.
+async fn solicit(
+    server: &Arc<Server>,
+    remote: &RemoteLeafOpts,
+    account_name: &str,
+    url: &LeafUrl,
+    stream: TcpStream,
+    state: &Arc<RemoteState>,
+) -> Result<Ended, String> {
+    let addr = stream.peer_addr().map_err(|e| e.to_string())?;
+    let (mut rd, wr) = tokio::io::split(stream);
+    // The first INFO tells us the peer is a leafnode listener and gives the nonce.
+    let first_info = remote.first_info_timeout.unwrap_or(Duration::from_secs(2));
+    let mut buf = BytesMut::with_capacity(32 * 1024);
+    let max_payload = server.opts().max_payload as usize;
+    let mut parser = Parser::new(Role::Leaf, ParserLimits::link(max_payload));
+    let info: ServerInfo = tokio::time::timeout(first_info, async {
+        loop {
+            match parser.next(&mut buf) {
+                Ok(Some(Op::Info(json))) => {
+                    return serde_json::from_slice::<ServerInfo>(&json)
+                        .map_err(|e| format!("invalid INFO: {e}"));
+                }
+                Ok(Some(op)) => return Err(format!("expected INFO, got {}", op.verb())),
+                Ok(None) => {}
+                Err(e) => return Err(format!("protocol error before INFO: {e}")),
+            }
+            match rd.read_buf(&mut buf).await {
+                Ok(0) => return Err("connection closed before INFO".into()),
+                Ok(_) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    })
+    .await
+    .map_err(|_| "no INFO received in time (Stale Leaf Node Connection)".to_string())??;
+    if !info.info_on_connect && info.leafnode_urls.is_empty() {
+        return Err("attempted to connect to wrong port (not a leafnode port)".into());
+    }
+    if info.tls_required {
+        return Err("the remote requires TLS, which Canopy does not support yet".into());
+    }
+    let mut c = LeafConnect {
+        version: version::NATS_COMPAT_VERSION.to_string(),
+        server_id: server.id.clone(),
+        name: server.name.clone(),
+        headers: true,
+        deny_pub: remote.deny_imports.clone(),
+        hub: remote.hub,
+        canopy_version: version::CANOPY_VERSION.to_string(),
+        canopy_regional: server.is_regional(),
+        ..Default::default()
+    };
+    if let Some(path) = &remote.credentials {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            format!(
+                "LeafNode Remote Credentials file {:?} cannot be read: {e}",
+                path.display()
+            )
+        })?;
+        let (jwt, seed) = parse_creds(&text).map_err(|e| {
+            format!(
+                "LeafNode Remote Credentials file {:?} malformed: {e}",
+                path.display()
+            )
+        })?;
+        let (nkey, sig) = sign_nonce(&seed, &info.nonce)?;
+        c.jwt = jwt;
+        c.sig = sig;
+        c.nkey = nkey;
+    } else if let Some(seed) = &remote.nkey {
+        let (nkey, sig) = sign_nonce(seed, &info.nonce)?;
+        c.nkey = nkey;
+        c.sig = sig;
+    }
+    match (&url.user, &url.pass) {
+        (Some(u), Some(p)) => {
+            c.user = u.clone();
+            c.pass = p.clone();
+        }
+        (Some(u), None) => {
+            c.user = u.clone();
+            c.auth_token = u.clone();
+        }
+        _ => {}
+    }
+    let Some(acc) = server.account(account_name) else {
+        return Err(format!(
+            "cannot find local account {account_name:?} specified in leafnode remote"
+        ));
+    };
+    let cid = server.next_cid();
+    let conn = Arc::new(ConnShared::new(cid, ConnKind::Leaf, addr, usize::MAX));
+    conn.enqueue(|b| canopy_proto::encode_connect(b, &c));
+    server.register_conn(&conn);
+    let _ = conn.deny_send.set(remote.deny_exports.clone());
+    let writer = tokio::spawn(writer_loop(conn.clone(), wr, server.liveness()));
+    let class = if server.is_regional() && info.canopy_regional {
+        LinkClass::Mesh
+    } else if remote.hub {
+        LinkClass::Downlink
+    } else {
+        LinkClass::Uplink
+    };
+    let peer_name = if info.server_name.is_empty() {
+        info.server_id.clone()
+    } else {
+        info.server_name.clone()
+    };
+    let link = Arc::new(Link::new(
+        conn.clone(),
+        info.server_id.clone(),
+        peer_name.clone(),
+        true,
+        url.hostport(),
+        remote.deny_imports.clone(),
+        remote.deny_imports.clone(),
+    ));
+    let mut s = Session {
+        server: server.clone(),
+        conn: conn.clone(),
+        link: None,
+        account: None,
+        nonce: String::new(),
+        flush: FlushList::default(),
+        scratch: Scratch::default(),
+        ended: Ended::Closed,
+    };
+    s.establish(link, acc, class);
+    tracing::info!(
+        "Connected leafnode to {:?} at {} (account {account_name})",
+        peer_name,
+        url.hostport()
+    );
+    state.connected.store(true, Ordering::Relaxed);
+    *state.connected_url.lock() = Some(url.hostport());
+    // Ops already buffered after the INFO are handled first.
+    let mut early_ok = true;
+    loop {
+        match parser.next(&mut buf) {
+            Ok(Some(op)) => {
+                if !s.handle(op) {
+                    early_ok = false;
+                    break;
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                conn.close(CloseReason::ProtocolViolation(e.to_string()));
+                early_ok = false;
+                break;
+            }
+        }
+    }
+    s.flush.flush();
+    if early_ok {
+        // Continue with the same buffer contents: hand the leftover bytes to the loop.
+        let rest = buf.split().freeze();
+        let chained = tokio::io::AsyncReadExt::chain(std::io::Cursor::new(rest), rd);
+        s.read_loop(chained, Duration::from_secs(3600)).await;
+    }
+    conn.close(CloseReason::ClientClosed);
+    let _ = writer.await;
+    state.connected.store(false, Ordering::Relaxed);
+    *state.connected_url.lock() = None;
+    let ended = std::mem::replace(&mut s.ended, Ended::Closed);
+    s.teardown();
+    Ok(ended)
+}
+
+/// `/leafz` in nats-server's shape, plus Canopy's per-remote state.
+pub fn leafz(server: &Server, subs: bool, acc_filter: Option<&str>) -> Value {
+    let links = server.leaf_links();
+    let now = std::time::SystemTime::now();
+    let mut leafs = Vec::new();
+    for l in links.iter() {
+        let m = l.conn.meta.lock().clone();
+        if acc_filter.is_some_and(|a| a != m.account) {
+            continue;
+        }
+        let rtt = Duration::from_nanos(l.conn.rtt_ns.load(Ordering::Relaxed));
+        let mut v = json!({
+            "name": l.peer_name,
+            "is_spoke": l.class() == LinkClass::Uplink,
+            "account": m.account,
+            "ip": l.conn.addr.ip().to_string(),
+            "port": l.conn.addr.port(),
+            "rtt": crate::monitor::go_duration(rtt),
+            "in_msgs": l.conn.stats.in_msgs.load(Ordering::Relaxed),
+            "out_msgs": l.conn.stats.out_msgs.load(Ordering::Relaxed),
+            "in_bytes": l.conn.stats.in_bytes.load(Ordering::Relaxed),
+            "out_bytes": l.conn.stats.out_bytes.load(Ordering::Relaxed),
+            "subscriptions": l.remote_subs.lock().len(),
+            "compression": "off",
+            "canopy_link": l.class().as_str(),
+            "canopy_solicited": l.solicited,
+            "canopy_active": l.advertise.load(Ordering::Relaxed),
+            "canopy_uptime": crate::monitor::uptime(now.duration_since(l.conn.start).unwrap_or_default()),
+        });
+        if subs {
+            v["subscriptions_list"] = json!(l.remote_subjects());
+        }
+        leafs.push(v);
+    }
+    let remotes: Vec<Value> = server
+        .remote_states()
+        .iter()
+        .map(|r| {
+            json!({
+                "urls": r.urls,
+                "account": r.account,
+                "connected": r.connected.load(Ordering::Relaxed),
+                "connected_url": r.connected_url.lock().clone(),
+                "last_error": r.last_error.lock().clone(),
+                "attempts": r.attempts.load(Ordering::Relaxed),
+                "reconnects": r.reconnects.load(Ordering::Relaxed),
+            })
+        })
+        .collect();
+    json!({
+        "server_id": server.id,
+        "now": crate::monitor::rfc3339(now),
+        "leafnodes": leafs.len(),
+        "leafs": leafs,
+        "canopy_remotes": remotes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leaf_urls() {
+        let u = LeafUrl::parse("nats-leaf://a:b@hub-1:7433").unwrap();
+        assert_eq!(u.hostport(), "hub-1:7433");
+        assert_eq!(u.user.as_deref(), Some("a"));
+        assert_eq!(u.pass.as_deref(), Some("b"));
+        assert_eq!(LeafUrl::parse("nats://h").unwrap().port, 7422);
+        assert_eq!(
+            LeafUrl::parse("tls://[::1]:1").unwrap().hostport(),
+            "[::1]:1"
+        );
+        assert!(LeafUrl::parse("http://h:1").is_err());
+        assert!(LeafUrl::parse("nats-leaf://:1").is_err());
+    }
+
+    #[test]
+    fn creds_with_crlf() {
+        let kp = nkeys::KeyPair::new_user();
+        let seed = kp.seed().unwrap();
+        let text = format!(
+            "-----BEGIN NATS USER JWT-----\r\neyJhbGc.x.y\r\n------END NATS USER JWT------\r\n\r\n************************* IMPORTANT *************************\r\n\r\n-----BEGIN USER NKEY SEED-----\r\n{seed}\r\n------END USER NKEY SEED------\r\n"
+        );
+        let (jwt, s) = parse_creds(&text).unwrap();
+        assert_eq!(jwt, "eyJhbGc.x.y");
+        assert_eq!(s, seed);
+        assert!(parse_creds("garbage").is_err());
+        let (pk, sig) = sign_nonce(&seed, "nonce").unwrap();
+        assert!(crate::auth::verify_nonce_signature(&pk, "nonce", &sig));
+    }
+}
