@@ -168,15 +168,25 @@ pub fn deliver(
         }
     }
     for t in scratch.links.drain(..) {
-        let ok = t.conn.enqueue(|b| {
-            canopy_proto::encode_lmsg(
+        let queues = t.queues.iter().map(|q| q.as_bytes());
+        let ok = t.conn.enqueue(|b| match t.conn.kind {
+            ConnKind::Route => canopy_proto::encode_rmsg(
+                b,
+                acc.name.as_bytes(),
+                msg.subject,
+                msg.reply,
+                queues,
+                msg.hdr_len,
+                msg.payload,
+            ),
+            _ => canopy_proto::encode_lmsg(
                 b,
                 msg.subject,
                 msg.reply,
-                t.queues.iter().map(|q| q.as_bytes()),
+                queues,
                 msg.hdr_len,
                 msg.payload,
-            )
+            ),
         });
         if ok {
             t.conn.stats.out_msgs.fetch_add(1, Ordering::Relaxed);

@@ -11,12 +11,13 @@
 //! so [`interest_allowed`]`(src, dst) == msg_allowed(dst, src)`, which keeps what we
 //! advertise and what we forward consistent by construction:
 //!
-//! | from \ to | Client | Downlink | Uplink | Mesh |
-//! |-----------|--------|----------|--------|------|
-//! | Client    | yes    | yes      | yes    | yes  |
-//! | Downlink  | yes    | yes*     | yes    | yes  |
-//! | Uplink    | yes    | yes      | no     | no   |
-//! | Mesh      | yes    | yes      | no     | no   |
+//! | from \ to | Client | Downlink | Uplink | Mesh | Route |
+//! |-----------|--------|----------|--------|------|-------|
+//! | Client    | yes    | yes      | yes    | yes  | yes   |
+//! | Downlink  | yes    | yes*     | yes    | yes  | yes   |
+//! | Uplink    | yes    | yes      | no     | no   | no    |
+//! | Mesh      | yes    | yes      | no     | no   | no    |
+//! | Route     | yes    | yes      | no     | no   | no    |
 //!
 //! (*never back to the link it came from.) Trees (hub and spoke, chains) work because
 //! downlinks hear everything and uplinks hear only what is below us; meshes of regional
@@ -42,6 +43,7 @@ pub enum LinkClass {
     Downlink = 1,
     Uplink = 2,
     Mesh = 3,
+    Route = 4,
 }
 
 impl LinkClass {
@@ -50,6 +52,7 @@ impl LinkClass {
             1 => LinkClass::Downlink,
             2 => LinkClass::Uplink,
             3 => LinkClass::Mesh,
+            4 => LinkClass::Route,
             _ => LinkClass::Client,
         }
     }
@@ -59,6 +62,7 @@ impl LinkClass {
             LinkClass::Downlink => "downlink",
             LinkClass::Uplink => "uplink",
             LinkClass::Mesh => "mesh",
+            LinkClass::Route => "route",
         }
     }
 }
@@ -69,7 +73,7 @@ pub fn msg_allowed(src: LinkClass, dst: LinkClass) -> bool {
     use LinkClass::*;
     match dst {
         Client | Downlink => true,
-        Uplink | Mesh => matches!(src, Client | Downlink),
+        Uplink | Mesh | Route => matches!(src, Client | Downlink),
     }
 }
 
@@ -115,6 +119,8 @@ pub struct Link {
     /// Interest this link gave us, as Sublist entries.
     pub remote_subs: Mutex<HashMap<Key, SubRef>>,
     pub reconnects: AtomicU64,
+    /// Route links carry every account: interest lines name this one (`RS+ acc subj`).
+    pub route_account: Option<Bytes>,
 }
 
 impl Link {
@@ -139,6 +145,21 @@ impl Link {
             smap: Mutex::new(HashMap::new()),
             remote_subs: Mutex::new(HashMap::new()),
             reconnects: AtomicU64::new(0),
+            route_account: None,
+        }
+    }
+
+    fn plus(&self, b: &mut bytes::BytesMut, subject: &[u8], queue: Option<(&[u8], u32)>) {
+        match &self.route_account {
+            Some(acc) => canopy_proto::encode_rs_plus(b, acc, subject, queue),
+            None => canopy_proto::encode_ls_plus(b, subject, queue),
+        }
+    }
+
+    fn minus(&self, b: &mut bytes::BytesMut, subject: &[u8], queue: Option<&[u8]>) {
+        match &self.route_account {
+            Some(acc) => canopy_proto::encode_rs_minus(b, acc, subject, queue),
+            None => canopy_proto::encode_ls_minus(b, subject, queue),
         }
     }
 
@@ -315,13 +336,11 @@ fn sync_key(link: &Link, key: &Key, sources: &[Source]) {
         None => {
             if desired > 0 && old == 0 {
                 smap.insert(key.clone(), 1);
-                link.conn
-                    .enqueue(|b| canopy_proto::encode_ls_plus(b, subject, None));
+                link.conn.enqueue(|b| link.plus(b, subject, None));
                 link.conn.flush_signal();
             } else if desired == 0 && old > 0 {
                 smap.remove(key);
-                link.conn
-                    .enqueue(|b| canopy_proto::encode_ls_minus(b, subject, None));
+                link.conn.enqueue(|b| link.minus(b, subject, None));
                 link.conn.flush_signal();
             }
         }
@@ -333,11 +352,10 @@ fn sync_key(link: &Link, key: &Key, sources: &[Source]) {
             if desired > 0 {
                 smap.insert(key.clone(), desired);
                 link.conn
-                    .enqueue(|b| canopy_proto::encode_ls_plus(b, subject, Some((q, desired))));
+                    .enqueue(|b| link.plus(b, subject, Some((q, desired))));
             } else {
                 smap.remove(key);
-                link.conn
-                    .enqueue(|b| canopy_proto::encode_ls_minus(b, subject, Some(q)));
+                link.conn.enqueue(|b| link.minus(b, subject, Some(q)));
             }
             link.conn.flush_signal();
         }
@@ -364,7 +382,7 @@ mod tests {
 
     #[test]
     fn interest_mirrors_forwarding() {
-        let all = [Client, Downlink, Uplink, Mesh];
+        let all = [Client, Downlink, Uplink, Mesh, Route];
         for s in all {
             for d in all {
                 assert_eq!(interest_allowed(s, d), msg_allowed(d, s));
@@ -376,5 +394,9 @@ mod tests {
         assert!(!msg_allowed(Uplink, Mesh));
         assert!(msg_allowed(Downlink, Downlink));
         assert!(msg_allowed(Mesh, Downlink));
+        // A cluster is a full mesh of routes: one hop.
+        assert!(!msg_allowed(Route, Route));
+        assert!(msg_allowed(Route, Downlink));
+        assert!(!msg_allowed(Uplink, Route));
     }
 }
