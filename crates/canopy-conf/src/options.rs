@@ -700,7 +700,6 @@ pub enum Feature {
 /// Features the server does not implement yet; [`Options::unsupported`] reports uses of
 /// these. The server lead removes entries as features land.
 pub const NOT_IMPLEMENTED: &[Feature] = &[
-    Feature::Cluster,
     Feature::ClusterTls,
     Feature::LeafnodeTls,
     Feature::Gateway,

@@ -17,6 +17,7 @@ pub mod interest;
 pub mod leaf;
 pub mod logging;
 pub mod monitor;
+pub mod route;
 pub mod run;
 pub mod server;
 pub mod signal;

@@ -352,7 +352,38 @@ pub async fn run_server(opts: Options, f: Flags, prog: String) -> anyhow::Result
             },
             laddr.port()
         ));
+        *server.leaf_url.lock() = leaf_url.clone();
         tokio::spawn(crate::leaf::accept_leafs(server.clone(), l));
+    }
+    let mut route_url = None;
+    if let Some(c) = &opts.cluster {
+        *server.cluster.name.lock() = c.name.clone().unwrap_or_default();
+        if c.port != 0 {
+            let l = bind(&c.host, c.port).await?;
+            let raddr = l.local_addr()?;
+            let url = match &c.advertise {
+                Some(a) => format!("nats-route://{a}/"),
+                None => format!(
+                    "nats-route://{}:{}/",
+                    if c.host == "0.0.0.0" || c.host == "::" {
+                        "127.0.0.1"
+                    } else {
+                        c.host.as_str()
+                    },
+                    raddr.port()
+                ),
+            };
+            *server.cluster.url.lock() = url.clone();
+            tracing::info!("Cluster name is {}", server.cluster_name());
+            tracing::info!(
+                "Listening for route connections on {}:{}",
+                c.host,
+                raddr.port()
+            );
+            route_url = Some(url.trim_end_matches('/').to_string());
+            tokio::spawn(crate::route::accept_routes(server.clone(), l));
+        }
+        server.start_routes();
     }
     server.start_remotes();
 
@@ -374,6 +405,9 @@ pub async fn run_server(opts: Options, f: Flags, prog: String) -> anyhow::Result
         });
         if let Some(u) = &leaf_url {
             ports["leafnode"] = serde_json::json!([u]);
+        }
+        if let Some(u) = &route_url {
+            ports["cluster"] = serde_json::json!([u]);
         }
         let path = dir.join(format!("{prog}_{pid}.ports"));
         std::fs::write(&path, ports.to_string())

@@ -76,6 +76,9 @@ pub struct Server {
     pub config_load_time: Mutex<SystemTime>,
     pub system_account: String,
     remotes: Mutex<Vec<Arc<crate::leaf::RemoteState>>>,
+    pub cluster: crate::route::Cluster,
+    /// Our leafnode URL (`nats-leaf://host:port`) once listening.
+    pub leaf_url: Mutex<Option<String>>,
 }
 
 impl Server {
@@ -84,7 +87,7 @@ impl Server {
         let id = nkeys::KeyPair::new_server().public_key();
         let name = opts.server_name.clone().unwrap_or_else(|| id.clone());
         let cache = !opts.disable_sublist_cache;
-        let track = opts.leafnodes.is_some();
+        let track = opts.leafnodes.is_some() || opts.cluster.is_some();
         let global = Account::new(GLOBAL_ACCOUNT, cache, track);
         let mut accounts = HashMap::new();
         accounts.insert(GLOBAL_ACCOUNT.to_string(), global.clone());
@@ -119,6 +122,8 @@ impl Server {
             config_load_time: Mutex::new(SystemTime::now()),
             system_account,
             remotes: Mutex::new(Vec::new()),
+            cluster: crate::route::Cluster::default(),
+            leaf_url: Mutex::new(None),
         })
     }
 
@@ -283,6 +288,12 @@ impl Server {
             nonce: nonce.to_string(),
             ldm: self.ldm.load(Ordering::Relaxed),
             canopy_version: version::CANOPY_VERSION.to_string(),
+            cluster: self.cluster_name(),
+            connect_urls: if o.cluster.is_some() {
+                self.cluster_client_urls()
+            } else {
+                Vec::new()
+            },
             ..Default::default()
         }
     }

@@ -1,0 +1,824 @@
+//! Cluster routes, wire compatible with nats-server 2.9 (no pooling, no compression): route
+//! INFO/CONNECT, RS+/RS- with queue weights, RMSG/HMSG, gossip of new members (implicit
+//! routes), duplicate resolution, cluster-name checks and reconnects.
+//!
+//! A route carries every account, so it appears as one [`Link`] per account in the
+//! interest model, with class [`LinkClass::Route`]: a cluster is a full mesh, one hop, and
+//! the forwarding table in `interest.rs` never sends a routed message to another route.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use canopy_proto::{Op, Parser, ParserLimits, Role, RouteConnect, ServerInfo};
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::account::Account;
+use crate::conn::{conn_label, writer_loop, CloseReason, ConnKind, ConnShared, FlushList};
+use crate::deliver::{deliver, Msg, Origin, Scratch};
+use crate::errors;
+use crate::interest::{Link, LinkClass};
+use crate::server::Server;
+use crate::version;
+
+/// Route protocol version announced in INFO (2.9 uses 2 on routes).
+const ROUTE_PROTO: i32 = 2;
+/// Delay between reconnect attempts of a route.
+const ROUTE_RECONNECT: Duration = Duration::from_secs(1);
+
+/// One established route.
+pub struct Route {
+    pub conn: Arc<ConnShared>,
+    pub remote_id: String,
+    pub remote_name: String,
+    pub solicited: bool,
+    /// Configured in `cluster.routes` (not learned by gossip).
+    pub configured: bool,
+    /// The peer's route URL (from its INFO `ip`), for gossip.
+    pub url: String,
+    pub connect_urls: Vec<String>,
+    links: Mutex<Vec<(Arc<Account>, Arc<Link>)>>,
+}
+
+/// Cluster state kept by the server.
+#[derive(Default)]
+pub struct Cluster {
+    pub routes: Mutex<Vec<Arc<Route>>>,
+    /// Server ids we are dialling (explicit or implicit), to avoid duplicate dials.
+    dialing: Mutex<HashSet<String>>,
+    /// Our route URL as peers should dial it.
+    pub url: Mutex<String>,
+    /// The cluster name (configured or learned).
+    pub name: Mutex<String>,
+}
+
+fn parse_route_url(url: &str) -> Result<(String, Option<String>, Option<String>), String> {
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+    let rest = rest.trim_end_matches('/');
+    let (userinfo, hostport) = match rest.rsplit_once('@') {
+        Some((u, h)) => (Some(u), h),
+        None => (None, rest),
+    };
+    let (user, pass) = match userinfo.map(|u| u.split_once(':')) {
+        Some(Some((u, p))) => (Some(u.to_string()), Some(p.to_string())),
+        Some(None) => (userinfo.map(str::to_string), None),
+        None => (None, None),
+    };
+    if !hostport.contains(':') {
+        return Err(format!("route URL {url:?} has no port"));
+    }
+    Ok((hostport.to_string(), user, pass))
+}
+
+impl Server {
+    pub fn cluster_name(&self) -> String {
+        self.cluster.name.lock().clone()
+    }
+
+    pub fn routes(&self) -> Vec<Arc<Route>> {
+        self.cluster.routes.lock().clone()
+    }
+
+    /// Client URLs of the whole cluster (INFO `connect_urls`).
+    pub fn cluster_client_urls(&self) -> Vec<String> {
+        let mut urls = Vec::new();
+        if let Some(a) = *self.client_addr.lock() {
+            let o = self.opts();
+            let host = o
+                .client_advertise
+                .clone()
+                .unwrap_or_else(|| format!("{}:{}", advertise_host(&o.host), a.port()));
+            urls.push(host);
+        }
+        for r in self.routes() {
+            for u in &r.connect_urls {
+                if !urls.contains(u) {
+                    urls.push(u.clone());
+                }
+            }
+        }
+        urls
+    }
+
+    fn route_info(&self) -> ServerInfo {
+        let o = self.opts();
+        let c = o.cluster.clone();
+        let port = c.as_ref().map(|c| c.port.max(0) as u16).unwrap_or(0);
+        let leaf_urls = self
+            .leaf_url
+            .lock()
+            .clone()
+            .map(|u| vec![u.trim_start_matches("nats-leaf://").to_string()])
+            .unwrap_or_default();
+        let client_url = self.cluster_client_urls().into_iter().next();
+        ServerInfo {
+            server_id: self.id.clone(),
+            server_name: self.name.clone(),
+            version: version::NATS_COMPAT_VERSION.to_string(),
+            proto: ROUTE_PROTO,
+            go: version::RUNTIME.to_string(),
+            host: c.as_ref().map(|c| c.host.clone()).unwrap_or_default(),
+            port,
+            headers: true,
+            max_payload: o.max_payload as i64,
+            ip: self.cluster.url.lock().clone(),
+            cluster: self.cluster_name(),
+            connect_urls: if c.as_ref().is_some_and(|c| c.no_advertise) {
+                Vec::new()
+            } else {
+                client_url.into_iter().collect()
+            },
+            leafnode_urls: leaf_urls,
+            canopy_version: version::CANOPY_VERSION.to_string(),
+            ..Default::default()
+        }
+    }
+
+    /// Starts dialling the configured routes.
+    pub fn start_routes(self: &Arc<Self>) {
+        let o = self.opts();
+        let Some(c) = &o.cluster else {
+            return;
+        };
+        for url in &c.routes {
+            let s = self.clone();
+            let url = url.clone();
+            tokio::spawn(async move { s.dial_route(url, None, true).await });
+        }
+    }
+
+    /// Dials a route until it is established (explicit routes: forever, reconnecting
+    /// after drops; implicit ones: `connect_retries` attempts).
+    async fn dial_route(self: Arc<Self>, url: String, expect_id: Option<String>, explicit: bool) {
+        let (hostport, user, pass) = match parse_route_url(&url) {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::error!("Route {e}");
+                return;
+            }
+        };
+        let retries = self
+            .opts()
+            .cluster
+            .as_ref()
+            .map(|c| c.connect_retries)
+            .unwrap_or(0);
+        let mut attempt: u32 = 0;
+        loop {
+            if self.shutdown.is_cancelled() || self.accepting.is_cancelled() {
+                return;
+            }
+            if let Some(id) = &expect_id {
+                if self.routes().iter().any(|r| &r.remote_id == id) {
+                    self.cluster.dialing.lock().remove(id);
+                    return;
+                }
+            }
+            attempt += 1;
+            match tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(&hostport)).await
+            {
+                Ok(Ok(stream)) => {
+                    let _ = stream.set_nodelay(true);
+                    let addr = stream
+                        .peer_addr()
+                        .unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
+                    attempt = 0;
+                    let connect = RouteConnect {
+                        echo: true,
+                        headers: true,
+                        name: self.id.clone(),
+                        cluster: self.cluster_name(),
+                        user: user.clone().unwrap_or_default(),
+                        pass: pass.clone().unwrap_or_default(),
+                        ..Default::default()
+                    };
+                    serve_route(
+                        self.clone(),
+                        stream,
+                        addr,
+                        Some((connect, url.clone(), explicit)),
+                    )
+                    .await;
+                    if !explicit {
+                        if let Some(id) = &expect_id {
+                            self.cluster.dialing.lock().remove(id);
+                        }
+                        return;
+                    }
+                }
+                Ok(Err(e)) => {
+                    if attempt == 1 || attempt % 30 == 0 {
+                        tracing::error!(
+                            "Error trying to connect to route (attempt {attempt}): dial tcp {hostport}: {e}"
+                        );
+                    }
+                    if !explicit && attempt > retries {
+                        if let Some(id) = &expect_id {
+                            self.cluster.dialing.lock().remove(id);
+                        }
+                        return;
+                    }
+                }
+                Err(_) => {
+                    tracing::error!("Error trying to connect to route {hostport}: timed out");
+                }
+            }
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(ROUTE_RECONNECT) => {}
+            }
+        }
+    }
+}
+
+fn advertise_host(h: &str) -> String {
+    if h == "0.0.0.0" || h == "::" || h.is_empty() {
+        "127.0.0.1".into()
+    } else {
+        h.to_string()
+    }
+}
+
+/// Accepts routes until the server stops accepting.
+pub async fn accept_routes(server: Arc<Server>, listener: TcpListener) {
+    loop {
+        let accepted = tokio::select! {
+            _ = server.shutdown.cancelled() => break,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((stream, addr)) => {
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(serve_route(server.clone(), stream, addr, None));
+            }
+            Err(e) => {
+                tracing::error!("Error accepting route connection: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+struct RouteSession {
+    server: Arc<Server>,
+    conn: Arc<ConnShared>,
+    route: Option<Arc<Route>>,
+    connected: bool,
+    solicit: Option<(String, bool)>,
+    flush: FlushList,
+    scratch: Scratch,
+}
+
+/// Serves one route connection. `solicit` carries our CONNECT, the URL and whether it
+/// was configured, when we dialled.
+async fn serve_route(
+    server: Arc<Server>,
+    stream: TcpStream,
+    addr: SocketAddr,
+    solicit: Option<(RouteConnect, String, bool)>,
+) {
+    let cid = server.next_cid();
+    let conn = Arc::new(ConnShared::new(cid, ConnKind::Route, addr, usize::MAX));
+    conn.link_class
+        .store(LinkClass::Route as u8, Ordering::Relaxed);
+    let info = server.route_info();
+    if let Some((connect, _, _)) = &solicit {
+        conn.enqueue(|b| canopy_proto::encode_connect(b, connect));
+    }
+    conn.enqueue(|b| canopy_proto::encode_info(b, &info));
+    conn.flush_signal();
+    server.register_conn(&conn);
+    let (rd, wr) = tokio::io::split(stream);
+    let writer = tokio::spawn(writer_loop(conn.clone(), wr, server.liveness()));
+    let mut s = RouteSession {
+        server: server.clone(),
+        connected: solicit.is_some(),
+        solicit: solicit.map(|(_, u, e)| (u, e)),
+        conn: conn.clone(),
+        route: None,
+        flush: FlushList::default(),
+        scratch: Scratch::default(),
+    };
+    s.read_loop(rd).await;
+    conn.close(CloseReason::ClientClosed);
+    let _ = writer.await;
+    s.teardown();
+}
+
+impl RouteSession {
+    async fn read_loop<R: AsyncRead + Unpin>(&mut self, mut rd: R) {
+        let max_payload = self.server.opts().max_payload as usize;
+        let mut parser = Parser::new(Role::Route, ParserLimits::link(max_payload));
+        let mut buf = BytesMut::with_capacity(32 * 1024);
+        let auth_timeout = self
+            .server
+            .opts()
+            .cluster
+            .as_ref()
+            .and_then(|c| c.authorization.as_ref())
+            .and_then(|a| a.timeout)
+            .unwrap_or(Duration::from_secs(2));
+        let deadline = tokio::time::Instant::now() + auth_timeout;
+        loop {
+            if buf.capacity() - buf.len() < 8 * 1024 {
+                buf.reserve(32 * 1024);
+            }
+            let waiting = self.route.is_none();
+            let res = tokio::select! {
+                biased;
+                _ = self.conn.cancel.cancelled() => return,
+                _ = tokio::time::sleep_until(deadline), if waiting => {
+                    tracing::error!("{} - Route handshake timed out", conn_label(&self.conn));
+                    self.conn.error_and_close(errors::AUTH_TIMEOUT, CloseReason::AuthTimeout);
+                    return;
+                }
+                r = rd.read_buf(&mut buf) => r,
+            };
+            match res {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(e) => {
+                    self.conn.close(CloseReason::ReadError(e.to_string()));
+                    return;
+                }
+            }
+            loop {
+                match parser.next(&mut buf) {
+                    Ok(Some(op)) => {
+                        if !self.handle(op) {
+                            self.flush.flush();
+                            return;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::error!("{} - Route parser ERROR: {e}", conn_label(&self.conn));
+                        if let Some(t) = e.client_error_text() {
+                            self.conn.send_err(t);
+                        }
+                        self.conn
+                            .close(CloseReason::ProtocolViolation(e.to_string()));
+                        self.flush.flush();
+                        return;
+                    }
+                }
+            }
+            self.flush.flush();
+            self.conn.touch();
+        }
+    }
+
+    fn handle(&mut self, op: Op) -> bool {
+        match op {
+            Op::Ping => {
+                self.conn.enqueue(|b| b.extend_from_slice(b"PONG\r\n"));
+                self.conn.flush_signal();
+            }
+            Op::Pong => self.conn.pong_received(),
+            Op::Connect(json) => return self.on_connect(&json),
+            Op::Info(json) => return self.on_info(&json),
+            Op::Err(text) => {
+                let t = String::from_utf8_lossy(&text);
+                tracing::error!("{} - Route Error '{t}'", conn_label(&self.conn));
+                self.conn
+                    .close(CloseReason::Other(format!("peer error: {t}")));
+                return false;
+            }
+            _ if self.route.is_none() => {
+                tracing::error!(
+                    "{} - Route sent an operation before INFO",
+                    conn_label(&self.conn)
+                );
+                self.conn
+                    .error_and_close(errors::AUTH_VIOLATION, CloseReason::AuthViolation);
+                return false;
+            }
+            Op::RSub {
+                account,
+                subject,
+                queue,
+                weight,
+            }
+            | Op::RLSub {
+                account,
+                subject,
+                queue,
+                weight,
+                ..
+            } => self.on_rsub(&account, &subject, queue, weight.unwrap_or(1).max(1)),
+            Op::RUnsub {
+                account,
+                subject,
+                queue,
+            }
+            | Op::RLUnsub {
+                account,
+                subject,
+                queue,
+                ..
+            } => self.on_rsub(&account, &subject, queue, 0),
+            Op::RMsg {
+                account,
+                subject,
+                reply,
+                queues,
+                header_len,
+                payload,
+                ..
+            } => self.on_rmsg(&account, subject, reply, queues, header_len, payload),
+            other => {
+                tracing::error!(
+                    "{} - Unexpected route operation {}",
+                    conn_label(&self.conn),
+                    other.verb()
+                );
+                self.conn.error_and_close(
+                    errors::UNKNOWN_OP,
+                    CloseReason::ProtocolViolation("unexpected op".into()),
+                );
+                return false;
+            }
+        }
+        !self.conn.is_closed()
+    }
+
+    fn on_connect(&mut self, json: &[u8]) -> bool {
+        let c: RouteConnect = match serde_json::from_slice(json) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!("{} - Invalid route CONNECT: {e}", conn_label(&self.conn));
+                self.conn
+                    .close(CloseReason::ProtocolViolation(e.to_string()));
+                return false;
+            }
+        };
+        let o = self.server.opts();
+        if let Some(a) = o.cluster.as_ref().and_then(|c| c.authorization.as_ref()) {
+            if let Some(u) = &a.user {
+                let ok = &c.user == u
+                    && crate::auth::check_password(a.password.as_deref().unwrap_or(""), &c.pass);
+                if !ok {
+                    tracing::error!(
+                        "{} - route from {:?} rejected: authorization violation for user {:?}",
+                        conn_label(&self.conn),
+                        c.name,
+                        c.user
+                    );
+                    self.server
+                        .stats
+                        .auth_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.conn
+                        .error_and_close(errors::AUTH_VIOLATION, CloseReason::AuthViolation);
+                    return false;
+                }
+            }
+        }
+        self.connected = true;
+        true
+    }
+
+    fn on_info(&mut self, json: &[u8]) -> bool {
+        let info: ServerInfo = match serde_json::from_slice(json) {
+            Ok(i) => i,
+            Err(e) => {
+                tracing::error!("{} - Invalid route INFO: {e}", conn_label(&self.conn));
+                self.conn
+                    .close(CloseReason::ProtocolViolation(e.to_string()));
+                return false;
+            }
+        };
+        if let Some(r) = &self.route {
+            if info.server_id != r.remote_id {
+                // Gossip: a member we may not know yet.
+                self.server.clone().learn_route(&info);
+            }
+            return true;
+        }
+        if !self.connected {
+            tracing::error!(
+                "{} - Route sent INFO before CONNECT",
+                conn_label(&self.conn)
+            );
+            self.conn
+                .error_and_close(errors::AUTH_VIOLATION, CloseReason::AuthViolation);
+            return false;
+        }
+        self.register(info)
+    }
+
+    fn register(&mut self, info: ServerInfo) -> bool {
+        let server = self.server.clone();
+        if info.server_id == server.id {
+            tracing::debug!(
+                "{} - Detected route to self, ignoring",
+                conn_label(&self.conn)
+            );
+            self.conn.close(CloseReason::Other("route to self".into()));
+            return false;
+        }
+        {
+            let mut name = server.cluster.name.lock();
+            if name.is_empty() {
+                *name = info.cluster.clone();
+            } else if !info.cluster.is_empty() && *name != info.cluster {
+                tracing::error!(
+                    "{} - Rejecting route from {:?}: cluster name {:?} does not match ours {:?}",
+                    conn_label(&self.conn),
+                    info.server_name,
+                    info.cluster,
+                    *name
+                );
+                self.conn.error_and_close(
+                    "Cluster Name Mismatch",
+                    CloseReason::Other("cluster name mismatch".into()),
+                );
+                return false;
+            }
+        }
+        if !info.server_name.is_empty()
+            && info.server_name == server.name
+            && info.server_id != server.id
+        {
+            tracing::warn!(
+                "{} - Remote server has the same server_name {:?} as this server",
+                conn_label(&self.conn),
+                info.server_name
+            );
+        }
+        let solicited = self.solicit.is_some();
+        let route = Arc::new(Route {
+            conn: self.conn.clone(),
+            remote_id: info.server_id.clone(),
+            remote_name: info.server_name.clone(),
+            solicited,
+            configured: self.solicit.as_ref().is_some_and(|(_, e)| *e),
+            url: info.ip.clone(),
+            connect_urls: info.connect_urls.clone(),
+            links: Mutex::new(Vec::new()),
+        });
+        {
+            let mut routes = server.cluster.routes.lock();
+            if let Some(old) = routes
+                .iter()
+                .find(|r| r.remote_id == route.remote_id)
+                .cloned()
+            {
+                // Keep the connection solicited by the server with the smaller id, so both
+                // sides drop the same one.
+                let keep_new = (route.solicited == (server.id < route.remote_id))
+                    && (old.solicited != route.solicited);
+                if keep_new {
+                    old.conn.close(CloseReason::Other("duplicate route".into()));
+                    routes.retain(|r| !Arc::ptr_eq(r, &old));
+                } else {
+                    tracing::debug!(
+                        "{} - Detected duplicate route to {:?}, closing",
+                        conn_label(&self.conn),
+                        route.remote_name
+                    );
+                    drop(routes);
+                    self.conn
+                        .close(CloseReason::Other("duplicate route".into()));
+                    return false;
+                }
+            }
+            routes.push(route.clone());
+        }
+        {
+            let mut m = self.conn.meta.lock();
+            m.name = route.remote_name.clone();
+        }
+        // One link per account: our interest (clients and downlinks) goes out as RS+.
+        for acc in server.accounts() {
+            let mut link = Link::new(
+                self.conn.clone(),
+                route.remote_id.clone(),
+                route.remote_name.clone(),
+                solicited,
+                route.url.clone(),
+                Vec::new(),
+                Vec::new(),
+            );
+            link.route_account = Some(Bytes::copy_from_slice(acc.name.as_bytes()));
+            let link = Arc::new(link);
+            route.links.lock().push((acc.clone(), link.clone()));
+            acc.add_link(link);
+        }
+        self.conn.registered.store(true, Ordering::Relaxed);
+        self.conn.send_ping();
+        tracing::info!(
+            "{} - Route connection created to {:?} ({})",
+            conn_label(&self.conn),
+            route.remote_name,
+            if solicited { "solicited" } else { "accepted" }
+        );
+        // Gossip: tell the other members about the new one, and the new one about them.
+        for other in server.routes() {
+            if Arc::ptr_eq(&other, &route) {
+                continue;
+            }
+            if !info.ip.is_empty() {
+                let fwd = info.clone();
+                other.conn.enqueue(|b| canopy_proto::encode_info(b, &fwd));
+                other.conn.flush_signal();
+            }
+            if !other.url.is_empty() {
+                let known = ServerInfo {
+                    server_id: other.remote_id.clone(),
+                    server_name: other.remote_name.clone(),
+                    version: version::NATS_COMPAT_VERSION.to_string(),
+                    proto: ROUTE_PROTO,
+                    ip: other.url.clone(),
+                    cluster: server.cluster_name(),
+                    connect_urls: other.connect_urls.clone(),
+                    headers: true,
+                    ..Default::default()
+                };
+                self.conn.enqueue(|b| canopy_proto::encode_info(b, &known));
+            }
+        }
+        self.conn.flush_signal();
+        self.route = Some(route);
+        true
+    }
+
+    fn link_for(&self, account: &[u8]) -> Option<(Arc<Account>, Arc<Link>)> {
+        let route = self.route.as_ref()?;
+        route
+            .links
+            .lock()
+            .iter()
+            .find(|(a, _)| a.name.as_bytes() == account)
+            .cloned()
+    }
+
+    fn on_rsub(&mut self, account: &[u8], subject: &[u8], queue: Option<Bytes>, weight: u32) {
+        let Some((acc, link)) = self.link_for(account) else {
+            return;
+        };
+        let Ok(subj) = std::str::from_utf8(subject) else {
+            return;
+        };
+        if !canopy_subject::is_well_formed(subj) {
+            return;
+        }
+        let q = match &queue {
+            Some(q) => match std::str::from_utf8(q) {
+                Ok(q) => Some(Arc::from(q)),
+                Err(_) => return,
+            },
+            None => None,
+        };
+        let weight = if q.is_none() { weight.min(1) } else { weight };
+        acc.link_interest(&link, (Arc::from(subj), q), weight);
+    }
+
+    fn on_rmsg(
+        &mut self,
+        account: &[u8],
+        subject: Bytes,
+        reply: Option<Bytes>,
+        queues: Vec<Bytes>,
+        header_len: Option<usize>,
+        payload: Bytes,
+    ) {
+        let st = &self.conn.stats;
+        st.in_msgs.fetch_add(1, Ordering::Relaxed);
+        st.in_bytes
+            .fetch_add(payload.len() as u64, Ordering::Relaxed);
+        let s = &self.server.stats;
+        s.in_msgs.fetch_add(1, Ordering::Relaxed);
+        s.in_bytes
+            .fetch_add(payload.len() as u64, Ordering::Relaxed);
+        let Some((acc, _)) = self.link_for(account) else {
+            return;
+        };
+        let Ok(subj) = std::str::from_utf8(&subject) else {
+            return;
+        };
+        let result = acc.sublist.matches(subj);
+        let msg = Msg {
+            subject: &subject,
+            reply: reply.as_deref(),
+            hdr_len: header_len,
+            payload: &payload,
+        };
+        let origin = Origin {
+            cid: self.conn.cid,
+            echo: true,
+            class: LinkClass::Route,
+            queues: Some(&queues),
+        };
+        let d = deliver(
+            &acc,
+            &result,
+            &msg,
+            &origin,
+            &mut self.scratch,
+            &mut self.flush,
+        );
+        s.out_msgs.fetch_add(d.msgs, Ordering::Relaxed);
+        s.out_bytes.fetch_add(d.bytes, Ordering::Relaxed);
+    }
+
+    fn teardown(&mut self) {
+        if let Some(route) = self.route.take() {
+            for (acc, link) in route.links.lock().drain(..) {
+                acc.remove_link(&link);
+            }
+            self.server
+                .cluster
+                .routes
+                .lock()
+                .retain(|r| !Arc::ptr_eq(r, &route));
+            let reason = self
+                .conn
+                .close_reason()
+                .map(|r| r.to_string())
+                .unwrap_or_default();
+            tracing::info!(
+                "{} - Route connection to {:?} closed: {reason}",
+                conn_label(&self.conn),
+                route.remote_name
+            );
+        }
+        self.server.remove_conn(&self.conn);
+    }
+}
+
+impl Server {
+    /// Gossip: connect to a member we heard of, unless we know it or are dialling it.
+    fn learn_route(self: Arc<Self>, info: &ServerInfo) {
+        if info.server_id == self.id || info.ip.is_empty() {
+            return;
+        }
+        if self.routes().iter().any(|r| r.remote_id == info.server_id) {
+            return;
+        }
+        // Both sides may dial after gossip (nats-server does too); duplicate resolution
+        // in `register` keeps exactly one connection.
+        if !self.cluster.dialing.lock().insert(info.server_id.clone()) {
+            return;
+        }
+        tracing::debug!("Learned route {:?} at {}", info.server_name, info.ip);
+        let url = info.ip.clone();
+        let id = info.server_id.clone();
+        tokio::spawn(self.dial_route(url, Some(id), false));
+    }
+}
+
+/// `/routez` in nats-server's shape.
+pub fn routez(server: &Server, subs: bool) -> Value {
+    let now = std::time::SystemTime::now();
+    let routes: Vec<Value> = server
+        .routes()
+        .iter()
+        .map(|r| {
+            let c = &r.conn;
+            let subs_list: Vec<String> = r
+                .links
+                .lock()
+                .iter()
+                .flat_map(|(_, l)| l.remote_subjects())
+                .collect();
+            let mut v = json!({
+                "rid": c.cid,
+                "remote_id": r.remote_id,
+                "remote_name": r.remote_name,
+                "did_solicit": r.solicited,
+                "is_configured": r.configured,
+                "ip": c.addr.ip().to_string(),
+                "port": c.addr.port(),
+                "start": crate::monitor::rfc3339(c.start),
+                "last_activity": crate::monitor::rfc3339(*c.last_activity.lock()),
+                "rtt": crate::monitor::go_duration(Duration::from_nanos(c.rtt_ns.load(Ordering::Relaxed))),
+                "uptime": crate::monitor::uptime(now.duration_since(c.start).unwrap_or_default()),
+                "idle": crate::monitor::uptime(now.duration_since(*c.last_activity.lock()).unwrap_or_default()),
+                "pending_size": c.pending_bytes(),
+                "in_msgs": c.stats.in_msgs.load(Ordering::Relaxed),
+                "out_msgs": c.stats.out_msgs.load(Ordering::Relaxed),
+                "in_bytes": c.stats.in_bytes.load(Ordering::Relaxed),
+                "out_bytes": c.stats.out_bytes.load(Ordering::Relaxed),
+                "subscriptions": subs_list.len(),
+            });
+            if subs {
+                v["subscriptions_list"] = json!(subs_list);
+            }
+            v
+        })
+        .collect();
+    json!({
+        "server_id": server.id,
+        "server_name": server.name,
+        "now": crate::monitor::rfc3339(now),
+        "num_routes": routes.len(),
+        "routes": routes,
+    })
+}
