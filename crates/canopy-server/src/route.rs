@@ -213,7 +213,7 @@ impl Server {
                     }
                 }
                 Ok(Err(e)) => {
-                    if attempt == 1 || attempt % 30 == 0 {
+                    if attempt == 1 || attempt.is_multiple_of(30) {
                         tracing::error!(
                             "Error trying to connect to route (attempt {attempt}): dial tcp {hostport}: {e}"
                         );
