@@ -78,7 +78,7 @@ fn handle(server: &Arc<Server>, req: Request<Incoming>) -> Response<Full<Bytes>>
         "" => root(server),
         "/varz" => response(StatusCode::OK, varz(server)),
         "/connz" => response(StatusCode::OK, connz(server, &q)),
-        "/routez" => response(StatusCode::OK, routez(server)),
+        "/routez" => response(StatusCode::OK, routez(server, &q)),
         "/gatewayz" => response(StatusCode::OK, gatewayz(server)),
         "/leafz" => response(StatusCode::OK, leafz(server, &q)),
         "/subsz" | "/subscriptionsz" => response(StatusCode::OK, subsz(server, &q)),
@@ -236,7 +236,7 @@ pub fn varz(s: &Arc<Server>) -> Value {
         "cpu": cpu_percent(s.start),
         "connections": clients,
         "total_connections": st.total_connections.load(Ordering::Relaxed),
-        "routes": 0,
+        "routes": s.routes().len(),
         "remotes": 0,
         "leafnodes": s.leaf_links().len(),
         "in_msgs": st.in_msgs.load(Ordering::Relaxed),
@@ -407,11 +407,11 @@ fn subs_of(s: &Arc<Server>, cid: u64) -> Vec<String> {
     out
 }
 
-pub fn routez(s: &Arc<Server>) -> Value {
-    json!({
-        "server_id": s.id, "server_name": s.name, "now": rfc3339(SystemTime::now()),
-        "num_routes": 0, "routes": [],
-    })
+pub fn routez(s: &Arc<Server>, q: &HashMap<String, String>) -> Value {
+    let subs = q
+        .get("subs")
+        .is_some_and(|v| v == "1" || v == "true" || v == "detail");
+    crate::route::routez(s, subs)
 }
 
 pub fn gatewayz(s: &Arc<Server>) -> Value {

@@ -188,7 +188,9 @@ impl Server {
                     let addr = stream
                         .peer_addr()
                         .unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
-                    attempt = 0;
+                    if explicit {
+                        attempt = 0;
+                    }
                     let connect = RouteConnect {
                         echo: true,
                         headers: true,
@@ -206,10 +208,19 @@ impl Server {
                     )
                     .await;
                     if !explicit {
-                        if let Some(id) = &expect_id {
-                            self.cluster.dialing.lock().remove(id);
+                        // Implicit routes are redialled only by the smaller id (as
+                        // nats-server does), and only while no other route to the peer
+                        // exists; `connect_retries` (at least 3) bounds the attempts.
+                        let retry = expect_id.as_ref().is_some_and(|id| {
+                            self.id.as_str() < id.as_str()
+                                && !self.routes().iter().any(|r| &r.remote_id == id)
+                        });
+                        if !retry || attempt > retries.max(3) {
+                            if let Some(id) = &expect_id {
+                                self.cluster.dialing.lock().remove(id);
+                            }
+                            return;
                         }
-                        return;
                     }
                 }
                 Ok(Err(e)) => {
@@ -570,10 +581,13 @@ impl RouteSession {
                 .find(|r| r.remote_id == route.remote_id)
                 .cloned()
             {
-                // Keep the connection solicited by the server with the smaller id, so both
-                // sides drop the same one.
-                let keep_new = (route.solicited == (server.id < route.remote_id))
-                    && (old.solicited != route.solicited);
+                // Between Canopy servers both sides keep the connection solicited by the
+                // server with the smaller id. nats-server keeps the first one registered
+                // and drops the newcomer (the smaller id redials if both get dropped), so
+                // with a Go peer we do the same.
+                let keep_new = !info.canopy_version.is_empty()
+                    && old.solicited != route.solicited
+                    && route.solicited == (server.id < route.remote_id);
                 if keep_new {
                     old.conn.close(CloseReason::Other("duplicate route".into()));
                     routes.retain(|r| !Arc::ptr_eq(r, &old));

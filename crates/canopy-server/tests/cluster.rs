@@ -1,0 +1,299 @@
+//! Hub clusters: 3-server clusters (all Canopy, and mixed with Debian's nats-server),
+//! gossip, cluster-wide delivery and queue semantics, leaves on different members, and a
+//! member killed while a leaf is attached to it.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use canopy_testkit::{assert_eventually, free_port, nats_server_bin, Impl, ServerProcess};
+use futures::StreamExt;
+
+struct Member {
+    cfg: String,
+}
+
+/// Configs for an n-member cluster; every member lists every route (as the seed does).
+fn cluster_configs(n: usize, leaf_ports: Option<&[u16]>) -> (Vec<Member>, Vec<u16>) {
+    let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+    let routes: Vec<String> = ports
+        .iter()
+        .map(|p| format!("\"nats-route://127.0.0.1:{p}\""))
+        .collect();
+    let members = (0..n)
+        .map(|i| {
+            let leaf = leaf_ports
+                .map(|lp| format!("leafnodes {{ listen: \"127.0.0.1:{}\" }}\n", lp[i]))
+                .unwrap_or_default();
+            Member {
+                cfg: format!(
+                    "listen: 127.0.0.1:-1\nhttp: 127.0.0.1:-1\nserver_name: hub-{i}\n\
+                     cluster {{ name: hub, listen: \"127.0.0.1:{}\", routes: [{}] }}\n{leaf}",
+                    ports[i],
+                    routes.join(", ")
+                ),
+            }
+        })
+        .collect();
+    (members, ports)
+}
+
+fn start(kinds: &[Impl], leaf_ports: Option<&[u16]>) -> Vec<ServerProcess> {
+    let (members, _) = cluster_configs(kinds.len(), leaf_ports);
+    members
+        .iter()
+        .zip(kinds)
+        .map(|(m, k)| ServerProcess::start(*k, &m.cfg, &[]).unwrap())
+        .collect()
+}
+
+fn wait_routes(servers: &[ServerProcess]) {
+    let want = servers.len() as u64 - 1;
+    for s in servers {
+        assert_eventually!(
+            Duration::from_secs(10),
+            s.monitor("/routez")
+                .map(|v| v["num_routes"].as_u64() == Some(want))
+                .unwrap_or(false),
+            "routes did not form on {}: {}",
+            s.url(),
+            s.log()
+        );
+    }
+}
+
+/// Publishes from every member and checks each subscriber gets every message once.
+async fn full_mesh_delivery(servers: &[ServerProcess]) {
+    let mut subs = Vec::new();
+    let mut conns = Vec::new();
+    for s in servers {
+        let nc = async_nats::connect(s.url()).await.unwrap();
+        subs.push(nc.subscribe("c.>").await.unwrap());
+        nc.flush().await.unwrap();
+        conns.push(nc);
+    }
+    // Wait until every member's interest reached every other member.
+    for nc in &conns {
+        let probe = format!("c.probe.{}", rand_id());
+        let mut seen = vec![false; subs.len()];
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while seen.iter().any(|s| !s) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "interest did not propagate"
+            );
+            nc.publish(probe.clone(), "p".into()).await.unwrap();
+            nc.flush().await.unwrap();
+            for (i, sub) in subs.iter_mut().enumerate() {
+                while let Ok(Some(m)) =
+                    tokio::time::timeout(Duration::from_millis(50), sub.next()).await
+                {
+                    if m.subject.as_str() == probe {
+                        seen[i] = true;
+                    }
+                }
+            }
+        }
+    }
+    // Drain stragglers of the probes.
+    for sub in subs.iter_mut() {
+        while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(200), sub.next()).await {
+        }
+    }
+    for (i, nc) in conns.iter().enumerate() {
+        for k in 0..10 {
+            nc.publish(format!("c.from{i}"), format!("{k}").into())
+                .await
+                .unwrap();
+        }
+        nc.flush().await.unwrap();
+    }
+    let expected = 10 * conns.len();
+    for (i, sub) in subs.iter_mut().enumerate() {
+        let mut got = 0;
+        while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(500), sub.next()).await {
+            assert!(!m.subject.as_str().starts_with("c.probe"));
+            got += 1;
+        }
+        assert_eq!(got, expected, "subscriber on member {i}");
+    }
+}
+
+fn rand_id() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+#[tokio::test]
+async fn three_canopy_members_gossip_and_deliver_once() {
+    let servers = start(&[Impl::Canopy; 3], None);
+    wait_routes(&servers);
+    full_mesh_delivery(&servers).await;
+    // Clients learn the cluster's URLs.
+    let (_c, info) = canopy_testkit::RawClient::connect(&servers[0].addr()).unwrap();
+    assert_eq!(info["cluster"], "hub");
+    assert_eq!(info["connect_urls"].as_array().unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn mixed_cluster_with_nats_server() {
+    if nats_server_bin().is_none() {
+        eprintln!("nats-server not installed; skipping");
+        return;
+    }
+    let servers = start(&[Impl::Canopy, Impl::NatsServer, Impl::Canopy], None);
+    wait_routes(&servers);
+    full_mesh_delivery(&servers).await;
+}
+
+#[tokio::test]
+async fn queue_group_once_across_cluster() {
+    let servers = start(&[Impl::Canopy; 3], None);
+    wait_routes(&servers);
+    let mut members = Vec::new();
+    for s in &servers[1..] {
+        let nc = async_nats::connect(s.url()).await.unwrap();
+        members.push((nc.queue_subscribe("work", "w".into()).await.unwrap(), nc));
+    }
+    for (_, nc) in &members {
+        nc.flush().await.unwrap();
+    }
+    let p = async_nats::connect(servers[0].url()).await.unwrap();
+    // Wait for queue interest from both members to reach the publisher's server.
+    assert_eventually!(
+        Duration::from_secs(10),
+        servers[0]
+            .monitor("/subsz?subs=1")
+            .map(|v| v["subscriptions_list"]
+                .as_array()
+                .map(|a| a.iter().filter(|s| s["subject"] == "work").count() == 2)
+                .unwrap_or(false))
+            .unwrap_or(false),
+        "queue interest did not reach member 0"
+    );
+    for i in 0..100 {
+        p.publish("work", format!("{i}").into()).await.unwrap();
+    }
+    p.flush().await.unwrap();
+    let mut total = 0;
+    for (sub, _) in members.iter_mut() {
+        while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(500), sub.next()).await {
+            total += 1;
+        }
+    }
+    assert_eq!(total, 100);
+}
+
+#[test]
+fn cluster_name_mismatch_is_refused() {
+    let p1 = free_port();
+    let p2 = free_port();
+    let a = ServerProcess::canopy(&format!(
+        "listen: 127.0.0.1:-1\nhttp: 127.0.0.1:-1\ncluster {{ name: one, listen: \"127.0.0.1:{p1}\" }}\n"
+    ))
+    .unwrap();
+    let b = ServerProcess::canopy(&format!(
+        "listen: 127.0.0.1:-1\nhttp: 127.0.0.1:-1\ncluster {{ name: two, listen: \"127.0.0.1:{p2}\", routes: [\"nats-route://127.0.0.1:{p1}\"] }}\n"
+    ))
+    .unwrap();
+    assert_eventually!(
+        Duration::from_secs(5),
+        a.log().contains("does not match") || b.log().contains("does not match"),
+        "no mismatch logged:\n{}\n{}",
+        a.log(),
+        b.log()
+    );
+    assert_eq!(a.monitor("/routez").unwrap()["num_routes"], 0);
+}
+
+/// A leaf on member 0 and a leaf on member 2 reach each other through the cluster; then
+/// member 0 dies, the first leaf fails over and a stream of requests loses nothing after
+/// the reconnection completes.
+#[tokio::test]
+async fn leaves_on_different_members_and_failover() {
+    let leaf_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let mut servers = start(&[Impl::Canopy; 3], Some(&leaf_ports));
+    wait_routes(&servers);
+    let urls: Vec<String> = leaf_ports
+        .iter()
+        .map(|p| format!("\"nats-leaf://127.0.0.1:{p}\""))
+        .collect();
+    let leaf_a = ServerProcess::canopy(&format!(
+        "listen: 127.0.0.1:-1\nhttp: 127.0.0.1:-1\nserver_name: leaf-a\n\
+         leafnodes {{ reconnect_interval: \"100ms\", remotes: [ {{ urls: [{}], no_randomize: true }} ] }}\n",
+        urls.join(", ")
+    ))
+    .unwrap();
+    let leaf_b = ServerProcess::canopy(&format!(
+        "listen: 127.0.0.1:-1\nserver_name: leaf-b\nleafnodes {{ remotes: [ {{ urls: [{}] }} ] }}\n",
+        urls[2]
+    ))
+    .unwrap();
+    // A responder on leaf B; requests from a client on leaf A.
+    let responder = async_nats::connect(leaf_b.url()).await.unwrap();
+    let mut svc = responder.subscribe("svc.echo").await.unwrap();
+    responder.flush().await.unwrap();
+    let r2 = responder.clone();
+    tokio::spawn(async move {
+        while let Some(m) = svc.next().await {
+            if let Some(reply) = m.reply {
+                let _ = r2.publish(reply, m.payload).await;
+            }
+        }
+    });
+    let requester = async_nats::connect(leaf_a.url()).await.unwrap();
+    let ask = |i: u32| {
+        let r = requester.clone();
+        async move {
+            tokio::time::timeout(
+                Duration::from_millis(500),
+                r.request("svc.echo", format!("{i}").into()),
+            )
+            .await
+            .ok()
+            .and_then(|x| x.ok())
+            .map(|m| m.payload == format!("{i}").as_bytes())
+            .unwrap_or(false)
+        }
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !ask(0).await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no path leaf-a → leaf-b"
+        );
+    }
+    for i in 1..=20 {
+        assert!(ask(i).await, "request {i} lost before failover");
+    }
+    // Kill the member leaf A is attached to (the first URL: no_randomize).
+    servers[0].kill();
+    assert_eventually!(
+        Duration::from_secs(10),
+        leaf_a
+            .monitor("/leafz")
+            .map(|v| v["leafs"].as_array().is_some_and(
+                |l| l.len() == 1 && l[0]["port"].as_u64() != Some(leaf_ports[0] as u64)
+            ))
+            .unwrap_or(false),
+        "leaf-a did not fail over: {}",
+        leaf_a.log()
+    );
+    // Interest reappears cluster-wide; once a request succeeds, none may be lost.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !ask(1000).await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no path after failover"
+        );
+    }
+    let mut lost = 0;
+    for i in 1001..=1100 {
+        if !ask(i).await {
+            lost += 1;
+        }
+    }
+    assert_eq!(lost, 0, "requests lost after reconnection completed");
+}
