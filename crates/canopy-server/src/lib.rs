@@ -16,6 +16,7 @@ pub mod flags;
 pub mod interest;
 pub mod leaf;
 pub mod logging;
+pub mod metrics;
 pub mod monitor;
 pub mod route;
 pub mod run;

@@ -27,7 +27,54 @@ pub struct LogSettings {
 
 enum Sink {
     Stderr,
-    File { path: PathBuf, file: File },
+    File {
+        path: PathBuf,
+        file: File,
+        written: u64,
+    },
+}
+
+/// `log_size_limit` (0 = none) and `log_max_files` (0 = keep all rotated files).
+static ROTATION: OnceLock<Mutex<(u64, u64)>> = OnceLock::new();
+
+/// Sets log rotation: rotate the log file past `limit` bytes, keep `max_files` old ones.
+pub fn set_rotation(limit: u64, max_files: u64) {
+    *ROTATION.get_or_init(|| Mutex::new((0, 0))).lock() = (limit, max_files);
+}
+
+fn rotation() -> (u64, u64) {
+    ROTATION.get().map(|m| *m.lock()).unwrap_or((0, 0))
+}
+
+/// Renames the full log to `<path>.<timestamp>` (as nats-server does), drops the oldest
+/// rotated files beyond `max_files`, and opens a fresh file.
+fn rotate(path: &Path, max_files: u64) -> std::io::Result<File> {
+    let stamp = chrono::Local::now().format("%Y.%m.%d.%H.%M.%S.%9f");
+    let rotated = PathBuf::from(format!("{}.{stamp}", path.display()));
+    std::fs::rename(path, &rotated)?;
+    if max_files > 0 {
+        if let (Some(dir), Some(name)) = (path.parent(), path.file_name()) {
+            let dir = if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            };
+            let prefix = format!("{}.", name.to_string_lossy());
+            let mut old: Vec<PathBuf> = std::fs::read_dir(dir)?
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
+                })
+                .collect();
+            old.sort();
+            while old.len() as u64 > max_files {
+                let _ = std::fs::remove_file(old.remove(0));
+            }
+        }
+    }
+    OpenOptions::new().create(true).append(true).open(path)
 }
 
 struct NatsLayer {
@@ -48,10 +95,15 @@ pub fn init(
     log_file: Option<&Path>,
 ) -> std::io::Result<()> {
     let sink = match log_file {
-        Some(p) => Sink::File {
-            path: p.to_path_buf(),
-            file: OpenOptions::new().create(true).append(true).open(p)?,
-        },
+        Some(p) => {
+            let file = OpenOptions::new().create(true).append(true).open(p)?;
+            let written = file.metadata().map(|m| m.len()).unwrap_or(0);
+            Sink::File {
+                path: p.to_path_buf(),
+                file,
+                written,
+            }
+        }
         None => Sink::Stderr,
     };
     if let Some((s, k)) = GLOBAL.get() {
@@ -90,7 +142,12 @@ pub fn reopen() {
                 .open(path.clone())
             {
                 let path = path.clone();
-                *g = Sink::File { path, file: f };
+                let written = f.metadata().map(|m| m.len()).unwrap_or(0);
+                *g = Sink::File {
+                    path,
+                    file: f,
+                    written,
+                };
             }
         }
     }
@@ -181,8 +238,27 @@ impl<S: Subscriber> Layer<S> for NatsLayer {
             Sink::Stderr => {
                 let _ = std::io::stderr().write_all(line.as_bytes());
             }
-            Sink::File { file, .. } => {
+            Sink::File {
+                path,
+                file,
+                written,
+            } => {
                 let _ = file.write_all(line.as_bytes());
+                *written += line.len() as u64;
+                let (limit, max_files) = rotation();
+                if limit > 0 && *written >= limit {
+                    match rotate(path, max_files) {
+                        Ok(f) => {
+                            *file = f;
+                            *written = 0;
+                        }
+                        Err(e) => {
+                            let _ = writeln!(file, "[{}] [ERR] log rotation failed: {e}", self.pid);
+                            // Do not retry on every line.
+                            *written = 0;
+                        }
+                    }
+                }
             }
         }
     }

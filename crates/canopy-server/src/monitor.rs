@@ -1,26 +1,62 @@
-//! HTTP monitoring with nats-server's endpoints and JSON field names: `/varz`, `/connz`,
-//! `/routez`, `/gatewayz`, `/leafz`, `/subsz`, `/accountz`, `/accstatz`, `/healthz`, `/`.
+//! HTTP monitoring with nats-server's endpoints, JSON field names and query parameters:
+//! `/varz`, `/connz`, `/routez`, `/gatewayz`, `/leafz`, `/subsz`, `/accountz`,
+//! `/accstatz`, `/healthz`, `/` — plus Canopy's built-in Prometheus `/metrics`
+//! ([`crate::metrics`]). docs/MONITORING.md describes every endpoint and the known gaps.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use serde_json::{json, Value};
+use parking_lot::Mutex;
+use serde_json::{json, Map, Value};
 use tokio::net::TcpListener;
 
+use crate::account::GLOBAL_ACCOUNT;
 use crate::conn::{ConnKind, ConnShared};
 use crate::server::Server;
 use crate::version;
 
+/// Which paths a listener answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoints {
+    /// The monitoring port: every endpoint, `/metrics` included.
+    All,
+    /// The Canopy `prometheus` port: `/metrics` only.
+    MetricsOnly,
+}
+
+/// A bad query parameter; answered with HTTP 400 and this text, as nats-server does.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum QueryError {
+    #[error("Error decoding {kind} for '{key}': invalid value \"{value}\"")]
+    BadValue {
+        kind: &'static str,
+        key: String,
+        value: String,
+    },
+    #[error("Error decoding state for {0}")]
+    BadState(String),
+    #[error("invalid sorting option: {0}")]
+    BadSort(String),
+    #[error("sort by {0} only valid on closed connections")]
+    SortNeedsClosed(String),
+    #[error("invalid test subject, must be valid publish subject: {0}")]
+    BadTestSubject(String),
+}
+
 /// Accepts monitoring connections until shutdown.
 pub async fn serve(server: Arc<Server>, listener: TcpListener) {
+    serve_http(server, listener, Endpoints::All).await;
+}
+
+/// The HTTP accept loop shared by the monitoring and the metrics listeners.
+pub(crate) async fn serve_http(server: Arc<Server>, listener: TcpListener, which: Endpoints) {
     loop {
         let accepted = tokio::select! {
             _ = server.shutdown.cancelled() => return,
@@ -32,9 +68,9 @@ pub async fn serve(server: Arc<Server>, listener: TcpListener) {
         };
         let s = server.clone();
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
+            let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 let s = s.clone();
-                async move { Ok::<_, Infallible>(handle(&s, req)) }
+                async move { Ok::<_, Infallible>(handle(&s, req.uri(), which)) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
@@ -43,58 +79,216 @@ pub async fn serve(server: Arc<Server>, listener: TcpListener) {
     }
 }
 
-fn query(req: &Request<Incoming>) -> HashMap<String, String> {
-    req.uri()
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .filter(|s| !s.is_empty())
-        .map(|kv| match kv.split_once('=') {
-            Some((k, v)) => (k.to_string(), v.to_string()),
-            None => (kv.to_string(), String::new()),
-        })
-        .collect()
+/// Decoded query parameters; the first occurrence of a key wins (Go's `Values.Get`).
+pub type Query = HashMap<String, String>;
+
+fn hex(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
 }
 
-fn response(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
-    let mut text = serde_json::to_string_pretty(&body).unwrap_or_else(|_| "{}".into());
-    text.push('\n');
+/// `application/x-www-form-urlencoded` decoding (`%24G` → `$G`, `+` → space); malformed
+/// escapes are kept as they are.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hi = b.get(i + 1).copied().and_then(hex);
+                let lo = b.get(i + 2).copied().and_then(hex);
+                if let (Some(h), Some(l)) = (hi, lo) {
+                    out.push(h << 4 | l);
+                    i += 2;
+                } else {
+                    out.push(b'%');
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Parses a query string.
+pub fn parse_query(q: &str) -> Query {
+    let mut out = Query::new();
+    for kv in q.split('&').filter(|s| !s.is_empty()) {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        out.entry(percent_decode(k))
+            .or_insert_with(|| percent_decode(v));
+    }
+    out
+}
+
+/// Go's `strconv.ParseBool`; absent or empty means false.
+fn q_bool(q: &Query, key: &str) -> Result<bool, QueryError> {
+    match q.get(key).map(String::as_str) {
+        None | Some("") => Ok(false),
+        Some("1" | "t" | "T" | "true" | "TRUE" | "True") => Ok(true),
+        Some("0" | "f" | "F" | "false" | "FALSE" | "False") => Ok(false),
+        Some(v) => Err(QueryError::BadValue {
+            kind: "boolean",
+            key: key.into(),
+            value: v.into(),
+        }),
+    }
+}
+
+/// A signed integer parameter; absent or empty means `None`.
+fn q_int(q: &Query, key: &str) -> Result<Option<i64>, QueryError> {
+    match q.get(key).map(String::as_str) {
+        None | Some("") => Ok(None),
+        Some(v) => v.parse().map(Some).map_err(|_| QueryError::BadValue {
+            kind: "int",
+            key: key.into(),
+            value: v.into(),
+        }),
+    }
+}
+
+/// `subs`: false, true, or `detail`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Subs {
+    None,
+    List,
+    Detail,
+}
+
+fn q_subs(q: &Query) -> Result<Subs, QueryError> {
+    if q.get("subs").is_some_and(|v| v == "detail") {
+        return Ok(Subs::Detail);
+    }
+    Ok(if q_bool(q, "subs")? {
+        Subs::List
+    } else {
+        Subs::None
+    })
+}
+
+/// Per-endpoint request counters (`/varz` `http_req_stats`), per server so that several
+/// servers in one process (tests) keep their own.
+fn http_req_stats() -> &'static Mutex<HashMap<String, BTreeMap<&'static str, u64>>> {
+    static STATS: OnceLock<Mutex<HashMap<String, BTreeMap<&'static str, u64>>>> = OnceLock::new();
+    STATS.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+fn count_request(s: &Server, path: &'static str) {
+    *http_req_stats()
+        .lock()
+        .entry(s.id.clone())
+        .or_default()
+        .entry(path)
+        .or_insert(0) += 1;
+}
+
+fn text_response(status: StatusCode, ctype: &str, body: String) -> Response<Full<Bytes>> {
     Response::builder()
         .status(status)
-        .header("Content-Type", "application/json")
-        .body(Full::new(Bytes::from(text)))
+        .header("Content-Type", ctype)
+        .body(Full::new(Bytes::from(body)))
         .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
 }
 
-fn handle(server: &Arc<Server>, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    let q = query(&req);
-    let base = server.opts().http_base_path.clone().unwrap_or_default();
-    let path = req.uri().path();
-    let path = path
-        .strip_prefix(base.trim_end_matches('/'))
-        .unwrap_or(path)
-        .trim_end_matches('/');
-    match path {
-        "" => root(server),
-        "/varz" => response(StatusCode::OK, varz(server)),
-        "/connz" => response(StatusCode::OK, connz(server, &q)),
-        "/routez" => response(StatusCode::OK, routez(server, &q)),
-        "/gatewayz" => response(StatusCode::OK, gatewayz(server)),
-        "/leafz" => response(StatusCode::OK, leafz(server, &q)),
-        "/subsz" | "/subscriptionsz" => response(StatusCode::OK, subsz(server, &q)),
-        "/accountz" => response(StatusCode::OK, accountz(server, &q)),
-        "/accstatz" => response(StatusCode::OK, accstatz(server)),
-        "/healthz" => response(StatusCode::OK, json!({"status": "ok"})),
-        _ => Response::builder()
-            .status(StatusCode::NOT_FOUND)
-            .body(Full::new(Bytes::from_static(b"404 page not found\n")))
-            .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()))),
+/// JSON (pretty, as nats-server writes it), or JSONP when `callback` is given.
+fn json_response(body: &Value, q: &Query) -> Response<Full<Bytes>> {
+    let text = serde_json::to_string_pretty(body).unwrap_or_else(|_| "{}".into());
+    match q.get("callback").filter(|c| !c.is_empty()) {
+        Some(cb) => text_response(
+            StatusCode::OK,
+            "application/javascript",
+            format!("{cb}({text})"),
+        ),
+        None => text_response(StatusCode::OK, "application/json", text),
+    }
+}
+
+fn result_response(r: Result<Value, QueryError>, q: &Query) -> Response<Full<Bytes>> {
+    match r {
+        Ok(v) => json_response(&v, q),
+        Err(e) => text_response(
+            StatusCode::BAD_REQUEST,
+            "text/plain; charset=utf-8",
+            e.to_string(),
+        ),
+    }
+}
+
+fn not_found() -> Response<Full<Bytes>> {
+    text_response(
+        StatusCode::NOT_FOUND,
+        "text/plain; charset=utf-8",
+        "404 page not found\n".into(),
+    )
+}
+
+fn handle(server: &Arc<Server>, uri: &hyper::Uri, which: Endpoints) -> Response<Full<Bytes>> {
+    let q = parse_query(uri.query().unwrap_or(""));
+    let path = uri.path();
+    let path = if which == Endpoints::All {
+        let base = server.opts().http_base_path.clone().unwrap_or_default();
+        path.strip_prefix(base.trim_end_matches('/'))
+            .unwrap_or(path)
+    } else {
+        path
+    };
+    let path = path.trim_end_matches('/');
+    if which == Endpoints::MetricsOnly && path != "/metrics" {
+        return not_found();
+    }
+    // Counted before the body is built, so `/varz` includes the request being served.
+    let counted: &'static str = match path {
+        "/varz" => "/varz",
+        "/connz" => "/connz",
+        "/routez" => "/routez",
+        "/gatewayz" => "/gatewayz",
+        "/leafz" => "/leafz",
+        "/subsz" | "/subscriptionsz" => "/subsz",
+        "/accountz" => "/accountz",
+        "/accstatz" => "/accstatz",
+        "/healthz" => "/healthz",
+        "/metrics" => "/metrics",
+        "" => return root(server),
+        _ => return not_found(),
+    };
+    count_request(server, counted);
+    match counted {
+        "/varz" => json_response(&varz(server), &q),
+        "/connz" => result_response(connz(server, &q), &q),
+        "/routez" => result_response(routez(server, &q), &q),
+        "/gatewayz" => json_response(&gatewayz(server), &q),
+        "/leafz" => result_response(leafz(server, &q), &q),
+        "/subsz" => result_response(subsz(server, &q), &q),
+        "/accountz" => json_response(&accountz(server, &q), &q),
+        "/accstatz" => json_response(&accstatz(server), &q),
+        "/healthz" => json_response(&json!({"status": "ok"}), &q),
+        _ => {
+            let leafs = crate::metrics::leaf_metrics(server);
+            let body = crate::metrics::render(server, &leafs);
+            text_response(StatusCode::OK, crate::metrics::CONTENT_TYPE, body)
+        }
     }
 }
 
 fn root(server: &Arc<Server>) -> Response<Full<Bytes>> {
     let links = [
-        "varz", "connz", "routez", "gatewayz", "leafz", "subsz", "accountz", "accstatz", "healthz",
+        ("varz", "General"),
+        ("connz", "Connections"),
+        ("accountz", "Accounts"),
+        ("accstatz", "Account Stats"),
+        ("subsz", "Subscriptions"),
+        ("routez", "Routes"),
+        ("leafz", "LeafNodes"),
+        ("gatewayz", "Gateways"),
+        ("healthz", "Health Probe"),
+        ("metrics", "Prometheus Metrics"),
     ];
     let mut html = format!(
         "<html><head><title>Canopy {}</title></head><body><h1>Canopy (nats-server {})</h1>\n",
@@ -103,14 +297,11 @@ fn root(server: &Arc<Server>) -> Response<Full<Bytes>> {
     );
     let base = server.opts().http_base_path.clone().unwrap_or_default();
     let base = base.trim_end_matches('/');
-    for l in links {
-        html.push_str(&format!("<a href=\"{base}/{l}\">{l}</a><br/>\n"));
+    for (l, title) in links {
+        html.push_str(&format!("<a href=\"{base}/{l}\">{title}</a><br/>\n"));
     }
     html.push_str("</body></html>\n");
-    Response::builder()
-        .header("Content-Type", "text/html")
-        .body(Full::new(Bytes::from(html)))
-        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+    text_response(StatusCode::OK, "text/html", html)
 }
 
 /// RFC 3339 with nanoseconds, as Go marshals `time.Time`.
@@ -154,7 +345,7 @@ fn trim_float(v: f64) -> String {
     s.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
-fn mem_rss() -> u64 {
+pub(crate) fn mem_rss() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -168,7 +359,7 @@ fn mem_rss() -> u64 {
 }
 
 /// CPU use since start, in percent of one core (as nats-server reports it).
-fn cpu_percent(start: SystemTime) -> f64 {
+pub(crate) fn cpu_percent(start: SystemTime) -> f64 {
     let ticks = std::fs::read_to_string("/proc/self/stat")
         .ok()
         .and_then(|s| {
@@ -188,6 +379,111 @@ fn cpu_percent(start: SystemTime) -> f64 {
     ((secs / wall) * 1000.0).round() / 10.0
 }
 
+/// `/varz` `cluster`: name, listen address and port, configured route URLs (as
+/// `host:port`, without credentials), timeouts; `{}` without a cluster.
+fn varz_cluster(s: &Server, o: &canopy_conf::Options) -> Value {
+    let Some(co) = &o.cluster else {
+        return json!({});
+    };
+    let mut v = Map::new();
+    let name = s.cluster_name();
+    if !name.is_empty() {
+        v.insert("name".into(), json!(name));
+    }
+    v.insert("addr".into(), json!(co.host));
+    v.insert("cluster_port".into(), json!(co.port));
+    let auth_timeout = co
+        .authorization
+        .as_ref()
+        .and_then(|a| a.timeout)
+        .map_or(2.0, |d| d.as_secs_f64());
+    v.insert("auth_timeout".into(), json!(auth_timeout));
+    let urls: Vec<&str> = co
+        .routes
+        .iter()
+        .map(|u| {
+            let rest = u.split_once("://").map_or(u.as_str(), |(_, r)| r);
+            let rest = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+            rest.trim_end_matches('/')
+        })
+        .collect();
+    if !urls.is_empty() {
+        v.insert("urls".into(), json!(urls));
+    }
+    let tls_timeout = co
+        .tls
+        .as_ref()
+        .and_then(|t| t.timeout)
+        .map_or(2.0, |d| d.as_secs_f64());
+    v.insert("tls_timeout".into(), json!(tls_timeout));
+    if co.tls.is_some() {
+        v.insert("tls_required".into(), json!(true));
+    }
+    Value::Object(v)
+}
+
+/// `/varz` `leaf`: the listener's settings and the configured remotes (URLs shown as
+/// `host:port`, never with credentials), with nats-server's omissions.
+fn varz_leaf(o: &canopy_conf::Options) -> Value {
+    let Some(lo) = &o.leafnodes else {
+        return json!({});
+    };
+    let mut v = Map::new();
+    if lo.port != 0 {
+        v.insert("host".into(), json!(lo.host));
+        v.insert("port".into(), json!(lo.port));
+        let auth_timeout = lo
+            .authorization
+            .as_ref()
+            .and_then(|a| a.timeout)
+            .map_or(2.0, |d| d.as_secs_f64());
+        v.insert("auth_timeout".into(), json!(auth_timeout));
+        let tls_timeout = lo
+            .tls
+            .as_ref()
+            .and_then(|t| t.timeout)
+            .map_or(2.0, |d| d.as_secs_f64());
+        v.insert("tls_timeout".into(), json!(tls_timeout));
+        if lo.tls.is_some() {
+            v.insert("tls_required".into(), json!(true));
+        }
+    }
+    let remotes: Vec<Value> = lo
+        .remotes
+        .iter()
+        .map(|r| {
+            let urls: Vec<String> = r
+                .urls
+                .iter()
+                .filter_map(|u| crate::leaf::LeafUrl::parse(u).ok())
+                .map(|u| u.hostport())
+                .collect();
+            let mut e = Map::new();
+            e.insert(
+                "local_account".into(),
+                json!(r.account.as_deref().unwrap_or(GLOBAL_ACCOUNT)),
+            );
+            e.insert("urls".into(), json!(urls));
+            let mut deny = Map::new();
+            if !r.deny_imports.is_empty() {
+                deny.insert("imports".into(), json!(r.deny_imports));
+            }
+            if !r.deny_exports.is_empty() {
+                deny.insert("exports".into(), json!(r.deny_exports));
+            }
+            if !deny.is_empty() {
+                e.insert("deny".into(), Value::Object(deny));
+            }
+            Value::Object(e)
+        })
+        .collect();
+    if !remotes.is_empty() {
+        v.insert("remotes".into(), json!(remotes));
+    }
+    Value::Object(v)
+}
+
+/// `/varz`.
 pub fn varz(s: &Arc<Server>) -> Value {
     let o = s.opts();
     let now = SystemTime::now();
@@ -198,7 +494,7 @@ pub fn varz(s: &Arc<Server>) -> Value {
     let subs: usize = s.accounts().iter().map(|a| a.sublist.count()).sum();
     let st = &s.stats;
     let auth = s.client_auth();
-    json!({
+    let mut v = json!({
         "server_id": s.id,
         "server_name": s.name,
         "version": version::NATS_COMPAT_VERSION,
@@ -219,9 +515,9 @@ pub fn varz(s: &Arc<Server>) -> Value {
         "max_control_line": o.max_control_line,
         "max_payload": o.max_payload,
         "max_pending": o.max_pending,
-        "cluster": {},
+        "cluster": varz_cluster(s, &o),
         "gateway": {},
-        "leaf": {},
+        "leaf": varz_leaf(&o),
         "mqtt": {},
         "websocket": {},
         "jetstream": {},
@@ -237,7 +533,7 @@ pub fn varz(s: &Arc<Server>) -> Value {
         "connections": clients,
         "total_connections": st.total_connections.load(Ordering::Relaxed),
         "routes": s.routes().len(),
-        "remotes": 0,
+        "remotes": s.routes().len(),
         "leafnodes": s.leaf_links().len(),
         "in_msgs": st.in_msgs.load(Ordering::Relaxed),
         "out_msgs": st.out_msgs.load(Ordering::Relaxed),
@@ -245,175 +541,404 @@ pub fn varz(s: &Arc<Server>) -> Value {
         "out_bytes": st.out_bytes.load(Ordering::Relaxed),
         "slow_consumers": st.slow_consumers.load(Ordering::Relaxed),
         "subscriptions": subs,
-        "http_req_stats": {},
+        "http_req_stats": http_req_stats().lock().get(&s.id).cloned().unwrap_or_default(),
         "config_load_time": rfc3339(*s.config_load_time.lock()),
         "system_account": s.system_account,
+
         "slow_consumer_stats": {
             "clients": st.slow_consumers.load(Ordering::Relaxed),
             "routes": 0, "gateways": 0, "leafs": 0
         },
         "auth_failures": st.auth_failures.load(Ordering::Relaxed),
         "permission_denials": st.permission_denials.load(Ordering::Relaxed),
-    })
-}
-
-fn conn_json(c: &Arc<ConnShared>, now: SystemTime, subs: bool, auth: bool) -> Value {
-    let m = c.meta.lock().clone();
-    let last = *c.last_activity.lock();
-    let mut v = json!({
-        "cid": c.cid,
-        "kind": "Client",
-        "type": "nats",
-        "ip": c.addr.ip().to_string(),
-        "port": c.addr.port(),
-        "start": rfc3339(c.start),
-        "last_activity": rfc3339(last),
-        "rtt": go_duration(Duration::from_nanos(c.rtt_ns.load(Ordering::Relaxed))),
-        "uptime": uptime(now.duration_since(c.start).unwrap_or_default()),
-        "idle": uptime(now.duration_since(last).unwrap_or_default()),
-        "pending_bytes": c.pending_bytes(),
-        "in_msgs": c.stats.in_msgs.load(Ordering::Relaxed),
-        "out_msgs": c.stats.out_msgs.load(Ordering::Relaxed),
-        "in_bytes": c.stats.in_bytes.load(Ordering::Relaxed),
-        "out_bytes": c.stats.out_bytes.load(Ordering::Relaxed),
-        "subscriptions": c.num_subs.load(Ordering::Relaxed),
     });
-    let obj = v.as_object_mut();
-    if let Some(obj) = obj {
-        if !m.name.is_empty() {
-            obj.insert("name".into(), json!(m.name));
-        }
-        if !m.lang.is_empty() {
-            obj.insert("lang".into(), json!(m.lang));
-        }
-        if !m.version.is_empty() {
-            obj.insert("version".into(), json!(m.version));
-        }
-        if auth {
-            if !m.user.is_empty() {
-                obj.insert("authorized_user".into(), json!(m.user));
-            }
-            obj.insert("account".into(), json!(m.account));
-        }
-        if subs {
-            obj.insert("subscriptions_list".into(), json!([]));
-        }
+    // The cluster's client URLs, as clients learn them in INFO `connect_urls`.
+    let urls = if o.cluster.is_some() {
+        s.cluster_client_urls()
+    } else {
+        Vec::new()
+    };
+    if !urls.is_empty() {
+        v["connect_urls"] = json!(urls);
     }
     v
 }
 
-pub fn connz(s: &Arc<Server>, q: &HashMap<String, String>) -> Value {
-    let now = SystemTime::now();
-    let subs = q
-        .get("subs")
-        .map(|v| v == "1" || v == "true" || v == "detail")
-        .unwrap_or(false);
-    let auth = q
-        .get("auth")
-        .map(|v| v == "1" || v == "true")
-        .unwrap_or(false);
-    let offset: usize = q.get("offset").and_then(|v| v.parse().ok()).unwrap_or(0);
-    let limit: usize = q.get("limit").and_then(|v| v.parse().ok()).unwrap_or(1024);
-    let state = q.get("state").map(String::as_str).unwrap_or("open");
-    let cid_filter: Option<u64> = q.get("cid").and_then(|v| v.parse().ok());
-    let acc_filter = q.get("acc").cloned();
-    let sort = q.get("sort").map(String::as_str).unwrap_or("cid");
-
-    let mut rows: Vec<(u64, Value, Vec<String>)> = Vec::new();
-    if state == "open" || state == "any" || state == "all" {
-        for c in s.connections() {
-            if c.kind != ConnKind::Client || !c.registered.load(Ordering::Relaxed) {
-                continue;
-            }
-            if cid_filter.is_some_and(|x| x != c.cid) {
-                continue;
-            }
-            if acc_filter
-                .as_ref()
-                .is_some_and(|a| *a != c.meta.lock().account)
-            {
-                continue;
-            }
-            let mut v = conn_json(&c, now, false, auth);
-            let list: Vec<String> = if subs { subs_of(s, c.cid) } else { Vec::new() };
-            if subs {
-                v["subscriptions_list"] = json!(list);
-            }
-            rows.push((c.cid, v, list));
-        }
-    }
-    if state == "closed" || state == "any" || state == "all" {
-        for c in s.closed.lock().iter() {
-            if cid_filter.is_some_and(|x| x != c.cid) {
-                continue;
-            }
-            let mut v = json!({
-                "cid": c.cid, "kind": "Client", "type": "nats",
-                "ip": c.addr.ip().to_string(), "port": c.addr.port(),
-                "start": rfc3339(c.start), "stop": rfc3339(c.stop),
-                "last_activity": rfc3339(c.stop), "reason": c.reason,
-                "uptime": uptime(c.stop.duration_since(c.start).unwrap_or_default()),
-                "idle": "0s", "pending_bytes": 0, "rtt": "0s",
-                "in_msgs": c.in_msgs, "out_msgs": c.out_msgs,
-                "in_bytes": c.in_bytes, "out_bytes": c.out_bytes, "subscriptions": 0,
-                "name": c.name, "lang": c.lang, "version": c.version,
-            });
-            if auth {
-                v["account"] = json!(c.account);
-                if !c.user.is_empty() {
-                    v["authorized_user"] = json!(c.user);
-                }
-            }
-            rows.push((c.cid, v, Vec::new()));
-        }
-    }
-    let key = |v: &Value, k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
-    match sort {
-        "subs" => rows.sort_by_key(|r| std::cmp::Reverse(key(&r.1, "subscriptions"))),
-        "pending" => rows.sort_by_key(|r| std::cmp::Reverse(key(&r.1, "pending_bytes"))),
-        "msgs_to" => rows.sort_by_key(|r| std::cmp::Reverse(key(&r.1, "out_msgs"))),
-        "msgs_from" => rows.sort_by_key(|r| std::cmp::Reverse(key(&r.1, "in_msgs"))),
-        "bytes_to" => rows.sort_by_key(|r| std::cmp::Reverse(key(&r.1, "out_bytes"))),
-        "bytes_from" => rows.sort_by_key(|r| std::cmp::Reverse(key(&r.1, "in_bytes"))),
-        _ => rows.sort_by_key(|r| r.0),
-    }
-    let total = rows.len();
-    let page: Vec<Value> = rows
-        .into_iter()
-        .skip(offset)
-        .take(limit)
-        .map(|r| r.1)
-        .collect();
-    json!({
-        "server_id": s.id,
-        "now": rfc3339(now),
-        "num_connections": page.len(),
-        "total": total,
-        "offset": offset,
-        "limit": limit,
-        "connections": page,
-    })
+/// `/connz?sort=`: nats-server's sort options. Counters sort largest first, `cid` and
+/// `start` oldest first, `uptime` shortest first, `last` most recent first, `idle` longest
+/// first, `stop` (closed only) most recent first, `reason` (closed only) alphabetically;
+/// `rtt` (largest first) is from nats-server 2.10. Ties keep cid order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SortBy {
+    Cid,
+    Start,
+    Subs,
+    Pending,
+    MsgsTo,
+    MsgsFrom,
+    BytesTo,
+    BytesFrom,
+    Last,
+    Idle,
+    Uptime,
+    Stop,
+    Reason,
+    Rtt,
 }
 
-fn subs_of(s: &Arc<Server>, cid: u64) -> Vec<String> {
-    let mut out = Vec::new();
+impl SortBy {
+    /// Parses a `sort` value (empty means `cid`).
+    pub fn parse(v: &str) -> Result<SortBy, QueryError> {
+        Ok(match v {
+            "" | "cid" => SortBy::Cid,
+            "start" => SortBy::Start,
+            "subs" => SortBy::Subs,
+            "pending" => SortBy::Pending,
+            "msgs_to" => SortBy::MsgsTo,
+            "msgs_from" => SortBy::MsgsFrom,
+            "bytes_to" => SortBy::BytesTo,
+            "bytes_from" => SortBy::BytesFrom,
+            "last" => SortBy::Last,
+            "idle" => SortBy::Idle,
+            "uptime" => SortBy::Uptime,
+            "stop" => SortBy::Stop,
+            "reason" => SortBy::Reason,
+            "rtt" => SortBy::Rtt,
+            other => return Err(QueryError::BadSort(other.to_string())),
+        })
+    }
+}
+
+/// `/connz?state=`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnState {
+    Open,
+    Closed,
+    All,
+}
+
+impl ConnState {
+    pub fn parse(v: &str) -> Result<ConnState, QueryError> {
+        match v {
+            "" | "open" => Ok(ConnState::Open),
+            "closed" => Ok(ConnState::Closed),
+            "any" | "all" => Ok(ConnState::All),
+            other => Err(QueryError::BadState(other.to_string())),
+        }
+    }
+}
+
+/// nats-server's default and maximum-free page size for `/connz` and `/subsz`.
+pub const DEFAULT_LIMIT: usize = 1024;
+
+/// One connection, open or closed, as `/connz` sorts and shows it.
+struct ConnRow {
+    cid: u64,
+    ip: String,
+    port: u16,
+    start: SystemTime,
+    last: SystemTime,
+    /// Set for closed connections.
+    stop: Option<SystemTime>,
+    reason: String,
+    rtt_ns: u64,
+    pending: u64,
+    in_msgs: u64,
+    out_msgs: u64,
+    in_bytes: u64,
+    out_bytes: u64,
+    num_subs: u64,
+    name: String,
+    lang: String,
+    version: String,
+    tls_version: String,
+    account: String,
+    user: String,
+}
+
+impl ConnRow {
+    fn open(c: &ConnShared) -> ConnRow {
+        let m = c.meta.lock().clone();
+        ConnRow {
+            cid: c.cid,
+            ip: c.addr.ip().to_string(),
+            port: c.addr.port(),
+            start: c.start,
+            last: *c.last_activity.lock(),
+            stop: None,
+            reason: String::new(),
+            rtt_ns: c.rtt_ns.load(Ordering::Relaxed),
+            pending: c.pending_bytes() as u64,
+            in_msgs: c.stats.in_msgs.load(Ordering::Relaxed),
+            out_msgs: c.stats.out_msgs.load(Ordering::Relaxed),
+            in_bytes: c.stats.in_bytes.load(Ordering::Relaxed),
+            out_bytes: c.stats.out_bytes.load(Ordering::Relaxed),
+            num_subs: c.num_subs.load(Ordering::Relaxed) as u64,
+            name: m.name,
+            lang: m.lang,
+            version: m.version,
+            tls_version: m.tls_version,
+            account: m.account,
+            user: m.user,
+        }
+    }
+
+    fn closed(c: &crate::server::ClosedConn) -> ConnRow {
+        ConnRow {
+            cid: c.cid,
+            ip: c.addr.ip().to_string(),
+            port: c.addr.port(),
+            start: c.start,
+            // Closed records keep no last-activity time or rtt; the stop time stands in.
+            last: c.stop,
+            stop: Some(c.stop),
+            reason: c.reason.clone(),
+            rtt_ns: 0,
+            pending: 0,
+            in_msgs: c.in_msgs,
+            out_msgs: c.out_msgs,
+            in_bytes: c.in_bytes,
+            out_bytes: c.out_bytes,
+            num_subs: 0,
+            name: c.name.clone(),
+            lang: c.lang.clone(),
+            version: c.version.clone(),
+            tls_version: String::new(),
+            account: c.account.clone(),
+            user: c.user.clone(),
+        }
+    }
+
+    fn end(&self, now: SystemTime) -> SystemTime {
+        self.stop.unwrap_or(now)
+    }
+
+    fn uptime(&self, now: SystemTime) -> Duration {
+        self.end(now).duration_since(self.start).unwrap_or_default()
+    }
+
+    fn idle(&self, now: SystemTime) -> Duration {
+        self.end(now).duration_since(self.last).unwrap_or_default()
+    }
+
+    fn to_json(&self, now: SystemTime, auth: bool) -> Map<String, Value> {
+        let mut o = Map::new();
+        o.insert("cid".into(), json!(self.cid));
+        o.insert("kind".into(), json!("Client"));
+        o.insert("type".into(), json!("nats"));
+        o.insert("ip".into(), json!(self.ip));
+        o.insert("port".into(), json!(self.port));
+        o.insert("start".into(), json!(rfc3339(self.start)));
+        o.insert("last_activity".into(), json!(rfc3339(self.last)));
+        if let Some(stop) = self.stop {
+            o.insert("stop".into(), json!(rfc3339(stop)));
+            o.insert("reason".into(), json!(self.reason));
+        }
+        o.insert(
+            "rtt".into(),
+            json!(go_duration(Duration::from_nanos(self.rtt_ns))),
+        );
+        o.insert("uptime".into(), json!(uptime(self.uptime(now))));
+        o.insert("idle".into(), json!(uptime(self.idle(now))));
+        o.insert("pending_bytes".into(), json!(self.pending));
+        o.insert("in_msgs".into(), json!(self.in_msgs));
+        o.insert("out_msgs".into(), json!(self.out_msgs));
+        o.insert("in_bytes".into(), json!(self.in_bytes));
+        o.insert("out_bytes".into(), json!(self.out_bytes));
+        o.insert("subscriptions".into(), json!(self.num_subs));
+        for (k, v) in [
+            ("name", &self.name),
+            ("lang", &self.lang),
+            ("version", &self.version),
+            ("tls_version", &self.tls_version),
+        ] {
+            if !v.is_empty() {
+                o.insert(k.into(), json!(v));
+            }
+        }
+        if auth {
+            if !self.user.is_empty() {
+                o.insert("authorized_user".into(), json!(self.user));
+            }
+            // As nats-server: the account is shown unless it is the global one.
+            if !self.account.is_empty() && self.account != GLOBAL_ACCOUNT {
+                o.insert("account".into(), json!(self.account));
+            }
+        }
+        o
+    }
+}
+
+/// One subscription as `/connz?subs=detail` and `/subsz?subs=1` show it.
+fn sub_detail(
+    account: &str,
+    subject: &str,
+    queue: Option<&str>,
+    sid: &[u8],
+    msgs: u64,
+    cid: u64,
+) -> Value {
+    let mut e = Map::new();
+    e.insert("account".into(), json!(account));
+    e.insert("subject".into(), json!(subject));
+    if let Some(q) = queue {
+        e.insert("qgroup".into(), json!(q));
+    }
+    e.insert("sid".into(), json!(String::from_utf8_lossy(sid)));
+    e.insert("msgs".into(), json!(msgs));
+    e.insert("cid".into(), json!(cid));
+    Value::Object(e)
+}
+
+/// The subscriptions of the given connections, by cid, in one pass over the Sublists.
+fn subs_by_cid(s: &Server, cids: &HashSet<u64>) -> HashMap<u64, Vec<Value>> {
+    let mut out: HashMap<u64, Vec<Value>> = HashMap::new();
+    if cids.is_empty() {
+        return out;
+    }
     for a in s.accounts() {
-        for (subject, _q, sub) in a.sublist.all() {
-            if sub.conn.cid == cid {
-                out.push(subject);
+        for (subject, queue, sub) in a.sublist.all() {
+            let cid = sub.conn.cid;
+            if cids.contains(&cid) {
+                out.entry(cid).or_default().push(sub_detail(
+                    &a.name,
+                    &subject,
+                    queue.as_deref(),
+                    &sub.sid,
+                    sub.delivered.load(Ordering::Relaxed),
+                    cid,
+                ));
             }
         }
     }
     out
 }
 
-pub fn routez(s: &Arc<Server>, q: &HashMap<String, String>) -> Value {
-    let subs = q
-        .get("subs")
-        .is_some_and(|v| v == "1" || v == "true" || v == "detail");
-    crate::route::routez(s, subs)
+/// `/connz`: client connections with paging (`offset`, `limit`), `sort`, `subs`
+/// (`1` or `detail`), `auth`, `state`, `cid`, `acc` and `user` filters.
+pub fn connz(s: &Arc<Server>, q: &Query) -> Result<Value, QueryError> {
+    let now = SystemTime::now();
+    let subs = q_subs(q)?;
+    let auth = q_bool(q, "auth")?;
+    let state = ConnState::parse(q.get("state").map(String::as_str).unwrap_or(""))?;
+    let sort = SortBy::parse(q.get("sort").map(String::as_str).unwrap_or(""))?;
+    if matches!(sort, SortBy::Stop | SortBy::Reason) && state != ConnState::Closed {
+        let name = if sort == SortBy::Stop {
+            "stop"
+        } else {
+            "reason"
+        };
+        return Err(QueryError::SortNeedsClosed(name.into()));
+    }
+    let offset = q_int(q, "offset")?.unwrap_or(0).max(0) as usize;
+    let mut limit = match q_int(q, "limit")? {
+        Some(l) if l > 0 => l as usize,
+        _ => DEFAULT_LIMIT,
+    };
+    let cid_filter = match q.get("cid").filter(|v| !v.is_empty()) {
+        Some(v) => Some(v.parse::<u64>().map_err(|_| QueryError::BadValue {
+            kind: "uint64",
+            key: "cid".into(),
+            value: v.clone(),
+        })?),
+        None => None,
+    };
+    if cid_filter.is_some() {
+        // One connection at most, as nats-server reports it.
+        limit = 1;
+    }
+    let acc_filter = q.get("acc").filter(|v| !v.is_empty());
+    let user_filter = q.get("user").filter(|v| !v.is_empty());
+    let keep = |r: &ConnRow| {
+        cid_filter.is_none_or(|c| c == r.cid)
+            && acc_filter.is_none_or(|a| *a == r.account)
+            && user_filter.is_none_or(|u| *u == r.user)
+    };
+
+    let mut rows: Vec<ConnRow> = Vec::new();
+    if state != ConnState::Closed {
+        rows.extend(
+            s.connections()
+                .iter()
+                .filter(|c| c.kind == ConnKind::Client && c.registered.load(Ordering::Relaxed))
+                .map(|c| ConnRow::open(c))
+                .filter(|r| keep(r)),
+        );
+    }
+    if state != ConnState::Open {
+        let closed = s.closed.lock();
+        rows.extend(closed.iter().map(ConnRow::closed).filter(|r| keep(r)));
+    }
+    sort_rows(&mut rows, sort, now);
+
+    let total = rows.len();
+    let page: Vec<ConnRow> = rows.into_iter().skip(offset).take(limit).collect();
+    let details = if subs == Subs::None {
+        HashMap::new()
+    } else {
+        let cids = page
+            .iter()
+            .filter(|r| r.stop.is_none())
+            .map(|r| r.cid)
+            .collect();
+        subs_by_cid(s, &cids)
+    };
+    let conns: Vec<Value> = page
+        .iter()
+        .map(|r| {
+            let mut o = r.to_json(now, auth);
+            // Empty lists are left out, as nats-server's `omitempty` does.
+            if let Some(list) = details.get(&r.cid).filter(|l| !l.is_empty()) {
+                if subs == Subs::Detail {
+                    o.insert("subscriptions_list_detail".into(), json!(list));
+                } else {
+                    let names: Vec<&Value> = list.iter().filter_map(|d| d.get("subject")).collect();
+                    o.insert("subscriptions_list".into(), json!(names));
+                }
+            }
+            Value::Object(o)
+        })
+        .collect();
+    Ok(json!({
+        "server_id": s.id,
+        "now": rfc3339(now),
+        "num_connections": conns.len(),
+        "total": total,
+        "offset": offset,
+        "limit": limit,
+        "connections": conns,
+    }))
 }
 
+fn sort_rows(rows: &mut [ConnRow], sort: SortBy, now: SystemTime) {
+    use std::cmp::Reverse;
+    // Stable sorts over cid order, so ties stay in cid order.
+    rows.sort_by_key(|r| r.cid);
+    match sort {
+        SortBy::Cid => {}
+        SortBy::Start => rows.sort_by_key(|r| r.start),
+        SortBy::Subs => rows.sort_by_key(|r| Reverse(r.num_subs)),
+        SortBy::Pending => rows.sort_by_key(|r| Reverse(r.pending)),
+        SortBy::MsgsTo => rows.sort_by_key(|r| Reverse(r.out_msgs)),
+        SortBy::MsgsFrom => rows.sort_by_key(|r| Reverse(r.in_msgs)),
+        SortBy::BytesTo => rows.sort_by_key(|r| Reverse(r.out_bytes)),
+        SortBy::BytesFrom => rows.sort_by_key(|r| Reverse(r.in_bytes)),
+        SortBy::Last => rows.sort_by_key(|r| Reverse(r.last)),
+        SortBy::Idle => rows.sort_by_key(|r| Reverse(r.idle(now))),
+        SortBy::Uptime => rows.sort_by_key(|r| r.uptime(now)),
+        SortBy::Stop => rows.sort_by_key(|r| Reverse(r.stop)),
+        SortBy::Reason => rows.sort_by(|a, b| a.reason.cmp(&b.reason)),
+        SortBy::Rtt => rows.sort_by_key(|r| Reverse(r.rtt_ns)),
+    }
+}
+
+/// `/routez`: the cluster's routes (see [`crate::route::routez`]), with `subs`.
+pub fn routez(s: &Arc<Server>, q: &Query) -> Result<Value, QueryError> {
+    let subs = q_subs(q)? != Subs::None;
+    Ok(crate::route::routez(s, subs))
+}
+
+/// `/gatewayz` (gateways are not implemented: always empty).
 pub fn gatewayz(s: &Arc<Server>) -> Value {
     json!({
         "server_id": s.id, "now": rfc3339(SystemTime::now()), "name": "",
@@ -421,84 +946,85 @@ pub fn gatewayz(s: &Arc<Server>) -> Value {
     })
 }
 
-pub fn leafz(s: &Arc<Server>, q: &HashMap<String, String>) -> Value {
-    let subs = q
-        .get("subs")
-        .is_some_and(|v| v == "1" || v == "true" || v == "detail");
-    crate::leaf::leafz(s, subs, q.get("acc").map(String::as_str))
+/// `/leafz`: the leaf connections (see [`crate::leaf::leafz`]), with `subs` and `acc`.
+pub fn leafz(s: &Arc<Server>, q: &Query) -> Result<Value, QueryError> {
+    let subs = q_subs(q)? != Subs::None;
+    let acc = q.get("acc").filter(|v| !v.is_empty());
+    Ok(crate::leaf::leafz(s, subs, acc.map(String::as_str)))
 }
 
-pub fn subsz(s: &Arc<Server>, q: &HashMap<String, String>) -> Value {
-    let with_subs = q
-        .get("subs")
-        .map(|v| v == "1" || v == "true" || v == "detail")
-        .unwrap_or(false);
-    let acc_filter = q.get("acc").cloned();
-    let test = q.get("test").cloned();
-    let offset: usize = q.get("offset").and_then(|v| v.parse().ok()).unwrap_or(0);
-    let limit: usize = q.get("limit").and_then(|v| v.parse().ok()).unwrap_or(1024);
-    let (mut n, mut cache, mut ins, mut rem, mut matches, mut maxf) =
-        (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
-    let (mut hit_w, mut fan_w) = (0.0f64, 0.0f64);
+fn sublist_stats_json(st: &canopy_subject::SublistStats) -> Map<String, Value> {
+    let mut o = Map::new();
+    o.insert("num_subscriptions".into(), json!(st.num_subscriptions));
+    o.insert("num_cache".into(), json!(st.num_cache));
+    o.insert("num_inserts".into(), json!(st.num_inserts));
+    o.insert("num_removes".into(), json!(st.num_removes));
+    o.insert("num_matches".into(), json!(st.num_matches));
+    o.insert("cache_hit_rate".into(), json!(st.cache_hit_rate));
+    o.insert("max_fanout".into(), json!(st.max_fanout));
+    o.insert("avg_fanout".into(), json!(st.avg_fanout));
+    o
+}
+
+/// `/subsz`: Sublist statistics over all accounts (or `acc`), and with `subs=1` the
+/// subscriptions, paged by `offset`/`limit` and filtered by `test` (a literal subject
+/// the subscriptions must match).
+pub fn subsz(s: &Arc<Server>, q: &Query) -> Result<Value, QueryError> {
+    let with_subs = q_subs(q)? != Subs::None;
+    let acc_filter = q.get("acc").filter(|v| !v.is_empty());
+    let test = q.get("test").filter(|v| !v.is_empty());
+    if let Some(t) = test {
+        if !canopy_subject::is_valid_literal_subject(t) {
+            return Err(QueryError::BadTestSubject(t.clone()));
+        }
+    }
+    let offset = q_int(q, "offset")?.unwrap_or(0).max(0) as usize;
+    let limit = match q_int(q, "limit")? {
+        Some(l) if l > 0 => l as usize,
+        _ => DEFAULT_LIMIT,
+    };
+    let mut stats = canopy_subject::SublistStats::default();
     let mut list = Vec::new();
     for a in s.accounts() {
-        if acc_filter.as_ref().is_some_and(|f| *f != a.name) {
+        if acc_filter.is_some_and(|f| *f != a.name) {
             continue;
         }
-        let st = a.sublist.stats();
-        n += st.num_subscriptions as u64;
-        cache += st.num_cache as u64;
-        ins += st.num_inserts;
-        rem += st.num_removes;
-        matches += st.num_matches;
-        maxf = maxf.max(st.max_fanout as u64);
-        hit_w += st.cache_hit_rate * st.num_matches as f64;
-        fan_w += st.avg_fanout * st.num_cache as f64;
+        stats.add(&a.sublist.stats());
         if with_subs {
             for (subject, queue, sub) in a.sublist.all() {
-                if let Some(t) = &test {
-                    if !canopy_subject::subject_matches(&subject, t) {
-                        continue;
-                    }
+                if test.is_some_and(|t| !canopy_subject::subject_matches(&subject, t)) {
+                    continue;
                 }
-                let mut e = json!({
-                    "account": a.name, "subject": subject,
-                    "sid": String::from_utf8_lossy(&sub.sid),
-                    "msgs": sub.delivered.load(Ordering::Relaxed), "cid": sub.conn.cid,
-                });
-                if let Some(q) = queue {
-                    e["qgroup"] = json!(q);
-                }
-                list.push(e);
+                list.push(sub_detail(
+                    &a.name,
+                    &subject,
+                    queue.as_deref(),
+                    &sub.sid,
+                    sub.delivered.load(Ordering::Relaxed),
+                    sub.conn.cid,
+                ));
             }
         }
     }
-    let mut v = json!({
-        "server_id": s.id,
-        "now": rfc3339(SystemTime::now()),
-        "num_subscriptions": n,
-        "num_cache": cache,
-        "num_inserts": ins,
-        "num_removes": rem,
-        "num_matches": matches,
-        "cache_hit_rate": if matches > 0 { hit_w / matches as f64 } else { 0.0 },
-        "max_fanout": maxf,
-        "avg_fanout": if cache > 0 { fan_w / cache as f64 } else { 0.0 },
-    });
+    let mut v = Map::new();
+    v.insert("server_id".into(), json!(s.id));
+    v.insert("now".into(), json!(rfc3339(SystemTime::now())));
+    v.extend(sublist_stats_json(&stats));
     if with_subs {
         let total = list.len();
         let page: Vec<Value> = list.into_iter().skip(offset).take(limit).collect();
-        v["total"] = json!(total);
-        v["offset"] = json!(offset);
-        v["limit"] = json!(limit);
-        v["subscriptions_list"] = json!(page);
+        v.insert("total".into(), json!(total));
+        v.insert("offset".into(), json!(offset));
+        v.insert("limit".into(), json!(limit));
+        v.insert("subscriptions_list".into(), json!(page));
     }
-    v
+    Ok(Value::Object(v))
 }
 
-pub fn accountz(s: &Arc<Server>, q: &HashMap<String, String>) -> Value {
+/// `/accountz`: the account names, or with `acc` one account's details.
+pub fn accountz(s: &Arc<Server>, q: &Query) -> Value {
     let now = SystemTime::now();
-    if let Some(name) = q.get("acc") {
+    if let Some(name) = q.get("acc").filter(|v| !v.is_empty()) {
         let Some(a) = s.account(name) else {
             return json!({"server_id": s.id, "now": rfc3339(now), "system_account": s.system_account,
                 "error": format!("Account {name} does not exist")});
@@ -515,6 +1041,7 @@ pub fn accountz(s: &Arc<Server>, q: &HashMap<String, String>) -> Value {
                 "leafnode_connections": a.num_leafs.load(Ordering::Relaxed),
                 "client_connections": a.client_connections(),
                 "subscriptions": a.sublist.count(),
+                "sublist_stats": sublist_stats_json(&a.sublist.stats()),
             }
         });
     }
@@ -522,6 +1049,7 @@ pub fn accountz(s: &Arc<Server>, q: &HashMap<String, String>) -> Value {
     json!({"server_id": s.id, "now": rfc3339(now), "system_account": s.system_account, "accounts": names})
 }
 
+/// `/accstatz`: per-account counters for accounts with connections.
 pub fn accstatz(s: &Arc<Server>) -> Value {
     let stats: Vec<Value> = s
         .accounts()
@@ -553,5 +1081,93 @@ mod tests {
         assert_eq!(uptime(Duration::from_secs(3600 * 25 + 1)), "1d1h0m1s");
         assert_eq!(go_duration(Duration::from_micros(1500)), "1.5ms");
         assert_eq!(go_duration(Duration::ZERO), "0s");
+    }
+
+    #[test]
+    fn query_parsing() {
+        let q = parse_query("acc=%24G&subs=detail&x&acc=other&sp=a+b&bad=%zz");
+        assert_eq!(q["acc"], "$G");
+        assert_eq!(q["subs"], "detail");
+        assert_eq!(q["x"], "");
+        assert_eq!(q["sp"], "a b");
+        assert_eq!(q["bad"], "%zz");
+        assert_eq!(q_subs(&q), Ok(Subs::Detail));
+        let q = parse_query("subs=true&auth=0&limit=-3");
+        assert_eq!(q_subs(&q), Ok(Subs::List));
+        assert_eq!(q_bool(&q, "auth"), Ok(false));
+        assert_eq!(q_int(&q, "limit"), Ok(Some(-3)));
+        let q = parse_query("auth=yes&offset=x");
+        assert!(matches!(
+            q_bool(&q, "auth"),
+            Err(QueryError::BadValue { .. })
+        ));
+        assert!(q_int(&q, "offset").is_err());
+    }
+
+    #[test]
+    fn sort_and_state_names() {
+        for (name, want) in [
+            ("", SortBy::Cid),
+            ("start", SortBy::Start),
+            ("msgs_to", SortBy::MsgsTo),
+            ("bytes_from", SortBy::BytesFrom),
+            ("idle", SortBy::Idle),
+            ("reason", SortBy::Reason),
+        ] {
+            assert_eq!(SortBy::parse(name), Ok(want));
+        }
+        assert_eq!(
+            SortBy::parse("bogus").unwrap_err().to_string(),
+            "invalid sorting option: bogus"
+        );
+        assert_eq!(ConnState::parse("any"), Ok(ConnState::All));
+        assert!(ConnState::parse("xyz").is_err());
+    }
+
+    fn row(cid: u64, start_s: u64, last_s: u64, out_msgs: u64, reason: &str) -> ConnRow {
+        let t = |s| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
+        ConnRow {
+            cid,
+            ip: "127.0.0.1".into(),
+            port: 1,
+            start: t(start_s),
+            last: t(last_s),
+            stop: None,
+            reason: reason.into(),
+            rtt_ns: cid * 10,
+            pending: 0,
+            in_msgs: 0,
+            out_msgs,
+            in_bytes: 0,
+            out_bytes: 0,
+            num_subs: 0,
+            name: String::new(),
+            lang: String::new(),
+            version: String::new(),
+            tls_version: String::new(),
+            account: String::new(),
+            user: String::new(),
+        }
+    }
+
+    #[test]
+    fn sort_directions() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
+        let order = |sort| {
+            let mut rows = vec![
+                row(3, 30, 900, 5, "b"),
+                row(1, 10, 500, 5, "c"),
+                row(2, 20, 950, 9, "a"),
+            ];
+            sort_rows(&mut rows, sort, now);
+            rows.iter().map(|r| r.cid).collect::<Vec<_>>()
+        };
+        assert_eq!(order(SortBy::Cid), [1, 2, 3]);
+        assert_eq!(order(SortBy::MsgsTo), [2, 1, 3]); // largest first, ties by cid
+        assert_eq!(order(SortBy::Last), [2, 3, 1]); // most recent first
+        assert_eq!(order(SortBy::Idle), [1, 3, 2]); // longest idle first
+        assert_eq!(order(SortBy::Uptime), [3, 2, 1]); // shortest first
+        assert_eq!(order(SortBy::Reason), [2, 3, 1]);
+        assert_eq!(order(SortBy::Rtt), [3, 2, 1]);
     }
 }

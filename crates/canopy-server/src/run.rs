@@ -257,6 +257,7 @@ pub fn main() -> i32 {
         eprintln!("{prog}: cannot open log file: {e}");
         return 1;
     }
+    crate::logging::set_rotation(opts.log_size_limit, opts.log_max_files);
     for w in &warnings {
         tracing::warn!("{w}");
     }
@@ -323,6 +324,14 @@ pub async fn run_server(opts: Options, f: Flags, prog: String) -> anyhow::Result
         tracing::info!("Starting http monitor on {}", fmt_hostport(&addr));
         monitoring_urls.push(format!("http://{}", fmt_hostport(&addr)));
         tokio::spawn(crate::monitor::serve(server.clone(), l));
+    }
+    let mut prometheus_url = None;
+    if let Some(p) = &opts.prometheus {
+        let l = bind(&p.host, p.port).await?;
+        let paddr = l.local_addr()?;
+        tracing::info!("Starting prometheus metrics on {paddr}");
+        prometheus_url = Some(format!("http://{paddr}/metrics"));
+        tokio::spawn(crate::metrics::serve_metrics(server.clone(), l));
     }
     let listener = bind(&opts.host, opts.port).await?;
     let addr = listener.local_addr()?;
@@ -408,6 +417,9 @@ pub async fn run_server(opts: Options, f: Flags, prog: String) -> anyhow::Result
         }
         if let Some(u) = &route_url {
             ports["cluster"] = serde_json::json!([u]);
+        }
+        if let Some(u) = &prometheus_url {
+            ports["prometheus"] = serde_json::json!([u]);
         }
         let path = dir.join(format!("{prog}_{pid}.ports"));
         std::fs::write(&path, ports.to_string())

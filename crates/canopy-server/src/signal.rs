@@ -83,6 +83,7 @@ fn try_reload(server: &Arc<Server>, flags: &Flags) -> Result<(), String> {
             .collect();
         return Err(what.join("; "));
     }
+    crate::logging::set_rotation(new.log_size_limit, new.log_max_files);
     server.apply_reload(new);
     Ok(())
 }

@@ -155,3 +155,46 @@ fn pid_file_written() {
     let text = std::fs::read_to_string(&pid).unwrap();
     assert_eq!(text.trim(), s.pid().unwrap().to_string());
 }
+
+#[test]
+fn log_file_rotates_past_size_limit() {
+    let s = ServerProcess::canopy(
+        "listen: 127.0.0.1:-1\ndebug: true\nlog_size_limit: 2000\nlogfile_max_num: 2\n",
+    )
+    .unwrap();
+    for _ in 0..40 {
+        let (mut c, _) = RawClient::connect(&s.addr()).unwrap();
+        c.send_str("CONNECT {\"verbose\":false}\r\nPING\r\n")
+            .unwrap();
+        assert_eq!(c.read_op().unwrap(), "PONG");
+    }
+    let rotated = || {
+        std::fs::read_dir(s.dir.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("server.log."))
+            .count()
+    };
+    assert_eventually!(
+        Duration::from_secs(5),
+        rotated() >= 1,
+        "no rotated log file"
+    );
+    assert!(rotated() <= 2, "log_max_files not honoured");
+    assert!(std::fs::metadata(&s.log_path).unwrap().len() < 4000);
+}
+
+#[test]
+fn prometheus_port_serves_metrics() {
+    let port = canopy_testkit::free_port();
+    let s = ServerProcess::canopy(&format!(
+        "listen: 127.0.0.1:-1\nprometheus {{ host: 127.0.0.1, port: {port} }}\n"
+    ))
+    .unwrap();
+    let (status, body) = canopy_testkit::http_get(port, "/metrics").unwrap();
+    assert_eq!(status, 200);
+    assert!(body.contains("nats_leafnodes_connections"), "{body}");
+    assert!(s
+        .log()
+        .contains("Starting prometheus metrics on 127.0.0.1:"));
+}
