@@ -162,7 +162,12 @@ impl Server {
 
     /// All live leaf links, across accounts.
     pub fn leaf_links(&self) -> Vec<Arc<Link>> {
-        let mut v: Vec<Arc<Link>> = self.accounts().iter().flat_map(|a| a.links()).collect();
+        let mut v: Vec<Arc<Link>> = self
+            .accounts()
+            .iter()
+            .flat_map(|a| a.links())
+            .filter(|l| l.conn.kind == ConnKind::Leaf)
+            .collect();
         v.sort_by_key(|l| l.conn.cid);
         v
     }

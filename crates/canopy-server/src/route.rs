@@ -56,6 +56,18 @@ pub struct Cluster {
     pub url: Mutex<String>,
     /// The cluster name (configured or learned).
     pub name: Mutex<String>,
+    /// Route URLs (host:port) that turned out to be ourselves: not dialled again.
+    self_urls: Mutex<HashSet<String>>,
+}
+
+/// `host:port` of a route URL, for comparing configured and advertised URLs.
+fn url_hostport(url: &str) -> String {
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+    let rest = rest.trim_end_matches('/');
+    rest.rsplit_once('@')
+        .map(|(_, h)| h)
+        .unwrap_or(rest)
+        .to_string()
 }
 
 fn parse_route_url(url: &str) -> Result<(String, Option<String>, Option<String>), String> {
@@ -179,6 +191,28 @@ impl Server {
                     self.cluster.dialing.lock().remove(id);
                     return;
                 }
+            }
+            if self.cluster.self_urls.lock().contains(&hostport)
+                || url_hostport(&self.cluster.url.lock()) == hostport
+            {
+                tracing::debug!("Route URL {url} is this server; not dialling it");
+                return;
+            }
+            // An explicit route whose server already connected to us (or was learned by
+            // gossip) is not dialled again: a second connection would only be dropped as
+            // a duplicate, possibly the one carrying traffic. We check again after it
+            // drops.
+            if explicit
+                && self
+                    .routes()
+                    .iter()
+                    .any(|r| url_hostport(&r.url) == hostport)
+            {
+                tokio::select! {
+                    _ = self.shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(ROUTE_RECONNECT) => {}
+                }
+                continue;
             }
             attempt += 1;
             match tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(&hostport)).await
