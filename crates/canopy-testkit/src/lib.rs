@@ -326,3 +326,24 @@ impl RawClient {
         self.reader.read_to_end(&mut sink).is_ok()
     }
 }
+
+/// A free loopback port for a listener that a test must write into a config (leafnode or
+/// cluster ports, or a client port that has to survive a restart). Unlike [`free_port`] it
+/// lies below Linux's ephemeral range (32768+), so outgoing connections of other servers
+/// cannot take it before the server binds it; successive calls in one process never
+/// repeat a port, and different processes start at different offsets.
+pub fn free_fixed_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let offset = std::process::id().wrapping_mul(7919);
+    for _ in 0..2000 {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 20000 + (offset.wrapping_add(n) % 12000);
+        if let Ok(port) = u16::try_from(port) {
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
+    free_port()
+}
