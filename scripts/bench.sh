@@ -15,21 +15,42 @@
 #   req/rep p50    1 requester, 1 responder            metric: latency in us      (lower is better)
 #   req/rep p99    (same runs as p50)                  metric: latency in us      (lower is better)
 #   idle conns     1000 raw connections, CONNECT+PING  metric: server VmRSS growth, bytes/conn (lower)
+# Two-server scenarios (both servers of the same implementation, configs in the temp dir):
+#   leaf pub/sub   hub + leaf (leafnodes remote); publisher on the leaf, subscriber on the hub
+#                                                      metric: delivered msgs/s   (higher is better)
+#   leaf req p50   requester on the leaf, responder (`canopy reply`) on the hub
+#   leaf req p99                                       metric: latency in us      (lower is better)
+#   route pub/sub  2-server cluster (routes both ways); publisher on one member, subscriber
+#                  on the other                        metric: delivered msgs/s   (higher is better)
+#   Each round waits for the link (/leafz leafnodes >= 1 on the hub, /routez num_routes >= 1
+#   on both members, and the route ids unchanged for 1.5 s, as a redial can replace the first
+#   route) and then for one request/reply on the bench subject to cross the hop, so the
+#   subscriber's interest is known on the publisher's side before the clock starts.
+#   `canopy bench` runs one side only here: the publisher (`--raw --sub 0`) or the requester.
+#   The hop subscriber is a small raw-protocol counter in Python (written to the temp dir);
+#   the leaf requester's own local responder is kept out by a subscribe-deny permission on
+#   the leaf's bench user, and the hub's /connz proves the hub's responder answered.
+#   Server ns/msg for these rows is the CPU of BOTH servers; client CPU is the busier of
+#   the two client processes (publisher, hop subscriber) or the requester.
 #
-# Usage: scripts/bench.sh [--rounds N] [--msgs N] [--quick] [--async-nats] [--keep-logs]
+# Usage: scripts/bench.sh [--rounds N] [--msgs N] [--quick] [--only LIST] [--async-nats] [--keep-logs]
 #   --rounds N     rounds per scenario (default 5)
 #   --msgs N       messages per pub/sub round (default 1000000; fan-out uses N/2, pub-only 5N,
-#                  request/reply N/50 requests)
+#                  request/reply N/50 requests; leaf and route pub/sub use N)
 #   --quick        2 rounds, 200000 msgs (smoke run)
+#   --only LIST    comma-separated scenarios to run: pubsub,fanout,pubonly,request,idle,
+#                  leafpub,leafreq,routepub (default: all)
 #   --async-nats   drive pub/sub with async-nats clients instead of the lean raw-protocol
 #                  clients (`canopy bench --raw`, the default: async-nats alone needs more CPU
-#                  per message than the servers do and would measure itself)
-#   --keep-logs    keep server logs and per-round JSON in the temp dir and print its path
+#                  per message than the servers do and would measure itself). The hop
+#                  scenarios always use raw pub/sub clients.
+#   --keep-logs    keep server logs, configs and per-round JSON in the temp dir and print its path
 # Environment:
 #   CANOPY_SERVER  canopy-server binary (default target/release/canopy-server). When it is
 #                  missing only nats-server is measured, and the script says so.
 #   NATS_SERVER    nats-server binary (default /usr/sbin/nats-server)
 #   CANOPY         canopy CLI (default target/release/canopy; built with cargo if missing)
+#   The two-server scenarios also need python3 and curl (skipped with a note otherwise).
 #
 # Caveats: client and servers share the machine's cores, so absolute numbers depend on the
 # load generator; compare ratios, and watch the CPU columns. Runs are interleaved so that
@@ -41,6 +62,7 @@ MSGS=1000000
 RAW=--raw
 CLIENT=raw
 KEEP=0
+ONLY=
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -49,11 +71,17 @@ while [ $# -gt 0 ]; do
         --quick) ROUNDS=2; MSGS=200000; shift ;;
         --async-nats) RAW=; CLIENT=async-nats; shift ;;
         --keep-logs) KEEP=1; shift ;;
+        --only) ONLY=${2:?--only needs a list}; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "bench.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
     esac
 done
 case "$ROUNDS$MSGS" in *[!0-9]*) echo "bench.sh: --rounds and --msgs take integers" >&2; exit 2 ;; esac
+ALL_SCENARIOS="pubsub fanout pubonly request idle leafpub leafreq routepub"
+for s in ${ONLY//,/ }; do
+    case " $ALL_SCENARIOS " in *" $s "*) ;; *) echo "bench.sh: unknown scenario $s (one of: $ALL_SCENARIOS)" >&2; exit 2 ;; esac
+done
+want() { [ -z "$ONLY" ] || case ",$ONLY," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -79,13 +107,31 @@ else
     echo "NOTE: $CANOPY_SERVER not found: benchmarking nats-server only (set CANOPY_SERVER)." >&2
 fi
 
+# The two-server scenarios need python3 (hop subscriber) and curl (monitoring endpoints).
+HOPS=1
+if ! command -v python3 >/dev/null || ! command -v curl >/dev/null; then
+    HOPS=0
+    if want leafpub || want leafreq || want routepub; then
+        echo "NOTE: python3 or curl missing: skipping the leaf and route scenarios." >&2
+    fi
+fi
+
 # 1000 idle connections plus the servers' own descriptors need a higher fd limit.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/canopy-bench.XXXXXX")
 SRV_PID=
+HOP_PIDS=
+# Stop every process of the current two-server topology (hop clients first, then servers).
+stop_topology() {
+    local p
+    for p in $HOP_PIDS; do kill "$p" 2>/dev/null || true; done
+    for p in $HOP_PIDS; do wait "$p" 2>/dev/null || true; done
+    HOP_PIDS=
+}
 cleanup() {
     if [ -n "$SRV_PID" ]; then kill "$SRV_PID" 2>/dev/null || true; wait "$SRV_PID" 2>/dev/null || true; fi
+    stop_topology
     if [ "$KEEP" = 1 ]; then echo "logs kept in $WORK" >&2; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
@@ -184,17 +230,319 @@ extract() {
     printf '  %-8s %-7s %s\n' "$name" "$kind" "$v" >&2
 }
 
+# ---- Two-server scenarios (leaf hop, route hop) ------------------------------------------
+
+CLK_TCK=$(getconf CLK_TCK 2>/dev/null || echo 100)
+HOP_BODY=$(printf '%*s' 128 '' | tr ' ' r)   # 128-byte reply body of the hub's responder
+
+# The hop subscriber: subscribes, answers ONE request on the bench subject (the warm-up
+# exchange that proves the interest crossed the hop), then counts the raw publisher's MSG
+# frames (fixed shape, lowercase payload, so a byte search finds exactly them) until it has
+# EXPECTED or nothing arrives for IDLE seconds. Prints one JSON line.
+write_hop_sub() {
+    cat >"$WORK/hopsub.py" <<'PY'
+import json, socket, sys, time
+host, port, subject = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+expected, idle, size = int(sys.argv[4]), float(sys.argv[5]), int(sys.argv[6])
+def fail(why):
+    print(json.dumps({"error": why})); sys.exit(1)
+try:
+    s = socket.create_connection((host, port), timeout=15)
+except OSError as e:
+    fail("connect: %s" % e)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+buf = b""
+def fill():
+    global buf
+    d = s.recv(1 << 16)
+    if not d: fail("connection closed by server")
+    buf += d
+def line():
+    global buf
+    while b"\r\n" not in buf: fill()
+    l, buf = buf.split(b"\r\n", 1)
+    return l
+try:
+    if not line().startswith(b"INFO "): fail("no INFO from server")
+    s.sendall(b'CONNECT {"verbose":false,"pedantic":false,"echo":false,"name":"bench hop sub",'
+              b'"lang":"python-raw","version":"0","protocol":1}\r\nSUB ' + subject.encode() + b" 1\r\nPING\r\n")
+    while True:  # warm-up: parse properly until one request is answered
+        l = line()
+        if l.startswith(b"MSG "):
+            f = l.split()
+            n = int(f[-1])
+            while len(buf) < n + 2: fill()
+            buf = buf[n + 2:]
+            if len(f) == 5:
+                s.sendall(b"PUB " + f[3] + b" 0\r\n\r\n")
+                break
+        elif l == b"PING": s.sendall(b"PONG\r\n")
+        elif l.startswith(b"-ERR"): fail("server said " + l.decode(errors="replace"))
+except socket.timeout:
+    fail("no warm-up request within 15s")
+s.settimeout(idle)
+tok = b"MSG " + subject.encode() + b" 1 " + str(size).encode() + b"\r\n"
+keep = len(tok) - 1            # carried between reads so a frame split across reads counts
+def scan(data, t, carried):    # occurrences of t not lying wholly inside the carried bytes
+    return data.count(t, max(0, carried - len(t) + 1))
+carry, chunk, count, first, last = b"", buf, 0, None, None
+c0, w0 = time.process_time(), time.monotonic()
+while True:
+    data = carry + chunk
+    n = scan(data, tok, len(carry))
+    if n:
+        last = time.monotonic()
+        first = first or last
+        count += n
+    p = scan(data, b"PING\r\n", len(carry))
+    if p: s.sendall(b"PONG\r\n" * p)
+    if scan(data, b"-ERR", len(carry)): fail("server said -ERR during the run")
+    carry = data[-keep:]
+    if count >= expected: break
+    try:
+        chunk = s.recv(1 << 20)
+    except socket.timeout:
+        break
+    if not chunk: fail("connection closed by server after %d msgs" % count)
+secs = last - first if first is not None else 0.0
+wall = time.monotonic() - w0
+print(json.dumps({"msgs": count, "expected": expected, "secs": secs,
+                  "msgs_per_sec": count / secs if secs > 0 else 0.0,
+                  "cpu_share": (time.process_time() - c0) / wall if wall > 0 else 0.0}))
+PY
+}
+
+# n distinct free ports, space separated.
+free_ports() {
+    local out=" " p
+    while [ "$(wc -w <<<"$out")" -lt "$1" ]; do
+        p=$(free_port)
+        case "$out" in *" $p "*) ;; *) out="$out$p " ;; esac
+    done
+    echo $out
+}
+
+# wait_port PID PORT: until PORT accepts (true) or PID exits / 10 s pass (false).
+wait_port() {
+    local i
+    for i in $(seq 1 200); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$2") 2>/dev/null; then return 0; fi
+        kill -0 "$1" 2>/dev/null || return 1
+        sleep 0.05
+    done
+    return 1
+}
+
+# wait_json URL JQ-FILTER: poll a monitoring endpoint until the filter is true (10 s).
+wait_json() {
+    local i
+    for i in $(seq 1 100); do
+        if [ "$(curl -s --max-time 1 "$1" 2>/dev/null | jq -r "$2" 2>/dev/null)" = true ]; then return 0; fi
+        sleep 0.1
+    done
+    return 1
+}
+
+# Route ids of both cluster members, e.g. "[1]|[6]".
+route_ids() {
+    local h ids out=
+    for h in "$@"; do
+        ids=$(curl -s --max-time 1 "http://127.0.0.1:$h/routez" 2>/dev/null | jq -c '[.routes[]?.rid] | sort' 2>/dev/null)
+        out="$out|${ids:-?}"
+    done
+    echo "$out"
+}
+
+# wait_stable_routes HTTP_PORT...: the set of routes on every member unchanged for 1.5 s.
+# With routes configured both ways, the member whose first dial failed (its peer was not up
+# yet) redials after ~1 s and the duplicate is then resolved; measure only after that.
+wait_stable_routes() {
+    local i prev cur
+    prev=$(route_ids "$@")
+    for i in 1 2 3 4 5 6; do
+        sleep 1.5
+        cur=$(route_ids "$@")
+        case "$cur" in *"[]"*|*"?"*) ;; *) [ "$cur" = "$prev" ] && return 0 ;; esac
+        echo "  route set changed while settling: $prev -> $cur" >&2
+        prev=$cur
+    done
+    return 1
+}
+
+# start_topology KIND TAG SHAPE [auth]: two linked servers of KIND. SHAPE leaf: A is the leaf
+# (remote to B), B the hub; route: A and B form cluster "bench" with routes both ways.
+# "auth" gives A a user bench/bench that may not subscribe to canopy.hop.req. Sets A_PID,
+# A_URL, B_PID, B_URL, B_HTTP; logs/configs are $WORK/KIND-TAG-{a,b}.{conf,log}.
+start_topology() {
+    local kind=$1 tag=$2 shape=$3 auth=${4:-} bin attempt ports pa ha xa pb hb xb base ok
+    case "$kind" in canopy) bin=$CANOPY_SERVER ;; *) bin=$NATS_SERVER ;; esac
+    base="$WORK/$kind-$tag"
+    for attempt in 1 2 3; do
+        read -r pa ha xa pb hb xb <<<"$(free_ports 6)"
+        printf 'server_name: bench-a\nlisten: "127.0.0.1:%s"\nhttp: "127.0.0.1:%s"\n' "$pa" "$ha" >"$base-a.conf"
+        printf 'server_name: bench-b\nlisten: "127.0.0.1:%s"\nhttp: "127.0.0.1:%s"\n' "$pb" "$hb" >"$base-b.conf"
+        if [ "$shape" = leaf ]; then
+            echo "leafnodes { listen: \"127.0.0.1:$xb\" }" >>"$base-b.conf"
+            echo "leafnodes { remotes: [ { url: \"nats-leaf://127.0.0.1:$xb\" } ] }" >>"$base-a.conf"
+        else
+            echo "cluster { name: bench, listen: \"127.0.0.1:$xa\", routes: [\"nats-route://127.0.0.1:$xb\"] }" >>"$base-a.conf"
+            echo "cluster { name: bench, listen: \"127.0.0.1:$xb\", routes: [\"nats-route://127.0.0.1:$xa\"] }" >>"$base-b.conf"
+        fi
+        if [ -n "$auth" ]; then
+            echo 'authorization { users: [ { user: bench, password: bench, permissions: { subscribe: { deny: ["canopy.hop.req"] } } } ] }' >>"$base-a.conf"
+        fi
+        "$bin" -c "$base-b.conf" >"$base-b.log" 2>&1 &
+        B_PID=$!; HOP_PIDS="$HOP_PIDS $B_PID"
+        ok=0
+        if wait_port "$B_PID" "$pb"; then
+            "$bin" -c "$base-a.conf" >"$base-a.log" 2>&1 &
+            A_PID=$!; HOP_PIDS="$HOP_PIDS $A_PID"
+            if wait_port "$A_PID" "$pa"; then
+                if [ "$shape" = leaf ]; then
+                    wait_json "http://127.0.0.1:$hb/leafz" '.leafnodes >= 1' && ok=1
+                else
+                    wait_json "http://127.0.0.1:$hb/routez" '.num_routes >= 1' &&
+                        wait_json "http://127.0.0.1:$ha/routez" '.num_routes >= 1' &&
+                        wait_stable_routes "$ha" "$hb" && ok=1
+                fi
+            fi
+        fi
+        if [ "$ok" = 1 ]; then
+            A_URL="nats://127.0.0.1:$pa"; B_URL="nats://127.0.0.1:$pb"; B_HTTP="http://127.0.0.1:$hb"
+            return 0
+        fi
+        stop_topology
+    done
+    echo "bench.sh: $kind $shape topology did not come up; logs:" >&2
+    tail -n 20 "$base-a.log" "$base-b.log" >&2 2>/dev/null || true
+    return 1
+}
+
+# CPU clock ticks (user + system) of the given processes so far.
+proc_ticks() {
+    local t=0 p v
+    for p in "$@"; do
+        v=$(sed 's/^.*) //' "/proc/$p/stat" 2>/dev/null | awk '{print $12 + $13}') || v=0
+        t=$((t + ${v:-0}))
+    done
+    echo "$t"
+}
+
+# warm_up URL SUBJECT [FLAGS...]: one request/reply on SUBJECT must succeed (10 s).
+warm_up() {
+    local url=$1 subj=$2 i; shift 2
+    for i in $(seq 1 40); do
+        "$CANOPY" -s "$url" "$@" req --timeout 1s "$subj" warm >/dev/null 2>&1 && return 0
+        sleep 0.2
+    done
+    return 1
+}
+
+# hop_fail NAME KIND ROUND WHY
+hop_fail() { echo "  round $3 $1 on $2 FAILED: $4" >&2; record "$1" fail "$2" 1; }
+
+# Publisher (`canopy bench --raw --sub 0`) on A, hop subscriber on B.
+hop_pubsub() {
+    local name=$1 kind=$2 round=$3 subj=canopy.hop.pub sub_pid t0 t1 json sub v cpu f="$WORK/$kind-$name-$round"
+    python3 "$WORK/hopsub.py" 127.0.0.1 "${B_URL##*:}" "$subj" "$MSGS" 5 128 >"$f.sub.json" 2>"$f.sub.err" &
+    sub_pid=$!; HOP_PIDS="$sub_pid $HOP_PIDS"
+    if ! warm_up "$A_URL" "$subj"; then
+        hop_fail "$name" "$kind" "$round" "no reply from the subscriber across the hop ($(head -c 300 "$f.sub.json" "$f.sub.err"))"
+        return
+    fi
+    t0=$(proc_ticks "$A_PID" "$B_PID")
+    if ! json=$("$CANOPY" -s "$A_URL" bench "$subj" --pub 1 --sub 0 --msgs "$MSGS" --size 128 --raw --json 2>"$f.err"); then
+        hop_fail "$name" "$kind" "$round" "publisher: $(tail -n 3 "$f.err")"
+        return
+    fi
+    wait "$sub_pid" 2>/dev/null || true
+    HOP_PIDS=${HOP_PIDS/"$sub_pid "/}
+    t1=$(proc_ticks "$A_PID" "$B_PID")
+    echo "$json" >"$f.json"
+    sub=$(cat "$f.sub.json")
+    if ! jq -e '.msgs' <<<"$sub" >/dev/null 2>&1; then
+        hop_fail "$name" "$kind" "$round" "subscriber: ${sub:-no output} $(head -c 300 "$f.sub.err")"
+        return
+    fi
+    v=$(jq -r '.msgs_per_sec' <<<"$sub")
+    if [ "$(jq -r '.msgs < .expected' <<<"$sub")" = true ]; then
+        echo "  WARNING: $kind lost messages in $name: $(jq -r '"\(.msgs)/\(.expected)"' <<<"$sub")" >&2
+        record "$name" lost "$kind" 1
+    fi
+    record "$name" value "$kind" "$v"
+    cpu=$(jq -rn --argjson p "$json" --argjson s "$sub" '[$p.client_cpu.share, $s.cpu_share] | max * 100')
+    record "$name" cpu "$kind" "$cpu"
+    v=$(jq -r '.msgs' <<<"$sub")
+    [ "$v" -gt 0 ] && record "$name" srvns "$kind" "$(awk -v t="$((t1 - t0))" -v hz="$CLK_TCK" -v n="$v" 'BEGIN{print t * 1e9 / hz / n}')"
+    v=$(jq -r '.msgs_per_sec' <<<"$sub")
+    printf '  %-8s %-7s %s\n' "$name" "$kind" "$v" >&2
+}
+
+# Requester (`canopy bench --request`, user bench on A) → responder (`canopy reply`) on B.
+hop_request() {
+    local name=$1 kind=$2 round=$3 subj=canopy.hop.req resp_pid t0 t1 json answered v f="$WORK/$kind-$name-$round"
+    "$CANOPY" -s "$B_URL" reply "$subj" "$HOP_BODY" >"$f.reply.log" 2>&1 &
+    resp_pid=$!; HOP_PIDS="$resp_pid $HOP_PIDS"
+    if ! warm_up "$A_URL" "$subj" --user bench --password bench; then
+        hop_fail "$name" "$kind" "$round" "no reply from the hub's responder across the hop ($(tail -n 2 "$f.reply.log"))"
+        return
+    fi
+    t0=$(proc_ticks "$A_PID" "$B_PID")
+    if ! json=$("$CANOPY" -s "$A_URL" --user bench --password bench bench "$subj" --request --clients 1 \
+        --msgs "$REQS" --size 128 --json 2>"$f.err"); then
+        hop_fail "$name" "$kind" "$round" "requester: $(tail -n 3 "$f.err")"
+        return
+    fi
+    t1=$(proc_ticks "$A_PID" "$B_PID")
+    echo "$json" >"$f.json"
+    # The hub's only client is the responder: its in_msgs are the replies it sent.
+    answered=$(curl -s --max-time 2 "$B_HTTP/connz" | jq -r '[.connections[]?.in_msgs] | add // 0' 2>/dev/null || echo 0)
+    if [ "${answered:-0}" -lt "$REQS" ]; then
+        hop_fail "$name" "$kind" "$round" "the hub's responder answered $answered of $REQS requests (a responder on the leaf side answered?)"
+        return
+    fi
+    v=$(jq -r '.request.p50_us' <<<"$json")
+    record "$name" value "$kind" "$v"
+    record "${name}99" value "$kind" "$(jq -r '.request.p99_us' <<<"$json")"
+    record "$name" cpu "$kind" "$(jq -r '.client_cpu.share * 100' <<<"$json")"
+    record "${name}99" cpu "$kind" "$(jq -r '.client_cpu.share * 100' <<<"$json")"
+    record "$name" srvns "$kind" "$(awk -v t="$((t1 - t0))" -v hz="$CLK_TCK" -v n="$REQS" 'BEGIN{print t * 1e9 / hz / n}')"
+    printf '  %-8s %-7s %s\n' "$name" "$kind" "$v" >&2
+}
+
+# run_hop NAME ROUND ORDER: one round of a two-server scenario against each implementation.
+run_hop() {
+    local name=$1 round=$2 order=$3 kind shape=leaf auth=
+    case "$name" in leafreq) auth=auth ;; routepub) shape=route ;; esac
+    for kind in $order; do
+        if ! start_topology "$kind" "$name-$round" "$shape" "$auth"; then
+            record "$name" fail "$kind" 1; continue
+        fi
+        case "$name" in
+            leafreq) hop_request "$name" "$kind" "$round" ;;
+            *) hop_pubsub "$name" "$kind" "$round" ;;
+        esac
+        stop_topology
+    done
+}
+
 REQS=$((MSGS / 50)); [ "$REQS" -lt 1000 ] && REQS=1000
+[ "$HOPS" = 1 ] && write_hop_sub
 echo "canopy bench: rounds=$ROUNDS msgs=$MSGS client=$CLIENT servers=[$SERVERS] cores=$(nproc)" >&2
 for round in $(seq 1 "$ROUNDS"); do
     # Alternate which server goes first so drift and warm-up effects cancel.
     if [ $((round % 2)) = 1 ]; then order=$SERVERS; else order=$(echo "$SERVERS" | awk '{for(i=NF;i>0;i--) printf "%s%s", $i, (i>1?" ":"")}'); fi
     echo "round $round/$ROUNDS (order: $order)" >&2
-    run_scenario pubsub "$round" "$order" canopy.bench --pub 1 --sub 1 --msgs "$MSGS" --size 128 $RAW
-    run_scenario fanout "$round" "$order" canopy.bench --pub 1 --sub 5 --msgs $((MSGS / 2)) --size 128 $RAW
-    run_scenario pubonly "$round" "$order" canopy.bench --pub 1 --sub 0 --msgs $((MSGS * 5)) --size 128 $RAW
-    run_scenario request "$round" "$order" canopy.bench --request --clients 1 --msgs "$REQS" --size 128
-    run_scenario idle "$round" "$order" --idle 1000 --settle 1s
+    want pubsub && run_scenario pubsub "$round" "$order" canopy.bench --pub 1 --sub 1 --msgs "$MSGS" --size 128 $RAW
+    want fanout && run_scenario fanout "$round" "$order" canopy.bench --pub 1 --sub 5 --msgs $((MSGS / 2)) --size 128 $RAW
+    want pubonly && run_scenario pubonly "$round" "$order" canopy.bench --pub 1 --sub 0 --msgs $((MSGS * 5)) --size 128 $RAW
+    want request && run_scenario request "$round" "$order" canopy.bench --request --clients 1 --msgs "$REQS" --size 128
+    want idle && run_scenario idle "$round" "$order" --idle 1000 --settle 1s
+    if [ "$HOPS" = 1 ]; then
+        want leafpub && run_hop leafpub "$round" "$order"
+        want leafreq && run_hop leafreq "$round" "$order"
+        want routepub && run_hop routepub "$round" "$order"
+    fi
 done
 
 # Table.
@@ -215,15 +563,23 @@ row() { # name label unit better
         "$(fmt "$c" $dec)" "$(fmt "$n" $dec)" "$ratio" "$better" \
         "$(fmt "$cc" 0)% / $(fmt "$cn" 0)%" "$(fmt "$sc" 0) / $(fmt "$sn" 0)"
 }
-row pubsub    "pubsub 1:1"  msgs/s  higher
-row fanout    "fan-out 1:5" msgs/s  higher
-row pubonly   "pub-only"    msgs/s  higher
-row request   "req/rep p50" us      lower
-row request99 "req/rep p99" us      lower
-row idle      "idle conns"  B/conn  lower
+want pubsub && row pubsub "pubsub 1:1" msgs/s higher
+want fanout && row fanout "fan-out 1:5" msgs/s higher
+want pubonly && row pubonly "pub-only" msgs/s higher
+want request && row request "req/rep p50" us lower
+want request && row request99 "req/rep p99" us lower
+want idle && row idle "idle conns" B/conn lower
+if [ "$HOPS" = 1 ]; then
+    want leafpub && row leafpub "leaf pub/sub" msgs/s higher
+    want leafreq && row leafreq "leaf req p50" us lower
+    want leafreq && row leafreq99 "leaf req p99" us lower
+    want routepub && row routepub "route pub/sub" msgs/s higher
+fi
 echo
 echo "client CPU = share of one core used by 'canopy bench' ($CLIENT clients) during the run; near 100% means the load generator may be the limit."
-echo "server ns/msg = server CPU time per delivered message (per published one for pub-only, per request for req/rep)."
+echo "  (leaf/route pub/sub: the busier of the raw publisher and the Python hop subscriber.)"
+echo "server ns/msg = server CPU time per delivered message (per published one for pub-only, per request for req/rep);"
+echo "  for the leaf/route rows, the CPU of both servers together (sampled from /proc around the run)."
 for f in "$WORK"/*.fail.* "$WORK"/*.lost.*; do
     [ -e "$f" ] || continue
     b=$(basename "$f")
