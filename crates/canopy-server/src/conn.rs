@@ -100,6 +100,9 @@ pub struct ConnShared {
     wake: Notify,
     /// Cancelled when the connection is closing; reader and writer both watch it.
     pub cancel: CancellationToken,
+    /// Set with `cancel`: readers check it after every op, and a plain atomic load is
+    /// much cheaper than `CancellationToken::is_cancelled` (which takes a lock).
+    closing: AtomicBool,
     close_reason: Mutex<Option<CloseReason>>,
     pub stats: ConnStats,
     pub meta: Mutex<ConnMeta>,
@@ -122,6 +125,9 @@ pub struct ConnShared {
     /// Leaf links: subjects never sent over this link (`deny_exports`, the peer's
     /// `deny_pub`).
     pub deny_send: OnceLock<Vec<String>>,
+    /// Links: the id of the server behind this connection; a message is never sent back
+    /// to the server it came from, over any connection.
+    pub peer_id: OnceLock<Arc<str>>,
 }
 
 impl ConnShared {
@@ -138,6 +144,7 @@ impl ConnShared {
             }),
             wake: Notify::new(),
             cancel: CancellationToken::new(),
+            closing: AtomicBool::new(false),
             close_reason: Mutex::new(None),
             stats: ConnStats::default(),
             meta: Mutex::new(ConnMeta::default()),
@@ -152,6 +159,7 @@ impl ConnShared {
             registered: AtomicBool::new(false),
             link_class: AtomicU8::new(0),
             deny_send: OnceLock::new(),
+            peer_id: OnceLock::new(),
         }
     }
 
@@ -198,12 +206,14 @@ impl ConnShared {
             *r = Some(reason);
         }
         self.out.lock().closed = true;
+        self.closing.store(true, Ordering::Release);
         self.cancel.cancel();
         self.wake.notify_one();
     }
 
+    #[inline]
     pub fn is_closed(&self) -> bool {
-        self.cancel.is_cancelled()
+        self.closing.load(Ordering::Acquire)
     }
 
     pub fn close_reason(&self) -> Option<CloseReason> {
@@ -241,6 +251,17 @@ impl ConnShared {
         *self.ping_sent_at.lock() = Some(Instant::now());
         self.enqueue(|b| b.extend_from_slice(b"PING\r\n"));
         self.flush_signal();
+    }
+
+    /// Internal subscribers (the system and import agents) have no socket: they wait for
+    /// output here and take it with [`ConnShared::take_output`] instead of a writer task.
+    pub async fn output_ready(&self) {
+        self.wake.notified().await;
+    }
+
+    /// Takes everything queued for an internal subscriber.
+    pub fn take_output(&self, into: &mut BytesMut) {
+        self.take_into(into);
     }
 
     fn take_into(&self, mine: &mut BytesMut) {
