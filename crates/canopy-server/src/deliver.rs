@@ -42,6 +42,8 @@ pub struct Origin<'a> {
     /// `None`: serve every queue group (a client's publish). `Some(list)`: serve only
     /// these groups (a link forwarded the message for them).
     pub queues: Option<&'a [Bytes]>,
+    /// The server a link message came from: it is never sent back there.
+    pub peer: Option<&'a str>,
 }
 
 /// A link that gets one copy of the message, with the queue groups it must serve.
@@ -61,6 +63,11 @@ fn link_may_receive(conn: &ConnShared, origin: &Origin<'_>, subject: &[u8]) -> b
     if conn.cid == origin.cid {
         return false;
     }
+    if let (Some(from), Some(to)) = (origin.peer, conn.peer_id.get()) {
+        if from == to.as_ref() {
+            return false;
+        }
+    }
     let dst = LinkClass::from_u8(conn.link_class.load(Ordering::Relaxed));
     if !msg_allowed(origin.class, dst) {
         return false;
@@ -74,12 +81,13 @@ fn link_may_receive(conn: &ConnShared, origin: &Origin<'_>, subject: &[u8]) -> b
     }
 }
 
+/// Adds a link to the message's targets. One copy per *server*: two connections to the
+/// same peer (servers that solicit each other) share one target.
 fn add_target(scratch: &mut Scratch, conn: &Arc<ConnShared>, queue: Option<&Arc<str>>) {
-    let t = match scratch
-        .links
-        .iter_mut()
-        .position(|t| Arc::ptr_eq(&t.conn, conn))
-    {
+    let peer = conn.peer_id.get();
+    let t = match scratch.links.iter_mut().position(|t| {
+        Arc::ptr_eq(&t.conn, conn) || (peer.is_some() && t.conn.peer_id.get() == peer)
+    }) {
         Some(i) => &mut scratch.links[i],
         None => {
             scratch.links.push(LinkTarget {
@@ -242,7 +250,7 @@ pub fn deliver_one(
 
 /// The no-responders status message (`NATS/1.0 503`) sent to a requester whose request
 /// reached no subscriber: an HMSG on the reply subject, to the requester's own subscription.
-pub fn no_responders(acc: &Account, reply: &Bytes, requester_cid: u64, flush: &mut FlushList) {
+pub fn no_responders(acc: &Account, reply: &[u8], requester_cid: u64, flush: &mut FlushList) {
     let Ok(reply_str) = std::str::from_utf8(reply) else {
         return;
     };

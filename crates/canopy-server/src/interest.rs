@@ -91,6 +91,10 @@ struct Source {
     cid: u64,
     class: LinkClass,
     count: u32,
+    /// The server behind a link source: interest is never advertised back to the server
+    /// it came from, whichever connection to it (two servers that solicit each other have
+    /// two).
+    peer: Option<Arc<str>>,
 }
 
 /// Per-account interest: key → the sources that want it.
@@ -212,14 +216,17 @@ impl Account {
                 cid,
                 class,
                 count: delta as u32,
+                peer: None,
             }),
             None => {}
         }
         self.propagate_key(&mut map, key, Some(cid));
     }
 
-    /// Sets one source's count for `key` (queue weights from a link are absolute).
-    pub fn interest_set(&self, key: &Key, cid: u64, class: LinkClass, count: u32) {
+    /// Sets one link source's count for `key` (queue weights from a link are absolute).
+    pub fn interest_set(&self, key: &Key, link: &Link, count: u32) {
+        let cid = link.conn.cid;
+        let class = link.class();
         let mut map = self.interest.lock();
         let sources = map.keys.entry(key.clone()).or_default();
         match sources.iter_mut().position(|s| s.cid == cid) {
@@ -227,7 +234,12 @@ impl Account {
                 sources.swap_remove(i);
             }
             Some(i) => sources[i].count = count,
-            None if count > 0 => sources.push(Source { cid, class, count }),
+            None if count > 0 => sources.push(Source {
+                cid,
+                class,
+                count,
+                peer: (!link.peer_id.is_empty()).then(|| Arc::from(link.peer_id.as_str())),
+            }),
             None => {}
         }
         self.propagate_key(&mut map, key, Some(cid));
@@ -309,7 +321,7 @@ impl Account {
                 subs.insert(key.clone(), sub);
             }
         }
-        self.interest_set(&key, link.conn.cid, link.class(), weight);
+        self.interest_set(&key, link, weight);
     }
 
     /// Total number of interest keys (for monitoring).
@@ -324,7 +336,11 @@ fn sync_key(link: &Link, key: &Key, sources: &[Source]) {
     let mut desired: u32 = 0;
     if link.advertise.load(Ordering::Relaxed) && !denied(&link.deny_advertise, &key.0) {
         for s in sources {
-            if s.cid != link.conn.cid && interest_allowed(s.class, dst) {
+            let same_peer = s
+                .peer
+                .as_deref()
+                .is_some_and(|p| p == link.peer_id.as_str());
+            if s.cid != link.conn.cid && !same_peer && interest_allowed(s.class, dst) {
                 desired += s.count;
             }
         }

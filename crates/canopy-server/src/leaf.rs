@@ -172,12 +172,17 @@ impl Server {
         v
     }
 
-    /// Decides which connection of a mesh pair carries our interest.
-    fn refresh_mesh(&self, acc: &Account, peer_id: &str) {
+    /// Decides which of several leaf connections to the same server carries our interest
+    /// (two servers that solicit each other have two): the one solicited by the server
+    /// with the smaller id. The others stay up as standbys and take over when it drops.
+    fn refresh_pair(&self, acc: &Account, peer_id: &str) {
+        if peer_id.is_empty() {
+            return;
+        }
         let links: Vec<Arc<Link>> = acc
             .links()
             .into_iter()
-            .filter(|l| l.peer_id == peer_id && l.class() == LinkClass::Mesh)
+            .filter(|l| l.peer_id == peer_id && l.conn.kind == ConnKind::Leaf)
             .collect();
         let mut changed = false;
         let prefer_solicited = self.id.as_str() < peer_id;
@@ -496,6 +501,7 @@ impl Session {
             LinkClass::Downlink
         };
         let _ = self.conn.deny_send.set(c.deny_pub.clone());
+        let _ = self.conn.peer_id.set(Arc::from(c.server_id.as_str()));
         // A fast reconnect from the same server replaces the old connection.
         for old in acc.links() {
             if !old.solicited && !c.server_id.is_empty() && old.peer_id == c.server_id {
@@ -561,9 +567,7 @@ impl Session {
             link.peer_name,
             class.as_str()
         );
-        if class == LinkClass::Mesh {
-            self.server.refresh_mesh(&acc, &link.peer_id);
-        }
+        self.server.refresh_pair(&acc, &link.peer_id);
         self.link = Some(link);
         self.account = Some(acc);
     }
@@ -575,6 +579,18 @@ impl Session {
         let Ok(subj) = std::str::from_utf8(&subject) else {
             return true;
         };
+        if weight > 0 && subj == acc.lds && self.has_twin(&acc, &link) {
+            // Our loop-detection subject came back from a server we have two links with
+            // (both sides solicit): that is the pair, not a loop through other servers.
+            // Only one of the two carries our interest, and messages are never sent back
+            // to the server they came from.
+            tracing::debug!(
+                "{} - loop-detection subject echoed by {:?} over a second link; not a loop",
+                conn_label(&self.conn),
+                link.peer_name
+            );
+            return true;
+        }
         if weight > 0 && subj == acc.lds {
             tracing::error!(
                 "{} - Loop detected for leafnode account=\"{}\" between this server {:?} and {:?}: our loop-detection subject came back; closing (retry in {}s)",
@@ -616,6 +632,14 @@ impl Session {
         let weight = if q.is_none() { weight.min(1) } else { weight };
         acc.link_interest(&link, (Arc::from(subj), q), weight);
         true
+    }
+
+    /// True when another live leaf link of this account goes to the same server.
+    fn has_twin(&self, acc: &Account, link: &Arc<Link>) -> bool {
+        !link.peer_id.is_empty()
+            && acc.links().iter().any(|l| {
+                !Arc::ptr_eq(l, link) && l.peer_id == link.peer_id && l.conn.kind == ConnKind::Leaf
+            })
     }
 
     fn on_lmsg(
@@ -663,6 +687,7 @@ impl Session {
             echo: true,
             class: link.class(),
             queues: Some(&queues),
+            peer: Some(link.peer_id.as_str()),
         };
         let d = deliver(
             acc,
@@ -685,9 +710,7 @@ impl Session {
         if let (Some(link), Some(acc)) = (self.link.take(), self.account.take()) {
             acc.remove_link(&link);
             acc.num_leafs.fetch_sub(1, Ordering::Relaxed);
-            if link.class() == LinkClass::Mesh {
-                self.server.refresh_mesh(&acc, &link.peer_id);
-            }
+            self.server.refresh_pair(&acc, &link.peer_id);
             tracing::info!(
                 "{} - Leafnode connection closed: {reason} (account {}, peer {:?})",
                 conn_label(&self.conn),
@@ -938,6 +961,7 @@ async fn solicit(
     conn.enqueue(|b| canopy_proto::encode_connect(b, &c));
     server.register_conn(&conn);
     let _ = conn.deny_send.set(remote.deny_exports.clone());
+    let _ = conn.peer_id.set(Arc::from(info.server_id.as_str()));
     let writer = tokio::spawn(writer_loop(conn.clone(), wr, server.liveness()));
     let class = if server.is_regional() && info.canopy_regional {
         LinkClass::Mesh

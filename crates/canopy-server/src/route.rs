@@ -643,6 +643,7 @@ impl RouteSession {
             let mut m = self.conn.meta.lock();
             m.name = route.remote_name.clone();
         }
+        let _ = self.conn.peer_id.set(Arc::from(route.remote_id.as_str()));
         // One link per account: our interest (clients and downlinks) goes out as RS+.
         for acc in server.accounts() {
             let mut link = Link::new(
@@ -763,6 +764,7 @@ impl RouteSession {
             echo: true,
             class: LinkClass::Route,
             queues: Some(&queues),
+            peer: self.route.as_ref().map(|r| r.remote_id.as_str()),
         };
         let d = deliver(
             &acc,
