@@ -709,8 +709,6 @@ pub const NOT_IMPLEMENTED: &[Feature] = &[
     Feature::Tls,
     Feature::HttpsMonitor,
     Feature::Syslog,
-    Feature::AccountImports,
-    Feature::AccountExports,
     Feature::AccountJetStream,
     Feature::Mappings,
     Feature::Unmodelled,

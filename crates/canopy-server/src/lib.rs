@@ -13,6 +13,7 @@ pub mod conn;
 pub mod deliver;
 pub mod errors;
 pub mod flags;
+pub mod imports;
 pub mod interest;
 pub mod leaf;
 pub mod logging;
@@ -22,6 +23,7 @@ pub mod route;
 pub mod run;
 pub mod server;
 pub mod signal;
+pub mod system;
 pub mod version;
 
 /// A random 22-character identifier (like nats-server's NUIDs) for inboxes and `$LDS.`.

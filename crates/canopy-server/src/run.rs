@@ -38,6 +38,7 @@ pub fn load_options(f: &Flags) -> Result<Options, Vec<String>> {
     apply_flags(&mut o, f).map_err(|e| vec![e])?;
     o.validate()
         .map_err(|e| e.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
+    crate::imports::validate(&o)?;
     Ok(o)
 }
 
@@ -395,6 +396,8 @@ pub async fn run_server(opts: Options, f: Flags, prog: String) -> anyhow::Result
         server.start_routes();
     }
     server.start_remotes();
+    crate::system::start(server.clone());
+    crate::imports::start(server.clone());
 
     let pid = std::process::id();
     if let Some(p) = &opts.pid_file {

@@ -1,0 +1,299 @@
+//! Accounts: isolation, stream and service imports (two-sided: what must arrive arrives,
+//! what must not does not), leaf account binding, and the system account's requests.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use canopy_testkit::{assert_eventually, free_port, ServerProcess};
+use futures::StreamExt;
+
+async fn connect(s: &ServerProcess, user: &str, pass: &str) -> async_nats::Client {
+    async_nats::ConnectOptions::with_user_and_password(user.into(), pass.into())
+        .connect(s.url())
+        .await
+        .unwrap()
+}
+
+/// Waits until the server has processed everything this client sent before (async-nats'
+/// `flush` only drains the socket): a message to our own inbox comes back after them.
+async fn sync(nc: &async_nats::Client) {
+    let inbox = nc.new_inbox();
+    let mut sub = nc.subscribe(inbox.clone()).await.unwrap();
+    nc.publish(inbox, "".into()).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), sub.next())
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+/// Collects what arrives on `sub`: waits up to 5s for `expected` messages, then `quiet`
+/// more to catch anything that must not arrive.
+async fn collect(
+    sub: &mut async_nats::Subscriber,
+    expected: usize,
+    quiet: Duration,
+) -> Vec<String> {
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while got.len() < expected {
+        match tokio::time::timeout_at(deadline, sub.next()).await {
+            Ok(Some(m)) if m.subject.starts_with("_INBOX.") => {}
+            Ok(Some(m)) => got.push(m.subject.to_string()),
+            _ => break,
+        }
+    }
+    while let Ok(Some(m)) = tokio::time::timeout(quiet, sub.next()).await {
+        if !m.subject.starts_with("_INBOX.") {
+            got.push(m.subject.to_string());
+        }
+    }
+    got
+}
+
+const SECURE: &str = r#"
+listen: 127.0.0.1:-1
+http: 127.0.0.1:-1
+accounts {
+  SYS: { users: [ { user: admin, password: adminpw } ] }
+  US_WEST: {
+    users: [ { user: us, password: uspw } ]
+    exports: [ { stream: "events.>" }, { service: "api.>" } ]
+    imports: [ { stream: { account: EU, subject: "eu.events.>" } } ]
+  }
+  EU: {
+    users: [ { user: eu, password: eupw } ]
+    exports: [ { stream: "eu.events.>" } ]
+    imports: [
+      { stream: { account: US_WEST, subject: "events.>" } }
+      { service: { account: US_WEST, subject: "api.>" }, to: "us.api.>" }
+    ]
+  }
+}
+system_account: SYS
+"#;
+
+#[tokio::test]
+async fn stream_imports_cross_only_what_is_imported() {
+    let s = ServerProcess::canopy(SECURE).unwrap();
+    let us = connect(&s, "us", "uspw").await;
+    let eu = connect(&s, "eu", "eupw").await;
+    let mut us_all = us.subscribe(">").await.unwrap();
+    let mut eu_all = eu.subscribe(">").await.unwrap();
+    sync(&us).await;
+    sync(&eu).await;
+    us.publish("events.login", "1".into()).await.unwrap();
+    us.publish("private.x", "2".into()).await.unwrap();
+    eu.publish("eu.events.signup", "3".into()).await.unwrap();
+    eu.publish("eu.private", "4".into()).await.unwrap();
+    us.flush().await.unwrap();
+    eu.flush().await.unwrap();
+    let mut us_got = collect(&mut us_all, 3, Duration::from_millis(300)).await;
+    let mut eu_got = collect(&mut eu_all, 3, Duration::from_millis(300)).await;
+    us_got.sort();
+    eu_got.sort();
+    // Each side sees its own traffic plus exactly the imported stream of the other.
+    assert_eq!(
+        us_got,
+        vec!["eu.events.signup", "events.login", "private.x"]
+    );
+    assert_eq!(
+        eu_got,
+        vec!["eu.events.signup", "eu.private", "events.login"]
+    );
+}
+
+#[tokio::test]
+async fn service_import_routes_the_reply_back() {
+    let s = ServerProcess::canopy(SECURE).unwrap();
+    let us = connect(&s, "us", "uspw").await;
+    let mut svc = us.subscribe("api.time").await.unwrap();
+    us.flush().await.unwrap();
+    let responder = us.clone();
+    tokio::spawn(async move {
+        while let Some(m) = svc.next().await {
+            // The requester's inbox is not visible in US_WEST: the reply is private.
+            let reply = m.reply.unwrap();
+            assert!(reply.starts_with("_R_."), "{reply}");
+            responder.publish(reply, "noon".into()).await.unwrap();
+        }
+    });
+    let eu = connect(&s, "eu", "eupw").await;
+    let resp = eu.request("us.api.time", "?".into()).await.unwrap();
+    assert_eq!(&resp.payload[..], b"noon");
+    // The service is not reachable under its exporter's name from EU.
+    let err = tokio::time::timeout(Duration::from_secs(2), eu.request("api.time", "?".into()))
+        .await
+        .unwrap();
+    assert!(err.is_err());
+}
+
+#[test]
+fn unauthorized_import_is_a_config_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("bad.conf");
+    std::fs::write(
+        &p,
+        "accounts {\n  A: { exports: [ { stream: \"a.>\" } ] }\n  B: { imports: [ { stream: { account: A, subject: \"secret.>\" } } ] }\n}\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(canopy_testkit::canopy_bin())
+        .args(["-c", p.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.conf:3:"), "{err}");
+    assert!(err.contains("not authorized"), "{err}");
+}
+
+#[tokio::test]
+async fn mutual_imports_do_not_loop() {
+    let s = ServerProcess::canopy(
+        r#"
+listen: 127.0.0.1:-1
+accounts {
+  A: { users: [{user: a, password: a}], exports: [{stream: "x.>"}], imports: [{stream: {account: B, subject: "x.>"}}] }
+  B: { users: [{user: b, password: b}], exports: [{stream: "x.>"}], imports: [{stream: {account: A, subject: "x.>"}}] }
+}
+"#,
+    )
+    .unwrap();
+    let a = connect(&s, "a", "a").await;
+    let b = connect(&s, "b", "b").await;
+    let mut sa = a.subscribe("x.>").await.unwrap();
+    let mut sb = b.subscribe("x.>").await.unwrap();
+    sync(&a).await;
+    sync(&b).await;
+    a.publish("x.1", "hi".into()).await.unwrap();
+    a.flush().await.unwrap();
+    assert_eq!(
+        collect(&mut sa, 1, Duration::from_millis(300)).await.len(),
+        1
+    );
+    assert_eq!(
+        collect(&mut sb, 1, Duration::from_millis(300)).await.len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn system_account_answers_server_ping() {
+    let s = ServerProcess::canopy(SECURE).unwrap();
+    let admin = connect(&s, "admin", "adminpw").await;
+    let resp = admin
+        .request("$SYS.REQ.SERVER.PING", "".into())
+        .await
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&resp.payload).unwrap();
+    assert!(v["server"]["id"].as_str().unwrap().starts_with('N'));
+    assert!(v["statsz"]["connections"].as_u64().unwrap() >= 1);
+    let resp = admin
+        .request("$SYS.REQ.SERVER.PING.VARZ", "{\"server_name\":\"\"}".into())
+        .await
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&resp.payload).unwrap();
+    assert_eq!(v["data"]["server_id"], v["server"]["id"]);
+    let id = v["server"]["id"].as_str().unwrap().to_string();
+    let resp = admin
+        .request(format!("$SYS.REQ.SERVER.{id}.CONNZ"), "".into())
+        .await
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&resp.payload).unwrap();
+    assert!(v["data"]["num_connections"].as_u64().unwrap() >= 1);
+    // Other accounts cannot reach the system account's subjects.
+    let us = connect(&s, "us", "uspw").await;
+    let err = tokio::time::timeout(
+        Duration::from_secs(2),
+        us.request("$SYS.REQ.SERVER.PING", "".into()),
+    )
+    .await
+    .unwrap();
+    assert!(err.is_err());
+}
+
+/// The seed's hub-with-filtering: a leaf authenticated as `edge_leaf` lands in
+/// EDGE_SENSORS and sees that account's subjects plus CORE's imported alerts, nothing else;
+/// a leaf without credentials is refused rather than landing in `$G`.
+#[tokio::test]
+async fn leaf_bound_to_account() {
+    let lp = free_port();
+    let hub = ServerProcess::canopy(&format!(
+        r#"
+listen: 127.0.0.1:-1
+http: 127.0.0.1:-1
+accounts {{
+  EDGE_SENSORS: {{
+    users: [{{ user: edge_user, password: secret }}]
+    exports: [ {{ stream: "sensors.>" }}, {{ stream: "commands.edge.>" }} ]
+    imports: [ {{ stream: {{ account: CORE, subject: "alerts.critical.>" }} }} ]
+  }}
+  CORE: {{
+    users: [{{ user: core_user, password: secret }}]
+    exports: [ {{ stream: ">" }} ]
+  }}
+}}
+leafnodes {{
+  listen: "127.0.0.1:{lp}"
+  authorization {{
+    users: [
+      {{ user: edge_leaf, password: edge_secret, account: EDGE_SENSORS }}
+      {{ user: core_leaf, password: core_secret, account: CORE }}
+    ]
+  }}
+}}
+"#
+    ))
+    .unwrap();
+    let leaf = ServerProcess::canopy(&format!(
+        "listen: 127.0.0.1:-1\nleafnodes {{ remotes: [ {{ url: \"nats-leaf://edge_leaf:edge_secret@127.0.0.1:{lp}\" }} ] }}\n"
+    ))
+    .unwrap();
+    assert_eventually!(
+        Duration::from_secs(5),
+        hub.monitor("/leafz")
+            .map(|v| v["leafs"][0]["account"] == "EDGE_SENSORS")
+            .unwrap_or(false),
+        "leaf not bound to EDGE_SENSORS: {}",
+        hub.log()
+    );
+    let lc = async_nats::connect(leaf.url()).await.unwrap();
+    let mut all = lc.subscribe(">").await.unwrap();
+    sync(&lc).await;
+    let edge = connect(&hub, "edge_user", "secret").await;
+    let core = connect(&hub, "core_user", "secret").await;
+    // Wait until the leaf's interest reached the hub.
+    assert_eventually!(
+        Duration::from_secs(5),
+        hub.monitor("/leafz?subs=1")
+            .map(|v| v["leafs"][0]["subscriptions_list"]
+                .as_array()
+                .is_some_and(|l| l.iter().any(|s| s == ">")))
+            .unwrap_or(false),
+        "leaf interest missing"
+    );
+    edge.publish("sensors.t1", "21C".into()).await.unwrap();
+    core.publish("alerts.critical.fire", "!".into())
+        .await
+        .unwrap();
+    core.publish("core.internal", "no".into()).await.unwrap();
+    edge.flush().await.unwrap();
+    core.flush().await.unwrap();
+    let mut got = collect(&mut all, 2, Duration::from_millis(300)).await;
+    got.sort();
+    assert_eq!(got, vec!["alerts.critical.fire", "sensors.t1"]);
+
+    // No credentials: refused, never bound to $G.
+    let anon = ServerProcess::canopy(&format!(
+        "listen: 127.0.0.1:-1\nleafnodes {{ remotes: [ {{ url: \"nats-leaf://127.0.0.1:{lp}\" }} ] }}\n"
+    ))
+    .unwrap();
+    assert_eventually!(
+        Duration::from_secs(5),
+        hub.log().contains("authorization violation"),
+        "anonymous leaf not refused: {}",
+        hub.log()
+    );
+    assert_eq!(hub.monitor("/leafz").unwrap()["leafnodes"], 1);
+    drop(anon);
+}
