@@ -233,6 +233,9 @@ impl Client {
     /// Routes a PUB/HPUB straight from the read buffer; every other op (rare) is copied
     /// out and goes through [`Client::handle`]. Returns false when reading must stop.
     async fn dispatch(&mut self, op: OpRef<'_>) -> bool {
+        if crate::logging::trace_enabled() {
+            crate::logging::trace_in(&conn_label(&self.conn), &op);
+        }
         // Before CONNECT on a server that requires auth, `handle` refuses the PUB.
         let may_route = self.connected || !self.auth_required;
         match op {
@@ -357,6 +360,7 @@ impl Client {
                 return false;
             }
         };
+        let first = !self.connected;
         if !self.connected {
             let auth = self.server.client_auth();
             let nonce = self.nonce.clone();
@@ -410,6 +414,9 @@ impl Client {
             m.name = c.name.clone();
             m.lang = c.lang.clone();
             m.version = c.version.clone();
+        }
+        if first {
+            crate::system::client_connected(&self.server, &self.conn, &self.account.name);
         }
         self.ok();
         true
@@ -702,6 +709,7 @@ impl Client {
         self.conn.num_subs.store(0, Ordering::Relaxed);
         if self.connected {
             self.account.num_conns.fetch_sub(1, Ordering::Relaxed);
+            crate::system::client_disconnected(&self.server, &self.conn, &self.account.name);
         }
         self.server.remove_conn(&self.conn);
     }

@@ -383,6 +383,9 @@ impl Session {
 
     /// Handles one op; false ends the session.
     fn handle(&mut self, op: Op) -> bool {
+        if crate::logging::trace_enabled() {
+            crate::logging::trace_in(&conn_label(&self.conn), &op);
+        }
         match op {
             Op::Ping => {
                 self.conn.enqueue(|b| b.extend_from_slice(b"PONG\r\n"));

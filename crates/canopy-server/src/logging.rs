@@ -263,3 +263,152 @@ impl<S: Subscriber> Layer<S> for NatsLayer {
         }
     }
 }
+
+/// `max_traced_msg_len`: payloads longer than this are cut in traces (0 = no limit).
+static MAX_TRACED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Sets `max_traced_msg_len`.
+pub fn set_max_traced(n: u64) {
+    MAX_TRACED.store(n as usize, Ordering::Relaxed);
+}
+
+fn lossy<B: AsRef<[u8]>>(b: &B) -> String {
+    String::from_utf8_lossy(b.as_ref()).into_owned()
+}
+
+fn opt<B: AsRef<[u8]>>(b: &Option<B>) -> String {
+    b.as_ref()
+        .map(|x| format!(" {}", lossy(x)))
+        .unwrap_or_default()
+}
+
+/// Logs an inbound protocol op as nats-server's trace does:
+/// `<label> - "<<- [PUB foo 5]"`, then `"<<- MSG_PAYLOAD: [...]"` for payloads.
+pub fn trace_in<B: AsRef<[u8]>>(label: &str, op: &canopy_proto::Op<B>) {
+    use canopy_proto::Op;
+    let (line, payload): (String, Option<&[u8]>) = match op {
+        Op::Info(j) => (format!("INFO {}", lossy(j)), None),
+        Op::Connect(j) => (format!("CONNECT {}", lossy(j)), None),
+        Op::Pub {
+            subject,
+            reply,
+            payload,
+        } => (
+            format!(
+                "PUB {}{} {}",
+                lossy(subject),
+                opt(reply),
+                payload.as_ref().len()
+            ),
+            Some(payload.as_ref()),
+        ),
+        Op::HPub {
+            subject,
+            reply,
+            header_len,
+            payload,
+        } => (
+            format!(
+                "HPUB {}{} {} {}",
+                lossy(subject),
+                opt(reply),
+                header_len,
+                payload.as_ref().len()
+            ),
+            Some(payload.as_ref()),
+        ),
+        Op::Sub {
+            subject,
+            queue,
+            sid,
+        } => (
+            format!("SUB {}{} {}", lossy(subject), opt(queue), lossy(sid)),
+            None,
+        ),
+        Op::Unsub { sid, max } => (
+            format!(
+                "UNSUB {}{}",
+                lossy(sid),
+                max.map(|m| format!(" {m}")).unwrap_or_default()
+            ),
+            None,
+        ),
+        Op::Err(t) => (format!("-ERR '{}'", lossy(t)), None),
+        Op::LSub {
+            subject,
+            queue,
+            weight,
+        } => (
+            format!(
+                "LS+ {}{}{}",
+                lossy(subject),
+                opt(queue),
+                weight.map(|w| format!(" {w}")).unwrap_or_default()
+            ),
+            None,
+        ),
+        Op::LUnsub { subject, queue } => (format!("LS- {}{}", lossy(subject), opt(queue)), None),
+        Op::LMsg {
+            subject,
+            reply,
+            payload,
+            ..
+        } => (
+            format!(
+                "LMSG {}{} {}",
+                lossy(subject),
+                opt(reply),
+                payload.as_ref().len()
+            ),
+            Some(payload.as_ref()),
+        ),
+        Op::RSub {
+            account,
+            subject,
+            queue,
+            ..
+        } => (
+            format!("RS+ {} {}{}", lossy(account), lossy(subject), opt(queue)),
+            None,
+        ),
+        Op::RUnsub {
+            account,
+            subject,
+            queue,
+        } => (
+            format!("RS- {} {}{}", lossy(account), lossy(subject), opt(queue)),
+            None,
+        ),
+        Op::RMsg {
+            account,
+            subject,
+            reply,
+            payload,
+            ..
+        } => (
+            format!(
+                "RMSG {} {}{} {}",
+                lossy(account),
+                lossy(subject),
+                opt(reply),
+                payload.as_ref().len()
+            ),
+            Some(payload.as_ref()),
+        ),
+        other => (other.verb().to_string(), None),
+    };
+    tracing::trace!("{label} - \"<<- [{line}]\"");
+    if let Some(p) = payload {
+        let max = MAX_TRACED.load(Ordering::Relaxed);
+        let shown = if max > 0 && p.len() > max {
+            &p[..max]
+        } else {
+            p
+        };
+        let more = if shown.len() < p.len() { "..." } else { "" };
+        tracing::trace!(
+            "{label} - \"<<- MSG_PAYLOAD: [{:?}{more}]\"",
+            String::from_utf8_lossy(shown)
+        );
+    }
+}

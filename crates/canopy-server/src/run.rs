@@ -259,6 +259,7 @@ pub fn main() -> i32 {
         return 1;
     }
     crate::logging::set_rotation(opts.log_size_limit, opts.log_max_files);
+    crate::logging::set_max_traced(opts.max_traced_msg_len);
     for w in &warnings {
         tracing::warn!("{w}");
     }

@@ -84,6 +84,7 @@ fn try_reload(server: &Arc<Server>, flags: &Flags) -> Result<(), String> {
         return Err(what.join("; "));
     }
     crate::logging::set_rotation(new.log_size_limit, new.log_max_files);
+    crate::logging::set_max_traced(new.max_traced_msg_len);
     server.apply_reload(new);
     Ok(())
 }

@@ -197,6 +197,25 @@ pub fn handle_request(s: &Arc<Server>, subject: &str, body: &[u8]) -> Option<Val
             endpoint(s, ep, body)
         }
         ["$SYS", "REQ", "SERVER", id, ep] if *id == s.id => endpoint(s, ep, body),
+        ["$SYS", "REQ", "ACCOUNT", acc, ep] if *acc != "PING" => {
+            s.account(acc)?;
+            let mut q = options_query(body);
+            q.insert("acc".into(), acc.to_string());
+            let r = match *ep {
+                "CONNZ" => monitor::connz(s, &q),
+                "SUBSZ" => monitor::subsz(s, &q),
+                "LEAFZ" => monitor::leafz(s, &q),
+                "INFO" => Ok(monitor::accountz(s, &q)),
+                "STATZ" => Ok(monitor::accstatz(s)),
+                _ => return None,
+            };
+            Some(match r {
+                Ok(data) => json!({"server": server_info(s), "data": data}),
+                Err(e) => {
+                    json!({"server": server_info(s), "error": {"code": 400, "description": e.to_string()}})
+                }
+            })
+        }
         _ => None,
     }
 }
@@ -219,6 +238,7 @@ pub fn start(server: Arc<Server>) {
         "$SYS.REQ.SERVER.PING".to_string(),
         "$SYS.REQ.SERVER.PING.*".to_string(),
         format!("$SYS.REQ.SERVER.{}.*", server.id),
+        "$SYS.REQ.ACCOUNT.*.*".to_string(),
     ];
     for (i, subj) in subjects.iter().enumerate() {
         let sub = SubRef(Arc::new(Subscription {
@@ -277,4 +297,59 @@ pub fn start(server: Arc<Server>) {
             }
         }
     });
+}
+
+fn client_info(s: &Server, conn: &ConnShared) -> Value {
+    let m = conn.meta.lock().clone();
+    json!({
+        "start": monitor::rfc3339(conn.start),
+        "host": conn.addr.ip().to_string(),
+        "id": conn.cid,
+        "acc": m.account,
+        "user": m.user,
+        "name": m.name,
+        "lang": m.lang,
+        "ver": m.version,
+        "server": s.name,
+        "kind": "Client",
+        "type": "nats",
+    })
+}
+
+/// `$SYS.ACCOUNT.<acc>.CONNECT` (nats-server's `client_connect` advisory).
+pub fn client_connected(s: &Server, conn: &ConnShared, account: &str) {
+    let subject = format!("$SYS.ACCOUNT.{account}.CONNECT");
+    s.publish_event(
+        &subject,
+        &json!({
+            "type": "io.nats.server.advisory.v1.client_connect",
+            "id": crate::nuid(),
+            "timestamp": monitor::rfc3339(SystemTime::now()),
+            "server": server_info(s),
+            "client": client_info(s, conn),
+        }),
+    );
+}
+
+/// `$SYS.ACCOUNT.<acc>.DISCONNECT` (nats-server's `client_disconnect` advisory).
+pub fn client_disconnected(s: &Server, conn: &ConnShared, account: &str) {
+    let subject = format!("$SYS.ACCOUNT.{account}.DISCONNECT");
+    let reason = conn
+        .close_reason()
+        .map(|r| r.to_string())
+        .unwrap_or_default();
+    let st = &conn.stats;
+    s.publish_event(
+        &subject,
+        &json!({
+            "type": "io.nats.server.advisory.v1.client_disconnect",
+            "id": crate::nuid(),
+            "timestamp": monitor::rfc3339(SystemTime::now()),
+            "server": server_info(s),
+            "client": client_info(s, conn),
+            "sent": {"msgs": st.out_msgs.load(Ordering::Relaxed), "bytes": st.out_bytes.load(Ordering::Relaxed)},
+            "received": {"msgs": st.in_msgs.load(Ordering::Relaxed), "bytes": st.in_bytes.load(Ordering::Relaxed)},
+            "reason": reason,
+        }),
+    );
 }

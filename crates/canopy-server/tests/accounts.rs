@@ -297,3 +297,43 @@ leafnodes {{
     assert_eq!(hub.monitor("/leafz").unwrap()["leafnodes"], 1);
     drop(anon);
 }
+
+#[tokio::test]
+async fn system_events_and_account_requests() {
+    let s = ServerProcess::canopy(SECURE).unwrap();
+    let admin = connect(&s, "admin", "adminpw").await;
+    let mut conns = admin.subscribe("$SYS.ACCOUNT.*.CONNECT").await.unwrap();
+    let mut discs = admin.subscribe("$SYS.ACCOUNT.*.DISCONNECT").await.unwrap();
+    sync(&admin).await;
+    let us = async_nats::ConnectOptions::with_user_and_password("us".into(), "uspw".into())
+        .name("events-test")
+        .connect(s.url())
+        .await
+        .unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(5), conns.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(m.subject.as_str(), "$SYS.ACCOUNT.US_WEST.CONNECT");
+    let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+    assert_eq!(v["type"], "io.nats.server.advisory.v1.client_connect");
+    assert_eq!(v["client"]["acc"], "US_WEST");
+    assert_eq!(v["client"]["user"], "us");
+    assert_eq!(v["client"]["name"], "events-test");
+
+    let resp = admin
+        .request("$SYS.REQ.ACCOUNT.US_WEST.CONNZ", "".into())
+        .await
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&resp.payload).unwrap();
+    assert_eq!(v["data"]["num_connections"], 1, "{v}");
+
+    drop(us);
+    let m = tokio::time::timeout(Duration::from_secs(5), discs.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+    assert_eq!(v["type"], "io.nats.server.advisory.v1.client_disconnect");
+    assert_eq!(v["client"]["acc"], "US_WEST");
+}

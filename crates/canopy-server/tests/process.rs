@@ -198,3 +198,23 @@ fn prometheus_port_serves_metrics() {
         .log()
         .contains("Starting prometheus metrics on 127.0.0.1:"));
 }
+
+#[test]
+fn trace_logs_protocol_ops() {
+    let s = ServerProcess::canopy("listen: 127.0.0.1:-1\ntrace: true\nmax_traced_msg_len: 4\n")
+        .unwrap();
+    let (mut c, _) = RawClient::connect(&s.addr()).unwrap();
+    c.send_str("CONNECT {\"verbose\":false}\r\nSUB foo 1\r\nPUB foo 11\r\nhello world\r\nPING\r\n")
+        .unwrap();
+    assert_eq!(c.read_op().unwrap(), "MSG foo 1 11");
+    assert_eventually!(
+        Duration::from_secs(5),
+        s.log().contains("\"<<- [PUB foo 11]\""),
+        "no trace: {}",
+        s.log()
+    );
+    let log = s.log();
+    assert!(log.contains("[TRC]"));
+    assert!(log.contains("<<- [SUB foo 1]"));
+    assert!(log.contains("MSG_PAYLOAD: [\"hell\"...]"), "{log}");
+}
