@@ -50,8 +50,9 @@ impl SubjectRules {
 pub struct Perms {
     pub publish: SubjectRules,
     pub subscribe: SubjectRules,
-    /// `allow_responses`: publishing to reply subjects of received requests is allowed.
-    pub allow_responses: bool,
+    /// `allow_responses`: publishing to the reply subjects of received requests is
+    /// allowed, `max` times each (default 1) within `expires` (default 2m; 0 = never).
+    pub allow_responses: Option<(u64, std::time::Duration)>,
 }
 
 impl Perms {
@@ -67,10 +68,18 @@ impl Perms {
                 deny: sp.deny.clone(),
             },
         };
+        let mut publish = rules(&p.publish);
+        // With allow_responses and no publish rules, a user may publish replies only.
+        if p.allow_responses.is_some() && p.publish.is_none() {
+            publish.allow = Some(Vec::new());
+        }
         Perms {
-            publish: rules(&p.publish),
+            publish,
             subscribe: rules(&p.subscribe),
-            allow_responses: p.allow_responses.is_some(),
+            allow_responses: p
+                .allow_responses
+                .as_ref()
+                .map(|r| (if r.max == 0 { 1 } else { r.max as u64 }, r.expires)),
         }
     }
 }

@@ -442,6 +442,9 @@ impl Client {
             m.account = acc.name.clone();
         }
         self.account = acc;
+        if let Some(ar) = a.perms.as_ref().and_then(|p| p.allow_responses) {
+            let _ = self.conn.allow_responses.set(ar);
+        }
         self.perms = a.perms;
         self.connected = true;
         self.conn.registered.store(true, Ordering::Relaxed);
@@ -521,7 +524,14 @@ impl Client {
             self.conn.send_err(errors::INVALID_PUB_SUBJECT);
             memo = false;
         }
-        if !self.may_publish(subject) {
+        // A reply to a request this client received (`allow_responses`) is allowed
+        // `max` times and never memoised.
+        let allowed = self.may_publish(subject) || {
+            let granted = self.conn.use_response(subject);
+            memo &= !granted;
+            granted
+        };
+        if !allowed {
             tracing::error!(
                 "{} - Publish Violation - User {:?}, Subject {:?}",
                 conn_label(&self.conn),

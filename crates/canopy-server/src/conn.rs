@@ -90,6 +90,9 @@ struct Out {
     closed: bool,
 }
 
+/// Reply subject → (uses left, deadline) for `allow_responses`.
+pub type ResponseGrants = std::collections::HashMap<Box<[u8]>, (u64, Option<Instant>)>;
+
 /// The part of a connection other tasks can see and deliver into.
 pub struct ConnShared {
     pub cid: u64,
@@ -128,6 +131,11 @@ pub struct ConnShared {
     /// Links: the id of the server behind this connection; a message is never sent back
     /// to the server it came from, over any connection.
     pub peer_id: OnceLock<Arc<str>>,
+    /// `allow_responses` (max, expires) of this client's user; when set, every reply
+    /// subject delivered to it is remembered in `responses`.
+    pub allow_responses: OnceLock<(u64, Duration)>,
+    /// Reply subjects this client may publish to: remaining uses and deadline.
+    pub responses: Mutex<ResponseGrants>,
 }
 
 impl ConnShared {
@@ -160,6 +168,8 @@ impl ConnShared {
             link_class: AtomicU8::new(0),
             deny_send: OnceLock::new(),
             peer_id: OnceLock::new(),
+            allow_responses: OnceLock::new(),
+            responses: Mutex::new(std::collections::HashMap::new()),
         }
     }
 
@@ -251,6 +261,43 @@ impl ConnShared {
         *self.ping_sent_at.lock() = Some(Instant::now());
         self.enqueue(|b| b.extend_from_slice(b"PING\r\n"));
         self.flush_signal();
+    }
+
+    /// Remembers a reply subject delivered to a client with `allow_responses`.
+    pub fn grant_response(&self, reply: &[u8]) {
+        if let Some((max, expires)) = self.allow_responses.get() {
+            let deadline = (!expires.is_zero()).then(|| Instant::now() + *expires);
+            let mut r = self.responses.lock();
+            // Bound the table: expired grants go first, then everything if still large.
+            if r.len() >= 10_000 {
+                let now = Instant::now();
+                r.retain(|_, (_, d)| d.is_none_or(|d| d > now));
+                if r.len() >= 10_000 {
+                    r.clear();
+                }
+            }
+            r.insert(reply.into(), (*max, deadline));
+        }
+    }
+
+    /// Uses one response permission for `subject`, if one is granted and live.
+    pub fn use_response(&self, subject: &[u8]) -> bool {
+        if self.allow_responses.get().is_none() {
+            return false;
+        }
+        let mut r = self.responses.lock();
+        let Some((left, deadline)) = r.get_mut(subject) else {
+            return false;
+        };
+        if deadline.is_some_and(|d| d <= Instant::now()) {
+            r.remove(subject);
+            return false;
+        }
+        *left -= 1;
+        if *left == 0 {
+            r.remove(subject);
+        }
+        true
     }
 
     /// Internal subscribers (the system and import agents) have no socket: they wait for

@@ -244,6 +244,11 @@ pub fn deliver_one(
         flush.add(conn);
         d.msgs += 1;
         d.bytes += body.len() as u64;
+        if let Some(r) = msg.reply {
+            if conn.allow_responses.get().is_some() {
+                conn.grant_response(r);
+            }
+        }
     }
     ok
 }

@@ -395,3 +395,61 @@ fn slow_consumer_is_cut_and_counted() {
     assert_eq!(p.read_op().unwrap(), "PONG");
     assert!(s.log().contains("Slow Consumer"));
 }
+
+#[test]
+fn allow_responses_permits_one_reply() {
+    let s = server(
+        r#"authorization { users: [
+            { user: svc, password: p, permissions: { subscribe: "req.>", allow_responses: true } }
+            { user: cli, password: p }
+        ] }"#,
+    );
+    let mut svc = connected(&s, "{\"user\":\"svc\",\"pass\":\"p\"}");
+    svc.send_str("SUB req.> 1\r\nPING\r\n").unwrap();
+    assert_eq!(svc.read_op().unwrap(), "PONG");
+    let mut cli = connected(&s, "{\"user\":\"cli\",\"pass\":\"p\"}");
+    cli.send_str("SUB inbox.1 9\r\nPUB req.x inbox.1 1\r\n?\r\nPING\r\n")
+        .unwrap();
+    assert_eq!(cli.read_op().unwrap(), "PONG");
+    assert_eq!(svc.read_op().unwrap(), "MSG req.x 1 inbox.1 1");
+    let _ = svc.read_payload(1);
+    // The first reply goes through; the second is refused; other subjects always are.
+    svc.send_str("PUB inbox.1 2\r\nok\r\nPUB inbox.1 2\r\nno\r\nPUB elsewhere 0\r\n\r\n")
+        .unwrap();
+    assert_eq!(cli.read_op().unwrap(), "MSG inbox.1 9 2");
+    assert_eq!(cli.read_payload(2).unwrap(), b"ok");
+    expect_err(&mut svc, "Permissions Violation for Publish to \"inbox.1\"");
+    expect_err(
+        &mut svc,
+        "Permissions Violation for Publish to \"elsewhere\"",
+    );
+}
+
+#[test]
+fn nkey_user_authenticates_with_signed_nonce() {
+    use base64::Engine as _;
+    let kp = nkeys::KeyPair::new_user();
+    let s = server(&format!(
+        "authorization {{ users: [ {{ nkey: {} }} ] }}",
+        kp.public_key()
+    ));
+    let (mut c, info) = RawClient::connect(&s.addr()).unwrap();
+    let nonce = info["nonce"].as_str().expect("nonce in INFO").to_string();
+    let sig =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(kp.sign(nonce.as_bytes()).unwrap());
+    c.send_str(&format!(
+        "CONNECT {{\"verbose\":false,\"nkey\":\"{}\",\"sig\":\"{sig}\"}}\r\nPING\r\n",
+        kp.public_key()
+    ))
+    .unwrap();
+    assert_eq!(c.read_op().unwrap(), "PONG");
+    // A signature over something else is refused.
+    let (mut c, _) = RawClient::connect(&s.addr()).unwrap();
+    let bad = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(kp.sign(b"other").unwrap());
+    c.send_str(&format!(
+        "CONNECT {{\"verbose\":false,\"nkey\":\"{}\",\"sig\":\"{bad}\"}}\r\n",
+        kp.public_key()
+    ))
+    .unwrap();
+    expect_err(&mut c, "Authorization Violation");
+}
