@@ -63,11 +63,11 @@ fn wait_routes(servers: &[ServerProcess]) {
 }
 
 /// Publishes from every member and checks each subscriber gets every message once.
-async fn full_mesh_delivery(servers: &[ServerProcess]) {
+async fn full_mesh_delivery(urls: &[String]) {
     let mut subs = Vec::new();
     let mut conns = Vec::new();
-    for s in servers {
-        let nc = async_nats::connect(s.url()).await.unwrap();
+    for url in urls {
+        let nc = async_nats::connect(url.as_str()).await.unwrap();
         subs.push(nc.subscribe("c.>").await.unwrap());
         nc.flush().await.unwrap();
         conns.push(nc);
@@ -119,6 +119,10 @@ async fn full_mesh_delivery(servers: &[ServerProcess]) {
     }
 }
 
+fn urls(servers: &[ServerProcess]) -> Vec<String> {
+    servers.iter().map(ServerProcess::url).collect()
+}
+
 fn rand_id() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -130,7 +134,7 @@ fn rand_id() -> u64 {
 async fn three_canopy_members_gossip_and_deliver_once() {
     let servers = start(&[Impl::Canopy; 3], None);
     wait_routes(&servers);
-    full_mesh_delivery(&servers).await;
+    full_mesh_delivery(&urls(&servers)).await;
     // Clients learn the cluster's URLs.
     let (_c, info) = canopy_testkit::RawClient::connect(&servers[0].addr()).unwrap();
     assert_eq!(info["cluster"], "hub");
@@ -145,7 +149,7 @@ async fn mixed_cluster_with_nats_server() {
     }
     let servers = start(&[Impl::Canopy, Impl::NatsServer, Impl::Canopy], None);
     wait_routes(&servers);
-    full_mesh_delivery(&servers).await;
+    full_mesh_delivery(&urls(&servers)).await;
 }
 
 #[tokio::test]
@@ -296,4 +300,45 @@ async fn leaves_on_different_members_and_failover() {
         }
     }
     assert_eq!(lost, 0, "requests lost after reconnection completed");
+}
+
+/// The seed's hub cluster as shipped in examples/seed (hub-cluster-{1,2,3}.conf and
+/// hub-cluster-leaf.conf), with its fixed loopback ports swapped for free ones.
+#[tokio::test]
+async fn seed_hub_cluster_examples_run() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/seed");
+    let mut map: Vec<(String, String)> = Vec::new();
+    for i in 1..=3 {
+        for base in ["422", "822", "622", "742"] {
+            map.push((format!("{base}{i}"), free_port().to_string()));
+        }
+    }
+    map.push(("4230".into(), free_port().to_string()));
+    map.push(("8230".into(), free_port().to_string()));
+    let load = |name: &str| {
+        let mut text = std::fs::read_to_string(dir.join(name)).unwrap();
+        for (from, to) in &map {
+            text = text.replace(&format!(":{from}"), &format!(":{to}"));
+            text = text.replace(&format!(": {from}"), &format!(": {to}"));
+        }
+        // The ports file gives the test the client and monitoring ports.
+        text
+    };
+    let hubs: Vec<ServerProcess> = (1..=3)
+        .map(|i| ServerProcess::canopy(&load(&format!("hub-cluster-{i}.conf"))).unwrap())
+        .collect();
+    wait_routes(&hubs);
+    let leaf = ServerProcess::canopy(&load("hub-cluster-leaf.conf")).unwrap();
+    assert_eventually!(
+        Duration::from_secs(10),
+        hubs.iter().any(|h| h
+            .monitor("/leafz")
+            .map(|v| v["leafnodes"] == 1)
+            .unwrap_or(false)),
+        "leaf did not attach: {}",
+        leaf.log()
+    );
+    let mut all = urls(&hubs);
+    all.push(leaf.url());
+    full_mesh_delivery(&all).await;
 }
