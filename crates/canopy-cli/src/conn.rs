@@ -47,7 +47,15 @@ impl ConnArgs {
         match (&self.user, &self.password) {
             (Some(u), p) => opts = opts.user_and_password(u.clone(), p.clone().unwrap_or_default()),
             (None, Some(_)) => bail!("--password needs --user"),
-            (None, None) => {}
+            (None, None) => {
+                // `nats://user:pass@host` (or `nats://token@host`) in the server URL.
+                if let Ok((_, Some(u), pass)) = self.first_url() {
+                    opts = match pass {
+                        Some(p) => opts.user_and_password(u, p),
+                        None => opts.token(u),
+                    };
+                }
+            }
         }
         if let Some(t) = &self.token {
             opts = opts.token(t.clone());
