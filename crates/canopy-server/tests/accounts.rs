@@ -337,3 +337,71 @@ async fn system_events_and_account_requests() {
     assert_eq!(v["type"], "io.nats.server.advisory.v1.client_disconnect");
     assert_eq!(v["client"]["acc"], "US_WEST");
 }
+
+/// leaf-secure.conf's shape: the leaf bridges only its LOCAL account (`account: LOCAL`),
+/// the hub binds it to EU with a user from `leafnodes.authorization`, and a request from
+/// the leaf reaches a service EU imports from US_WEST, with the reply coming back across
+/// the leaf connection.
+#[tokio::test]
+async fn service_import_across_a_leaf_with_local_account() {
+    let lp = free_port();
+    let hub = ServerProcess::canopy(&format!(
+        "{SECURE}\nleafnodes {{ listen: \"127.0.0.1:{lp}\", authorization {{ users: [ {{ user: eu_leaf, password: leafpw, account: EU }} ] }} }}\n"
+    ))
+    .unwrap();
+    let leaf = ServerProcess::canopy(&format!(
+        r#"
+listen: 127.0.0.1:-1
+accounts {{
+  LOCAL: {{ users: [ {{ user: app_user, password: app_secret }} ] }}
+  OTHER: {{ users: [ {{ user: other, password: other }} ] }}
+}}
+leafnodes {{
+  remotes: [ {{ urls: ["nats-leaf://eu_leaf:leafpw@127.0.0.1:{lp}"], account: LOCAL }} ]
+}}
+"#
+    ))
+    .unwrap();
+    assert_eventually!(
+        Duration::from_secs(5),
+        hub.monitor("/leafz")
+            .map(|v| v["leafs"][0]["account"] == "EU")
+            .unwrap_or(false),
+        "leaf not bound to EU: {}",
+        hub.log()
+    );
+    let us = connect(&hub, "us", "uspw").await;
+    let mut svc = us.subscribe("api.time").await.unwrap();
+    sync(&us).await;
+    let r = us.clone();
+    tokio::spawn(async move {
+        while let Some(m) = svc.next().await {
+            let _ = r.publish(m.reply.unwrap(), "noon".into()).await;
+        }
+    });
+    let app = connect(&leaf, "app_user", "app_secret").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let resp = loop {
+        match tokio::time::timeout(
+            Duration::from_millis(500),
+            app.request("us.api.time", "?".into()),
+        )
+        .await
+        {
+            Ok(Ok(m)) => break m,
+            _ => assert!(
+                tokio::time::Instant::now() < deadline,
+                "no reply across the leaf"
+            ),
+        }
+    };
+    assert_eq!(&resp.payload[..], b"noon");
+    // The leaf's other account is not bridged.
+    let other = connect(&leaf, "other", "other").await;
+    let r = tokio::time::timeout(
+        Duration::from_secs(1),
+        other.request("us.api.time", "?".into()),
+    )
+    .await;
+    assert!(!matches!(r, Ok(Ok(_))), "OTHER must not reach the hub");
+}
