@@ -19,11 +19,11 @@ const CONF: &str = "port: -1\nhttp: 127.0.0.1:-1\n";
 const KNOWN_GAPS: &[(&str, &str)] = &[
     (
         "/varz cluster.name",
-        "nats-server names a cluster for every server with leaf nodes; Canopy has no clusters yet",
+        "nats-server names a cluster for every server with leaf nodes; Canopy only with cluster {}",
     ),
     (
         "/accountz?acc=$G account_detail.imports",
-        "no automatic $SYS service imports into accounts (no $SYS request handlers yet)",
+        "no automatic $SYS service imports into accounts ($SYS answered for system users only)",
     ),
     (
         "/accstatz account_statz[].sent.bytes",
