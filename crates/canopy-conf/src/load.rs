@@ -472,12 +472,21 @@ fn top_level(cx: &mut Ctx, o: &mut Options, map: &Map) {
                 }
             }
             "prometheus" => o.prometheus = prometheus(cx, &k, v, &e.key_pos),
+            "operator" | "operators" | "trusted_operators" => {
+                o.operators.extend(cx.string_list(&k, v))
+            }
+            "resolver" => o.resolver = resolver(cx, &k, v, &e.key_pos),
+            "resolver_preload" => {
+                if let Some(m) = cx.map(&k, v) {
+                    for (_, pe) in live(m) {
+                        if let Some(jwt) = cx.string(&pe.key, &pe.value) {
+                            o.resolver_preload.insert(pe.key.clone(), jwt);
+                        }
+                    }
+                }
+            }
             // nats-server keys accepted but not modelled yet.
-            "operator"
-            | "operators"
-            | "resolver"
-            | "resolver_preload"
-            | "resolver_tls"
+            "resolver_tls"
             | "resolver_pinned_accounts"
             | "trusted"
             | "trusted_keys"
@@ -491,6 +500,96 @@ fn top_level(cx: &mut Ctx, o: &mut Options, map: &Map) {
             | "verbose"
             | "max_pending_size" => cx.keep_raw(&e.key, e),
             _ => cx.unknown(e),
+        }
+    }
+}
+
+/// `resolver: MEMORY`, `resolver: URL("http://…")` or `resolver { type: full|cache, dir, … }`.
+fn resolver(cx: &mut Ctx, key: &str, v: &Value, pos: &Pos) -> Option<ResolverOpts> {
+    match &v.kind {
+        Kind::String(s) => {
+            let t = s.trim();
+            if t.eq_ignore_ascii_case("memory") || t.eq_ignore_ascii_case("mem") {
+                Some(ResolverOpts::Memory { pos: pos.clone() })
+            } else if t.len() > 5
+                && t.as_bytes()[..4].eq_ignore_ascii_case(b"url(")
+                && t.ends_with(')')
+            {
+                let url = t[4..t.len() - 1].trim().trim_matches('"').to_string();
+                Some(ResolverOpts::Url {
+                    url,
+                    pos: pos.clone(),
+                })
+            } else {
+                cx.err(
+                    &v.pos,
+                    format!("resolver \"{s}\" not recognized: expected MEMORY, URL(\"…\") or a {{type, dir}} map"),
+                );
+                None
+            }
+        }
+        Kind::Map(m) => {
+            let mut full = None;
+            let mut d = DirResolverOpts {
+                full: true,
+                dir: PathBuf::new(),
+                allow_delete: false,
+                interval: DEFAULT_RESOLVER_INTERVAL,
+                limit: DEFAULT_RESOLVER_LIMIT,
+                ttl: Duration::ZERO,
+                timeout: DEFAULT_RESOLVER_TIMEOUT,
+                pos: pos.clone(),
+            };
+            let mut have_dir = false;
+            for (k, e) in live(m) {
+                let v = &e.value;
+                match k.as_str() {
+                    "type" => {
+                        if let Some(t) = cx.string(&k, v) {
+                            match t.to_ascii_lowercase().as_str() {
+                                "full" => full = Some(true),
+                                "cache" => full = Some(false),
+                                _ => cx.err(
+                                    &v.pos,
+                                    format!("resolver type \"{t}\" not recognized: expected full or cache"),
+                                ),
+                            }
+                        }
+                    }
+                    "dir" => {
+                        if let Some(p) = cx.path(&k, v) {
+                            d.dir = p;
+                            have_dir = true;
+                        }
+                    }
+                    "allow_delete" => set(&mut d.allow_delete, cx.bool(&k, v)),
+                    "interval" => set(&mut d.interval, cx.duration(&k, v)),
+                    "limit" => set(&mut d.limit, cx.u64(&k, v)),
+                    "ttl" => set(&mut d.ttl, cx.duration(&k, v)),
+                    "timeout" => set(&mut d.timeout, cx.seconds(&k, v)),
+                    _ => cx.unknown(e),
+                }
+            }
+            let Some(full) = full else {
+                cx.err(pos, format!("\"{key}\" requires a type (full or cache)"));
+                return None;
+            };
+            if !have_dir {
+                cx.err(pos, format!("\"{key}\" requires a dir"));
+                return None;
+            }
+            d.full = full;
+            if !full && d.allow_delete {
+                cx.err(pos, "resolver: allow_delete is only valid with type full");
+            }
+            if full && d.interval < Duration::from_secs(1) {
+                cx.err(pos, "resolver: interval must be at least 1s");
+            }
+            Some(ResolverOpts::Dir(d))
+        }
+        _ => {
+            cx.type_err(key, v, "MEMORY, URL(...) or a map");
+            None
         }
     }
 }

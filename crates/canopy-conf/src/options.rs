@@ -91,6 +91,13 @@ pub struct Options {
     pub no_auth_user: Option<String>,
     pub accounts: Vec<AccountConfig>,
     pub system_account: Option<String>,
+    /// Operator mode: `operator`/`operators`, each a JWT or a path to a file holding one
+    /// (as written; the server reads and verifies them). Empty = not in operator mode.
+    pub operators: Vec<String>,
+    /// Operator mode account resolver (`resolver`).
+    pub resolver: Option<ResolverOpts>,
+    /// `resolver_preload { <account public key>: <account JWT> }`.
+    pub resolver_preload: BTreeMap<String, String>,
     /// Top-level `mappings` (apply to the global account `$G`).
     pub mappings: Vec<Mapping>,
     pub tls: Option<TlsConfig>,
@@ -103,7 +110,7 @@ pub struct Options {
     pub gateway: Option<RawBlock>,
     /// Canopy extension: built-in Prometheus `/metrics` listener.
     pub prometheus: Option<PrometheusOpts>,
-    /// nats-server keys accepted as written but not modelled (operator/JWT mode, resolver,
+    /// nats-server keys accepted as written but not modelled (resolver_tls,
     /// trusted keys, ocsp, profiling port, ...). All of them are reported by
     /// [`Options::unsupported`].
     pub unmodelled: Vec<RawBlock>,
@@ -159,6 +166,9 @@ impl Default for Options {
             no_auth_user: None,
             accounts: Vec::new(),
             system_account: None,
+            operators: Vec::new(),
+            resolver: None,
+            resolver_preload: BTreeMap::new(),
             mappings: Vec::new(),
             tls: None,
             allow_non_tls: false,
@@ -183,6 +193,50 @@ pub struct RawBlock {
     pub key: String,
     pub value: Value,
     /// Position of the key.
+    pub pos: Pos,
+}
+
+/// The operator mode account resolver.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ResolverOpts {
+    /// `resolver: MEMORY`: the accounts of `resolver_preload`, fixed at start.
+    Memory { pos: Pos },
+    /// `resolver: URL("http://…")`: an account server (not implemented).
+    Url { url: String, pos: Pos },
+    /// `resolver { type: full|cache, dir, … }`: account JWTs stored as `<dir>/<key>.jwt`.
+    Dir(DirResolverOpts),
+}
+
+impl ResolverOpts {
+    pub fn pos(&self) -> &Pos {
+        match self {
+            ResolverOpts::Memory { pos } | ResolverOpts::Url { pos, .. } => pos,
+            ResolverOpts::Dir(d) => &d.pos,
+        }
+    }
+}
+
+/// Default `resolver.interval` (full resolver sync interval).
+pub const DEFAULT_RESOLVER_INTERVAL: Duration = Duration::from_secs(120);
+/// Default `resolver.limit` (number of account JWTs stored).
+pub const DEFAULT_RESOLVER_LIMIT: u64 = 1000;
+/// Default `resolver.timeout` (lookup timeout).
+pub const DEFAULT_RESOLVER_TIMEOUT: Duration = Duration::from_millis(1900);
+
+/// `resolver { type, dir, allow_delete, interval, limit, ttl, timeout }`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DirResolverOpts {
+    /// `type: full` (true) or `type: cache` (false).
+    pub full: bool,
+    pub dir: PathBuf,
+    /// Full resolver: honour `$SYS.REQ.CLAIMS.DELETE`.
+    pub allow_delete: bool,
+    pub interval: Duration,
+    /// Most account JWTs kept.
+    pub limit: u64,
+    /// Cache resolver: how long a JWT is kept (zero = no expiry).
+    pub ttl: Duration,
+    pub timeout: Duration,
     pub pos: Pos,
 }
 
@@ -693,24 +747,25 @@ pub enum Feature {
     AccountExports,
     AccountJetStream,
     Mappings,
-    /// nats-server keys kept raw (operator, resolver, ocsp, ...).
+    /// Operator (JWT) mode: `operator`, `resolver`.
+    OperatorMode,
+    /// `resolver: URL(...)` (an HTTP account server).
+    UrlResolver,
+    /// nats-server keys kept raw (trusted keys, resolver_tls, ocsp, ...).
     Unmodelled,
 }
 
 /// Features the server does not implement yet; [`Options::unsupported`] reports uses of
 /// these. The server lead removes entries as features land.
 pub const NOT_IMPLEMENTED: &[Feature] = &[
-    Feature::ClusterTls,
-    Feature::LeafnodeTls,
     Feature::Gateway,
     Feature::Websocket,
     Feature::Mqtt,
     Feature::JetStream,
-    Feature::Tls,
-    Feature::HttpsMonitor,
     Feature::Syslog,
     Feature::AccountJetStream,
     Feature::Mappings,
+    Feature::UrlResolver,
     Feature::Unmodelled,
 ];
 
@@ -849,6 +904,24 @@ impl Options {
                 Feature::Mappings,
                 &m.pos,
                 format!("mapping of {}", m.source),
+            );
+        }
+        if !self.operators.is_empty() {
+            let pos = self
+                .key_pos
+                .get("operator")
+                .or(self.key_pos.get("operators"));
+            add(
+                Feature::OperatorMode,
+                pos.unwrap_or(&Pos::default()),
+                "operator (JWT) mode".into(),
+            );
+        }
+        if let Some(ResolverOpts::Url { url, pos }) = &self.resolver {
+            add(
+                Feature::UrlResolver,
+                pos,
+                format!("URL account resolver {url}"),
             );
         }
         for r in &self.unmodelled {

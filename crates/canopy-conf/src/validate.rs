@@ -88,6 +88,78 @@ pub(crate) fn warnings(o: &Options, out: &mut Vec<Warning>) {
     }
 }
 
+/// An account public key as nkeys writes it: 56 base32 characters starting with `A`.
+fn looks_like_account_key(k: &str) -> bool {
+    k.len() == 56
+        && k.starts_with('A')
+        && k.bytes()
+            .all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b))
+}
+
+/// Operator (JWT) mode: an operator needs a resolver and vice versa; users come from
+/// JWTs, so configured users, tokens and accounts are refused.
+fn validate_operator_mode(o: &Options, err: &mut dyn FnMut(&Pos, String)) {
+    let operator_mode = !o.operators.is_empty();
+    let op_pos = o
+        .key_pos
+        .get("operator")
+        .or(o.key_pos.get("operators"))
+        .or(o.key_pos.get("trusted_operators"))
+        .cloned()
+        .unwrap_or_default();
+    match (&o.resolver, operator_mode) {
+        (Some(r), false) => err(
+            r.pos(),
+            "resolver requires operator mode (an \"operator\" JWT)".into(),
+        ),
+        (None, true) => err(
+            &op_pos,
+            "operator mode requires a resolver (resolver: MEMORY with resolver_preload, or resolver { type: full, dir: … })".into(),
+        ),
+        _ => {}
+    }
+    if !o.resolver_preload.is_empty() && !operator_mode {
+        err(
+            &key_pos(o, "resolver_preload"),
+            "resolver_preload requires operator mode (an \"operator\" JWT)".into(),
+        );
+    }
+    for k in o.resolver_preload.keys() {
+        if !looks_like_account_key(k) {
+            err(
+                &key_pos(o, "resolver_preload"),
+                format!("resolver_preload: \"{k}\" is not an account public key"),
+            );
+        }
+    }
+    if !operator_mode {
+        return;
+    }
+    let a = &o.authorization;
+    if a.user.is_some() || a.token.is_some() || !a.users.is_empty() {
+        err(
+            &a.pos,
+            "operator mode does not allow users or tokens in \"authorization\"; users come from JWTs".into(),
+        );
+    }
+    if let Some(acc) = o.accounts.first() {
+        err(
+            &acc.pos,
+            "operator mode does not allow \"accounts\" in the configuration; accounts come from JWTs".into(),
+        );
+    }
+    if let Some(sys) = &o.system_account {
+        if !looks_like_account_key(sys) {
+            err(
+                &key_pos(o, "system_account"),
+                format!(
+                    "in operator mode system_account must be an account public key, got \"{sys}\""
+                ),
+            );
+        }
+    }
+}
+
 pub(crate) fn validate(o: &Options, errs: &mut Vec<ConfError>) {
     let mut err = |pos: &Pos, msg: String| errs.push(ConfError::new(pos.clone(), msg));
 
@@ -180,10 +252,24 @@ pub(crate) fn validate(o: &Options, errs: &mut Vec<ConfError>) {
             );
         }
     }
-    let operator_mode = o
-        .unmodelled
-        .iter()
-        .any(|r| r.key.eq_ignore_ascii_case("operator") || r.key.eq_ignore_ascii_case("operators"));
+    let operator_mode = !o.operators.is_empty();
+    validate_operator_mode(o, &mut err);
+    // Routes authenticate with one user/password only (nats-server's rule): a token or a
+    // users list here would otherwise be silently ignored.
+    if let Some(ca) = o.cluster.as_ref().and_then(|c| c.authorization.as_ref()) {
+        if ca.token.is_some() {
+            err(
+                &ca.pos,
+                "Cluster authorization does not support tokens".into(),
+            );
+        }
+        if !ca.users.is_empty() {
+            err(
+                &ca.pos,
+                "Cluster authorization does not allow multiple users".into(),
+            );
+        }
+    }
     if let Some(sys) = &o.system_account {
         if !operator_mode && !exists(sys) {
             err(

@@ -404,9 +404,8 @@ fn tls_block() {
         Some(HandshakeFirst::Always)
     );
     assert!(invalid("tls { cert_file: x }").contains("key_file"));
-    let u = o.unsupported();
-    assert_eq!(u.len(), 1);
-    assert!(u[0].1.contains("TLS"));
+    // TLS is implemented by the server (rustls): nothing to refuse.
+    assert!(o.unsupported().is_empty(), "{:?}", o.unsupported());
 }
 
 #[test]
@@ -610,14 +609,19 @@ fn jetstream_forms() {
 
 #[test]
 fn websocket_mqtt_gateway_are_kept_for_refusal() {
-    let o = opts("websocket { port: -1, no_tls: true, compression: true }\nmqtt { port: 1883 }\ngateway { name: g, port: 7222 }\noperator: \"/x.jwt\"\nresolver: MEMORY");
+    let o = opts("websocket { port: -1, no_tls: true, compression: true }\nmqtt { port: 1883 }\ngateway { name: g, port: 7222 }\ntrusted_keys: [\"OABC\"]\nresolver: URL(\"http://localhost:9090/jwt/v1/accounts/\")");
     assert_eq!(o.websocket.as_ref().unwrap().port, -1);
     assert_eq!(o.mqtt.as_ref().unwrap().pos.line, 2);
     assert_eq!(o.gateway.as_ref().unwrap().pos.line, 3);
-    assert_eq!(o.unmodelled.len(), 2);
+    assert_eq!(o.unmodelled.len(), 1);
     let u = o.unsupported();
     assert_eq!(u.len(), 5, "{u:?}");
-    assert!(u.iter().any(|(p, s)| p.line == 4 && s.contains("operator")));
+    assert!(u
+        .iter()
+        .any(|(p, s)| p.line == 4 && s.contains("trusted_keys")));
+    assert!(u
+        .iter()
+        .any(|(p, s)| p.line == 5 && s.contains("URL account resolver")));
     assert!(invalid("websocket { port: 8080 }").contains("no_tls"));
 }
 
@@ -667,4 +671,68 @@ fn load_file_sets_config_file() {
     assert_eq!(o.config_file.as_deref(), Some(path.as_path()));
     assert_eq!(o.server_name.as_deref(), Some("x"));
     assert_eq!(o.config_dir(), Some(dir.path()));
+}
+
+#[test]
+fn operator_mode_and_resolvers() {
+    let acc = "ADMQ2N4KRZMPYBDKZEMHWLZ5C6OKBMZRD64JDTRPVNZAK7S6UNJ3YWEX";
+    let o = opts(&format!(
+        "operator: \"/etc/op.jwt\"\nsystem_account: {acc}\nresolver: MEMORY\nresolver_preload: {{\n  {acc}: \"eyJ0.x.y\"\n}}"
+    ));
+    assert_eq!(o.operators, vec!["/etc/op.jwt".to_string()]);
+    assert!(matches!(o.resolver, Some(ResolverOpts::Memory { .. })));
+    assert_eq!(
+        o.resolver_preload.get(acc).map(String::as_str),
+        Some("eyJ0.x.y")
+    );
+    assert!(o.unmodelled.is_empty());
+    assert!(o.unsupported().is_empty(), "{:?}", o.unsupported());
+    o.validate().unwrap();
+
+    let o = opts("operator: op.jwt\nresolver {\n type: full\n dir: \"./jwt\"\n allow_delete: true\n interval: \"2m\"\n limit: 50\n}");
+    let Some(ResolverOpts::Dir(d)) = &o.resolver else {
+        panic!("{:?}", o.resolver)
+    };
+    assert!(d.full && d.allow_delete);
+    assert_eq!(d.dir, std::path::PathBuf::from("./jwt"));
+    assert_eq!(d.interval, std::time::Duration::from_secs(120));
+    assert_eq!(d.limit, 50);
+    o.validate().unwrap();
+    let o = opts("operator: op.jwt\nresolver { type: cache, dir: /tmp/x, ttl: \"1h\" }");
+    let Some(ResolverOpts::Dir(d)) = &o.resolver else {
+        panic!()
+    };
+    assert!(!d.full);
+    assert_eq!(d.ttl, std::time::Duration::from_secs(3600));
+
+    // Errors carry file:line.
+    let e = errs("operator: op.jwt\nresolver {\n type: partial\n dir: x\n}");
+    assert!(e.contains("t.conf:3") && e.contains("partial"), "{e}");
+    assert!(errs("operator: x\nresolver { dir: x }").contains("requires a type"));
+    assert!(errs("operator: x\nresolver { type: full }").contains("requires a dir"));
+    assert!(errs("operator: x\nresolver: FILE").contains("not recognized"));
+    assert!(
+        errs("operator: x\nresolver { type: cache, dir: x, allow_delete: true }")
+            .contains("allow_delete")
+    );
+    let e = invalid("\noperator: x");
+    assert!(
+        e.contains("t.conf:2") && e.contains("requires a resolver"),
+        "{e}"
+    );
+    assert!(invalid("resolver: MEMORY").contains("requires operator mode"));
+    assert!(
+        invalid("operator: x\nresolver: MEMORY\nresolver_preload { AB: x }")
+            .contains("not an account public key")
+    );
+    assert!(
+        invalid("operator: x\nresolver: MEMORY\nauthorization { token: s3cr3t }")
+            .contains("operator mode does not allow users")
+    );
+    assert!(invalid("operator: x\nresolver: MEMORY\naccounts { A: {} }")
+        .contains("accounts come from JWTs"));
+    assert!(
+        invalid("operator: x\nresolver: MEMORY\nsystem_account: SYS")
+            .contains("account public key")
+    );
 }

@@ -92,11 +92,13 @@ struct UserEntry {
 }
 
 /// What a successful authentication yields.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Authenticated {
     pub user: String,
     pub account: String,
     pub perms: Option<Arc<Perms>>,
+    /// Operator mode: the verified user JWT (limits, expiry).
+    pub jwt: Option<Arc<crate::jwt::JwtUser>>,
 }
 
 /// The server's client authentication table, rebuilt on reload.
@@ -106,6 +108,8 @@ pub struct ClientAuth {
     nkeys: HashMap<String, UserEntry>,
     token: Option<String>,
     no_auth_user: Option<String>,
+    /// Operator mode: users are authenticated by their JWTs only.
+    trust: Option<Arc<crate::jwt::Trust>>,
 }
 
 fn is_bcrypt(s: &str) -> bool {
@@ -173,26 +177,52 @@ impl ClientAuth {
         a
     }
 
-    /// True when clients must present credentials (INFO `auth_required`).
-    pub fn required(&self) -> bool {
-        !self.users.is_empty() || !self.nkeys.is_empty() || self.token.is_some()
+    /// Switches to operator mode (`Some`): every user must present a valid user JWT.
+    pub fn with_trust(mut self, trust: Option<Arc<crate::jwt::Trust>>) -> ClientAuth {
+        self.trust = trust;
+        self
     }
 
-    /// True when the INFO must carry a nonce (nkey users exist).
+    /// The operator-mode trust, if the server is in operator mode.
+    pub fn trust(&self) -> Option<&Arc<crate::jwt::Trust>> {
+        self.trust.as_ref()
+    }
+
+    /// True when clients must present credentials (INFO `auth_required`).
+    pub fn required(&self) -> bool {
+        !self.users.is_empty()
+            || !self.nkeys.is_empty()
+            || self.token.is_some()
+            || self.trust.is_some()
+    }
+
+    /// True when the INFO must carry a nonce (nkey users exist, or operator mode).
     pub fn needs_nonce(&self) -> bool {
-        !self.nkeys.is_empty()
+        !self.nkeys.is_empty() || self.trust.is_some()
     }
 
     /// Checks a CONNECT. `nonce` is what our INFO sent. Runs bcrypt, so call it off the
     /// async executor when hashes are configured. `Err` carries the user name for the log.
     pub fn authenticate(&self, c: &ClientConnect, nonce: &str) -> Result<Authenticated, String> {
+        if let Some(t) = &self.trust {
+            return crate::jwt::authenticate(
+                t,
+                &c.jwt,
+                &c.sig,
+                nonce,
+                crate::jwt::ConnType::Standard,
+            );
+        }
         if !self.required() {
             return Ok(Authenticated {
                 user: String::new(),
                 account: GLOBAL_ACCOUNT.to_string(),
-                perms: None,
+                ..Default::default()
             });
         }
+        // A `.creds` file's seed signs the nonce like a plain nkey user: outside operator
+        // mode its JWT is ignored and the nkey is matched against the configured users
+        // (Canopy's documented answer, docs/CONFIG.md).
         if let Some(nk) = Some(c.nkey.as_str()).filter(|s| !s.is_empty()) {
             let entry = self.nkeys.get(nk).ok_or_else(|| nk.to_string())?;
             let sig = c.sig.as_str();
@@ -203,6 +233,7 @@ impl ClientAuth {
                 user: nk.to_string(),
                 account: entry.account.clone(),
                 perms: entry.perms.clone(),
+                jwt: None,
             });
         }
         if let Some(tok) = &self.token {
@@ -211,7 +242,7 @@ impl ClientAuth {
                 return Ok(Authenticated {
                     user: String::new(),
                     account: GLOBAL_ACCOUNT.to_string(),
-                    perms: None,
+                    ..Default::default()
                 });
             }
             return Err("<token>".to_string());
@@ -224,6 +255,7 @@ impl ClientAuth {
                         user: nau.clone(),
                         account: e.account.clone(),
                         perms: e.perms.clone(),
+                        jwt: None,
                     });
                 }
             }
@@ -235,11 +267,13 @@ impl ClientAuth {
                 user: user.to_string(),
                 account: entry.account.clone(),
                 perms: entry.perms.clone(),
+                jwt: None,
             }),
             None if presented.is_empty() => Ok(Authenticated {
                 user: user.to_string(),
                 account: entry.account.clone(),
                 perms: entry.perms.clone(),
+                jwt: None,
             }),
             _ => Err(user.to_string()),
         }

@@ -52,6 +52,8 @@ struct Client {
     last_pub: Option<LastPub>,
     flush: FlushList,
     scratch: Scratch,
+    /// A user JWT's payload limit, applied to the parser after the op that set it.
+    pending_limits: Option<u64>,
     batch_in_msgs: u64,
     batch_in_bytes: u64,
     batch_out_msgs: u64,
@@ -72,7 +74,7 @@ struct LastPub {
 /// Serves one client connection until it closes.
 pub async fn serve<S>(server: Arc<Server>, stream: S, addr: SocketAddr)
 where
-    S: AsyncRead + AsyncWrite + Send + 'static,
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     let opts = server.opts();
     let cid = server.next_cid();
@@ -89,8 +91,21 @@ where
         String::new()
     };
     let info = server.client_info(cid, addr, &nonce, auth.required());
-    conn.enqueue(|b| canopy_proto::encode_info(b, &info));
-    conn.flush_signal();
+    // INFO goes out here (plaintext before a TLS handshake, or queued).
+    let tls = server.tls().client.clone();
+    let Some(stream) = crate::tls::accept_conn(
+        &server,
+        tls.as_deref(),
+        stream,
+        &conn,
+        &info,
+        opts.allow_non_tls,
+        "client listener",
+    )
+    .await
+    else {
+        return;
+    };
     let (rd, wr) = tokio::io::split(stream);
     let writer = tokio::spawn(writer_loop(conn.clone(), wr, server.liveness()));
 
@@ -121,6 +136,7 @@ where
         last_pub: None,
         flush: FlushList::default(),
         scratch: Scratch::default(),
+        pending_limits: None,
         batch_in_msgs: 0,
         batch_in_bytes: 0,
         batch_out_msgs: 0,
@@ -198,6 +214,13 @@ impl Client {
                         pos += len;
                         if !self.dispatch(op).await {
                             break true;
+                        }
+                        if let Some(max) = self.pending_limits.take() {
+                            let mut l = *parser.limits();
+                            l.max_payload = l
+                                .max_payload
+                                .min(usize::try_from(max).unwrap_or(usize::MAX));
+                            parser.set_limits(l);
                         }
                     }
                     Ok(None) => break false,
@@ -424,17 +447,32 @@ impl Client {
 
     /// Binds the connection to its authenticated account.
     fn bind(&mut self, a: Authenticated) -> bool {
-        let Some(acc) = self.server.account(&a.account) else {
-            tracing::error!(
-                "{} - account {:?} of user {:?} does not exist",
-                conn_label(&self.conn),
-                a.account,
-                a.user
-            );
-            self.conn
-                .error_and_close(errors::AUTH_VIOLATION, CloseReason::AuthViolation);
-            return false;
+        // Operator mode creates the JWT's account on first use and checks its limits.
+        let acc = match self.server.bind_account(&self.conn, &a) {
+            Ok(acc) => acc,
+            Err(text) => {
+                self.server
+                    .stats
+                    .auth_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                self.conn.error_and_close(text, CloseReason::AuthViolation);
+                return false;
+            }
         };
+        if let Some(u) = &a.jwt {
+            // JWT limits: 0 subscriptions is read as "unlimited" (docs/CONFIG.md).
+            if let Some(m) = u.max_subs.filter(|m| *m > 0) {
+                let m = usize::try_from(m).unwrap_or(usize::MAX);
+                self.max_subs = if self.max_subs == 0 {
+                    m
+                } else {
+                    self.max_subs.min(m)
+                };
+            }
+            if let Some(p) = u.max_payload {
+                self.pending_limits = Some(p);
+            }
+        }
         acc.num_conns.fetch_add(1, Ordering::Relaxed);
         {
             let mut m = self.conn.meta.lock();

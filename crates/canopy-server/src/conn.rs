@@ -378,7 +378,13 @@ pub async fn writer_loop<W: AsyncWrite + Unpin>(conn: Arc<ConnShared>, mut wr: W
             } else {
                 live.write_deadline
             };
-            match tokio::time::timeout(deadline, wr.write_all(&mine)).await {
+            // The flush is free on TCP; on TLS it pushes out records rustls still holds
+            // when the socket was full at the end of `write_all`.
+            let write = async {
+                wr.write_all(&mine).await?;
+                wr.flush().await
+            };
+            match tokio::time::timeout(deadline, write).await {
                 Ok(Ok(())) => {
                     conn.stats.out_bytes.fetch_add(n as u64, Ordering::Relaxed);
                 }

@@ -2,6 +2,9 @@
 
 pub const AUTH_VIOLATION: &str = "Authorization Violation";
 pub const AUTH_TIMEOUT: &str = "Authentication Timeout";
+pub const USER_AUTH_EXPIRED: &str = "User Authentication Expired";
+pub const USER_AUTH_REVOKED: &str = "User Authentication Revoked";
+pub const MAX_ACCOUNT_CONNECTIONS: &str = "maximum account active connections exceeded";
 pub const MAX_PAYLOAD: &str = "Maximum Payload Violation";
 pub const MAX_CONTROL_LINE: &str = "maximum control line exceeded";
 pub const MAX_CONNECTIONS: &str = "maximum connections exceeded";

@@ -223,6 +223,8 @@ fn leaf_info(server: &Server, cid: u64, nonce: &str, listen: SocketAddr) -> Serv
         max_payload: o.max_payload as i64,
         client_id: cid,
         nonce: nonce.to_string(),
+        tls_required: lo.tls.is_some(),
+        tls_verify: lo.tls.as_ref().is_some_and(|t| t.verify),
         info_on_connect: true,
         leafnode_urls: if lo.no_advertise {
             Vec::new()
@@ -294,8 +296,22 @@ async fn serve_accepted(
     let conn = Arc::new(ConnShared::new(cid, ConnKind::Leaf, addr, usize::MAX));
     let nonce = crate::auth::new_nonce();
     let info = leaf_info(&server, cid, &nonce, listen);
-    conn.enqueue(|b| canopy_proto::encode_info(b, &info));
-    conn.flush_signal();
+    // INFO goes out here (plaintext before a TLS handshake, or queued).
+    let tls = server.tls().leaf.clone();
+    let listener = format!("leafnode listener {listen}");
+    let Some(stream) = crate::tls::accept_conn(
+        &server,
+        tls.as_deref(),
+        stream,
+        &conn,
+        &info,
+        false,
+        &listener,
+    )
+    .await
+    else {
+        return;
+    };
     let (rd, wr) = tokio::io::split(stream);
     server.register_conn(&conn);
     let writer = tokio::spawn(writer_loop(conn.clone(), wr, server.liveness()));
@@ -727,8 +743,12 @@ impl Session {
 
 /// The accepting side's authentication: `leafnodes.authorization` users (bound to their
 /// accounts), its single user, or else the client users. Returns the account name, or
-/// the rejected user for the log.
+/// the rejected user for the log. In operator mode a leaf presenting a user JWT (from its
+/// `.creds`) is bound to the JWT's account, within the account's leaf limit.
 fn authenticate_leaf(server: &Server, c: &LeafConnect, nonce: &str) -> Result<String, String> {
+    if let Some(trust) = server.trust().filter(|_| !c.jwt.is_empty()) {
+        return server.authenticate_leaf_jwt(&trust, &c.jwt, &c.sig, nonce);
+    }
     let o = server.opts();
     let auth = o.leafnodes.as_ref().and_then(|l| l.authorization.clone());
     if let Some(a) = auth.filter(|a| a.user.is_some() || !a.users.is_empty() || a.nkey.is_some()) {
@@ -868,6 +888,89 @@ fn note_failure(state: &RemoteState, target: &str, attempt: u64, err: &str) {
     *state.last_error.lock() = Some(format!("{target}: {err}"));
 }
 
+/// The TLS client handshake of a remote (SNI and verification against the URL's host).
+/// With `probe` (CONNECT and PING to send, the hub's INFO, the read buffer), the first
+/// answer is read into the buffer so that a rejection of our certificate (a TLS 1.3 alert
+/// after the handshake) is reported as a handshake failure. Failures are counted and
+/// explained; the caller logs them with the URL.
+async fn remote_tls_upgrade(
+    server: &Server,
+    remote: &RemoteLeafOpts,
+    url: &LeafUrl,
+    stream: TcpStream,
+    probe: Option<(&[u8], &ServerInfo, &mut BytesMut)>,
+) -> Result<crate::tls::MaybeTls<TcpStream>, String> {
+    use tokio::io::AsyncWriteExt;
+    let hint = |info: Option<&ServerInfo>| {
+        let mut h = String::new();
+        let o = server.opts();
+        let misplaced = o
+            .leafnodes
+            .as_ref()
+            .is_some_and(|l| l.tls.is_some() && l.port == 0);
+        if remote.tls.is_none() {
+            h.push_str(" (this remote has no tls block: system CAs, no client certificate");
+            if misplaced {
+                h.push_str(
+                    "; the tls block under leafnodes configures the leafnode listener, not the \
+                     remotes: move it into this remote",
+                );
+            }
+            h.push(')');
+        } else if info.is_some_and(|i| i.tls_verify)
+            && !remote
+                .tls
+                .as_ref()
+                .is_some_and(|t| t.cert_file.is_some() && t.key_file.is_some())
+        {
+            h.push_str(" (the hub verifies client certificates: set cert_file and key_file in this remote's tls block)");
+        }
+        h
+    };
+    let fail = |e: String| {
+        crate::tls::count_failure(server);
+        format!("TLS handshake error: {e}")
+    };
+    let tls = crate::tls::ClientTls::new(remote.tls.as_ref(), "leafnode remote TLS")
+        .map_err(|e| fail(e.to_string()))?;
+    let info = probe.as_ref().map(|p| p.1);
+    let mut s = crate::tls::connect(&tls, stream, &url.host)
+        .await
+        .map_err(|e| fail(format!("{e}{}", hint(info))))?;
+    if let Some((first, info, buf)) = probe {
+        let wait = tls.timeout.max(Duration::from_secs(2));
+        let res: std::io::Result<Option<usize>> = async {
+            s.write_all(first).await?;
+            s.flush().await?;
+            match tokio::time::timeout(wait, s.read_buf(buf)).await {
+                Ok(r) => r.map(Some),
+                Err(_) => Ok(None),
+            }
+        }
+        .await;
+        match res {
+            Ok(Some(0)) => {
+                return Err(fail(format!(
+                    "the hub closed the connection right after the handshake{}",
+                    hint(Some(info))
+                )))
+            }
+            Ok(Some(_)) => {}
+            Err(e) => {
+                let why = e
+                    .get_ref()
+                    .and_then(|i| i.downcast_ref::<rustls::Error>())
+                    .map(crate::tls::explain)
+                    .unwrap_or_else(|| e.to_string());
+                return Err(fail(format!("{why}{}", hint(Some(info)))));
+            }
+            // A silent hub is not a TLS problem; the session's own timers deal with it.
+            Ok(None) => {}
+        }
+    }
+    Ok(s)
+}
+
 /// One solicited session: read INFO, send CONNECT, serve until it ends.
 async fn solicit(
     server: &Arc<Server>,
@@ -878,7 +981,16 @@ async fn solicit(
     state: &Arc<RemoteState>,
 ) -> Result<Ended, String> {
     let addr = stream.peer_addr().map_err(|e| e.to_string())?;
-    let (mut rd, wr) = tokio::io::split(stream);
+    // `handshake_first` on the remote: TLS before the hub's INFO.
+    let mut rd = if remote
+        .tls
+        .as_ref()
+        .is_some_and(|t| t.handshake_first == Some(canopy_conf::HandshakeFirst::Always))
+    {
+        remote_tls_upgrade(server, remote, url, stream, None).await?
+    } else {
+        crate::tls::MaybeTls::plain(stream)
+    };
     // The first INFO tells us the peer is a leafnode listener and gives the nonce.
     let first_info = remote.first_info_timeout.unwrap_or(Duration::from_secs(2));
     let mut buf = BytesMut::with_capacity(32 * 1024);
@@ -907,8 +1019,9 @@ async fn solicit(
     if !info.info_on_connect && info.leafnode_urls.is_empty() {
         return Err("attempted to connect to wrong port (not a leafnode port)".into());
     }
-    if info.tls_required {
-        return Err("the remote requires TLS, which Canopy does not support yet".into());
+    let wants_tls = info.tls_required || remote.tls.is_some() || url.tls;
+    if wants_tls && !buf.is_empty() && !rd.is_tls() {
+        return Err("unexpected data from the hub between INFO and the TLS handshake".into());
     }
     let mut c = LeafConnect {
         version: version::NATS_COMPAT_VERSION.to_string(),
@@ -959,9 +1072,23 @@ async fn solicit(
             "cannot find local account {account_name:?} specified in leafnode remote"
         ));
     };
+    c.tls_required = wants_tls;
     let cid = server.next_cid();
     let conn = Arc::new(ConnShared::new(cid, ConnKind::Leaf, addr, usize::MAX));
-    conn.enqueue(|b| canopy_proto::encode_connect(b, &c));
+    if wants_tls && !rd.is_tls() {
+        // Upgrade, send CONNECT and PING, and read the first answer: with TLS 1.3 a hub
+        // that rejects our certificate says so only now, and that is a handshake failure.
+        let plain = rd.into_plain().ok_or("TLS upgrade of a non-plain stream")?;
+        let mut first = BytesMut::new();
+        canopy_proto::encode_connect(&mut first, &c);
+        first.extend_from_slice(b"PING\r\n");
+        rd =
+            remote_tls_upgrade(server, remote, url, plain, Some((&first, &info, &mut buf))).await?;
+    } else {
+        conn.enqueue(|b| canopy_proto::encode_connect(b, &c));
+    }
+    crate::tls::note_established(&conn, &rd);
+    let (rd, wr) = tokio::io::split(rd);
     server.register_conn(&conn);
     let _ = conn.deny_send.set(remote.deny_exports.clone());
     let _ = conn.peer_id.set(Arc::from(info.server_id.as_str()));

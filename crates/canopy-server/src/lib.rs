@@ -15,6 +15,7 @@ pub mod errors;
 pub mod flags;
 pub mod imports;
 pub mod interest;
+pub mod jwt;
 pub mod leaf;
 pub mod logging;
 pub mod metrics;
@@ -24,6 +25,7 @@ pub mod run;
 pub mod server;
 pub mod signal;
 pub mod system;
+pub mod tls;
 pub mod version;
 
 /// A random 22-character identifier (like nats-server's NUIDs) for inboxes and `$LDS.`.

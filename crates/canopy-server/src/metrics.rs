@@ -312,6 +312,12 @@ fn server_series(e: &mut Exposition, s: &Server) {
         load(&st.auth_failures),
     );
     e.single(
+        "nats_server_tls_handshake_failures",
+        Counter,
+        "Failed TLS handshakes on any listener or outgoing connection (Canopy varz tls_handshake_failures)",
+        load(&st.tls_handshake_failures),
+    );
+    e.single(
         "nats_server_permission_denials",
         Counter,
         "Publish or subscribe permission violations (Canopy varz permission_denials)",

@@ -79,6 +79,45 @@ pub(crate) async fn serve_http(server: Arc<Server>, listener: TcpListener, which
     }
 }
 
+/// The HTTPS monitoring listener (`https_port`): TLS with the top-level certificate, then
+/// the same endpoints as `http_port`.
+pub async fn serve_https(server: Arc<Server>, listener: TcpListener) {
+    loop {
+        let accepted = tokio::select! {
+            _ = server.shutdown.cancelled() => return,
+            r = listener.accept() => r,
+        };
+        let Ok((stream, addr)) = accepted else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let s = server.clone();
+        tokio::spawn(async move {
+            let Some(tls) = s.tls().https.clone() else {
+                return;
+            };
+            let stream = match crate::tls::accept_first(&tls, stream).await {
+                Ok(st) => st,
+                Err(e) => {
+                    crate::tls::count_failure(&s);
+                    tracing::error!(
+                        "{addr} - TLS handshake error on the HTTPS monitoring port: {e}"
+                    );
+                    return;
+                }
+            };
+            let s2 = s.clone();
+            let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let s = s2.clone();
+                async move { Ok::<_, Infallible>(handle(&s, req.uri(), Endpoints::All)) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
 /// Decoded query parameters; the first occurrence of a key wins (Go's `Values.Get`).
 pub type Query = HashMap<String, String>;
 
@@ -510,7 +549,7 @@ pub fn varz(s: &Arc<Server>) -> Value {
         "http_host": o.http_host.clone().unwrap_or_else(|| o.host.clone()),
         "http_port": http.map(|a| a.port()).unwrap_or(0),
         "http_base_path": o.http_base_path.clone().unwrap_or_default(),
-        "https_port": 0,
+        "https_port": o.https_port.unwrap_or(0),
         "auth_timeout": o.authorization.timeout.map(|d| d.as_secs_f64()).unwrap_or(2.0),
         "max_control_line": o.max_control_line,
         "max_payload": o.max_payload,
@@ -521,7 +560,7 @@ pub fn varz(s: &Arc<Server>) -> Value {
         "mqtt": {},
         "websocket": {},
         "jetstream": {},
-        "tls_timeout": 2.0,
+        "tls_timeout": o.tls.as_ref().and_then(|t| t.timeout).map_or(2.0, |d| d.as_secs_f64()),
         "write_deadline": o.write_deadline.as_nanos() as u64,
         "start": rfc3339(s.start),
         "now": rfc3339(now),
@@ -551,6 +590,7 @@ pub fn varz(s: &Arc<Server>) -> Value {
         },
         "auth_failures": st.auth_failures.load(Ordering::Relaxed),
         "permission_denials": st.permission_denials.load(Ordering::Relaxed),
+        "tls_handshake_failures": st.tls_handshake_failures.load(Ordering::Relaxed),
     });
     // The cluster's client URLs, as clients learn them in INFO `connect_urls`.
     let urls = if o.cluster.is_some() {
@@ -560,6 +600,10 @@ pub fn varz(s: &Arc<Server>) -> Value {
     };
     if !urls.is_empty() {
         v["connect_urls"] = json!(urls);
+    }
+    if let Some(t) = &o.tls {
+        v["tls_required"] = json!(!o.allow_non_tls);
+        v["tls_verify"] = json!(t.verify);
     }
     v
 }

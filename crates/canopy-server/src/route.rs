@@ -147,6 +147,8 @@ impl Server {
                 client_url.into_iter().collect()
             },
             leafnode_urls: leaf_urls,
+            tls_required: c.as_ref().is_some_and(|c| c.tls.is_some()),
+            tls_verify: c.as_ref().is_some_and(|c| c.tls.is_some()),
             canopy_version: version::CANOPY_VERSION.to_string(),
             ..Default::default()
         }
@@ -232,6 +234,7 @@ impl Server {
                         cluster: self.cluster_name(),
                         user: user.clone().unwrap_or_default(),
                         pass: pass.clone().unwrap_or_default(),
+                        tls_required: self.tls().route_dial.is_some(),
                         ..Default::default()
                     };
                     serve_route(
@@ -332,6 +335,19 @@ async fn serve_route(
     let conn = Arc::new(ConnShared::new(cid, ConnKind::Route, addr, usize::MAX));
     conn.link_class
         .store(LinkClass::Route as u8, Ordering::Relaxed);
+    // Cluster TLS: the handshake comes first on both sides, before CONNECT and INFO.
+    let dial = solicit.as_ref().map(|(_, u, _)| {
+        let hp = url_hostport(u);
+        let host = hp
+            .rsplit_once(':')
+            .map(|(h, _)| h.to_string())
+            .unwrap_or(hp);
+        (u.clone(), host)
+    });
+    let dial = dial.as_ref().map(|(u, h)| (u.as_str(), h.as_str()));
+    let Some(stream) = crate::tls::route_handshake(&server, stream, dial, &conn).await else {
+        return;
+    };
     let info = server.route_info();
     if let Some((connect, _, _)) = &solicit {
         conn.enqueue(|b| canopy_proto::encode_connect(b, connect));

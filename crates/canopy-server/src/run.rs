@@ -38,7 +38,13 @@ pub fn load_options(f: &Flags) -> Result<Options, Vec<String>> {
     apply_flags(&mut o, f).map_err(|e| vec![e])?;
     o.validate()
         .map_err(|e| e.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
+    // Operator mode: the operator and preloaded/stored account JWTs must verify, and
+    // their imports/exports become configured accounts for the import agent.
+    crate::jwt::check_options(&o)?;
+    crate::jwt::accounts_from_jwts(&mut o)?;
     crate::imports::validate(&o)?;
+    // TLS settings are checked here (files at start and on reload: `TlsSet::build`).
+    crate::tls::check(&o).map_err(|e| vec![e.to_string()])?;
     Ok(o)
 }
 
@@ -163,8 +169,6 @@ TLS Options:
     --tlskey <file>              Private key for server certificate
     --tlsverify                  Enable TLS, verify client certificates
     --tlscacert <file>           Client certificate CA for verification
-
-TLS lands with Canopy's security work; until then these flags are refused at start.
 ";
 
 /// The `canopy-server` entry point. Returns the process exit code.
@@ -209,9 +213,16 @@ pub fn main() -> i32 {
         }
     };
     let warnings = opts.warnings();
+    let tls_warnings = crate::tls::warnings(&opts);
     if f.bool("test_config") == Some(true) {
         for w in &warnings {
             println!("{prog}: warning: {w}");
+        }
+        for w in &tls_warnings {
+            println!("{prog}: warning: {w}");
+        }
+        if let Err(e) = crate::tls::TlsSet::build(&opts) {
+            println!("{prog}: warning: {e}; the server refuses to start until this is fixed");
         }
         for (pos, what) in opts.extensions_used() {
             println!("{prog}: {pos}: Canopy extension: {what}");
@@ -261,6 +272,9 @@ pub fn main() -> i32 {
     crate::logging::set_rotation(opts.log_size_limit, opts.log_max_files);
     crate::logging::set_max_traced(opts.max_traced_msg_len);
     for w in &warnings {
+        tracing::warn!("{w}");
+    }
+    for w in &tls_warnings {
         tracing::warn!("{w}");
     }
     for u in opts.features_used() {
@@ -317,6 +331,7 @@ pub async fn run_server(opts: Options, f: Flags, prog: String) -> anyhow::Result
     if let Some(c) = &opts.config_file {
         tracing::info!("Using configuration file: {}", c.display());
     }
+    server.set_tls(crate::tls::TlsSet::build(&opts)?);
     let mut monitoring_urls = Vec::new();
     if let Some(hp) = opts.http_port {
         let host = opts.http_host.clone().unwrap_or_else(|| opts.host.clone());
@@ -326,6 +341,14 @@ pub async fn run_server(opts: Options, f: Flags, prog: String) -> anyhow::Result
         tracing::info!("Starting http monitor on {}", fmt_hostport(&addr));
         monitoring_urls.push(format!("http://{}", fmt_hostport(&addr)));
         tokio::spawn(crate::monitor::serve(server.clone(), l));
+    }
+    if let Some(hp) = opts.https_port {
+        let host = opts.http_host.clone().unwrap_or_else(|| opts.host.clone());
+        let l = bind(&host, hp).await?;
+        let addr = l.local_addr()?;
+        tracing::info!("Starting https monitor on {}", fmt_hostport(&addr));
+        monitoring_urls.push(format!("https://{}", fmt_hostport(&addr)));
+        tokio::spawn(crate::monitor::serve_https(server.clone(), l));
     }
     let mut prometheus_url = None;
     if let Some(p) = &opts.prometheus {
@@ -343,6 +366,15 @@ pub async fn run_server(opts: Options, f: Flags, prog: String) -> anyhow::Result
         opts.host,
         addr.port()
     );
+    if let Some(t) = &opts.tls {
+        tracing::info!("TLS required for client connections");
+        if t.verify {
+            tracing::info!("Client certificates are required and verified");
+        }
+        if opts.allow_non_tls {
+            tracing::warn!("Clients that do not use TLS are allowed (allow_non_tls)");
+        }
+    }
     tokio::spawn(server.clone().accept_clients(listener));
 
     let mut leaf_url = None;
@@ -398,6 +430,7 @@ pub async fn run_server(opts: Options, f: Flags, prog: String) -> anyhow::Result
     }
     server.start_remotes();
     crate::system::start(server.clone());
+    crate::system::start_claims(server.clone());
     crate::imports::start(server.clone());
 
     let pid = std::process::id();

@@ -31,6 +31,8 @@ pub struct ServerStats {
     pub permission_denials: AtomicU64,
     pub max_payload_violations: AtomicU64,
     pub loops_detected: AtomicU64,
+    /// Failed TLS handshakes, on any listener or outgoing connection.
+    pub tls_handshake_failures: AtomicU64,
 }
 
 /// A connection that has closed, kept for `/connz?state=closed`.
@@ -79,6 +81,10 @@ pub struct Server {
     pub cluster: crate::route::Cluster,
     /// Our leafnode URL (`nats-leaf://host:port`) once listening.
     pub leaf_url: Mutex<Option<String>>,
+    /// Operator (JWT) mode: trusted operators and the account resolver.
+    trust: Option<Arc<crate::jwt::Trust>>,
+    /// TLS configurations built from the options (empty until [`Server::set_tls`]).
+    tls: RwLock<Arc<crate::tls::TlsSet>>,
 }
 
 impl Server {
@@ -101,7 +107,8 @@ impl Server {
         accounts
             .entry(system_account.clone())
             .or_insert_with(|| Account::new(&system_account, cache, track));
-        let auth = ClientAuth::from_options(&opts);
+        let trust = crate::jwt::Trust::for_server(&opts);
+        let auth = ClientAuth::from_options(&opts).with_trust(trust.clone());
         Arc::new(Server {
             id,
             name,
@@ -124,11 +131,23 @@ impl Server {
             remotes: Mutex::new(Vec::new()),
             cluster: crate::route::Cluster::default(),
             leaf_url: Mutex::new(None),
+            trust,
+            tls: RwLock::new(Arc::new(crate::tls::TlsSet::default())),
         })
     }
 
     pub fn opts(&self) -> Arc<Options> {
         self.opts.read().clone()
+    }
+
+    /// The TLS configurations in force.
+    pub fn tls(&self) -> Arc<crate::tls::TlsSet> {
+        self.tls.read().clone()
+    }
+
+    /// Installs TLS configurations built (and checked) from the options.
+    pub fn set_tls(&self, set: crate::tls::TlsSet) {
+        *self.tls.write() = Arc::new(set);
     }
 
     pub fn client_auth(&self) -> Arc<ClientAuth> {
@@ -137,6 +156,20 @@ impl Server {
 
     pub fn global_account(&self) -> Arc<Account> {
         self.global.clone()
+    }
+
+    /// The operator-mode trust (`None` outside operator mode).
+    pub fn trust(&self) -> Option<Arc<crate::jwt::Trust>> {
+        self.trust.clone()
+    }
+
+    /// Adds an account unless one with its name exists; returns the one in use.
+    pub fn insert_account(&self, acc: Arc<Account>) -> Arc<Account> {
+        self.accounts
+            .write()
+            .entry(acc.name.clone())
+            .or_insert(acc)
+            .clone()
     }
 
     pub fn account(&self, name: &str) -> Option<Arc<Account>> {
@@ -286,6 +319,9 @@ impl Server {
             client_id: cid,
             client_ip: addr.ip().to_string(),
             nonce: nonce.to_string(),
+            tls_required: o.tls.is_some() && !o.allow_non_tls,
+            tls_verify: o.tls.as_ref().is_some_and(|t| t.verify),
+            tls_available: o.tls.is_some() && o.allow_non_tls,
             ldm: self.ldm.load(Ordering::Relaxed),
             canopy_version: version::CANOPY_VERSION.to_string(),
             cluster: self.cluster_name(),
@@ -316,7 +352,7 @@ impl Server {
 
     /// Swaps in reloaded options (the caller has checked they may change live).
     pub fn apply_reload(&self, opts: Options) {
-        let auth = ClientAuth::from_options(&opts);
+        let auth = ClientAuth::from_options(&opts).with_trust(self.trust.clone());
         crate::logging::update(opts.debug, opts.trace, opts.logtime, opts.logtime_utc);
         *self.auth.write() = Arc::new(auth);
         *self.opts.write() = Arc::new(opts);

@@ -83,8 +83,11 @@ fn try_reload(server: &Arc<Server>, flags: &Flags) -> Result<(), String> {
             .collect();
         return Err(what.join("; "));
     }
+    // Certificates are re-read (rotation); existing connections keep their session.
+    let tls = crate::tls::TlsSet::build(&new).map_err(|e| e.to_string())?;
     crate::logging::set_rotation(new.log_size_limit, new.log_max_files);
     crate::logging::set_max_traced(new.max_traced_msg_len);
+    server.set_tls(tls);
     server.apply_reload(new);
     Ok(())
 }

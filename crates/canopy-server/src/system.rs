@@ -299,6 +299,76 @@ pub fn start(server: Arc<Server>) {
     });
 }
 
+/// Operator mode: answers the account resolver's requests (`$SYS.REQ.CLAIMS.UPDATE|LIST`,
+/// `$SYS.REQ.ACCOUNT.<acc>.CLAIMS.UPDATE|LOOKUP`, see [`Server::handle_claims_request`])
+/// with its own internal subscriber in the system account.
+pub fn start_claims(server: Arc<Server>) {
+    if server.trust().is_none() {
+        return;
+    }
+    let Some(acc) = server.account(&server.system_account) else {
+        return;
+    };
+    let cid = server.next_cid();
+    let addr: SocketAddr = ([0, 0, 0, 0], 0).into();
+    let conn = Arc::new(ConnShared::new(cid, ConnKind::Client, addr, usize::MAX));
+    {
+        let mut m = conn.meta.lock();
+        m.name = "resolver".into();
+        m.account = acc.name.clone();
+    }
+    let subjects = [
+        "$SYS.REQ.CLAIMS.UPDATE",
+        "$SYS.REQ.CLAIMS.LIST",
+        "$SYS.REQ.ACCOUNT.*.CLAIMS.UPDATE",
+        "$SYS.REQ.ACCOUNT.*.CLAIMS.LOOKUP",
+    ];
+    for (i, subj) in subjects.iter().enumerate() {
+        let sub = SubRef(Arc::new(Subscription {
+            conn: conn.clone(),
+            subject: Bytes::from_static(subj.as_bytes()),
+            queue: None,
+            sid: Bytes::from(format!("{}", i + 1)),
+            max: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
+        }));
+        if acc.sublist.insert(subj, None, sub.clone()).is_ok() {
+            conn.num_subs.fetch_add(1, Ordering::Relaxed);
+            if acc.track_interest {
+                acc.interest_add(&Account::key_of(&sub), cid, LinkClass::Client, 1);
+            }
+        }
+    }
+    tokio::spawn(async move {
+        let mut parser = Parser::new(Role::ClientSide, ParserLimits::link(64 * 1024 * 1024));
+        let mut buf = BytesMut::new();
+        loop {
+            tokio::select! {
+                _ = server.shutdown.cancelled() => return,
+                _ = conn.output_ready() => {}
+            }
+            let mut out = BytesMut::new();
+            conn.take_output(&mut out);
+            buf.extend_from_slice(&out);
+            while let Ok(Some(op)) = parser.next(&mut buf) {
+                if let Op::Msg {
+                    subject,
+                    reply: Some(reply),
+                    payload,
+                    ..
+                } = op
+                {
+                    let subject = String::from_utf8_lossy(&subject);
+                    if let Some(resp) = server.handle_claims_request(&subject, &payload) {
+                        let reply = String::from_utf8_lossy(&reply);
+                        server.publish_internal(&acc, &reply, None, &resp);
+                    }
+                }
+            }
+        }
+    });
+}
+
 fn client_info(s: &Server, conn: &ConnShared) -> Value {
     let m = conn.meta.lock().clone();
     json!({
