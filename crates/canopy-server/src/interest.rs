@@ -125,6 +125,9 @@ pub struct Link {
     pub reconnects: AtomicU64,
     /// Route links carry every account: interest lines name this one (`RS+ acc subj`).
     pub route_account: Option<Bytes>,
+    /// A leaf that authenticated as a client user: that user's permissions (publish: what
+    /// it may send us; subscribe: what it may receive).
+    pub perms: Option<Arc<crate::auth::Perms>>,
 }
 
 impl Link {
@@ -150,6 +153,7 @@ impl Link {
             remote_subs: Mutex::new(HashMap::new()),
             reconnects: AtomicU64::new(0),
             route_account: None,
+            perms: None,
         }
     }
 

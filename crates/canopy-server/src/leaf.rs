@@ -485,7 +485,7 @@ impl Session {
             );
             return false;
         }
-        let account = match authenticate_leaf(&self.server, &c, &self.nonce) {
+        let (account, perms) = match authenticate_leaf(&self.server, &c, &self.nonce) {
             Ok(a) => a,
             Err(who) => {
                 tracing::error!(
@@ -538,7 +538,7 @@ impl Session {
         } else {
             c.name.clone()
         };
-        let link = Arc::new(Link::new(
+        let mut link = Link::new(
             self.conn.clone(),
             c.server_id.clone(),
             peer_name,
@@ -546,8 +546,9 @@ impl Session {
             self.conn.addr.to_string(),
             Vec::new(),
             Vec::new(),
-        ));
-        self.establish(link, acc, class);
+        );
+        link.perms = perms;
+        self.establish(Arc::new(link), acc, class);
         true
     }
 
@@ -641,6 +642,15 @@ impl Session {
         {
             return true;
         }
+        if let Some(p) = &link.perms {
+            if weight > 0 && !p.subscribe.permits_subscribe(subj) {
+                tracing::debug!(
+                    "{} - leafnode interest in {subj:?} ignored: not permitted to subscribe",
+                    conn_label(&self.conn)
+                );
+                return true;
+            }
+        }
         let q = match &queue {
             Some(q) => match std::str::from_utf8(q) {
                 Ok(q) => Some(Arc::from(q)),
@@ -683,10 +693,15 @@ impl Session {
         let Ok(subj) = std::str::from_utf8(&subject) else {
             return;
         };
-        if link
-            .deny_receive
-            .iter()
-            .any(|d| canopy_subject::subject_matches(d, subj))
+        let not_permitted = link
+            .perms
+            .as_ref()
+            .is_some_and(|p| !p.publish.permits_publish(subj));
+        if not_permitted
+            || link
+                .deny_receive
+                .iter()
+                .any(|d| canopy_subject::subject_matches(d, subj))
         {
             self.server
                 .stats
@@ -745,30 +760,47 @@ impl Session {
 /// accounts), its single user, or else the client users. Returns the account name, or
 /// the rejected user for the log. In operator mode a leaf presenting a user JWT (from its
 /// `.creds`) is bound to the JWT's account, within the account's leaf limit.
-fn authenticate_leaf(server: &Server, c: &LeafConnect, nonce: &str) -> Result<String, String> {
+/// The account a leaf binds to, and the permissions of the client user it authenticated
+/// as (leafnode-specific users have none).
+type LeafBinding = (String, Option<Arc<crate::auth::Perms>>);
+
+fn authenticate_leaf(server: &Server, c: &LeafConnect, nonce: &str) -> Result<LeafBinding, String> {
     if let Some(trust) = server.trust().filter(|_| !c.jwt.is_empty()) {
-        return server.authenticate_leaf_jwt(&trust, &c.jwt, &c.sig, nonce);
+        return server
+            .authenticate_leaf_jwt(&trust, &c.jwt, &c.sig, nonce)
+            .map(|a| (a, None));
     }
+    leaf_user_account(server, c, nonce)
+}
+
+fn leaf_user_account(server: &Server, c: &LeafConnect, nonce: &str) -> Result<LeafBinding, String> {
+    let plain = |a: String| (a, None);
     let o = server.opts();
     let auth = o.leafnodes.as_ref().and_then(|l| l.authorization.clone());
     if let Some(a) = auth.filter(|a| a.user.is_some() || !a.users.is_empty() || a.nkey.is_some()) {
         if let Some(nk) = &a.nkey {
             if &c.nkey == nk && crate::auth::verify_nonce_signature(nk, nonce, &c.sig) {
-                return Ok(a.account.clone().unwrap_or_else(|| GLOBAL_ACCOUNT.into()));
+                return Ok(plain(
+                    a.account.clone().unwrap_or_else(|| GLOBAL_ACCOUNT.into()),
+                ));
             }
         }
         if let Some(u) = &a.user {
             if &c.user == u
                 && crate::auth::check_password(a.password.as_deref().unwrap_or(""), &c.pass)
             {
-                return Ok(a.account.clone().unwrap_or_else(|| GLOBAL_ACCOUNT.into()));
+                return Ok(plain(
+                    a.account.clone().unwrap_or_else(|| GLOBAL_ACCOUNT.into()),
+                ));
             }
         }
         for u in &a.users {
             if u.user == c.user
                 && crate::auth::check_password(u.password.as_deref().unwrap_or(""), &c.pass)
             {
-                return Ok(u.account.clone().unwrap_or_else(|| GLOBAL_ACCOUNT.into()));
+                return Ok(plain(
+                    u.account.clone().unwrap_or_else(|| GLOBAL_ACCOUNT.into()),
+                ));
             }
         }
         return Err(c.user.clone());
@@ -784,7 +816,11 @@ fn authenticate_leaf(server: &Server, c: &LeafConnect, nonce: &str) -> Result<St
         jwt: c.jwt.clone(),
         ..Default::default()
     };
-    client_auth.authenticate(&cc, nonce).map(|a| a.account)
+    // A client user's permissions shape what crosses the link: what the leaf may publish
+    // into the hub, and what it may subscribe to (receive).
+    client_auth
+        .authenticate(&cc, nonce)
+        .map(|a| (a.account, a.perms))
 }
 
 /// Runs one configured remote forever: connect, serve, reconnect.

@@ -405,3 +405,67 @@ leafnodes {{
     .await;
     assert!(!matches!(r, Ok(Ok(_))), "OTHER must not reach the hub");
 }
+
+/// A leaf that authenticates as an ordinary client user gets that user's permissions on
+/// the link: it may publish only where the user may publish, and receives only what the
+/// user may subscribe to.
+#[tokio::test]
+async fn leaf_user_permissions_shape_the_link() {
+    let lp = free_port();
+    let hub = ServerProcess::canopy(&format!(
+        r#"
+listen: 127.0.0.1:-1
+http: 127.0.0.1:-1
+authorization {{ users: [
+  {{ user: leafuser, password: p, permissions: {{ publish: "up.>", subscribe: "down.>" }} }}
+  {{ user: local, password: p }}
+] }}
+leafnodes {{ listen: "127.0.0.1:{lp}" }}
+"#
+    ))
+    .unwrap();
+    let leaf = ServerProcess::canopy(&format!(
+        "listen: 127.0.0.1:-1\nleafnodes {{ remotes: [ {{ url: \"nats-leaf://leafuser:p@127.0.0.1:{lp}\" }} ] }}\n"
+    ))
+    .unwrap();
+    let h = connect(&hub, "local", "p").await;
+    let mut hub_all = h.subscribe(">").await.unwrap();
+    sync(&h).await;
+    let l = async_nats::connect(leaf.url()).await.unwrap();
+    let mut leaf_down = l.subscribe("down.>").await.unwrap();
+    let mut leaf_secret = l.subscribe("secret.>").await.unwrap();
+    sync(&l).await;
+    assert_eventually!(
+        Duration::from_secs(5),
+        hub.monitor("/leafz?subs=1")
+            .map(|v| v["leafs"][0]["subscriptions_list"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|s| s == "down.>")))
+            .unwrap_or(false),
+        "leaf interest missing: {}",
+        hub.log()
+    );
+    // The denied interest never reached the hub.
+    let subs = hub.monitor("/leafz?subs=1").unwrap();
+    assert!(!subs["leafs"][0]["subscriptions_list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|s| s == "secret.>"));
+    h.publish("down.1", "a".into()).await.unwrap();
+    h.publish("secret.1", "b".into()).await.unwrap();
+    sync(&h).await;
+    assert_eq!(
+        collect(&mut leaf_down, 1, Duration::from_millis(300)).await,
+        vec!["down.1"]
+    );
+    assert!(collect(&mut leaf_secret, 0, Duration::from_millis(300))
+        .await
+        .is_empty());
+    l.publish("up.1", "c".into()).await.unwrap();
+    l.publish("other.1", "d".into()).await.unwrap();
+    sync(&l).await;
+    let got = collect(&mut hub_all, 3, Duration::from_millis(300)).await;
+    assert!(got.contains(&"up.1".to_string()), "{got:?}");
+    assert!(!got.contains(&"other.1".to_string()), "{got:?}");
+}
