@@ -424,3 +424,81 @@ pub fn conn_label(c: &ConnShared) -> String {
     };
     format!("{} - {}:{}", c.addr, k, c.cid)
 }
+
+/// A link role (leaf, route) as the shared read loop drives it.
+pub trait OpHandler {
+    /// Handles one op; false stops reading.
+    fn on_op(&mut self, op: canopy_proto::Op) -> bool;
+    /// False until the handshake completed: the handshake deadline applies until then.
+    fn handshake_done(&self) -> bool;
+    /// Called after each read batch (wakes the receivers written to).
+    fn end_batch(&mut self);
+}
+
+/// The read loop of link connections: read, parse every complete op, hand each to the
+/// role, end the batch; a handshake not done within `handshake` closes the connection
+/// with `-ERR 'Authentication Timeout'`. `what` names the role in log lines.
+pub async fn read_ops<R, H>(
+    conn: &ConnShared,
+    mut rd: R,
+    mut parser: canopy_proto::Parser,
+    handshake: Duration,
+    what: &str,
+    h: &mut H,
+) where
+    R: tokio::io::AsyncRead + Unpin,
+    H: OpHandler,
+{
+    use tokio::io::AsyncReadExt;
+    let mut buf = BytesMut::with_capacity(32 * 1024);
+    let deadline = tokio::time::Instant::now() + handshake;
+    loop {
+        if buf.capacity() - buf.len() < 8 * 1024 {
+            buf.reserve(32 * 1024);
+        }
+        let waiting = !h.handshake_done();
+        let res = tokio::select! {
+            biased;
+            _ = conn.cancel.cancelled() => return,
+            _ = tokio::time::sleep_until(deadline), if waiting => {
+                tracing::error!("{} - {what} handshake timed out (Authentication Timeout)", conn_label(conn));
+                conn.error_and_close(crate::errors::AUTH_TIMEOUT, CloseReason::AuthTimeout);
+                return;
+            }
+            r = rd.read_buf(&mut buf) => r,
+        };
+        match res {
+            Ok(0) => {
+                conn.close(CloseReason::ClientClosed);
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                conn.close(CloseReason::ReadError(e.to_string()));
+                return;
+            }
+        }
+        loop {
+            match parser.next(&mut buf) {
+                Ok(Some(op)) => {
+                    if !h.on_op(op) {
+                        h.end_batch();
+                        return;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::error!("{} - {what} parser ERROR: {e}", conn_label(conn));
+                    if let Some(t) = e.client_error_text() {
+                        conn.send_err(t);
+                    }
+                    conn.close(CloseReason::ProtocolViolation(e.to_string()));
+                    h.end_batch();
+                    return;
+                }
+            }
+        }
+        h.end_batch();
+        conn.touch();
+    }
+}

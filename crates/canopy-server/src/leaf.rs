@@ -23,7 +23,9 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::account::{Account, GLOBAL_ACCOUNT};
-use crate::conn::{conn_label, writer_loop, CloseReason, ConnKind, ConnShared, FlushList};
+use crate::conn::{
+    conn_label, read_ops, writer_loop, CloseReason, ConnKind, ConnShared, FlushList, OpHandler,
+};
 use crate::deliver::{deliver, Msg, Origin, Scratch};
 use crate::errors;
 use crate::interest::{Link, LinkClass};
@@ -339,62 +341,24 @@ async fn serve_accepted(
     s.teardown();
 }
 
+impl OpHandler for Session {
+    fn on_op(&mut self, op: Op) -> bool {
+        self.handle(op)
+    }
+    fn handshake_done(&self) -> bool {
+        self.link.is_some()
+    }
+    fn end_batch(&mut self) {
+        self.flush.flush();
+    }
+}
+
 impl Session {
-    async fn read_loop<R: AsyncRead + Unpin>(&mut self, mut rd: R, auth_timeout: Duration) {
+    async fn read_loop<R: AsyncRead + Unpin>(&mut self, rd: R, auth_timeout: Duration) {
         let max_payload = self.server.opts().max_payload as usize;
-        let mut parser = Parser::new(Role::Leaf, ParserLimits::link(max_payload));
-        let mut buf = BytesMut::with_capacity(32 * 1024);
-        let deadline = tokio::time::Instant::now() + auth_timeout;
-        loop {
-            if buf.capacity() - buf.len() < 8 * 1024 {
-                buf.reserve(32 * 1024);
-            }
-            let waiting = self.link.is_none();
-            let res = tokio::select! {
-                biased;
-                _ = self.conn.cancel.cancelled() => return,
-                _ = tokio::time::sleep_until(deadline), if waiting => {
-                    tracing::error!("{} - Authentication Timeout", conn_label(&self.conn));
-                    self.conn.error_and_close(errors::AUTH_TIMEOUT, CloseReason::AuthTimeout);
-                    return;
-                }
-                r = rd.read_buf(&mut buf) => r,
-            };
-            match res {
-                Ok(0) => {
-                    self.conn.close(CloseReason::ClientClosed);
-                    return;
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    self.conn.close(CloseReason::ReadError(e.to_string()));
-                    return;
-                }
-            }
-            loop {
-                match parser.next(&mut buf) {
-                    Ok(Some(op)) => {
-                        if !self.handle(op) {
-                            self.flush.flush();
-                            return;
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        tracing::error!("{} - Leafnode parser ERROR: {e}", conn_label(&self.conn));
-                        if let Some(t) = e.client_error_text() {
-                            self.conn.send_err(t);
-                        }
-                        self.conn
-                            .close(CloseReason::ProtocolViolation(e.to_string()));
-                        self.flush.flush();
-                        return;
-                    }
-                }
-            }
-            self.flush.flush();
-            self.conn.touch();
-        }
+        let parser = Parser::new(Role::Leaf, ParserLimits::link(max_payload));
+        let conn = self.conn.clone();
+        read_ops(&conn, rd, parser, auth_timeout, "Leafnode", self).await;
     }
 
     /// Handles one op; false ends the session.

@@ -12,15 +12,17 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use canopy_proto::{Op, Parser, ParserLimits, Role, RouteConnect, ServerInfo};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::AsyncRead;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::account::Account;
-use crate::conn::{conn_label, writer_loop, CloseReason, ConnKind, ConnShared, FlushList};
+use crate::conn::{
+    conn_label, read_ops, writer_loop, CloseReason, ConnKind, ConnShared, FlushList, OpHandler,
+};
 use crate::deliver::{deliver, Msg, Origin, Scratch};
 use crate::errors;
 use crate::interest::{Link, LinkClass};
@@ -372,11 +374,22 @@ async fn serve_route(
     s.teardown();
 }
 
+impl OpHandler for RouteSession {
+    fn on_op(&mut self, op: Op) -> bool {
+        self.handle(op)
+    }
+    fn handshake_done(&self) -> bool {
+        self.route.is_some()
+    }
+    fn end_batch(&mut self) {
+        self.flush.flush();
+    }
+}
+
 impl RouteSession {
-    async fn read_loop<R: AsyncRead + Unpin>(&mut self, mut rd: R) {
+    async fn read_loop<R: AsyncRead + Unpin>(&mut self, rd: R) {
         let max_payload = self.server.opts().max_payload as usize;
-        let mut parser = Parser::new(Role::Route, ParserLimits::link(max_payload));
-        let mut buf = BytesMut::with_capacity(32 * 1024);
+        let parser = Parser::new(Role::Route, ParserLimits::link(max_payload));
         let auth_timeout = self
             .server
             .opts()
@@ -385,54 +398,8 @@ impl RouteSession {
             .and_then(|c| c.authorization.as_ref())
             .and_then(|a| a.timeout)
             .unwrap_or(Duration::from_secs(2));
-        let deadline = tokio::time::Instant::now() + auth_timeout;
-        loop {
-            if buf.capacity() - buf.len() < 8 * 1024 {
-                buf.reserve(32 * 1024);
-            }
-            let waiting = self.route.is_none();
-            let res = tokio::select! {
-                biased;
-                _ = self.conn.cancel.cancelled() => return,
-                _ = tokio::time::sleep_until(deadline), if waiting => {
-                    tracing::error!("{} - Route handshake timed out", conn_label(&self.conn));
-                    self.conn.error_and_close(errors::AUTH_TIMEOUT, CloseReason::AuthTimeout);
-                    return;
-                }
-                r = rd.read_buf(&mut buf) => r,
-            };
-            match res {
-                Ok(0) => return,
-                Ok(_) => {}
-                Err(e) => {
-                    self.conn.close(CloseReason::ReadError(e.to_string()));
-                    return;
-                }
-            }
-            loop {
-                match parser.next(&mut buf) {
-                    Ok(Some(op)) => {
-                        if !self.handle(op) {
-                            self.flush.flush();
-                            return;
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        tracing::error!("{} - Route parser ERROR: {e}", conn_label(&self.conn));
-                        if let Some(t) = e.client_error_text() {
-                            self.conn.send_err(t);
-                        }
-                        self.conn
-                            .close(CloseReason::ProtocolViolation(e.to_string()));
-                        self.flush.flush();
-                        return;
-                    }
-                }
-            }
-            self.flush.flush();
-            self.conn.touch();
-        }
+        let conn = self.conn.clone();
+        read_ops(&conn, rd, parser, auth_timeout, "Route", self).await;
     }
 
     fn handle(&mut self, op: Op) -> bool {
