@@ -32,6 +32,19 @@
 #   the leaf's bench user, and the hub's /connz proves the hub's responder answered.
 #   Server ns/msg for these rows is the CPU of BOTH servers; client CPU is the busier of
 #   the two client processes (publisher, hop subscriber) or the requester.
+# TLS scenarios (a throwaway CA, a server certificate for 127.0.0.1/localhost and a client
+# certificate are made with the openssl CLI in the temp dir at run time):
+#   tls pub/sub    one server with `tls { cert_file, key_file }` on the client port; publisher
+#                  and subscriber both connect over TLS (1:1)
+#                                                      metric: delivered msgs/s   (higher is better)
+#                  `canopy bench` has no TLS, so both clients are small raw-protocol Python
+#                  programs using the ssl module (the hop subscriber above, and a publisher
+#                  that writes pre-encoded PUB batches after one request/reply warm-up).
+#   tls leaf       as leaf pub/sub, but the hub's leafnodes listener has `tls { cert_file,
+#                  key_file, ca_file, verify: true }` and the leaf's remote presents a client
+#                  certificate (`tls { cert_file, key_file, ca_file }`); clients are plain
+#                  TCP on both servers (publisher `canopy bench --raw` on the leaf)
+#                                                      metric: delivered msgs/s   (higher is better)
 #
 # Usage: scripts/bench.sh [--rounds N] [--msgs N] [--quick] [--only LIST] [--async-nats] [--keep-logs]
 #   --rounds N     rounds per scenario (default 5)
@@ -39,7 +52,8 @@
 #                  request/reply N/50 requests; leaf and route pub/sub use N)
 #   --quick        2 rounds, 200000 msgs (smoke run)
 #   --only LIST    comma-separated scenarios to run: pubsub,fanout,pubonly,request,idle,
-#                  leafpub,leafreq,routepub (default: all)
+#                  leafpub,leafreq,routepub,tlspub,tlsleaf (default: all; tls-pubsub and
+#                  tls-leaf are accepted as aliases of the last two)
 #   --async-nats   drive pub/sub with async-nats clients instead of the lean raw-protocol
 #                  clients (`canopy bench --raw`, the default: async-nats alone needs more CPU
 #                  per message than the servers do and would measure itself). The hop
@@ -50,7 +64,8 @@
 #                  missing only nats-server is measured, and the script says so.
 #   NATS_SERVER    nats-server binary (default /usr/sbin/nats-server)
 #   CANOPY         canopy CLI (default target/release/canopy; built with cargo if missing)
-#   The two-server scenarios also need python3 and curl (skipped with a note otherwise).
+#   The two-server scenarios also need python3 and curl, the TLS ones also openssl
+#   (skipped with a note otherwise).
 #
 # Caveats: client and servers share the machine's cores, so absolute numbers depend on the
 # load generator; compare ratios, and watch the CPU columns. Runs are interleaved so that
@@ -77,7 +92,8 @@ while [ $# -gt 0 ]; do
     esac
 done
 case "$ROUNDS$MSGS" in *[!0-9]*) echo "bench.sh: --rounds and --msgs take integers" >&2; exit 2 ;; esac
-ALL_SCENARIOS="pubsub fanout pubonly request idle leafpub leafreq routepub"
+ALL_SCENARIOS="pubsub fanout pubonly request idle leafpub leafreq routepub tlspub tlsleaf"
+ONLY=${ONLY//tls-pubsub/tlspub}; ONLY=${ONLY//tls-leaf/tlsleaf}
 for s in ${ONLY//,/ }; do
     case " $ALL_SCENARIOS " in *" $s "*) ;; *) echo "bench.sh: unknown scenario $s (one of: $ALL_SCENARIOS)" >&2; exit 2 ;; esac
 done
@@ -111,9 +127,14 @@ fi
 HOPS=1
 if ! command -v python3 >/dev/null || ! command -v curl >/dev/null; then
     HOPS=0
-    if want leafpub || want leafreq || want routepub; then
-        echo "NOTE: python3 or curl missing: skipping the leaf and route scenarios." >&2
+    if want leafpub || want leafreq || want routepub || want tlspub || want tlsleaf; then
+        echo "NOTE: python3 or curl missing: skipping the leaf, route and TLS scenarios." >&2
     fi
+fi
+TLS=$HOPS
+if [ "$TLS" = 1 ] && ! command -v openssl >/dev/null; then
+    TLS=0
+    if want tlspub || want tlsleaf; then echo "NOTE: openssl missing: skipping the TLS scenarios." >&2; fi
 fi
 
 # 1000 idle connections plus the servers' own descriptors need a higher fd limit.
@@ -238,7 +259,8 @@ HOP_BODY=$(printf '%*s' 128 '' | tr ' ' r)   # 128-byte reply body of the hub's 
 # The hop subscriber: subscribes, answers ONE request on the bench subject (the warm-up
 # exchange that proves the interest crossed the hop), then counts the raw publisher's MSG
 # frames (fixed shape, lowercase payload, so a byte search finds exactly them) until it has
-# EXPECTED or nothing arrives for IDLE seconds. Prints one JSON line.
+# EXPECTED or nothing arrives for IDLE seconds. Prints one JSON line. With a 7th argument
+# (a CA file) it upgrades to TLS after the server's INFO, as NATS clients do.
 write_hop_sub() {
     cat >"$WORK/hopsub.py" <<'PY'
 import json, socket, sys, time
@@ -264,6 +286,9 @@ def line():
     return l
 try:
     if not line().startswith(b"INFO "): fail("no INFO from server")
+    if len(sys.argv) > 7:  # the server says nothing more until the handshake: buf is empty
+        import ssl
+        s = ssl.create_default_context(cafile=sys.argv[7]).wrap_socket(s, server_hostname=host)
     s.sendall(b'CONNECT {"verbose":false,"pedantic":false,"echo":false,"name":"bench hop sub",'
               b'"lang":"python-raw","version":"0","protocol":1}\r\nSUB ' + subject.encode() + b" 1\r\nPING\r\n")
     while True:  # warm-up: parse properly until one request is answered
@@ -280,6 +305,8 @@ try:
         elif l.startswith(b"-ERR"): fail("server said " + l.decode(errors="replace"))
 except socket.timeout:
     fail("no warm-up request within 15s")
+except OSError as e:  # includes ssl.SSLError (handshake refused, unknown CA, ...)
+    fail("before the run: %s" % e)
 s.settimeout(idle)
 tok = b"MSG " + subject.encode() + b" 1 " + str(size).encode() + b"\r\n"
 keep = len(tok) - 1            # carried between reads so a frame split across reads counts
@@ -310,6 +337,96 @@ print(json.dumps({"msgs": count, "expected": expected, "secs": secs,
                   "msgs_per_sec": count / secs if secs > 0 else 0.0,
                   "cpu_share": (time.process_time() - c0) / wall if wall > 0 else 0.0}))
 PY
+}
+
+# The TLS publisher: connects over TLS (upgrading after INFO), sends one request on SUBJECT
+# until the subscriber answers it (so its interest is in place), then writes COUNT pre-encoded
+# PUB frames of SIZE lowercase bytes in ~64 KiB batches and PING/PONG-flushes. Prints one
+# JSON line with its publish rate and CPU share.
+write_tls_pub() {
+    cat >"$WORK/tlspub.py" <<'PY'
+import json, socket, ssl, sys, time
+host, port, subject = sys.argv[1], int(sys.argv[2]), sys.argv[3].encode()
+count, size, cafile = int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
+def fail(why):
+    print(json.dumps({"error": why})); sys.exit(1)
+buf = b""
+def fill():
+    global buf
+    d = s.recv(1 << 16)
+    if not d: fail("connection closed by server")
+    buf += d
+def line():
+    global buf
+    while b"\r\n" not in buf: fill()
+    l, buf = buf.split(b"\r\n", 1)
+    return l
+def until(pred):  # read frames (answering PINGs) until pred(line) is true
+    global buf
+    while True:
+        l = line()
+        if l.startswith(b"MSG "):
+            n = int(l.split()[-1])
+            while len(buf) < n + 2: fill()
+            buf = buf[n + 2:]
+        if l == b"PING": s.sendall(b"PONG\r\n")
+        elif l.startswith(b"-ERR"): fail("server said " + l.decode(errors="replace"))
+        if pred(l): return
+try:
+    s = socket.create_connection((host, port), timeout=15)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+    if not line().startswith(b"INFO "): fail("no INFO from server")
+    s = ssl.create_default_context(cafile=cafile).wrap_socket(s, server_hostname=host)
+    s.sendall(b'CONNECT {"verbose":false,"pedantic":false,"echo":false,"name":"bench tls pub",'
+              b'"lang":"python-raw","version":"0","protocol":1}\r\nSUB _INBOX.tlspub 1\r\nPING\r\n')
+    until(lambda l: l == b"PONG")
+    s.settimeout(0.25)
+    for attempt in range(60):  # warm-up: one request answered by the subscriber
+        s.sendall(b"PUB " + subject + b" _INBOX.tlspub 4\r\nwarm\r\n")
+        try:
+            until(lambda l: l.startswith(b"MSG _INBOX.tlspub "))
+            break
+        except socket.timeout:
+            continue
+    else:
+        fail("no reply from the subscriber within 15s")
+    s.settimeout(30)
+    one = b"PUB " + subject + b" " + str(size).encode() + b"\r\n" + b"p" * size + b"\r\n"
+    per = max(1, (64 << 10) // len(one))
+    batch = one * per
+    c0, w0 = time.process_time(), time.monotonic()
+    left = count
+    while left > 0:
+        n = min(left, per)
+        s.sendall(batch if n == per else one * n)
+        left -= n
+    s.sendall(b"PING\r\n")
+    until(lambda l: l == b"PONG")
+except OSError as e:  # includes ssl.SSLError and socket.timeout
+    fail("%s" % e)
+wall = time.monotonic() - w0
+print(json.dumps({"msgs": count, "secs": wall, "msgs_per_sec": count / wall if wall > 0 else 0.0,
+                  "cpu_share": (time.process_time() - c0) / wall if wall > 0 else 0.0}))
+PY
+}
+
+# make_pki DIR: a throwaway CA (ca.pem), a server certificate for 127.0.0.1/localhost
+# (server.pem/.key, usable for server and client auth) and a client certificate
+# (client.pem/.key), all P-256, valid for one day.
+make_pki() {
+    local d=$1
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
+        -subj "/CN=canopy bench CA" -keyout "$d/ca.key" -out "$d/ca.pem" \
+        -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null || return 1
+    printf 'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n' >"$d/server.ext"
+    printf 'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\nsubjectAltName=DNS:bench-leaf\n' >"$d/client.ext"
+    local n
+    for n in server client; do
+        openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=bench-$n" \
+            -keyout "$d/$n.key" -out "$d/$n.csr" 2>/dev/null || return 1
+        openssl x509 -req -in "$d/$n.csr" -CA "$d/ca.pem" -CAkey "$d/ca.key" -CAcreateserial -days 1 \
+            -extfile "$d/$n.ext" -out "$d/$n.pem" 2>/dev/null || return 1
+    done
 }
 
 # n distinct free ports, space separated.
@@ -370,7 +487,8 @@ wait_stable_routes() {
 }
 
 # start_topology KIND TAG SHAPE [auth]: two linked servers of KIND. SHAPE leaf: A is the leaf
-# (remote to B), B the hub; route: A and B form cluster "bench" with routes both ways.
+# (remote to B), B the hub; tlsleaf: the same over TLS (B verifies A's client certificate);
+# route: A and B form cluster "bench" with routes both ways.
 # "auth" gives A a user bench/bench that may not subscribe to canopy.hop.req. Sets A_PID,
 # A_URL, B_PID, B_URL, B_HTTP; logs/configs are $WORK/KIND-TAG-{a,b}.{conf,log}.
 start_topology() {
@@ -384,6 +502,9 @@ start_topology() {
         if [ "$shape" = leaf ]; then
             echo "leafnodes { listen: \"127.0.0.1:$xb\" }" >>"$base-b.conf"
             echo "leafnodes { remotes: [ { url: \"nats-leaf://127.0.0.1:$xb\" } ] }" >>"$base-a.conf"
+        elif [ "$shape" = tlsleaf ]; then
+            echo "leafnodes { listen: \"127.0.0.1:$xb\", tls { cert_file: \"$WORK/server.pem\", key_file: \"$WORK/server.key\", ca_file: \"$WORK/ca.pem\", verify: true } }" >>"$base-b.conf"
+            echo "leafnodes { remotes: [ { url: \"nats-leaf://127.0.0.1:$xb\", tls { cert_file: \"$WORK/client.pem\", key_file: \"$WORK/client.key\", ca_file: \"$WORK/ca.pem\" } } ] }" >>"$base-a.conf"
         else
             echo "cluster { name: bench, listen: \"127.0.0.1:$xa\", routes: [\"nats-route://127.0.0.1:$xb\"] }" >>"$base-a.conf"
             echo "cluster { name: bench, listen: \"127.0.0.1:$xb\", routes: [\"nats-route://127.0.0.1:$xa\"] }" >>"$base-b.conf"
@@ -398,7 +519,7 @@ start_topology() {
             "$bin" -c "$base-a.conf" >"$base-a.log" 2>&1 &
             A_PID=$!; HOP_PIDS="$HOP_PIDS $A_PID"
             if wait_port "$A_PID" "$pa"; then
-                if [ "$shape" = leaf ]; then
+                if [ "$shape" != route ]; then
                     wait_json "http://127.0.0.1:$hb/leafz" '.leafnodes >= 1' && ok=1
                 else
                     wait_json "http://127.0.0.1:$hb/routez" '.num_routes >= 1' &&
@@ -513,7 +634,7 @@ hop_request() {
 # run_hop NAME ROUND ORDER: one round of a two-server scenario against each implementation.
 run_hop() {
     local name=$1 round=$2 order=$3 kind shape=leaf auth=
-    case "$name" in leafreq) auth=auth ;; routepub) shape=route ;; esac
+    case "$name" in leafreq) auth=auth ;; routepub) shape=route ;; tlsleaf) shape=tlsleaf ;; esac
     for kind in $order; do
         if ! start_topology "$kind" "$name-$round" "$shape" "$auth"; then
             record "$name" fail "$kind" 1; continue
@@ -526,8 +647,67 @@ run_hop() {
     done
 }
 
+# run_tlspub NAME ROUND ORDER: one server per implementation with TLS on the client port;
+# Python TLS publisher and subscriber (see write_tls_pub, write_hop_sub).
+run_tlspub() {
+    local name=$1 round=$2 order=$3 kind bin port attempt pid sub_pid t0 t1 pub sub v cpu subj=canopy.tls.pub f
+    for kind in $order; do
+        case "$kind" in canopy) bin=$CANOPY_SERVER ;; *) bin=$NATS_SERVER ;; esac
+        f="$WORK/$kind-$name-$round"
+        pid=
+        for attempt in 1 2 3; do
+            port=$(free_port)
+            printf 'listen: "127.0.0.1:%s"\ntls { cert_file: "%s", key_file: "%s" }\n' \
+                "$port" "$WORK/server.pem" "$WORK/server.key" >"$f.conf"
+            "$bin" -c "$f.conf" >"$f.log" 2>&1 &
+            pid=$!; HOP_PIDS="$HOP_PIDS $pid"
+            wait_port "$pid" "$port" && break
+            stop_topology; pid=
+        done
+        if [ -z "$pid" ]; then
+            hop_fail "$name" "$kind" "$round" "server did not start: $(tail -n 3 "$f.log")"; continue
+        fi
+        python3 "$WORK/hopsub.py" 127.0.0.1 "$port" "$subj" "$MSGS" 5 128 "$WORK/ca.pem" >"$f.sub.json" 2>"$f.sub.err" &
+        sub_pid=$!; HOP_PIDS="$sub_pid $HOP_PIDS"
+        t0=$(proc_ticks "$pid")
+        pub=$(python3 "$WORK/tlspub.py" 127.0.0.1 "$port" "$subj" "$MSGS" 128 "$WORK/ca.pem" 2>"$f.err" || true)
+        echo "$pub" >"$f.json"
+        if ! jq -e '.msgs' <<<"$pub" >/dev/null 2>&1; then
+            hop_fail "$name" "$kind" "$round" "publisher: ${pub:-no output} $(tail -n 3 "$f.err") / subscriber: $(head -c 300 "$f.sub.json" "$f.sub.err")"
+            stop_topology; continue
+        fi
+        wait "$sub_pid" 2>/dev/null || true
+        HOP_PIDS=${HOP_PIDS/"$sub_pid "/}
+        t1=$(proc_ticks "$pid")
+        sub=$(cat "$f.sub.json")
+        if ! jq -e '.msgs' <<<"$sub" >/dev/null 2>&1; then
+            hop_fail "$name" "$kind" "$round" "subscriber: ${sub:-no output} $(head -c 300 "$f.sub.err")"
+            stop_topology; continue
+        fi
+        if [ "$(jq -r '.msgs < .expected' <<<"$sub")" = true ]; then
+            echo "  WARNING: $kind lost messages in $name: $(jq -r '"\(.msgs)/\(.expected)"' <<<"$sub")" >&2
+            record "$name" lost "$kind" 1
+        fi
+        v=$(jq -r '.msgs_per_sec' <<<"$sub")
+        record "$name" value "$kind" "$v"
+        cpu=$(jq -rn --argjson p "$pub" --argjson s "$sub" '[$p.cpu_share, $s.cpu_share] | max * 100')
+        record "$name" cpu "$kind" "$cpu"
+        [ "$(jq -r '.msgs' <<<"$sub")" -gt 0 ] && record "$name" srvns "$kind" \
+            "$(awk -v t="$((t1 - t0))" -v hz="$CLK_TCK" -v n="$(jq -r '.msgs' <<<"$sub")" 'BEGIN{print t * 1e9 / hz / n}')"
+        printf '  %-8s %-7s %s\n' "$name" "$kind" "$v" >&2
+        stop_topology
+    done
+}
+
 REQS=$((MSGS / 50)); [ "$REQS" -lt 1000 ] && REQS=1000
 [ "$HOPS" = 1 ] && write_hop_sub
+if [ "$TLS" = 1 ] && { want tlspub || want tlsleaf; }; then
+    write_tls_pub
+    if ! make_pki "$WORK"; then
+        echo "NOTE: openssl could not make the throwaway certificates: skipping the TLS scenarios." >&2
+        TLS=0
+    fi
+fi
 echo "canopy bench: rounds=$ROUNDS msgs=$MSGS client=$CLIENT servers=[$SERVERS] cores=$(nproc)" >&2
 for round in $(seq 1 "$ROUNDS"); do
     # Alternate which server goes first so drift and warm-up effects cancel.
@@ -542,6 +722,10 @@ for round in $(seq 1 "$ROUNDS"); do
         want leafpub && run_hop leafpub "$round" "$order"
         want leafreq && run_hop leafreq "$round" "$order"
         want routepub && run_hop routepub "$round" "$order"
+    fi
+    if [ "$TLS" = 1 ]; then
+        want tlspub && run_tlspub tlspub "$round" "$order"
+        want tlsleaf && run_hop tlsleaf "$round" "$order"
     fi
 done
 
@@ -575,11 +759,15 @@ if [ "$HOPS" = 1 ]; then
     want leafreq && row leafreq99 "leaf req p99" us lower
     want routepub && row routepub "route pub/sub" msgs/s higher
 fi
+if [ "$TLS" = 1 ]; then
+    want tlspub && row tlspub "tls pub/sub" msgs/s higher
+    want tlsleaf && row tlsleaf "tls leaf" msgs/s higher
+fi
 echo
 echo "client CPU = share of one core used by 'canopy bench' ($CLIENT clients) during the run; near 100% means the load generator may be the limit."
-echo "  (leaf/route pub/sub: the busier of the raw publisher and the Python hop subscriber.)"
+echo "  (leaf/route/tls pub/sub: the busier of the publisher and the Python hop subscriber; tls pub/sub: both clients are Python.)"
 echo "server ns/msg = server CPU time per delivered message (per published one for pub-only, per request for req/rep);"
-echo "  for the leaf/route rows, the CPU of both servers together (sampled from /proc around the run)."
+echo "  for the leaf/route/tls leaf rows, the CPU of both servers together (sampled from /proc around the run)."
 for f in "$WORK"/*.fail.* "$WORK"/*.lost.*; do
     [ -e "$f" ] || continue
     b=$(basename "$f")
