@@ -1,5 +1,6 @@
 //! Client authentication and permissions: user/password (plain or bcrypt), token, nkey
-//! (nonce signature), `no_auth_user`, and users bound to accounts.
+//! (nonce signature), `no_auth_user`, users bound to accounts, and `verify_and_map` (the
+//! client certificate picks the user).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -110,6 +111,8 @@ pub struct ClientAuth {
     no_auth_user: Option<String>,
     /// Operator mode: users are authenticated by their JWTs only.
     trust: Option<Arc<crate::jwt::Trust>>,
+    /// Top-level `tls { verify_and_map: true }`: client users come from certificates.
+    tls_map: bool,
 }
 
 fn is_bcrypt(s: &str) -> bool {
@@ -132,6 +135,7 @@ impl ClientAuth {
         let mut a = ClientAuth {
             token: o.authorization.token.clone(),
             no_auth_user: o.no_auth_user.clone(),
+            tls_map: o.tls.as_ref().is_some_and(|t| t.verify_and_map),
             ..Default::default()
         };
         let default_perms = o.authorization.default_permissions.as_ref();
@@ -194,11 +198,48 @@ impl ClientAuth {
             || !self.nkeys.is_empty()
             || self.token.is_some()
             || self.trust.is_some()
+            || self.tls_map
     }
 
     /// True when the INFO must carry a nonce (nkey users exist, or operator mode).
     pub fn needs_nonce(&self) -> bool {
         !self.nkeys.is_empty() || self.trust.is_some()
+    }
+
+    /// Checks a client CONNECT with the peer's TLS certificate (DER). With
+    /// `verify_and_map` (outside operator mode) the user is the configured one whose name
+    /// equals a SAN email, a SAN DNS name or the RFC 2253 subject, tried in that order; no
+    /// password is checked. `Err` names the certificate subject for the log.
+    pub fn authenticate_client(
+        &self,
+        c: &ClientConnect,
+        nonce: &str,
+        cert: Option<&[u8]>,
+    ) -> Result<Authenticated, String> {
+        if !self.tls_map || self.trust.is_some() {
+            return self.authenticate(c, nonce);
+        }
+        let Some(der) = cert else {
+            return Err("<no client certificate>".to_string());
+        };
+        let Some(id) = crate::tls::cert_identity(der) else {
+            return Err("<unreadable client certificate>".to_string());
+        };
+        for name in id.candidates() {
+            // nkey users are keyed by their public key, never by a certificate name.
+            if let Some(e) = self.users.get(name) {
+                return Ok(Authenticated {
+                    user: name.to_string(),
+                    account: e.account.clone(),
+                    perms: e.perms.clone(),
+                    jwt: None,
+                });
+            }
+        }
+        Err(format!(
+            "certificate subject {} (no user mapped)",
+            id.subject
+        ))
     }
 
     /// Checks a CONNECT. `nonce` is what our INFO sent. Runs bcrypt, so call it off the

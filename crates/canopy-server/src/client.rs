@@ -46,7 +46,8 @@ struct Client {
     pedantic: bool,
     echo: bool,
     no_responders: bool,
-    max_subs: usize,
+    /// Subscriptions allowed (`None` = unlimited).
+    max_subs: Option<usize>,
     l1: HashMap<Bytes, (u64, Arc<MatchResult<SubRef>>)>,
     perm_cache: HashMap<Bytes, bool>,
     last_pub: Option<LastPub>,
@@ -130,7 +131,8 @@ where
         pedantic: false,
         echo: true,
         no_responders: false,
-        max_subs: opts.max_subscriptions as usize,
+        // The server option encodes "unlimited" as 0.
+        max_subs: (opts.max_subscriptions > 0).then_some(opts.max_subscriptions as usize),
         l1: HashMap::new(),
         perm_cache: HashMap::new(),
         last_pub: None,
@@ -388,12 +390,15 @@ impl Client {
             let auth = self.server.client_auth();
             let nonce = self.nonce.clone();
             let c2 = c.clone();
+            let cert = self.conn.meta.lock().peer_cert.clone();
             let result = if auth.required() {
-                tokio::task::spawn_blocking(move || auth.authenticate(&c2, &nonce))
-                    .await
-                    .unwrap_or_else(|_| Err(String::new()))
+                tokio::task::spawn_blocking(move || {
+                    auth.authenticate_client(&c2, &nonce, cert.as_deref())
+                })
+                .await
+                .unwrap_or_else(|_| Err(String::new()))
             } else {
-                auth.authenticate(&c2, &nonce)
+                auth.authenticate_client(&c2, &nonce, cert.as_deref())
             };
             match result {
                 Ok(a) => {
@@ -460,14 +465,23 @@ impl Client {
             }
         };
         if let Some(u) = &a.jwt {
-            // JWT limits: 0 subscriptions is read as "unlimited" (docs/CONFIG.md).
-            if let Some(m) = u.max_subs.filter(|m| *m > 0) {
+            // JWT limits: negative is unlimited (`None`), 0 allows no subscription at all.
+            if let Some(m) = u.max_subs {
                 let m = usize::try_from(m).unwrap_or(usize::MAX);
-                self.max_subs = if self.max_subs == 0 {
-                    m
-                } else {
-                    self.max_subs.min(m)
-                };
+                self.max_subs = Some(self.max_subs.map_or(m, |cur| cur.min(m)));
+            }
+            if self.max_subs == Some(0) {
+                // As nats-server: a connection already at its subscription limit is
+                // closed right after CONNECT.
+                tracing::error!(
+                    "{} - Maximum Subscriptions Exceeded (max 0)",
+                    conn_label(&self.conn)
+                );
+                self.conn.error_and_close(
+                    errors::MAX_SUBSCRIPTIONS,
+                    CloseReason::Other("Maximum Subscriptions Exceeded".into()),
+                );
+                return false;
             }
             if let Some(p) = u.max_payload {
                 self.pending_limits = Some(p);
@@ -685,17 +699,16 @@ impl Client {
             self.ok();
             return;
         }
-        if self.max_subs > 0 && self.subs.len() >= self.max_subs {
+        if let Some(max) = self.max_subs.filter(|m| self.subs.len() >= *m) {
             // Drop subscriptions that hit their auto-unsubscribe limit before refusing.
             self.subs.retain(|_, s| {
                 s.max.load(Ordering::Relaxed) == 0
                     || s.delivered.load(Ordering::Relaxed) < s.max.load(Ordering::Relaxed)
             });
-            if self.subs.len() >= self.max_subs {
+            if self.subs.len() >= max {
                 tracing::error!(
-                    "{} - Maximum Subscriptions Exceeded (max {})",
-                    conn_label(&self.conn),
-                    self.max_subs
+                    "{} - Maximum Subscriptions Exceeded (max {max})",
+                    conn_label(&self.conn)
                 );
                 self.conn.send_err(errors::MAX_SUBSCRIPTIONS);
                 return;

@@ -83,6 +83,8 @@ pub struct ConnMeta {
     pub user: String,
     pub account: String,
     pub tls_version: String,
+    /// The peer's TLS certificate (DER), for `verify_and_map`.
+    pub peer_cert: Option<Arc<[u8]>>,
 }
 
 struct Out {

@@ -42,6 +42,9 @@ use canopy_proto::ServerInfo;
 use crate::conn::{conn_label, ConnShared};
 use crate::server::Server;
 
+/// The label of the top-level (client listener) block.
+const CLIENT_TLS: &str = "client TLS";
+
 /// nats-server's default handshake timeout (`timeout` in a `tls {}` block).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -97,10 +100,11 @@ impl TlsSet {
     pub fn build(o: &Options) -> Result<TlsSet, TlsConfigError> {
         let mut set = TlsSet::default();
         if let Some(t) = &o.tls {
-            set.client = Some(Arc::new(ServerTls::new(t, "client TLS", false)?));
+            set.client = Some(Arc::new(ServerTls::new(t, CLIENT_TLS, false)?));
             if o.https_port.is_some() {
                 let mut plain = t.clone();
                 plain.verify = false;
+                plain.verify_and_map = false;
                 plain.handshake_first = Some(HandshakeFirst::Always);
                 set.https = Some(Arc::new(ServerTls::new(&plain, "HTTPS monitoring", false)?));
             }
@@ -138,7 +142,7 @@ impl TlsSet {
 fn blocks(o: &Options) -> Vec<(&TlsConfig, &'static str, bool)> {
     let mut v = Vec::new();
     if let Some(t) = &o.tls {
-        v.push((t, "client TLS", true));
+        v.push((t, CLIENT_TLS, true));
     }
     if let Some(lo) = &o.leafnodes {
         if let Some(t) = &lo.tls {
@@ -229,12 +233,12 @@ fn cfg_err(t: &TlsConfig, what: &str, msg: impl Into<String>) -> TlsConfigError 
 
 /// Refuses what Canopy cannot honour rather than silently ignoring it.
 fn refuse_unsupported(t: &TlsConfig, what: &str) -> Result<(), TlsConfigError> {
-    if t.verify_and_map {
+    if t.verify_and_map && what != CLIENT_TLS {
         return Err(cfg_err(
             t,
             what,
-            "verify_and_map (certificate subject picks the user) is not supported yet; use \
-             verify: true with user credentials",
+            "verify_and_map (certificate subject picks the user) is supported on the client \
+             listener only (top-level tls {}); use verify: true with credentials here",
         ));
     }
     if t.verify_cert_and_check_known_urls {
@@ -453,7 +457,7 @@ impl ServerTls {
         let provider = provider(t, what)?;
         let certs = load_certs(cert).map_err(|e| cfg_err(t, what, e))?;
         let key = load_key(key).map_err(|e| cfg_err(t, what, e))?;
-        let verify = t.verify || force_verify;
+        let verify = t.verify || t.verify_and_map || force_verify;
         let builder = ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(versions(t, what)?)
             .map_err(|e| cfg_err(t, what, format!("TLS versions: {e}")))?;
@@ -1175,8 +1179,107 @@ pub fn note_established<S>(conn: &ConnShared, s: &MaybeTls<S>) {
             "{} - TLS handshake complete: TLS {version}, cipher suite {suite}",
             conn_label(conn)
         );
-        conn.meta.lock().tls_version = version;
+        let mut m = conn.meta.lock();
+        m.tls_version = version;
+        m.peer_cert = s.peer_cert().map(|c| Arc::from(c.as_ref()));
     }
+}
+
+/// What `verify_and_map` matches configured user names against, from a peer certificate.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CertIdentity {
+    /// SAN rfc822Name entries, in certificate order.
+    pub emails: Vec<String>,
+    /// SAN dNSName entries, in certificate order.
+    pub dns_names: Vec<String>,
+    /// The subject as an RFC 2253 string: last RDN first, `,` between RDNs, `+` inside one.
+    pub subject: String,
+}
+
+impl CertIdentity {
+    /// The candidate user names in nats-server's order: emails, DNS names, the subject.
+    pub fn candidates(&self) -> impl Iterator<Item = &str> {
+        self.emails
+            .iter()
+            .chain(&self.dns_names)
+            .map(String::as_str)
+            .chain(std::iter::once(self.subject.as_str()).filter(|s| !s.is_empty()))
+    }
+}
+
+/// Reads the SAN emails, SAN DNS names and subject DN of a DER certificate (`None`: not a
+/// certificate x509-parser can read).
+pub fn cert_identity(der: &[u8]) -> Option<CertIdentity> {
+    use x509_parser::extensions::GeneralName;
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let mut id = CertIdentity::default();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for n in &san.value.general_names {
+            match n {
+                GeneralName::RFC822Name(e) => id.emails.push(e.to_string()),
+                GeneralName::DNSName(d) => id.dns_names.push(d.to_string()),
+                _ => {}
+            }
+        }
+    }
+    let rdns: Vec<String> = cert
+        .subject()
+        .iter()
+        .map(|rdn| {
+            rdn.iter()
+                .map(|atv| {
+                    let oid = atv.attr_type().to_id_string();
+                    let value = match atv.as_str() {
+                        Ok(v) => escape_dn_value(v),
+                        // Not a string type: RFC 2253's `#` + hex of the value.
+                        Err(_) => format!("#{}", hex(atv.attr_value().data)),
+                    };
+                    format!("{}={value}", dn_attr_name(&oid).unwrap_or(&oid))
+                })
+                .collect::<Vec<_>>()
+                .join("+")
+        })
+        .collect();
+    id.subject = rdns.into_iter().rev().collect::<Vec<_>>().join(",");
+    Some(id)
+}
+
+/// RFC 2253/4514 short names of the usual subject attributes.
+fn dn_attr_name(oid: &str) -> Option<&'static str> {
+    Some(match oid {
+        "2.5.4.3" => "CN",
+        "2.5.4.5" => "SERIALNUMBER",
+        "2.5.4.6" => "C",
+        "2.5.4.7" => "L",
+        "2.5.4.8" => "ST",
+        "2.5.4.9" => "STREET",
+        "2.5.4.10" => "O",
+        "2.5.4.11" => "OU",
+        "2.5.4.17" => "POSTALCODE",
+        "0.9.2342.19200300.100.1.1" => "UID",
+        "0.9.2342.19200300.100.1.25" => "DC",
+        _ => return None,
+    })
+}
+
+/// Backslash-escapes what RFC 2253 requires in an attribute value.
+fn escape_dn_value(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    let last = v.chars().count().saturating_sub(1);
+    for (i, c) in v.chars().enumerate() {
+        let special = matches!(c, ',' | '+' | '"' | '\\' | '<' | '>' | ';')
+            || (i == 0 && (c == '#' || c == ' '))
+            || (i == last && c == ' ');
+        if special {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// Counts one failed handshake (`/varz` `tls_handshake_failures`).
@@ -1242,6 +1345,36 @@ mod tests {
         assert!(spki_sha256(b"").is_none());
         assert!(spki_sha256(&[0x30, 0x82, 0xff]).is_none());
         assert!(spki_sha256(&[0x30, 0x03, 0x30, 0x01, 0x00]).is_none());
+    }
+
+    #[test]
+    fn cert_identity_reads_sans_and_subject() {
+        let mut p = rcgen::CertificateParams::new(vec!["host.example.com".to_string()]).unwrap();
+        p.subject_alt_names.push(rcgen::SanType::Rfc822Name(
+            "alice@example.com".try_into().unwrap(),
+        ));
+        let mut dn = rcgen::DistinguishedName::new();
+        dn.push(rcgen::DnType::OrganizationName, "acme");
+        dn.push(rcgen::DnType::OrganizationalUnitName, "eng");
+        dn.push(rcgen::DnType::CommonName, "alice, jr");
+        p.distinguished_name = dn;
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = p.self_signed(&key).unwrap();
+        let id = cert_identity(cert.der()).unwrap();
+        assert_eq!(id.emails, vec!["alice@example.com"]);
+        assert_eq!(id.dns_names, vec!["host.example.com"]);
+        assert_eq!(id.subject, "CN=alice\\, jr,OU=eng,O=acme");
+        let c: Vec<&str> = id.candidates().collect();
+        assert_eq!(
+            c,
+            vec![
+                "alice@example.com",
+                "host.example.com",
+                "CN=alice\\, jr,OU=eng,O=acme"
+            ]
+        );
+        assert!(cert_identity(b"not a certificate").is_none());
+        assert_eq!(escape_dn_value(" a#+b "), "\\ a#\\+b\\ ");
     }
 
     #[tokio::test]

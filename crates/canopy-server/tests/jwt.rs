@@ -292,6 +292,41 @@ async fn jwt_permissions_and_limits() {
     assert_eq!(c.read_op().unwrap(), "-ERR 'Maximum Payload Violation'");
 }
 
+/// JWT limits use -1 for "unlimited"; `subs: 0` allows no subscription, and nats-server
+/// closes such a connection right after CONNECT.
+#[tokio::test]
+async fn jwt_zero_subs_means_none() {
+    let pki = Pki::new();
+    let app_jwt = pki.account_jwt(&pki.app, "APP", json!({}));
+    let conf = format!("listen: 127.0.0.1:-1\n{}", pki.memory_conf(&app_jwt));
+    let s = ServerProcess::canopy(&conf).unwrap();
+    let connect = |limits: Value| {
+        let user = KeyPair::new_user();
+        let ujwt = pki.user_jwt(&pki.app, &user, now() - 10, limits);
+        let (mut c, info) = RawClient::connect(&s.addr()).unwrap();
+        let sig = b64(&user
+            .sign(info["nonce"].as_str().unwrap().as_bytes())
+            .unwrap());
+        let connect = json!({"jwt": ujwt, "sig": sig, "verbose": false, "pedantic": false});
+        c.send_str(&format!("CONNECT {connect}\r\nPING\r\n"))
+            .unwrap();
+        c
+    };
+    let mut none = connect(json!({"subs": 0}));
+    assert_eq!(
+        none.read_op().unwrap(),
+        "-ERR 'maximum subscriptions exceeded'"
+    );
+    assert!(none.read_op().is_err(), "connection stayed open");
+    let mut unlimited = connect(json!({"subs": -1}));
+    assert_eq!(unlimited.read_op().unwrap(), "PONG");
+    for i in 0..50 {
+        unlimited.send_str(&format!("SUB s.{i} {i}\r\n")).unwrap();
+    }
+    unlimited.send_str("PING\r\n").unwrap();
+    assert_eq!(unlimited.read_op().unwrap(), "PONG");
+}
+
 #[tokio::test]
 async fn full_resolver_updates_and_lookups() {
     let pki = Pki::new();

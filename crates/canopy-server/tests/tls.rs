@@ -7,8 +7,9 @@
 //! unknown CA, expired certificate, pin mismatch), `allow_non_tls`, `handshake_first`, leaf
 //! remotes over TLS with client certificates (Canopy↔Canopy, Go hub + Canopy leaf, Canopy
 //! hub + Go leaf), hostname mismatch, the misplaced `leafnodes { tls }` block (nats-server
-//! #2868), routes over TLS (Canopy+Canopy, Canopy+Go), HTTPS monitoring and refused
-//! settings.
+//! #2868), routes over TLS (Canopy+Canopy, Canopy+Go), HTTPS monitoring, `verify_and_map`
+//! (SAN email and subject DN pick the user; an unmapped certificate is refused) and
+//! refused settings.
 
 #![allow(clippy::unwrap_used)]
 
@@ -100,6 +101,34 @@ impl Pki {
             cert: cp,
             key: kp,
             spki_sha256: spki,
+        }
+    }
+}
+
+impl Pki {
+    /// A client certificate with subject `CN=<cn>,O=acme` (RFC 2253 order) and optionally a
+    /// SAN email.
+    fn issue_person(&self, cn: &str, email: Option<&str>) -> Issued {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        // Encoded O then CN, so RFC 2253 (last RDN first) reads "CN=..,O=acme".
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        p.distinguished_name.push(DnType::OrganizationName, "acme");
+        p.distinguished_name.push(DnType::CommonName, cn);
+        if let Some(e) = email {
+            p.subject_alt_names
+                .push(rcgen::SanType::Rfc822Name(e.try_into().unwrap()));
+        }
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let key = KeyPair::generate().unwrap();
+        let cert = p.signed_by(&key, &self.ca_cert, &self.ca_key).unwrap();
+        let cp = self.dir.path().join(format!("{cn}-cert.pem"));
+        let kp = self.dir.path().join(format!("{cn}-key.pem"));
+        std::fs::write(&cp, cert.pem()).unwrap();
+        std::fs::write(&kp, key.serialize_pem()).unwrap();
+        Issued {
+            cert: cp,
+            key: kp,
+            spki_sha256: canopy_server::tls::spki_sha256(cert.der()).unwrap(),
         }
     }
 }
@@ -239,6 +268,61 @@ async fn async_nats_with_client_cert_verify() {
     assert!(line.starts_with("INFO "), "{line}");
     assert!(line.contains("\"tls_required\":true"), "{line}");
     assert!(line.contains("\"tls_verify\":true"), "{line}");
+}
+
+#[tokio::test]
+async fn verify_and_map_picks_the_user_from_the_certificate() {
+    let pki = Pki::new("ca");
+    let srv = pki.issue("server", &["localhost", "127.0.0.1"], false);
+    let alice = pki.issue_person("alice", Some("alice@example.com"));
+    let bob = pki.issue_person("bob", None);
+    let stranger = pki.issue("stranger", &["stranger.example.com"], false);
+    let users = r#"
+authorization {
+  users: [
+    { user: "alice@example.com", permissions: { publish: "alice.>", subscribe: "alice.>" } }
+    { user: "CN=bob,O=acme" }
+  ]
+}
+"#;
+    let conf = format!(
+        "listen: 127.0.0.1:-1\nhttp: 127.0.0.1:-1\n{}{users}",
+        tls_block(&srv, Some(&pki.ca()), "verify_and_map: true")
+    );
+    let s = ServerProcess::canopy(&conf).unwrap();
+    // No user or password: the SAN email maps alice, the subject DN maps bob.
+    let a = tls_client(s.port, &pki.ca(), Some(&alice))
+        .await
+        .unwrap_or_else(|e| panic!("alice: {e}\n{}", s.log()));
+    let b = tls_client(s.port, &pki.ca(), Some(&bob))
+        .await
+        .unwrap_or_else(|e| panic!("bob: {e}\n{}", s.log()));
+    expect_flow(&a, &b, "alice.x").await;
+    let connz = s.monitor("/connz?auth=true").unwrap().to_string();
+    assert!(connz.contains("alice@example.com"), "{connz}");
+    assert!(connz.contains("CN=bob,O=acme"), "{connz}");
+    // alice has her user's permissions: publishing outside alice.> is refused.
+    let mut other = b.subscribe("other.x").await.unwrap();
+    b.flush().await.unwrap();
+    a.publish("other.x", "no".into()).await.unwrap();
+    a.flush().await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), other.next())
+            .await
+            .is_err(),
+        "alice published outside her permissions"
+    );
+    wait_log(&s, "the permissions violation", |l| {
+        l.contains("Publish Violation - User \"alice@example.com\", Subject \"other.x\"")
+    });
+    // A verified certificate that maps to no user is refused, the subject logged.
+    assert!(tls_client(s.port, &pki.ca(), Some(&stranger))
+        .await
+        .is_err());
+    let log = wait_log(&s, "the unmapped subject", |l| l.contains("CN=stranger"));
+    assert!(log.contains("no user mapped"), "{log}");
+    // Without a client certificate the handshake itself fails (verify is implied).
+    assert!(tls_client(s.port, &pki.ca(), None).await.is_err());
 }
 
 #[tokio::test]
@@ -570,7 +654,6 @@ fn unsupported_settings_are_refused_at_start() {
             "TLS_RSA_WITH_RC4_128_SHA",
         ),
         ("curve_preferences: [\"CurveP521\"]", "CurveP521"),
-        ("verify_and_map: true", "verify_and_map"),
         ("min_version: \"1.1\"", "min_version"),
         ("pinned_certs: [\"nothex\"]", "pinned_certs"),
     ] {
@@ -584,6 +667,13 @@ fn unsupported_settings_are_refused_at_start() {
         };
         assert!(err.contains(needle), "{extra}: {err}");
     }
+    // verify_and_map maps client users only: refused on the leafnode listener.
+    let conf = format!(
+        "listen: 127.0.0.1:-1\nleafnodes {{\n  listen: 127.0.0.1:-1\n{}}}\n",
+        tls_block(&srv, Some(&pki.ca()), "verify_and_map: true")
+    );
+    let err = ServerProcess::canopy(&conf).err().unwrap().to_string();
+    assert!(err.contains("verify_and_map"), "{err}");
     // A missing certificate file stops the start, naming the file.
     let conf = "listen: 127.0.0.1:-1\ntls { cert_file: \"/nonexistent/c.pem\", key_file: \"/nonexistent/k.pem\" }\n";
     let err = ServerProcess::canopy(conf).err().unwrap().to_string();
