@@ -253,6 +253,74 @@ pub fn main() -> i32 {
             }
         }
     }
+    if let Some(canopy_conf::ResolverOpts::Dir(d)) = &opts.resolver {
+        if d.allow_delete {
+            unsupported.push((
+                d.pos.clone(),
+                "resolver allow_delete ($SYS.REQ.CLAIMS.DELETE) is not supported yet".into(),
+            ));
+        }
+        if !d.ttl.is_zero() {
+            unsupported.push((
+                d.pos.clone(),
+                "resolver ttl (cache expiry) is not supported yet".into(),
+            ));
+        }
+    }
+    // Export/import options the import agent does not act on are refused, not ignored
+    // (config accounts only: in operator mode the accounts come from JWTs).
+    let config_accounts = if opts.operators.is_empty() {
+        opts.accounts.as_slice()
+    } else {
+        &[]
+    };
+    for acc in config_accounts {
+        for e in &acc.exports {
+            if let canopy_conf::Export::Service {
+                latency,
+                account_token_position,
+                allow_trace,
+                pos,
+                ..
+            } = e
+            {
+                let mut what = Vec::new();
+                if latency.is_some() {
+                    what.push("latency");
+                }
+                if account_token_position.is_some() {
+                    what.push("account_token_position");
+                }
+                if *allow_trace {
+                    what.push("allow_trace");
+                }
+                if !what.is_empty() {
+                    unsupported.push((
+                        pos.clone(),
+                        format!(
+                            "service export option(s) {} in account {} are not supported yet",
+                            what.join(", "),
+                            acc.name
+                        ),
+                    ));
+                }
+            }
+        }
+        for i in &acc.imports {
+            if let canopy_conf::Import::Service {
+                share: true, pos, ..
+            } = i
+            {
+                unsupported.push((
+                    pos.clone(),
+                    format!(
+                        "service import option share in account {} is not supported yet",
+                        acc.name
+                    ),
+                ));
+            }
+        }
+    }
     if !unsupported.is_empty() {
         for (pos, what) in unsupported {
             eprintln!("{prog}: {pos}: {what} (not implemented yet)");

@@ -469,3 +469,25 @@ leafnodes {{ listen: "127.0.0.1:{lp}" }}
     assert!(got.contains(&"up.1".to_string()), "{got:?}");
     assert!(!got.contains(&"other.1".to_string()), "{got:?}");
 }
+
+#[test]
+fn unsupported_export_options_are_refused_not_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("lat.conf");
+    std::fs::write(
+        &p,
+        "accounts {\n  A: { exports: [ { service: \"api.>\", latency: \"lat.api\" } ] }\n}\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(canopy_testkit::canopy_bin())
+        .args(["-c", p.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("lat.conf:2:"), "{err}");
+    assert!(
+        err.contains("latency") && err.contains("not implemented yet"),
+        "{err}"
+    );
+}
