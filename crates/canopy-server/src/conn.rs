@@ -244,6 +244,22 @@ impl ConnShared {
         self.flush_signal();
     }
 
+    /// Answers a PING.
+    pub fn pong(&self) {
+        self.enqueue(|b| b.extend_from_slice(b"PONG\r\n"));
+        self.flush_signal();
+    }
+
+    /// A link sent an op its role does not allow: `-ERR 'Unknown Protocol Operation'`,
+    /// logged with the role, and close.
+    pub fn unexpected_op(&self, role: &str, verb: &str) {
+        tracing::error!("{} - Unexpected {role} operation {verb}", conn_label(self));
+        self.error_and_close(
+            crate::errors::UNKNOWN_OP,
+            CloseReason::ProtocolViolation("unexpected op".into()),
+        );
+    }
+
     /// Records activity (for `/connz` `last_activity` and idle).
     pub fn touch(&self) {
         *self.last_activity.lock() = SystemTime::now();

@@ -367,10 +367,7 @@ impl Session {
             crate::logging::trace_in(&conn_label(&self.conn), &op);
         }
         match op {
-            Op::Ping => {
-                self.conn.enqueue(|b| b.extend_from_slice(b"PONG\r\n"));
-                self.conn.flush_signal();
-            }
+            Op::Ping => self.conn.pong(),
             Op::Pong => self.conn.pong_received(),
             Op::Connect(json) if self.link.is_none() => return self.on_connect(&json),
             Op::Connect(_) => {}
@@ -408,15 +405,7 @@ impl Session {
                 payload,
             } => self.on_lmsg(subject, reply, queues, header_len, payload),
             other => {
-                tracing::error!(
-                    "{} - Unexpected leafnode operation {}",
-                    conn_label(&self.conn),
-                    other.verb()
-                );
-                self.conn.error_and_close(
-                    errors::UNKNOWN_OP,
-                    CloseReason::ProtocolViolation("unexpected op".into()),
-                );
+                self.conn.unexpected_op("leafnode", other.verb());
                 return false;
             }
         }

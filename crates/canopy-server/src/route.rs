@@ -407,10 +407,7 @@ impl RouteSession {
             crate::logging::trace_in(&conn_label(&self.conn), &op);
         }
         match op {
-            Op::Ping => {
-                self.conn.enqueue(|b| b.extend_from_slice(b"PONG\r\n"));
-                self.conn.flush_signal();
-            }
+            Op::Ping => self.conn.pong(),
             Op::Pong => self.conn.pong_received(),
             Op::Connect(json) => return self.on_connect(&json),
             Op::Info(json) => return self.on_info(&json),
@@ -464,15 +461,7 @@ impl RouteSession {
                 ..
             } => self.on_rmsg(&account, subject, reply, queues, header_len, payload),
             other => {
-                tracing::error!(
-                    "{} - Unexpected route operation {}",
-                    conn_label(&self.conn),
-                    other.verb()
-                );
-                self.conn.error_and_close(
-                    errors::UNKNOWN_OP,
-                    CloseReason::ProtocolViolation("unexpected op".into()),
-                );
+                self.conn.unexpected_op("route", other.verb());
                 return false;
             }
         }
