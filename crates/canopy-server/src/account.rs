@@ -96,6 +96,28 @@ impl Account {
         acc
     }
 
+    /// Subscribes an internal connection to `subject` (advertised to links like a client's
+    /// interest). Returns false when the subject is not valid.
+    pub fn subscribe_internal(&self, conn: &Arc<ConnShared>, subject: &str, sid: Bytes) -> bool {
+        let sub = SubRef(Arc::new(Subscription {
+            conn: conn.clone(),
+            subject: Bytes::copy_from_slice(subject.as_bytes()),
+            queue: None,
+            sid,
+            max: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
+        }));
+        if self.sublist.insert(subject, None, sub.clone()).is_err() {
+            return false;
+        }
+        conn.num_subs.fetch_add(1, Ordering::Relaxed);
+        if self.track_interest {
+            let key = Account::key_of(&sub);
+            self.interest_add(&key, conn.cid, crate::interest::LinkClass::Client, 1);
+        }
+        true
+    }
+
     /// The interest key of a subscription.
     pub fn key_of(sub: &Subscription) -> crate::interest::Key {
         (Arc::from(sub.subject_str()), sub.queue_str().map(Arc::from))

@@ -318,6 +318,21 @@ impl ConnShared {
         true
     }
 
+    /// A connection without a socket for an internal subscriber (the system client, the
+    /// resolver, the import agent): never a slow consumer, drained with
+    /// [`ConnShared::output_ready`] / [`ConnShared::take_output`].
+    pub fn internal(cid: u64, name: &str, account: &str, headers: bool) -> Arc<ConnShared> {
+        let addr: SocketAddr = ([0, 0, 0, 0], 0).into();
+        let conn = Arc::new(ConnShared::new(cid, ConnKind::Client, addr, usize::MAX));
+        conn.headers.store(headers, Ordering::Relaxed);
+        {
+            let mut m = conn.meta.lock();
+            m.name = name.to_string();
+            m.account = account.to_string();
+        }
+        conn
+    }
+
     /// Internal subscribers (the system and import agents) have no socket: they wait for
     /// output here and take it with [`ConnShared::take_output`] instead of a writer task.
     pub async fn output_ready(&self) {
@@ -441,6 +456,46 @@ pub fn conn_label(c: &ConnShared) -> String {
         ConnKind::Leaf => "lid",
     };
     format!("{} - {}:{}", c.addr, k, c.cid)
+}
+
+/// Message counters of one read batch, published once per batch: the server-wide
+/// counters are shared by every reader, so one update per batch instead of per message.
+#[derive(Default)]
+pub struct BatchCounters {
+    pub in_msgs: u64,
+    pub in_bytes: u64,
+    pub out_msgs: u64,
+    pub out_bytes: u64,
+}
+
+impl BatchCounters {
+    /// Counts one received message of `bytes` payload bytes.
+    #[inline]
+    pub fn received(&mut self, bytes: usize) {
+        self.in_msgs += 1;
+        self.in_bytes += bytes as u64;
+    }
+
+    /// Adds the connection's counts to its stats and the server's, then resets.
+    pub fn publish(&mut self, conn: &ConnShared, server: &crate::server::ServerStats) {
+        if self.in_msgs > 0 {
+            conn.stats
+                .in_msgs
+                .fetch_add(self.in_msgs, Ordering::Relaxed);
+            conn.stats
+                .in_bytes
+                .fetch_add(self.in_bytes, Ordering::Relaxed);
+            server.in_msgs.fetch_add(self.in_msgs, Ordering::Relaxed);
+            server.in_bytes.fetch_add(self.in_bytes, Ordering::Relaxed);
+        }
+        if self.out_msgs > 0 {
+            server.out_msgs.fetch_add(self.out_msgs, Ordering::Relaxed);
+            server
+                .out_bytes
+                .fetch_add(self.out_bytes, Ordering::Relaxed);
+        }
+        *self = BatchCounters::default();
+    }
 }
 
 /// A link role (leaf, route) as the shared read loop drives it.

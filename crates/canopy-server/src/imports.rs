@@ -10,8 +10,7 @@
 //! again: imports never loop, even when two accounts import from each other.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,8 +18,8 @@ use bytes::{Bytes, BytesMut};
 use canopy_conf::{Export, Import, Options, ResponseType};
 use canopy_proto::{Op, Parser, ParserLimits, Role};
 
-use crate::account::{Account, SubRef, Subscription};
-use crate::conn::{ConnKind, ConnShared, FlushList};
+use crate::account::Account;
+use crate::conn::{ConnShared, FlushList};
 use crate::deliver::{deliver, Msg, Origin, Scratch};
 use crate::interest::LinkClass;
 use crate::server::Server;
@@ -148,27 +147,12 @@ pub fn start(server: Arc<Server>) {
         return;
     }
     let cid = server.next_cid();
-    let addr: SocketAddr = ([0, 0, 0, 0], 0).into();
-    let conn = Arc::new(ConnShared::new(cid, ConnKind::Client, addr, usize::MAX));
-    conn.headers.store(true, Ordering::Relaxed);
-    conn.meta.lock().name = "imports".into();
+    let conn = ConnShared::internal(cid, "imports", "", true);
     let reply_prefix = format!("_R_.{}", crate::nuid());
     let mut routes: Vec<Route> = Vec::new();
     let subscribe = |acc: &Arc<Account>, subject: &str, routes: &mut Vec<Route>, r: Route| {
-        let sid = Bytes::from(routes.len().to_string());
-        let sub = SubRef(Arc::new(Subscription {
-            conn: conn.clone(),
-            subject: Bytes::copy_from_slice(subject.as_bytes()),
-            queue: None,
-            sid,
-            max: AtomicU64::new(0),
-            delivered: AtomicU64::new(0),
-        }));
-        if acc.sublist.insert(subject, None, sub.clone()).is_ok() {
+        if acc.subscribe_internal(&conn, subject, Bytes::from(routes.len().to_string())) {
             routes.push(r);
-            if acc.track_interest {
-                acc.interest_add(&Account::key_of(&sub), cid, LinkClass::Client, 1);
-            }
         }
     };
     let mut reply_subscribed: Vec<String> = Vec::new();

@@ -24,7 +24,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::account::{Account, GLOBAL_ACCOUNT};
 use crate::conn::{
-    conn_label, read_ops, writer_loop, CloseReason, ConnKind, ConnShared, FlushList, OpHandler,
+    conn_label, read_ops, writer_loop, BatchCounters, CloseReason, ConnKind, ConnShared, FlushList,
+    OpHandler,
 };
 use crate::deliver::{deliver, Msg, Origin, Scratch};
 use crate::errors;
@@ -285,6 +286,7 @@ struct Session {
     nonce: String,
     flush: FlushList,
     scratch: Scratch,
+    batch: BatchCounters,
     ended: Ended,
 }
 
@@ -326,6 +328,7 @@ async fn serve_accepted(
         nonce,
         flush: FlushList::default(),
         scratch: Scratch::default(),
+        batch: BatchCounters::default(),
         ended: Ended::Closed,
     };
     let timeout = server
@@ -349,6 +352,8 @@ impl OpHandler for Session {
         self.link.is_some()
     }
     fn end_batch(&mut self) {
+        // Counters first: a receiver woken by the flush sees them already counted.
+        self.batch.publish(&self.conn, &self.server.stats);
         self.flush.flush();
     }
 }
@@ -635,14 +640,7 @@ impl Session {
         let (Some(link), Some(acc)) = (self.link.as_ref(), self.account.as_ref()) else {
             return;
         };
-        let st = &self.conn.stats;
-        st.in_msgs.fetch_add(1, Ordering::Relaxed);
-        st.in_bytes
-            .fetch_add(payload.len() as u64, Ordering::Relaxed);
-        let s = &self.server.stats;
-        s.in_msgs.fetch_add(1, Ordering::Relaxed);
-        s.in_bytes
-            .fetch_add(payload.len() as u64, Ordering::Relaxed);
+        self.batch.received(payload.len());
         let Ok(subj) = std::str::from_utf8(&subject) else {
             return;
         };
@@ -684,8 +682,8 @@ impl Session {
             &mut self.scratch,
             &mut self.flush,
         );
-        s.out_msgs.fetch_add(d.msgs, Ordering::Relaxed);
-        s.out_bytes.fetch_add(d.bytes, Ordering::Relaxed);
+        self.batch.out_msgs += d.msgs;
+        self.batch.out_bytes += d.bytes;
     }
 
     fn teardown(&mut self) {
@@ -1111,6 +1109,7 @@ async fn solicit(
         nonce: String::new(),
         flush: FlushList::default(),
         scratch: Scratch::default(),
+        batch: BatchCounters::default(),
         ended: Ended::Closed,
     };
     s.establish(link, acc, class);
@@ -1139,7 +1138,7 @@ async fn solicit(
             }
         }
     }
-    s.flush.flush();
+    s.end_batch();
     if early_ok {
         // Continue with the same buffer contents: hand the leftover bytes to the loop.
         let rest = buf.split().freeze();

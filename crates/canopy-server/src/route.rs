@@ -21,7 +21,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::account::Account;
 use crate::conn::{
-    conn_label, read_ops, writer_loop, CloseReason, ConnKind, ConnShared, FlushList, OpHandler,
+    conn_label, read_ops, writer_loop, BatchCounters, CloseReason, ConnKind, ConnShared, FlushList,
+    OpHandler,
 };
 use crate::deliver::{deliver, Msg, Origin, Scratch};
 use crate::errors;
@@ -323,6 +324,9 @@ struct RouteSession {
     solicit: Option<(String, bool)>,
     flush: FlushList,
     scratch: Scratch,
+    batch: BatchCounters,
+    /// The last account a route op named, with its link (see `link_for`).
+    last_link: Option<(Arc<Account>, Arc<Link>)>,
 }
 
 /// Serves one route connection. `solicit` carries our CONNECT, the URL and whether it
@@ -367,6 +371,8 @@ async fn serve_route(
         route: None,
         flush: FlushList::default(),
         scratch: Scratch::default(),
+        batch: BatchCounters::default(),
+        last_link: None,
     };
     s.read_loop(rd).await;
     conn.close(CloseReason::ClientClosed);
@@ -382,6 +388,8 @@ impl OpHandler for RouteSession {
         self.route.is_some()
     }
     fn end_batch(&mut self) {
+        // Counters first: a receiver woken by the flush sees them already counted.
+        self.batch.publish(&self.conn, &self.server.stats);
         self.flush.flush();
     }
 }
@@ -673,20 +681,42 @@ impl RouteSession {
         true
     }
 
-    fn link_for(&self, account: &[u8]) -> Option<(Arc<Account>, Arc<Link>)> {
+    /// The account and link a route op names, moved out of the one-entry cache (put it
+    /// back with `self.last_link = Some(..)`). Routed messages for one account usually come
+    /// in runs, so a hit costs no lock and no reference counting.
+    fn take_link(&mut self, account: &[u8]) -> Option<(Arc<Account>, Arc<Link>)> {
+        if self
+            .last_link
+            .as_ref()
+            .is_some_and(|(a, _)| a.name.as_bytes() == account)
+        {
+            return self.last_link.take();
+        }
         let route = self.route.as_ref()?;
-        route
+        let found = route
             .links
             .lock()
             .iter()
             .find(|(a, _)| a.name.as_bytes() == account)
-            .cloned()
+            .cloned();
+        found
     }
 
     fn on_rsub(&mut self, account: &[u8], subject: &[u8], queue: Option<Bytes>, weight: u32) {
-        let Some((acc, link)) = self.link_for(account) else {
+        let Some(entry) = self.take_link(account) else {
             return;
         };
+        Self::apply_rsub(&entry.0, &entry.1, subject, queue, weight);
+        self.last_link = Some(entry);
+    }
+
+    fn apply_rsub(
+        acc: &Account,
+        link: &Arc<Link>,
+        subject: &[u8],
+        queue: Option<Bytes>,
+        weight: u32,
+    ) {
         let Ok(subj) = std::str::from_utf8(subject) else {
             return;
         };
@@ -701,7 +731,7 @@ impl RouteSession {
             None => None,
         };
         let weight = if q.is_none() { weight.min(1) } else { weight };
-        acc.link_interest(&link, (Arc::from(subj), q), weight);
+        acc.link_interest(link, (Arc::from(subj), q), weight);
     }
 
     fn on_rmsg(
@@ -713,20 +743,15 @@ impl RouteSession {
         header_len: Option<usize>,
         payload: Bytes,
     ) {
-        let st = &self.conn.stats;
-        st.in_msgs.fetch_add(1, Ordering::Relaxed);
-        st.in_bytes
-            .fetch_add(payload.len() as u64, Ordering::Relaxed);
-        let s = &self.server.stats;
-        s.in_msgs.fetch_add(1, Ordering::Relaxed);
-        s.in_bytes
-            .fetch_add(payload.len() as u64, Ordering::Relaxed);
-        let Some((acc, _)) = self.link_for(account) else {
+        self.batch.received(payload.len());
+        let Some(entry) = self.take_link(account) else {
             return;
         };
         let Ok(subj) = std::str::from_utf8(&subject) else {
+            self.last_link = Some(entry);
             return;
         };
+        let acc = &entry.0;
         let result = acc.sublist.matches(subj);
         let msg = Msg {
             subject: &subject,
@@ -742,18 +767,20 @@ impl RouteSession {
             peer: self.route.as_ref().map(|r| r.remote_id.as_str()),
         };
         let d = deliver(
-            &acc,
+            acc,
             &result,
             &msg,
             &origin,
             &mut self.scratch,
             &mut self.flush,
         );
-        s.out_msgs.fetch_add(d.msgs, Ordering::Relaxed);
-        s.out_bytes.fetch_add(d.bytes, Ordering::Relaxed);
+        self.batch.out_msgs += d.msgs;
+        self.batch.out_bytes += d.bytes;
+        self.last_link = Some(entry);
     }
 
     fn teardown(&mut self) {
+        self.last_link = None;
         if let Some(route) = self.route.take() {
             for (acc, link) in route.links.lock().drain(..) {
                 acc.remove_link(&link);

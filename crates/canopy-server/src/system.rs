@@ -7,7 +7,6 @@
 //! delivery path encodes MSG into its outbound buffer like for any client, and this task
 //! parses that buffer instead of writing it to the network.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -16,8 +15,8 @@ use bytes::{Bytes, BytesMut};
 use canopy_proto::{Op, Parser, ParserLimits, Role};
 use serde_json::{json, Value};
 
-use crate::account::{Account, SubRef, Subscription};
-use crate::conn::{ConnKind, ConnShared, FlushList};
+use crate::account::Account;
+use crate::conn::{ConnShared, FlushList};
 use crate::deliver::{deliver, Msg, Origin, Scratch};
 use crate::interest::LinkClass;
 use crate::monitor;
@@ -175,12 +174,17 @@ fn endpoint(s: &Arc<Server>, name: &str, body: &[u8]) -> Option<Value> {
         "IDZ" => Ok(json!({"server_id": s.id, "server_name": s.name})),
         _ => return None,
     };
-    Some(match r {
+    Some(envelope(s, r))
+}
+
+/// nats-server's reply envelope: `{"server":…,"data":…}`, or `"error"` for bad options.
+fn envelope(s: &Server, r: Result<Value, monitor::QueryError>) -> Value {
+    match r {
         Ok(data) => json!({"server": server_info(s), "data": data}),
         Err(e) => {
             json!({"server": server_info(s), "error": {"code": 400, "description": e.to_string()}})
         }
-    })
+    }
 }
 
 /// Answers one request. Returns the reply body, or `None` when we should stay silent.
@@ -209,12 +213,7 @@ pub fn handle_request(s: &Arc<Server>, subject: &str, body: &[u8]) -> Option<Val
                 "STATZ" => Ok(monitor::accstatz(s)),
                 _ => return None,
             };
-            Some(match r {
-                Ok(data) => json!({"server": server_info(s), "data": data}),
-                Err(e) => {
-                    json!({"server": server_info(s), "error": {"code": 400, "description": e.to_string()}})
-                }
-            })
+            Some(envelope(s, r))
         }
         _ => None,
     }
@@ -225,15 +224,7 @@ pub fn start(server: Arc<Server>) {
     let Some(acc) = server.account(&server.system_account) else {
         return;
     };
-    let cid = server.next_cid();
-    let addr: SocketAddr = ([0, 0, 0, 0], 0).into();
-    let conn = Arc::new(ConnShared::new(cid, ConnKind::Client, addr, usize::MAX));
-    conn.headers.store(true, Ordering::Relaxed);
-    {
-        let mut m = conn.meta.lock();
-        m.name = "system".into();
-        m.account = acc.name.clone();
-    }
+    let conn = ConnShared::internal(server.next_cid(), "system", &acc.name, true);
     let subjects = [
         "$SYS.REQ.SERVER.PING".to_string(),
         "$SYS.REQ.SERVER.PING.*".to_string(),
@@ -241,20 +232,7 @@ pub fn start(server: Arc<Server>) {
         "$SYS.REQ.ACCOUNT.*.*".to_string(),
     ];
     for (i, subj) in subjects.iter().enumerate() {
-        let sub = SubRef(Arc::new(Subscription {
-            conn: conn.clone(),
-            subject: Bytes::copy_from_slice(subj.as_bytes()),
-            queue: None,
-            sid: Bytes::from(format!("{}", i + 1)),
-            max: AtomicU64::new(0),
-            delivered: AtomicU64::new(0),
-        }));
-        if acc.sublist.insert(subj, None, sub.clone()).is_ok() {
-            conn.num_subs.fetch_add(1, Ordering::Relaxed);
-            if acc.track_interest {
-                acc.interest_add(&Account::key_of(&sub), cid, LinkClass::Client, 1);
-            }
-        }
+        acc.subscribe_internal(&conn, subj, Bytes::from((i + 1).to_string()));
     }
     let s = server.clone();
     tokio::spawn(async move {
@@ -309,14 +287,7 @@ pub fn start_claims(server: Arc<Server>) {
     let Some(acc) = server.account(&server.system_account) else {
         return;
     };
-    let cid = server.next_cid();
-    let addr: SocketAddr = ([0, 0, 0, 0], 0).into();
-    let conn = Arc::new(ConnShared::new(cid, ConnKind::Client, addr, usize::MAX));
-    {
-        let mut m = conn.meta.lock();
-        m.name = "resolver".into();
-        m.account = acc.name.clone();
-    }
+    let conn = ConnShared::internal(server.next_cid(), "resolver", &acc.name, false);
     let subjects = [
         "$SYS.REQ.CLAIMS.UPDATE",
         "$SYS.REQ.CLAIMS.LIST",
@@ -324,20 +295,7 @@ pub fn start_claims(server: Arc<Server>) {
         "$SYS.REQ.ACCOUNT.*.CLAIMS.LOOKUP",
     ];
     for (i, subj) in subjects.iter().enumerate() {
-        let sub = SubRef(Arc::new(Subscription {
-            conn: conn.clone(),
-            subject: Bytes::from_static(subj.as_bytes()),
-            queue: None,
-            sid: Bytes::from(format!("{}", i + 1)),
-            max: AtomicU64::new(0),
-            delivered: AtomicU64::new(0),
-        }));
-        if acc.sublist.insert(subj, None, sub.clone()).is_ok() {
-            conn.num_subs.fetch_add(1, Ordering::Relaxed);
-            if acc.track_interest {
-                acc.interest_add(&Account::key_of(&sub), cid, LinkClass::Client, 1);
-            }
-        }
+        acc.subscribe_internal(&conn, subj, Bytes::from((i + 1).to_string()));
     }
     tokio::spawn(async move {
         let mut parser = Parser::new(Role::ClientSide, ParserLimits::link(64 * 1024 * 1024));
