@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use canopy_testkit::{assert_eventually, free_port, ServerProcess};
+use canopy_testkit::{assert_eventually, free_fixed_port, ServerProcess};
 use futures::StreamExt;
 
 async fn connect(s: &ServerProcess, user: &str, pass: &str) -> async_nats::Client {
@@ -217,7 +217,7 @@ async fn system_account_answers_server_ping() {
 /// a leaf without credentials is refused rather than landing in `$G`.
 #[tokio::test]
 async fn leaf_bound_to_account() {
-    let lp = free_port();
+    let lp = free_fixed_port();
     let hub = ServerProcess::canopy(&format!(
         r#"
 listen: 127.0.0.1:-1
@@ -344,7 +344,7 @@ async fn system_events_and_account_requests() {
 /// the leaf connection.
 #[tokio::test]
 async fn service_import_across_a_leaf_with_local_account() {
-    let lp = free_port();
+    let lp = free_fixed_port();
     let hub = ServerProcess::canopy(&format!(
         "{SECURE}\nleafnodes {{ listen: \"127.0.0.1:{lp}\", authorization {{ users: [ {{ user: eu_leaf, password: leafpw, account: EU }} ] }} }}\n"
     ))
@@ -411,7 +411,7 @@ leafnodes {{
 /// user may subscribe to.
 #[tokio::test]
 async fn leaf_user_permissions_shape_the_link() {
-    let lp = free_port();
+    let lp = free_fixed_port();
     let hub = ServerProcess::canopy(&format!(
         r#"
 listen: 127.0.0.1:-1

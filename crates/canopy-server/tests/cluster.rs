@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use canopy_testkit::{assert_eventually, free_port, nats_server_bin, Impl, ServerProcess};
+use canopy_testkit::{assert_eventually, free_fixed_port, nats_server_bin, Impl, ServerProcess};
 use futures::StreamExt;
 
 struct Member {
@@ -15,7 +15,7 @@ struct Member {
 
 /// Configs for an n-member cluster; every member lists every route (as the seed does).
 fn cluster_configs(n: usize, leaf_ports: Option<&[u16]>) -> (Vec<Member>, Vec<u16>) {
-    let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+    let ports: Vec<u16> = (0..n).map(|_| free_fixed_port()).collect();
     let routes: Vec<String> = ports
         .iter()
         .map(|p| format!("\"nats-route://127.0.0.1:{p}\""))
@@ -192,8 +192,8 @@ async fn queue_group_once_across_cluster() {
 
 #[test]
 fn cluster_name_mismatch_is_refused() {
-    let p1 = free_port();
-    let p2 = free_port();
+    let p1 = free_fixed_port();
+    let p2 = free_fixed_port();
     let a = ServerProcess::canopy(&format!(
         "listen: 127.0.0.1:-1\nhttp: 127.0.0.1:-1\ncluster {{ name: one, listen: \"127.0.0.1:{p1}\" }}\n"
     ))
@@ -217,7 +217,7 @@ fn cluster_name_mismatch_is_refused() {
 /// the reconnection completes.
 #[tokio::test]
 async fn leaves_on_different_members_and_failover() {
-    let leaf_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let leaf_ports: Vec<u16> = (0..3).map(|_| free_fixed_port()).collect();
     let mut servers = start(&[Impl::Canopy; 3], Some(&leaf_ports));
     wait_routes(&servers);
     let urls: Vec<String> = leaf_ports
@@ -310,11 +310,11 @@ async fn seed_hub_cluster_examples_run() {
     let mut map: Vec<(String, String)> = Vec::new();
     for i in 1..=3 {
         for base in ["422", "822", "622", "742"] {
-            map.push((format!("{base}{i}"), free_port().to_string()));
+            map.push((format!("{base}{i}"), free_fixed_port().to_string()));
         }
     }
-    map.push(("4230".into(), free_port().to_string()));
-    map.push(("8230".into(), free_port().to_string()));
+    map.push(("4230".into(), free_fixed_port().to_string()));
+    map.push(("8230".into(), free_fixed_port().to_string()));
     let load = |name: &str| {
         let mut text = std::fs::read_to_string(dir.join(name)).unwrap();
         for (from, to) in &map {

@@ -707,7 +707,7 @@ async fn serve_metrics_alone() {
 
 /// A hub accepting leaves and a leaf soliciting it, both of `kind`.
 fn hub_and_leaf(kind: canopy_testkit::Impl) -> (ServerProcess, ServerProcess, u16) {
-    let lp = canopy_testkit::free_port();
+    let lp = canopy_testkit::free_fixed_port();
     let hub = ServerProcess::start(
         kind,
         &format!("server_name: hub\n{CONF}leafnodes {{ port: {lp} }}\n"),
@@ -842,7 +842,10 @@ fn leafz_key_set_matches_nats_server() {
 
 /// A two-server cluster of `kind`, routed both ways.
 fn cluster_pair(kind: canopy_testkit::Impl) -> (ServerProcess, ServerProcess) {
-    let (p1, p2) = (canopy_testkit::free_port(), canopy_testkit::free_port());
+    let (p1, p2) = (
+        canopy_testkit::free_fixed_port(),
+        canopy_testkit::free_fixed_port(),
+    );
     let conf = |name: &str, own: u16, peer: u16| {
         format!(
             "server_name: {name}\n{CONF}cluster {{ name: C, port: {own}, routes: [\"nats-route://127.0.0.1:{peer}\"] }}\n"

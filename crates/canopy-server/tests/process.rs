@@ -186,7 +186,7 @@ fn log_file_rotates_past_size_limit() {
 
 #[test]
 fn prometheus_port_serves_metrics() {
-    let port = canopy_testkit::free_port();
+    let port = canopy_testkit::free_fixed_port();
     let s = ServerProcess::canopy(&format!(
         "listen: 127.0.0.1:-1\nprometheus {{ host: 127.0.0.1, port: {port} }}\n"
     ))
