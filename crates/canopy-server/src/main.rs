@@ -1,5 +1,5 @@
 //! The `canopy-server` binary.
 
 fn main() {
-    std::process::exit(canopy_server::run::main());
+    std::process::exit(canopy_server::process::run::main());
 }

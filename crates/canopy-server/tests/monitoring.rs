@@ -682,7 +682,7 @@ async fn serve_metrics_alone() {
     let server = canopy_server::server::Server::new(canopy_conf::Options::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    tokio::spawn(canopy_server::metrics::serve_metrics(
+    tokio::spawn(canopy_server::monitor::metrics::serve_metrics(
         Arc::clone(&server),
         listener,
     ));

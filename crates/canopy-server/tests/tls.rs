@@ -87,7 +87,7 @@ impl Pki {
         let kp = self.dir.path().join(format!("{file}-key.pem"));
         std::fs::write(&cp, cert.pem()).unwrap();
         std::fs::write(&kp, key.serialize_pem()).unwrap();
-        let spki = canopy_server::tls::spki_sha256(cert.der()).unwrap();
+        let spki = canopy_server::auth::tls::spki_sha256(cert.der()).unwrap();
         // Cross-check our DER walk against rcgen's own encoding of the key.
         let direct: String = {
             use sha2::Digest;
@@ -128,7 +128,7 @@ impl Pki {
         Issued {
             cert: cp,
             key: kp,
-            spki_sha256: canopy_server::tls::spki_sha256(cert.der()).unwrap(),
+            spki_sha256: canopy_server::auth::tls::spki_sha256(cert.der()).unwrap(),
         }
     }
 }

@@ -16,9 +16,9 @@ use std::time::{Duration, SystemTime};
 
 use tokio::net::TcpListener;
 
-use crate::conn::ConnKind;
+use crate::core::conn::ConnKind;
+use crate::server::version;
 use crate::server::Server;
-use crate::version;
 
 /// The `Content-Type` of a scrape response.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -91,7 +91,7 @@ pub fn leaf_metrics(server: &Server) -> Vec<LeafMetric> {
             .or_else(|| {
                 r.urls
                     .first()
-                    .and_then(|u| crate::leaf::LeafUrl::parse(u).ok())
+                    .and_then(|u| crate::roles::leaf::LeafUrl::parse(u).ok())
                     .map(|u| u.hostport())
             })
             .unwrap_or_default();

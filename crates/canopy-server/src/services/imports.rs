@@ -18,10 +18,10 @@ use bytes::{Bytes, BytesMut};
 use canopy_conf::{Export, Import, Options, ResponseType};
 use canopy_proto::{Op, Parser, ParserLimits, Role};
 
-use crate::account::Account;
-use crate::conn::{ConnShared, FlushList};
-use crate::deliver::{deliver, Msg, Origin, Scratch};
-use crate::interest::LinkClass;
+use crate::core::account::Account;
+use crate::core::conn::{ConnShared, FlushList};
+use crate::core::deliver::{deliver, Msg, Origin, Scratch};
+use crate::core::interest::LinkClass;
 use crate::server::Server;
 
 /// How long a service response route lives when the export sets no threshold.
@@ -148,7 +148,7 @@ pub fn start(server: Arc<Server>) {
     }
     let cid = server.next_cid();
     let conn = ConnShared::internal(cid, "imports", "", true);
-    let reply_prefix = format!("_R_.{}", crate::nuid());
+    let reply_prefix = format!("_R_.{}", crate::core::nuid());
     let mut routes: Vec<Route> = Vec::new();
     let subscribe = |acc: &Arc<Account>, subject: &str, routes: &mut Vec<Route>, r: Route| {
         if acc.subscribe_internal(&conn, subject, Bytes::from(routes.len().to_string())) {

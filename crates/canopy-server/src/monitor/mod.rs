@@ -1,7 +1,9 @@
 //! HTTP monitoring with nats-server's endpoints, JSON field names and query parameters:
 //! `/varz`, `/connz`, `/routez`, `/gatewayz`, `/leafz`, `/subsz`, `/accountz`,
 //! `/accstatz`, `/healthz`, `/` — plus Canopy's built-in Prometheus `/metrics`
-//! ([`crate::metrics`]). docs/MONITORING.md describes every endpoint and the known gaps.
+//! ([`crate::monitor::metrics`]). docs/MONITORING.md describes every endpoint and the known gaps.
+
+pub mod metrics;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::convert::Infallible;
@@ -17,10 +19,10 @@ use parking_lot::Mutex;
 use serde_json::{json, Map, Value};
 use tokio::net::TcpListener;
 
-use crate::account::GLOBAL_ACCOUNT;
-use crate::conn::{ConnKind, ConnShared};
+use crate::core::account::GLOBAL_ACCOUNT;
+use crate::core::conn::{ConnKind, ConnShared};
+use crate::server::version;
 use crate::server::Server;
-use crate::version;
 
 /// Which paths a listener answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,10 +98,10 @@ pub async fn serve_https(server: Arc<Server>, listener: TcpListener) {
             let Some(tls) = s.tls().https.clone() else {
                 return;
             };
-            let stream = match crate::tls::accept_first(&tls, stream).await {
+            let stream = match crate::auth::tls::accept_first(&tls, stream).await {
                 Ok(st) => st,
                 Err(e) => {
-                    crate::tls::count_failure(&s);
+                    crate::auth::tls::count_failure(&s.stats);
                     tracing::error!(
                         "{addr} - TLS handshake error on the HTTPS monitoring port: {e}"
                     );
@@ -309,9 +311,9 @@ fn handle(server: &Arc<Server>, uri: &hyper::Uri, which: Endpoints) -> Response<
         "/accstatz" => json_response(&accstatz(server), &q),
         "/healthz" => json_response(&json!({"status": "ok"}), &q),
         _ => {
-            let leafs = crate::metrics::leaf_metrics(server);
-            let body = crate::metrics::render(server, &leafs);
-            text_response(StatusCode::OK, crate::metrics::CONTENT_TYPE, body)
+            let leafs = crate::monitor::metrics::leaf_metrics(server);
+            let body = crate::monitor::metrics::render(server, &leafs);
+            text_response(StatusCode::OK, crate::monitor::metrics::CONTENT_TYPE, body)
         }
     }
 }
@@ -343,46 +345,7 @@ fn root(server: &Arc<Server>) -> Response<Full<Bytes>> {
     text_response(StatusCode::OK, "text/html", html)
 }
 
-/// RFC 3339 with nanoseconds, as Go marshals `time.Time`.
-pub fn rfc3339(t: SystemTime) -> String {
-    chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
-}
-
-/// nats-server's uptime format: `1d2h3m4s`, leading zero units dropped.
-pub fn uptime(d: Duration) -> String {
-    let s = d.as_secs();
-    let (days, h, m, sec) = (s / 86400, (s % 86400) / 3600, (s % 3600) / 60, s % 60);
-    if days > 0 {
-        format!("{days}d{h}h{m}m{sec}s")
-    } else if h > 0 {
-        format!("{h}h{m}m{sec}s")
-    } else if m > 0 {
-        format!("{m}m{sec}s")
-    } else {
-        format!("{sec}s")
-    }
-}
-
-/// Go's `time.Duration.String()` for the small values monitoring shows (rtt).
-pub fn go_duration(d: Duration) -> String {
-    let ns = d.as_nanos();
-    if ns == 0 {
-        "0s".into()
-    } else if ns < 1_000 {
-        format!("{ns}ns")
-    } else if ns < 1_000_000 {
-        format!("{}µs", trim_float(ns as f64 / 1e3))
-    } else if ns < 1_000_000_000 {
-        format!("{}ms", trim_float(ns as f64 / 1e6))
-    } else {
-        format!("{}s", trim_float(ns as f64 / 1e9))
-    }
-}
-
-fn trim_float(v: f64) -> String {
-    let s = format!("{v:.3}");
-    s.trim_end_matches('0').trim_end_matches('.').to_string()
-}
+pub use crate::core::format::{go_duration, rfc3339, uptime};
 
 pub(crate) fn mem_rss() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -494,7 +457,7 @@ fn varz_leaf(o: &canopy_conf::Options) -> Value {
             let urls: Vec<String> = r
                 .urls
                 .iter()
-                .filter_map(|u| crate::leaf::LeafUrl::parse(u).ok())
+                .filter_map(|u| crate::roles::leaf::LeafUrl::parse(u).ok())
                 .map(|u| u.hostport())
                 .collect();
             let mut e = Map::new();
@@ -976,10 +939,10 @@ fn sort_rows(rows: &mut [ConnRow], sort: SortBy, now: SystemTime) {
     }
 }
 
-/// `/routez`: the cluster's routes (see [`crate::route::routez`]), with `subs`.
+/// `/routez`: the cluster's routes (see [`crate::roles::route::routez`]), with `subs`.
 pub fn routez(s: &Arc<Server>, q: &Query) -> Result<Value, QueryError> {
     let subs = q_subs(q)? != Subs::None;
-    Ok(crate::route::routez(s, subs))
+    Ok(crate::roles::route::routez(s, subs))
 }
 
 /// `/gatewayz` (gateways are not implemented: always empty).
@@ -990,11 +953,11 @@ pub fn gatewayz(s: &Arc<Server>) -> Value {
     })
 }
 
-/// `/leafz`: the leaf connections (see [`crate::leaf::leafz`]), with `subs` and `acc`.
+/// `/leafz`: the leaf connections (see [`crate::roles::leaf::leafz`]), with `subs` and `acc`.
 pub fn leafz(s: &Arc<Server>, q: &Query) -> Result<Value, QueryError> {
     let subs = q_subs(q)? != Subs::None;
     let acc = q.get("acc").filter(|v| !v.is_empty());
-    Ok(crate::leaf::leafz(s, subs, acc.map(String::as_str)))
+    Ok(crate::roles::leaf::leafz(s, subs, acc.map(String::as_str)))
 }
 
 fn sublist_stats_json(st: &canopy_subject::SublistStats) -> Map<String, Value> {

@@ -13,46 +13,15 @@ use parking_lot::{Mutex, RwLock};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::account::{Account, GLOBAL_ACCOUNT, SYSTEM_ACCOUNT};
-use crate::auth::ClientAuth;
-use crate::conn::{conn_label, CloseReason, ConnKind, ConnShared, Liveness};
-use crate::version;
+pub mod accounts;
+pub mod links;
+pub mod logging;
+pub mod version;
 
-/// Server-wide counters (`/varz`).
-#[derive(Debug, Default)]
-pub struct ServerStats {
-    pub in_msgs: AtomicU64,
-    pub in_bytes: AtomicU64,
-    pub out_msgs: AtomicU64,
-    pub out_bytes: AtomicU64,
-    pub slow_consumers: AtomicU64,
-    pub total_connections: AtomicU64,
-    pub auth_failures: AtomicU64,
-    pub permission_denials: AtomicU64,
-    pub max_payload_violations: AtomicU64,
-    pub loops_detected: AtomicU64,
-    /// Failed TLS handshakes, on any listener or outgoing connection.
-    pub tls_handshake_failures: AtomicU64,
-}
-
-/// A connection that has closed, kept for `/connz?state=closed`.
-#[derive(Debug, Clone)]
-pub struct ClosedConn {
-    pub cid: u64,
-    pub addr: SocketAddr,
-    pub start: SystemTime,
-    pub stop: SystemTime,
-    pub reason: String,
-    pub name: String,
-    pub lang: String,
-    pub version: String,
-    pub account: String,
-    pub user: String,
-    pub in_msgs: u64,
-    pub out_msgs: u64,
-    pub in_bytes: u64,
-    pub out_bytes: u64,
-}
+use crate::auth::users::ClientAuth;
+use crate::core::account::{Account, GLOBAL_ACCOUNT, SYSTEM_ACCOUNT};
+use crate::core::conn::{conn_label, CloseReason, ConnKind, ConnShared, Liveness};
+pub use crate::core::stats::{ClosedConn, ServerStats};
 
 const CLOSED_RING: usize = 10_000;
 
@@ -77,14 +46,14 @@ pub struct Server {
     pub http_addr: Mutex<Option<SocketAddr>>,
     pub config_load_time: Mutex<SystemTime>,
     pub system_account: String,
-    remotes: Mutex<Vec<Arc<crate::leaf::RemoteState>>>,
-    pub cluster: crate::route::Cluster,
+    remotes: Mutex<Vec<Arc<links::RemoteState>>>,
+    pub cluster: links::Cluster,
     /// Our leafnode URL (`nats-leaf://host:port`) once listening.
     pub leaf_url: Mutex<Option<String>>,
     /// Operator (JWT) mode: trusted operators and the account resolver.
-    trust: Option<Arc<crate::jwt::Trust>>,
+    trust: Option<Arc<crate::auth::jwt::Trust>>,
     /// TLS configurations built from the options (empty until [`Server::set_tls`]).
-    tls: RwLock<Arc<crate::tls::TlsSet>>,
+    tls: RwLock<Arc<crate::auth::tls::TlsSet>>,
 }
 
 impl Server {
@@ -107,7 +76,7 @@ impl Server {
         accounts
             .entry(system_account.clone())
             .or_insert_with(|| Account::new(&system_account, cache, track));
-        let trust = crate::jwt::Trust::for_server(&opts);
+        let trust = crate::auth::jwt::Trust::for_server(&opts);
         let auth = ClientAuth::from_options(&opts).with_trust(trust.clone());
         Arc::new(Server {
             id,
@@ -129,10 +98,10 @@ impl Server {
             config_load_time: Mutex::new(SystemTime::now()),
             system_account,
             remotes: Mutex::new(Vec::new()),
-            cluster: crate::route::Cluster::default(),
+            cluster: links::Cluster::default(),
             leaf_url: Mutex::new(None),
             trust,
-            tls: RwLock::new(Arc::new(crate::tls::TlsSet::default())),
+            tls: RwLock::new(Arc::new(crate::auth::tls::TlsSet::default())),
         })
     }
 
@@ -141,12 +110,12 @@ impl Server {
     }
 
     /// The TLS configurations in force.
-    pub fn tls(&self) -> Arc<crate::tls::TlsSet> {
+    pub fn tls(&self) -> Arc<crate::auth::tls::TlsSet> {
         self.tls.read().clone()
     }
 
     /// Installs TLS configurations built (and checked) from the options.
-    pub fn set_tls(&self, set: crate::tls::TlsSet) {
+    pub fn set_tls(&self, set: crate::auth::tls::TlsSet) {
         *self.tls.write() = Arc::new(set);
     }
 
@@ -159,7 +128,7 @@ impl Server {
     }
 
     /// The operator-mode trust (`None` outside operator mode).
-    pub fn trust(&self) -> Option<Arc<crate::jwt::Trust>> {
+    pub fn trust(&self) -> Option<Arc<crate::auth::jwt::Trust>> {
         self.trust.clone()
     }
 
@@ -216,31 +185,12 @@ impl Server {
         self.conns.lock().insert(conn.cid, conn.clone());
     }
 
-    /// Starts one task per configured leaf remote.
-    pub fn start_remotes(self: &Arc<Self>) {
-        let o = self.opts();
-        let Some(lo) = &o.leafnodes else {
-            return;
-        };
-        for r in &lo.remotes {
-            if r.disabled {
-                tracing::info!("leafnode remote {:?} is disabled", r.urls);
-                continue;
-            }
-            let state = Arc::new(crate::leaf::RemoteState {
-                urls: r.urls.clone(),
-                account: r
-                    .account
-                    .clone()
-                    .unwrap_or_else(|| GLOBAL_ACCOUNT.to_string()),
-                ..Default::default()
-            });
-            self.remotes.lock().push(state.clone());
-            tokio::spawn(crate::leaf::run_remote(self.clone(), r.clone(), state));
-        }
+    /// Records a configured remote's live state (for `/leafz` and metrics).
+    pub fn add_remote_state(&self, state: Arc<links::RemoteState>) {
+        self.remotes.lock().push(state);
     }
 
-    pub fn remote_states(&self) -> Vec<Arc<crate::leaf::RemoteState>> {
+    pub fn remote_states(&self) -> Vec<Arc<links::RemoteState>> {
         self.remotes.lock().clone()
     }
 
@@ -353,27 +303,36 @@ impl Server {
     /// Swaps in reloaded options (the caller has checked they may change live).
     pub fn apply_reload(&self, opts: Options) {
         let auth = ClientAuth::from_options(&opts).with_trust(self.trust.clone());
-        crate::logging::update(opts.debug, opts.trace, opts.logtime, opts.logtime_utc);
+        crate::server::logging::update(opts.debug, opts.trace, opts.logtime, opts.logtime_utc);
         *self.auth.write() = Arc::new(auth);
         *self.opts.write() = Arc::new(opts);
         *self.config_load_time.lock() = SystemTime::now();
     }
 
-    /// Accepts client connections until `accepting` is cancelled.
-    pub async fn accept_clients(self: Arc<Self>, listener: TcpListener) {
+    /// Accepts connections on `listener` until `until` is cancelled, handing each to
+    /// `serve` on a task of its own; `what` names the listener in errors.
+    pub async fn accept_loop<F, Fut>(
+        self: Arc<Self>,
+        listener: TcpListener,
+        until: CancellationToken,
+        what: &'static str,
+        serve: F,
+    ) where
+        F: Fn(Arc<Server>, tokio::net::TcpStream, SocketAddr) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
         loop {
             let accepted = tokio::select! {
-                _ = self.accepting.cancelled() => break,
+                _ = until.cancelled() => break,
                 r = listener.accept() => r,
             };
             match accepted {
                 Ok((stream, addr)) => {
                     let _ = stream.set_nodelay(true);
-                    let s = self.clone();
-                    tokio::spawn(crate::client::serve(s, stream, addr));
+                    tokio::spawn(serve(self.clone(), stream, addr));
                 }
                 Err(e) => {
-                    tracing::error!("Error accepting client connection: {e}");
+                    tracing::error!("Error accepting {what} connection: {e}");
                     // Out of file descriptors and the like: back off briefly.
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }

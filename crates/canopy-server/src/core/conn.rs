@@ -124,7 +124,7 @@ pub struct ConnShared {
     max_pending: usize,
     /// Set once the connection finished its handshake (CONNECT accepted).
     pub registered: AtomicBool,
-    /// [`crate::interest::LinkClass`] as u8: how messages from and to this connection are
+    /// [`crate::core::interest::LinkClass`] as u8: how messages from and to this connection are
     /// forwarded.
     pub link_class: AtomicU8,
     /// Leaf links: subjects never sent over this link (`deny_exports`, the peer's
@@ -255,7 +255,7 @@ impl ConnShared {
     pub fn unexpected_op(&self, role: &str, verb: &str) {
         tracing::error!("{} - Unexpected {role} operation {verb}", conn_label(self));
         self.error_and_close(
-            crate::errors::UNKNOWN_OP,
+            crate::core::errors::UNKNOWN_OP,
             CloseReason::ProtocolViolation("unexpected op".into()),
         );
     }
@@ -394,7 +394,7 @@ pub async fn writer_loop<W: AsyncWrite + Unpin>(conn: Arc<ConnShared>, mut wr: W
             _ = ticker.tick() => {
                 if conn.pings_out.load(Ordering::Relaxed) + 1 > live.ping_max {
                     tracing::debug!("{} - Stale Client Connection - Closing", conn_label(&conn));
-                    conn.error_and_close(crate::errors::STALE_CONNECTION, CloseReason::StaleConnection);
+                    conn.error_and_close(crate::core::errors::STALE_CONNECTION, CloseReason::StaleConnection);
                     true
                 } else {
                     conn.pings_out.fetch_add(1, Ordering::Relaxed);
@@ -477,7 +477,7 @@ impl BatchCounters {
     }
 
     /// Adds the connection's counts to its stats and the server's, then resets.
-    pub fn publish(&mut self, conn: &ConnShared, server: &crate::server::ServerStats) {
+    pub fn publish(&mut self, conn: &ConnShared, server: &crate::core::stats::ServerStats) {
         if self.in_msgs > 0 {
             conn.stats
                 .in_msgs
@@ -535,7 +535,7 @@ pub async fn read_ops<R, H>(
             _ = conn.cancel.cancelled() => return,
             _ = tokio::time::sleep_until(deadline), if waiting => {
                 tracing::error!("{} - {what} handshake timed out (Authentication Timeout)", conn_label(conn));
-                conn.error_and_close(crate::errors::AUTH_TIMEOUT, CloseReason::AuthTimeout);
+                conn.error_and_close(crate::core::errors::AUTH_TIMEOUT, CloseReason::AuthTimeout);
                 return;
             }
             r = rd.read_buf(&mut buf) => r,

@@ -2,7 +2,7 @@
 //! SUB/UNSUB bookkeeping, verbose/pedantic/echo/no_responders, limits and errors.
 //!
 //! One reader task per connection parses and routes each op in place (no channel hop);
-//! the writer task lives in [`crate::conn`].
+//! the writer task lives in [`crate::core::conn`].
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -15,12 +15,12 @@ use canopy_proto::{ClientConnect, Op, OpRef, Parser, ParserLimits, Role};
 use canopy_subject::MatchResult;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
-use crate::account::{Account, SubRef, Subscription};
-use crate::auth::{Authenticated, Perms};
-use crate::conn::{conn_label, writer_loop, CloseReason, ConnKind, ConnShared, FlushList};
-use crate::deliver::{deliver, no_responders, Msg, Origin, Scratch};
-use crate::errors;
-use crate::interest::LinkClass;
+use crate::auth::users::{Authenticated, Perms};
+use crate::core::account::{Account, SubRef, Subscription};
+use crate::core::conn::{conn_label, writer_loop, CloseReason, ConnKind, ConnShared, FlushList};
+use crate::core::deliver::{deliver, no_responders, Msg, Origin, Scratch};
+use crate::core::errors;
+use crate::core::interest::LinkClass;
 use crate::server::Server;
 
 /// A read of at most this many bytes marks a connection as "conversational" (requests,
@@ -72,6 +72,12 @@ struct LastPub {
     result: Arc<MatchResult<SubRef>>,
 }
 
+/// Accepts client connections until the server stops accepting.
+pub async fn accept_clients(server: Arc<Server>, listener: tokio::net::TcpListener) {
+    let until = server.accepting.clone();
+    server.accept_loop(listener, until, "client", serve).await;
+}
+
 /// Serves one client connection until it closes.
 pub async fn serve<S>(server: Arc<Server>, stream: S, addr: SocketAddr)
 where
@@ -87,15 +93,15 @@ where
     ));
     let auth = server.client_auth();
     let nonce = if auth.needs_nonce() {
-        crate::auth::new_nonce()
+        crate::auth::users::new_nonce()
     } else {
         String::new()
     };
     let info = server.client_info(cid, addr, &nonce, auth.required());
     // INFO goes out here (plaintext before a TLS handshake, or queued).
     let tls = server.tls().client.clone();
-    let Some(stream) = crate::tls::accept_conn(
-        &server,
+    let Some(stream) = crate::auth::tls::accept_conn(
+        &server.stats,
         tls.as_deref(),
         stream,
         &conn,
@@ -258,8 +264,8 @@ impl Client {
     /// Routes a PUB/HPUB straight from the read buffer; every other op (rare) is copied
     /// out and goes through [`Client::handle`]. Returns false when reading must stop.
     async fn dispatch(&mut self, op: OpRef<'_>) -> bool {
-        if crate::logging::trace_enabled() {
-            crate::logging::trace_in(&conn_label(&self.conn), &op);
+        if crate::server::logging::trace_enabled() {
+            crate::server::logging::trace_in(&conn_label(&self.conn), &op);
         }
         // Before CONNECT on a server that requires auth, `handle` refuses the PUB.
         let may_route = self.connected || !self.auth_required;
@@ -444,7 +450,7 @@ impl Client {
             m.version = c.version.clone();
         }
         if first {
-            crate::system::client_connected(&self.server, &self.conn, &self.account.name);
+            crate::services::system::client_connected(&self.server, &self.conn, &self.account.name);
         }
         self.ok();
         true
@@ -759,18 +765,22 @@ impl Client {
 
     fn remove_sub(&mut self, sid: &Bytes) {
         if let Some(sub) = self.subs.remove(sid) {
-            drop_subscription(&self.account, &sub);
+            self.account.drop_subscription(&sub);
         }
     }
 
     fn cleanup(&mut self) {
         for (_, sub) in self.subs.drain() {
-            drop_subscription(&self.account, &sub);
+            self.account.drop_subscription(&sub);
         }
         self.conn.num_subs.store(0, Ordering::Relaxed);
         if self.connected {
             self.account.num_conns.fetch_sub(1, Ordering::Relaxed);
-            crate::system::client_disconnected(&self.server, &self.conn, &self.account.name);
+            crate::services::system::client_disconnected(
+                &self.server,
+                &self.conn,
+                &self.account.name,
+            );
         }
         self.server.remove_conn(&self.conn);
     }
@@ -804,16 +814,5 @@ async fn spin_read<R: AsyncRead + Unpin>(
             return None;
         }
         std::thread::yield_now();
-    }
-}
-
-/// Removes a client subscription from its account (UNSUB, auto-unsubscribe, close), once.
-pub fn drop_subscription(acc: &Account, sub: &SubRef) {
-    if acc.sublist.remove(sub.subject_str(), sub.queue_str(), sub) {
-        sub.conn.num_subs.fetch_sub(1, Ordering::Relaxed);
-        if acc.track_interest {
-            let key = Account::key_of(sub);
-            acc.interest_add(&key, sub.conn.cid, LinkClass::Client, -1);
-        }
     }
 }

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use canopy_subject::Sublist;
 
-use crate::conn::ConnShared;
-use crate::interest::{InterestMap, Link};
+use crate::core::conn::ConnShared;
+use crate::core::interest::{InterestMap, Link};
 
 /// The global account's name.
 pub const GLOBAL_ACCOUNT: &str = "$G";
@@ -75,7 +75,7 @@ pub struct Account {
 
 impl Account {
     pub fn new(name: &str, cache: bool, track_interest: bool) -> Arc<Self> {
-        let lds = format!("$LDS.{}", crate::nuid());
+        let lds = format!("$LDS.{}", crate::core::nuid());
         let acc = Arc::new(Account {
             track_interest,
             lds,
@@ -91,7 +91,7 @@ impl Account {
         if track_interest {
             // The loop-detection subject is local interest of every account with links.
             let key = (Arc::from(acc.lds.as_str()), None);
-            acc.interest_add(&key, 0, crate::interest::LinkClass::Client, 1);
+            acc.interest_add(&key, 0, crate::core::interest::LinkClass::Client, 1);
         }
         acc
     }
@@ -113,13 +113,13 @@ impl Account {
         conn.num_subs.fetch_add(1, Ordering::Relaxed);
         if self.track_interest {
             let key = Account::key_of(&sub);
-            self.interest_add(&key, conn.cid, crate::interest::LinkClass::Client, 1);
+            self.interest_add(&key, conn.cid, crate::core::interest::LinkClass::Client, 1);
         }
         true
     }
 
     /// The interest key of a subscription.
-    pub fn key_of(sub: &Subscription) -> crate::interest::Key {
+    pub fn key_of(sub: &Subscription) -> crate::core::interest::Key {
         (Arc::from(sub.subject_str()), sub.queue_str().map(Arc::from))
     }
 

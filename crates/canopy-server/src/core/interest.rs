@@ -32,8 +32,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use parking_lot::Mutex;
 
-use crate::account::{Account, SubRef, Subscription};
-use crate::conn::ConnShared;
+use crate::core::account::{Account, SubRef, Subscription};
+use crate::core::conn::ConnShared;
 
 /// What kind of peer a connection is, for forwarding decisions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -127,7 +127,7 @@ pub struct Link {
     pub route_account: Option<Bytes>,
     /// A leaf that authenticated as a client user: that user's permissions (publish: what
     /// it may send us; subscribe: what it may receive).
-    pub perms: Option<Arc<crate::auth::Perms>>,
+    pub perms: Option<Arc<crate::core::perms::Perms>>,
 }
 
 impl Link {
@@ -202,6 +202,20 @@ fn denied(list: &[String], subject: &str) -> bool {
 }
 
 impl Account {
+    /// Removes a client subscription from this account (UNSUB, auto-unsubscribe, close),
+    /// once.
+    pub fn drop_subscription(&self, sub: &crate::core::account::SubRef) {
+        if self.sublist.remove(sub.subject_str(), sub.queue_str(), sub) {
+            sub.conn
+                .num_subs
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            if self.track_interest {
+                let key = Account::key_of(sub);
+                self.interest_add(&key, sub.conn.cid, LinkClass::Client, -1);
+            }
+        }
+    }
+
     /// Records a change of `delta` in one source's count for `key` and tells every link
     /// whose advertised weight changes.
     pub fn interest_add(&self, key: &Key, cid: u64, class: LinkClass, delta: i64) {

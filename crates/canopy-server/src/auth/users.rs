@@ -7,83 +7,9 @@ use std::sync::Arc;
 
 use canopy_conf::{Options, Permissions};
 use canopy_proto::ClientConnect;
-use canopy_subject::{subject_is_subset_of, subject_matches};
 
-use crate::account::GLOBAL_ACCOUNT;
-
-/// Compiled allow/deny lists for one direction.
-#[derive(Debug, Clone, Default)]
-pub struct SubjectRules {
-    pub allow: Option<Vec<String>>,
-    pub deny: Vec<String>,
-}
-
-impl SubjectRules {
-    /// May a message be published to this literal subject?
-    pub fn permits_publish(&self, subject: &str) -> bool {
-        if let Some(allow) = &self.allow {
-            if !allow.iter().any(|a| subject_matches(a, subject)) {
-                return false;
-            }
-        }
-        !self.deny.iter().any(|d| subject_matches(d, subject))
-    }
-
-    /// May this subscription subject (possibly a wildcard) be subscribed to? A subject
-    /// partly covered by a deny rule is allowed; the denied part is filtered at delivery.
-    pub fn permits_subscribe(&self, subject: &str) -> bool {
-        if let Some(allow) = &self.allow {
-            if !allow.iter().any(|a| subject_is_subset_of(subject, a)) {
-                return false;
-            }
-        }
-        !self.deny.iter().any(|d| subject_is_subset_of(subject, d))
-    }
-
-    /// Is delivery of this literal subject denied (deny rules on wildcard subscriptions)?
-    pub fn denies_delivery(&self, subject: &str) -> bool {
-        self.deny.iter().any(|d| subject_matches(d, subject))
-    }
-}
-
-/// A user's permissions, compiled.
-#[derive(Debug, Clone, Default)]
-pub struct Perms {
-    pub publish: SubjectRules,
-    pub subscribe: SubjectRules,
-    /// `allow_responses`: publishing to the reply subjects of received requests is
-    /// allowed, `max` times each (default 1) within `expires` (default 2m; 0 = never).
-    pub allow_responses: Option<(u64, std::time::Duration)>,
-}
-
-impl Perms {
-    pub fn from_config(p: &Permissions) -> Perms {
-        let rules = |sp: &Option<canopy_conf::SubjectPermission>| match sp {
-            None => SubjectRules::default(),
-            Some(sp) => SubjectRules {
-                allow: if sp.allow.is_empty() {
-                    None
-                } else {
-                    Some(sp.allow.clone())
-                },
-                deny: sp.deny.clone(),
-            },
-        };
-        let mut publish = rules(&p.publish);
-        // With allow_responses and no publish rules, a user may publish replies only.
-        if p.allow_responses.is_some() && p.publish.is_none() {
-            publish.allow = Some(Vec::new());
-        }
-        Perms {
-            publish,
-            subscribe: rules(&p.subscribe),
-            allow_responses: p
-                .allow_responses
-                .as_ref()
-                .map(|r| (if r.max == 0 { 1 } else { r.max as u64 }, r.expires)),
-        }
-    }
-}
+use crate::core::account::GLOBAL_ACCOUNT;
+pub use crate::core::perms::{Perms, SubjectRules};
 
 #[derive(Debug, Clone)]
 struct UserEntry {
@@ -99,7 +25,7 @@ pub struct Authenticated {
     pub account: String,
     pub perms: Option<Arc<Perms>>,
     /// Operator mode: the verified user JWT (limits, expiry).
-    pub jwt: Option<Arc<crate::jwt::JwtUser>>,
+    pub jwt: Option<Arc<crate::auth::jwt::JwtUser>>,
 }
 
 /// The server's client authentication table, rebuilt on reload.
@@ -110,7 +36,7 @@ pub struct ClientAuth {
     token: Option<String>,
     no_auth_user: Option<String>,
     /// Operator mode: users are authenticated by their JWTs only.
-    trust: Option<Arc<crate::jwt::Trust>>,
+    trust: Option<Arc<crate::auth::jwt::Trust>>,
     /// Top-level `tls { verify_and_map: true }`: client users come from certificates.
     tls_map: bool,
 }
@@ -182,13 +108,13 @@ impl ClientAuth {
     }
 
     /// Switches to operator mode (`Some`): every user must present a valid user JWT.
-    pub fn with_trust(mut self, trust: Option<Arc<crate::jwt::Trust>>) -> ClientAuth {
+    pub fn with_trust(mut self, trust: Option<Arc<crate::auth::jwt::Trust>>) -> ClientAuth {
         self.trust = trust;
         self
     }
 
     /// The operator-mode trust, if the server is in operator mode.
-    pub fn trust(&self) -> Option<&Arc<crate::jwt::Trust>> {
+    pub fn trust(&self) -> Option<&Arc<crate::auth::jwt::Trust>> {
         self.trust.as_ref()
     }
 
@@ -222,7 +148,7 @@ impl ClientAuth {
         let Some(der) = cert else {
             return Err("<no client certificate>".to_string());
         };
-        let Some(id) = crate::tls::cert_identity(der) else {
+        let Some(id) = crate::auth::tls::cert_identity(der) else {
             return Err("<unreadable client certificate>".to_string());
         };
         for name in id.candidates() {
@@ -246,12 +172,12 @@ impl ClientAuth {
     /// async executor when hashes are configured. `Err` carries the user name for the log.
     pub fn authenticate(&self, c: &ClientConnect, nonce: &str) -> Result<Authenticated, String> {
         if let Some(t) = &self.trust {
-            return crate::jwt::authenticate(
+            return crate::auth::jwt::authenticate(
                 t,
                 &c.jwt,
                 &c.sig,
                 nonce,
-                crate::jwt::ConnType::Standard,
+                crate::auth::jwt::ConnType::Standard,
             );
         }
         if !self.required() {

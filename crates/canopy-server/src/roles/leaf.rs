@@ -1,54 +1,42 @@
 //! Leaf nodes: the accepting side (`leafnodes { port }`, we are the hub) and the soliciting
 //! side (`leafnodes { remotes }`, we are the spoke), wire compatible with nats-server 2.9+.
 //!
-//! A leaf connection is a [`Link`] in its account's interest model ([`crate::interest`]):
+//! A leaf connection is a [`Link`] in its account's interest model ([`crate::core::interest`]):
 //! LS+/LS- from the peer become Sublist entries owned by the link; our interest is
-//! advertised by the model; LMSG/HMSG are delivered with [`crate::deliver`] under the
+//! advertised by the model; LMSG/HMSG are delivered with [`crate::core::deliver`] under the
 //! forwarding rule. Loops through servers that do not follow that rule (a Go server in a
 //! ring, say) are caught as nats-server does: our `$LDS.<random>` subject coming back.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use canopy_conf::RemoteLeafOpts;
 use canopy_proto::{LeafConnect, Op, Parser, ParserLimits, Role, ServerInfo};
-use parking_lot::Mutex;
 use rand::seq::SliceRandom;
 use rand::Rng;
 use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::account::{Account, GLOBAL_ACCOUNT};
-use crate::conn::{
+use crate::core::account::{Account, GLOBAL_ACCOUNT};
+use crate::core::conn::{
     conn_label, read_ops, writer_loop, BatchCounters, CloseReason, ConnKind, ConnShared, FlushList,
     OpHandler,
 };
-use crate::deliver::{deliver, Msg, Origin, Scratch};
-use crate::errors;
-use crate::interest::{Link, LinkClass};
+use crate::core::deliver::{deliver, Msg, Origin, Scratch};
+use crate::core::errors;
+use crate::core::interest::{Link, LinkClass};
+pub use crate::server::links::RemoteState;
+use crate::server::version;
 use crate::server::Server;
-use crate::version;
 
 /// How long a solicitor waits before retrying after the peer reported a loop.
 pub const LOOP_RECONNECT_DELAY: Duration = Duration::from_secs(30);
 /// Default port of a leaf URL without one.
 pub const DEFAULT_LEAF_PORT: u16 = 7422;
-
-/// Live state of one configured remote, for `/leafz` (Canopy extension) and metrics.
-#[derive(Debug, Default)]
-pub struct RemoteState {
-    pub urls: Vec<String>,
-    pub account: String,
-    pub connected: AtomicBool,
-    pub connected_url: Mutex<Option<String>>,
-    pub last_error: Mutex<Option<String>>,
-    pub attempts: AtomicU64,
-    pub reconnects: AtomicU64,
-}
 
 /// A parsed leaf URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -253,21 +241,35 @@ pub async fn accept_leafs(server: Arc<Server>, listener: TcpListener) {
     let Ok(listen) = listener.local_addr() else {
         return;
     };
-    loop {
-        let accepted = tokio::select! {
-            _ = server.accepting.cancelled() => break,
-            r = listener.accept() => r,
-        };
-        match accepted {
-            Ok((stream, addr)) => {
-                let _ = stream.set_nodelay(true);
-                tokio::spawn(serve_accepted(server.clone(), stream, addr, listen));
-            }
-            Err(e) => {
-                tracing::error!("Error accepting leafnode connection: {e}");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+    let until = server.accepting.clone();
+    server
+        .accept_loop(listener, until, "leafnode", move |s, stream, addr| {
+            serve_accepted(s, stream, addr, listen)
+        })
+        .await;
+}
+
+/// Starts one task per configured leaf remote.
+pub fn start_remotes(server: &Arc<Server>) {
+    let o = server.opts();
+    let Some(lo) = &o.leafnodes else {
+        return;
+    };
+    for r in &lo.remotes {
+        if r.disabled {
+            tracing::info!("leafnode remote {:?} is disabled", r.urls);
+            continue;
         }
+        let state = Arc::new(RemoteState {
+            urls: r.urls.clone(),
+            account: r
+                .account
+                .clone()
+                .unwrap_or_else(|| GLOBAL_ACCOUNT.to_string()),
+            ..Default::default()
+        });
+        server.add_remote_state(state.clone());
+        tokio::spawn(run_remote(server.clone(), r.clone(), state));
     }
 }
 
@@ -298,13 +300,13 @@ async fn serve_accepted(
 ) {
     let cid = server.next_cid();
     let conn = Arc::new(ConnShared::new(cid, ConnKind::Leaf, addr, usize::MAX));
-    let nonce = crate::auth::new_nonce();
+    let nonce = crate::auth::users::new_nonce();
     let info = leaf_info(&server, cid, &nonce, listen);
     // INFO goes out here (plaintext before a TLS handshake, or queued).
     let tls = server.tls().leaf.clone();
     let listener = format!("leafnode listener {listen}");
-    let Some(stream) = crate::tls::accept_conn(
-        &server,
+    let Some(stream) = crate::auth::tls::accept_conn(
+        &server.stats,
         tls.as_deref(),
         stream,
         &conn,
@@ -368,8 +370,8 @@ impl Session {
 
     /// Handles one op; false ends the session.
     fn handle(&mut self, op: Op) -> bool {
-        if crate::logging::trace_enabled() {
-            crate::logging::trace_in(&conn_label(&self.conn), &op);
+        if crate::server::logging::trace_enabled() {
+            crate::server::logging::trace_in(&conn_label(&self.conn), &op);
         }
         match op {
             Op::Ping => self.conn.pong(),
@@ -713,7 +715,7 @@ impl Session {
 /// `.creds`) is bound to the JWT's account, within the account's leaf limit.
 /// The account a leaf binds to, and the permissions of the client user it authenticated
 /// as (leafnode-specific users have none).
-type LeafBinding = (String, Option<Arc<crate::auth::Perms>>);
+type LeafBinding = (String, Option<Arc<crate::auth::users::Perms>>);
 
 fn authenticate_leaf(server: &Server, c: &LeafConnect, nonce: &str) -> Result<LeafBinding, String> {
     if let Some(trust) = server.trust().filter(|_| !c.jwt.is_empty()) {
@@ -730,7 +732,7 @@ fn leaf_user_account(server: &Server, c: &LeafConnect, nonce: &str) -> Result<Le
     let auth = o.leafnodes.as_ref().and_then(|l| l.authorization.clone());
     if let Some(a) = auth.filter(|a| a.user.is_some() || !a.users.is_empty() || a.nkey.is_some()) {
         if let Some(nk) = &a.nkey {
-            if &c.nkey == nk && crate::auth::verify_nonce_signature(nk, nonce, &c.sig) {
+            if &c.nkey == nk && crate::auth::users::verify_nonce_signature(nk, nonce, &c.sig) {
                 return Ok(plain(
                     a.account.clone().unwrap_or_else(|| GLOBAL_ACCOUNT.into()),
                 ));
@@ -738,7 +740,7 @@ fn leaf_user_account(server: &Server, c: &LeafConnect, nonce: &str) -> Result<Le
         }
         if let Some(u) = &a.user {
             if &c.user == u
-                && crate::auth::check_password(a.password.as_deref().unwrap_or(""), &c.pass)
+                && crate::auth::users::check_password(a.password.as_deref().unwrap_or(""), &c.pass)
             {
                 return Ok(plain(
                     a.account.clone().unwrap_or_else(|| GLOBAL_ACCOUNT.into()),
@@ -747,7 +749,7 @@ fn leaf_user_account(server: &Server, c: &LeafConnect, nonce: &str) -> Result<Le
         }
         for u in &a.users {
             if u.user == c.user
-                && crate::auth::check_password(u.password.as_deref().unwrap_or(""), &c.pass)
+                && crate::auth::users::check_password(u.password.as_deref().unwrap_or(""), &c.pass)
             {
                 return Ok(plain(
                     u.account.clone().unwrap_or_else(|| GLOBAL_ACCOUNT.into()),
@@ -886,7 +888,7 @@ async fn remote_tls_upgrade(
     url: &LeafUrl,
     stream: TcpStream,
     probe: Option<(&[u8], &ServerInfo, &mut BytesMut)>,
-) -> Result<crate::tls::MaybeTls<TcpStream>, String> {
+) -> Result<crate::auth::tls::MaybeTls<TcpStream>, String> {
     use tokio::io::AsyncWriteExt;
     let hint = |info: Option<&ServerInfo>| {
         let mut h = String::new();
@@ -915,13 +917,13 @@ async fn remote_tls_upgrade(
         h
     };
     let fail = |e: String| {
-        crate::tls::count_failure(server);
+        crate::auth::tls::count_failure(&server.stats);
         format!("TLS handshake error: {e}")
     };
-    let tls = crate::tls::ClientTls::new(remote.tls.as_ref(), "leafnode remote TLS")
+    let tls = crate::auth::tls::ClientTls::new(remote.tls.as_ref(), "leafnode remote TLS")
         .map_err(|e| fail(e.to_string()))?;
     let info = probe.as_ref().map(|p| p.1);
-    let mut s = crate::tls::connect(&tls, stream, &url.host)
+    let mut s = crate::auth::tls::connect(&tls, stream, &url.host)
         .await
         .map_err(|e| fail(format!("{e}{}", hint(info))))?;
     if let Some((first, info, buf)) = probe {
@@ -947,7 +949,7 @@ async fn remote_tls_upgrade(
                 let why = e
                     .get_ref()
                     .and_then(|i| i.downcast_ref::<rustls::Error>())
-                    .map(crate::tls::explain)
+                    .map(crate::auth::tls::explain)
                     .unwrap_or_else(|| e.to_string());
                 return Err(fail(format!("{why}{}", hint(Some(info)))));
             }
@@ -976,7 +978,7 @@ async fn solicit(
     {
         remote_tls_upgrade(server, remote, url, stream, None).await?
     } else {
-        crate::tls::MaybeTls::plain(stream)
+        crate::auth::tls::MaybeTls::plain(stream)
     };
     // The first INFO tells us the peer is a leafnode listener and gives the nonce.
     let first_info = remote.first_info_timeout.unwrap_or(Duration::from_secs(2));
@@ -1074,7 +1076,7 @@ async fn solicit(
     } else {
         conn.enqueue(|b| canopy_proto::encode_connect(b, &c));
     }
-    crate::tls::note_established(&conn, &rd);
+    crate::auth::tls::note_established(&conn, &rd);
     let (rd, wr) = tokio::io::split(rd);
     server.register_conn(&conn);
     let _ = conn.deny_send.set(remote.deny_exports.clone());
@@ -1171,7 +1173,7 @@ pub fn leafz(server: &Server, subs: bool, acc_filter: Option<&str>) -> Value {
             "account": m.account,
             "ip": l.conn.addr.ip().to_string(),
             "port": l.conn.addr.port(),
-            "rtt": crate::monitor::go_duration(rtt),
+            "rtt": crate::core::format::go_duration(rtt),
             "in_msgs": l.conn.stats.in_msgs.load(Ordering::Relaxed),
             "out_msgs": l.conn.stats.out_msgs.load(Ordering::Relaxed),
             "in_bytes": l.conn.stats.in_bytes.load(Ordering::Relaxed),
@@ -1181,7 +1183,7 @@ pub fn leafz(server: &Server, subs: bool, acc_filter: Option<&str>) -> Value {
             "canopy_link": l.class().as_str(),
             "canopy_solicited": l.solicited,
             "canopy_active": l.advertise.load(Ordering::Relaxed),
-            "canopy_uptime": crate::monitor::uptime(now.duration_since(l.conn.start).unwrap_or_default()),
+            "canopy_uptime": crate::core::format::uptime(now.duration_since(l.conn.start).unwrap_or_default()),
         });
         if subs {
             v["subscriptions_list"] = json!(l.remote_subjects());
@@ -1205,7 +1207,7 @@ pub fn leafz(server: &Server, subs: bool, acc_filter: Option<&str>) -> Value {
         .collect();
     json!({
         "server_id": server.id,
-        "now": crate::monitor::rfc3339(now),
+        "now": crate::core::format::rfc3339(now),
         "leafnodes": leafs.len(),
         "leafs": leafs,
         "canopy_remotes": remotes,
@@ -1243,6 +1245,8 @@ mod tests {
         assert_eq!(s, seed);
         assert!(parse_creds("garbage").is_err());
         let (pk, sig) = sign_nonce(&seed, "nonce").unwrap();
-        assert!(crate::auth::verify_nonce_signature(&pk, "nonce", &sig));
+        assert!(crate::auth::users::verify_nonce_signature(
+            &pk, "nonce", &sig
+        ));
     }
 }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::flags::Flags;
+use crate::process::flags::Flags;
 use crate::server::Server;
 
 /// Serves signals until the server should stop (SIGINT/SIGTERM, or lame duck finished).
@@ -27,7 +27,7 @@ pub async fn wait(server: Arc<Server>, flags: Flags) {
             _ = term.recv() => { tracing::debug!("Trapped \"terminated\" signal"); return; }
             _ = quit.recv() => { tracing::debug!("Trapped \"quit\" signal"); return; }
             _ = hup.recv() => reload(&server, &flags),
-            _ = usr1.recv() => { crate::logging::reopen(); tracing::info!("Reopened log file"); }
+            _ = usr1.recv() => { crate::server::logging::reopen(); tracing::info!("Reopened log file"); }
             _ = usr2.recv() => { tokio::spawn(server.clone().lame_duck()); }
             _ = server.shutdown.cancelled() => return,
         }
@@ -43,7 +43,7 @@ pub fn reload(server: &Arc<Server>, flags: &Flags) {
 }
 
 fn try_reload(server: &Arc<Server>, flags: &Flags) -> Result<(), String> {
-    let new = crate::run::load_options(flags).map_err(|e| e.join("; "))?;
+    let new = crate::process::run::load_options(flags).map_err(|e| e.join("; "))?;
     let old = server.opts();
     let mut fixed = Vec::new();
     if new.host != old.host || new.port != old.port {
@@ -84,9 +84,9 @@ fn try_reload(server: &Arc<Server>, flags: &Flags) -> Result<(), String> {
         return Err(what.join("; "));
     }
     // Certificates are re-read (rotation); existing connections keep their session.
-    let tls = crate::tls::TlsSet::build(&new).map_err(|e| e.to_string())?;
-    crate::logging::set_rotation(new.log_size_limit, new.log_max_files);
-    crate::logging::set_max_traced(new.max_traced_msg_len);
+    let tls = crate::auth::tls::TlsSet::build(&new).map_err(|e| e.to_string())?;
+    crate::server::logging::set_rotation(new.log_size_limit, new.log_max_files);
+    crate::server::logging::set_max_traced(new.max_traced_msg_len);
     server.set_tls(tls);
     server.apply_reload(new);
     Ok(())

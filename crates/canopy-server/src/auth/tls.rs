@@ -39,8 +39,8 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use canopy_proto::ServerInfo;
 
-use crate::conn::{conn_label, ConnShared};
-use crate::server::Server;
+use crate::core::conn::{conn_label, ConnShared};
+use crate::core::stats::ServerStats;
 
 /// The label of the top-level (client listener) block.
 const CLIENT_TLS: &str = "client TLS";
@@ -1076,7 +1076,7 @@ pub async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
 /// reason, counted, and `None` returned); without, INFO is queued as usual. INFO always
 /// reaches the peer exactly once.
 pub async fn accept_conn<S: AsyncRead + AsyncWrite + Unpin>(
-    server: &Server,
+    stats: &ServerStats,
     tls: Option<&ServerTls>,
     io: S,
     conn: &ConnShared,
@@ -1103,7 +1103,7 @@ pub async fn accept_conn<S: AsyncRead + AsyncWrite + Unpin>(
             Some(a.stream)
         }
         Err(e) => {
-            count_failure(server);
+            count_failure(stats);
             tracing::error!(
                 "{} - TLS handshake error on the {listener}: {e}",
                 conn_label(conn)
@@ -1120,12 +1120,12 @@ pub async fn accept_conn<S: AsyncRead + AsyncWrite + Unpin>(
 /// failure; those bytes are replayed to the caller. Failures are logged once with the
 /// URL or listener and the reason, counted, and `None` returned.
 pub async fn route_handshake<S: AsyncRead + AsyncWrite + Unpin>(
-    server: &Server,
+    set: &TlsSet,
+    stats: &ServerStats,
     io: S,
     dial: Option<(&str, &str)>,
     conn: &ConnShared,
 ) -> Option<Rewind<MaybeTls<S>>> {
-    let set = server.tls();
     let res = match (dial, &set.route, &set.route_dial) {
         (None, Some(tls), _) => accept_first(tls, io).await.map(Rewind::new),
         (Some((_, host)), _, Some(tls)) => match connect(tls, io, host).await {
@@ -1156,7 +1156,7 @@ pub async fn route_handshake<S: AsyncRead + AsyncWrite + Unpin>(
             Some(s)
         }
         Err(e) => {
-            count_failure(server);
+            count_failure(stats);
             match dial {
                 Some((url, _)) => tracing::error!(
                     "{} - TLS route handshake error with {url}: {e}",
@@ -1283,11 +1283,8 @@ fn hex(b: &[u8]) -> String {
 }
 
 /// Counts one failed handshake (`/varz` `tls_handshake_failures`).
-pub fn count_failure(server: &Server) {
-    server
-        .stats
-        .tls_handshake_failures
-        .fetch_add(1, Ordering::Relaxed);
+pub fn count_failure(stats: &ServerStats) {
+    stats.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
 }
 
 #[cfg(test)]

@@ -6,7 +6,6 @@
 //! interest model, with class [`LinkClass::Route`]: a cluster is a full mesh, one hop, and
 //! the forwarding table in `interest.rs` never sends a routed message to another route.
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -19,49 +18,23 @@ use serde_json::{json, Value};
 use tokio::io::AsyncRead;
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::account::Account;
-use crate::conn::{
+use crate::core::account::Account;
+use crate::core::conn::{
     conn_label, read_ops, writer_loop, BatchCounters, CloseReason, ConnKind, ConnShared, FlushList,
     OpHandler,
 };
-use crate::deliver::{deliver, Msg, Origin, Scratch};
-use crate::errors;
-use crate::interest::{Link, LinkClass};
+use crate::core::deliver::{deliver, Msg, Origin, Scratch};
+use crate::core::errors;
+use crate::core::interest::{Link, LinkClass};
+pub use crate::server::links::Cluster;
+use crate::server::links::Route;
+use crate::server::version;
 use crate::server::Server;
-use crate::version;
 
 /// Route protocol version announced in INFO (2.9 uses 2 on routes).
 const ROUTE_PROTO: i32 = 2;
 /// Delay between reconnect attempts of a route.
 const ROUTE_RECONNECT: Duration = Duration::from_secs(1);
-
-/// One established route.
-pub struct Route {
-    pub conn: Arc<ConnShared>,
-    pub remote_id: String,
-    pub remote_name: String,
-    pub solicited: bool,
-    /// Configured in `cluster.routes` (not learned by gossip).
-    pub configured: bool,
-    /// The peer's route URL (from its INFO `ip`), for gossip.
-    pub url: String,
-    pub connect_urls: Vec<String>,
-    links: Mutex<Vec<(Arc<Account>, Arc<Link>)>>,
-}
-
-/// Cluster state kept by the server.
-#[derive(Default)]
-pub struct Cluster {
-    pub routes: Mutex<Vec<Arc<Route>>>,
-    /// Server ids we are dialling (explicit or implicit), to avoid duplicate dials.
-    dialing: Mutex<HashSet<String>>,
-    /// Our route URL as peers should dial it.
-    pub url: Mutex<String>,
-    /// The cluster name (configured or learned).
-    pub name: Mutex<String>,
-    /// Route URLs (host:port) that turned out to be ourselves: not dialled again.
-    self_urls: Mutex<HashSet<String>>,
-}
 
 /// `host:port` of a route URL, for comparing configured and advertised URLs.
 fn url_hostport(url: &str) -> String {
@@ -298,22 +271,12 @@ fn advertise_host(h: &str) -> String {
 
 /// Accepts routes until the server stops accepting.
 pub async fn accept_routes(server: Arc<Server>, listener: TcpListener) {
-    loop {
-        let accepted = tokio::select! {
-            _ = server.shutdown.cancelled() => break,
-            r = listener.accept() => r,
-        };
-        match accepted {
-            Ok((stream, addr)) => {
-                let _ = stream.set_nodelay(true);
-                tokio::spawn(serve_route(server.clone(), stream, addr, None));
-            }
-            Err(e) => {
-                tracing::error!("Error accepting route connection: {e}");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    }
+    let until = server.shutdown.clone();
+    server
+        .accept_loop(listener, until, "route", |s, stream, addr| {
+            serve_route(s, stream, addr, None)
+        })
+        .await;
 }
 
 struct RouteSession {
@@ -351,7 +314,9 @@ async fn serve_route(
         (u.clone(), host)
     });
     let dial = dial.as_ref().map(|(u, h)| (u.as_str(), h.as_str()));
-    let Some(stream) = crate::tls::route_handshake(&server, stream, dial, &conn).await else {
+    let Some(stream) =
+        crate::auth::tls::route_handshake(&server.tls(), &server.stats, stream, dial, &conn).await
+    else {
         return;
     };
     let info = server.route_info();
@@ -411,8 +376,8 @@ impl RouteSession {
     }
 
     fn handle(&mut self, op: Op) -> bool {
-        if crate::logging::trace_enabled() {
-            crate::logging::trace_in(&conn_label(&self.conn), &op);
+        if crate::server::logging::trace_enabled() {
+            crate::server::logging::trace_in(&conn_label(&self.conn), &op);
         }
         match op {
             Op::Ping => self.conn.pong(),
@@ -490,7 +455,10 @@ impl RouteSession {
         if let Some(a) = o.cluster.as_ref().and_then(|c| c.authorization.as_ref()) {
             if let Some(u) = &a.user {
                 let ok = &c.user == u
-                    && crate::auth::check_password(a.password.as_deref().unwrap_or(""), &c.pass);
+                    && crate::auth::users::check_password(
+                        a.password.as_deref().unwrap_or(""),
+                        &c.pass,
+                    );
                 if !ok {
                     tracing::error!(
                         "{} - route from {:?} rejected: authorization violation for user {:?}",
@@ -848,11 +816,11 @@ pub fn routez(server: &Server, subs: bool) -> Value {
                 "is_configured": r.configured,
                 "ip": c.addr.ip().to_string(),
                 "port": c.addr.port(),
-                "start": crate::monitor::rfc3339(c.start),
-                "last_activity": crate::monitor::rfc3339(*c.last_activity.lock()),
-                "rtt": crate::monitor::go_duration(Duration::from_nanos(c.rtt_ns.load(Ordering::Relaxed))),
-                "uptime": crate::monitor::uptime(now.duration_since(c.start).unwrap_or_default()),
-                "idle": crate::monitor::uptime(now.duration_since(*c.last_activity.lock()).unwrap_or_default()),
+                "start": crate::core::format::rfc3339(c.start),
+                "last_activity": crate::core::format::rfc3339(*c.last_activity.lock()),
+                "rtt": crate::core::format::go_duration(Duration::from_nanos(c.rtt_ns.load(Ordering::Relaxed))),
+                "uptime": crate::core::format::uptime(now.duration_since(c.start).unwrap_or_default()),
+                "idle": crate::core::format::uptime(now.duration_since(*c.last_activity.lock()).unwrap_or_default()),
                 "pending_size": c.pending_bytes(),
                 "in_msgs": c.stats.in_msgs.load(Ordering::Relaxed),
                 "out_msgs": c.stats.out_msgs.load(Ordering::Relaxed),
@@ -869,7 +837,7 @@ pub fn routez(server: &Server, subs: bool) -> Value {
     json!({
         "server_id": server.id,
         "server_name": server.name,
-        "now": crate::monitor::rfc3339(now),
+        "now": crate::core::format::rfc3339(now),
         "num_routes": routes.len(),
         "routes": routes,
     })

@@ -2,7 +2,7 @@
 //! into each receiver's outbound buffer, pick one member per queue group (local clients
 //! first), forward once per link with the queue names it must serve, honour echo,
 //! auto-unsubscribe limits, header stripping and the forwarding rule of
-//! [`crate::interest`]. No allocation per subscriber.
+//! [`crate::core::interest`]. No allocation per subscriber.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -11,9 +11,9 @@ use bytes::Bytes;
 use canopy_subject::MatchResult;
 use rand::Rng;
 
-use crate::account::{Account, SubRef};
-use crate::conn::{ConnKind, ConnShared, FlushList};
-use crate::interest::{msg_allowed, LinkClass};
+use crate::core::account::{Account, SubRef};
+use crate::core::conn::{ConnKind, ConnShared, FlushList};
+use crate::core::interest::{msg_allowed, LinkClass};
 
 /// One message on its way to subscribers.
 pub struct Msg<'a> {
@@ -224,7 +224,7 @@ pub fn deliver_one(
             return false;
         }
         if n == max {
-            crate::client::drop_subscription(acc, sub);
+            acc.drop_subscription(sub);
         }
     }
     let conn = &sub.conn;

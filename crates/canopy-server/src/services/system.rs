@@ -15,13 +15,13 @@ use bytes::{Bytes, BytesMut};
 use canopy_proto::{Op, Parser, ParserLimits, Role};
 use serde_json::{json, Value};
 
-use crate::account::Account;
-use crate::conn::{ConnShared, FlushList};
-use crate::deliver::{deliver, Msg, Origin, Scratch};
-use crate::interest::LinkClass;
+use crate::core::account::Account;
+use crate::core::conn::{ConnShared, FlushList};
+use crate::core::deliver::{deliver, Msg, Origin, Scratch};
+use crate::core::interest::LinkClass;
 use crate::monitor;
+use crate::server::version;
 use crate::server::Server;
-use crate::version;
 
 /// How often `$SYS.SERVER.<id>.STATSZ` is published.
 const STATSZ_INTERVAL: Duration = Duration::from_secs(10);
@@ -351,7 +351,7 @@ pub fn client_connected(s: &Server, conn: &ConnShared, account: &str) {
         &subject,
         &json!({
             "type": "io.nats.server.advisory.v1.client_connect",
-            "id": crate::nuid(),
+            "id": crate::core::nuid(),
             "timestamp": monitor::rfc3339(SystemTime::now()),
             "server": server_info(s),
             "client": client_info(s, conn),
@@ -371,7 +371,7 @@ pub fn client_disconnected(s: &Server, conn: &ConnShared, account: &str) {
         &subject,
         &json!({
             "type": "io.nats.server.advisory.v1.client_disconnect",
-            "id": crate::nuid(),
+            "id": crate::core::nuid(),
             "timestamp": monitor::rfc3339(SystemTime::now()),
             "server": server_info(s),
             "client": client_info(s, conn),

@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use canopy_conf::{Options, Pos};
 use tokio::net::TcpListener;
 
-use crate::flags::{self, Flags};
+use crate::process::flags::{self, Flags};
+use crate::server::version;
 use crate::server::Server;
-use crate::version;
 
 fn prog_name() -> String {
     std::env::args()
@@ -40,11 +40,11 @@ pub fn load_options(f: &Flags) -> Result<Options, Vec<String>> {
         .map_err(|e| e.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
     // Operator mode: the operator and preloaded/stored account JWTs must verify, and
     // their imports/exports become configured accounts for the import agent.
-    crate::jwt::check_options(&o)?;
-    crate::jwt::accounts_from_jwts(&mut o)?;
-    crate::imports::validate(&o)?;
+    crate::auth::jwt::check_options(&o)?;
+    crate::auth::jwt::accounts_from_jwts(&mut o)?;
+    crate::services::imports::validate(&o)?;
     // TLS settings are checked here (files at start and on reload: `TlsSet::build`).
-    crate::tls::check(&o).map_err(|e| vec![e.to_string()])?;
+    crate::auth::tls::check(&o).map_err(|e| vec![e.to_string()])?;
     Ok(o)
 }
 
@@ -195,7 +195,7 @@ pub fn main() -> i32 {
         return 0;
     }
     if let Some(sig) = f.get("signal") {
-        return match crate::signal::send(sig, f.get("pid")) {
+        return match crate::process::signal::send(sig, f.get("pid")) {
             Ok(()) => 0,
             Err(e) => {
                 eprintln!("{prog}: {e}");
@@ -213,7 +213,7 @@ pub fn main() -> i32 {
         }
     };
     let warnings = opts.warnings();
-    let tls_warnings = crate::tls::warnings(&opts);
+    let tls_warnings = crate::auth::tls::warnings(&opts);
     if f.bool("test_config") == Some(true) {
         for w in &warnings {
             println!("{prog}: warning: {w}");
@@ -221,7 +221,7 @@ pub fn main() -> i32 {
         for w in &tls_warnings {
             println!("{prog}: warning: {w}");
         }
-        if let Err(e) = crate::tls::TlsSet::build(&opts) {
+        if let Err(e) = crate::auth::tls::TlsSet::build(&opts) {
             println!("{prog}: warning: {e}; the server refuses to start until this is fixed");
         }
         for (pos, what) in opts.extensions_used() {
@@ -327,7 +327,7 @@ pub fn main() -> i32 {
         }
         return 1;
     }
-    if let Err(e) = crate::logging::init(
+    if let Err(e) = crate::server::logging::init(
         opts.debug,
         opts.trace,
         opts.logtime,
@@ -337,8 +337,8 @@ pub fn main() -> i32 {
         eprintln!("{prog}: cannot open log file: {e}");
         return 1;
     }
-    crate::logging::set_rotation(opts.log_size_limit, opts.log_max_files);
-    crate::logging::set_max_traced(opts.max_traced_msg_len);
+    crate::server::logging::set_rotation(opts.log_size_limit, opts.log_max_files);
+    crate::server::logging::set_max_traced(opts.max_traced_msg_len);
     for w in &warnings {
         tracing::warn!("{w}");
     }
@@ -415,7 +415,7 @@ pub async fn run_server(opts: Options, f: Flags, prog: String) -> anyhow::Result
     if let Some(c) = &opts.config_file {
         tracing::info!("Using configuration file: {}", c.display());
     }
-    server.set_tls(crate::tls::TlsSet::build(&opts)?);
+    server.set_tls(crate::auth::tls::TlsSet::build(&opts)?);
     let mut monitoring_urls = Vec::new();
     if let Some(hp) = opts.http_port {
         let host = opts.http_host.clone().unwrap_or_else(|| opts.host.clone());
@@ -440,7 +440,7 @@ pub async fn run_server(opts: Options, f: Flags, prog: String) -> anyhow::Result
         let paddr = l.local_addr()?;
         tracing::info!("Starting prometheus metrics on {paddr}");
         prometheus_url = Some(format!("http://{paddr}/metrics"));
-        tokio::spawn(crate::metrics::serve_metrics(server.clone(), l));
+        tokio::spawn(crate::monitor::metrics::serve_metrics(server.clone(), l));
     }
     let listener = bind(&opts.host, opts.port).await?;
     let addr = listener.local_addr()?;
@@ -459,7 +459,10 @@ pub async fn run_server(opts: Options, f: Flags, prog: String) -> anyhow::Result
             tracing::warn!("Clients that do not use TLS are allowed (allow_non_tls)");
         }
     }
-    tokio::spawn(server.clone().accept_clients(listener));
+    tokio::spawn(crate::roles::client::accept_clients(
+        server.clone(),
+        listener,
+    ));
 
     let mut leaf_url = None;
     if let Some(lo) = opts.leafnodes.as_ref().filter(|l| l.port != 0) {
@@ -480,7 +483,7 @@ pub async fn run_server(opts: Options, f: Flags, prog: String) -> anyhow::Result
             laddr.port()
         ));
         *server.leaf_url.lock() = leaf_url.clone();
-        tokio::spawn(crate::leaf::accept_leafs(server.clone(), l));
+        tokio::spawn(crate::roles::leaf::accept_leafs(server.clone(), l));
     }
     let mut route_url = None;
     if let Some(c) = &opts.cluster {
@@ -508,14 +511,14 @@ pub async fn run_server(opts: Options, f: Flags, prog: String) -> anyhow::Result
                 raddr.port()
             );
             route_url = Some(url.trim_end_matches('/').to_string());
-            tokio::spawn(crate::route::accept_routes(server.clone(), l));
+            tokio::spawn(crate::roles::route::accept_routes(server.clone(), l));
         }
         server.start_routes();
     }
-    server.start_remotes();
-    crate::system::start(server.clone());
-    crate::system::start_claims(server.clone());
-    crate::imports::start(server.clone());
+    crate::roles::leaf::start_remotes(&server);
+    crate::services::system::start(server.clone());
+    crate::services::system::start_claims(server.clone());
+    crate::services::imports::start(server.clone());
 
     let pid = std::process::id();
     if let Some(p) = &opts.pid_file {
@@ -549,7 +552,7 @@ pub async fn run_server(opts: Options, f: Flags, prog: String) -> anyhow::Result
     }
     tracing::info!("Server is ready");
 
-    crate::signal::wait(server.clone(), f).await;
+    crate::process::signal::wait(server.clone(), f).await;
     tracing::info!("Initiating Shutdown...");
     server.shutdown_now();
     // Give writers a moment to flush their last bytes.

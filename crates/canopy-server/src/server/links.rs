@@ -1,0 +1,53 @@
+//! State the server keeps of its links: established routes and the cluster
+//! ([`Cluster`], [`Route`]), and the live state of each configured leaf remote
+//! ([`RemoteState`]). The route and leaf roles fill them in; monitoring reads them.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::core::account::Account;
+use crate::core::conn::ConnShared;
+use crate::core::interest::Link;
+
+/// One established route.
+pub struct Route {
+    pub conn: Arc<ConnShared>,
+    pub remote_id: String,
+    pub remote_name: String,
+    pub solicited: bool,
+    /// Configured in `cluster.routes` (not learned by gossip).
+    pub configured: bool,
+    /// The peer's route URL (from its INFO `ip`), for gossip.
+    pub url: String,
+    pub connect_urls: Vec<String>,
+    pub(crate) links: Mutex<Vec<(Arc<Account>, Arc<Link>)>>,
+}
+
+/// Cluster state kept by the server.
+#[derive(Default)]
+pub struct Cluster {
+    pub routes: Mutex<Vec<Arc<Route>>>,
+    /// Server ids we are dialling (explicit or implicit), to avoid duplicate dials.
+    pub(crate) dialing: Mutex<HashSet<String>>,
+    /// Our route URL as peers should dial it.
+    pub url: Mutex<String>,
+    /// The cluster name (configured or learned).
+    pub name: Mutex<String>,
+    /// Route URLs (host:port) that turned out to be ourselves: not dialled again.
+    pub(crate) self_urls: Mutex<HashSet<String>>,
+}
+
+/// Live state of one configured remote, for `/leafz` (Canopy extension) and metrics.
+#[derive(Debug, Default)]
+pub struct RemoteState {
+    pub urls: Vec<String>,
+    pub account: String,
+    pub connected: AtomicBool,
+    pub connected_url: Mutex<Option<String>>,
+    pub last_error: Mutex<Option<String>>,
+    pub attempts: AtomicU64,
+    pub reconnects: AtomicU64,
+}
