@@ -724,31 +724,36 @@ impl Transform {
         })
     }
 
-    /// The transform nats-server builds for a stream import (`AddStreamImport`): subjects
-    /// matching `from` are delivered as `to`. `*` tokens in `to` take the source wildcards in
-    /// order (`$1`, `$2`, ...); an empty `to`, or `to == from`, keeps the subject. nats-server
-    /// makes no transform when `from` is literal and delivers on `to`; this gives the same.
+    /// The transform nats-server builds for a stream import (`AddStreamImport`): messages on
+    /// the exporter's `from` are delivered to the importer as `to`. An empty `to` or
+    /// `to == from` keeps the subject; with a literal `from`, every message goes to `to`
+    /// verbatim; otherwise `*` tokens in `to` take `from`'s wildcards in order (`$1`, `$2`...)
+    /// and the transform is strict. nats-server applies import transforms with
+    /// [`Transform::transform`] (the subscription already matched).
     pub fn stream_import(from: &str, to: &str) -> Result<Transform, TransformError> {
-        if to.is_empty() || to == from {
-            return Self::new(from, "");
+        let to = if to.is_empty() { from } else { to };
+        if !crate::validate::has_wildcard(from) {
+            return Ok(Self::verbatim(from, to));
         }
-        if crate::validate::is_literal(from) {
-            return Self::new(from, to);
+        if to == from {
+            return Self::new(from, "");
         }
         Self::new_strict(from, &tokenize_wildcards(to))
     }
 
     /// The transform nats-server builds for a service import (`AddServiceImport`): requests on
-    /// the importer's `from` are sent to the exporter's `to`. Like nats-server, the transform
-    /// is built from `to` back to `from` and reversed, so `to`'s wildcards (`*`, `$n`,
-    /// `{{wildcard(n)}}`) take `from`'s wildcards positionally, whatever numbers they carry.
+    /// the importer's `from` are sent to the exporter's `to`. A `to` without wildcard tokens
+    /// is used verbatim (even if it contains `$1`); `to == from` keeps the subject; otherwise,
+    /// like nats-server, the transform is built from `to` back to `from` and reversed, so
+    /// `to`'s wildcards (`*`, `$n`, `{{wildcard(n)}}`) take `from`'s wildcards positionally,
+    /// whatever numbers they carry.
     pub fn service_import(from: &str, to: &str) -> Result<Transform, TransformError> {
         let to = if to.is_empty() { from } else { to };
+        if !crate::validate::has_wildcard(to) {
+            return Ok(Self::verbatim(from, to));
+        }
         if to == from {
             return Self::new(from, "");
-        }
-        if crate::validate::is_literal(to) {
-            return Self::new(from, to);
         }
         let (to_filter, _) = untokenize_wildcards(to);
         let back = Self::new_strict(&to_filter, &tokenize_wildcards(from))?;
@@ -756,6 +761,20 @@ impl Transform {
             .ok_or_else(|| TransformError::NotUsingAllWildcards {
                 token: from.to_string(),
             })
+    }
+
+    /// Matches `source`, always outputs `dest` as given (nats-server's imports without a
+    /// transform).
+    fn verbatim(source: &str, dest: &str) -> Transform {
+        Transform {
+            source: source.to_string(),
+            dest: dest.to_string(),
+            src: src_tokens(source),
+            dtoks: Vec::new(),
+            dest_fwc: false,
+            identity: false,
+            literal: true,
+        }
     }
 
     /// The source filter (`>` when built with an empty source).
@@ -1266,5 +1285,621 @@ impl WeightedMapping {
             None => Ok(Mapped::Dropped),
             Some(t) => Ok(Mapped::Subject(t.transform(subject)?)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(src: &str, dest: &str) -> Transform {
+        match Transform::new(src, dest) {
+            Ok(t) => t,
+            Err(e) => panic!("{src:?} -> {dest:?}: {e}"),
+        }
+    }
+
+    fn apply(src: &str, dest: &str, subject: &str) -> String {
+        match ok(src, dest).apply(subject) {
+            Ok(s) => s.into_owned(),
+            Err(e) => panic!("{src:?} -> {dest:?} on {subject:?}: {e}"),
+        }
+    }
+
+    #[test]
+    fn placeholders_parse() {
+        assert!(matches!(
+            parse_placeholder("$1"),
+            Ok(Placeholder::Wildcard(1))
+        ));
+        assert!(matches!(parse_placeholder("$foo"), Ok(Placeholder::None)));
+        assert!(matches!(parse_placeholder("$"), Ok(Placeholder::None)));
+        assert!(
+            matches!(parse_placeholder("{{partition(10,1,2,3)}}"), Ok(Placeholder::Partition(10, ref v)) if v == &[1, 2, 3])
+        );
+        // Spaces around the name, the parentheses and after commas; first letters any case.
+        assert!(
+            matches!(parse_placeholder("{{ Partition (10, 1,2, 3) }}"), Ok(Placeholder::Partition(10, ref v)) if v == &[1, 2, 3])
+        );
+        assert!(matches!(
+            parse_placeholder("{{wildcard(2)}}"),
+            Ok(Placeholder::Wildcard(2))
+        ));
+        assert!(matches!(
+            parse_placeholder("{{Wildcard( 2 )}}"),
+            Ok(Placeholder::Wildcard(2))
+        ));
+        for (t, f, i, n) in [
+            ("{{SplitFromLeft(2,1)}}", IntFn::SplitFromLeft, 2, 1),
+            ("{{splitfromright(3,2)}}", IntFn::SplitFromRight, 3, 2),
+            ("{{SliceFromLeft(2,2)}}", IntFn::SliceFromLeft, 2, 2),
+            ("{{sliceFromRight(1, 4)}}", IntFn::SliceFromRight, 1, 4),
+            ("{{Left(3,2)}}", IntFn::Left, 3, 2),
+            ("{{right(3,2)}}", IntFn::Right, 3, 2),
+        ] {
+            match parse_placeholder(t) {
+                Ok(Placeholder::IndexInt(g, j, m)) => assert_eq!((g, j, m), (f, i, n), "{t}"),
+                other => panic!("{t}: {other:?}"),
+            }
+        }
+        assert!(
+            matches!(parse_placeholder("{{split(1,-)}}"), Ok(Placeholder::Split(1, ref d)) if d == "-")
+        );
+        // Only the first letter of each word may change case.
+        assert!(matches!(
+            parse_placeholder("{{WILDCARD(1)}}"),
+            Err(TransformError::UnknownFunction { .. })
+        ));
+    }
+
+    #[test]
+    fn construction_errors() {
+        let err = |src: &str, dest: &str, strict: bool| -> TransformError {
+            match Transform::with_strict(src, dest, strict) {
+                Ok(t) => panic!("{src:?} -> {dest:?} accepted: {t:?}"),
+                Err(e) => {
+                    assert!(
+                        e == TransformError::BadSubject || e.is_invalid_mapping_destination(),
+                        "{e:?}"
+                    );
+                    e
+                }
+            }
+        };
+        assert_eq!(err("foo..", "bar", false), TransformError::BadSubject);
+        // A `*` in the destination, `>` on one side only.
+        assert_eq!(err("foo.*", "bar.*", false), TransformError::BadSubject);
+        assert_eq!(err("foo.*", "bar.$1.>", false), TransformError::BadSubject);
+        assert_eq!(err("foo.>", "bar.baz", false), TransformError::BadSubject);
+        assert_eq!(
+            err("foo.*", "bar.$2", false).to_string(),
+            "invalid mapping destination: wildcard index out of range in $2: [2]"
+        );
+        assert_eq!(
+            err("foo.*.*", "bar.$2", true).to_string(),
+            "invalid mapping destination: not using all of the token wildcard(s) in bar.$2"
+        );
+        // `$foo` is a literal, so the wildcard is unused.
+        assert!(matches!(
+            err("foo.*", "foo.$foo", true),
+            TransformError::NotUsingAllWildcards { .. }
+        ));
+        assert_eq!(
+            err("foo.*", "bar.{{Partition(2,1)}}", true).to_string(),
+            "invalid mapping destination: the only mapping function allowed for import transforms is {{Wildcard()}} in {{Partition(2,1)}}"
+        );
+        assert_eq!(
+            err("foo.*", "foo.{{wildcard(2)}}", false).to_string(),
+            "invalid mapping destination: wildcard index out of range in {{wildcard(2)}}: [2]"
+        );
+        assert_eq!(
+            err("foo.*", "foo.{{unimplemented(1)}}", false).to_string(),
+            "invalid mapping destination: unknown function in {{unimplemented(1)}}"
+        );
+        assert_eq!(
+            err("foo.*", "foo.{{partition(10)}}", false).to_string(),
+            "invalid mapping destination: not enough arguments passed to the function in {{partition(10)}}"
+        );
+        assert_eq!(
+            err("foo.*", "foo.{{wildcard(foo)}}", false).to_string(),
+            "invalid mapping destination: function argument is invalid or in the wrong format in {{wildcard(foo)}}"
+        );
+        assert!(matches!(
+            err("foo.*", "foo.{{wildcard()}}", false),
+            TransformError::NotEnoughArgs { .. }
+        ));
+        assert_eq!(
+            err("foo.*", "foo.{{wildcard(1,2)}}", false).to_string(),
+            "invalid mapping destination: too many arguments passed to the function in {{wildcard(1,2)}}"
+        );
+        assert!(matches!(
+            err("foo.*", "foo.{{ wildcard5) }}", false),
+            TransformError::UnknownFunction { .. }
+        ));
+        assert!(matches!(
+            err("foo.*", "foo.{{splitLeft(2,2}}", false),
+            TransformError::UnknownFunction { .. }
+        ));
+        // No wildcard in the source: no function at all.
+        assert_eq!(
+            err("foo", "bla.{{wildcard(1)}}", false).to_string(),
+            "invalid mapping destination: wildcard index out of range in {{wildcard(1)}}"
+        );
+        // A `>`-only source has no `*` to refer to.
+        assert!(matches!(
+            err("foo.>", "bar.$1.>", false),
+            TransformError::IndexOutOfRange { .. }
+        ));
+        // The integer argument has a 32-bit range (2.11).
+        assert!(matches!(
+            err("*", "{{left(1,2147483648)}}", false),
+            TransformError::InvalidArg { .. }
+        ));
+        assert!(matches!(
+            err("*", "{{split(1,a b)}}", false),
+            TransformError::InvalidArg { .. }
+        ));
+        assert!(matches!(
+            err("*", "{{split(1,-,x)}}", false),
+            TransformError::TooManyArgs { .. }
+        ));
+    }
+
+    #[test]
+    fn constructions_accepted() {
+        assert!(Transform::new_strict("foo.*", "bar.{{Wildcard(1)}}").is_ok());
+        for (src, dest) in [
+            ("foo.*.*", "bar.$2"), // non-strict: not every wildcard needs placing
+            ("foo.*.*", "bar.{{wildcard(1)}}"),
+            ("foo", "bar"),
+            ("foo.*.bar.*.baz", "req.$2.$1"),
+            ("baz.>", "mybaz.>"),
+            ("*", "{{splitfromleft(1,1)}}"),
+            ("", "prefix.>"),
+            ("*.*", "{{partition(10,1,2)}}"),
+            (
+                "foo.*.*",
+                "foo.{{wildcard(1)}}.{{wildcard(2)}}.{{partition(5,1,2)}}",
+            ),
+            ("foo.*", "bar.$x"), // `$x` is a literal token
+            ("foo.*", "bar.{{"), // so is anything not shaped `{{...}}`
+            ("foo.*", "bar.$0"), // index 0 (and below) read the first source token
+        ] {
+            ok(src, dest);
+        }
+        assert_eq!(ok("", "prefix.>").source(), ">");
+    }
+
+    #[test]
+    fn apply_cases() {
+        assert_eq!(apply("", "prefix.>", "foo"), "prefix.foo");
+        assert_eq!(apply("foo", "bar", "foo"), "bar");
+        assert_eq!(
+            apply("foo.*.bar.*.baz", "req.$2.$1", "foo.A.bar.B.baz"),
+            "req.B.A"
+        );
+        assert_eq!(
+            apply(
+                "foo.*.bar.*.baz",
+                "req.{{wildcard(2)}}.{{wildcard(1)}}",
+                "foo.A.bar.B.baz"
+            ),
+            "req.B.A"
+        );
+        assert_eq!(apply("baz.>", "my.pre.>", "baz.1.2.3"), "my.pre.1.2.3");
+        assert_eq!(apply("baz.>", "foo.bar.>", "baz.1.2.3"), "foo.bar.1.2.3");
+        assert_eq!(apply("*", "foo.bar.$1", "foo"), "foo.bar.foo");
+        assert_eq!(apply("*", "{{splitfromleft(1,3)}}", "12345"), "123.45");
+        assert_eq!(apply("*", "{{SplitFromRight(1,3)}}", "12345"), "12.345");
+        assert_eq!(
+            apply("*", "{{SliceFromLeft(1,3)}}", "1234567890"),
+            "123.456.789.0"
+        );
+        assert_eq!(
+            apply("*", "{{SliceFromRight(1,3)}}", "1234567890"),
+            "1.234.567.890"
+        );
+        assert_eq!(
+            apply("*", "{{split(1,-)}}", "-abc-def--ghi-"),
+            "abc.def.ghi"
+        );
+        assert_eq!(apply("*", "{{split(1,-)}}", "abc-def--ghi-"), "abc.def.ghi");
+        assert_eq!(
+            apply(
+                "*.*",
+                "{{split(2,-)}}.{{splitfromleft(1,2)}}",
+                "foo.-abc-def--ghij-"
+            ),
+            "abc.def.ghij.fo.o"
+        );
+        assert_eq!(apply("*", "{{right(1,1)}}", "1234"), "4");
+        assert_eq!(apply("*", "{{right(1,3)}}", "1234"), "234");
+        assert_eq!(apply("*", "{{right(1,6)}}", "1234"), "1234");
+        assert_eq!(apply("*", "{{left(1,1)}}", "1234"), "1");
+        assert_eq!(apply("*", "{{left(1,3)}}", "1234"), "123");
+        assert_eq!(apply("*", "{{left(1,6)}}", "1234"), "1234");
+        // Out-of-range sizes leave the token whole.
+        assert_eq!(apply("*", "{{slicefromleft(1,0)}}", "abc"), "abc");
+        assert_eq!(apply("*", "{{splitfromleft(1,-1)}}", "abc"), "abc");
+        // nats-server quirks kept: `$0` reads the first source token, an empty piece after a
+        // leading empty piece in split() yields an empty token, `*x` in a source matches any
+        // token.
+        assert_eq!(apply("foo.*", "bar.$0", "foo.x"), "bar.foo");
+        assert_eq!(apply("*", "{{split(1,-)}}", "--a"), ".a");
+        assert_eq!(apply("*", "{{split(1,)}}", "abc"), "a.b.c");
+        assert_eq!(apply("a.*x", "b", "a.zzz"), "b");
+        // Wildcard functions in the input subject are refused, mismatches reported.
+        let t = ok("foo.*", "bar.$1");
+        assert_eq!(t.apply("foo.*"), Err(TransformError::BadSubject));
+        assert_eq!(t.apply("foo..x"), Err(TransformError::BadSubject));
+        assert_eq!(t.apply("baz.x"), Err(TransformError::NoMatch));
+        assert_eq!(t.apply("foo.x.y"), Err(TransformError::NoMatch));
+        assert_eq!(
+            TransformError::NoMatch.to_string(),
+            "no matching transforms available"
+        );
+        assert_eq!(TransformError::BadSubject.to_string(), "invalid subject");
+    }
+
+    #[test]
+    fn apply_borrows_when_it_can() {
+        let lit = ok("foo.*", "bar");
+        assert!(matches!(lit.apply("foo.x"), Ok(Cow::Borrowed("bar"))));
+        let id = ok(">", ">");
+        assert!(id.is_identity());
+        assert!(matches!(id.apply("a.b"), Ok(Cow::Borrowed("a.b"))));
+        let empty = ok("foo.*", "");
+        assert!(empty.is_identity());
+        assert!(matches!(empty.apply("foo.x"), Ok(Cow::Borrowed("foo.x"))));
+        assert_eq!(empty.apply("bar.x"), Err(TransformError::NoMatch));
+    }
+
+    #[test]
+    fn transform_never_panics_on_missing_tokens() {
+        // nats-server: "one.two." for a missing wildcard token (its other functions panic).
+        let t = ok("foo.*", "one.two.{{wildcard(1)}}");
+        assert_eq!(t.transform("foo").as_deref(), Ok("one.two."));
+        let t = ok("foo.*", "x.{{splitfromleft(1,1)}}.{{partition(3,1)}}");
+        assert_eq!(t.transform("foo").as_deref(), Ok("x..1"));
+        let t = ok("foo.*.>", "x.$1.>");
+        assert_eq!(t.transform("foo").as_deref(), Ok("x.."));
+    }
+
+    #[test]
+    fn partition_agrees_with_go() {
+        // FNV-1a 32 reference values.
+        let mut h = Fnv32a::new();
+        h.write(b"");
+        assert_eq!(h.0, 0x811c_9dc5);
+        h.write(b"a");
+        assert_eq!(h.0, 0xe40c_292c);
+        // From nats-server's tests (whole-subject partitions of later versions hash the same
+        // bytes): foo→3, baz→0, qux→9 of 10; foo.bar→6, foo.baz→4 of 10; test.subject→0 of 5.
+        assert_eq!(apply("*", "bar.{{partition(10,1)}}", "foo"), "bar.3");
+        assert_eq!(apply("*", "bar.{{partition(10,1)}}", "baz"), "bar.0");
+        assert_eq!(apply("*", "bar.{{partition(10,1)}}", "qux"), "bar.9");
+        assert_eq!(partition_of(b"foo.bar", 10), 6);
+        assert_eq!(partition_of(b"foo.baz", 10), 4);
+        assert_eq!(partition_of(b"test.subject", 5), 0);
+        // The key is the named tokens concatenated without separators.
+        assert_eq!(
+            apply("*.*", "p.{{partition(10,1,2)}}", "fo.o"),
+            format!("p.{}", partition_of(b"foo", 10))
+        );
+        // Zero buckets: 0 (nats-server 2.10/2.11 panic; later versions write 0).
+        assert_eq!(apply("*", "{{partition(0,1)}}", "foo"), "0");
+        // A negative count wraps as Go's uint32 conversion does.
+        let n = (-3i32) as u32;
+        assert_eq!(
+            apply("*", "{{partition(-3,1)}}", "foo"),
+            partition_of(b"foo", n).to_string()
+        );
+    }
+
+    #[test]
+    fn multibyte_cut_is_an_error_not_a_panic() {
+        let t = ok("*", "{{splitfromleft(1,1)}}");
+        assert!(matches!(
+            t.apply("é1"),
+            Err(TransformError::NotCharBoundary { .. })
+        ));
+        assert_eq!(t.apply("aé").as_deref(), Ok("a.é"));
+        assert_eq!(apply("*", "{{split(1,é)}}", "aéb"), "a.b");
+    }
+
+    #[test]
+    fn reverse_cases() {
+        let tr = Transform::new_strict("foo.*.*", "bar.$2.{{Wildcard(1)}}")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let out = tr.apply("foo.b.a").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(out, "bar.a.b");
+        let rev = tr.reverse().unwrap_or_else(|| panic!("no reverse"));
+        assert_eq!(rev.source(), "bar.*.*");
+        assert_eq!(rev.apply(&out).as_deref(), Ok("foo.b.a"));
+        // A three-way rotation: the true inverse (nats-server's reverse gets this one wrong).
+        let tr = ok("foo.*.*.*", "bar.$2.$3.$1");
+        let out = tr.apply("foo.A.B.C").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(out, "bar.B.C.A");
+        let rev = tr.reverse().unwrap_or_else(|| panic!("no reverse"));
+        assert_eq!(rev.apply(&out).as_deref(), Ok("foo.A.B.C"));
+        // `>` and literal sources.
+        let tr = ok("a.>", "b.a.>");
+        let rev = tr.reverse().unwrap_or_else(|| panic!("no reverse"));
+        assert_eq!(rev.apply("b.a.x.y").as_deref(), Ok("a.x.y"));
+        let rev = ok("x", "y")
+            .reverse()
+            .unwrap_or_else(|| panic!("no reverse"));
+        assert_eq!(rev.apply("y").as_deref(), Ok("x"));
+        // Not reversible: a wildcard dropped, placed twice, or only hashed.
+        assert!(ok("foo.*.*", "bar.$1").reverse().is_none());
+        assert!(ok("foo.*", "bar.$1.$1").reverse().is_none());
+        assert!(ok("foo.*", "bar.{{partition(3,1)}}").reverse().is_none());
+        // A function token next to a placeholder stays literal in the reverse (nats-server).
+        let rev = ok("foo.*", "bar.$1.{{partition(3,1)}}").reverse();
+        assert_eq!(
+            rev.as_ref().map(|r| r.source()),
+            Some("bar.*.{{partition(3,1)}}")
+        );
+    }
+
+    #[test]
+    fn import_helpers() {
+        assert_eq!(tokenize_wildcards("foo.*.*"), "foo.$1.$2");
+        assert_eq!(tokenize_wildcards("foo.*.>"), "foo.$1.>");
+        assert_eq!(untokenize_wildcards("bar"), ("bar".to_string(), vec![]));
+        assert_eq!(
+            untokenize_wildcards("foo.$2.$1"),
+            ("foo.*.*".to_string(), vec!["$2", "$1"])
+        );
+        assert_eq!(
+            untokenize_wildcards("foo.{{wildcard(2)}}.{{wildcard(1)}}"),
+            (
+                "foo.*.*".to_string(),
+                vec!["{{wildcard(2)}}", "{{wildcard(1)}}"]
+            )
+        );
+        // What the server's import agent needs (its map_subject cases).
+        let s = |from: &str, to: &str, subject: &str| -> String {
+            let t = Transform::stream_import(from, to).unwrap_or_else(|e| panic!("{e}"));
+            t.apply(subject)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .into_owned()
+        };
+        assert_eq!(s("a.>", "b.a.>", "a.x.y"), "b.a.x.y");
+        assert_eq!(s("a.*.c", "z.*", "a.q.c"), "z.q");
+        assert_eq!(s("a.*.c", "z.$1", "a.q.c"), "z.q");
+        assert_eq!(s("events.>", "events.>", "events.1"), "events.1");
+        assert_eq!(s("x", "y", "x"), "y");
+        assert_eq!(s("x", "", "x"), "x");
+        assert_eq!(s("a.*.*", "b.*.*", "a.1.2"), "b.1.2");
+        assert!(Transform::stream_import("a.*", "b.*.*").is_err());
+        assert!(Transform::service_import("req", "svc.*").is_err());
+        // Service imports: positional, whatever numbers `to` carries (as nats-server).
+        let v = |from: &str, to: &str, subject: &str| -> String {
+            let t = Transform::service_import(from, to).unwrap_or_else(|e| panic!("{e}"));
+            t.apply(subject)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .into_owned()
+        };
+        assert_eq!(v("a.*.*", "b.*.{{wildcard(1)}}", "a.1.2"), "b.1.2");
+        // No wildcard token in `to`: nats-server makes no transform and uses `to` verbatim.
+        assert_eq!(v("a.*.*", "b.$2.$1", "a.1.2"), "b.$2.$1");
+        assert_eq!(s("a", "b.*", "a"), "b.*");
+        assert_eq!(v("req.*", "svc.*", "req.x"), "svc.x");
+        assert_eq!(v("req.>", "svc.>", "req.x.y"), "svc.x.y");
+        assert_eq!(v("req.*", "svc", "req.x"), "svc");
+        assert_eq!(v("req.*", "req.*", "req.x"), "req.x");
+    }
+
+    #[test]
+    fn validate_mapping_cases() {
+        for (src, dest) in [
+            ("bar", "foo"),
+            ("foo", "foo.bar"),
+            ("*", "{{wildcard(1)}}"),
+            ("foo.>", ">"),
+            ("foo.*", "bar.{{wildcard(1)}}"),
+            ("foo.>", "bar.>"),
+            ("foo.*.>", "bar.{{wildcard(1)}}.>"),
+            ("foo.*.bar", "bar.{{wildcard(1)}}.foo"),
+            ("foo.bar.>", "foo.bar.foo.>"),
+            ("*", "foo.{{ wildcard(1) }}"),
+            ("*", "foo.{{wildcard( 1 )}}"),
+            ("*", "foo.{{partition(2,1)}}"),
+            ("*.*", "foo.{{SplitFromLeft(2,1)}}"),
+            ("*.*", "foo.{{SplitFromRight(2,1)}}"),
+            ("x", ""),
+        ] {
+            assert_eq!(validate_mapping(src, dest), Ok(()), "{src} -> {dest}");
+        }
+        assert_eq!(
+            validate_mapping("*", "foo.{{unknown(1)}}"),
+            Err(TransformError::UnknownFunction {
+                token: "{{unknown(1)}}".into()
+            })
+        );
+        assert_eq!(
+            validate_mapping("foo", "foo..}"),
+            Err(TransformError::InvalidDestinationToken { token: "".into() })
+        );
+        assert_eq!(
+            validate_mapping("foo", "foo. bar}"),
+            Err(TransformError::InvalidDestination)
+        );
+        assert_eq!(
+            TransformError::InvalidDestination.to_string(),
+            "invalid mapping destination: invalid transform"
+        );
+        // nats-server's list of functions here lacks left() and right().
+        assert!(matches!(
+            validate_mapping("*", "{{left(1,1)}}"),
+            Err(TransformError::UnknownFunction { .. })
+        ));
+        assert!(Transform::new("*", "{{left(1,1)}}").is_ok());
+    }
+
+    fn md(subject: &str, weight: u8, cluster: Option<&str>) -> MapDest {
+        MapDest {
+            subject: subject.into(),
+            weight,
+            cluster: cluster.map(Into::into),
+        }
+    }
+
+    fn subj(m: &Mapped<'_>) -> Option<String> {
+        match m {
+            Mapped::Subject(s) => Some(s.to_string()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn weighted_validation() {
+        let e = |src: &str, d: &[MapDest]| WeightedMapping::new(src, d).err();
+        assert_eq!(
+            e("foo..x", &[md("a", 100, None)]),
+            Some(TransformError::BadSubject)
+        );
+        assert_eq!(
+            e("foo bar", &[md("a", 100, None)]),
+            Some(TransformError::BadSubject)
+        );
+        assert_eq!(
+            e("foo", &[md("a", 50, None), md("a", 50, None)]),
+            Some(TransformError::DuplicateEntry("a".into()))
+        );
+        assert_eq!(
+            TransformError::DuplicateEntry("a".into()).to_string(),
+            "duplicate entry for \"a\""
+        );
+        assert_eq!(
+            e("foo", &[md("a", 101, None)]),
+            Some(TransformError::WeightTooLarge)
+        );
+        assert_eq!(
+            TransformError::WeightTooLarge.to_string(),
+            "individual weights need to be <= 100"
+        );
+        assert_eq!(
+            e("foo", &[md("a", 60, None), md("b", 50, None)]),
+            Some(TransformError::TotalWeightTooLarge)
+        );
+        assert_eq!(
+            TransformError::TotalWeightTooLarge.to_string(),
+            "total weight needs to be <= 100"
+        );
+        // Totals are per cluster.
+        assert!(e(
+            "foo",
+            &[
+                md("a", 60, None),
+                md("b", 60, Some("east")),
+                md("c", 60, Some("west"))
+            ]
+        )
+        .is_none());
+        assert!(matches!(
+            e("foo.*", &[md("bar.{{left(1,1)}}", 100, None)]),
+            Some(TransformError::UnknownFunction { .. })
+        ));
+        assert!(matches!(
+            e("foo.*", &[md("bar.$2", 100, None)]),
+            Some(TransformError::IndexOutOfRange { .. })
+        ));
+    }
+
+    #[test]
+    fn weighted_selection() {
+        // 20 / 30, remainder 50 back to the source itself; ascending cumulative weights.
+        let m = WeightedMapping::new("foo.*", &[md("a.$1", 30, None), md("b.$1", 20, None)])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let cum: Vec<(u8, u8)> = m
+            .destinations
+            .iter()
+            .map(|d| (d.weight, d.cumulative))
+            .collect();
+        assert_eq!(cum, [(20, 20), (30, 50), (50, 100)]);
+        assert_eq!(m.destinations[2].transform.destination(), "foo.$1");
+        let pick = |roll| subj(&m.map("foo.x", None, roll).unwrap_or_else(|e| panic!("{e}")));
+        assert_eq!(pick(0).as_deref(), Some("b.x"));
+        assert_eq!(pick(19).as_deref(), Some("b.x"));
+        assert_eq!(pick(20).as_deref(), Some("a.x"));
+        assert_eq!(pick(49).as_deref(), Some("a.x"));
+        assert_eq!(pick(50).as_deref(), Some("foo.x"));
+        assert_eq!(pick(99).as_deref(), Some("foo.x"));
+        assert_eq!(pick(120).as_deref(), Some("a.x")); // modulo 100
+        assert_eq!(m.map("bar.x", None, 0), Ok(Mapped::NoMatch));
+        // Listing the source explicitly means the remainder is dropped.
+        let m = WeightedMapping::new("foo", &[md("foo", 10, None), md("bar", 20, None)])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(m.destinations.len(), 2);
+        assert_eq!(
+            m.map("foo", None, 5).map(|m| subj(&m)),
+            Ok(Some("foo".into()))
+        );
+        assert_eq!(
+            m.map("foo", None, 25).map(|m| subj(&m)),
+            Ok(Some("bar".into()))
+        );
+        assert_eq!(m.map("foo", None, 30), Ok(Mapped::Dropped));
+        // A lone full-weight destination ignores the roll.
+        let m = WeightedMapping::single("foo.>", "bar.>").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(m.destinations.len(), 1);
+        assert_eq!(
+            m.map("foo.a.b", None, 99).map(|m| subj(&m)),
+            Ok(Some("bar.a.b".into()))
+        );
+    }
+
+    #[test]
+    fn weighted_cluster_scoped() {
+        let m = WeightedMapping::new(
+            "orders.*",
+            &[
+                md("global.$1", 100, None),
+                md("east.$1", 100, Some("east")),
+                md("west.a.$1", 40, Some("west")),
+            ],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let map = |cluster, roll| {
+            subj(
+                &m.map("orders.7", cluster, roll)
+                    .unwrap_or_else(|e| panic!("{e}")),
+            )
+        };
+        assert_eq!(map(None, 0).as_deref(), Some("global.7"));
+        assert_eq!(map(Some("other"), 0).as_deref(), Some("global.7"));
+        assert_eq!(map(Some(""), 0).as_deref(), Some("global.7"));
+        assert_eq!(map(Some("east"), 99).as_deref(), Some("east.7"));
+        assert_eq!(map(Some("west"), 10).as_deref(), Some("west.a.7"));
+        // West weighs 40, the rest keeps the source subject.
+        assert_eq!(map(Some("west"), 40).as_deref(), Some("orders.7"));
+        assert_eq!(m.cluster_destinations.len(), 2);
+        // Only scoped entries: unscoped servers keep the subject.
+        let m = WeightedMapping::new("a", &[md("b", 100, Some("c1"))])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(m.map("a", None, 3).map(|m| subj(&m)), Ok(Some("a".into())));
+        assert_eq!(
+            m.map("a", Some("c1"), 3).map(|m| subj(&m)),
+            Ok(Some("b".into()))
+        );
+    }
+
+    #[test]
+    fn weighted_select_with_rng_is_in_range() {
+        use rand::SeedableRng;
+        let m = WeightedMapping::new("s", &[md("a", 50, None), md("b", 50, None)])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let (mut a, mut b) = (0, 0);
+        for _ in 0..1000 {
+            match m.select_with(None, &mut rng).map(Transform::destination) {
+                Some("a") => a += 1,
+                Some("b") => b += 1,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(a > 400 && b > 400, "{a} {b}");
     }
 }
