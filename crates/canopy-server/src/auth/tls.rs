@@ -882,60 +882,9 @@ fn classify(e: io::Error) -> HandshakeError {
 /// SHA-256 of the certificate's DER SubjectPublicKeyInfo, lowercase hex (nats-server's
 /// `pinned_certs` form).
 pub fn spki_sha256(cert: &[u8]) -> Option<String> {
-    let spki = spki_of(cert)?;
-    let d = Sha256::digest(spki);
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert).ok()?;
+    let d = Sha256::digest(parsed.tbs_certificate.subject_pki.raw);
     Some(d.iter().map(|b| format!("{b:02x}")).collect())
-}
-
-/// One DER element: its tag, the whole element, its contents, and what follows it.
-struct Der<'a> {
-    tag: u8,
-    whole: &'a [u8],
-    body: &'a [u8],
-    rest: &'a [u8],
-}
-
-fn der(b: &[u8]) -> Option<Der<'_>> {
-    let tag = *b.first()?;
-    let l0 = *b.get(1)? as usize;
-    let (len, hdr) = if l0 < 0x80 {
-        (l0, 2)
-    } else {
-        let n = l0 & 0x7f;
-        if n == 0 || n > 4 {
-            return None;
-        }
-        let mut len = 0usize;
-        for i in 0..n {
-            len = (len << 8) | *b.get(2 + i)? as usize;
-        }
-        (len, 2 + n)
-    };
-    let end = hdr.checked_add(len)?;
-    if end > b.len() {
-        return None;
-    }
-    Some(Der {
-        tag,
-        whole: &b[..end],
-        body: &b[hdr..end],
-        rest: &b[end..],
-    })
-}
-
-fn spki_of(cert: &[u8]) -> Option<&[u8]> {
-    let tbs = der(der(cert)?.body)?.body;
-    let mut rest = tbs;
-    // [0] version (optional), serial, signature, issuer, validity, subject, spki.
-    let first = der(rest)?;
-    if first.tag == 0xa0 {
-        rest = first.rest;
-    }
-    for _ in 0..5 {
-        rest = der(rest)?.rest;
-    }
-    let spki = der(rest)?;
-    (spki.tag == 0x30).then_some(spki.whole)
 }
 
 fn check_pinned<S>(s: &MaybeTls<S>, pinned: &[String]) -> Result<(), HandshakeError> {

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use canopy_subject::Sublist;
 
 use crate::core::conn::ConnShared;
+use crate::core::inbox::Sink;
 use crate::core::interest::{InterestMap, Link};
 
 /// The global account's name.
@@ -25,6 +26,8 @@ pub struct Subscription {
     /// Auto-unsubscribe after this many messages (0 = never).
     pub max: AtomicU64,
     pub delivered: AtomicU64,
+    /// An in-process receiver: messages go to it instead of the connection's buffer.
+    pub sink: Option<Arc<dyn Sink>>,
 }
 
 impl Subscription {
@@ -106,6 +109,7 @@ impl Account {
             sid,
             max: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
+            sink: None,
         }));
         if self.sublist.insert(subject, None, sub.clone()).is_err() {
             return false;

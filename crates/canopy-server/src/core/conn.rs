@@ -318,12 +318,18 @@ impl ConnShared {
         true
     }
 
-    /// A connection without a socket for an internal subscriber (the system client, the
-    /// resolver, the import agent): never a slow consumer, drained with
-    /// [`ConnShared::output_ready`] / [`ConnShared::take_output`].
+    /// A connection without a socket for an in-process service
+    /// ([`crate::server::service`]): its identity and subscription count. Its
+    /// subscriptions carry sinks, so nothing is ever encoded into its buffer; the buffer
+    /// is bounded all the same.
     pub fn internal(cid: u64, name: &str, account: &str, headers: bool) -> Arc<ConnShared> {
         let addr: SocketAddr = ([0, 0, 0, 0], 0).into();
-        let conn = Arc::new(ConnShared::new(cid, ConnKind::Client, addr, usize::MAX));
+        let conn = Arc::new(ConnShared::new(
+            cid,
+            ConnKind::Client,
+            addr,
+            INTERNAL_MAX_PENDING,
+        ));
         conn.headers.store(headers, Ordering::Relaxed);
         {
             let mut m = conn.meta.lock();
@@ -333,22 +339,14 @@ impl ConnShared {
         conn
     }
 
-    /// Internal subscribers (the system and import agents) have no socket: they wait for
-    /// output here and take it with [`ConnShared::take_output`] instead of a writer task.
-    pub async fn output_ready(&self) {
-        self.wake.notified().await;
-    }
-
-    /// Takes everything queued for an internal subscriber.
-    pub fn take_output(&self, into: &mut BytesMut) {
-        self.take_into(into);
-    }
-
     fn take_into(&self, mine: &mut BytesMut) {
         let mut out = self.out.lock();
         std::mem::swap(&mut out.buf, mine);
     }
 }
+
+/// The outbound bound of an internal connection (which never receives encoded output).
+const INTERNAL_MAX_PENDING: usize = 64 * 1024;
 
 /// The receivers a reader delivered to during one read batch; each is woken once.
 #[derive(Default)]

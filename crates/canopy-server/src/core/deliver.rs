@@ -13,6 +13,7 @@ use rand::Rng;
 
 use crate::core::account::{Account, SubRef};
 use crate::core::conn::{ConnKind, ConnShared, FlushList};
+use crate::core::inbox::{origin_of, InMsg, Offer, Sink};
 use crate::core::interest::{msg_allowed, LinkClass};
 
 /// One message on its way to subscribers.
@@ -44,6 +45,22 @@ pub struct Origin<'a> {
     pub queues: Option<&'a [Bytes]>,
     /// The server a link message came from: it is never sent back there.
     pub peer: Option<&'a str>,
+    /// The publishing connection, when there is one (in-process subscribers see its user).
+    pub conn: Option<&'a ConnShared>,
+}
+
+impl<'a> Origin<'a> {
+    /// A message published from inside the server.
+    pub fn internal(cid: u64) -> Origin<'a> {
+        Origin {
+            cid,
+            echo: true,
+            class: LinkClass::Client,
+            queues: None,
+            peer: None,
+            conn: None,
+        }
+    }
 }
 
 /// A link that gets one copy of the message, with the queue groups it must serve.
@@ -122,7 +139,7 @@ pub fn deliver(
                 if !origin.echo && sub.conn.cid == origin.cid {
                     continue;
                 }
-                deliver_one(acc, sub, msg, flush, &mut d);
+                deliver_one(acc, sub, msg, origin, flush, &mut d);
             }
             _ => {
                 if link_may_receive(&sub.conn, origin, msg.subject) {
@@ -156,7 +173,7 @@ pub fn deliver(
             {
                 continue;
             }
-            if deliver_one(acc, sub, msg, flush, &mut d) {
+            if deliver_one(acc, sub, msg, origin, flush, &mut d) {
                 done = true;
                 break;
             }
@@ -214,6 +231,7 @@ pub fn deliver_one(
     acc: &Account,
     sub: &SubRef,
     msg: &Msg<'_>,
+    origin: &Origin<'_>,
     flush: &mut FlushList,
     d: &mut Delivered,
 ) -> bool {
@@ -226,6 +244,9 @@ pub fn deliver_one(
         if n == max {
             acc.drop_subscription(sub);
         }
+    }
+    if let Some(sink) = &sub.sink {
+        return offer_to_sink(acc, sink.as_ref(), msg, origin, flush, d);
     }
     let conn = &sub.conn;
     let headers_ok = conn.headers.load(Ordering::Relaxed);
@@ -251,6 +272,70 @@ pub fn deliver_one(
         }
     }
     ok
+}
+
+/// Hands a message to an in-process subscriber. A full queue refuses it: a request is
+/// then answered at once with a `503` status (as nats-server answers an overloaded
+/// JetStream API), so the requester does not wait for a timeout.
+#[cold]
+fn offer_to_sink(
+    acc: &Account,
+    sink: &dyn Sink,
+    msg: &Msg<'_>,
+    origin: &Origin<'_>,
+    flush: &mut FlushList,
+    d: &mut Delivered,
+) -> bool {
+    let from = origin_of(
+        &acc.name,
+        origin.cid,
+        origin.conn,
+        origin.class,
+        origin.peer,
+    );
+    let m = InMsg::from_parts(msg.subject, msg.reply, msg.hdr_len, msg.payload, from);
+    match sink.offer(m) {
+        Offer::Accepted => {
+            d.msgs += 1;
+            d.bytes += msg.payload.len() as u64;
+            true
+        }
+        Offer::Full => {
+            if let Some(reply) = msg.reply {
+                answer_status(
+                    acc,
+                    reply,
+                    canopy_proto::headers::no_responders_block(),
+                    flush,
+                );
+            }
+            false
+        }
+    }
+}
+
+/// Publishes a status-only message (`NATS/1.0 <code>`) to `reply` in `acc`, wherever its
+/// subscriber is (local, over a route or a leaf link).
+pub fn answer_status(acc: &Account, reply: &[u8], block: &[u8], flush: &mut FlushList) {
+    let Ok(reply_str) = std::str::from_utf8(reply) else {
+        return;
+    };
+    let result = acc.sublist.matches(reply_str);
+    let msg = Msg {
+        subject: reply,
+        reply: None,
+        hdr_len: Some(block.len()),
+        payload: block,
+    };
+    let mut scratch = Scratch::default();
+    deliver(
+        acc,
+        &result,
+        &msg,
+        &Origin::internal(0),
+        &mut scratch,
+        flush,
+    );
 }
 
 /// The no-responders status message (`NATS/1.0 503`) sent to a requester whose request

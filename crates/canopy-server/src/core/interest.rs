@@ -328,6 +328,7 @@ impl Account {
                     sid: Bytes::new(),
                     max: AtomicU64::new(0),
                     delivered: AtomicU64::new(0),
+                    sink: None,
                 }));
                 if self
                     .sublist

@@ -7,9 +7,11 @@ pub mod conn;
 pub mod deliver;
 pub mod errors;
 pub mod format;
+pub mod inbox;
 pub mod interest;
 pub mod perms;
 pub mod stats;
+pub mod url;
 
 /// A random 22-character identifier (like nats-server's NUIDs) for inboxes and `$LDS.`.
 pub fn nuid() -> String {

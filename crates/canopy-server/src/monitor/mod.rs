@@ -123,48 +123,12 @@ pub async fn serve_https(server: Arc<Server>, listener: TcpListener) {
 /// Decoded query parameters; the first occurrence of a key wins (Go's `Values.Get`).
 pub type Query = HashMap<String, String>;
 
-fn hex(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
-    }
-}
-
-/// `application/x-www-form-urlencoded` decoding (`%24G` → `$G`, `+` → space); malformed
-/// escapes are kept as they are.
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hi = b.get(i + 1).copied().and_then(hex);
-                let lo = b.get(i + 2).copied().and_then(hex);
-                if let (Some(h), Some(l)) = (hi, lo) {
-                    out.push(h << 4 | l);
-                    i += 2;
-                } else {
-                    out.push(b'%');
-                }
-            }
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Parses a query string.
+/// Parses a query string (`application/x-www-form-urlencoded`, as Go's `url.ParseQuery`);
+/// the first value of a repeated key wins, as `r.URL.Query().Get` returns it.
 pub fn parse_query(q: &str) -> Query {
     let mut out = Query::new();
-    for kv in q.split('&').filter(|s| !s.is_empty()) {
-        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-        out.entry(percent_decode(k))
-            .or_insert_with(|| percent_decode(v));
+    for (k, v) in url::form_urlencoded::parse(q.as_bytes()) {
+        out.entry(k.into_owned()).or_insert_with(|| v.into_owned());
     }
     out
 }
@@ -554,6 +518,7 @@ pub fn varz(s: &Arc<Server>) -> Value {
         "auth_failures": st.auth_failures.load(Ordering::Relaxed),
         "permission_denials": st.permission_denials.load(Ordering::Relaxed),
         "tls_handshake_failures": st.tls_handshake_failures.load(Ordering::Relaxed),
+        "canopy_services": s.services_json(),
     });
     // The cluster's client URLs, as clients learn them in INFO `connect_urls`.
     let urls = if o.cluster.is_some() {

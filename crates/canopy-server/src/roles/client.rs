@@ -450,7 +450,7 @@ impl Client {
             m.version = c.version.clone();
         }
         if first {
-            crate::services::system::client_connected(&self.server, &self.conn, &self.account.name);
+            crate::server::events::client_connected(&self.server, &self.conn, &self.account.name);
         }
         self.ok();
         true
@@ -645,6 +645,7 @@ impl Client {
             class: LinkClass::Client,
             queues: None,
             peer: None,
+            conn: Some(&self.conn),
         };
         let d = deliver(
             &self.account,
@@ -727,6 +728,7 @@ impl Client {
             sid: sid.clone(),
             max: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
+            sink: None,
         }));
         if let Err(e) = self
             .account
@@ -776,7 +778,7 @@ impl Client {
         self.conn.num_subs.store(0, Ordering::Relaxed);
         if self.connected {
             self.account.num_conns.fetch_sub(1, Ordering::Relaxed);
-            crate::services::system::client_disconnected(
+            crate::server::events::client_disconnected(
                 &self.server,
                 &self.conn,
                 &self.account.name,

@@ -29,6 +29,7 @@ use crate::core::conn::{
 use crate::core::deliver::{deliver, Msg, Origin, Scratch};
 use crate::core::errors;
 use crate::core::interest::{Link, LinkClass};
+use crate::core::url::ServerUrl;
 pub use crate::server::links::RemoteState;
 use crate::server::version;
 use crate::server::Server;
@@ -50,52 +51,17 @@ pub struct LeafUrl {
 
 impl LeafUrl {
     pub fn parse(url: &str) -> Result<LeafUrl, String> {
-        let (scheme, rest) = match url.split_once("://") {
-            Some((s, r)) => (s.to_ascii_lowercase(), r),
-            None => ("nats-leaf".to_string(), url),
-        };
-        if !matches!(scheme.as_str(), "nats-leaf" | "nats" | "tls" | "leaf") {
-            return Err(format!("unsupported URL scheme \"{scheme}\" in {url:?}"));
-        }
-        let rest = rest.trim_end_matches('/');
-        let (userinfo, hostport) = match rest.rsplit_once('@') {
-            Some((u, h)) => (Some(u), h),
-            None => (None, rest),
-        };
-        let (user, pass) = match userinfo {
-            Some(u) => match u.split_once(':') {
-                Some((a, b)) => (Some(a.to_string()), Some(b.to_string())),
-                None => (Some(u.to_string()), None),
-            },
-            None => (None, None),
-        };
-        let (host, port) = if let Some(h) = hostport.strip_prefix('[') {
-            let (h, p) = h
-                .split_once(']')
-                .ok_or_else(|| format!("bad IPv6 host in {url:?}"))?;
-            let port = match p.strip_prefix(':') {
-                Some(p) => p.parse().map_err(|_| format!("bad port in {url:?}"))?,
-                None => DEFAULT_LEAF_PORT,
-            };
-            (h.to_string(), port)
-        } else {
-            match hostport.rsplit_once(':') {
-                Some((h, p)) => (
-                    h.to_string(),
-                    p.parse().map_err(|_| format!("bad port in {url:?}"))?,
-                ),
-                None => (hostport.to_string(), DEFAULT_LEAF_PORT),
-            }
-        };
-        if host.is_empty() {
-            return Err(format!("missing host in {url:?}"));
-        }
+        let u = ServerUrl::parse(
+            url,
+            &["nats-leaf", "nats", "tls", "leaf"],
+            Some(DEFAULT_LEAF_PORT),
+        )?;
         Ok(LeafUrl {
-            host,
-            port,
-            user,
-            pass,
-            tls: scheme == "tls",
+            tls: u.scheme == "tls",
+            host: u.host,
+            port: u.port,
+            user: u.user,
+            pass: u.pass,
         })
     }
 
@@ -675,6 +641,7 @@ impl Session {
             class: link.class(),
             queues: Some(&queues),
             peer: Some(link.peer_id.as_str()),
+            conn: None,
         };
         let d = deliver(
             acc,

@@ -26,6 +26,7 @@ use crate::core::conn::{
 use crate::core::deliver::{deliver, Msg, Origin, Scratch};
 use crate::core::errors;
 use crate::core::interest::{Link, LinkClass};
+use crate::core::url::ServerUrl;
 pub use crate::server::links::Cluster;
 use crate::server::links::Route;
 use crate::server::version;
@@ -36,32 +37,20 @@ const ROUTE_PROTO: i32 = 2;
 /// Delay between reconnect attempts of a route.
 const ROUTE_RECONNECT: Duration = Duration::from_secs(1);
 
-/// `host:port` of a route URL, for comparing configured and advertised URLs.
+/// The schemes of route URLs.
+const ROUTE_SCHEMES: &[&str] = &["nats-route", "nats", "tls", "route"];
+
+/// `host:port` of a route URL, for comparing configured and advertised URLs (the URL as
+/// written when it does not parse).
 fn url_hostport(url: &str) -> String {
-    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
-    let rest = rest.trim_end_matches('/');
-    rest.rsplit_once('@')
-        .map(|(_, h)| h)
-        .unwrap_or(rest)
-        .to_string()
+    ServerUrl::parse(url, ROUTE_SCHEMES, None)
+        .map(|u| u.hostport())
+        .unwrap_or_else(|_| url.to_string())
 }
 
 fn parse_route_url(url: &str) -> Result<(String, Option<String>, Option<String>), String> {
-    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
-    let rest = rest.trim_end_matches('/');
-    let (userinfo, hostport) = match rest.rsplit_once('@') {
-        Some((u, h)) => (Some(u), h),
-        None => (None, rest),
-    };
-    let (user, pass) = match userinfo.map(|u| u.split_once(':')) {
-        Some(Some((u, p))) => (Some(u.to_string()), Some(p.to_string())),
-        Some(None) => (userinfo.map(str::to_string), None),
-        None => (None, None),
-    };
-    if !hostport.contains(':') {
-        return Err(format!("route URL {url:?} has no port"));
-    }
-    Ok((hostport.to_string(), user, pass))
+    let u = ServerUrl::parse(url, ROUTE_SCHEMES, None)?;
+    Ok((u.hostport(), u.user, u.pass))
 }
 
 impl Server {
@@ -733,6 +722,7 @@ impl RouteSession {
             class: LinkClass::Route,
             queues: Some(&queues),
             peer: self.route.as_ref().map(|r| r.remote_id.as_str()),
+            conn: None,
         };
         let d = deliver(
             acc,

@@ -14,8 +14,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub mod accounts;
+pub mod events;
 pub mod links;
 pub mod logging;
+pub mod service;
 pub mod version;
 
 use crate::auth::users::ClientAuth;
@@ -54,7 +56,24 @@ pub struct Server {
     trust: Option<Arc<crate::auth::jwt::Trust>>,
     /// TLS configurations built from the options (empty until [`Server::set_tls`]).
     tls: RwLock<Arc<crate::auth::tls::TlsSet>>,
+    /// In-process services' counters, by name.
+    services: Mutex<Vec<(String, Arc<service::ServiceStats>)>>,
+    /// Code that runs when an account appears or goes away.
+    account_hooks: RwLock<Vec<AccountHook>>,
 }
+
+/// What happened to an account, for [`Server::on_account`] hooks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AccountEvent {
+    /// The account exists now: from the configuration at start, or created at run time
+    /// (operator mode resolves its JWT).
+    Created,
+    /// The account is going away (the server is shutting down).
+    Removed,
+}
+
+/// A hook registered with [`Server::on_account`].
+pub type AccountHook = Arc<dyn Fn(&Arc<Account>, AccountEvent) + Send + Sync>;
 
 impl Server {
     /// Builds the server state from validated options.
@@ -102,6 +121,8 @@ impl Server {
             leaf_url: Mutex::new(None),
             trust,
             tls: RwLock::new(Arc::new(crate::auth::tls::TlsSet::default())),
+            services: Mutex::new(Vec::new()),
+            account_hooks: RwLock::new(Vec::new()),
         })
     }
 
@@ -132,13 +153,51 @@ impl Server {
         self.trust.clone()
     }
 
-    /// Adds an account unless one with its name exists; returns the one in use.
+    /// Adds an account unless one with its name exists; returns the one in use. A new
+    /// account runs the [`Server::on_account`] hooks.
     pub fn insert_account(&self, acc: Arc<Account>) -> Arc<Account> {
-        self.accounts
-            .write()
-            .entry(acc.name.clone())
-            .or_insert(acc)
-            .clone()
+        let (acc, created) = {
+            let mut map = self.accounts.write();
+            match map.get(&acc.name) {
+                Some(existing) => (existing.clone(), false),
+                None => {
+                    map.insert(acc.name.clone(), acc.clone());
+                    (acc, true)
+                }
+            }
+        };
+        if created {
+            let hooks = self.account_hooks.read().clone();
+            for h in hooks {
+                h(&acc, AccountEvent::Created);
+            }
+        }
+        acc
+    }
+
+    /// Registers code to run for every account: at once for those that exist, then for
+    /// each account created later and for each account removed.
+    pub fn on_account(&self, hook: AccountHook) {
+        // Registered first, so that an account created meanwhile is not missed; a hook
+        // may then see `Created` twice for it, and must be idempotent.
+        self.account_hooks.write().push(hook.clone());
+        for acc in self.accounts() {
+            hook(&acc, AccountEvent::Created);
+        }
+    }
+
+    /// Runs the `Removed` hooks for every account (shutdown).
+    fn accounts_removed(&self) {
+        // Taken: the hooks run once, and no account is created after this.
+        let hooks = std::mem::take(&mut *self.account_hooks.write());
+        if hooks.is_empty() {
+            return;
+        }
+        for acc in self.accounts() {
+            for h in &hooks {
+                h(&acc, AccountEvent::Removed);
+            }
+        }
     }
 
     pub fn account(&self, name: &str) -> Option<Arc<Account>> {
@@ -381,6 +440,7 @@ impl Server {
                 }
             }
         }
+        self.accounts_removed();
         self.shutdown.cancel();
     }
 
@@ -390,6 +450,7 @@ impl Server {
         for c in self.connections() {
             c.close(CloseReason::ServerShutdown);
         }
+        self.accounts_removed();
         self.shutdown.cancel();
     }
 }

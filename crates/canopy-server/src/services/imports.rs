@@ -1,63 +1,29 @@
 //! Account exports and imports: the only way subjects cross accounts.
 //!
-//! One internal connection (the *import agent*) holds a subscription for every import:
-//! in the exporting account for stream imports, in the importing account for service
-//! imports, plus one `_R_.<id>.>` reply subscription per exporting account. Its outbound
-//! buffer is parsed by a task (like the system client) that re-publishes each message into
-//! the other account with the subject mapped (`prefix`/`to`), and for services with the
-//! reply rewritten to a private `_R_` subject whose response is routed back to the
-//! requester. The agent publishes with echo off, so a message it moved is never moved
-//! again: imports never loop, even when two accounts import from each other.
+//! One service on the internal service API (the *import agent*) holds a subscription for
+//! every import: in the exporting account for stream imports, in the importing account for
+//! service imports, plus one `_R_.<id>.>` reply subscription per exporting account. Its
+//! handler re-publishes each message into the other account with the subject mapped
+//! (`prefix`/`to`), and for services with the reply rewritten to a private `_R_` subject
+//! whose response is routed back to the requester. A service never hears its own
+//! publishes, so a message the agent moved is never moved again: imports never loop, even
+//! when two accounts import from each other.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
 use canopy_conf::{Export, Import, Options, ResponseType};
-use canopy_proto::{Op, Parser, ParserLimits, Role};
+use canopy_subject::Transform;
+use parking_lot::Mutex;
 
 use crate::core::account::Account;
-use crate::core::conn::{ConnShared, FlushList};
-use crate::core::deliver::{deliver, Msg, Origin, Scratch};
-use crate::core::interest::LinkClass;
+use crate::core::inbox::InMsg;
+use crate::server::service::{sync_handler, Service, ServiceOpts};
 use crate::server::Server;
 
 /// How long a service response route lives when the export sets no threshold.
 const DEFAULT_RESPONSE_THRESHOLD: Duration = Duration::from_secs(120);
-
-/// Maps `subject` (matched by `from`) onto `to`: wildcard tokens of `from` are filled into
-/// the wildcard tokens of `to` in order; a trailing `>` carries the rest.
-pub fn map_subject(from: &str, to: &str, subject: &str) -> String {
-    if from == to {
-        return subject.to_string();
-    }
-    let from_t: Vec<&str> = from.split('.').collect();
-    let subj_t: Vec<&str> = subject.split('.').collect();
-    let mut captured: Vec<String> = Vec::new();
-    let mut rest = String::new();
-    for (i, f) in from_t.iter().enumerate() {
-        match *f {
-            "*" => captured.push(subj_t.get(i).copied().unwrap_or("").to_string()),
-            ">" => {
-                rest = subj_t.get(i..).map(|r| r.join(".")).unwrap_or_default();
-                break;
-            }
-            _ => {}
-        }
-    }
-    let mut out: Vec<String> = Vec::new();
-    let mut cap = captured.into_iter();
-    for t in to.split('.') {
-        match t {
-            "*" => out.push(cap.next().unwrap_or_default()),
-            ">" => out.push(rest.clone()),
-            lit => out.push(lit.to_string()),
-        }
-    }
-    out.join(".")
-}
 
 /// What each agent subscription does with a message.
 #[derive(Clone)]
@@ -65,16 +31,14 @@ enum Route {
     /// Stream import: from the exporter into `to_account`, subject mapped `from` → `to`.
     Stream {
         to_account: Arc<Account>,
-        from: String,
-        to: String,
+        map: Transform,
     },
     /// Service import: a request in the importer (`local` pattern) goes to the exporter
     /// (`remote` pattern) with a private reply subject.
     Service {
         exporter: Arc<Account>,
         importer: Arc<Account>,
-        local: String,
-        remote: String,
+        map: Transform,
         response: ResponseType,
         threshold: Duration,
     },
@@ -84,7 +48,7 @@ enum Route {
 
 struct Pending {
     importer: Arc<Account>,
-    reply: Bytes,
+    reply: String,
     response: ResponseType,
     expires: Instant,
 }
@@ -102,6 +66,24 @@ pub fn validate(o: &Options) -> Result<(), Vec<String>> {
                 Import::Stream { subject, .. } => (subject, true),
                 Import::Service { subject, .. } => (subject, false),
             };
+            let mapping = match imp {
+                Import::Stream {
+                    subject,
+                    prefix,
+                    to,
+                    ..
+                } => stream_transform(subject, prefix, to),
+                Import::Service { subject, to, .. } => {
+                    Transform::service_import(to.as_deref().unwrap_or(subject), subject)
+                }
+            };
+            if let Err(e) = mapping {
+                errs.push(format!(
+                    "{}: import of \"{subject}\" from account \"{}\": {e}",
+                    imp.pos(),
+                    imp.account()
+                ));
+            }
             let allowed = exporter.exports.iter().any(|e| {
                 let (es, accounts, stream) = match e {
                     Export::Stream {
@@ -134,10 +116,108 @@ pub fn validate(o: &Options) -> Result<(), Vec<String>> {
     }
 }
 
+/// The subject mapping of a stream import (`prefix` or `to`).
+fn stream_transform(
+    subject: &str,
+    prefix: &Option<String>,
+    to: &Option<String>,
+) -> Result<Transform, canopy_subject::TransformError> {
+    let to = match (prefix, to) {
+        (Some(p), _) => format!("{p}.{subject}"),
+        (None, Some(t)) => t.clone(),
+        (None, None) => subject.to_string(),
+    };
+    Transform::stream_import(subject, &to)
+}
+
 fn service_export<'a>(o: &'a Options, exporter: &str, subject: &str) -> Option<&'a Export> {
     o.account(exporter)?.exports.iter().find(|e| {
         matches!(e, Export::Service { subject: es, .. } if canopy_subject::subject_is_subset_of(subject, es))
     })
+}
+
+/// The agent's state shared by its handlers (one worker: messages are handled in order).
+struct Agent {
+    server: Arc<Server>,
+    svc: Arc<Service>,
+    reply_prefix: String,
+    pending: Mutex<(u64, HashMap<u64, Pending>)>,
+}
+
+impl Agent {
+    fn handle(&self, route: &Route, m: &InMsg) {
+        let hdr = m.headers.as_deref();
+        match route {
+            Route::Stream { to_account, map } => {
+                let Ok(mapped) = map.transform(&m.subject) else {
+                    return;
+                };
+                self.svc
+                    .publish(to_account, &mapped, m.reply.as_deref(), hdr, &m.payload);
+            }
+            Route::Service {
+                exporter,
+                importer,
+                map,
+                response,
+                threshold,
+            } => {
+                let Ok(mapped) = map.transform(&m.subject) else {
+                    return;
+                };
+                let Some(reply) = &m.reply else {
+                    self.svc.publish(exporter, &mapped, None, hdr, &m.payload);
+                    return;
+                };
+                let n = {
+                    let mut p = self.pending.lock();
+                    p.0 += 1;
+                    let n = p.0;
+                    p.1.insert(
+                        n,
+                        Pending {
+                            importer: importer.clone(),
+                            reply: reply.clone(),
+                            response: *response,
+                            expires: Instant::now() + *threshold,
+                        },
+                    );
+                    n
+                };
+                let private = format!("{}.{n}", self.reply_prefix);
+                if self
+                    .svc
+                    .publish(exporter, &mapped, Some(&private), hdr, &m.payload)
+                    == 0
+                {
+                    self.pending.lock().1.remove(&n);
+                }
+            }
+            Route::Replies => {
+                let Some(n) = m
+                    .subject
+                    .rsplit('.')
+                    .next()
+                    .and_then(|x| x.parse::<u64>().ok())
+                else {
+                    return;
+                };
+                let target = {
+                    let mut p = self.pending.lock();
+                    let Some(entry) = p.1.get(&n) else {
+                        return;
+                    };
+                    let target = (entry.importer.clone(), entry.reply.clone());
+                    if entry.response == ResponseType::Singleton {
+                        p.1.remove(&n);
+                    }
+                    target
+                };
+                self.svc
+                    .publish(&target.0, &target.1, None, hdr, &m.payload);
+            }
+        }
+    }
 }
 
 /// Starts the import agent when any account imports something.
@@ -146,13 +226,23 @@ pub fn start(server: Arc<Server>) {
     if o.accounts.iter().all(|a| a.imports.is_empty()) {
         return;
     }
-    let cid = server.next_cid();
-    let conn = ConnShared::internal(cid, "imports", "", true);
-    let reply_prefix = format!("_R_.{}", crate::core::nuid());
-    let mut routes: Vec<Route> = Vec::new();
-    let subscribe = |acc: &Arc<Account>, subject: &str, routes: &mut Vec<Route>, r: Route| {
-        if acc.subscribe_internal(&conn, subject, Bytes::from(routes.len().to_string())) {
-            routes.push(r);
+    let svc = Service::start(&server, "imports", ServiceOpts::default());
+    let agent = Arc::new(Agent {
+        server: server.clone(),
+        svc: svc.clone(),
+        reply_prefix: format!("_R_.{}", crate::core::nuid()),
+        pending: Mutex::new((0, HashMap::new())),
+    });
+    let mut count = 0usize;
+    let subscribe = |acc: &Arc<Account>, subject: &str, r: Route, count: &mut usize| {
+        let a = agent.clone();
+        let handler = sync_handler(move |m| {
+            a.handle(&r, &m);
+            Ok(())
+        });
+        match svc.subscribe(acc, subject, None, handler) {
+            Ok(_) => *count += 1,
+            Err(e) => tracing::error!("import agent: cannot subscribe to {subject}: {e}"),
         }
     };
     let mut reply_subscribed: Vec<String> = Vec::new();
@@ -171,17 +261,14 @@ pub fn start(server: Arc<Server>) {
                     to,
                     ..
                 } => {
-                    let to = match (prefix, to) {
-                        (Some(p), _) => format!("{p}.{subject}"),
-                        (None, Some(t)) => t.clone(),
-                        (None, None) => subject.clone(),
+                    let Ok(map) = stream_transform(subject, prefix, to) else {
+                        continue; // refused at start by `validate`
                     };
                     let r = Route::Stream {
                         to_account: importer.clone(),
-                        from: subject.clone(),
-                        to,
+                        map,
                     };
-                    subscribe(&exporter, subject, &mut routes, r);
+                    subscribe(&exporter, subject, r, &mut count);
                 }
                 Import::Service { subject, to, .. } => {
                     let local = to.clone().unwrap_or_else(|| subject.clone());
@@ -196,144 +283,38 @@ pub fn start(server: Arc<Server>) {
                         ),
                         _ => (ResponseType::Singleton, DEFAULT_RESPONSE_THRESHOLD),
                     };
+                    let Ok(map) = Transform::service_import(&local, subject) else {
+                        continue; // refused at start by `validate`
+                    };
                     let r = Route::Service {
                         exporter: exporter.clone(),
                         importer: importer.clone(),
-                        local: local.clone(),
-                        remote: subject.clone(),
+                        map,
                         response,
                         threshold,
                     };
-                    subscribe(&importer, &local, &mut routes, r);
+                    subscribe(&importer, &local, r, &mut count);
                     if !reply_subscribed.contains(&exporter.name) {
                         reply_subscribed.push(exporter.name.clone());
-                        let subj = format!("{reply_prefix}.>");
-                        subscribe(&exporter, &subj, &mut routes, Route::Replies);
+                        let subj = format!("{}.>", agent.reply_prefix);
+                        subscribe(&exporter, &subj, Route::Replies, &mut count);
                     }
                 }
             }
         }
     }
     drop(o);
-    tracing::debug!("import agent: {} subscriptions", routes.len());
-    let s = server.clone();
+    tracing::debug!("import agent: {count} subscriptions");
     tokio::spawn(async move {
-        let mut parser = Parser::new(Role::ClientSide, ParserLimits::link(64 * 1024 * 1024));
-        let mut buf = BytesMut::new();
-        let mut pending: HashMap<u64, Pending> = HashMap::new();
-        let mut next: u64 = 0;
         let mut sweep = tokio::time::interval(Duration::from_secs(1));
-        let mut flush = FlushList::default();
-        let mut scratch = Scratch::default();
         loop {
             tokio::select! {
-                _ = s.shutdown.cancelled() => return,
-                _ = conn.output_ready() => {}
+                _ = agent.server.shutdown.cancelled() => return,
                 _ = sweep.tick() => {
                     let now = Instant::now();
-                    pending.retain(|_, p| p.expires > now);
-                    continue;
+                    agent.pending.lock().1.retain(|_, p| p.expires > now);
                 }
             }
-            let mut out = BytesMut::new();
-            conn.take_output(&mut out);
-            buf.extend_from_slice(&out);
-            while let Ok(Some(op)) = parser.next(&mut buf) {
-                let Op::Msg {
-                    subject,
-                    sid,
-                    reply,
-                    header_len,
-                    payload,
-                } = op
-                else {
-                    continue;
-                };
-                let Some(route) = std::str::from_utf8(&sid)
-                    .ok()
-                    .and_then(|x| x.parse::<usize>().ok())
-                    .and_then(|i| routes.get(i))
-                else {
-                    continue;
-                };
-                let subj = String::from_utf8_lossy(&subject).into_owned();
-                let mut publish = |acc: &Account, subject: &str, reply: Option<&[u8]>| {
-                    let result = acc.sublist.matches(subject);
-                    let msg = Msg {
-                        subject: subject.as_bytes(),
-                        reply,
-                        hdr_len: header_len,
-                        payload: &payload,
-                    };
-                    let origin = Origin {
-                        cid,
-                        echo: false,
-                        class: LinkClass::Client,
-                        queues: None,
-                        peer: None,
-                    };
-                    let d = deliver(acc, &result, &msg, &origin, &mut scratch, &mut flush);
-                    s.stats.out_msgs.fetch_add(d.msgs, Ordering::Relaxed);
-                    d.msgs
-                };
-                match route {
-                    Route::Stream {
-                        to_account,
-                        from,
-                        to,
-                    } => {
-                        let mapped = map_subject(from, to, &subj);
-                        publish(to_account, &mapped, reply.as_deref());
-                    }
-                    Route::Service {
-                        exporter,
-                        importer,
-                        local,
-                        remote,
-                        response,
-                        threshold,
-                    } => {
-                        let mapped = map_subject(local, remote, &subj);
-                        match &reply {
-                            Some(r) => {
-                                next += 1;
-                                let private = format!("{reply_prefix}.{next}");
-                                pending.insert(
-                                    next,
-                                    Pending {
-                                        importer: importer.clone(),
-                                        reply: r.clone(),
-                                        response: *response,
-                                        expires: Instant::now() + *threshold,
-                                    },
-                                );
-                                if publish(exporter, &mapped, Some(private.as_bytes())) == 0 {
-                                    pending.remove(&next);
-                                }
-                            }
-                            None => {
-                                publish(exporter, &mapped, None);
-                            }
-                        }
-                    }
-                    Route::Replies => {
-                        let Some(n) = subj.rsplit('.').next().and_then(|x| x.parse::<u64>().ok())
-                        else {
-                            continue;
-                        };
-                        let Some(p) = pending.get(&n) else {
-                            continue;
-                        };
-                        let target = String::from_utf8_lossy(&p.reply).into_owned();
-                        let importer = p.importer.clone();
-                        if p.response == ResponseType::Singleton {
-                            pending.remove(&n);
-                        }
-                        publish(&importer, &target, None);
-                    }
-                }
-            }
-            flush.flush();
         }
     });
 }
@@ -342,11 +323,19 @@ pub fn start(server: Arc<Server>) {
 mod tests {
     use super::*;
 
+    fn stream(subject: &str, prefix: Option<&str>, to: Option<&str>, msg: &str) -> String {
+        let t = stream_transform(subject, &prefix.map(String::from), &to.map(String::from))
+            .expect("valid import");
+        t.transform(msg).expect("maps").into_owned()
+    }
+
     #[test]
-    fn subject_mapping() {
-        assert_eq!(map_subject("a.>", "b.a.>", "a.x.y"), "b.a.x.y");
-        assert_eq!(map_subject("a.*.c", "z.*", "a.q.c"), "z.q");
-        assert_eq!(map_subject("events.>", "events.>", "events.1"), "events.1");
-        assert_eq!(map_subject("x", "y", "x"), "y");
+    fn import_mappings() {
+        assert_eq!(stream("a.>", Some("b"), None, "a.x.y"), "b.a.x.y");
+        assert_eq!(stream("a.*.c", None, Some("z.*"), "a.q.c"), "z.q");
+        assert_eq!(stream("events.>", None, None, "events.1"), "events.1");
+        assert_eq!(stream("x", None, Some("y"), "x"), "y");
+        let svc = Transform::service_import("local.*", "remote.*").expect("valid");
+        assert_eq!(svc.transform("local.q").expect("maps"), "remote.q");
     }
 }

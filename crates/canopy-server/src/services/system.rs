@@ -3,45 +3,22 @@
 //! JSON bodies as HTTP monitoring (nats-server's `{"server":…,"data":…}` envelope), and
 //! publishes `$SYS.SERVER.<id>.STATSZ` periodically and connect/disconnect events.
 //!
-//! It is an ordinary subscriber in the system account whose "socket" is this task: the
-//! delivery path encodes MSG into its outbound buffer like for any client, and this task
-//! parses that buffer instead of writing it to the network.
+//! Both are services on the internal service API ([`crate::server::service`]); the
+//! advisories themselves are published by [`crate::server::events`].
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use bytes::{Bytes, BytesMut};
-use canopy_proto::{Op, Parser, ParserLimits, Role};
 use serde_json::{json, Value};
 
-use crate::core::account::Account;
-use crate::core::conn::{ConnShared, FlushList};
-use crate::core::deliver::{deliver, Msg, Origin, Scratch};
-use crate::core::interest::LinkClass;
 use crate::monitor;
-use crate::server::version;
+pub use crate::server::events::server_info;
+use crate::server::service::{sync_handler, Service, ServiceOpts};
 use crate::server::Server;
 
 /// How often `$SYS.SERVER.<id>.STATSZ` is published.
 const STATSZ_INTERVAL: Duration = Duration::from_secs(10);
-
-static SEQ: AtomicU64 = AtomicU64::new(0);
-
-/// The `server` part of every system message.
-pub fn server_info(s: &Server) -> Value {
-    json!({
-        "name": s.name,
-        "host": s.opts().host,
-        "id": s.id,
-        "cluster": s.cluster_name(),
-        "ver": version::NATS_COMPAT_VERSION,
-        "jetstream": false,
-        "flags": 0,
-        "seq": SEQ.fetch_add(1, Ordering::Relaxed) + 1,
-        "time": monitor::rfc3339(SystemTime::now()),
-    })
-}
 
 /// STATSZ in nats-server's shape.
 pub fn statsz(s: &Arc<Server>) -> Value {
@@ -65,48 +42,6 @@ pub fn statsz(s: &Arc<Server>) -> Value {
             "pending": r.conn.pending_bytes(),
         })).collect::<Vec<_>>(),
     })
-}
-
-impl Server {
-    /// Publishes a message from inside the server into an account.
-    pub fn publish_internal(
-        &self,
-        acc: &Account,
-        subject: &str,
-        reply: Option<&str>,
-        payload: &[u8],
-    ) {
-        let result = acc.sublist.matches(subject);
-        let msg = Msg {
-            subject: subject.as_bytes(),
-            reply: reply.map(str::as_bytes),
-            hdr_len: None,
-            payload,
-        };
-        let origin = Origin {
-            cid: 0,
-            echo: true,
-            class: LinkClass::Client,
-            queues: None,
-            peer: None,
-        };
-        let mut flush = FlushList::default();
-        let mut scratch = Scratch::default();
-        let d = deliver(acc, &result, &msg, &origin, &mut scratch, &mut flush);
-        flush.flush();
-        self.stats.out_msgs.fetch_add(d.msgs, Ordering::Relaxed);
-        self.stats.out_bytes.fetch_add(d.bytes, Ordering::Relaxed);
-    }
-
-    /// Publishes a system event in the system account (no-op without subscribers).
-    pub fn publish_event(&self, subject: &str, body: &Value) {
-        if let Some(acc) = self.account(&self.system_account) {
-            if acc.sublist.has_interest(subject) {
-                let payload = serde_json::to_vec(body).unwrap_or_default();
-                self.publish_internal(&acc, subject, None, &payload);
-            }
-        }
-    }
 }
 
 /// The filter natscli sends with PING requests (`EventFilterOptions`).
@@ -219,58 +154,44 @@ pub fn handle_request(s: &Arc<Server>, subject: &str, body: &[u8]) -> Option<Val
     }
 }
 
-/// Starts the internal system client (when the system account exists).
+/// Starts the system service (when the system account exists): its request
+/// subscriptions and the periodic STATSZ.
 pub fn start(server: Arc<Server>) {
     let Some(acc) = server.account(&server.system_account) else {
         return;
     };
-    let conn = ConnShared::internal(server.next_cid(), "system", &acc.name, true);
+    let svc = Service::start(&server, "system", ServiceOpts::default());
     let subjects = [
         "$SYS.REQ.SERVER.PING".to_string(),
         "$SYS.REQ.SERVER.PING.*".to_string(),
         format!("$SYS.REQ.SERVER.{}.*", server.id),
         "$SYS.REQ.ACCOUNT.*.*".to_string(),
     ];
-    for (i, subj) in subjects.iter().enumerate() {
-        acc.subscribe_internal(&conn, subj, Bytes::from((i + 1).to_string()));
+    for subj in &subjects {
+        let (s, reply_acc) = (server.clone(), acc.clone());
+        let handler = sync_handler(move |m| {
+            let Some(reply) = &m.reply else {
+                return Ok(());
+            };
+            if let Some(resp) = handle_request(&s, &m.subject, &m.payload) {
+                let payload = serde_json::to_vec(&resp).map_err(|e| e.to_string())?;
+                s.publish_internal(&reply_acc, reply, None, &payload);
+            }
+            Ok(())
+        });
+        if let Err(e) = svc.subscribe(&acc, subj, None, handler) {
+            tracing::error!("system service: cannot subscribe to {subj}: {e}");
+        }
     }
     let s = server.clone();
     tokio::spawn(async move {
-        let mut parser = Parser::new(Role::ClientSide, ParserLimits::link(64 * 1024 * 1024));
-        let mut buf = BytesMut::new();
         let mut tick = tokio::time::interval(STATSZ_INTERVAL);
         loop {
             tokio::select! {
                 _ = s.shutdown.cancelled() => return,
-                _ = conn.output_ready() => {}
                 _ = tick.tick() => {
                     let subject = format!("$SYS.SERVER.{}.STATSZ", s.id);
                     s.publish_event(&subject, &json!({"server": server_info(&s), "statsz": statsz(&s)}));
-                    continue;
-                }
-            }
-            let mut out = BytesMut::new();
-            conn.take_output(&mut out);
-            buf.extend_from_slice(&out);
-            while let Ok(Some(op)) = parser.next(&mut buf) {
-                if let Op::Msg {
-                    subject,
-                    reply: Some(reply),
-                    header_len,
-                    payload,
-                    ..
-                } = op
-                {
-                    let body = match header_len {
-                        Some(h) => payload.get(h..).unwrap_or(&[]),
-                        None => &payload[..],
-                    };
-                    let subject = String::from_utf8_lossy(&subject);
-                    if let Some(resp) = handle_request(&s, &subject, body) {
-                        let payload = serde_json::to_vec(&resp).unwrap_or_default();
-                        let reply = String::from_utf8_lossy(&reply);
-                        s.publish_internal(&acc, &reply, None, &payload);
-                    }
                 }
             }
         }
@@ -279,7 +200,7 @@ pub fn start(server: Arc<Server>) {
 
 /// Operator mode: answers the account resolver's requests (`$SYS.REQ.CLAIMS.UPDATE|LIST`,
 /// `$SYS.REQ.ACCOUNT.<acc>.CLAIMS.UPDATE|LOOKUP`, see [`Server::handle_claims_request`])
-/// with its own internal subscriber in the system account.
+/// as a service of its own in the system account.
 pub fn start_claims(server: Arc<Server>) {
     if server.trust().is_none() {
         return;
@@ -287,97 +208,26 @@ pub fn start_claims(server: Arc<Server>) {
     let Some(acc) = server.account(&server.system_account) else {
         return;
     };
-    let conn = ConnShared::internal(server.next_cid(), "resolver", &acc.name, false);
+    let svc = Service::start(&server, "resolver", ServiceOpts::default());
     let subjects = [
         "$SYS.REQ.CLAIMS.UPDATE",
         "$SYS.REQ.CLAIMS.LIST",
         "$SYS.REQ.ACCOUNT.*.CLAIMS.UPDATE",
         "$SYS.REQ.ACCOUNT.*.CLAIMS.LOOKUP",
     ];
-    for (i, subj) in subjects.iter().enumerate() {
-        acc.subscribe_internal(&conn, subj, Bytes::from((i + 1).to_string()));
-    }
-    tokio::spawn(async move {
-        let mut parser = Parser::new(Role::ClientSide, ParserLimits::link(64 * 1024 * 1024));
-        let mut buf = BytesMut::new();
-        loop {
-            tokio::select! {
-                _ = server.shutdown.cancelled() => return,
-                _ = conn.output_ready() => {}
+    for subj in subjects {
+        let (s, reply_acc) = (server.clone(), acc.clone());
+        let handler = sync_handler(move |m| {
+            let Some(reply) = &m.reply else {
+                return Ok(());
+            };
+            if let Some(resp) = s.handle_claims_request(&m.subject, &m.payload) {
+                s.publish_internal(&reply_acc, reply, None, &resp);
             }
-            let mut out = BytesMut::new();
-            conn.take_output(&mut out);
-            buf.extend_from_slice(&out);
-            while let Ok(Some(op)) = parser.next(&mut buf) {
-                if let Op::Msg {
-                    subject,
-                    reply: Some(reply),
-                    payload,
-                    ..
-                } = op
-                {
-                    let subject = String::from_utf8_lossy(&subject);
-                    if let Some(resp) = server.handle_claims_request(&subject, &payload) {
-                        let reply = String::from_utf8_lossy(&reply);
-                        server.publish_internal(&acc, &reply, None, &resp);
-                    }
-                }
-            }
+            Ok(())
+        });
+        if let Err(e) = svc.subscribe(&acc, subj, None, handler) {
+            tracing::error!("resolver service: cannot subscribe to {subj}: {e}");
         }
-    });
-}
-
-fn client_info(s: &Server, conn: &ConnShared) -> Value {
-    let m = conn.meta.lock().clone();
-    json!({
-        "start": monitor::rfc3339(conn.start),
-        "host": conn.addr.ip().to_string(),
-        "id": conn.cid,
-        "acc": m.account,
-        "user": m.user,
-        "name": m.name,
-        "lang": m.lang,
-        "ver": m.version,
-        "server": s.name,
-        "kind": "Client",
-        "type": "nats",
-    })
-}
-
-/// `$SYS.ACCOUNT.<acc>.CONNECT` (nats-server's `client_connect` advisory).
-pub fn client_connected(s: &Server, conn: &ConnShared, account: &str) {
-    let subject = format!("$SYS.ACCOUNT.{account}.CONNECT");
-    s.publish_event(
-        &subject,
-        &json!({
-            "type": "io.nats.server.advisory.v1.client_connect",
-            "id": crate::core::nuid(),
-            "timestamp": monitor::rfc3339(SystemTime::now()),
-            "server": server_info(s),
-            "client": client_info(s, conn),
-        }),
-    );
-}
-
-/// `$SYS.ACCOUNT.<acc>.DISCONNECT` (nats-server's `client_disconnect` advisory).
-pub fn client_disconnected(s: &Server, conn: &ConnShared, account: &str) {
-    let subject = format!("$SYS.ACCOUNT.{account}.DISCONNECT");
-    let reason = conn
-        .close_reason()
-        .map(|r| r.to_string())
-        .unwrap_or_default();
-    let st = &conn.stats;
-    s.publish_event(
-        &subject,
-        &json!({
-            "type": "io.nats.server.advisory.v1.client_disconnect",
-            "id": crate::core::nuid(),
-            "timestamp": monitor::rfc3339(SystemTime::now()),
-            "server": server_info(s),
-            "client": client_info(s, conn),
-            "sent": {"msgs": st.out_msgs.load(Ordering::Relaxed), "bytes": st.out_bytes.load(Ordering::Relaxed)},
-            "received": {"msgs": st.in_msgs.load(Ordering::Relaxed), "bytes": st.in_bytes.load(Ordering::Relaxed)},
-            "reason": reason,
-        }),
-    );
+    }
 }
