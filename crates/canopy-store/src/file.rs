@@ -156,6 +156,9 @@ impl FileStore {
         };
         let mut store = Store::from_parts(idx, be, cfg, opts.clock);
         store.lost = lost;
+        // A crash between a message and the tombstone of the eviction it caused leaves a
+        // limit exceeded: finish the eviction now.
+        store.enforce_now()?;
         Ok((store, report))
     }
 
@@ -391,7 +394,7 @@ impl FileBackend {
                         .is_some_and(|s| s.live() && s.off as usize == pos)
                 } else if r.flags & flags::TOMBSTONE != 0 {
                     // Still needed while an older segment may hold the deleted records.
-                    r.range_end().is_some_and(|e| e >= first_base)
+                    r.ranges().any(|(_, e)| e >= first_base)
                 } else {
                     true
                 };
@@ -400,9 +403,8 @@ impl FileBackend {
                     if r.is_msg() {
                         let i = (r.seq - c.base) as usize;
                         c.slots[i].off = off as u32;
-                    } else if let (true, Some(e)) = (r.flags & flags::TOMBSTONE != 0, r.range_end())
-                    {
-                        tombs.push((r.seq, e));
+                    } else if r.flags & flags::TOMBSTONE != 0 {
+                        tombs.extend(r.ranges());
                     }
                     out.extend_from_slice(&old[pos..pos + r.len]);
                     last_rec = Some((off as u64, r.crc));
@@ -455,7 +457,7 @@ impl Backend for FileBackend {
     fn stage_skip(&mut self, idx: &mut Index, start: u64, end: u64, ts: i64) -> Result<()> {
         self.roll(idx, end + 1)?;
         self.stage_record(idx, |b| {
-            record::encode_range(b, flags::SKIP, start, end, ts)
+            record::encode_ranges(b, flags::SKIP, &[(start, end)], ts)
         })?;
         Ok(())
     }
@@ -480,14 +482,17 @@ impl Backend for FileBackend {
             }
         }
         tombs.sort_unstable();
-        for (a, b) in tombs {
+        // One record per 4096 ranges: a purge is atomic unless it is enormous.
+        for part in tombs.chunks(4096) {
             self.stage_record(idx, |buf| {
-                record::encode_range(buf, flags::TOMBSTONE, a, b, ts)
+                record::encode_ranges(buf, flags::TOMBSTONE, part, ts)
             })?;
             if let Some(c) = idx.open_chunk_mut() {
-                match c.tombstones.last_mut() {
-                    Some(r) if r.1 + 1 == a => r.1 = b,
-                    _ => c.tombstones.push((a, b)),
+                for &(a, b) in part {
+                    match c.tombstones.last_mut() {
+                        Some(r) if r.1 + 1 == a => r.1 = b,
+                        _ => c.tombstones.push((a, b)),
+                    }
                 }
             }
         }
@@ -578,12 +583,10 @@ fn scan(buf: &[u8], at: u64, base: u64, path: &Path, lost: &mut Vec<LostRange>) 
                         len: r.len as u32,
                     });
                     prev = r.seq;
-                } else if let Some(end) = r.range_end() {
-                    if r.flags & flags::TOMBSTONE != 0 {
-                        out.tombstones.push((r.seq, end));
-                    } else {
-                        out.max_skip = out.max_skip.max(end);
-                    }
+                } else if r.flags & flags::TOMBSTONE != 0 {
+                    out.tombstones.extend(r.ranges());
+                } else {
+                    out.max_skip = r.ranges().fold(out.max_skip, |m, (_, e)| m.max(e));
                 }
                 out.last_rec = Some((abs(pos), r.crc));
                 pos += r.len;

@@ -7,9 +7,10 @@
 //! ```
 //! All integers are little-endian. `len` is the whole record including itself and the crc;
 //! the crc32c covers every byte before it (so a torn length is caught too). Flags:
-//! [`flags::HEADERS`], [`flags::TOMBSTONE`] (payload = inclusive end seq of the deleted
-//! range starting at `seq`), [`flags::SKIP`] (sequences `seq..=end` were skipped, payload =
-//! end), [`flags::TTL`] (the optional `ttl` field, nanoseconds, is present).
+//! [`flags::HEADERS`], [`flags::TOMBSTONE`] (the payload is a list of inclusive
+//! `(start u64, end u64)` sequence ranges deleted together, so a purge is one record and
+//! atomic; `seq` is the first start), [`flags::SKIP`] (same payload: sequences that were
+//! skipped), [`flags::TTL`] (the optional `ttl` field, nanoseconds, is present).
 
 use crate::codec::{Put, Reader};
 
@@ -17,9 +18,9 @@ use crate::codec::{Put, Reader};
 pub mod flags {
     /// The record carries a (possibly empty) NATS header block.
     pub const HEADERS: u8 = 1;
-    /// The record deletes the range `seq..=end` (end in the payload); it is not a message.
+    /// The record deletes the sequence ranges in its payload; it is not a message.
     pub const TOMBSTONE: u8 = 2;
-    /// The record marks `seq..=end` as skipped (no messages); it is not a message.
+    /// The record marks the sequence ranges in its payload as skipped; not a message.
     pub const SKIP: u8 = 4;
     /// The record has a per-message TTL field.
     pub const TTL: u8 = 8;
@@ -79,11 +80,16 @@ pub fn encode_msg(out: &mut Vec<u8>, m: &MsgFields<'_>) -> usize {
     len
 }
 
-/// Appends a tombstone (`TOMBSTONE`) or skip (`SKIP`) record for `start..=end`.
-pub fn encode_range(out: &mut Vec<u8>, flag: u8, start: u64, end: u64, ts: i64) -> usize {
-    let payload = end.to_le_bytes();
-    let len = msg_len(0, 0, 8, false);
-    encode(out, flag, start, ts, None, b"", b"", &payload, len);
+/// Appends a tombstone (`TOMBSTONE`) or skip (`SKIP`) record for non-empty `ranges`.
+pub fn encode_ranges(out: &mut Vec<u8>, flag: u8, ranges: &[(u64, u64)], ts: i64) -> usize {
+    let mut payload = Vec::with_capacity(ranges.len() * 16);
+    for &(a, b) in ranges {
+        payload.put_u64(a);
+        payload.put_u64(b);
+    }
+    let first = ranges.first().map_or(0, |r| r.0);
+    let len = msg_len(0, 0, payload.len(), false);
+    encode(out, flag, first, ts, None, b"", b"", &payload, len);
     len
 }
 
@@ -152,10 +158,17 @@ impl Record<'_> {
         self.flags & (flags::TOMBSTONE | flags::SKIP) == 0
     }
 
-    /// For tombstone and skip records, the inclusive end of the range.
-    pub fn range_end(&self) -> Option<u64> {
-        let b: [u8; 8] = self.payload.try_into().ok()?;
-        Some(u64::from_le_bytes(b))
+    /// For tombstone and skip records, the inclusive ranges (empty for messages).
+    pub fn ranges(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        let n = if self.is_msg() {
+            0
+        } else {
+            self.payload.len() / 16
+        };
+        (0..n).map(move |i| {
+            let mut r = Reader::new(&self.payload[i * 16..i * 16 + 16]);
+            (r.u64().unwrap_or(0), r.u64().unwrap_or(0))
+        })
     }
 }
 
@@ -201,8 +214,16 @@ fn parse(body: &[u8], len: usize, crc: u32) -> Result<Record<'_>, crate::codec::
     let hdr = r.bytes(hlen)?;
     let payload = r.bytes(r.remaining())?;
     let is_range = fl & (flags::TOMBSTONE | flags::SKIP) != 0;
-    if is_range && payload.len() != 8 {
-        return Err(Malformed("range record without end"));
+    if is_range {
+        if payload.is_empty() || payload.len() % 16 != 0 {
+            return Err(Malformed("range record without ranges"));
+        }
+        let mut pr = Reader::new(payload);
+        while pr.remaining() > 0 {
+            if pr.u64()? > pr.u64()? {
+                return Err(Malformed("inverted range"));
+            }
+        }
     }
     if !is_range && subject.is_empty() {
         return Err(Malformed("message without subject"));
@@ -259,9 +280,10 @@ mod tests {
     #[test]
     fn tombstone_range() {
         let mut buf = Vec::new();
-        encode_range(&mut buf, flags::TOMBSTONE, 3, 9, 1);
+        encode_ranges(&mut buf, flags::TOMBSTONE, &[(3, 9), (12, 12)], 1);
         let r = decode(&buf).expect("decodes");
         assert!(!r.is_msg());
-        assert_eq!((r.seq, r.range_end()), (3, Some(9)));
+        assert_eq!(r.seq, 3);
+        assert_eq!(r.ranges().collect::<Vec<_>>(), vec![(3, 9), (12, 12)]);
     }
 }

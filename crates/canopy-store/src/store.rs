@@ -196,6 +196,18 @@ impl<B: Backend> Store<B> {
         }
     }
 
+    /// Enforces the count and size limits now (after recovery or a config change).
+    pub(crate) fn enforce_now(&mut self) -> Result<()> {
+        self.mutate(|s| {
+            let mut removed = Vec::new();
+            s.enforce_limits(None, &mut removed);
+            if removed.is_empty() {
+                return Ok(());
+            }
+            s.finish(removed)
+        })
+    }
+
     /// Persists the deletes in `removed` and commits everything staged.
     fn finish(&mut self, mut removed: Vec<u64>) -> Result<()> {
         if !removed.is_empty() {
@@ -509,11 +521,11 @@ impl<B: Backend> MessageStore for Store<B> {
                 });
             }
             None if start <= idx.first => {
-                if idx.msgs > 0 {
+                if let Some(last) = idx.prev_live(idx.last, &mut Filter::All) {
                     add(SimpleState {
                         msgs: idx.msgs,
                         first: idx.first,
-                        last: idx.last,
+                        last,
                     });
                 }
             }
