@@ -16,20 +16,11 @@ use libfuzzer_sys::fuzz_target;
 const TOKENS: &[&str] = &["a", "b", "c", "*", ">", "", "a*", ">b", " "];
 const QUEUES: &[Option<&str>] = &[None, None, Some("q1"), Some("q2")];
 
-/// Reads bytes from the input, yielding zeros once it runs out.
-struct Input<'a>(&'a [u8]);
+#[path = "input.rs"]
+mod input;
+use input::Input;
 
 impl Input<'_> {
-    fn byte(&mut self) -> u8 {
-        match self.0.split_first() {
-            Some((b, rest)) => {
-                self.0 = rest;
-                *b
-            }
-            None => 0,
-        }
-    }
-
     fn subject(&mut self) -> String {
         let n = usize::from(self.byte() % 5);
         (0..n)

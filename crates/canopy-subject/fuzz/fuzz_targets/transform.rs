@@ -46,20 +46,11 @@ const SUBJECT_TOKENS: &[&str] = &[
     "a", "b", "xyz", "-a--b-", "12345", "é1ü", "*", ">", "", "*x",
 ];
 
-/// Reads bytes from the input, yielding zeros once it runs out.
-struct Input<'a>(&'a [u8]);
+#[path = "input.rs"]
+mod input;
+use input::Input;
 
 impl Input<'_> {
-    fn byte(&mut self) -> u8 {
-        match self.0.split_first() {
-            Some((b, rest)) => {
-                self.0 = rest;
-                *b
-            }
-            None => 0,
-        }
-    }
-
     fn from_tokens(&mut self, tokens: &[&str]) -> String {
         let n = usize::from(self.byte() % 6);
         (0..n)
