@@ -217,8 +217,9 @@ impl FileBackend {
             idx.chunks.remove(&old);
             let op = self.seg(old);
             self.fs.remove_file(&op).ctx("remove", &op)?;
-        } else if let Some(c) = idx.open_chunk() {
-            let sc = Sidecar::from_chunk(c, idx);
+        } else if let Some(c) = idx.open_chunk_mut() {
+            c.slots.shrink_to_fit();
+            let sc = Sidecar::from_chunk(&idx.chunks[&old], idx);
             let ip = idx_path(&self.msgs_dir, old);
             let always = self.sync == SyncPolicy::Always;
             self.fs
@@ -782,6 +783,9 @@ fn recover(
             }
             report.lost.extend(found);
         }
+    }
+    for c in idx.chunks.values_mut() {
+        c.slots.shrink_to_fit();
     }
     // 3. Deletes: sidecar deleted sets, tombstones anywhere, the snapshot's deleted ranges.
     let mut deletes: Vec<(u64, u64)> = idx

@@ -215,6 +215,9 @@ fn parse(body: &[u8], len: usize, crc: u32) -> Result<Record<'_>, crate::codec::
     let payload = r.bytes(r.remaining())?;
     let is_range = fl & (flags::TOMBSTONE | flags::SKIP) != 0;
     if is_range {
+        if !subject.is_empty() || !hdr.is_empty() || ttl.is_some() || fl & flags::HEADERS != 0 {
+            return Err(Malformed("range record with message fields"));
+        }
         if payload.is_empty() || payload.len() % 16 != 0 {
             return Err(Malformed("range record without ranges"));
         }

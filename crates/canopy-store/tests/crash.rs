@@ -220,57 +220,51 @@ fn crash_anywhere_in_the_workload() {
     }
 }
 
-#[test]
-fn torn_tail_is_truncated_and_reported() {
-    let fs = FakeFs::new();
-    let clock = TestClock::new();
-    let sync = SyncPolicy::Interval(Duration::from_secs(60));
-    let mut s = open(&fs, sync, &clock).expect("open");
-    for _ in 0..3 {
-        s.store_msg(NewMsg::new("t", b"0123456789")).expect("store");
-    }
-    drop(s);
-    let seg = Path::new("/c/msgs/00000000000000000001.seg");
-    let mut data = fs.file(seg).expect("segment");
-    let full = data.len();
-    data.truncate(full - 5);
-    fs.set_file(seg, data);
-    let opts = FileStoreOptions {
-        segment_size: 400,
-        sync,
-        fs: Arc::new(fs.clone()),
-        clock: clock.clock(),
-    };
-    let (s, report) = FileStore::open(Path::new("/c"), cfg(), opts).expect("reopen");
-    assert_eq!(s.state().msgs, 2);
-    assert!(report.truncated_bytes > 0);
-    assert!(report.lost.is_empty());
-    assert_eq!(fs.file(seg).map(|d| d.len()), Some(full - full / 3));
-}
+const SEG1: &str = "/c/msgs/00000000000000000001.seg";
 
-#[test]
-fn corruption_in_the_middle_is_skipped_and_reported() {
+/// Stores one message per subject, lets `damage` edit the first segment, and reopens.
+fn damaged(
+    subjects: &[&str],
+    damage: impl FnOnce(&mut Vec<u8>, usize),
+) -> (FileStore, canopy_store::RecoveryReport) {
     let fs = FakeFs::new();
     let clock = TestClock::new();
     let sync = SyncPolicy::Interval(Duration::from_secs(60));
     let mut s = open(&fs, sync, &clock).expect("open");
-    for subj in ["t1", "t2", "t3", "t4", "t5"] {
+    for subj in subjects {
         s.store_msg(NewMsg::new(subj, b"0123456789"))
             .expect("store");
     }
     let rec = s.load_msg(1).expect("load").size() as usize;
     drop(s);
-    let seg = Path::new("/c/msgs/00000000000000000001.seg");
-    let mut data = fs.file(seg).expect("segment");
-    data[rec + 10] ^= 0xff; // inside record 2
-    fs.set_file(seg, data);
+    let mut data = fs.file(Path::new(SEG1)).expect("segment");
+    damage(&mut data, rec);
+    fs.set_file(Path::new(SEG1), data);
     let opts = FileStoreOptions {
         segment_size: 400,
         sync,
         fs: Arc::new(fs.clone()),
         clock: clock.clock(),
     };
-    let (s, report) = FileStore::open(Path::new("/c"), cfg(), opts).expect("reopen never refuses");
+    FileStore::open(Path::new("/c"), cfg(), opts).expect("reopen never refuses")
+}
+
+#[test]
+fn torn_tail_is_truncated_and_reported() {
+    let (s, report) = damaged(&["t", "t", "t"], |d, _| d.truncate(d.len() - 5));
+    assert_eq!(s.state().msgs, 2);
+    assert_eq!(
+        report.truncated_bytes,
+        s.load_msg(1).expect("load").size() - 5
+    );
+    assert!(report.lost.is_empty());
+}
+
+#[test]
+fn corruption_in_the_middle_is_skipped_and_reported() {
+    let (s, report) = damaged(&["t1", "t2", "t3", "t4", "t5"], |d, rec| {
+        d[rec + 10] ^= 0xff
+    });
     assert_eq!(s.state().msgs, 4);
     assert!(s.load_msg(2).is_err());
     assert_eq!(report.lost.len(), 1);
