@@ -1,0 +1,115 @@
+//! The boundary between JetStream and the server. JetStream never sees the server's types:
+//! the server implements [`Host`] on its internal service API (canopy-server
+//! `services/jetstream.rs`) and hands the engine an `Arc<dyn Host>`.
+//!
+//! Contract:
+//! - [`Host::subscribe`] installs a subscription in an account; the handler runs on a worker
+//!   of the server's JetStream service, never on a connection reader. Each [`Lane`] has its
+//!   own bounded queue and workers, so a flood of API requests cannot delay stream ingest or
+//!   acks. When a lane's queue is full the server answers a request with a `503` status and
+//!   counts it; the handler is not called.
+//! - Handlers must not block for long: disk work belongs to the engine's own threads (a
+//!   handler hands the message over and returns).
+//! - [`Host::publish`] delivers like any publish from inside the server (to local clients,
+//!   over routes and leaf links); the JetStream service never receives its own publishes.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+/// How a message reached the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    Client,
+    Route,
+    Leaf,
+    Internal,
+}
+
+/// Who published a message.
+#[derive(Clone, Debug)]
+pub struct Origin {
+    /// The publishing connection (0: the server itself).
+    pub cid: u64,
+    /// Its user (empty for links and internal publishers).
+    pub user: String,
+    /// The server a link message came from, `None` when published on this server.
+    pub server: Option<Arc<str>>,
+    pub via: Via,
+}
+
+/// A message delivered to a JetStream subscription.
+#[derive(Clone, Debug)]
+pub struct JsMsg {
+    /// The account the subscription lives in.
+    pub account: Arc<str>,
+    pub subject: String,
+    pub reply: Option<String>,
+    /// The header block (`NATS/1.0…\r\n\r\n`), when there is one.
+    pub headers: Option<Bytes>,
+    pub payload: Bytes,
+    pub origin: Origin,
+}
+
+/// Which of the JetStream service's queues a subscription uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Lane {
+    /// `$JS.API.>` requests.
+    Api,
+    /// Messages published to stream subjects.
+    Ingest,
+    /// Acks, flow control replies and other consumer traffic (`$JS.ACK.>`, `$JS.FC.>`).
+    Ack,
+}
+
+/// A message handler. Cheap to clone; see the module contract.
+pub type Handler = Arc<dyn Fn(JsMsg) + Send + Sync>;
+
+/// A subscription made through [`Host::subscribe`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SubId(pub u64);
+
+/// The server's identity as JetStream reports it (stream info `cluster`, advisories).
+#[derive(Clone, Debug, Default)]
+pub struct HostInfo {
+    pub server_id: String,
+    pub server_name: String,
+    /// The cluster name, when the server is in one.
+    pub cluster: Option<String>,
+    /// The nats-server version the server claims.
+    pub version: String,
+}
+
+/// What the server provides to JetStream.
+pub trait Host: Send + Sync + 'static {
+    /// Subscribes `handler` to `subject` (optionally in queue group `queue`) in `account`.
+    /// The interest is advertised over routes and leaf links like a client's.
+    fn subscribe(
+        &self,
+        account: &str,
+        subject: &str,
+        queue: Option<&str>,
+        lane: Lane,
+        handler: Handler,
+    ) -> Result<SubId, String>;
+
+    /// Removes a subscription.
+    fn unsubscribe(&self, id: SubId);
+
+    /// Publishes into `account`. Returns how many receivers (local subscribers and links)
+    /// it reached; 0 means nobody is interested.
+    fn publish(
+        &self,
+        account: &str,
+        subject: &str,
+        reply: Option<&str>,
+        headers: Option<&[u8]>,
+        payload: &[u8],
+    ) -> u64;
+
+    /// Is anyone (locally or over a link) interested in `subject` in `account`?
+    fn has_interest(&self, account: &str, subject: &str) -> bool;
+
+    /// The server's identity.
+    fn info(&self) -> HostInfo;
+}
