@@ -10,6 +10,7 @@
 #   parse_str  crates/canopy-conf/fuzz      config parser + option builder + validation
 #   sublist    crates/canopy-subject/fuzz   Sublist vs brute-force model, subject validators
 #   transform  crates/canopy-subject/fuzz   subject transforms: parse random mappings, apply to random subjects
+#   decoders   crates/canopy-store/fuzz     store decoders: records, sidecar indexes, snapshots, consumer state
 #
 # For each target the script builds it, replays the saved crash inputs in
 # crates/<crate>/fuzz/regressions/ (if any), then fuzzes for SECONDS, growing the local
@@ -20,7 +21,7 @@
 #
 # Usage: scripts/fuzz.sh [SECONDS] [TARGET...]
 #   SECONDS   fuzzing time per target (default 60)
-#   TARGET    any of parse, parse_str, sublist, transform (default: all)
+#   TARGET    any of parse, parse_str, sublist, transform, decoders (default: all)
 # Environment:
 #   CARGO_TARGET_DIR  honoured (default: each fuzz crate's own fuzz/target)
 #   FUZZ_ARGS         extra libFuzzer flags, e.g. FUZZ_ARGS="-fork=2 -ignore_crashes=1"
@@ -42,9 +43,9 @@ case "${1:-}" in
 esac
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-declare -A CRATE=([parse]=canopy-proto [parse_str]=canopy-conf [sublist]=canopy-subject [transform]=canopy-subject)
+declare -A CRATE=([parse]=canopy-proto [parse_str]=canopy-conf [sublist]=canopy-subject [transform]=canopy-subject [decoders]=canopy-store)
 TARGETS=("$@")
-[ ${#TARGETS[@]} -eq 0 ] && TARGETS=(parse parse_str sublist transform)
+[ ${#TARGETS[@]} -eq 0 ] && TARGETS=(parse parse_str sublist transform decoders)
 for t in "${TARGETS[@]}"; do
     [ -n "${CRATE[$t]:-}" ] || { echo "fuzz.sh: unknown target $t (try --help)" >&2; exit 2; }
 done
