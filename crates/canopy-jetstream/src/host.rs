@@ -107,6 +107,27 @@ pub trait Host: Send + Sync + 'static {
         payload: &[u8],
     ) -> u64;
 
+    /// Delivers a stored message: routed like a publish to `deliver_to` (a pull request's
+    /// reply inbox or a push consumer's deliver subject), but the receivers see `subject`
+    /// (the message's original subject) in their `MSG`/`HMSG` line, as nats-server's
+    /// JetStream deliveries do (its `pa.deliver`). Clients read `msg.subject` of a consumed
+    /// message, so this cannot be done with [`Host::publish`].
+    ///
+    /// Added by the engine (the one extension of this trait): the default routes with
+    /// `publish`, which shows `deliver_to` instead; a server should override it.
+    fn deliver(
+        &self,
+        account: &str,
+        deliver_to: &str,
+        subject: &str,
+        reply: Option<&str>,
+        headers: Option<&[u8]>,
+        payload: &[u8],
+    ) -> u64 {
+        let _ = subject;
+        self.publish(account, deliver_to, reply, headers, payload)
+    }
+
     /// Is anyone (locally or over a link) interested in `subject` in `account`?
     fn has_interest(&self, account: &str, subject: &str) -> bool;
 

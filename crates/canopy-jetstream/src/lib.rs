@@ -2,6 +2,19 @@
 //! `$JS.API` handlers, and the KV / Object Store conventions clients build on them.
 //!
 //! The engine talks to the server only through [`host::Host`] (implemented by
-//! canopy-server on its internal service API).
+//! canopy-server on its internal service API). Modules:
+//! - [`engine`]: configuration, accounts, API workers, monitoring views;
+//! - [`api`]: request routing and handlers, the error table ([`api::errors`]);
+//! - `stream`: a stream's thread (ingest with group commit, timers) and its store;
+//! - `consumer`: delivery, acks, pull requests, push delivery;
+//! - [`types`]: the JSON configuration types; `util`: time, headers, names.
 
+pub mod api;
+mod consumer;
+pub mod engine;
 pub mod host;
+mod stream;
+pub mod types;
+mod util;
+
+pub use engine::{AccountLimits, Config, Engine, EngineError};

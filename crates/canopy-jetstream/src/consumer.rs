@@ -1,0 +1,812 @@
+//! A consumer: which stream messages it delivers next (deliver policy, filters, redeliveries),
+//! its pending set and ack handling (explicit / all / none, `-NAK` with delay, `+WPI`,
+//! `+TERM`, `+NXT`), pull requests (`MSG.NEXT`) with their status messages, push delivery
+//! with idle heartbeats and flow control, and its persisted state ([`ConsumerStore`]).
+//!
+//! A consumer lives inside its stream's actor thread ([`crate::stream`]): every method runs
+//! there, with the stream's store at hand, so no locks are needed.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use canopy_store::{ConsumerState, ConsumerStore, MessageStore, SequencePair, StoredMsg};
+use serde_json::{json, Value};
+
+use crate::host::Host;
+use crate::types::{AckPolicy, ConsumerConfig, DeliverPolicy, SequenceInfo};
+use crate::util::{self, now_ns, rfc3339, status};
+
+/// Bytes a push consumer sends before it asks for a flow-control reply.
+const FC_WINDOW: u64 = 2 << 20;
+/// How often consumer state is written when it changed.
+const FLUSH_EVERY: Duration = Duration::from_millis(100);
+
+/// What the consumer needs from its stream while it works.
+pub(crate) struct Ctx<'a> {
+    pub host: &'a dyn Host,
+    pub account: &'a str,
+    pub stream: &'a str,
+    pub store: &'a dyn MessageStore,
+}
+
+/// A waiting pull request.
+#[derive(Debug)]
+struct PullReq {
+    reply: String,
+    batch: i64,
+    max_bytes: i64,
+    n: i64,
+    bytes: i64,
+    expires: Option<Instant>,
+    no_wait: bool,
+    hb: Option<Duration>,
+    next_hb: Option<Instant>,
+}
+
+impl PullReq {
+    fn pending_hdrs(&self) -> [(&'static str, String); 2] {
+        [
+            (
+                "Nats-Pending-Messages",
+                (self.batch - self.n).max(0).to_string(),
+            ),
+            (
+                "Nats-Pending-Bytes",
+                if self.max_bytes > 0 {
+                    (self.max_bytes - self.bytes).max(0).to_string()
+                } else {
+                    "0".into()
+                },
+            ),
+        ]
+    }
+}
+
+/// Where the next message came from (to put it back when it does not fit a request).
+#[derive(Debug, Clone, Copy)]
+enum Src {
+    Redelivery,
+    LastPerSubject,
+    New,
+}
+
+/// What an ack did.
+#[derive(Debug, Default)]
+pub(crate) struct AckOutcome {
+    /// Stream sequences no longer pending for this consumer (retention may remove them).
+    pub acked: Vec<u64>,
+}
+
+pub(crate) struct Consumer {
+    pub name: String,
+    pub cfg: ConsumerConfig,
+    pub created: i64,
+    filters: Vec<String>,
+    st: Box<dyn ConsumerStore>,
+    /// Next stream sequence to look at for a first delivery.
+    sseq: u64,
+    /// `last_per_subject` start: the sequences still to deliver first.
+    lss: VecDeque<u64>,
+    /// Pending messages due for redelivery.
+    rdq: BTreeSet<u64>,
+    deadlines: BTreeSet<(Instant, u64)>,
+    deadline_of: HashMap<u64, Instant>,
+    waiting: VecDeque<PullReq>,
+    fc: Option<String>,
+    fc_bytes: u64,
+    last_delivery: Instant,
+    last_activity: Instant,
+    last_active_ns: i64,
+    next_flush: Instant,
+}
+
+impl Consumer {
+    /// A new consumer (state fresh) or one restored from `st`. `fresh` computes the start
+    /// sequence from the deliver policy and persists it.
+    pub fn new(
+        name: String,
+        cfg: ConsumerConfig,
+        created: i64,
+        st: Box<dyn ConsumerStore>,
+        store: &dyn MessageStore,
+        fresh: bool,
+    ) -> Consumer {
+        let now = Instant::now();
+        let filters = cfg.filters();
+        let mut c = Consumer {
+            name,
+            cfg,
+            created,
+            filters,
+            st,
+            sseq: 1,
+            lss: VecDeque::new(),
+            rdq: BTreeSet::new(),
+            deadlines: BTreeSet::new(),
+            deadline_of: HashMap::new(),
+            waiting: VecDeque::new(),
+            fc: None,
+            fc_bytes: 0,
+            last_delivery: now,
+            last_activity: now,
+            last_active_ns: 0,
+            next_flush: now,
+        };
+        if fresh {
+            let start = c.start_seq(store);
+            let floor = SequencePair {
+                consumer: 0,
+                stream: start.saturating_sub(1),
+            };
+            c.st.set_state(ConsumerState {
+                delivered: floor,
+                ack_floor: floor,
+                ..Default::default()
+            });
+            c.sseq = start;
+            let _ = c.st.flush();
+        } else {
+            let s = c.st.state().clone();
+            c.sseq = s.delivered.stream + 1;
+            // Pending messages come due from their last delivery time.
+            let now_ns = now_ns();
+            for (&sseq, p) in &s.pending {
+                let dc = 1 + s.redelivered.get(&sseq).copied().unwrap_or(0);
+                let wait = c.ack_wait_for(dc);
+                let left = (p.ts + wait - now_ns).max(0);
+                c.set_deadline(sseq, now + Duration::from_nanos(left as u64));
+            }
+        }
+        c
+    }
+
+    fn filter_iter(&self) -> Vec<&str> {
+        if self.filters.is_empty() {
+            vec![">"]
+        } else {
+            self.filters.iter().map(String::as_str).collect()
+        }
+    }
+
+    /// The first stream sequence the deliver policy asks for (and, for
+    /// `last_per_subject`, the per-subject starts in `lss`).
+    fn start_seq(&mut self, store: &dyn MessageStore) -> u64 {
+        let state = store.state();
+        let after_last = state.last_seq + 1;
+        match self.cfg.deliver_policy {
+            DeliverPolicy::All => state.first_seq.max(1),
+            DeliverPolicy::New => after_last,
+            DeliverPolicy::ByStartSequence => self.cfg.opt_start_seq.max(1),
+            DeliverPolicy::Last => self
+                .filter_iter()
+                .iter()
+                .filter_map(|f| store.last_by_subject(f).ok().flatten().map(|m| m.seq))
+                .max()
+                .unwrap_or(after_last),
+            DeliverPolicy::LastPerSubject => {
+                let mut seqs: Vec<u64> = self
+                    .filter_iter()
+                    .iter()
+                    .flat_map(|f| store.subjects_state(f))
+                    .map(|(_, s)| s.last)
+                    .collect();
+                seqs.sort_unstable();
+                self.lss = seqs.into();
+                after_last
+            }
+            DeliverPolicy::ByStartTime => {
+                let t = self
+                    .cfg
+                    .opt_start_time
+                    .as_deref()
+                    .and_then(util::parse_rfc3339)
+                    .unwrap_or(0);
+                seq_at_time(store, t)
+            }
+        }
+    }
+
+    fn ack_wait_for(&self, dc: u64) -> i64 {
+        if self.cfg.backoff.is_empty() {
+            return self.cfg.ack_wait.max(1);
+        }
+        let i = (dc.saturating_sub(1) as usize).min(self.cfg.backoff.len() - 1);
+        self.cfg.backoff[i].max(1)
+    }
+
+    fn set_deadline(&mut self, sseq: u64, at: Instant) {
+        if let Some(old) = self.deadline_of.insert(sseq, at) {
+            self.deadlines.remove(&(old, sseq));
+        }
+        self.deadlines.insert((at, sseq));
+    }
+
+    fn clear_deadline(&mut self, sseq: u64) {
+        if let Some(old) = self.deadline_of.remove(&sseq) {
+            self.deadlines.remove(&(old, sseq));
+        }
+    }
+
+    pub fn is_pull(&self) -> bool {
+        self.cfg.is_pull()
+    }
+
+    /// Does this consumer deliver messages on `subject`?
+    pub fn matches(&self, subject: &str) -> bool {
+        self.filters.is_empty()
+            || self
+                .filters
+                .iter()
+                .any(|f| canopy_subject::subject_matches(f, subject))
+    }
+
+    /// Has this consumer finished with stream seq `sseq` (acked, or filtered out)?
+    pub fn done_with(&self, sseq: u64, subject: &str) -> bool {
+        if !self.matches(subject) {
+            return true;
+        }
+        let st = self.st.state();
+        sseq <= st.ack_floor.stream
+            || (sseq < self.sseq && !st.pending.contains_key(&sseq) && !self.lss.contains(&sseq))
+    }
+
+    /// Messages not yet delivered (nats-server's `num_pending`).
+    pub fn num_pending(&self, store: &dyn MessageStore) -> u64 {
+        let lss = self.lss.len() as u64;
+        lss + self
+            .filter_iter()
+            .iter()
+            .map(|f| store.num_pending(self.sseq, f, false))
+            .sum::<u64>()
+    }
+
+    /// The next message to deliver, if any may be delivered now.
+    fn next_msg(&mut self, store: &dyn MessageStore) -> Option<(StoredMsg, u64, Src)> {
+        while let Some(s) = self.rdq.pop_first() {
+            if !self.st.state().pending.contains_key(&s) {
+                continue;
+            }
+            match store.load_msg(s) {
+                Ok(m) => {
+                    let dc = 2 + self.st.state().redelivered.get(&s).copied().unwrap_or(0);
+                    return Some((m, dc, Src::Redelivery));
+                }
+                Err(_) => {
+                    self.clear_deadline(s);
+                    self.st.update_ack(0, s);
+                }
+            }
+        }
+        if self.cfg.ack_policy != AckPolicy::None
+            && self.cfg.max_ack_pending > 0
+            && self.st.state().pending.len() as i64 >= self.cfg.max_ack_pending
+        {
+            return None;
+        }
+        while let Some(s) = self.lss.pop_front() {
+            if let Ok(m) = store.load_msg(s) {
+                return Some((m, 1, Src::LastPerSubject));
+            }
+        }
+        let m = self
+            .filter_iter()
+            .iter()
+            .filter_map(|f| store.load_next_matching(f, self.sseq).ok().flatten())
+            .min_by_key(|m| m.seq)?;
+        self.sseq = m.seq + 1;
+        Some((m, 1, Src::New))
+    }
+
+    fn unget(&mut self, src: Src, seq: u64) {
+        match src {
+            Src::Redelivery => {
+                self.rdq.insert(seq);
+            }
+            Src::LastPerSubject => self.lss.push_front(seq),
+            Src::New => self.sseq = seq,
+        }
+    }
+
+    /// Sends one message to `to` and records the delivery. Returns sequences that count as
+    /// acked at once (ack policy none).
+    fn send(&mut self, ctx: &Ctx<'_>, to: &str, m: &StoredMsg, dc: u64) -> Option<u64> {
+        let dseq = self.st.state().delivered.consumer + 1;
+        let pending = self.num_pending(ctx.store);
+        let reply = format!(
+            "$JS.ACK.{}.{}.{}.{}.{}.{}.{}",
+            ctx.stream, self.name, dc, m.seq, dseq, m.ts, pending
+        );
+        let (hdr, payload): (Vec<u8>, &[u8]) = if self.cfg.headers_only {
+            (
+                util::add_headers(
+                    m.headers(),
+                    &[("Nats-Msg-Size", m.payload().len().to_string())],
+                ),
+                &[],
+            )
+        } else {
+            (m.headers().to_vec(), m.payload())
+        };
+        let hdr = (!hdr.is_empty()).then_some(hdr.as_slice());
+        ctx.host
+            .deliver(ctx.account, to, m.subject(), Some(&reply), hdr, payload);
+        let now = now_ns();
+        self.last_delivery = Instant::now();
+        self.last_active_ns = now;
+        self.st.update_delivered(dseq, m.seq, dc, now);
+        if self.cfg.ack_policy == AckPolicy::None {
+            self.st.update_ack(dseq, m.seq);
+            return Some(m.seq);
+        }
+        let wait = self.ack_wait_for(dc);
+        self.set_deadline(
+            m.seq,
+            Instant::now() + Duration::from_nanos(wait.max(0) as u64),
+        );
+        None
+    }
+
+    /// Delivers what can be delivered now. Returns sequences acked by delivery (ack none).
+    pub fn drive(&mut self, ctx: &Ctx<'_>) -> Vec<u64> {
+        let mut acked = Vec::new();
+        if self.is_pull() {
+            self.drive_pull(ctx, &mut acked);
+        } else {
+            self.drive_push(ctx, &mut acked);
+        }
+        acked
+    }
+
+    fn drive_pull(&mut self, ctx: &Ctx<'_>, acked: &mut Vec<u64>) {
+        let mut eos = false;
+        while !self.waiting.is_empty() {
+            let Some((m, dc, src)) = self.next_msg(ctx.store) else {
+                eos = true;
+                break;
+            };
+            let size = (m.subject().len() + m.headers().len() + m.payload().len()) as i64;
+            let Some(req) = self.waiting.front_mut() else {
+                break;
+            };
+            if req.max_bytes > 0 && req.bytes + size > req.max_bytes {
+                self.unget(src, m.seq);
+                if let Some(r) = self.waiting.pop_front() {
+                    let text = if r.n == 0 {
+                        "Message Size Exceeds MaxBytes"
+                    } else {
+                        "Batch Completed"
+                    };
+                    let h = status(409, text, &r.pending_hdrs());
+                    ctx.host.publish(ctx.account, &r.reply, None, Some(&h), &[]);
+                }
+                continue;
+            }
+            req.n += 1;
+            req.bytes += size;
+            if let Some(hb) = req.hb {
+                req.next_hb = Some(Instant::now() + hb);
+            }
+            let to = req.reply.clone();
+            let done = req.n >= req.batch;
+            if done {
+                self.waiting.pop_front();
+            }
+            acked.extend(self.send(ctx, &to, &m, dc));
+        }
+        if eos {
+            // Requests that asked not to wait end now.
+            let mut keep = VecDeque::with_capacity(self.waiting.len());
+            for r in self.waiting.drain(..) {
+                if !r.no_wait {
+                    keep.push_back(r);
+                    continue;
+                }
+                let h = if r.n == 0 {
+                    status(404, "No Messages", &[])
+                } else {
+                    status(408, "Request Timeout", &r.pending_hdrs())
+                };
+                ctx.host.publish(ctx.account, &r.reply, None, Some(&h), &[]);
+            }
+            self.waiting = keep;
+        }
+    }
+
+    fn drive_push(&mut self, ctx: &Ctx<'_>, acked: &mut Vec<u64>) {
+        let Some(to) = self.cfg.deliver_subject.clone() else {
+            return;
+        };
+        if self.fc.is_some() || !ctx.host.has_interest(ctx.account, &to) {
+            return;
+        }
+        self.last_activity = Instant::now();
+        while let Some((m, dc, _)) = self.next_msg(ctx.store) {
+            acked.extend(self.send(ctx, &to, &m, dc));
+            self.fc_bytes += m.size();
+            if self.cfg.flow_control && self.fc_bytes >= FC_WINDOW {
+                let fc = format!(
+                    "$JS.FC.{}.{}.{}",
+                    ctx.stream,
+                    self.name,
+                    util::random_name(4)
+                );
+                let h = status(100, "FlowControl Request", &[]);
+                ctx.host.publish(ctx.account, &to, Some(&fc), Some(&h), &[]);
+                self.fc = Some(fc);
+                break;
+            }
+        }
+    }
+
+    /// A flow-control reply arrived on `subject`.
+    pub fn flow_control_reply(&mut self, subject: &str) -> bool {
+        if self.fc.as_deref() == Some(subject) {
+            self.fc = None;
+            self.fc_bytes = 0;
+            return true;
+        }
+        false
+    }
+
+    /// Handles a `MSG.NEXT` request (body: empty, a number, or JSON).
+    pub fn pull_request(&mut self, ctx: &Ctx<'_>, reply: &str, body: &[u8]) {
+        self.last_activity = Instant::now();
+        let err = |code: u16, text: &str| {
+            let h = status(code, text, &[]);
+            ctx.host.publish(ctx.account, reply, None, Some(&h), &[]);
+        };
+        if !self.is_pull() {
+            return err(409, "Consumer is push based");
+        }
+        let text = std::str::from_utf8(body).unwrap_or("").trim();
+        let (mut batch, mut expires, mut no_wait, mut max_bytes, mut hb) =
+            (1i64, 0i64, false, 0i64, 0i64);
+        if text.starts_with('{') {
+            let Ok(v) = serde_json::from_str::<Value>(text) else {
+                return err(400, "Bad Request");
+            };
+            let i = |k: &str| v.get(k).and_then(Value::as_i64).unwrap_or(0);
+            batch = i("batch");
+            expires = i("expires");
+            max_bytes = i("max_bytes");
+            hb = i("idle_heartbeat");
+            no_wait = v.get("no_wait").and_then(Value::as_bool).unwrap_or(false);
+        } else if !text.is_empty() {
+            match text.parse::<i64>() {
+                Ok(n) => batch = n,
+                Err(_) => return err(400, "Bad Request"),
+            }
+        }
+        if batch <= 0 {
+            batch = 1;
+        }
+        if self.cfg.max_batch > 0 && batch > self.cfg.max_batch {
+            return err(
+                409,
+                &format!("Exceeded MaxRequestBatch of {}", self.cfg.max_batch),
+            );
+        }
+        if self.cfg.max_expires > 0 && expires > self.cfg.max_expires {
+            return err(
+                409,
+                &format!(
+                    "Exceeded MaxRequestExpires of {:?}",
+                    Duration::from_nanos(self.cfg.max_expires as u64)
+                ),
+            );
+        }
+        if self.cfg.max_bytes > 0 && max_bytes > self.cfg.max_bytes {
+            return err(
+                409,
+                &format!("Exceeded MaxRequestMaxBytes of {}", self.cfg.max_bytes),
+            );
+        }
+        if hb > 0 && expires > 0 && hb * 2 > expires {
+            return err(400, "Bad Request - heartbeat value too large");
+        }
+        if self.cfg.max_waiting > 0 && self.waiting.len() as i64 >= self.cfg.max_waiting {
+            return err(409, "Exceeded MaxWaiting");
+        }
+        let now = Instant::now();
+        let hb = (hb > 0).then(|| Duration::from_nanos(hb as u64));
+        self.waiting.push_back(PullReq {
+            reply: reply.to_string(),
+            batch,
+            max_bytes,
+            n: 0,
+            bytes: 0,
+            expires: (expires > 0).then(|| now + Duration::from_nanos(expires as u64)),
+            no_wait,
+            hb,
+            next_hb: hb.map(|d| now + d),
+        });
+    }
+
+    /// Handles an ack. `tokens` are the `$JS.ACK` reply's numbers: delivery count, stream
+    /// seq, consumer seq. Returns what it acked and whether `+NXT` asked for more.
+    pub fn ack(
+        &mut self,
+        ctx: &Ctx<'_>,
+        sseq: u64,
+        dseq: u64,
+        body: &[u8],
+        reply: Option<&str>,
+    ) -> AckOutcome {
+        self.last_activity = Instant::now();
+        let mut out = AckOutcome::default();
+        let text = std::str::from_utf8(body).unwrap_or("").trim_start();
+        let (verb, rest) = match text.find(|c: char| c.is_whitespace()) {
+            Some(i) => (&text[..i], text[i..].trim()),
+            None => (text, ""),
+        };
+        let pending = self.st.state().pending.contains_key(&sseq);
+        match verb {
+            "" | "+ACK" | "+OK" => self.ack_seq(sseq, dseq, &mut out),
+            "+NXT" => {
+                self.ack_seq(sseq, dseq, &mut out);
+                if let Some(r) = reply {
+                    self.pull_request(ctx, r, rest.as_bytes());
+                }
+                return out;
+            }
+            "-NAK" if pending => {
+                let delay = if rest.starts_with('{') {
+                    serde_json::from_str::<Value>(rest)
+                        .ok()
+                        .and_then(|v| v.get("delay").and_then(Value::as_i64))
+                        .unwrap_or(0)
+                } else {
+                    util::parse_go_duration(rest).unwrap_or(0)
+                };
+                self.clear_deadline(sseq);
+                if delay > 0 {
+                    self.set_deadline(sseq, Instant::now() + Duration::from_nanos(delay as u64));
+                } else {
+                    self.rdq.insert(sseq);
+                }
+            }
+            "+WPI" if pending => {
+                let dc = 1 + self.st.state().redelivered.get(&sseq).copied().unwrap_or(0);
+                let wait = self.ack_wait_for(dc);
+                self.set_deadline(sseq, Instant::now() + Duration::from_nanos(wait as u64));
+            }
+            "+TERM" if pending => {
+                self.clear_deadline(sseq);
+                self.rdq.remove(&sseq);
+                self.st.update_ack(dseq, sseq);
+                out.acked.push(sseq);
+            }
+            _ => {}
+        }
+        if let Some(r) = reply {
+            ctx.host.publish(ctx.account, r, None, None, &[]);
+        }
+        out
+    }
+
+    fn ack_seq(&mut self, sseq: u64, dseq: u64, out: &mut AckOutcome) {
+        match self.cfg.ack_policy {
+            AckPolicy::None => {}
+            AckPolicy::All => {
+                let seqs: Vec<u64> = self
+                    .st
+                    .state()
+                    .pending
+                    .range(..=sseq)
+                    .map(|(s, _)| *s)
+                    .collect();
+                for s in seqs {
+                    self.clear_deadline(s);
+                    self.rdq.remove(&s);
+                    self.st.update_ack(dseq, s);
+                    out.acked.push(s);
+                }
+            }
+            AckPolicy::Explicit => {
+                if self.st.state().pending.contains_key(&sseq) {
+                    self.clear_deadline(sseq);
+                    self.rdq.remove(&sseq);
+                    self.st.update_ack(dseq, sseq);
+                    out.acked.push(sseq);
+                }
+            }
+        }
+    }
+
+    /// Messages below `first` are gone (purge, limits): forget them.
+    pub fn stream_purged(&mut self, store: &dyn MessageStore) {
+        let first = store.state().first_seq;
+        if self.sseq < first {
+            self.sseq = first;
+        }
+        let gone: Vec<u64> = self
+            .st
+            .state()
+            .pending
+            .keys()
+            .copied()
+            .filter(|&s| s < first || store.load_msg(s).is_err())
+            .collect();
+        for s in gone {
+            self.clear_deadline(s);
+            self.rdq.remove(&s);
+            self.st.update_ack(0, s);
+        }
+        self.lss.retain(|&s| s >= first);
+        let st = self.st.state();
+        if st.pending.is_empty() && st.ack_floor.stream + 1 < self.sseq {
+            let mut s = st.clone();
+            s.ack_floor.stream = self.sseq - 1;
+            s.delivered.stream = s.delivered.stream.max(self.sseq - 1);
+            self.st.set_state(s);
+        }
+    }
+
+    /// Timers: redeliveries, request expiry, heartbeats, state flush. Returns true when the
+    /// consumer has been inactive past its `inactive_threshold` and should be deleted.
+    pub fn tick(&mut self, ctx: &Ctx<'_>, now: Instant) -> bool {
+        while let Some(&(at, s)) = self.deadlines.first() {
+            if at > now {
+                break;
+            }
+            self.deadlines.pop_first();
+            self.deadline_of.remove(&s);
+            let dc = 1 + self.st.state().redelivered.get(&s).copied().unwrap_or(0);
+            if self.cfg.max_deliver > 0 && dc as i64 >= self.cfg.max_deliver {
+                // Out of deliveries: nats-server stops redelivering and drops it.
+                self.st.update_ack(0, s);
+                continue;
+            }
+            self.rdq.insert(s);
+        }
+        // Pull requests that expired, and their heartbeats.
+        let mut keep = VecDeque::with_capacity(self.waiting.len());
+        let hb_msg = self.heartbeat(None);
+        for mut r in std::mem::take(&mut self.waiting) {
+            if r.expires.is_some_and(|e| e <= now) {
+                let h = status(408, "Request Timeout", &r.pending_hdrs());
+                ctx.host.publish(ctx.account, &r.reply, None, Some(&h), &[]);
+                continue;
+            }
+            if let (Some(hb), Some(at)) = (r.hb, r.next_hb) {
+                if at <= now {
+                    ctx.host
+                        .publish(ctx.account, &r.reply, None, Some(&hb_msg), &[]);
+                    r.next_hb = Some(now + hb);
+                }
+            }
+            keep.push_back(r);
+        }
+        self.waiting = keep;
+        if !self.waiting.is_empty() {
+            self.last_activity = now;
+        }
+        // Push heartbeats.
+        if let (Some(to), true) = (
+            self.cfg.deliver_subject.clone(),
+            self.cfg.idle_heartbeat > 0,
+        ) {
+            let hb = Duration::from_nanos(self.cfg.idle_heartbeat as u64);
+            if now.duration_since(self.last_delivery) >= hb {
+                if ctx.host.has_interest(ctx.account, &to) {
+                    let h = self.heartbeat(self.fc.clone());
+                    ctx.host.publish(ctx.account, &to, None, Some(&h), &[]);
+                }
+                self.last_delivery = now;
+            }
+        }
+        if let Some(to) = &self.cfg.deliver_subject {
+            if ctx.host.has_interest(ctx.account, to) {
+                self.last_activity = now;
+            }
+        }
+        if now >= self.next_flush {
+            let _ = self.st.flush();
+            self.next_flush = now + FLUSH_EVERY;
+        }
+        self.cfg.inactive_threshold > 0
+            && now.duration_since(self.last_activity)
+                >= Duration::from_nanos(self.cfg.inactive_threshold as u64)
+    }
+
+    fn heartbeat(&self, stalled: Option<String>) -> Vec<u8> {
+        let st = self.st.state();
+        let mut kv = vec![
+            ("Nats-Last-Consumer", st.delivered.consumer.to_string()),
+            ("Nats-Last-Stream", st.delivered.stream.to_string()),
+        ];
+        if let Some(s) = stalled {
+            kv.push(("Nats-Consumer-Stalled", s));
+        }
+        status(100, "Idle Heartbeat", &kv)
+    }
+
+    /// When [`Consumer::tick`] next has work.
+    pub fn next_deadline(&self, now: Instant) -> Instant {
+        let mut at = now + Duration::from_secs(1);
+        if let Some(&(d, _)) = self.deadlines.first() {
+            at = at.min(d);
+        }
+        for r in &self.waiting {
+            if let Some(e) = r.expires {
+                at = at.min(e);
+            }
+            if let Some(h) = r.next_hb {
+                at = at.min(h);
+            }
+        }
+        if self.cfg.idle_heartbeat > 0 && self.cfg.deliver_subject.is_some() {
+            at = at.min(self.last_delivery + Duration::from_nanos(self.cfg.idle_heartbeat as u64));
+        }
+        if self.st.state() != &ConsumerState::default() {
+            at = at.min(self.next_flush.max(now));
+        }
+        at
+    }
+
+    /// Is there a redelivery waiting (so the stream should drive this consumer)?
+    pub fn has_redeliveries(&self) -> bool {
+        !self.rdq.is_empty()
+    }
+
+    /// Ends every waiting pull request with `409 Consumer Deleted` and removes the state.
+    pub fn delete(&mut self, ctx: &Ctx<'_>) {
+        for r in self.waiting.drain(..) {
+            let h = status(409, "Consumer Deleted", &[]);
+            ctx.host.publish(ctx.account, &r.reply, None, Some(&h), &[]);
+        }
+        let _ = self.st.delete();
+    }
+
+    /// Writes the state (shutdown).
+    pub fn close(&mut self) {
+        let _ = self.st.flush();
+        let _ = self.st.sync();
+    }
+
+    /// The consumer info object (without `type`).
+    pub fn info(&self, ctx: &Ctx<'_>, cluster: &Value) -> Value {
+        let st = self.st.state();
+        let last = (self.last_active_ns > 0).then(|| rfc3339(self.last_active_ns));
+        let mut v = json!({
+            "stream_name": ctx.stream,
+            "name": self.name,
+            "created": rfc3339(self.created),
+            "config": self.cfg,
+            "delivered": SequenceInfo { consumer_seq: st.delivered.consumer, stream_seq: st.delivered.stream, last_active: last },
+            "ack_floor": SequenceInfo { consumer_seq: st.ack_floor.consumer, stream_seq: st.ack_floor.stream, last_active: None },
+            "num_ack_pending": st.pending.len(),
+            "num_redelivered": st.redelivered.len(),
+            "num_waiting": self.waiting.len(),
+            "num_pending": self.num_pending(ctx.store),
+            "cluster": cluster,
+            "ts": rfc3339(now_ns()),
+        });
+        if let (Some(to), Some(obj)) = (&self.cfg.deliver_subject, v.as_object_mut()) {
+            if ctx.host.has_interest(ctx.account, to) {
+                obj.insert("push_bound".into(), Value::Bool(true));
+            }
+        }
+        v
+    }
+}
+
+/// The first sequence whose message is at or after `t` (binary search over live messages).
+fn seq_at_time(store: &dyn MessageStore, t: i64) -> u64 {
+    let st = store.state();
+    let (mut lo, mut hi) = (st.first_seq.max(1), st.last_seq + 1);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        match store.load_next_matching(">", mid).ok().flatten() {
+            Some(m) if m.seq < hi => {
+                if m.ts >= t {
+                    hi = mid;
+                } else {
+                    lo = m.seq + 1;
+                }
+            }
+            _ => hi = mid,
+        }
+    }
+    lo
+}

@@ -1,0 +1,771 @@
+//! A stream: its store (file or memory), its consumers, and the actor thread that owns them.
+//!
+//! Every stream runs one thread ([`StreamHandle::spawn`]). Publishes, acks, pull requests and
+//! API calls reach it as [`Cmd`]s; publishes that arrive together are appended with one
+//! `store_batch` (group commit: one write, one fsync under `sync_interval: always`) and only
+//! then acknowledged. Timers (redelivery, request expiry, heartbeats, age and TTL expiry,
+//! periodic sync) run on the same thread between commands, so the store and the consumers
+//! need no locks; disk work never runs on a tokio worker.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use canopy_store::{MessageStore, NewMsg, PurgeOpts, StoreError};
+use parking_lot::RwLock;
+use serde_json::{json, Value};
+
+use crate::api::errors::{ApiError, E};
+use crate::consumer::{Consumer, Ctx};
+use crate::host::{Host, JsMsg};
+use crate::types::{Retention, StreamConfig};
+use crate::util::{self, header, now_ns, rfc3339};
+
+/// Most publishes appended in one batch.
+const MAX_BATCH: usize = 1024;
+/// Largest header block a message may carry.
+const MAX_HDR: usize = 64 * 1024;
+
+/// Work for a stream's thread.
+pub(crate) enum Cmd {
+    Pub(JsMsg),
+    Ack {
+        consumer: String,
+        sseq: u64,
+        dseq: u64,
+        body: Vec<u8>,
+        reply: Option<String>,
+    },
+    Next {
+        consumer: String,
+        reply: String,
+        body: Vec<u8>,
+    },
+    Fc {
+        consumer: String,
+        subject: String,
+    },
+    Call(Box<dyn FnOnce(&mut StreamCore) + Send>),
+    Stop(mpsc::Sender<()>),
+}
+
+/// Counters readable without asking the thread.
+#[derive(Debug, Default)]
+pub(crate) struct StreamStats {
+    pub msgs: AtomicU64,
+    pub bytes: AtomicU64,
+    pub consumers: AtomicU64,
+}
+
+/// The engine's handle on a running stream.
+pub(crate) struct StreamHandle {
+    pub name: String,
+    pub cfg: RwLock<StreamConfig>,
+    pub stats: Arc<StreamStats>,
+    tx: Sender<Cmd>,
+    pub subs: parking_lot::Mutex<Vec<crate::host::SubId>>,
+}
+
+impl StreamHandle {
+    /// Starts the stream's thread over `core`.
+    pub fn spawn(core: StreamCore) -> std::io::Result<Arc<StreamHandle>> {
+        let (tx, rx) = mpsc::channel();
+        let h = Arc::new(StreamHandle {
+            name: core.name.clone(),
+            cfg: RwLock::new(core.cfg.clone()),
+            stats: core.stats.clone(),
+            tx,
+            subs: parking_lot::Mutex::new(Vec::new()),
+        });
+        std::thread::Builder::new()
+            .name(format!("js-stream-{}", core.name))
+            .spawn(move || run(core, rx))?;
+        Ok(h)
+    }
+
+    pub fn send(&self, cmd: Cmd) -> bool {
+        self.tx.send(cmd).is_ok()
+    }
+
+    /// Runs `f` on the stream's thread and waits for its result.
+    pub fn call<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut StreamCore) -> R + Send + 'static,
+    ) -> Option<R> {
+        let (tx, rx) = mpsc::channel();
+        let ok = self.send(Cmd::Call(Box::new(move |c| {
+            let _ = tx.send(f(c));
+        })));
+        if !ok {
+            return None;
+        }
+        rx.recv_timeout(Duration::from_secs(30)).ok()
+    }
+
+    /// Stops the thread after it closed the store (flushes consumers).
+    pub fn stop(&self) {
+        let (tx, rx) = mpsc::channel();
+        if self.send(Cmd::Stop(tx)) {
+            let _ = rx.recv_timeout(Duration::from_secs(30));
+        }
+    }
+}
+
+/// A message being ingested, after its header checks.
+struct Prepared {
+    subject: String,
+    hdr: Vec<u8>,
+    payload: bytes::Bytes,
+    reply: Option<String>,
+    ttl: Option<i64>,
+    msg_id: Option<String>,
+    rollup: Option<bool>,
+}
+
+/// Everything a stream's thread owns.
+pub(crate) struct StreamCore {
+    pub name: String,
+    pub account: Arc<str>,
+    pub cfg: StreamConfig,
+    pub created: i64,
+    pub store: Box<dyn MessageStore>,
+    /// The stream directory (file storage), for consumer state and config.
+    pub dir: Option<PathBuf>,
+    pub consumers: BTreeMap<String, Consumer>,
+    pub host: Arc<dyn Host>,
+    pub domain: Option<String>,
+    pub stats: Arc<StreamStats>,
+    pub sync_every: Option<Duration>,
+    pub cluster: Value,
+    dedupe: HashMap<String, (u64, i64)>,
+    dedupe_q: VecDeque<(i64, String)>,
+    last_msg_id: Option<String>,
+    next_sync: Instant,
+    closed: bool,
+}
+
+impl StreamCore {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        name: String,
+        account: Arc<str>,
+        cfg: StreamConfig,
+        created: i64,
+        store: Box<dyn MessageStore>,
+        dir: Option<PathBuf>,
+        host: Arc<dyn Host>,
+        domain: Option<String>,
+        sync_every: Option<Duration>,
+    ) -> StreamCore {
+        let info = host.info();
+        let mut core = StreamCore {
+            name,
+            account,
+            cfg,
+            created,
+            store,
+            dir,
+            consumers: BTreeMap::new(),
+            cluster: json!({"leader": info.server_name}),
+            host,
+            domain,
+            stats: Arc::new(StreamStats::default()),
+            sync_every,
+            dedupe: HashMap::new(),
+            dedupe_q: VecDeque::new(),
+            last_msg_id: None,
+            next_sync: Instant::now() + sync_every.unwrap_or(Duration::from_secs(120)),
+            closed: false,
+        };
+        core.rebuild_dedupe();
+        core.update_stats();
+        core
+    }
+
+    /// Rebuilds the duplicate window from the newest messages after a restart.
+    fn rebuild_dedupe(&mut self) {
+        let window = self.cfg.duplicate_window;
+        if window <= 0 {
+            return;
+        }
+        let cutoff = now_ns() - window;
+        let mut seq = self.store.state().last_seq;
+        let mut found = Vec::new();
+        for _ in 0..100_000 {
+            let Ok(Some(m)) = self.store.load_prev_matching(">", seq) else {
+                break;
+            };
+            if m.ts < cutoff {
+                break;
+            }
+            if let Some(id) = header(m.headers(), "Nats-Msg-Id") {
+                found.push((m.ts, id.to_string(), m.seq));
+            }
+            if m.seq <= 1 {
+                break;
+            }
+            seq = m.seq - 1;
+        }
+        for (ts, id, seq) in found.into_iter().rev() {
+            self.last_msg_id = Some(id.clone());
+            self.dedupe.insert(id.clone(), (seq, ts));
+            self.dedupe_q.push_back((ts, id));
+        }
+    }
+
+    pub fn update_stats(&self) {
+        let st = self.store.state();
+        self.stats.msgs.store(st.msgs, Ordering::Relaxed);
+        self.stats.bytes.store(st.bytes, Ordering::Relaxed);
+        self.stats
+            .consumers
+            .store(self.consumers.len() as u64, Ordering::Relaxed);
+    }
+
+    fn ack_reply(&self, reply: &str, seq: u64, duplicate: bool) {
+        let mut v = json!({"stream": self.name, "seq": seq});
+        if let (Some(d), Some(o)) = (&self.domain, v.as_object_mut()) {
+            o.insert("domain".into(), Value::String(d.clone()));
+        }
+        if duplicate {
+            if let Some(o) = v.as_object_mut() {
+                o.insert("duplicate".into(), Value::Bool(true));
+            }
+        }
+        self.host
+            .publish(&self.account, reply, None, None, v.to_string().as_bytes());
+    }
+
+    fn err_reply(&self, reply: Option<&str>, e: E) {
+        let Some(reply) = reply else {
+            return;
+        };
+        if self.cfg.no_ack {
+            return;
+        }
+        let err = ApiError::from(e);
+        let v = json!({"error": err, "stream": self.name, "seq": 0});
+        self.host
+            .publish(&self.account, reply, None, None, v.to_string().as_bytes());
+    }
+
+    /// Header checks of one publish (nats-server's order); `Err` is the reply to send.
+    fn prepare(&mut self, m: JsMsg, pending_last: u64) -> Result<Prepared, (Option<String>, E)> {
+        let reply = m.reply.clone();
+        let fail = |e: E| Err((reply.clone(), e));
+        if self.cfg.sealed {
+            return fail(E::StreamSealed);
+        }
+        let hdr: &[u8] = m.headers.as_deref().unwrap_or(&[]);
+        if hdr.len() > MAX_HDR {
+            return fail(E::StreamHeaderExceedsMaximum);
+        }
+        if self.cfg.max_msg_size > 0 && (hdr.len() + m.payload.len()) as i64 > self.cfg.max_msg_size
+        {
+            return fail(E::StreamMessageExceedsMaximum);
+        }
+        let mut p = Prepared {
+            subject: m.subject.clone(),
+            hdr: Vec::new(),
+            payload: m.payload.clone(),
+            reply: m.reply.clone(),
+            ttl: None,
+            msg_id: None,
+            rollup: None,
+        };
+        if hdr.is_empty() {
+            return Ok(p);
+        }
+        if let Some(s) = header(hdr, "Nats-Expected-Stream") {
+            if s != self.name {
+                return fail(E::StreamNotMatch);
+            }
+        }
+        if let Some(t) = header(hdr, "Nats-TTL") {
+            if !self.cfg.allow_msg_ttl {
+                return fail(E::MessageTtlDisabled);
+            }
+            let ttl = if t.eq_ignore_ascii_case("never") {
+                -1
+            } else if let Ok(secs) = t.parse::<i64>() {
+                secs.saturating_mul(1_000_000_000)
+            } else {
+                util::parse_go_duration(t).unwrap_or(0)
+            };
+            if ttl != -1 && ttl < 1_000_000_000 {
+                return fail(E::MessageTtlInvalid);
+            }
+            p.ttl = (ttl > 0).then_some(ttl);
+        }
+        if let Some(v) = header(hdr, "Nats-Expected-Last-Subject-Sequence") {
+            let want: u64 = v.parse().unwrap_or(u64::MAX);
+            let subj =
+                header(hdr, "Nats-Expected-Last-Subject-Sequence-Subject").unwrap_or(&m.subject);
+            let have = self
+                .store
+                .last_by_subject(subj)
+                .ok()
+                .flatten()
+                .map_or(0, |m| m.seq);
+            if have != want {
+                return fail(E::StreamWrongLastSequence(have));
+            }
+        }
+        if let Some(v) = header(hdr, "Nats-Expected-Last-Sequence") {
+            let want: u64 = v.parse().unwrap_or(u64::MAX);
+            if want != pending_last {
+                return fail(E::StreamWrongLastSequence(pending_last));
+            }
+        }
+        if let Some(id) = header(hdr, "Nats-Msg-Id") {
+            if let Some(&(seq, _)) = self.dedupe.get(id) {
+                if let Some(r) = &reply {
+                    self.ack_reply(r, seq, true);
+                }
+                return Err((None, E::BadRequest));
+            }
+            p.msg_id = Some(id.to_string());
+        }
+        if let Some(id) = header(hdr, "Nats-Expected-Last-Msg-Id") {
+            let last = self.last_msg_id.clone().unwrap_or_default();
+            if id != last {
+                return fail(E::StreamWrongLastMsgId(last));
+            }
+        }
+        if let Some(r) = header(hdr, "Nats-Rollup") {
+            if !self.cfg.allow_rollup_hdrs || self.cfg.deny_purge {
+                return fail(E::StreamRollupFailed("rollup not permitted".into()));
+            }
+            p.rollup = match r {
+                "sub" => Some(false),
+                "all" => Some(true),
+                _ => {
+                    return fail(E::StreamRollupFailed(format!(
+                        "rollup value invalid: {r:?}"
+                    )))
+                }
+            };
+        }
+        p.hdr = util::strip_headers(hdr, &["Nats-Expected-"]);
+        Ok(p)
+    }
+
+    /// Appends publishes (group commit for the plain ones) and acknowledges them.
+    fn ingest(&mut self, msgs: Vec<JsMsg>) {
+        let mut plain: Vec<Prepared> = Vec::new();
+        for m in msgs {
+            let pending_last = self.store.state().last_seq + plain.len() as u64;
+            match self.prepare(m, pending_last) {
+                Ok(p) if p.msg_id.is_none() && p.rollup.is_none() && p.ttl.is_none() => {
+                    plain.push(p);
+                }
+                Ok(p) => {
+                    self.commit(std::mem::take(&mut plain));
+                    self.commit(vec![p]);
+                }
+                Err((reply, e)) => {
+                    // Later checks depend on earlier messages: store those first.
+                    self.commit(std::mem::take(&mut plain));
+                    self.err_reply(reply.as_deref(), e);
+                }
+            }
+        }
+        self.commit(plain);
+        self.update_stats();
+        self.drive_consumers();
+    }
+
+    fn commit(&mut self, batch: Vec<Prepared>) {
+        if batch.is_empty() {
+            return;
+        }
+        let news: Vec<NewMsg<'_>> = batch
+            .iter()
+            .map(|p| NewMsg {
+                subject: &p.subject,
+                hdr: &p.hdr,
+                payload: &p.payload,
+                ttl: p.ttl,
+            })
+            .collect();
+        let results = match self.store.store_batch(&news) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(stream = %self.name, account = %self.account, "JetStream store failed: {e}");
+                let msg = e.to_string();
+                for p in &batch {
+                    self.err_reply(p.reply.as_deref(), E::StreamStoreFailed(msg.clone()));
+                }
+                return;
+            }
+        };
+        let now = now_ns();
+        for (p, r) in batch.iter().zip(results) {
+            match r {
+                Ok((seq, ts)) => {
+                    if let Some(id) = &p.msg_id {
+                        self.dedupe.insert(id.clone(), (seq, ts));
+                        self.dedupe_q.push_back((ts, id.clone()));
+                        self.last_msg_id = Some(id.clone());
+                    }
+                    if let Some(all) = p.rollup {
+                        let opts = PurgeOpts {
+                            filter: (!all).then(|| p.subject.clone()),
+                            up_to_seq: Some(seq),
+                            keep: None,
+                        };
+                        if let Err(e) = self.store.purge(&opts) {
+                            tracing::warn!(stream = %self.name, "rollup purge failed: {e}");
+                        }
+                        self.consumers_purged();
+                    }
+                    if self.cfg.retention == Retention::Interest
+                        && !self.consumers.values().any(|c| c.matches(&p.subject))
+                    {
+                        let _ = self.store.remove_msg(seq);
+                    }
+                    if let (Some(r), false) = (&p.reply, self.cfg.no_ack) {
+                        self.ack_reply(r, seq, false);
+                    }
+                }
+                Err(e) => {
+                    let err = match e {
+                        StoreError::MaxMsgSize { .. } => E::StreamMessageExceedsMaximum,
+                        other => E::StreamStoreFailed(other.to_string()),
+                    };
+                    self.err_reply(p.reply.as_deref(), err);
+                }
+            }
+        }
+        self.prune_dedupe(now);
+    }
+
+    fn prune_dedupe(&mut self, now: i64) {
+        let cutoff = now - self.cfg.duplicate_window;
+        while let Some((ts, _)) = self.dedupe_q.front() {
+            if *ts >= cutoff {
+                break;
+            }
+            if let Some((ts, id)) = self.dedupe_q.pop_front() {
+                if self.dedupe.get(&id).is_some_and(|&(_, t)| t == ts) {
+                    self.dedupe.remove(&id);
+                }
+            }
+        }
+    }
+
+    /// Lets every consumer deliver what it can; applies retention to what got acked.
+    pub fn drive_consumers(&mut self) {
+        let names: Vec<String> = self.consumers.keys().cloned().collect();
+        for n in names {
+            let acked = match self.consumers.get_mut(&n) {
+                Some(c) => {
+                    let ctx = Ctx {
+                        host: self.host.as_ref(),
+                        account: &self.account,
+                        stream: &self.name,
+                        store: self.store.as_ref(),
+                    };
+                    c.drive(&ctx)
+                }
+                None => continue,
+            };
+            self.retain(&acked);
+        }
+    }
+
+    /// Work-queue and interest retention: remove messages every consumer is done with.
+    fn retain(&mut self, acked: &[u64]) {
+        if acked.is_empty() || self.cfg.retention == Retention::Limits {
+            return;
+        }
+        let mut removed = false;
+        for &s in acked {
+            let remove = match self.cfg.retention {
+                Retention::WorkQueue => true,
+                Retention::Interest => match self.store.load_msg(s) {
+                    Ok(m) => self.consumers.values().all(|c| c.done_with(s, m.subject())),
+                    Err(_) => false,
+                },
+                Retention::Limits => false,
+            };
+            if remove {
+                removed |= self.store.remove_msg(s).unwrap_or(false);
+            }
+        }
+        if removed {
+            self.update_stats();
+        }
+    }
+
+    /// After a purge: consumers forget what is gone.
+    pub fn consumers_purged(&mut self) {
+        for c in self.consumers.values_mut() {
+            c.stream_purged(self.store.as_ref());
+        }
+    }
+
+    fn handle_ack(
+        &mut self,
+        consumer: &str,
+        sseq: u64,
+        dseq: u64,
+        body: &[u8],
+        reply: Option<&str>,
+    ) {
+        let Some(c) = self.consumers.get_mut(consumer) else {
+            return;
+        };
+        let ctx = Ctx {
+            host: self.host.as_ref(),
+            account: &self.account,
+            stream: &self.name,
+            store: self.store.as_ref(),
+        };
+        let out = c.ack(&ctx, sseq, dseq, body, reply);
+        self.retain(&out.acked);
+    }
+
+    fn handle_next(&mut self, consumer: &str, reply: &str, body: &[u8]) {
+        let Some(c) = self.consumers.get_mut(consumer) else {
+            let h = util::status(404, "Consumer Not Found", &[]);
+            self.host.publish(&self.account, reply, None, Some(&h), &[]);
+            return;
+        };
+        let ctx = Ctx {
+            host: self.host.as_ref(),
+            account: &self.account,
+            stream: &self.name,
+            store: self.store.as_ref(),
+        };
+        c.pull_request(&ctx, reply, body);
+    }
+
+    /// When the timers next have work.
+    fn next_at(&self) -> Instant {
+        let now = Instant::now();
+        let mut at = now + Duration::from_secs(1);
+        for c in self.consumers.values() {
+            at = at.min(c.next_deadline(now));
+        }
+        if let Some(t) = self.store.next_expiry() {
+            let left = (t - now_ns()).max(0) as u64;
+            at = at.min(now + Duration::from_nanos(left));
+        }
+        at
+    }
+
+    /// Timers of the stream and its consumers.
+    fn tick(&mut self) {
+        let now = Instant::now();
+        if self.store.next_expiry().is_some_and(|t| t <= now_ns()) {
+            if let Ok(n) = self.store.expire(now_ns()) {
+                if n > 0 {
+                    self.consumers_purged();
+                    self.update_stats();
+                }
+            }
+        }
+        let mut gone = Vec::new();
+        let mut redeliver = false;
+        for (n, c) in self.consumers.iter_mut() {
+            let ctx = Ctx {
+                host: self.host.as_ref(),
+                account: &self.account,
+                stream: &self.name,
+                store: self.store.as_ref(),
+            };
+            if c.tick(&ctx, now) {
+                gone.push(n.clone());
+            }
+            redeliver |= c.has_redeliveries();
+        }
+        for n in gone {
+            tracing::debug!(stream = %self.name, consumer = %n, "deleting inactive consumer");
+            self.delete_consumer(&n);
+        }
+        if redeliver || self.consumers.values().any(Consumer::is_pull) {
+            self.drive_consumers();
+        }
+        if let Some(every) = self.sync_every {
+            if now >= self.next_sync {
+                if let Err(e) = self.store.sync() {
+                    tracing::error!(stream = %self.name, "JetStream sync failed: {e}");
+                }
+                self.next_sync = now + every;
+            }
+        }
+    }
+
+    /// Removes a consumer and its state.
+    pub fn delete_consumer(&mut self, name: &str) -> bool {
+        let Some(mut c) = self.consumers.remove(name) else {
+            return false;
+        };
+        let ctx = Ctx {
+            host: self.host.as_ref(),
+            account: &self.account,
+            stream: &self.name,
+            store: self.store.as_ref(),
+        };
+        c.delete(&ctx);
+        if let Some(d) = &self.dir {
+            let _ = std::fs::remove_dir_all(d.join("obs").join(name));
+        }
+        self.update_stats();
+        true
+    }
+
+    /// The stream info object (without `type`).
+    pub fn info(&self, subjects_filter: Option<&str>, deleted_details: bool) -> Value {
+        let st = self.store.state();
+        let empty = st.msgs == 0;
+        let mut state = json!({
+            "messages": st.msgs,
+            "bytes": st.bytes,
+            "first_seq": if empty && st.last_seq == 0 { 0 } else { st.first_seq },
+            "first_ts": rfc3339(if empty { 0 } else { st.first_ts }),
+            "last_seq": st.last_seq,
+            "last_ts": rfc3339(st.last_ts),
+            "consumer_count": self.consumers.len(),
+        });
+        if let Some(o) = state.as_object_mut() {
+            if st.num_subjects > 0 {
+                o.insert("num_subjects".into(), json!(st.num_subjects));
+            }
+            if st.num_deleted > 0 {
+                o.insert("num_deleted".into(), json!(st.num_deleted));
+            }
+            if deleted_details && st.num_deleted > 0 {
+                let seqs: Vec<u64> = self
+                    .store
+                    .deleted_ranges()
+                    .into_iter()
+                    .flat_map(|(a, b)| a..=b)
+                    .take(100_000)
+                    .collect();
+                o.insert("deleted".into(), json!(seqs));
+            }
+            if st.lost.msgs > 0 {
+                o.insert(
+                    "lost".into(),
+                    json!({"msgs": st.lost.msgs, "bytes": st.lost.bytes}),
+                );
+            }
+            if let Some(f) = subjects_filter.filter(|f| !f.is_empty()) {
+                let m: serde_json::Map<String, Value> = self
+                    .store
+                    .subjects_state(f)
+                    .into_iter()
+                    .map(|(s, ss)| (s, json!(ss.msgs)))
+                    .collect();
+                if !m.is_empty() {
+                    o.insert("subjects".into(), Value::Object(m));
+                }
+            }
+        }
+        let mut v = json!({
+            "config": self.cfg,
+            "created": rfc3339(self.created),
+            "state": state,
+            "cluster": self.cluster,
+            "ts": rfc3339(now_ns()),
+        });
+        if let (Some(d), Some(o)) = (&self.domain, v.as_object_mut()) {
+            o.insert("domain".into(), json!(d));
+        }
+        v
+    }
+
+    fn close(&mut self) {
+        if self.closed {
+            return;
+        }
+        self.closed = true;
+        for c in self.consumers.values_mut() {
+            c.close();
+        }
+        if let Err(e) = self.store.close() {
+            tracing::error!(stream = %self.name, "JetStream: closing the store failed: {e}");
+        }
+    }
+}
+
+fn run(mut core: StreamCore, rx: Receiver<Cmd>) {
+    let mut next = Instant::now();
+    loop {
+        let wait = next.saturating_duration_since(Instant::now());
+        let first = match rx.recv_timeout(wait) {
+            Ok(c) => Some(c),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        let mut pubs = Vec::new();
+        let mut cmd = first;
+        while let Some(c) = cmd.take() {
+            match c {
+                Cmd::Pub(m) => pubs.push(m),
+                other => {
+                    if !pubs.is_empty() {
+                        core.ingest(std::mem::take(&mut pubs));
+                    }
+                    if let Some(done) = handle(&mut core, other) {
+                        core.close();
+                        let _ = done.send(());
+                        return;
+                    }
+                }
+            }
+            if pubs.len() >= MAX_BATCH {
+                break;
+            }
+            cmd = rx.try_recv().ok();
+        }
+        if !pubs.is_empty() {
+            core.ingest(pubs);
+        }
+        if Instant::now() >= next {
+            core.tick();
+        }
+        next = core.next_at();
+    }
+    core.close();
+}
+
+/// Handles one non-publish command; `Some` when the stream must stop.
+fn handle(core: &mut StreamCore, cmd: Cmd) -> Option<mpsc::Sender<()>> {
+    match cmd {
+        Cmd::Pub(m) => core.ingest(vec![m]),
+        Cmd::Ack {
+            consumer,
+            sseq,
+            dseq,
+            body,
+            reply,
+        } => {
+            core.handle_ack(&consumer, sseq, dseq, &body, reply.as_deref());
+            core.drive_consumers();
+        }
+        Cmd::Next {
+            consumer,
+            reply,
+            body,
+        } => {
+            core.handle_next(&consumer, &reply, &body);
+            core.drive_consumers();
+        }
+        Cmd::Fc { consumer, subject } => {
+            if let Some(c) = core.consumers.get_mut(&consumer) {
+                if c.flow_control_reply(&subject) {
+                    core.drive_consumers();
+                }
+            }
+        }
+        Cmd::Call(f) => f(core),
+        Cmd::Stop(done) => return Some(done),
+    }
+    None
+}

@@ -1,0 +1,550 @@
+//! End-to-end tests of the engine through a fake [`Host`]: it records what the engine
+//! publishes and lets a test inject messages as if clients had published them.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use canopy_jetstream::host::{Handler, Host, HostInfo, JsMsg, Lane, Origin, SubId, Via};
+use canopy_jetstream::{AccountLimits, Config, Engine};
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+
+#[derive(Clone, Debug)]
+struct Out {
+    to: String,
+    subject: String,
+    reply: Option<String>,
+    hdr: Vec<u8>,
+    payload: Vec<u8>,
+}
+
+#[derive(Default)]
+struct FakeHost {
+    subs: Mutex<Vec<(u64, String, String, Handler)>>,
+    out: Mutex<Vec<Out>>,
+    next: AtomicU64,
+    interest: Mutex<Vec<String>>,
+}
+
+impl Host for FakeHost {
+    fn subscribe(
+        &self,
+        account: &str,
+        subject: &str,
+        _q: Option<&str>,
+        _lane: Lane,
+        handler: Handler,
+    ) -> Result<SubId, String> {
+        let id = self.next.fetch_add(1, Ordering::SeqCst);
+        self.subs
+            .lock()
+            .push((id, account.into(), subject.into(), handler));
+        Ok(SubId(id))
+    }
+    fn unsubscribe(&self, id: SubId) {
+        self.subs.lock().retain(|s| s.0 != id.0);
+    }
+    fn publish(
+        &self,
+        account: &str,
+        subject: &str,
+        reply: Option<&str>,
+        headers: Option<&[u8]>,
+        payload: &[u8],
+    ) -> u64 {
+        self.deliver(account, subject, subject, reply, headers, payload)
+    }
+    fn deliver(
+        &self,
+        _account: &str,
+        to: &str,
+        subject: &str,
+        reply: Option<&str>,
+        headers: Option<&[u8]>,
+        payload: &[u8],
+    ) -> u64 {
+        self.out.lock().push(Out {
+            to: to.into(),
+            subject: subject.into(),
+            reply: reply.map(str::to_string),
+            hdr: headers.unwrap_or(&[]).to_vec(),
+            payload: payload.to_vec(),
+        });
+        1
+    }
+    fn has_interest(&self, _account: &str, subject: &str) -> bool {
+        self.interest.lock().iter().any(|s| s == subject)
+    }
+    fn info(&self) -> HostInfo {
+        HostInfo {
+            server_id: "SRV".into(),
+            server_name: "srv".into(),
+            cluster: None,
+            version: "2.10.0".into(),
+        }
+    }
+}
+
+struct T {
+    host: Arc<FakeHost>,
+    engine: Arc<Engine>,
+    n: AtomicU64,
+}
+
+impl T {
+    fn start(dir: &std::path::Path) -> T {
+        let host = Arc::new(FakeHost::default());
+        let cfg = Config {
+            store_dir: dir.to_path_buf(),
+            max_memory: -1,
+            max_store: -1,
+            domain: None,
+            sync: canopy_store::SyncPolicy::default(),
+            strict: true,
+            request_queue_limit: 100,
+        };
+        let engine = Engine::start(cfg, host.clone()).expect("start");
+        engine
+            .enable_account("A", AccountLimits::default())
+            .expect("enable");
+        T {
+            host,
+            engine,
+            n: AtomicU64::new(0),
+        }
+    }
+
+    /// Injects a message as a client publish.
+    fn publish(&self, subject: &str, reply: Option<&str>, hdr: Option<&[u8]>, payload: &[u8]) {
+        let subs: Vec<Handler> = self
+            .host
+            .subs
+            .lock()
+            .iter()
+            .filter(|s| s.1 == "A" && canopy_subject::subject_matches(&s.2, subject))
+            .map(|s| s.3.clone())
+            .collect();
+        for h in subs {
+            h(JsMsg {
+                account: Arc::from("A"),
+                subject: subject.into(),
+                reply: reply.map(str::to_string),
+                headers: hdr.map(Bytes::copy_from_slice),
+                payload: Bytes::copy_from_slice(payload),
+                origin: Origin {
+                    cid: 1,
+                    user: String::new(),
+                    server: None,
+                    via: Via::Client,
+                },
+            });
+        }
+    }
+
+    fn inbox(&self) -> String {
+        format!("_INBOX.{}", self.n.fetch_add(1, Ordering::SeqCst))
+    }
+
+    /// Messages sent to `to`, waiting until there are at least `n`.
+    fn wait_for(&self, to: &str, n: usize, timeout: Duration) -> Vec<Out> {
+        let end = Instant::now() + timeout;
+        loop {
+            let got: Vec<Out> = self
+                .host
+                .out
+                .lock()
+                .iter()
+                .filter(|o| o.to == to)
+                .cloned()
+                .collect();
+            if got.len() >= n || Instant::now() > end {
+                return got;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn request(&self, subject: &str, body: &[u8]) -> Value {
+        let inbox = self.inbox();
+        self.publish(subject, Some(&inbox), None, body);
+        let got = self.wait_for(&inbox, 1, Duration::from_secs(5));
+        let first = got
+            .first()
+            .unwrap_or_else(|| panic!("no reply to {subject}"));
+        serde_json::from_slice(&first.payload).expect("json reply")
+    }
+
+    fn api(&self, subject: &str, body: Value) -> Value {
+        let b = if body.is_null() {
+            Vec::new()
+        } else {
+            body.to_string().into_bytes()
+        };
+        self.request(&format!("$JS.API.{subject}"), &b)
+    }
+}
+
+fn status_line(o: &Out) -> String {
+    String::from_utf8_lossy(&o.hdr)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+#[test]
+fn account_info_and_stream_lifecycle() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = T::start(dir.path());
+    let info = t.api("INFO", Value::Null);
+    assert_eq!(
+        info["type"],
+        "io.nats.jetstream.api.v1.account_info_response"
+    );
+    for k in [
+        "memory",
+        "storage",
+        "reserved_memory",
+        "reserved_storage",
+        "streams",
+        "consumers",
+    ] {
+        assert!(info[k].is_u64(), "{k} missing: {info}");
+    }
+    assert_eq!(info["limits"]["max_memory"], -1);
+    assert_eq!(info["limits"]["max_bytes_required"], false);
+    assert!(info["api"]["total"].is_u64());
+
+    let r = t.api(
+        "STREAM.CREATE.ORDERS",
+        json!({"name": "ORDERS", "subjects": ["orders.>"]}),
+    );
+    assert_eq!(r["did_create"], true, "{r}");
+    assert_eq!(r["config"]["max_msgs"], -1);
+    assert_eq!(r["config"]["duplicate_window"], 120_000_000_000i64);
+    assert_eq!(r["config"]["retention"], "limits");
+    assert_eq!(r["state"]["first_ts"], "0001-01-01T00:00:00Z");
+    let again = t.api(
+        "STREAM.CREATE.ORDERS",
+        json!({"name": "ORDERS", "subjects": ["orders.>"]}),
+    );
+    assert!(again.get("error").is_none(), "{again}");
+    assert!(again.get("did_create").is_none());
+    let diff = t.api(
+        "STREAM.CREATE.ORDERS",
+        json!({"name": "ORDERS", "subjects": ["orders.*"]}),
+    );
+    assert_eq!(diff["error"]["err_code"], 10058);
+    let overlap = t.api(
+        "STREAM.CREATE.O2",
+        json!({"name": "O2", "subjects": ["orders.new"]}),
+    );
+    assert_eq!(overlap["error"]["err_code"], 10065);
+    let mismatch = t.api("STREAM.CREATE.X", json!({"name": "Y"}));
+    assert_eq!(mismatch["error"]["err_code"], 10056);
+    let r3 = t.api("STREAM.CREATE.R3", json!({"name": "R3", "num_replicas": 3}));
+    assert_eq!(r3["error"]["err_code"], 10074);
+
+    for i in 1..=3u64 {
+        let inbox = t.inbox();
+        t.publish(&format!("orders.{i}"), Some(&inbox), None, b"hello");
+        let ack = t.wait_for(&inbox, 1, Duration::from_secs(5));
+        let v: Value = serde_json::from_slice(&ack[0].payload).unwrap();
+        assert_eq!(v, json!({"stream": "ORDERS", "seq": i}));
+    }
+    let info = t.api("STREAM.INFO.ORDERS", json!({"subjects_filter": ">"}));
+    assert_eq!(info["state"]["messages"], 3);
+    assert_eq!(info["state"]["last_seq"], 3);
+    assert_eq!(info["state"]["subjects"]["orders.2"], 1);
+    let names = t.api("STREAM.NAMES", json!({"subject": "orders.x"}));
+    assert_eq!(names["streams"], json!(["ORDERS"]));
+    assert_eq!(names["total"], 1);
+
+    let got = t.api("STREAM.MSG.GET.ORDERS", json!({"last_by_subj": "orders.2"}));
+    assert_eq!(got["message"]["seq"], 2);
+    assert_eq!(got["message"]["data"], "aGVsbG8=");
+    let none = t.api("STREAM.MSG.GET.ORDERS", json!({"seq": 99}));
+    assert_eq!(none["error"]["err_code"], 10037);
+    let del = t.api("STREAM.MSG.DELETE.ORDERS", json!({"seq": 1}));
+    assert_eq!(del["success"], true);
+    let purge = t.api("STREAM.PURGE.ORDERS", json!({"filter": "orders.2"}));
+    assert_eq!(purge["purged"], 1);
+    let info = t.api("STREAM.INFO.ORDERS", Value::Null);
+    assert_eq!(info["state"]["messages"], 1);
+
+    assert_eq!(t.api("STREAM.DELETE.ORDERS", Value::Null)["success"], true);
+    assert_eq!(
+        t.api("STREAM.INFO.ORDERS", Value::Null)["error"]["err_code"],
+        10059
+    );
+    assert_eq!(
+        t.api("STREAM.LEADER.STEPDOWN.X", Value::Null)["error"]["err_code"],
+        10010
+    );
+    let info = t.api("INFO", Value::Null);
+    assert!(info["api"]["errors"].as_u64().unwrap() >= 5);
+    t.engine.shutdown();
+}
+
+#[test]
+fn publish_headers_dedupe_expected_and_rollup() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = T::start(dir.path());
+    let r = t.api("STREAM.CREATE.KV", json!({"name": "KV", "subjects": ["kv.>"], "allow_rollup_hdrs": true, "max_msgs_per_subject": 5}));
+    assert!(r.get("error").is_none(), "{r}");
+    let pubh = |subj: &str, hdr: &str| -> Value {
+        let inbox = t.inbox();
+        let h = format!("NATS/1.0\r\n{hdr}\r\n\r\n");
+        t.publish(subj, Some(&inbox), Some(h.as_bytes()), b"v");
+        let got = t.wait_for(&inbox, 1, Duration::from_secs(5));
+        serde_json::from_slice(&got[0].payload).unwrap()
+    };
+    assert_eq!(pubh("kv.a", "Nats-Msg-Id: 1")["seq"], 1);
+    let dup = pubh("kv.a", "Nats-Msg-Id: 1");
+    assert_eq!(dup["seq"], 1);
+    assert_eq!(dup["duplicate"], true);
+    assert_eq!(
+        pubh("kv.b", "Nats-Expected-Last-Subject-Sequence: 0")["seq"],
+        2
+    );
+    let wrong = pubh("kv.b", "Nats-Expected-Last-Subject-Sequence: 0");
+    assert_eq!(wrong["error"]["err_code"], 10071);
+    assert_eq!(wrong["error"]["description"], "wrong last sequence: 2");
+    assert_eq!(pubh("kv.b", "Nats-Expected-Last-Sequence: 2")["seq"], 3);
+    assert_eq!(
+        pubh("kv.b", "Nats-Expected-Stream: nope")["error"]["err_code"],
+        10060
+    );
+    assert_eq!(pubh("kv.c", "Nats-Expected-Last-Msg-Id: 1")["seq"], 4);
+    assert_eq!(
+        pubh("kv.c", "Nats-Expected-Last-Msg-Id: zz")["error"]["err_code"],
+        10070
+    );
+    assert_eq!(pubh("kv.b", "Nats-TTL: 5s")["error"]["err_code"], 10166);
+    // Rollup of the subject leaves only the new message on kv.b.
+    assert_eq!(pubh("kv.b", "Nats-Rollup: sub")["seq"], 5);
+    let info = t.api("STREAM.INFO.KV", json!({"subjects_filter": "kv.b"}));
+    assert_eq!(info["state"]["subjects"]["kv.b"], 1);
+    // Expected-* headers are not stored.
+    let got = t.api("STREAM.MSG.GET.KV", json!({"seq": 2}));
+    assert!(got["message"].get("hdrs").is_none(), "{got}");
+
+    // Direct Get by subject needs allow_direct.
+    let inbox = t.inbox();
+    t.publish("$JS.API.DIRECT.GET.KV.kv.b", Some(&inbox), None, b"");
+    let got = t.wait_for(&inbox, 1, Duration::from_secs(5));
+    assert_eq!(status_line(&got[0]), "NATS/1.0 503 ");
+    let r = t.api("STREAM.UPDATE.KV", json!({"name": "KV", "subjects": ["kv.>"], "allow_rollup_hdrs": true, "max_msgs_per_subject": 5, "allow_direct": true}));
+    assert_eq!(r["config"]["allow_direct"], true, "{r}");
+    let inbox = t.inbox();
+    t.publish("$JS.API.DIRECT.GET.KV.kv.b", Some(&inbox), None, b"");
+    let got = t.wait_for(&inbox, 1, Duration::from_secs(5));
+    let h = String::from_utf8_lossy(&got[0].hdr).to_string();
+    assert!(h.contains("Nats-Sequence: 5"), "{h}");
+    assert!(h.contains("Nats-Subject: kv.b"), "{h}");
+    let inbox = t.inbox();
+    t.publish(
+        "$JS.API.DIRECT.GET.KV",
+        Some(&inbox),
+        None,
+        br#"{"seq":1,"batch":10}"#,
+    );
+    let got = t.wait_for(&inbox, 5, Duration::from_secs(5));
+    assert_eq!(status_line(got.last().unwrap()), "NATS/1.0 204 EOB");
+    t.engine.shutdown();
+}
+
+fn ack_fields(reply: &str) -> (u64, u64, u64, u64) {
+    let t: Vec<&str> = reply.split('.').collect();
+    assert_eq!(t.len(), 9, "{reply}");
+    (
+        t[4].parse().unwrap(),
+        t[5].parse().unwrap(),
+        t[6].parse().unwrap(),
+        t[8].parse().unwrap(),
+    )
+}
+
+#[test]
+fn pull_consumer_acks_redelivery_and_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let t = T::start(dir.path());
+        t.api("STREAM.CREATE.S", json!({"name": "S", "subjects": ["s.*"]}));
+        for i in 0..3 {
+            t.publish(&format!("s.{i}"), None, None, format!("m{i}").as_bytes());
+        }
+        let c = t.api(
+            "CONSUMER.CREATE.S.D",
+            json!({"stream_name": "S", "config": {"durable_name": "D", "ack_policy": "explicit", "ack_wait": 300_000_000}}),
+        );
+        assert_eq!(c["name"], "D", "{c}");
+        assert_eq!(c["num_pending"], 3);
+        assert_eq!(c["config"]["max_ack_pending"], 1000);
+        assert_eq!(c["config"]["max_waiting"], 512);
+        let strict = t.api(
+            "CONSUMER.CREATE.S.D",
+            json!({"stream_name": "S", "action": "create", "config": {"durable_name": "D", "ack_wait": 1_000_000_000}}),
+        );
+        assert_eq!(strict["error"]["err_code"], 10148);
+        let upd = t.api(
+            "CONSUMER.CREATE.S.NOPE",
+            json!({"stream_name": "S", "action": "update", "config": {"durable_name": "NOPE"}}),
+        );
+        assert_eq!(upd["error"]["err_code"], 10149);
+
+        let inbox = t.inbox();
+        t.publish(
+            "$JS.API.CONSUMER.MSG.NEXT.S.D",
+            Some(&inbox),
+            None,
+            br#"{"batch":2}"#,
+        );
+        let got = t.wait_for(&inbox, 2, Duration::from_secs(5));
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].subject, "s.0");
+        assert_eq!(got[0].payload, b"m0");
+        let (dc, sseq, dseq, pending) = ack_fields(got[0].reply.as_deref().unwrap());
+        assert_eq!((dc, sseq, dseq, pending), (1, 1, 1, 2));
+        // Ack the first with AckSync; let the second time out.
+        let ack_inbox = t.inbox();
+        t.publish(
+            got[0].reply.as_deref().unwrap(),
+            Some(&ack_inbox),
+            None,
+            b"+ACK",
+        );
+        assert_eq!(t.wait_for(&ack_inbox, 1, Duration::from_secs(5)).len(), 1);
+        std::thread::sleep(Duration::from_millis(400));
+        let inbox = t.inbox();
+        t.publish(
+            "$JS.API.CONSUMER.MSG.NEXT.S.D",
+            Some(&inbox),
+            None,
+            br#"{"batch":1,"expires":3000000000}"#,
+        );
+        let got = t.wait_for(&inbox, 1, Duration::from_secs(5));
+        let (dc, sseq, dseq, _) = ack_fields(got[0].reply.as_deref().unwrap());
+        // The unacked s.1 comes back first (delivery 2) before the undelivered s.2.
+        assert_eq!((dc, sseq, dseq), (2, 2, 3));
+        let info = t.api("CONSUMER.INFO.S.D", Value::Null);
+        assert_eq!(info["num_ack_pending"], 1, "{info}");
+        assert_eq!(info["num_redelivered"], 1);
+        assert_eq!(info["num_pending"], 1);
+        assert_eq!(info["ack_floor"]["stream_seq"], 1);
+        t.publish(got[0].reply.as_deref().unwrap(), None, None, b"+ACK");
+        // no_wait with the last message pending delivery, then with nothing left.
+        let inbox = t.inbox();
+        t.publish(
+            "$JS.API.CONSUMER.MSG.NEXT.S.D",
+            Some(&inbox),
+            None,
+            br#"{"batch":5,"no_wait":true}"#,
+        );
+        let got = t.wait_for(&inbox, 2, Duration::from_secs(5));
+        assert_eq!(got[0].subject, "s.2");
+        assert_eq!(status_line(&got[1]), "NATS/1.0 408 Request Timeout");
+        let inbox = t.inbox();
+        t.publish(
+            "$JS.API.CONSUMER.MSG.NEXT.S.D",
+            Some(&inbox),
+            None,
+            br#"{"batch":1,"no_wait":true}"#,
+        );
+        let got = t.wait_for(&inbox, 1, Duration::from_secs(5));
+        assert_eq!(status_line(&got[0]), "NATS/1.0 404 No Messages");
+        // A request that expires gets a 408 with the pending counts.
+        let inbox = t.inbox();
+        t.publish(
+            "$JS.API.CONSUMER.MSG.NEXT.S.D",
+            Some(&inbox),
+            None,
+            br#"{"batch":3,"expires":200000000}"#,
+        );
+        let got = t.wait_for(&inbox, 1, Duration::from_secs(5));
+        let h = String::from_utf8_lossy(&got[0].hdr).to_string();
+        assert!(h.starts_with("NATS/1.0 408 Request Timeout\r\n"), "{h}");
+        assert!(h.contains("Nats-Pending-Messages: 3"), "{h}");
+        std::thread::sleep(Duration::from_millis(150));
+        t.engine.shutdown();
+    }
+    // Restart: the stream, its messages and the consumer's state come back.
+    let t = T::start(dir.path());
+    let info = t.api("STREAM.INFO.S", Value::Null);
+    assert_eq!(info["state"]["messages"], 3, "{info}");
+    let c = t.api("CONSUMER.INFO.S.D", Value::Null);
+    assert_eq!(c["delivered"]["stream_seq"], 3, "{c}");
+    assert_eq!(c["num_ack_pending"], 1);
+    assert_eq!(c["ack_floor"]["stream_seq"], 2);
+    t.publish("s.9", None, None, b"new");
+    let inbox = t.inbox();
+    t.publish(
+        "$JS.API.CONSUMER.MSG.NEXT.S.D",
+        Some(&inbox),
+        None,
+        br#"{"batch":2}"#,
+    );
+    let got = t.wait_for(&inbox, 2, Duration::from_secs(5));
+    // The message pending at shutdown is past its ack wait: redelivered first.
+    assert_eq!(got[0].subject, "s.2");
+    assert_eq!(ack_fields(got[0].reply.as_deref().unwrap()).0, 2);
+    assert_eq!(got[1].subject, "s.9");
+    // A second engine on the same directory is refused.
+    let cfg = Config {
+        store_dir: dir.path().to_path_buf(),
+        max_memory: -1,
+        max_store: -1,
+        domain: None,
+        sync: canopy_store::SyncPolicy::default(),
+        strict: true,
+        request_queue_limit: 10,
+    };
+    assert!(Engine::start(cfg, Arc::new(FakeHost::default())).is_err());
+    t.engine.shutdown();
+}
+
+#[test]
+fn push_consumer_heartbeats_and_ack_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = T::start(dir.path());
+    t.api(
+        "STREAM.CREATE.P",
+        json!({"name": "P", "subjects": ["p.>"], "storage": "memory"}),
+    );
+    for i in 0..3 {
+        t.publish(&format!("p.{i}"), None, None, b"x");
+    }
+    t.host.interest.lock().push("deliver.here".into());
+    let c = t.api(
+        "CONSUMER.CREATE.P",
+        json!({"stream_name": "P", "config": {"deliver_subject": "deliver.here", "ack_policy": "none",
+            "flow_control": true, "idle_heartbeat": 200_000_000, "deliver_policy": "last_per_subject", "mem_storage": true}}),
+    );
+    assert!(c.get("error").is_none(), "{c}");
+    assert_eq!(c["config"]["inactive_threshold"], 5_000_000_000i64);
+    let got = t.wait_for("deliver.here", 4, Duration::from_secs(5));
+    let seqs: Vec<u64> = got
+        .iter()
+        .filter_map(|o| o.reply.as_deref())
+        .filter(|r| r.starts_with("$JS.ACK"))
+        .map(|r| ack_fields(r).1)
+        .collect();
+    assert_eq!(seqs, vec![1, 2, 3]);
+    let hb = got
+        .iter()
+        .find(|o| status_line(o) == "NATS/1.0 100 Idle Heartbeat")
+        .expect("heartbeat");
+    let h = String::from_utf8_lossy(&hb.hdr).to_string();
+    assert!(h.contains("Nats-Last-Consumer: 3"), "{h}");
+    assert!(h.contains("Nats-Last-Stream: 3"), "{h}");
+    let name = c["name"].as_str().unwrap().to_string();
+    let info = t.api(&format!("CONSUMER.INFO.P.{name}"), Value::Null);
+    assert_eq!(info["num_pending"], 0);
+    assert_eq!(info["ack_floor"]["stream_seq"], 3);
+    assert_eq!(info["push_bound"], true);
+    t.engine.shutdown();
+}
