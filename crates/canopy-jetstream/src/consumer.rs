@@ -6,6 +6,7 @@
 //! A consumer lives inside its stream's actor thread ([`crate::stream`]): every method runs
 //! there, with the stream's store at hand, so no locks are needed.
 
+use std::cell::Cell;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
@@ -98,6 +99,9 @@ pub(crate) struct Consumer {
     last_activity: Instant,
     last_active_ns: i64,
     next_flush: Instant,
+    /// `num_pending` when known: counting it is a scan of the stream in the store, so it is
+    /// kept up to date per delivery and per append, and recounted after deletes.
+    pending: Cell<Option<u64>>,
 }
 
 impl Consumer {
@@ -131,6 +135,7 @@ impl Consumer {
             last_activity: now,
             last_active_ns: 0,
             next_flush: now,
+            pending: Cell::new(None),
         };
         if fresh {
             let start = c.start_seq(store);
@@ -252,12 +257,38 @@ impl Consumer {
 
     /// Messages not yet delivered (nats-server's `num_pending`).
     pub fn num_pending(&self, store: &dyn MessageStore) -> u64 {
+        if let Some(n) = self.pending.get() {
+            return n;
+        }
         let lss = self.lss.len() as u64;
-        lss + self
-            .filter_iter()
-            .iter()
-            .map(|f| store.num_pending(self.sseq, f, false))
-            .sum::<u64>()
+        let n = lss
+            + self
+                .filter_iter()
+                .iter()
+                .map(|f| store.num_pending(self.sseq, f, false))
+                .sum::<u64>();
+        self.pending.set(Some(n));
+        n
+    }
+
+    /// A message was appended to the stream.
+    pub fn stored(&self, subject: &str) {
+        if let Some(n) = self.pending.get() {
+            if self.matches(subject) {
+                self.pending.set(Some(n + 1));
+            }
+        }
+    }
+
+    /// Messages were removed: recount `num_pending` when next asked.
+    pub fn recount(&self) {
+        self.pending.set(None);
+    }
+
+    fn pending_add(&self, d: i64) {
+        if let Some(n) = self.pending.get() {
+            self.pending.set(Some(n.saturating_add_signed(d)));
+        }
     }
 
     /// The next message to deliver, if any may be delivered now.
@@ -284,6 +315,7 @@ impl Consumer {
             return None;
         }
         while let Some(s) = self.lss.pop_front() {
+            self.pending_add(-1);
             if let Ok(m) = store.load_msg(s) {
                 return Some((m, 1, Src::LastPerSubject));
             }
@@ -293,7 +325,9 @@ impl Consumer {
             .iter()
             .filter_map(|f| store.load_next_matching(f, self.sseq).ok().flatten())
             .min_by_key(|m| m.seq)?;
+        self.num_pending(store);
         self.sseq = m.seq + 1;
+        self.pending_add(-1);
         Some((m, 1, Src::New))
     }
 
@@ -302,8 +336,14 @@ impl Consumer {
             Src::Redelivery => {
                 self.rdq.insert(seq);
             }
-            Src::LastPerSubject => self.lss.push_front(seq),
-            Src::New => self.sseq = seq,
+            Src::LastPerSubject => {
+                self.lss.push_front(seq);
+                self.pending_add(1);
+            }
+            Src::New => {
+                self.sseq = seq;
+                self.pending_add(1);
+            }
         }
     }
 
@@ -615,6 +655,7 @@ impl Consumer {
 
     /// Messages below `first` are gone (purge, limits): forget them.
     pub fn stream_purged(&mut self, store: &dyn MessageStore) {
+        self.recount();
         let first = store.state().first_seq;
         if self.sseq < first {
             self.sseq = first;

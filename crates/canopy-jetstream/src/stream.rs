@@ -391,6 +391,7 @@ impl StreamCore {
                 ttl: p.ttl,
             })
             .collect();
+        let before = self.store.state().msgs;
         let results = match self.store.store_batch(&news) {
             Ok(r) => r,
             Err(e) => {
@@ -403,9 +404,19 @@ impl StreamCore {
             }
         };
         let now = now_ns();
+        let stored = results.iter().filter(|r| r.is_ok()).count() as u64;
+        if self.store.state().msgs != before + stored {
+            // Limits evicted messages: consumers recount what is pending.
+            for c in self.consumers.values() {
+                c.recount();
+            }
+        }
         for (p, r) in batch.iter().zip(results) {
             match r {
                 Ok((seq, ts)) => {
+                    for c in self.consumers.values() {
+                        c.stored(&p.subject);
+                    }
                     if let Some(id) = &p.msg_id {
                         self.dedupe.insert(id.clone(), (seq, ts));
                         self.dedupe_q.push_back((ts, id.clone()));
@@ -463,12 +474,7 @@ impl StreamCore {
         for n in names {
             let acked = match self.consumers.get_mut(&n) {
                 Some(c) => {
-                    let ctx = Ctx {
-                        host: self.host.as_ref(),
-                        account: &self.account,
-                        stream: &self.name,
-                        store: self.store.as_ref(),
-                    };
+                    let ctx = ctx_of(&self.host, &self.account, &self.name, self.store.as_ref());
                     c.drive(&ctx)
                 }
                 None => continue,
@@ -519,12 +525,7 @@ impl StreamCore {
         let Some(c) = self.consumers.get_mut(consumer) else {
             return;
         };
-        let ctx = Ctx {
-            host: self.host.as_ref(),
-            account: &self.account,
-            stream: &self.name,
-            store: self.store.as_ref(),
-        };
+        let ctx = ctx_of(&self.host, &self.account, &self.name, self.store.as_ref());
         let out = c.ack(&ctx, sseq, dseq, body, reply);
         self.retain(&out.acked);
     }
@@ -535,12 +536,7 @@ impl StreamCore {
             self.host.publish(&self.account, reply, None, Some(&h), &[]);
             return;
         };
-        let ctx = Ctx {
-            host: self.host.as_ref(),
-            account: &self.account,
-            stream: &self.name,
-            store: self.store.as_ref(),
-        };
+        let ctx = ctx_of(&self.host, &self.account, &self.name, self.store.as_ref());
         c.pull_request(&ctx, reply, body);
     }
 
@@ -572,12 +568,7 @@ impl StreamCore {
         let mut gone = Vec::new();
         let mut redeliver = false;
         for (n, c) in self.consumers.iter_mut() {
-            let ctx = Ctx {
-                host: self.host.as_ref(),
-                account: &self.account,
-                stream: &self.name,
-                store: self.store.as_ref(),
-            };
+            let ctx = ctx_of(&self.host, &self.account, &self.name, self.store.as_ref());
             if c.tick(&ctx, now) {
                 gone.push(n.clone());
             }
@@ -605,12 +596,7 @@ impl StreamCore {
         let Some(mut c) = self.consumers.remove(name) else {
             return false;
         };
-        let ctx = Ctx {
-            host: self.host.as_ref(),
-            account: &self.account,
-            stream: &self.name,
-            store: self.store.as_ref(),
-        };
+        let ctx = ctx_of(&self.host, &self.account, &self.name, self.store.as_ref());
         c.delete(&ctx);
         if let Some(d) = &self.dir {
             let _ = std::fs::remove_dir_all(d.join("obs").join(name));
@@ -691,6 +677,22 @@ impl StreamCore {
         if let Err(e) = self.store.close() {
             tracing::error!(stream = %self.name, "JetStream: closing the store failed: {e}");
         }
+    }
+}
+
+/// A consumer's view of its stream, built from disjoint fields of [`StreamCore`] so that a
+/// consumer (another field) can be borrowed mutably at the same time.
+pub(crate) fn ctx_of<'a>(
+    host: &'a Arc<dyn Host>,
+    account: &'a str,
+    stream: &'a str,
+    store: &'a dyn MessageStore,
+) -> Ctx<'a> {
+    Ctx {
+        host: host.as_ref(),
+        account,
+        stream,
+        store,
     }
 }
 

@@ -548,3 +548,65 @@ fn push_consumer_heartbeats_and_ack_none() {
     assert_eq!(info["push_bound"], true);
     t.engine.shutdown();
 }
+
+#[test]
+fn workqueue_retention_discard_new_and_exact_pending() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = T::start(dir.path());
+    let r = t.api(
+        "STREAM.CREATE.WQ",
+        json!({"name": "WQ", "subjects": ["wq.>"], "retention": "workqueue", "max_msgs": 3, "discard": "new"}),
+    );
+    assert!(r.get("error").is_none(), "{r}");
+    let mut acks = Vec::new();
+    for i in 0..4 {
+        let inbox = t.inbox();
+        t.publish(&format!("wq.{i}"), Some(&inbox), None, b"job");
+        acks.push(t.wait_for(&inbox, 1, Duration::from_secs(5))[0].clone());
+    }
+    let last: Value = serde_json::from_slice(&acks[3].payload).unwrap();
+    assert_eq!(last["error"]["err_code"], 10077, "{last}");
+    assert_eq!(last["error"]["description"], "maximum messages exceeded");
+    let bad = t.api(
+        "CONSUMER.CREATE.WQ.W",
+        json!({"stream_name": "WQ", "config": {"durable_name": "W", "ack_policy": "none"}}),
+    );
+    assert_eq!(bad["error"]["err_code"], 10098);
+    let c = t.api(
+        "CONSUMER.CREATE.WQ.W",
+        json!({"stream_name": "WQ", "config": {"durable_name": "W", "ack_policy": "explicit"}}),
+    );
+    assert_eq!(c["num_pending"], 3, "{c}");
+    let inbox = t.inbox();
+    t.publish("$JS.API.CONSUMER.MSG.NEXT.WQ.W", Some(&inbox), None, b"3");
+    let got = t.wait_for(&inbox, 3, Duration::from_secs(5));
+    for m in &got {
+        t.publish(m.reply.as_deref().unwrap(), None, None, b"");
+    }
+    // Acked work-queue messages are removed from the stream.
+    let end = Instant::now() + Duration::from_secs(5);
+    loop {
+        let info = t.api("STREAM.INFO.WQ", Value::Null);
+        if info["state"]["messages"] == 0 || Instant::now() > end {
+            assert_eq!(info["state"]["messages"], 0, "{info}");
+            assert_eq!(info["state"]["first_seq"], 4);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // num_pending follows new messages exactly.
+    for i in 0..5 {
+        t.publish(&format!("wq.n{i}"), None, None, b"x");
+    }
+    let end = Instant::now() + Duration::from_secs(5);
+    loop {
+        let c = t.api("CONSUMER.INFO.WQ.W", Value::Null);
+        if c["num_pending"] == 3 || Instant::now() > end {
+            // Discard new: only 3 fit.
+            assert_eq!(c["num_pending"], 3, "{c}");
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    t.engine.shutdown();
+}

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 use super::errors::E;
 use super::{on_stream, parse_body, PageReq};
-use crate::consumer::{Consumer, Ctx};
+use crate::consumer::Consumer;
 use crate::engine::{Account, ConsumerMeta, Engine};
 use crate::stream::StreamCore;
 use crate::types::{AckPolicy, ConsumerConfig, CreateConsumerRequest, DeliverPolicy, Retention};
@@ -17,12 +17,7 @@ const NAMES_LIMIT: usize = 1024;
 const LIST_LIMIT: usize = 256;
 
 fn info_of(c: &StreamCore, k: &Consumer) -> Value {
-    let ctx = Ctx {
-        host: c.host.as_ref(),
-        account: &c.account,
-        stream: &c.name,
-        store: c.store.as_ref(),
-    };
+    let ctx = crate::stream::ctx_of(&c.host, &c.account, &c.name, c.store.as_ref());
     k.info(&ctx, &c.cluster)
 }
 

@@ -480,12 +480,7 @@ pub(crate) fn stream_detail(c: &mut StreamCore, config: bool, consumers: bool) -
                 .consumers
                 .values()
                 .map(|k| {
-                    let ctx = crate::consumer::Ctx {
-                        host: c.host.as_ref(),
-                        account: &c.account,
-                        stream: &c.name,
-                        store: c.store.as_ref(),
-                    };
+                    let ctx = crate::stream::ctx_of(&c.host, &c.account, &c.name, c.store.as_ref());
                     k.info(&ctx, &c.cluster)
                 })
                 .collect();
