@@ -5,7 +5,9 @@
 //! ```text
 //! cargo run --release -p canopy-store --example store_bench -- [DIR] [MSGS]
 //! ```
-//! DIR defaults to /tmp; MSGS (default 1000000) scales every phase.
+//! DIR defaults to /tmp; MSGS (default 1000000) scales every phase. `--only TEXT` (anywhere
+//! after the positional arguments, repeatable) runs only the scenarios whose label contains
+//! one of the TEXTs, e.g. `--only "1024 B, interval sync, single"`.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -33,22 +35,47 @@ fn open(dir: &Path, sync: SyncPolicy) -> FileStore {
         .0
 }
 
-fn report(label: &str, n: u64, bytes: u64, d: Duration) {
+/// Nanoseconds this thread has run on a CPU (user and system), from /proc; 0 if unknown.
+/// Less sensitive than wall time to other work on a shared machine.
+fn cpu_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn report(label: &str, n: u64, bytes: u64, d: Duration, cpu: u64) {
     let s = d.as_secs_f64();
     println!(
-        "{label:<44} {:>10.0} msgs/s {:>8.1} MB/s  ({n} msgs in {:.2} s)",
+        "{label:<44} {:>10.0} msgs/s {:>8.1} MB/s  ({n} msgs in {:.2} s, cpu {:.2} us/msg)",
         n as f64 / s,
         bytes as f64 / s / 1e6,
-        s
+        s,
+        cpu as f64 / 1e3 / n as f64
     );
 }
 
-/// Appends `n` messages of `size` bytes, `batch` per call; returns bytes on disk.
+/// Scenario filter from `--only` (empty: run everything).
+fn selected(label: &str) -> bool {
+    let args: Vec<String> = std::env::args().collect();
+    let only: Vec<&str> = args
+        .windows(2)
+        .filter(|w| w[0] == "--only")
+        .map(|w| w[1].as_str())
+        .collect();
+    only.is_empty() || only.iter().any(|o| label.contains(o))
+}
+
+/// Appends `n` messages of `size` bytes, `batch` per call.
 fn append(dir: &Path, sync: SyncPolicy, n: u64, size: usize, batch: usize, label: &str) {
+    if !selected(label) {
+        return;
+    }
     let _ = std::fs::remove_dir_all(dir);
     let mut s = open(dir, sync);
     let payload = vec![b'x'; size];
     let t = Instant::now();
+    let cpu0 = cpu_ns();
     let mut done = 0u64;
     while done < n {
         let k = batch.min((n - done) as usize);
@@ -66,11 +93,15 @@ fn append(dir: &Path, sync: SyncPolicy, n: u64, size: usize, batch: usize, label
         done += k as u64;
     }
     let d = t.elapsed();
-    report(label, n, s.state().bytes, d);
+    let cpu = cpu_ns().saturating_sub(cpu0);
+    report(label, n, s.state().bytes, d, cpu);
     s.close().expect("close");
 }
 
 fn restart(dir: &Path, n: u64, subject: impl Fn(u64) -> String, label: &str) {
+    if !selected(label) {
+        return;
+    }
     let _ = std::fs::remove_dir_all(dir);
     let mut s = open(dir, SyncPolicy::default());
     let payload = vec![b'v'; 64];
@@ -112,7 +143,12 @@ fn restart(dir: &Path, n: u64, subject: impl Fn(u64) -> String, label: &str) {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
+    let args: Vec<String> = std::env::args()
+        .collect::<Vec<_>>()
+        .split(|a| a == "--only")
+        .next()
+        .unwrap_or_default()
+        .to_vec();
     let base = Path::new(args.get(1).map_or("/tmp", String::as_str)).join("canopy-store-bench");
     let n: u64 = args
         .get(2)

@@ -200,7 +200,11 @@ impl FileBackend {
         }
         let r = self.open.append(&self.staged);
         self.staged.clear();
-        r.ctx("write", &self.seg(self.open_base))
+        // The path is formatted only on error: this runs once per append.
+        match r {
+            Ok(()) => Ok(()),
+            Err(e) => Err(e).ctx("write", &self.seg(self.open_base)),
+        }
     }
 
     /// Seals the open segment (sidecar) and starts a new one at `base`.
@@ -320,8 +324,9 @@ impl FileBackend {
     }
 
     fn fsync_all(&mut self) -> Result<()> {
-        let p = self.seg(self.open_base);
-        self.open.sync_data().ctx("fsync", &p)?;
+        if let Err(e) = self.open.sync_data() {
+            return Err(e).ctx("fsync", &self.seg(self.open_base));
+        }
         for base in std::mem::take(&mut self.unsynced) {
             let p = self.seg(base);
             match self.fs.open_read(&p) {

@@ -25,11 +25,25 @@ pub(crate) struct SubjectEntry {
 
 /// Interned subjects with their live-message state. Ids of subjects whose last message is
 /// removed are recycled.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct SubjectTable {
     entries: Vec<Option<SubjectEntry>>,
     by_name: HashMap<Arc<str>, u32>,
     free: Vec<u32>,
+    /// The id `add` returned last (a hint, checked by name): consecutive appends to one
+    /// subject skip hashing it.
+    last_added: u32,
+}
+
+impl Default for SubjectTable {
+    fn default() -> Self {
+        SubjectTable {
+            entries: Vec::new(),
+            by_name: HashMap::new(),
+            free: Vec::new(),
+            last_added: NO_SUBJECT,
+        }
+    }
 }
 
 impl SubjectTable {
@@ -52,7 +66,12 @@ impl SubjectTable {
     /// Records a new live message `seq` on `name` (seq is the subject's newest unless the
     /// index is being rebuilt out of order, which `add` tolerates); returns the id.
     pub fn add(&mut self, name: &str, seq: u64) -> u32 {
-        if let Some(id) = self.id(name) {
+        let hinted = self
+            .get(self.last_added)
+            .is_some_and(|e| &*e.name == name)
+            .then_some(self.last_added);
+        if let Some(id) = hinted.or_else(|| self.id(name)) {
+            self.last_added = id;
             if let Some(e) = self.get_mut(id) {
                 let s = &mut e.state;
                 s.msgs += 1;
@@ -86,6 +105,7 @@ impl SubjectTable {
             }
         };
         self.by_name.insert(name, id);
+        self.last_added = id;
         id
     }
 
