@@ -75,28 +75,37 @@ impl Sidecar {
         let mut subjects: Vec<SubjectSummary> = Vec::new();
         let mut slots = Vec::with_capacity(c.slots.len());
         let mut ttls = Vec::new();
+        let has_ttls = !idx.ttl_of.is_empty();
+        let mut last: Option<(u32, u32)> = None;
         for (i, s) in c.slots.iter().enumerate() {
             let seq = c.base + i as u64;
             if !s.live() {
                 slots.push((0, 0, NO_SUBJECT));
                 continue;
             }
-            let name = idx.subjects.get(s.sid).map_or("", |e| &e.name);
-            let l = *local.entry(s.sid).or_insert_with(|| {
-                subjects.push(SubjectSummary {
-                    name: name.to_string(),
-                    first: seq,
-                    last: seq,
-                    msgs: 0,
-                });
-                (subjects.len() - 1) as u32
-            });
+            // Runs of one subject are common: only a change of subject costs a lookup.
+            let l = match last {
+                Some((sid, l)) if sid == s.sid => l,
+                _ => *local.entry(s.sid).or_insert_with(|| {
+                    let name = idx.subjects.get(s.sid).map_or("", |e| &e.name);
+                    subjects.push(SubjectSummary {
+                        name: name.to_string(),
+                        first: seq,
+                        last: seq,
+                        msgs: 0,
+                    });
+                    (subjects.len() - 1) as u32
+                }),
+            };
+            last = Some((s.sid, l));
             let sum = &mut subjects[l as usize];
             sum.last = seq;
             sum.msgs += 1;
             slots.push((s.off, s.len, l));
-            if let Some(&d) = idx.ttl_of.get(&seq) {
-                ttls.push((seq, d));
+            if has_ttls {
+                if let Some(&d) = idx.ttl_of.get(&seq) {
+                    ttls.push((seq, d));
+                }
             }
         }
         Sidecar {
