@@ -21,6 +21,8 @@ use crate::util::{self, now_ns, rfc3339, status};
 const FC_WINDOW: u64 = 2 << 20;
 /// How often consumer state is written when it changed.
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
+/// How soon a push consumer without a subscriber looks again.
+const INTEREST_POLL: Duration = Duration::from_millis(10);
 
 /// What the consumer needs from its stream while it works.
 pub(crate) struct Ctx<'a> {
@@ -97,6 +99,9 @@ pub(crate) struct Consumer {
     fc_bytes: u64,
     last_delivery: Instant,
     last_activity: Instant,
+    /// A push consumer whose deliver subject had no subscriber at the last try: it is
+    /// retried soon (clients subscribe right after creating the consumer).
+    awaiting_interest: bool,
     last_active_ns: i64,
     next_flush: Instant,
     /// `num_pending` when known: counting it is a scan of the stream in the store, so it is
@@ -133,6 +138,7 @@ impl Consumer {
             fc_bytes: 0,
             last_delivery: now,
             last_activity: now,
+            awaiting_interest: false,
             last_active_ns: 0,
             next_flush: now,
             pending: Cell::new(None),
@@ -456,7 +462,11 @@ impl Consumer {
         let Some(to) = self.cfg.deliver_subject.clone() else {
             return;
         };
-        if self.fc.is_some() || !ctx.host.has_interest(ctx.account, &to) {
+        if self.fc.is_some() {
+            return;
+        }
+        self.awaiting_interest = !ctx.host.has_interest(ctx.account, &to);
+        if self.awaiting_interest {
             return;
         }
         self.last_activity = Instant::now();
@@ -619,6 +629,11 @@ impl Consumer {
             _ => {}
         }
         if let Some(r) = reply {
+            // An acknowledged ack (AckSync) survives a killed process: the state is
+            // written before the reply.
+            if let Err(e) = self.st.flush() {
+                tracing::error!("JetStream: consumer state not written: {e}");
+            }
             ctx.host.publish(ctx.account, r, None, None, &[]);
         }
         out
@@ -779,15 +794,19 @@ impl Consumer {
         if self.cfg.idle_heartbeat > 0 && self.cfg.deliver_subject.is_some() {
             at = at.min(self.last_delivery + Duration::from_nanos(self.cfg.idle_heartbeat as u64));
         }
+        if self.awaiting_interest {
+            at = at.min(now + INTEREST_POLL);
+        }
         if self.st.state() != &ConsumerState::default() {
             at = at.min(self.next_flush.max(now));
         }
         at
     }
 
-    /// Is there a redelivery waiting (so the stream should drive this consumer)?
-    pub fn has_redeliveries(&self) -> bool {
-        !self.rdq.is_empty()
+    /// Should the stream's timer drive this consumer (a redelivery is waiting, or a push
+    /// consumer waits for its subscriber)?
+    pub fn wants_drive(&self) -> bool {
+        !self.rdq.is_empty() || self.awaiting_interest
     }
 
     /// Ends every waiting pull request with `409 Consumer Deleted` and removes the state.

@@ -110,11 +110,10 @@ pub trait Host: Send + Sync + 'static {
     /// Delivers a stored message: routed like a publish to `deliver_to` (a pull request's
     /// reply inbox or a push consumer's deliver subject), but the receivers see `subject`
     /// (the message's original subject) in their `MSG`/`HMSG` line, as nats-server's
-    /// JetStream deliveries do (its `pa.deliver`). Clients read `msg.subject` of a consumed
-    /// message, so this cannot be done with [`Host::publish`].
-    ///
-    /// Added by the engine (the one extension of this trait): the default routes with
-    /// `publish`, which shows `deliver_to` instead; a server should override it.
+    /// JetStream deliveries do. Clients read `msg.subject` of a consumed message, so this
+    /// cannot be done with [`Host::publish`]. Over routes and leaf links the delivery
+    /// travels as `deliver_to` with the subject appended to the ack reply
+    /// (`<reply>@<subject>`), nats-server's encoding, split again by the receiving server.
     fn deliver(
         &self,
         account: &str,
@@ -123,10 +122,7 @@ pub trait Host: Send + Sync + 'static {
         reply: Option<&str>,
         headers: Option<&[u8]>,
         payload: &[u8],
-    ) -> u64 {
-        let _ = subject;
-        self.publish(account, deliver_to, reply, headers, payload)
-    }
+    ) -> u64;
 
     /// Is anyone (locally or over a link) interested in `subject` in `account`?
     fn has_interest(&self, account: &str, subject: &str) -> bool;

@@ -572,7 +572,7 @@ impl StreamCore {
             if c.tick(&ctx, now) {
                 gone.push(n.clone());
             }
-            redeliver |= c.has_redeliveries();
+            redeliver |= c.wants_drive();
         }
         for n in gone {
             tracing::debug!(stream = %self.name, consumer = %n, "deleting inactive consumer");

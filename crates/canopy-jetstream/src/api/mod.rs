@@ -43,9 +43,11 @@ fn envelope(kind: &str, r: Result<Value, E>) -> (Value, bool) {
     }
 }
 
-/// Parses a JSON body (empty: the default).
+/// Parses a JSON body (empty or `null`, as async-nats sends for "no options": the
+/// default).
 pub(crate) fn parse_body<T: serde::de::DeserializeOwned + Default>(b: &[u8]) -> Result<T, E> {
-    if b.iter().all(u8::is_ascii_whitespace) {
+    let trimmed = b.trim_ascii();
+    if trimmed.is_empty() || trimmed == b"null" {
         return Ok(T::default());
     }
     serde_json::from_slice(b).map_err(|e| E::InvalidJson(e.to_string()))

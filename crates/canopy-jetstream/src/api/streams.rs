@@ -70,6 +70,13 @@ fn check_config(cfg: &StreamConfig) -> Result<(), E> {
     if cfg.mirror.is_some() || cfg.sources.as_ref().is_some_and(|s| !s.is_empty()) {
         return Err(invalid("stream mirrors and sources are not supported yet"));
     }
+    // Refused rather than accepted and ignored until they are implemented.
+    if cfg.subject_transform.as_ref().is_some_and(|v| !v.is_null()) {
+        return Err(invalid("stream subject transforms are not supported yet"));
+    }
+    if cfg.republish.as_ref().is_some_and(|v| !v.is_null()) {
+        return Err(invalid("stream republish is not supported yet"));
+    }
     if cfg.max_age < 0 {
         return Err(invalid("max age needs to be >= 0"));
     }

@@ -126,6 +126,23 @@ pub struct AccountLimits {
     pub payload: i64,
     #[serde(default = "no_limit")]
     pub data: i64,
+    /// JetStream (zero memory and disk storage: no JetStream for the account).
+    #[serde(default)]
+    pub mem_storage: i64,
+    #[serde(default)]
+    pub disk_storage: i64,
+    #[serde(default = "no_limit")]
+    pub streams: i64,
+    #[serde(default = "no_limit")]
+    pub consumer: i64,
+    #[serde(default = "no_limit")]
+    pub max_ack_pending: i64,
+    #[serde(default = "no_limit")]
+    pub mem_max_stream_bytes: i64,
+    #[serde(default = "no_limit")]
+    pub disk_max_stream_bytes: i64,
+    #[serde(default)]
+    pub max_bytes_required: bool,
 }
 
 impl Default for AccountLimits {
@@ -136,6 +153,14 @@ impl Default for AccountLimits {
             leaf: -1,
             payload: -1,
             data: -1,
+            mem_storage: 0,
+            disk_storage: 0,
+            streams: -1,
+            consumer: -1,
+            max_ack_pending: -1,
+            mem_max_stream_bytes: -1,
+            disk_max_stream_bytes: -1,
+            max_bytes_required: false,
         }
     }
 }

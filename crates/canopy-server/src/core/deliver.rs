@@ -18,11 +18,73 @@ use crate::core::interest::{msg_allowed, LinkClass};
 
 /// One message on its way to subscribers.
 pub struct Msg<'a> {
+    /// The subject local subscribers see.
     pub subject: &'a [u8],
     pub reply: Option<&'a [u8]>,
     /// Length of the header block at the start of `payload`, when there is one.
     pub hdr_len: Option<usize>,
     pub payload: &'a [u8],
+    /// How the message travels over routes and leaf links when that differs from what
+    /// local subscribers see: a JetStream delivery is routed by its deliver subject while
+    /// its receivers see the stream message's own subject (see [`LinkForm`]).
+    pub link: Option<LinkForm<'a>>,
+}
+
+impl<'a> Msg<'a> {
+    /// A message that arrived over a route or leaf link. A JetStream delivery (its reply
+    /// carries `@<subject>`, [`LinkForm::split`]) is routed by the wire subject (the
+    /// deliver subject) and seen by local subscribers with the stream message's own subject.
+    #[inline]
+    pub fn from_link(
+        subject: &'a [u8],
+        reply: Option<&'a [u8]>,
+        hdr_len: Option<usize>,
+        payload: &'a [u8],
+    ) -> Msg<'a> {
+        match LinkForm::split(reply) {
+            Some((own_subject, ack_reply)) => Msg {
+                subject: own_subject,
+                reply: Some(ack_reply),
+                hdr_len,
+                payload,
+                link: Some(LinkForm { subject, reply }),
+            },
+            None => Msg {
+                subject,
+                reply,
+                hdr_len,
+                payload,
+                link: None,
+            },
+        }
+    }
+}
+
+/// A JetStream delivery as it crosses a link: routed by the deliver subject, with the
+/// message's own subject appended to the ack reply as `<reply>@<subject>` (nats-server's
+/// encoding; the receiving server splits it again, [`LinkForm::split`]).
+#[derive(Clone, Copy)]
+pub struct LinkForm<'a> {
+    pub subject: &'a [u8],
+    pub reply: Option<&'a [u8]>,
+}
+
+impl<'a> LinkForm<'a> {
+    /// The prefix of JetStream ack replies, the only replies that carry a subject.
+    pub const ACK_PREFIX: &'static [u8] = b"$JS.ACK.";
+
+    /// Splits a message that arrived over a link: when its reply is a JetStream ack reply
+    /// carrying `@<subject>`, returns the subject and reply local subscribers see.
+    #[inline]
+    pub fn split(reply: Option<&'a [u8]>) -> Option<(&'a [u8], &'a [u8])> {
+        let r = reply?;
+        if !r.starts_with(Self::ACK_PREFIX) {
+            return None;
+        }
+        let at = r.iter().rposition(|&b| b == b'@')?;
+        let subject = r.get(at + 1..).filter(|s| !s.is_empty())?;
+        Some((subject, &r[..at]))
+    }
 }
 
 /// Delivery counters for one message.
@@ -192,22 +254,26 @@ pub fn deliver(
             }
         }
     }
+    let (link_subject, link_reply) = match &msg.link {
+        Some(l) => (l.subject, l.reply),
+        None => (msg.subject, msg.reply),
+    };
     for t in scratch.links.drain(..) {
         let queues = t.queues.iter().map(|q| q.as_bytes());
         let ok = t.conn.enqueue(|b| match t.conn.kind {
             ConnKind::Route => canopy_proto::encode_rmsg(
                 b,
                 acc.name.as_bytes(),
-                msg.subject,
-                msg.reply,
+                link_subject,
+                link_reply,
                 queues,
                 msg.hdr_len,
                 msg.payload,
             ),
             _ => canopy_proto::encode_lmsg(
                 b,
-                msg.subject,
-                msg.reply,
+                link_subject,
+                link_reply,
                 queues,
                 msg.hdr_len,
                 msg.payload,
@@ -326,6 +392,7 @@ pub fn answer_status(acc: &Account, reply: &[u8], block: &[u8], flush: &mut Flus
         reply: None,
         hdr_len: Some(block.len()),
         payload: block,
+        link: None,
     };
     let mut scratch = Scratch::default();
     deliver(

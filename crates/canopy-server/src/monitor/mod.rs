@@ -259,6 +259,7 @@ fn handle(server: &Arc<Server>, uri: &hyper::Uri, which: Endpoints) -> Response<
         "/accountz" => "/accountz",
         "/accstatz" => "/accstatz",
         "/healthz" => "/healthz",
+        "/jsz" => "/jsz",
         "/metrics" => "/metrics",
         "" => return root(server),
         _ => return not_found(),
@@ -273,7 +274,16 @@ fn handle(server: &Arc<Server>, uri: &hyper::Uri, which: Endpoints) -> Response<
         "/subsz" => result_response(subsz(server, &q), &q),
         "/accountz" => json_response(&accountz(server, &q), &q),
         "/accstatz" => json_response(&accstatz(server), &q),
-        "/healthz" => json_response(&json!({"status": "ok"}), &q),
+        "/healthz" => {
+            let (ok, body) = healthz(server, &q);
+            if ok {
+                json_response(&body, &q)
+            } else {
+                let text = serde_json::to_string(&body).unwrap_or_default();
+                text_response(StatusCode::SERVICE_UNAVAILABLE, "application/json", text)
+            }
+        }
+        "/jsz" => result_response(jsz(server, &q), &q),
         _ => {
             let leafs = crate::monitor::metrics::leaf_metrics(server);
             let body = crate::monitor::metrics::render(server, &leafs);
@@ -292,6 +302,7 @@ fn root(server: &Arc<Server>) -> Response<Full<Bytes>> {
         ("routez", "Routes"),
         ("leafz", "LeafNodes"),
         ("gatewayz", "Gateways"),
+        ("jsz", "JetStream"),
         ("healthz", "Health Probe"),
         ("metrics", "Prometheus Metrics"),
     ];
@@ -486,7 +497,7 @@ pub fn varz(s: &Arc<Server>) -> Value {
         "leaf": varz_leaf(&o),
         "mqtt": {},
         "websocket": {},
-        "jetstream": {},
+        "jetstream": s.jetstream().map_or(json!({}), |js| js.varz()),
         "tls_timeout": o.tls.as_ref().and_then(|t| t.timeout).map_or(2.0, |d| d.as_secs_f64()),
         "write_deadline": o.write_deadline.as_nanos() as u64,
         "start": rfc3339(s.start),
@@ -1022,6 +1033,43 @@ pub fn accountz(s: &Arc<Server>, q: &Query) -> Value {
 }
 
 /// `/accstatz`: per-account counters for accounts with connections.
+/// `/healthz`: `{"status":"ok"}`, or 503 with `"unavailable"` when `js-enabled-only`
+/// (or `js-server-only`, or 2.9's `js-enabled`) asks for JetStream and it is off or
+/// unhealthy. Returns whether the server is healthy, and the body.
+pub fn healthz(s: &Arc<Server>, q: &Query) -> (bool, Value) {
+    let wants_js = ["js-enabled-only", "js-server-only", "js-enabled"]
+        .iter()
+        .any(|k| q_bool(q, k).unwrap_or(false));
+    let err = match s.jetstream() {
+        Some(js) if wants_js => js.healthy().err(),
+        None if wants_js => Some("JetStream not enabled".to_string()),
+        _ => None,
+    };
+    match err {
+        None => (true, json!({"status": "ok"})),
+        Some(e) => (
+            false,
+            json!({"status": "unavailable", "status_code": 503, "error": e}),
+        ),
+    }
+}
+
+/// `/jsz`: the JetStream report (`accounts`, `streams`, `consumers`, `config` options).
+pub fn jsz(s: &Arc<Server>, q: &Query) -> Result<Value, QueryError> {
+    let consumers = q_bool(q, "consumers")?;
+    let streams = q_bool(q, "streams")? || consumers;
+    let accounts = q_bool(q, "accounts")? || streams;
+    let config = q_bool(q, "config")?;
+    Ok(match s.jetstream() {
+        Some(js) => js.jsz(accounts, streams, consumers, config),
+        None => json!({
+            "server_id": s.id,
+            "now": rfc3339(SystemTime::now()),
+            "disabled": true,
+        }),
+    })
+}
+
 pub fn accstatz(s: &Arc<Server>) -> Value {
     let stats: Vec<Value> = s
         .accounts()

@@ -227,7 +227,11 @@ pub fn main() -> i32 {
         for (pos, what) in opts.extensions_used() {
             println!("{prog}: {pos}: Canopy extension: {what}");
         }
-        for (pos, what) in opts.unsupported() {
+        for (pos, what) in opts
+            .unsupported()
+            .into_iter()
+            .chain(crate::services::jetstream::unsupported(&opts))
+        {
             println!("{prog}: {pos}: note: {what}; the server refuses to start with it");
         }
         match f.get("config") {
@@ -237,6 +241,7 @@ pub fn main() -> i32 {
         return 0;
     }
     let mut unsupported = opts.unsupported();
+    unsupported.extend(crate::services::jetstream::unsupported(&opts));
     if let Some(lo) = &opts.leafnodes {
         if lo.reconnect_buffer_size.is_some() {
             unsupported.push((
@@ -416,6 +421,8 @@ pub async fn run_server(opts: Options, f: Flags, prog: String) -> anyhow::Result
         tracing::info!("Using configuration file: {}", c.display());
     }
     server.set_tls(crate::auth::tls::TlsSet::build(&opts)?);
+    // Before the listeners: the first client already finds JetStream.
+    let jetstream = crate::services::jetstream::start(&server)?;
     let mut monitoring_urls = Vec::new();
     if let Some(hp) = opts.http_port {
         let host = opts.http_host.clone().unwrap_or_else(|| opts.host.clone());
@@ -555,6 +562,9 @@ pub async fn run_server(opts: Options, f: Flags, prog: String) -> anyhow::Result
     crate::process::signal::wait(server.clone(), f).await;
     tracing::info!("Initiating Shutdown...");
     server.shutdown_now();
+    if let Some(js) = &jetstream {
+        js.shutdown();
+    }
     // Give writers a moment to flush their last bytes.
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     if let Some(p) = ports_file {

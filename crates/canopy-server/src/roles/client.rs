@@ -638,6 +638,7 @@ impl Client {
             reply,
             hdr_len,
             payload,
+            link: None,
         };
         let origin = Origin {
             cid: self.conn.cid,

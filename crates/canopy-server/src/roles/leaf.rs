@@ -629,12 +629,7 @@ impl Session {
             return;
         }
         let result = acc.sublist.matches(subj);
-        let msg = Msg {
-            subject: &subject,
-            reply: reply.as_deref(),
-            hdr_len: header_len,
-            payload: &payload,
-        };
+        let msg = Msg::from_link(&subject, reply.as_deref(), header_len, &payload);
         let origin = Origin {
             cid: self.conn.cid,
             echo: true,

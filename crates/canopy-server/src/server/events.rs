@@ -21,7 +21,7 @@ pub fn server_info(s: &Server) -> Value {
         "id": s.id,
         "cluster": s.cluster_name(),
         "ver": version::NATS_COMPAT_VERSION,
-        "jetstream": false,
+        "jetstream": s.jetstream().is_some(),
         "flags": 0,
         "seq": SEQ.fetch_add(1, Ordering::Relaxed) + 1,
         "time": rfc3339(SystemTime::now()),

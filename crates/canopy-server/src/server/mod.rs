@@ -60,6 +60,8 @@ pub struct Server {
     services: Mutex<Vec<(String, Arc<service::ServiceStats>)>>,
     /// Code that runs when an account appears or goes away.
     account_hooks: RwLock<Vec<AccountHook>>,
+    /// The JetStream engine, when JetStream is enabled.
+    jetstream: std::sync::OnceLock<Arc<canopy_jetstream::Engine>>,
 }
 
 /// What happened to an account, for [`Server::on_account`] hooks.
@@ -123,6 +125,7 @@ impl Server {
             tls: RwLock::new(Arc::new(crate::auth::tls::TlsSet::default())),
             services: Mutex::new(Vec::new()),
             account_hooks: RwLock::new(Vec::new()),
+            jetstream: std::sync::OnceLock::new(),
         })
     }
 
@@ -173,6 +176,26 @@ impl Server {
             }
         }
         acc
+    }
+
+    /// Installs the JetStream engine (once, at start).
+    pub fn set_jetstream(&self, engine: Arc<canopy_jetstream::Engine>) {
+        let _ = self.jetstream.set(engine);
+    }
+
+    /// The JetStream engine, when JetStream is enabled.
+    pub fn jetstream(&self) -> Option<&Arc<canopy_jetstream::Engine>> {
+        self.jetstream.get()
+    }
+
+    /// The JetStream domain, when JetStream is on and has one.
+    pub fn js_domain(&self) -> Option<String> {
+        self.jetstream()?;
+        self.opts()
+            .jetstream
+            .as_ref()
+            .and_then(|j| j.domain.clone())
+            .filter(|d| !d.is_empty())
     }
 
     /// Registers code to run for every account: at once for those that exist, then for
@@ -333,6 +356,8 @@ impl Server {
             tls_available: o.tls.is_some() && o.allow_non_tls,
             ldm: self.ldm.load(Ordering::Relaxed),
             canopy_version: version::CANOPY_VERSION.to_string(),
+            jetstream: self.jetstream().is_some(),
+            domain: self.js_domain().unwrap_or_default(),
             cluster: self.cluster_name(),
             connect_urls: if o.cluster.is_some() {
                 self.cluster_client_urls()

@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::core::account::{Account, SubRef, Subscription};
 use crate::core::conn::{ConnShared, FlushList};
-use crate::core::deliver::{deliver, Msg, Origin, Scratch};
+use crate::core::deliver::{deliver, LinkForm, Msg, Origin, Scratch};
 use crate::core::inbox::{InMsg, Offer, Sink};
 use crate::core::interest::LinkClass;
 use crate::server::Server;
@@ -293,6 +293,28 @@ impl Service {
             .publish_from(self.conn.cid, acc, subject, reply, headers, payload)
     }
 
+    /// Delivers a JetStream message to `deliver_to`'s subscribers, who see `subject`
+    /// ([`Server::deliver_from`]).
+    pub fn deliver(
+        &self,
+        acc: &Account,
+        deliver_to: &str,
+        subject: &str,
+        reply: Option<&str>,
+        headers: Option<&[u8]>,
+        payload: &[u8],
+    ) -> u64 {
+        self.server.deliver_from(
+            self.conn.cid,
+            acc,
+            deliver_to,
+            subject,
+            reply,
+            headers,
+            payload,
+        )
+    }
+
     /// Sends a request into `acc` and waits up to `timeout` for the first reply.
     pub async fn request(
         &self,
@@ -350,6 +372,37 @@ impl Server {
         headers: Option<&[u8]>,
         payload: &[u8],
     ) -> u64 {
+        self.route_from(cid, acc, subject, None, reply, headers, payload)
+    }
+
+    /// Delivers a JetStream message: routed to the subscribers of `deliver_to`, who see
+    /// `subject` (the stream message's own subject); over links it travels as
+    /// `deliver_to` with the subject in the ack reply ([`LinkForm`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn deliver_from(
+        &self,
+        cid: u64,
+        acc: &Account,
+        deliver_to: &str,
+        subject: &str,
+        reply: Option<&str>,
+        headers: Option<&[u8]>,
+        payload: &[u8],
+    ) -> u64 {
+        self.route_from(cid, acc, deliver_to, Some(subject), reply, headers, payload)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn route_from(
+        &self,
+        cid: u64,
+        acc: &Account,
+        route_subject: &str,
+        seen_subject: Option<&str>,
+        reply: Option<&str>,
+        headers: Option<&[u8]>,
+        payload: &[u8],
+    ) -> u64 {
         let joined;
         let (hdr_len, payload) = match headers {
             Some(h) => {
@@ -358,12 +411,24 @@ impl Server {
             }
             None => (None, payload),
         };
-        let result = acc.sublist.matches(subject);
+        let result = acc.sublist.matches(route_subject);
+        // Over links the subject rides in the ack reply (`<reply>@<subject>`); a delivery
+        // without an ack reply crosses as the deliver subject, as in nats-server.
+        let link_reply = match (seen_subject, reply) {
+            (Some(s), Some(r)) if r.as_bytes().starts_with(LinkForm::ACK_PREFIX) => {
+                Some(format!("{r}@{s}"))
+            }
+            _ => None,
+        };
         let msg = Msg {
-            subject: subject.as_bytes(),
+            subject: seen_subject.unwrap_or(route_subject).as_bytes(),
             reply: reply.map(str::as_bytes),
             hdr_len,
             payload,
+            link: seen_subject.map(|_| LinkForm {
+                subject: route_subject.as_bytes(),
+                reply: link_reply.as_deref().or(reply).map(str::as_bytes),
+            }),
         };
         // The server itself (cid 0) has no subscriptions; a service never hears its own
         // publishes (the import agent relies on it: a moved message is not moved again).

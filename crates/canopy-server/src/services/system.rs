@@ -100,7 +100,8 @@ fn endpoint(s: &Arc<Server>, name: &str, body: &[u8]) -> Option<Value> {
         "LEAFZ" => monitor::leafz(s, &q),
         "SUBSZ" => monitor::subsz(s, &q),
         "ACCOUNTZ" => Ok(monitor::accountz(s, &q)),
-        "HEALTHZ" => Ok(json!({"status": "ok"})),
+        "HEALTHZ" => Ok(monitor::healthz(s, &q).1),
+        "JSZ" => monitor::jsz(s, &q),
         "GATEWAYZ" => Ok(
             json!({"server_id": s.id, "now": monitor::rfc3339(SystemTime::now()),
             "name": "", "host": "", "port": 0, "outbound_gateways": {}, "inbound_gateways": {}}),

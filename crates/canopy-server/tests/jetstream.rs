@@ -1,0 +1,336 @@
+//! JetStream on one server, driven by the official async-nats client: streams, publish
+//! acknowledgements, pull consumers with acks, KV, restart and kill -9 recovery, the
+//! configuration rules, and the monitoring surface.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, stream};
+use canopy_testkit::ServerProcess;
+use futures::StreamExt;
+
+fn config(store: &std::path::Path, extra: &str) -> String {
+    format!(
+        "listen: 127.0.0.1:-1\nhttp: 127.0.0.1:-1\njetstream {{ store_dir: \"{}\" }}\n{extra}",
+        store.display()
+    )
+}
+
+fn start(store: &std::path::Path) -> ServerProcess {
+    ServerProcess::canopy(&config(store, "")).expect("start")
+}
+
+async fn js(s: &ServerProcess) -> (async_nats::Client, jetstream::Context) {
+    let nc = async_nats::connect(s.url()).await.unwrap();
+    let js = jetstream::new(nc.clone());
+    (nc, js)
+}
+
+async fn orders(js: &jetstream::Context) -> stream::Stream {
+    js.create_stream(stream::Config {
+        name: "ORDERS".into(),
+        subjects: vec!["orders.>".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn publish_acks_and_stream_info() {
+    let store = tempfile::tempdir().unwrap();
+    let s = start(store.path());
+    let (_nc, js) = js(&s).await;
+    let mut st = orders(&js).await;
+    for i in 1..=10u64 {
+        let ack = js
+            .publish(format!("orders.{i}"), "x".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert_eq!(ack.stream, "ORDERS");
+        assert_eq!(ack.sequence, i);
+    }
+    let info = st.info().await.unwrap();
+    assert_eq!(info.state.messages, 10);
+    assert_eq!(info.state.first_sequence, 1);
+    assert_eq!(info.state.last_sequence, 10);
+    assert_eq!(info.config.subjects, vec!["orders.>".to_string()]);
+    // The same config again is fine; a different one is 10058.
+    orders(&js).await;
+    let err = js
+        .create_stream(stream::Config {
+            name: "ORDERS".into(),
+            subjects: vec!["other.>".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("10058"), "{err}");
+}
+
+#[tokio::test]
+async fn pull_consumer_fetch_and_ack() {
+    let store = tempfile::tempdir().unwrap();
+    let s = start(store.path());
+    let (_nc, js) = js(&s).await;
+    let st = orders(&js).await;
+    for i in 0..20 {
+        js.publish(format!("orders.{i}"), format!("{i}").into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let c: consumer::PullConsumer = st
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("worker".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut batch = c.fetch().max_messages(20).messages().await.unwrap();
+    let mut n = 0;
+    while let Some(m) = batch.next().await {
+        let m = m.unwrap();
+        assert_eq!(m.payload, format!("{n}").as_bytes());
+        m.ack().await.unwrap();
+        n += 1;
+    }
+    assert_eq!(n, 20);
+    let mut c = c;
+    let mut settled = false;
+    for _ in 0..100 {
+        let i = c.info().await.unwrap();
+        if i.num_ack_pending == 0 && i.num_pending == 0 {
+            settled = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(settled, "acks not applied: {:?}", c.info().await.unwrap());
+}
+
+#[tokio::test]
+async fn stream_and_consumer_survive_kill_9() {
+    let store = tempfile::tempdir().unwrap();
+    let mut s = start(store.path());
+    {
+        let (_nc, js) = js(&s).await;
+        let st = orders(&js).await;
+        for i in 0..50 {
+            js.publish(format!("orders.{i}"), "x".into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+        let c: consumer::PullConsumer = st
+            .create_consumer(consumer::pull::Config {
+                durable_name: Some("worker".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let mut batch = c.fetch().max_messages(10).messages().await.unwrap();
+        while let Some(m) = batch.next().await {
+            m.unwrap().double_ack().await.unwrap();
+        }
+    }
+    s.kill();
+    let s = start(store.path());
+    let (_nc, js) = js(&s).await;
+    let mut st = js.get_stream("ORDERS").await.unwrap();
+    assert_eq!(st.info().await.unwrap().state.messages, 50);
+    let mut c: consumer::PullConsumer = st.get_consumer("worker").await.unwrap();
+    let info = c.info().await.unwrap();
+    assert_eq!(info.ack_floor.stream_sequence, 10);
+    assert_eq!(info.num_pending, 40);
+}
+
+#[tokio::test]
+async fn key_value_bucket() {
+    let store = tempfile::tempdir().unwrap();
+    let s = start(store.path());
+    let (_nc, js) = js(&s).await;
+    let kv = js
+        .create_key_value(jetstream::kv::Config {
+            bucket: "config".into(),
+            history: 5,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let r1 = kv.put("a", "1".into()).await.unwrap();
+    let r2 = kv.put("a", "2".into()).await.unwrap();
+    assert!(r2 > r1);
+    assert_eq!(kv.get("a").await.unwrap().unwrap(), "2".as_bytes());
+    assert!(kv.update("a", "3".into(), r1).await.is_err());
+    kv.update("a", "3".into(), r2).await.unwrap();
+    assert!(kv.create("a", "x".into()).await.is_err());
+    kv.put("b", "1".into()).await.unwrap();
+    let mut keys: Vec<String> = kv.keys().await.unwrap().map(|k| k.unwrap()).collect().await;
+    keys.sort();
+    assert_eq!(keys, vec!["a".to_string(), "b".to_string()]);
+    let history: Vec<_> = kv.history("a").await.unwrap().collect().await;
+    assert_eq!(history.len(), 3);
+    kv.delete("b").await.unwrap();
+    assert!(kv.get("b").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn errors_clients_branch_on() {
+    let store = tempfile::tempdir().unwrap();
+    let s = start(store.path());
+    let (_nc, js) = js(&s).await;
+    let err = js.get_stream("NOPE").await.unwrap_err();
+    assert!(err.to_string().contains("10059"), "{err}");
+    let info = js.query_account().await.unwrap();
+    assert_eq!(info.streams, 0);
+}
+
+#[tokio::test]
+async fn an_account_without_jetstream_gets_10039() {
+    let store = tempfile::tempdir().unwrap();
+    let accounts = "accounts { A { jetstream: enabled, users [{user: a, password: a}] }, \
+                    B { users [{user: b, password: b}] } }";
+    let s = ServerProcess::canopy(&config(store.path(), accounts)).expect("start");
+    let user = |u: &str| {
+        async_nats::ConnectOptions::with_user_and_password(u.into(), u.into()).connect(s.url())
+    };
+    let a = user("a").await.unwrap();
+    jetstream::new(a).query_account().await.unwrap();
+    let b = user("b").await.unwrap();
+    let resp = b.request("$JS.API.INFO", "".into()).await.unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&resp.payload).unwrap();
+    assert_eq!(v["error"]["err_code"], 10039, "{v}");
+    assert_eq!(v["error"]["code"], 503, "{v}");
+}
+
+#[test]
+fn jetstream_with_cluster_routes_is_refused() {
+    let store = tempfile::tempdir().unwrap();
+    let cfg = config(
+        store.path(),
+        "cluster { name: c, listen: 127.0.0.1:-1, routes: [nats-route://127.0.0.1:1] }",
+    );
+    let err = ServerProcess::canopy(&cfg)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains("clustered JetStream"), "{err}");
+}
+
+#[test]
+fn monitoring_shows_jetstream() {
+    let store = tempfile::tempdir().unwrap();
+    let s = start(store.path());
+    let v = s.monitor("/varz").unwrap();
+    assert!(v["jetstream"]["config"]["store_dir"]
+        .as_str()
+        .unwrap()
+        .starts_with(&store.path().display().to_string()));
+    let j = s.monitor("/jsz").unwrap();
+    assert_eq!(j["server_id"], v["server_id"]);
+    assert!(s.monitor("/healthz?js-enabled-only=true").is_ok());
+    assert!(s.log().contains("Store Directory:"), "{}", s.log());
+
+    let plain = ServerProcess::canopy("listen: 127.0.0.1:-1\nhttp: 127.0.0.1:-1\n").unwrap();
+    let (status, _) =
+        canopy_testkit::http_get(plain.http_port.unwrap(), "/healthz?js-enabled-only=true")
+            .unwrap();
+    assert_eq!(status, 503);
+}
+
+/// The seed's leaf configs with `jetstream {}` and no cluster start and serve JetStream
+/// (the hub they dial is not there; JetStream does not need it); the one with a cluster is
+/// refused with the clustered-JetStream message.
+#[tokio::test]
+async fn seed_jetstream_configs_start() {
+    let seed = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/seed");
+    for name in ["high-performance-leaf", "edge-leaf"] {
+        let text = std::fs::read_to_string(seed.join(format!("{name}.conf"))).unwrap();
+        let store = tempfile::tempdir().unwrap();
+        let sd = store.path().display().to_string();
+        let s = ServerProcess::start(
+            canopy_testkit::Impl::Canopy,
+            &text,
+            &["-p", "-1", "-m", "-1", "-sd", &sd],
+        )
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let nc = async_nats::connect(s.url()).await.unwrap();
+        let info = jetstream::new(nc).query_account().await.unwrap();
+        assert_eq!(info.streams, 0, "{name}");
+    }
+    let text = std::fs::read_to_string(seed.join("us-regional-hub.conf")).unwrap();
+    let err = ServerProcess::start(canopy_testkit::Impl::Canopy, &text, &["-p", "-1"])
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains("clustered JetStream"), "{err}");
+}
+
+/// A hub client uses a leaf's JetStream over the leaf link: API requests, publishes and
+/// pull deliveries cross the link, and the consumed messages carry their own subjects (the
+/// delivery travels as the pull inbox with the subject in the ack reply, split at the hub).
+#[tokio::test]
+async fn deliveries_across_a_leaf_link_keep_their_subject() {
+    across_a_leaf_link(canopy_testkit::Impl::Canopy).await;
+}
+
+async fn across_a_leaf_link(hub_kind: canopy_testkit::Impl) {
+    let lp = canopy_testkit::free_fixed_port();
+    let hub = ServerProcess::start(
+        hub_kind,
+        &format!("listen: 127.0.0.1:-1\nleafnodes {{ listen: 127.0.0.1:{lp} }}\n"),
+        &[],
+    )
+    .unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let leaf = ServerProcess::canopy(&config(
+        store.path(),
+        &format!("leafnodes {{ remotes: [{{ url: \"nats-leaf://127.0.0.1:{lp}\" }}] }}"),
+    ))
+    .unwrap();
+    let nc = async_nats::connect(hub.url()).await.unwrap();
+    let js = jetstream::new(nc.clone());
+    // The leaf's API interest reaches the hub once the link is up.
+    let mut st = None;
+    for _ in 0..200 {
+        if let Ok(s) = orders(&js).await.info().await.map(|_| ()) {
+            st = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(st.is_some(), "the leaf's JetStream never answered");
+    let st = js.get_stream("ORDERS").await.unwrap();
+    for i in 0..5 {
+        js.publish(format!("orders.{i}"), "x".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let c: consumer::PullConsumer = st
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("hubside".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut batch = c.fetch().max_messages(5).messages().await.unwrap();
+    let mut subjects = Vec::new();
+    while let Some(m) = batch.next().await {
+        let m = m.unwrap();
+        subjects.push(m.subject.to_string());
+        m.double_ack().await.unwrap();
+    }
+    assert_eq!(
+        subjects,
+        (0..5).map(|i| format!("orders.{i}")).collect::<Vec<_>>()
+    );
+    drop(leaf);
+}
