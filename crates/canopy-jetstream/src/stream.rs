@@ -321,7 +321,10 @@ impl StreamCore {
             }
         }
         if let Some(id) = header(hdr, "Nats-Msg-Id") {
-            if let Some(&(seq, _)) = self.dedupe.get(id) {
+            // Entries older than the window are pruned only when something is stored:
+            // a run of duplicates must not keep an expired id alive.
+            let cutoff = now_ns() - self.cfg.duplicate_window;
+            if let Some(&(seq, _)) = self.dedupe.get(id).filter(|&&(_, ts)| ts >= cutoff) {
                 if let Some(r) = &reply {
                     self.ack_reply(r, seq, true);
                 }
@@ -716,6 +719,9 @@ fn run(mut core: StreamCore, rx: Receiver<Cmd>) {
                     }
                     if let Some(done) = handle(&mut core, other) {
                         core.close();
+                        // Dropped before the stop is acknowledged: the store's directory
+                        // lock is released, so a restart in the same process can open it.
+                        drop(core);
                         let _ = done.send(());
                         return;
                     }
