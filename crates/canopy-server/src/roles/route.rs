@@ -119,12 +119,24 @@ impl Server {
         }
     }
 
-    /// Starts dialling the configured routes.
+    /// Starts dialling the configured routes, and gives every account created later (a
+    /// JWT resolved at run time) its link on each established route.
     pub fn start_routes(self: &Arc<Self>) {
         let o = self.opts();
         let Some(c) = &o.cluster else {
             return;
         };
+        let weak = Arc::downgrade(self);
+        self.on_account(Arc::new(move |acc, event| {
+            let Some(server) = weak.upgrade() else {
+                return;
+            };
+            if event == crate::server::AccountEvent::Created {
+                for route in server.routes() {
+                    add_route_link(&route, acc);
+                }
+            }
+        }));
         for url in &c.routes {
             let s = self.clone();
             let url = url.clone();
@@ -248,6 +260,32 @@ impl Server {
             }
         }
     }
+}
+
+/// Gives `route` its link for `acc` unless it has one (`register` and the account hook
+/// may both see a new account). The link's creation sends our interest in `acc` as RS+.
+fn add_route_link(route: &Arc<Route>, acc: &Arc<Account>) {
+    let link = {
+        let mut links = route.links.lock();
+        if route.conn.is_closed() || links.iter().any(|(a, _)| Arc::ptr_eq(a, acc)) {
+            return;
+        }
+        let mut link = Link::new(
+            route.conn.clone(),
+            route.remote_id.clone(),
+            route.remote_name.clone(),
+            route.solicited,
+            route.url.clone(),
+            Vec::new(),
+            Vec::new(),
+        );
+        link.route_account = Some(Bytes::copy_from_slice(acc.name.as_bytes()));
+        let link = Arc::new(link);
+        links.push((acc.clone(), link.clone()));
+        link
+    };
+    acc.add_link(link);
+    route.conn.flush_signal();
 }
 
 fn advertise_host(h: &str) -> String {
@@ -585,20 +623,9 @@ impl RouteSession {
         }
         let _ = self.conn.peer_id.set(Arc::from(route.remote_id.as_str()));
         // One link per account: our interest (clients and downlinks) goes out as RS+.
+        // Accounts created later get theirs from the hook `start_routes` installs.
         for acc in server.accounts() {
-            let mut link = Link::new(
-                self.conn.clone(),
-                route.remote_id.clone(),
-                route.remote_name.clone(),
-                solicited,
-                route.url.clone(),
-                Vec::new(),
-                Vec::new(),
-            );
-            link.route_account = Some(Bytes::copy_from_slice(acc.name.as_bytes()));
-            let link = Arc::new(link);
-            route.links.lock().push((acc.clone(), link.clone()));
-            acc.add_link(link);
+            add_route_link(&route, &acc);
         }
         self.conn.registered.store(true, Ordering::Relaxed);
         self.conn.send_ping();
@@ -655,6 +682,24 @@ impl RouteSession {
             .lock()
             .iter()
             .find(|(a, _)| a.name.as_bytes() == account)
+            .cloned();
+        if found.is_some() {
+            return found;
+        }
+        // Operator mode: an account the peer uses but we have not needed yet. nats-server
+        // looks it up in its resolver here; ours holds the JWTs in memory, so creating
+        // it costs no I/O. Its creation hook gives this route its link.
+        let name = std::str::from_utf8(account).ok()?;
+        let trust = self.server.trust()?;
+        trust.account(name)?;
+        let acc = self.server.account_for_jwt(name);
+        let route = self.route.as_ref()?;
+        add_route_link(route, &acc);
+        let found = route
+            .links
+            .lock()
+            .iter()
+            .find(|(a, _)| Arc::ptr_eq(a, &acc))
             .cloned();
         found
     }
