@@ -342,3 +342,97 @@ async fn seed_hub_cluster_examples_run() {
     all.push(leaf.url());
     full_mesh_delivery(&all).await;
 }
+
+/// A configured route that reaches this server under another address (`localhost`
+/// instead of the listen IP) is recognised as ourselves and not dialled again (issue 11,
+/// item 3: `self_urls` was never written and the route was redialled every second).
+#[test]
+fn configured_route_to_self_is_not_redialled() {
+    let p = free_fixed_port();
+    let s = ServerProcess::canopy(&format!(
+        "listen: 127.0.0.1:-1\ndebug: true\ncluster {{ name: c, listen: \"127.0.0.1:{p}\", routes: [\"nats-route://localhost:{p}\"] }}\n"
+    ))
+    .unwrap();
+    assert_eventually!(
+        Duration::from_secs(10),
+        s.log().contains("is this server; not dialling it"),
+        "the route to self was not given up: {}",
+        s.log()
+    );
+}
+
+/// A peer we pretend to be: a raw route connection to `port` that registers as server
+/// `id` and can then gossip other members.
+fn fake_route_peer(port: u16, id: &str) -> canopy_testkit::RawClient {
+    let (mut c, info) = canopy_testkit::RawClient::connect(&format!("127.0.0.1:{port}")).unwrap();
+    assert!(info["server_id"].is_string());
+    c.send_str(&format!(
+        "CONNECT {{\"echo\":true,\"headers\":true,\"name\":\"{id}\",\"cluster\":\"c\"}}\r\nINFO {{\"server_id\":\"{id}\",\"server_name\":\"fake\",\"cluster\":\"c\",\"ip\":\"\"}}\r\nPING\r\n"
+    ))
+    .unwrap();
+    assert_eventually!(
+        Duration::from_secs(5),
+        c.read_op().map(|l| l == "PONG").unwrap_or(false),
+        "the fake route peer was not registered"
+    );
+    c
+}
+
+fn gossip(c: &mut canopy_testkit::RawClient, id: &str, url: &str) {
+    c.send_str(&format!(
+        "INFO {{\"server_id\":\"{id}\",\"server_name\":\"{id}\",\"cluster\":\"c\",\"ip\":\"{url}\"}}\r\n"
+    ))
+    .unwrap();
+}
+
+/// Gossiped (implicit) routes: one whose dial times out is given up after
+/// `connect_retries` (nats-server gives up on implicit routes; it was retried forever),
+/// and one that ends early (a bad URL) leaves `dialing`, so a later gossip of the same
+/// server is dialled (it was ignored forever).
+#[test]
+fn gossiped_routes_give_up_and_can_be_relearned() {
+    let p = free_fixed_port();
+    let s = ServerProcess::canopy(&format!(
+        "listen: 127.0.0.1:-1\ndebug: true\ncluster {{ name: c, listen: \"127.0.0.1:{p}\" }}\n"
+    ))
+    .unwrap();
+    let mut peer = fake_route_peer(p, "NFAKEPEER");
+    // A listener whose accept queue is full: a connect to it times out.
+    let blackhole = tokio::net::TcpSocket::new_v4().unwrap();
+    blackhole.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let bh_addr = blackhole.local_addr().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _bh = rt.block_on(async { blackhole.listen(0) }).unwrap();
+    let _filler = std::net::TcpStream::connect(bh_addr).unwrap();
+    // A listener that stands for the gossiped member once it is reachable.
+    let good = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    good.set_nonblocking(true).unwrap();
+    let good_url = format!("nats-route://{}", good.local_addr().unwrap());
+
+    gossip(&mut peer, "NTIMEOUT", &format!("nats-route://{bh_addr}"));
+    assert_eventually!(
+        Duration::from_secs(10),
+        s.log().contains("Giving up on implicit route"),
+        "a gossiped route that times out was not given up: {}",
+        s.log()
+    );
+    gossip(&mut peer, "NTIMEOUT", &good_url);
+    assert_eventually!(
+        Duration::from_secs(5),
+        good.accept().is_ok(),
+        "a gossiped member was not dialled after an earlier dial gave up: {}",
+        s.log()
+    );
+
+    gossip(&mut peer, "NBADURL", "nats-route://[::1");
+    gossip(&mut peer, "NBADURL", &good_url);
+    assert_eventually!(
+        Duration::from_secs(5),
+        good.accept().is_ok(),
+        "a gossiped member was not dialled after a dial with a bad URL: {}",
+        s.log()
+    );
+}

@@ -145,8 +145,15 @@ impl Server {
     }
 
     /// Dials a route until it is established (explicit routes: forever, reconnecting
-    /// after drops; implicit ones: `connect_retries` attempts).
+    /// after drops; implicit ones: `connect_retries` attempts, as nats-server gives up
+    /// on implicit routes).
     async fn dial_route(self: Arc<Self>, url: String, expect_id: Option<String>, explicit: bool) {
+        // However this returns, the peer's id leaves `dialing`, so gossip can start
+        // another dial later.
+        let _dialing = DialingGuard {
+            server: self.clone(),
+            id: expect_id.clone(),
+        };
         let (hostport, user, pass) = match parse_route_url(&url) {
             Ok(x) => x,
             Err(e) => {
@@ -167,7 +174,6 @@ impl Server {
             }
             if let Some(id) = &expect_id {
                 if self.routes().iter().any(|r| &r.remote_id == id) {
-                    self.cluster.dialing.lock().remove(id);
                     return;
                 }
             }
@@ -194,70 +200,81 @@ impl Server {
                 continue;
             }
             attempt += 1;
-            match tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(&hostport)).await
-            {
-                Ok(Ok(stream)) => {
-                    let _ = stream.set_nodelay(true);
-                    let addr = stream
-                        .peer_addr()
-                        .unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
-                    if explicit {
-                        attempt = 0;
-                    }
-                    let connect = RouteConnect {
-                        echo: true,
-                        headers: true,
-                        name: self.id.clone(),
-                        cluster: self.cluster_name(),
-                        user: user.clone().unwrap_or_default(),
-                        pass: pass.clone().unwrap_or_default(),
-                        tls_required: self.tls().route_dial.is_some(),
-                        ..Default::default()
-                    };
-                    serve_route(
-                        self.clone(),
-                        stream,
-                        addr,
-                        Some((connect, url.clone(), explicit)),
-                    )
-                    .await;
-                    if !explicit {
-                        // Implicit routes are redialled only by the smaller id (as
-                        // nats-server does), and only while no other route to the peer
-                        // exists; `connect_retries` (at least 3) bounds the attempts.
-                        let retry = expect_id.as_ref().is_some_and(|id| {
-                            self.id.as_str() < id.as_str()
-                                && !self.routes().iter().any(|r| &r.remote_id == id)
-                        });
-                        if !retry || attempt > retries.max(3) {
-                            if let Some(id) = &expect_id {
-                                self.cluster.dialing.lock().remove(id);
+            let failed =
+                match tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(&hostport))
+                    .await
+                {
+                    Ok(Ok(stream)) => {
+                        let _ = stream.set_nodelay(true);
+                        let addr = stream
+                            .peer_addr()
+                            .unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
+                        if explicit {
+                            attempt = 0;
+                        }
+                        let connect = RouteConnect {
+                            echo: true,
+                            headers: true,
+                            name: self.id.clone(),
+                            cluster: self.cluster_name(),
+                            user: user.clone().unwrap_or_default(),
+                            pass: pass.clone().unwrap_or_default(),
+                            tls_required: self.tls().route_dial.is_some(),
+                            ..Default::default()
+                        };
+                        serve_route(
+                            self.clone(),
+                            stream,
+                            addr,
+                            Some((connect, url.clone(), explicit)),
+                        )
+                        .await;
+                        if !explicit {
+                            // Implicit routes are redialled only by the smaller id (as
+                            // nats-server does), and only while no other route to the peer
+                            // exists; `connect_retries` (at least 3) bounds the attempts.
+                            let retry = expect_id.as_ref().is_some_and(|id| {
+                                self.id.as_str() < id.as_str()
+                                    && !self.routes().iter().any(|r| &r.remote_id == id)
+                            });
+                            if !retry || attempt > retries.max(3) {
+                                return;
                             }
-                            return;
                         }
+                        None
                     }
+                    Ok(Err(e)) => Some(e.to_string()),
+                    Err(_) => Some("i/o timeout".to_string()),
+                };
+            if let Some(e) = failed {
+                if attempt == 1 || attempt.is_multiple_of(30) {
+                    tracing::error!(
+                        "Error trying to connect to route (attempt {attempt}): dial tcp {hostport}: {e}"
+                    );
                 }
-                Ok(Err(e)) => {
-                    if attempt == 1 || attempt.is_multiple_of(30) {
-                        tracing::error!(
-                            "Error trying to connect to route (attempt {attempt}): dial tcp {hostport}: {e}"
-                        );
-                    }
-                    if !explicit && attempt > retries {
-                        if let Some(id) = &expect_id {
-                            self.cluster.dialing.lock().remove(id);
-                        }
-                        return;
-                    }
-                }
-                Err(_) => {
-                    tracing::error!("Error trying to connect to route {hostport}: timed out");
+                if !explicit && attempt > retries {
+                    tracing::debug!("Giving up on implicit route {url} after {attempt} attempt(s)");
+                    return;
                 }
             }
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
                 _ = tokio::time::sleep(ROUTE_RECONNECT) => {}
             }
+        }
+    }
+}
+
+/// Removes a server id from the cluster's `dialing` set when the dial that added it ends.
+struct DialingGuard {
+    server: Arc<Server>,
+    id: Option<String>,
+}
+
+impl Drop for DialingGuard {
+    fn drop(&mut self) {
+        if let Some(id) = &self.id {
+            self.server.cluster.dialing.lock().remove(id);
         }
     }
 }
@@ -543,6 +560,10 @@ impl RouteSession {
                 "{} - Detected route to self, ignoring",
                 conn_label(&self.conn)
             );
+            if let Some((url, _)) = &self.solicit {
+                // Another address of ours: never dialled again.
+                server.cluster.self_urls.lock().insert(url_hostport(url));
+            }
             self.conn.close(CloseReason::Other("route to self".into()));
             return false;
         }
