@@ -218,3 +218,36 @@ fn trace_logs_protocol_ops() {
     assert!(log.contains("<<- [SUB foo 1]"));
     assert!(log.contains("MSG_PAYLOAD: [\"hell\"...]"), "{log}");
 }
+
+/// A reload that changes imports or exports is refused (the import agent is built at
+/// start), not reported as applied; moving the same imports to other lines is no change
+/// (issue 11, item 4).
+#[test]
+fn reload_refuses_import_export_changes() {
+    let conf = |extra_line: &str, subject: &str| {
+        format!(
+            "listen: 127.0.0.1:-1\n{extra_line}accounts {{\n  A {{ users: [{{user: a, password: a}}], exports: [{{stream: \"{subject}\"}}] }}\n  B {{ users: [{{user: b, password: b}}], imports: [{{stream: {{account: A, subject: \"{subject}\"}}}}] }}\n}}\n"
+        )
+    };
+    let s = ServerProcess::canopy(&conf("", "ev.>")).unwrap();
+    // Same imports and exports on other lines: reloads.
+    std::fs::write(&s.config_path, conf("\n\n", "ev.>")).unwrap();
+    s.signal("HUP").unwrap();
+    assert_eventually!(
+        Duration::from_secs(5),
+        s.log().contains("Reloaded server configuration"),
+        "no reload: {}",
+        s.log()
+    );
+    std::fs::write(&s.config_path, conf("", "other.>")).unwrap();
+    s.signal("HUP").unwrap();
+    assert_eventually!(
+        Duration::from_secs(5),
+        s.log().contains(
+            "Failed to reload server configuration: config reload not supported for accounts: imports/exports of \"A\", \"B\" changed"
+        ),
+        "{}",
+        s.log()
+    );
+    assert_eq!(s.log().matches("Reloaded server configuration").count(), 1);
+}
