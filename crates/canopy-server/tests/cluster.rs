@@ -436,3 +436,70 @@ fn gossiped_routes_give_up_and_can_be_relearned() {
         s.log()
     );
 }
+
+/// `cluster { permissions }` as nats-server applies it (issue 11, item 5): `import`
+/// limits the interest we advertise over routes (and what we accept), `export` the remote
+/// interest we accept, and its deny list what we send to a permitted wildcard.
+#[test]
+fn cluster_permissions_import_export() {
+    let (p1, p2) = (free_fixed_port(), free_fixed_port());
+    let a = ServerProcess::canopy(&format!(
+        "listen: 127.0.0.1:-1\nhttp: 127.0.0.1:-1\ncluster {{ name: c, listen: \"127.0.0.1:{p1}\", routes: [\"nats-route://127.0.0.1:{p2}\"]\n  permissions {{ import: {{ allow: [\"in.>\"] }}, export: {{ allow: [\"out.>\"], deny: [\"out.secret\"] }} }}\n}}\n"
+    ))
+    .unwrap();
+    let b = ServerProcess::canopy(&format!(
+        "listen: 127.0.0.1:-1\nhttp: 127.0.0.1:-1\ncluster {{ name: c, listen: \"127.0.0.1:{p2}\", routes: [\"nats-route://127.0.0.1:{p1}\"] }}\n"
+    ))
+    .unwrap();
+    let servers = [a, b];
+    wait_routes(&servers);
+    let [a, b] = &servers;
+    let client = |s: &ServerProcess, subs: &str| {
+        let (mut c, _) = canopy_testkit::RawClient::connect(&s.addr()).unwrap();
+        c.send_str(&format!(
+            "CONNECT {{\"verbose\":false,\"pedantic\":false}}\r\n{subs}PING\r\n"
+        ))
+        .unwrap();
+        assert_eq!(c.read_op().unwrap(), "PONG");
+        c
+    };
+    let mut ca = client(a, "SUB in.> 1\r\nSUB other.> 2\r\n");
+    let mut cb = client(b, "SUB out.> 1\r\nSUB nope.> 2\r\n");
+    let route_subs = |s: &ServerProcess| -> Vec<String> {
+        s.monitor("/routez?subs=1")
+            .ok()
+            .and_then(|v| v["routes"][0]["subscriptions_list"].as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|x| x.as_str().map(String::from))
+            .collect()
+    };
+    // b hears a's `in.>` only; a keeps b's `out.>` only.
+    assert_eventually!(
+        Duration::from_secs(10),
+        route_subs(b).contains(&"in.>".to_string()) && route_subs(a).contains(&"out.>".to_string()),
+        "interest did not cross: a {:?} b {:?}",
+        route_subs(a),
+        route_subs(b)
+    );
+    assert!(
+        !route_subs(b).contains(&"other.>".to_string()),
+        "{:?}",
+        route_subs(b)
+    );
+    assert!(
+        !route_subs(a).contains(&"nope.>".to_string()),
+        "{:?}",
+        route_subs(a)
+    );
+    cb.send_str("PUB other.x 1\r\n1\r\nPUB in.x 1\r\n2\r\nPING\r\n")
+        .unwrap();
+    assert_eq!(cb.read_op().unwrap(), "PONG");
+    assert_eq!(ca.read_op().unwrap(), "MSG in.x 1 1");
+    assert_eq!(ca.read_op().unwrap(), "2");
+    ca.send_str("PUB nope.x 1\r\n1\r\nPUB out.secret 1\r\n2\r\nPUB out.ok 1\r\n3\r\nPING\r\n")
+        .unwrap();
+    assert_eq!(ca.read_op().unwrap(), "PONG");
+    assert_eq!(cb.read_op().unwrap(), "MSG out.ok 1 1");
+    assert_eq!(cb.read_op().unwrap(), "3");
+}

@@ -28,7 +28,7 @@ use crate::core::errors;
 use crate::core::interest::{Link, LinkClass};
 use crate::core::url::ServerUrl;
 pub use crate::server::links::Cluster;
-use crate::server::links::Route;
+use crate::server::links::{Route, RoutePerms};
 use crate::server::version;
 use crate::server::Server;
 
@@ -297,6 +297,7 @@ fn add_route_link(route: &Arc<Route>, acc: &Arc<Account>) {
             Vec::new(),
         );
         link.route_account = Some(Bytes::copy_from_slice(acc.name.as_bytes()));
+        link.import = route.perms.import.clone();
         let link = Arc::new(link);
         links.push((acc.clone(), link.clone()));
         link
@@ -348,6 +349,11 @@ async fn serve_route(
     let conn = Arc::new(ConnShared::new(cid, ConnKind::Route, addr, usize::MAX));
     conn.link_class
         .store(LinkClass::Route as u8, Ordering::Relaxed);
+    // `cluster.permissions.export` deny rules: never sent, even to a permitted wildcard
+    // subscription (nats-server checks them at delivery too).
+    if let Some(export) = RoutePerms::from_options(&server.opts()).export {
+        let _ = conn.deny_send.set(export.deny.clone());
+    }
     // Cluster TLS: the handshake comes first on both sides, before CONNECT and INFO.
     let dial = solicit.as_ref().map(|(_, u, _)| {
         let hp = url_hostport(u);
@@ -606,6 +612,7 @@ impl RouteSession {
             url: info.ip.clone(),
             connect_urls: info.connect_urls.clone(),
             links: Mutex::new(Vec::new()),
+            perms: RoutePerms::from_options(&server.opts()),
         });
         {
             let mut routes = server.cluster.routes.lock();
@@ -726,6 +733,17 @@ impl RouteSession {
     }
 
     fn on_rsub(&mut self, account: &[u8], subject: &[u8], queue: Option<Bytes>, weight: u32) {
+        let export = self.route.as_ref().and_then(|r| r.perms.export.as_ref());
+        if let Some(export) = export {
+            let subj = String::from_utf8_lossy(subject);
+            if !export.permits_subscribe(&subj) {
+                tracing::debug!(
+                    "{} - Can not export {subj:?}, ignoring remote subscription request",
+                    conn_label(&self.conn)
+                );
+                return;
+            }
+        }
         let Some(entry) = self.take_link(account) else {
             return;
         };
@@ -774,6 +792,12 @@ impl RouteSession {
             self.last_link = Some(entry);
             return;
         };
+        let import = self.route.as_ref().and_then(|r| r.perms.import.as_ref());
+        if import.is_some_and(|r| !r.permits_publish(subj)) {
+            // `cluster.permissions.import`: we never asked for it.
+            self.last_link = Some(entry);
+            return;
+        }
         let acc = &entry.0;
         let result = acc.sublist.matches(subj);
         let msg = Msg {
