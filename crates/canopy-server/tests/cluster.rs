@@ -503,3 +503,48 @@ fn cluster_permissions_import_export() {
     assert_eq!(cb.read_op().unwrap(), "MSG out.ok 1 1");
     assert_eq!(cb.read_op().unwrap(), "3");
 }
+
+/// bcrypt during a route CONNECT (unauthenticated peers can trigger it) runs off the
+/// runtime workers: a client's PING is answered while several peers authenticate at
+/// once (issue 11, item 8; before, every worker was busy hashing).
+#[test]
+fn route_bcrypt_does_not_stall_clients() {
+    use std::io::{Read, Write};
+    use std::time::Instant;
+    let p = free_fixed_port();
+    let s = ServerProcess::canopy(&format!(
+        "listen: 127.0.0.1:-1\ncluster {{ name: c, listen: \"127.0.0.1:{p}\", authorization {{ user: ruser, password: \"$2a$11$PWIFAL8RsWyGI3jVZtO9Nu8.6jOxzxfZo7c/W0eLk017hjgUKWrhy\" }} }}\n"
+    ))
+    .unwrap();
+    let (mut c, _) = canopy_testkit::RawClient::connect(&s.addr()).unwrap();
+    c.send_str("CONNECT {\"verbose\":false,\"pedantic\":false}\r\nPING\r\n")
+        .unwrap();
+    assert_eq!(c.read_op().unwrap(), "PONG");
+    let start = Instant::now();
+    let peers: Vec<_> = (0..2)
+        .map(|_| {
+            let mut r = std::net::TcpStream::connect(("127.0.0.1", p)).unwrap();
+            r.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            r.write_all(b"CONNECT {\"user\":\"ruser\",\"pass\":\"wrong\",\"name\":\"NPEER\",\"cluster\":\"c\"}\r\n")
+                .unwrap();
+            std::thread::spawn(move || {
+                let mut sink = Vec::new();
+                let _ = r.read_to_end(&mut sink);
+                start.elapsed()
+            })
+        })
+        .collect();
+    let mut worst = Duration::ZERO;
+    while !peers.iter().all(|t| t.is_finished()) {
+        let t = Instant::now();
+        c.send_str("PING\r\n").unwrap();
+        assert_eq!(c.read_op().unwrap(), "PONG");
+        worst = worst.max(t.elapsed());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let hashing = peers.into_iter().map(|t| t.join().unwrap()).max().unwrap();
+    assert!(
+        worst * 3 < hashing,
+        "a client waited {worst:?} for PONG while peers' bcrypt took {hashing:?}"
+    );
+}

@@ -504,11 +504,14 @@ impl RouteSession {
         let o = self.server.opts();
         if let Some(a) = o.cluster.as_ref().and_then(|c| c.authorization.as_ref()) {
             if let Some(u) = &a.user {
+                // bcrypt: an unauthenticated peer must not stall the worker.
                 let ok = &c.user == u
-                    && crate::auth::users::check_password(
-                        a.password.as_deref().unwrap_or(""),
-                        &c.pass,
-                    );
+                    && crate::auth::users::off_runtime(|| {
+                        crate::auth::users::check_password(
+                            a.password.as_deref().unwrap_or(""),
+                            &c.pass,
+                        )
+                    });
                 if !ok {
                     tracing::error!(
                         "{} - route from {:?} rejected: authorization violation for user {:?}",
