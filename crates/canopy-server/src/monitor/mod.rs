@@ -142,6 +142,13 @@ async fn handle_blocking(
         })
 }
 
+/// The status a monitoring request (`/connz?subs=1`, say) gets, as the monitoring port
+/// would answer it; `None` when it is not a valid request target. For the fuzz target.
+pub fn answer(server: &Arc<Server>, path_and_query: &str) -> Option<u16> {
+    let uri: hyper::Uri = path_and_query.parse().ok()?;
+    Some(handle(server, &uri, Endpoints::All).status().as_u16())
+}
+
 /// Decoded query parameters; the first occurrence of a key wins (Go's `Values.Get`).
 pub type Query = HashMap<String, String>;
 
