@@ -15,7 +15,7 @@ for f in crates/*/Cargo.toml; do
     fail=1
   fi
 done
-cargo metadata --format-version 1 --locked | python3 -c '
+cargo metadata --format-version 1 | python3 -c '
 import json, sys
 m = json.load(sys.stdin)
 def ver(s):
