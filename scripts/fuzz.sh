@@ -11,6 +11,10 @@
 #   sublist    crates/canopy-subject/fuzz   Sublist vs brute-force model, subject validators
 #   transform  crates/canopy-subject/fuzz   subject transforms: parse random mappings, apply to random subjects
 #   decoders   crates/canopy-store/fuzz     store decoders: records, sidecar indexes, snapshots, consumer state
+#   jwt        crates/canopy-server/fuzz    JWT decoding and operator/account verification
+#   creds      crates/canopy-server/fuzz    .creds files: JWT and seed blocks, claims, nkey
+#   server_url crates/canopy-server/fuzz    leaf/route URLs; host:port parses back the same
+#   monitor_query crates/canopy-server/fuzz monitoring query strings on every endpoint
 #
 # For each target the script builds it, replays the saved crash inputs in
 # crates/<crate>/fuzz/regressions/ (if any), then fuzzes for SECONDS, growing the local
@@ -21,7 +25,8 @@
 #
 # Usage: scripts/fuzz.sh [SECONDS] [TARGET...]
 #   SECONDS   fuzzing time per target (default 60)
-#   TARGET    any of parse, parse_str, sublist, transform, decoders (default: all)
+#   TARGET    any of parse, parse_str, sublist, transform, decoders, jwt, creds, server_url,
+#             monitor_query (default: all)
 # Environment:
 #   CARGO_TARGET_DIR  honoured (default: each fuzz crate's own fuzz/target)
 #   FUZZ_ARGS         extra libFuzzer flags, e.g. FUZZ_ARGS="-fork=2 -ignore_crashes=1"
@@ -43,9 +48,9 @@ case "${1:-}" in
 esac
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-declare -A CRATE=([parse]=canopy-proto [parse_str]=canopy-conf [sublist]=canopy-subject [transform]=canopy-subject [decoders]=canopy-store)
+declare -A CRATE=([parse]=canopy-proto [parse_str]=canopy-conf [sublist]=canopy-subject [transform]=canopy-subject [decoders]=canopy-store [jwt]=canopy-server [creds]=canopy-server [server_url]=canopy-server [monitor_query]=canopy-server)
 TARGETS=("$@")
-[ ${#TARGETS[@]} -eq 0 ] && TARGETS=(parse parse_str sublist transform decoders)
+[ ${#TARGETS[@]} -eq 0 ] && TARGETS=(parse parse_str sublist transform decoders jwt creds server_url monitor_query)
 for t in "${TARGETS[@]}"; do
     [ -n "${CRATE[$t]:-}" ] || { echo "fuzz.sh: unknown target $t (try --help)" >&2; exit 2; }
 done

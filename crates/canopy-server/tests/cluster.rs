@@ -342,3 +342,209 @@ async fn seed_hub_cluster_examples_run() {
     all.push(leaf.url());
     full_mesh_delivery(&all).await;
 }
+
+/// A configured route that reaches this server under another address (`localhost`
+/// instead of the listen IP) is recognised as ourselves and not dialled again (issue 11,
+/// item 3: `self_urls` was never written and the route was redialled every second).
+#[test]
+fn configured_route_to_self_is_not_redialled() {
+    let p = free_fixed_port();
+    let s = ServerProcess::canopy(&format!(
+        "listen: 127.0.0.1:-1\ndebug: true\ncluster {{ name: c, listen: \"127.0.0.1:{p}\", routes: [\"nats-route://localhost:{p}\"] }}\n"
+    ))
+    .unwrap();
+    assert_eventually!(
+        Duration::from_secs(10),
+        s.log().contains("is this server; not dialling it"),
+        "the route to self was not given up: {}",
+        s.log()
+    );
+}
+
+/// A peer we pretend to be: a raw route connection to `port` that registers as server
+/// `id` and can then gossip other members.
+fn fake_route_peer(port: u16, id: &str) -> canopy_testkit::RawClient {
+    let (mut c, info) = canopy_testkit::RawClient::connect(&format!("127.0.0.1:{port}")).unwrap();
+    assert!(info["server_id"].is_string());
+    c.send_str(&format!(
+        "CONNECT {{\"echo\":true,\"headers\":true,\"name\":\"{id}\",\"cluster\":\"c\"}}\r\nINFO {{\"server_id\":\"{id}\",\"server_name\":\"fake\",\"cluster\":\"c\",\"ip\":\"\"}}\r\nPING\r\n"
+    ))
+    .unwrap();
+    assert_eventually!(
+        Duration::from_secs(5),
+        c.read_op().map(|l| l == "PONG").unwrap_or(false),
+        "the fake route peer was not registered"
+    );
+    c
+}
+
+fn gossip(c: &mut canopy_testkit::RawClient, id: &str, url: &str) {
+    c.send_str(&format!(
+        "INFO {{\"server_id\":\"{id}\",\"server_name\":\"{id}\",\"cluster\":\"c\",\"ip\":\"{url}\"}}\r\n"
+    ))
+    .unwrap();
+}
+
+/// Gossiped (implicit) routes: one whose dial times out is given up after
+/// `connect_retries` (nats-server gives up on implicit routes; it was retried forever),
+/// and one that ends early (a bad URL) leaves `dialing`, so a later gossip of the same
+/// server is dialled (it was ignored forever).
+#[test]
+fn gossiped_routes_give_up_and_can_be_relearned() {
+    let p = free_fixed_port();
+    let s = ServerProcess::canopy(&format!(
+        "listen: 127.0.0.1:-1\ndebug: true\ncluster {{ name: c, listen: \"127.0.0.1:{p}\" }}\n"
+    ))
+    .unwrap();
+    let mut peer = fake_route_peer(p, "NFAKEPEER");
+    // A listener whose accept queue is full: a connect to it times out.
+    let blackhole = tokio::net::TcpSocket::new_v4().unwrap();
+    blackhole.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let bh_addr = blackhole.local_addr().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _bh = rt.block_on(async { blackhole.listen(0) }).unwrap();
+    let _filler = std::net::TcpStream::connect(bh_addr).unwrap();
+    // A listener that stands for the gossiped member once it is reachable.
+    let good = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    good.set_nonblocking(true).unwrap();
+    let good_url = format!("nats-route://{}", good.local_addr().unwrap());
+
+    gossip(&mut peer, "NTIMEOUT", &format!("nats-route://{bh_addr}"));
+    assert_eventually!(
+        Duration::from_secs(10),
+        s.log().contains("Giving up on implicit route"),
+        "a gossiped route that times out was not given up: {}",
+        s.log()
+    );
+    gossip(&mut peer, "NTIMEOUT", &good_url);
+    assert_eventually!(
+        Duration::from_secs(5),
+        good.accept().is_ok(),
+        "a gossiped member was not dialled after an earlier dial gave up: {}",
+        s.log()
+    );
+
+    gossip(&mut peer, "NBADURL", "nats-route://[::1");
+    gossip(&mut peer, "NBADURL", &good_url);
+    assert_eventually!(
+        Duration::from_secs(5),
+        good.accept().is_ok(),
+        "a gossiped member was not dialled after a dial with a bad URL: {}",
+        s.log()
+    );
+}
+
+/// `cluster { permissions }` as nats-server applies it (issue 11, item 5): `import`
+/// limits the interest we advertise over routes (and what we accept), `export` the remote
+/// interest we accept, and its deny list what we send to a permitted wildcard.
+#[test]
+fn cluster_permissions_import_export() {
+    let (p1, p2) = (free_fixed_port(), free_fixed_port());
+    let a = ServerProcess::canopy(&format!(
+        "listen: 127.0.0.1:-1\nhttp: 127.0.0.1:-1\ncluster {{ name: c, listen: \"127.0.0.1:{p1}\", routes: [\"nats-route://127.0.0.1:{p2}\"]\n  permissions {{ import: {{ allow: [\"in.>\"] }}, export: {{ allow: [\"out.>\"], deny: [\"out.secret\"] }} }}\n}}\n"
+    ))
+    .unwrap();
+    let b = ServerProcess::canopy(&format!(
+        "listen: 127.0.0.1:-1\nhttp: 127.0.0.1:-1\ncluster {{ name: c, listen: \"127.0.0.1:{p2}\", routes: [\"nats-route://127.0.0.1:{p1}\"] }}\n"
+    ))
+    .unwrap();
+    let servers = [a, b];
+    wait_routes(&servers);
+    let [a, b] = &servers;
+    let client = |s: &ServerProcess, subs: &str| {
+        let (mut c, _) = canopy_testkit::RawClient::connect(&s.addr()).unwrap();
+        c.send_str(&format!(
+            "CONNECT {{\"verbose\":false,\"pedantic\":false}}\r\n{subs}PING\r\n"
+        ))
+        .unwrap();
+        assert_eq!(c.read_op().unwrap(), "PONG");
+        c
+    };
+    let mut ca = client(a, "SUB in.> 1\r\nSUB other.> 2\r\n");
+    let mut cb = client(b, "SUB out.> 1\r\nSUB nope.> 2\r\n");
+    let route_subs = |s: &ServerProcess| -> Vec<String> {
+        s.monitor("/routez?subs=1")
+            .ok()
+            .and_then(|v| v["routes"][0]["subscriptions_list"].as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|x| x.as_str().map(String::from))
+            .collect()
+    };
+    // b hears a's `in.>` only; a keeps b's `out.>` only.
+    assert_eventually!(
+        Duration::from_secs(10),
+        route_subs(b).contains(&"in.>".to_string()) && route_subs(a).contains(&"out.>".to_string()),
+        "interest did not cross: a {:?} b {:?}",
+        route_subs(a),
+        route_subs(b)
+    );
+    assert!(
+        !route_subs(b).contains(&"other.>".to_string()),
+        "{:?}",
+        route_subs(b)
+    );
+    assert!(
+        !route_subs(a).contains(&"nope.>".to_string()),
+        "{:?}",
+        route_subs(a)
+    );
+    cb.send_str("PUB other.x 1\r\n1\r\nPUB in.x 1\r\n2\r\nPING\r\n")
+        .unwrap();
+    assert_eq!(cb.read_op().unwrap(), "PONG");
+    assert_eq!(ca.read_op().unwrap(), "MSG in.x 1 1");
+    assert_eq!(ca.read_op().unwrap(), "2");
+    ca.send_str("PUB nope.x 1\r\n1\r\nPUB out.secret 1\r\n2\r\nPUB out.ok 1\r\n3\r\nPING\r\n")
+        .unwrap();
+    assert_eq!(ca.read_op().unwrap(), "PONG");
+    assert_eq!(cb.read_op().unwrap(), "MSG out.ok 1 1");
+    assert_eq!(cb.read_op().unwrap(), "3");
+}
+
+/// bcrypt during a route CONNECT (unauthenticated peers can trigger it) runs off the
+/// runtime workers: a client's PING is answered while several peers authenticate at
+/// once (issue 11, item 8; before, every worker was busy hashing).
+#[test]
+fn route_bcrypt_does_not_stall_clients() {
+    use std::io::{Read, Write};
+    use std::time::Instant;
+    let p = free_fixed_port();
+    let s = ServerProcess::canopy(&format!(
+        "listen: 127.0.0.1:-1\ncluster {{ name: c, listen: \"127.0.0.1:{p}\", authorization {{ user: ruser, password: \"$2a$11$PWIFAL8RsWyGI3jVZtO9Nu8.6jOxzxfZo7c/W0eLk017hjgUKWrhy\" }} }}\n"
+    ))
+    .unwrap();
+    let (mut c, _) = canopy_testkit::RawClient::connect(&s.addr()).unwrap();
+    c.send_str("CONNECT {\"verbose\":false,\"pedantic\":false}\r\nPING\r\n")
+        .unwrap();
+    assert_eq!(c.read_op().unwrap(), "PONG");
+    let start = Instant::now();
+    let peers: Vec<_> = (0..2)
+        .map(|_| {
+            let mut r = std::net::TcpStream::connect(("127.0.0.1", p)).unwrap();
+            r.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            r.write_all(b"CONNECT {\"user\":\"ruser\",\"pass\":\"wrong\",\"name\":\"NPEER\",\"cluster\":\"c\"}\r\n")
+                .unwrap();
+            std::thread::spawn(move || {
+                let mut sink = Vec::new();
+                let _ = r.read_to_end(&mut sink);
+                start.elapsed()
+            })
+        })
+        .collect();
+    let mut worst = Duration::ZERO;
+    while !peers.iter().all(|t| t.is_finished()) {
+        let t = Instant::now();
+        c.send_str("PING\r\n").unwrap();
+        assert_eq!(c.read_op().unwrap(), "PONG");
+        worst = worst.max(t.elapsed());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let hashing = peers.into_iter().map(|t| t.join().unwrap()).max().unwrap();
+    assert!(
+        worst * 3 < hashing,
+        "a client waited {worst:?} for PONG while peers' bcrypt took {hashing:?}"
+    );
+}

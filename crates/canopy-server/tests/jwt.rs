@@ -748,3 +748,64 @@ async fn jwt_exports_and_imports() {
         assert!(m.subject.starts_with("_INBOX."), "leaked {}", m.subject);
     }
 }
+
+/// Operator mode in a cluster: an account that no server had created when the route
+/// formed (its JWT is resolved when its first user connects) still gets RS+ and RMSG
+/// across the route, both ways (issue 11, item 2). Interop: the same with nats-server as
+/// the peer.
+#[tokio::test]
+async fn operator_mode_cluster_runtime_account() {
+    let pki = Pki::new();
+    let app_jwt = pki.account_jwt(&pki.app, "APP", json!({}));
+    let user = KeyPair::new_user();
+    let user_creds = creds(&pki.user_jwt(&pki.app, &user, now() - 5, json!({})), &user);
+    let mut kinds = vec![false];
+    if nats_server_bin().is_some() {
+        kinds.push(true);
+    }
+    for go_peer in kinds {
+        let (p1, p2) = (free_fixed_port(), free_fixed_port());
+        let conf = |port: u16, peer: u16| {
+            format!(
+                "listen: 127.0.0.1:-1\nhttp: 127.0.0.1:-1\n{}cluster {{ name: op, listen: \"127.0.0.1:{port}\", routes: [\"nats-route://127.0.0.1:{peer}\"] }}\n",
+                pki.memory_conf(&app_jwt)
+            )
+        };
+        let a = ServerProcess::canopy(&conf(p1, p2)).unwrap();
+        let b = if go_peer {
+            ServerProcess::nats_server(&conf(p2, p1)).unwrap()
+        } else {
+            ServerProcess::canopy(&conf(p2, p1)).unwrap()
+        };
+        assert_eventually!(
+            Duration::from_secs(10),
+            a.monitor("/routez")
+                .map(|v| v["num_routes"] == 1)
+                .unwrap_or(false),
+            "route did not form: {}",
+            a.log()
+        );
+        // The account exists nowhere yet: the first client on `a` creates it there
+        // and subscribes; `b` meets the account first in an RS+.
+        let na = connect_creds(&a.url(), &user_creds).await;
+        let mut sub_a = na.subscribe("to.a").await.unwrap();
+        na.flush().await.unwrap();
+        sync(&na).await;
+        let nb = connect_creds(&b.url(), &user_creds).await;
+        // b -> a
+        let mut got = false;
+        for _ in 0..50 {
+            nb.publish("to.a", "x".into()).await.unwrap();
+            nb.flush().await.unwrap();
+            if let Ok(Some(_)) =
+                tokio::time::timeout(Duration::from_millis(100), sub_a.next()).await
+            {
+                got = true;
+                break;
+            }
+        }
+        assert!(got, "b -> a (go peer: {go_peer}): {}", a.log());
+        // a -> b
+        roundtrip(&na, &nb, "to.b").await;
+    }
+}

@@ -218,3 +218,83 @@ fn trace_logs_protocol_ops() {
     assert!(log.contains("<<- [SUB foo 1]"));
     assert!(log.contains("MSG_PAYLOAD: [\"hell\"...]"), "{log}");
 }
+
+/// A reload that changes imports or exports is refused (the import agent is built at
+/// start), not reported as applied; moving the same imports to other lines is no change
+/// (issue 11, item 4).
+#[test]
+fn reload_refuses_import_export_changes() {
+    let conf = |extra_line: &str, subject: &str| {
+        format!(
+            "listen: 127.0.0.1:-1\n{extra_line}accounts {{\n  A {{ users: [{{user: a, password: a}}], exports: [{{stream: \"{subject}\"}}] }}\n  B {{ users: [{{user: b, password: b}}], imports: [{{stream: {{account: A, subject: \"{subject}\"}}}}] }}\n}}\n"
+        )
+    };
+    let s = ServerProcess::canopy(&conf("", "ev.>")).unwrap();
+    // Same imports and exports on other lines: reloads.
+    std::fs::write(&s.config_path, conf("\n\n", "ev.>")).unwrap();
+    s.signal("HUP").unwrap();
+    assert_eventually!(
+        Duration::from_secs(5),
+        s.log().contains("Reloaded server configuration"),
+        "no reload: {}",
+        s.log()
+    );
+    std::fs::write(&s.config_path, conf("", "other.>")).unwrap();
+    s.signal("HUP").unwrap();
+    assert_eventually!(
+        Duration::from_secs(5),
+        s.log().contains(
+            "Failed to reload server configuration: config reload not supported for accounts: imports/exports of \"A\", \"B\" changed"
+        ),
+        "{}",
+        s.log()
+    );
+    assert_eq!(s.log().matches("Reloaded server configuration").count(), 1);
+}
+
+/// Leaf node keys that are parsed but not acted on are refused at start with file:line,
+/// not silently ignored (issue 11, item 5).
+#[test]
+fn ignored_leafnode_keys_refuse_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    for (body, line, what) in [
+        ("  write_deadline: \"5s\"\n", 3, "leafnodes.write_deadline"),
+        ("  min_version: \"2.8.0\"\n", 3, "leafnodes.min_version"),
+        (
+            "  isolate_leafnode_interest: true\n",
+            3,
+            "leafnodes.isolate_leafnode_interest",
+        ),
+        (
+            "  remotes: [\n    { url: \"nats-leaf://127.0.0.1:7422\", isolate: true }\n  ]\n",
+            4,
+            "leafnodes.remotes[].isolate_leafnode_interest",
+        ),
+    ] {
+        let conf = format!("port: -1\nleafnodes {{\n{body}}}\n");
+        // Refused at start (bounded: the testkit waits at most 10 s for readiness)…
+        let err = match ServerProcess::canopy(&conf) {
+            Ok(_) => panic!("{what}: the server started"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            err.contains(&format!("server.conf:{line}:")),
+            "{what}: {err}"
+        );
+        assert!(
+            err.contains(&format!(
+                "{what} is not supported yet (not implemented yet)"
+            )),
+            "{err}"
+        );
+        // …and named by `-t`.
+        let p = dir.path().join("leaf.conf");
+        std::fs::write(&p, &conf).unwrap();
+        let (code, out, _) = run(&["-t", "-c", p.to_str().unwrap()]);
+        assert_eq!(code, 0, "{out}");
+        assert!(
+            out.contains(&format!("leaf.conf:{line}:")) && out.contains(what),
+            "{what}: {out}"
+        );
+    }
+}

@@ -453,3 +453,48 @@ fn nkey_user_authenticates_with_signed_nonce() {
     .unwrap();
     expect_err(&mut c, "Authorization Violation");
 }
+
+/// A sid reused after its subscription auto-unsubscribed is a new subscription (issue 11
+/// item 1: the client's own map kept the dead entry and ignored the second SUB).
+#[test]
+fn sid_reused_after_auto_unsubscribe_is_live() {
+    let s = server("");
+    let mut c = connected(&s, "{}");
+    c.send_str("SUB foo 1\r\nUNSUB 1 1\r\nPUB foo 2\r\nhi\r\nPING\r\n")
+        .unwrap();
+    assert_eq!(c.read_op().unwrap(), "MSG foo 1 2");
+    assert_eq!(c.read_op().unwrap(), "hi");
+    assert_eq!(c.read_op().unwrap(), "PONG");
+    c.send_str("SUB foo 1\r\nPUB foo 3\r\nbye\r\nPING\r\n")
+        .unwrap();
+    assert_eq!(c.read_op().unwrap(), "MSG foo 1 3");
+    assert_eq!(c.read_op().unwrap(), "bye");
+    assert_eq!(c.read_op().unwrap(), "PONG");
+    // Many auto-unsubscribed requests, each with its own sid, then the same sid again
+    // many times: every SUB is live, and the connection's subscription count is right.
+    let mut batch = String::new();
+    for i in 0..500 {
+        batch.push_str(&format!(
+            "SUB r.{i} {}\r\nUNSUB {} 1\r\nPUB r.{i} 1\r\nx\r\n",
+            10 + i,
+            10 + i
+        ));
+    }
+    batch.push_str("PING\r\n");
+    c.send_str(&batch).unwrap();
+    for i in 0..500 {
+        assert_eq!(c.read_op().unwrap(), format!("MSG r.{i} {} 1", 10 + i));
+        assert_eq!(c.read_op().unwrap(), "x");
+    }
+    assert_eq!(c.read_op().unwrap(), "PONG");
+    for _ in 0..3 {
+        c.send_str("SUB again 7\r\nUNSUB 7 1\r\nPUB again 1\r\ny\r\nPING\r\n")
+            .unwrap();
+        assert_eq!(c.read_op().unwrap(), "MSG again 7 1");
+        assert_eq!(c.read_op().unwrap(), "y");
+        assert_eq!(c.read_op().unwrap(), "PONG");
+    }
+    let connz = s.monitor("/connz").unwrap();
+    // Only `SUB foo 1` (the second one) is still live.
+    assert_eq!(connz["connections"][0]["subscriptions"], 1);
+}

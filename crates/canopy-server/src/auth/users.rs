@@ -46,6 +46,19 @@ fn is_bcrypt(s: &str) -> bool {
 }
 
 /// Compares a presented secret with a configured one (plain or bcrypt hash).
+/// Runs blocking work (bcrypt, signature checks) from a synchronous handler that is on a
+/// runtime worker, without stalling that worker's other tasks: on the multi-thread runtime
+/// the worker first hands its queued tasks to another thread (`block_in_place`); elsewhere
+/// (a current-thread runtime in unit tests, no runtime) it just runs.
+pub fn off_runtime<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
 pub fn check_password(configured: &str, presented: &str) -> bool {
     if is_bcrypt(configured) {
         bcrypt::verify(presented, configured).unwrap_or(false)

@@ -128,6 +128,9 @@ pub struct Link {
     /// A leaf that authenticated as a client user: that user's permissions (publish: what
     /// it may send us; subscribe: what it may receive).
     pub perms: Option<Arc<crate::core::perms::Perms>>,
+    /// Only interest these rules permit is advertised to the peer (routes:
+    /// `cluster.permissions.import`, nats-server's `canImport`).
+    pub import: Option<Arc<crate::core::perms::SubjectRules>>,
 }
 
 impl Link {
@@ -154,6 +157,7 @@ impl Link {
             reconnects: AtomicU64::new(0),
             route_account: None,
             perms: None,
+            import: None,
         }
     }
 
@@ -353,7 +357,11 @@ impl Account {
 fn sync_key(link: &Link, key: &Key, sources: &[Source]) {
     let dst = link.class();
     let mut desired: u32 = 0;
-    if link.advertise.load(Ordering::Relaxed) && !denied(&link.deny_advertise, &key.0) {
+    let imported = link
+        .import
+        .as_ref()
+        .is_none_or(|r| r.permits_subscribe(&key.0));
+    if link.advertise.load(Ordering::Relaxed) && imported && !denied(&link.deny_advertise, &key.0) {
         for s in sources {
             let same_peer = s
                 .peer

@@ -50,9 +50,10 @@ pub struct Perms {
     pub allow_responses: Option<(u64, std::time::Duration)>,
 }
 
-impl Perms {
-    pub fn from_config(p: &Permissions) -> Perms {
-        let rules = |sp: &Option<canopy_conf::SubjectPermission>| match sp {
+impl SubjectRules {
+    /// Compiles one direction of a permissions block (`None`: no rules).
+    pub fn from_config(sp: &Option<canopy_conf::SubjectPermission>) -> SubjectRules {
+        match sp {
             None => SubjectRules::default(),
             Some(sp) => SubjectRules {
                 allow: if sp.allow.is_empty() {
@@ -62,7 +63,13 @@ impl Perms {
                 },
                 deny: sp.deny.clone(),
             },
-        };
+        }
+    }
+}
+
+impl Perms {
+    pub fn from_config(p: &Permissions) -> Perms {
+        let rules = SubjectRules::from_config;
         let mut publish = rules(&p.publish);
         // With allow_responses and no publish rules, a user may publish replies only.
         if p.allow_responses.is_some() && p.publish.is_none() {

@@ -72,7 +72,7 @@ pub(crate) async fn serve_http(server: Arc<Server>, listener: TcpListener, which
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 let s = s.clone();
-                async move { Ok::<_, Infallible>(handle(&s, req.uri(), which)) }
+                async move { Ok::<_, Infallible>(handle_blocking(s, req.uri().clone(), which).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
@@ -111,13 +111,42 @@ pub async fn serve_https(server: Arc<Server>, listener: TcpListener) {
             let s2 = s.clone();
             let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 let s = s2.clone();
-                async move { Ok::<_, Infallible>(handle(&s, req.uri(), Endpoints::All)) }
+                async move {
+                    Ok::<_, Infallible>(handle_blocking(s, req.uri().clone(), Endpoints::All).await)
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
         });
     }
+}
+
+/// Answers a request on the blocking pool: `/connz`, `/subsz` and the like walk every
+/// connection or subscription, which must not hold a runtime worker (and the readers
+/// queued on it) for that long.
+async fn handle_blocking(
+    server: Arc<Server>,
+    uri: hyper::Uri,
+    which: Endpoints,
+) -> Response<Full<Bytes>> {
+    tokio::task::spawn_blocking(move || handle(&server, &uri, which))
+        .await
+        .unwrap_or_else(|e| {
+            tracing::error!("monitoring request failed: {e}");
+            text_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "text/plain",
+                "internal error".into(),
+            )
+        })
+}
+
+/// The status a monitoring request (`/connz?subs=1`, say) gets, as the monitoring port
+/// would answer it; `None` when it is not a valid request target. For the fuzz target.
+pub fn answer(server: &Arc<Server>, path_and_query: &str) -> Option<u16> {
+    let uri: hyper::Uri = path_and_query.parse().ok()?;
+    Some(handle(server, &uri, Endpoints::All).status().as_u16())
 }
 
 /// Decoded query parameters; the first occurrence of a key wins (Go's `Values.Get`).

@@ -227,10 +227,12 @@ pub fn main() -> i32 {
         for (pos, what) in opts.extensions_used() {
             println!("{prog}: {pos}: Canopy extension: {what}");
         }
+        let leaf_keys = opts.leafnodes.as_ref().map(leaf_keys_not_implemented);
         for (pos, what) in opts
             .unsupported()
             .into_iter()
             .chain(crate::services::jetstream::unsupported(&opts))
+            .chain(leaf_keys.into_iter().flatten())
         {
             println!("{prog}: {pos}: note: {what}; the server refuses to start with it");
         }
@@ -249,6 +251,7 @@ pub fn main() -> i32 {
                 "leafnodes.reconnect_buffer_size (store-and-forward) is not supported yet".into(),
             ));
         }
+        unsupported.extend(leaf_keys_not_implemented(lo));
         for r in &lo.remotes {
             if let Some(m) = r.account_mappings.first() {
                 unsupported.push((
@@ -575,4 +578,48 @@ pub async fn run_server(opts: Options, f: Flags, prog: String) -> anyhow::Result
     }
     tracing::info!("Server Exiting..");
     Ok(())
+}
+
+/// Parsed nats-server leaf node keys the leaf role does not act on yet: refused at start
+/// (and named by `-t`), not silently ignored.
+fn leaf_keys_not_implemented(lo: &canopy_conf::LeafNodeOpts) -> Vec<(canopy_conf::Pos, String)> {
+    let mut out = Vec::new();
+    for (keys, set, what) in [
+        (
+            &["write_deadline", "write_timeout"][..],
+            lo.write_deadline.is_some(),
+            "leafnodes.write_deadline",
+        ),
+        (
+            &["min_version"][..],
+            lo.min_version.is_some(),
+            "leafnodes.min_version",
+        ),
+        (
+            &["isolate_leafnode_interest", "isolate"][..],
+            lo.isolate_leafnode_interest,
+            "leafnodes.isolate_leafnode_interest",
+        ),
+    ] {
+        if set {
+            let pos = keys
+                .iter()
+                .find_map(|k| lo.key_pos.get(*k))
+                .unwrap_or(&lo.pos);
+            out.push((pos.clone(), format!("{what} is not supported yet")));
+        }
+    }
+    for r in &lo.remotes {
+        if r.isolate_leafnode_interest {
+            let pos = ["isolate_leafnode_interest", "isolate"]
+                .iter()
+                .find_map(|k| r.key_pos.get(*k))
+                .unwrap_or(&r.pos);
+            out.push((
+                pos.clone(),
+                "leafnodes.remotes[].isolate_leafnode_interest is not supported yet".into(),
+            ));
+        }
+    }
+    out
 }

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use canopy_conf::{AccountConfig, Export, Import, Pos};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::process::flags::Flags;
@@ -75,6 +76,27 @@ fn try_reload(server: &Arc<Server>, flags: &Flags) -> Result<(), String> {
             fixed.join(", ")
         ));
     }
+    // The import agent is built at start from the imports and exports; until it can be
+    // rebuilt live, a change to them is refused rather than reported as applied.
+    let changed: Vec<&str> = new
+        .accounts
+        .iter()
+        .filter(|a| {
+            old.account(&a.name)
+                .is_some_and(|b| !same_imports_exports(a, b))
+        })
+        .map(|a| a.name.as_str())
+        .collect();
+    if !changed.is_empty() {
+        return Err(format!(
+            "config reload not supported for accounts: imports/exports of {} changed",
+            changed
+                .iter()
+                .map(|n| format!("{n:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
     if !new.unsupported().is_empty() {
         let what: Vec<String> = new
             .unsupported()
@@ -90,6 +112,38 @@ fn try_reload(server: &Arc<Server>, flags: &Flags) -> Result<(), String> {
     server.set_tls(tls);
     server.apply_reload(new);
     Ok(())
+}
+
+/// True when two versions of an account import and export the same (positions in the
+/// file aside).
+fn same_imports_exports(a: &AccountConfig, b: &AccountConfig) -> bool {
+    fn imports(v: &[Import]) -> Vec<Import> {
+        v.iter()
+            .cloned()
+            .map(|mut i| {
+                match &mut i {
+                    Import::Stream { pos, .. } | Import::Service { pos, .. } => {
+                        *pos = Pos::default()
+                    }
+                }
+                i
+            })
+            .collect()
+    }
+    fn exports(v: &[Export]) -> Vec<Export> {
+        v.iter()
+            .cloned()
+            .map(|mut e| {
+                match &mut e {
+                    Export::Stream { pos, .. } | Export::Service { pos, .. } => {
+                        *pos = Pos::default()
+                    }
+                }
+                e
+            })
+            .collect()
+    }
+    imports(&a.imports) == imports(&b.imports) && exports(&a.exports) == exports(&b.exports)
 }
 
 /// `--signal <cmd>[=<pid>]`: sends the matching signal to a running server.

@@ -32,6 +32,16 @@ const SPIN_FOR: Duration = Duration::from_micros(50);
 const L1_CACHE_MAX: usize = 256;
 /// Entries in the per-connection publish-permission cache before it is cleared.
 const PERM_CACHE_MAX: usize = 1024;
+/// The smallest size of a client's subscription map at which auto-unsubscribed entries
+/// are swept out of it.
+const SUBS_SWEEP_MIN: usize = 64;
+
+/// True when a subscription reached its auto-unsubscribe limit: the delivering reader
+/// took it out of the Sublist, and only the client's own map still holds it.
+fn auto_unsubscribed(s: &Subscription) -> bool {
+    let max = s.max.load(Ordering::Relaxed);
+    max > 0 && s.delivered.load(Ordering::Relaxed) >= max
+}
 
 struct Client {
     server: Arc<Server>,
@@ -39,6 +49,9 @@ struct Client {
     account: Arc<Account>,
     perms: Option<Arc<Perms>>,
     subs: HashMap<Bytes, SubRef>,
+    /// `subs` is swept of auto-unsubscribed entries when it reaches this size (doubling,
+    /// so the sweep costs O(1) per SUB amortized).
+    subs_sweep_at: usize,
     connected: bool,
     auth_required: bool,
     nonce: String,
@@ -130,6 +143,7 @@ where
         conn: conn.clone(),
         perms: None,
         subs: HashMap::new(),
+        subs_sweep_at: SUBS_SWEEP_MIN,
         connected: false,
         auth_required: auth.required(),
         nonce,
@@ -702,17 +716,24 @@ impl Client {
                 return;
             }
         }
-        if self.subs.contains_key(&sid) {
-            // nats-server ignores a SUB that reuses a live sid.
-            self.ok();
-            return;
+        if let Some(old) = self.subs.get(&sid) {
+            if !auto_unsubscribed(old) {
+                // nats-server ignores a SUB that reuses a live sid.
+                self.ok();
+                return;
+            }
+            // The old subscription is gone (auto-unsubscribed): the sid is free again.
+            self.subs.remove(&sid);
+        }
+        if self.subs.len() >= self.subs_sweep_at {
+            // Auto-unsubscribed entries (requests, mostly) would otherwise stay for the
+            // life of the connection.
+            self.subs.retain(|_, s| !auto_unsubscribed(s));
+            self.subs_sweep_at = (self.subs.len() * 2).max(SUBS_SWEEP_MIN);
         }
         if let Some(max) = self.max_subs.filter(|m| self.subs.len() >= *m) {
             // Drop subscriptions that hit their auto-unsubscribe limit before refusing.
-            self.subs.retain(|_, s| {
-                s.max.load(Ordering::Relaxed) == 0
-                    || s.delivered.load(Ordering::Relaxed) < s.max.load(Ordering::Relaxed)
-            });
+            self.subs.retain(|_, s| !auto_unsubscribed(s));
             if self.subs.len() >= max {
                 tracing::error!(
                     "{} - Maximum Subscriptions Exceeded (max {max})",

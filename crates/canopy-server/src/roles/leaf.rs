@@ -411,7 +411,12 @@ impl Session {
             );
             return false;
         }
-        let (account, perms) = match authenticate_leaf(&self.server, &c, &self.nonce) {
+        // bcrypt and signature checks: an unauthenticated peer must not stall the worker.
+        let server = &self.server;
+        let nonce = &self.nonce;
+        let authenticated =
+            crate::auth::users::off_runtime(|| authenticate_leaf(server, &c, nonce));
+        let (account, perms) = match authenticated {
             Ok(a) => a,
             Err(who) => {
                 tracing::error!(

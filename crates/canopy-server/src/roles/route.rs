@@ -28,7 +28,7 @@ use crate::core::errors;
 use crate::core::interest::{Link, LinkClass};
 use crate::core::url::ServerUrl;
 pub use crate::server::links::Cluster;
-use crate::server::links::Route;
+use crate::server::links::{Route, RoutePerms};
 use crate::server::version;
 use crate::server::Server;
 
@@ -119,12 +119,24 @@ impl Server {
         }
     }
 
-    /// Starts dialling the configured routes.
+    /// Starts dialling the configured routes, and gives every account created later (a
+    /// JWT resolved at run time) its link on each established route.
     pub fn start_routes(self: &Arc<Self>) {
         let o = self.opts();
         let Some(c) = &o.cluster else {
             return;
         };
+        let weak = Arc::downgrade(self);
+        self.on_account(Arc::new(move |acc, event| {
+            let Some(server) = weak.upgrade() else {
+                return;
+            };
+            if event == crate::server::AccountEvent::Created {
+                for route in server.routes() {
+                    add_route_link(&route, acc);
+                }
+            }
+        }));
         for url in &c.routes {
             let s = self.clone();
             let url = url.clone();
@@ -133,8 +145,15 @@ impl Server {
     }
 
     /// Dials a route until it is established (explicit routes: forever, reconnecting
-    /// after drops; implicit ones: `connect_retries` attempts).
+    /// after drops; implicit ones: `connect_retries` attempts, as nats-server gives up
+    /// on implicit routes).
     async fn dial_route(self: Arc<Self>, url: String, expect_id: Option<String>, explicit: bool) {
+        // However this returns, the peer's id leaves `dialing`, so gossip can start
+        // another dial later.
+        let _dialing = DialingGuard {
+            server: self.clone(),
+            id: expect_id.clone(),
+        };
         let (hostport, user, pass) = match parse_route_url(&url) {
             Ok(x) => x,
             Err(e) => {
@@ -155,7 +174,6 @@ impl Server {
             }
             if let Some(id) = &expect_id {
                 if self.routes().iter().any(|r| &r.remote_id == id) {
-                    self.cluster.dialing.lock().remove(id);
                     return;
                 }
             }
@@ -182,64 +200,61 @@ impl Server {
                 continue;
             }
             attempt += 1;
-            match tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(&hostport)).await
-            {
-                Ok(Ok(stream)) => {
-                    let _ = stream.set_nodelay(true);
-                    let addr = stream
-                        .peer_addr()
-                        .unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
-                    if explicit {
-                        attempt = 0;
-                    }
-                    let connect = RouteConnect {
-                        echo: true,
-                        headers: true,
-                        name: self.id.clone(),
-                        cluster: self.cluster_name(),
-                        user: user.clone().unwrap_or_default(),
-                        pass: pass.clone().unwrap_or_default(),
-                        tls_required: self.tls().route_dial.is_some(),
-                        ..Default::default()
-                    };
-                    serve_route(
-                        self.clone(),
-                        stream,
-                        addr,
-                        Some((connect, url.clone(), explicit)),
-                    )
-                    .await;
-                    if !explicit {
-                        // Implicit routes are redialled only by the smaller id (as
-                        // nats-server does), and only while no other route to the peer
-                        // exists; `connect_retries` (at least 3) bounds the attempts.
-                        let retry = expect_id.as_ref().is_some_and(|id| {
-                            self.id.as_str() < id.as_str()
-                                && !self.routes().iter().any(|r| &r.remote_id == id)
-                        });
-                        if !retry || attempt > retries.max(3) {
-                            if let Some(id) = &expect_id {
-                                self.cluster.dialing.lock().remove(id);
+            let failed =
+                match tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(&hostport))
+                    .await
+                {
+                    Ok(Ok(stream)) => {
+                        let _ = stream.set_nodelay(true);
+                        let addr = stream
+                            .peer_addr()
+                            .unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
+                        if explicit {
+                            attempt = 0;
+                        }
+                        let connect = RouteConnect {
+                            echo: true,
+                            headers: true,
+                            name: self.id.clone(),
+                            cluster: self.cluster_name(),
+                            user: user.clone().unwrap_or_default(),
+                            pass: pass.clone().unwrap_or_default(),
+                            tls_required: self.tls().route_dial.is_some(),
+                            ..Default::default()
+                        };
+                        serve_route(
+                            self.clone(),
+                            stream,
+                            addr,
+                            Some((connect, url.clone(), explicit)),
+                        )
+                        .await;
+                        if !explicit {
+                            // Implicit routes are redialled only by the smaller id (as
+                            // nats-server does), and only while no other route to the peer
+                            // exists; `connect_retries` (at least 3) bounds the attempts.
+                            let retry = expect_id.as_ref().is_some_and(|id| {
+                                self.id.as_str() < id.as_str()
+                                    && !self.routes().iter().any(|r| &r.remote_id == id)
+                            });
+                            if !retry || attempt > retries.max(3) {
+                                return;
                             }
-                            return;
                         }
+                        None
                     }
+                    Ok(Err(e)) => Some(e.to_string()),
+                    Err(_) => Some("i/o timeout".to_string()),
+                };
+            if let Some(e) = failed {
+                if attempt == 1 || attempt.is_multiple_of(30) {
+                    tracing::error!(
+                        "Error trying to connect to route (attempt {attempt}): dial tcp {hostport}: {e}"
+                    );
                 }
-                Ok(Err(e)) => {
-                    if attempt == 1 || attempt.is_multiple_of(30) {
-                        tracing::error!(
-                            "Error trying to connect to route (attempt {attempt}): dial tcp {hostport}: {e}"
-                        );
-                    }
-                    if !explicit && attempt > retries {
-                        if let Some(id) = &expect_id {
-                            self.cluster.dialing.lock().remove(id);
-                        }
-                        return;
-                    }
-                }
-                Err(_) => {
-                    tracing::error!("Error trying to connect to route {hostport}: timed out");
+                if !explicit && attempt > retries {
+                    tracing::debug!("Giving up on implicit route {url} after {attempt} attempt(s)");
+                    return;
                 }
             }
             tokio::select! {
@@ -248,6 +263,47 @@ impl Server {
             }
         }
     }
+}
+
+/// Removes a server id from the cluster's `dialing` set when the dial that added it ends.
+struct DialingGuard {
+    server: Arc<Server>,
+    id: Option<String>,
+}
+
+impl Drop for DialingGuard {
+    fn drop(&mut self) {
+        if let Some(id) = &self.id {
+            self.server.cluster.dialing.lock().remove(id);
+        }
+    }
+}
+
+/// Gives `route` its link for `acc` unless it has one (`register` and the account hook
+/// may both see a new account). The link's creation sends our interest in `acc` as RS+.
+fn add_route_link(route: &Arc<Route>, acc: &Arc<Account>) {
+    let link = {
+        let mut links = route.links.lock();
+        if route.conn.is_closed() || links.iter().any(|(a, _)| Arc::ptr_eq(a, acc)) {
+            return;
+        }
+        let mut link = Link::new(
+            route.conn.clone(),
+            route.remote_id.clone(),
+            route.remote_name.clone(),
+            route.solicited,
+            route.url.clone(),
+            Vec::new(),
+            Vec::new(),
+        );
+        link.route_account = Some(Bytes::copy_from_slice(acc.name.as_bytes()));
+        link.import = route.perms.import.clone();
+        let link = Arc::new(link);
+        links.push((acc.clone(), link.clone()));
+        link
+    };
+    acc.add_link(link);
+    route.conn.flush_signal();
 }
 
 fn advertise_host(h: &str) -> String {
@@ -293,6 +349,11 @@ async fn serve_route(
     let conn = Arc::new(ConnShared::new(cid, ConnKind::Route, addr, usize::MAX));
     conn.link_class
         .store(LinkClass::Route as u8, Ordering::Relaxed);
+    // `cluster.permissions.export` deny rules: never sent, even to a permitted wildcard
+    // subscription (nats-server checks them at delivery too).
+    if let Some(export) = RoutePerms::from_options(&server.opts()).export {
+        let _ = conn.deny_send.set(export.deny.clone());
+    }
     // Cluster TLS: the handshake comes first on both sides, before CONNECT and INFO.
     let dial = solicit.as_ref().map(|(_, u, _)| {
         let hp = url_hostport(u);
@@ -443,11 +504,14 @@ impl RouteSession {
         let o = self.server.opts();
         if let Some(a) = o.cluster.as_ref().and_then(|c| c.authorization.as_ref()) {
             if let Some(u) = &a.user {
+                // bcrypt: an unauthenticated peer must not stall the worker.
                 let ok = &c.user == u
-                    && crate::auth::users::check_password(
-                        a.password.as_deref().unwrap_or(""),
-                        &c.pass,
-                    );
+                    && crate::auth::users::off_runtime(|| {
+                        crate::auth::users::check_password(
+                            a.password.as_deref().unwrap_or(""),
+                            &c.pass,
+                        )
+                    });
                 if !ok {
                     tracing::error!(
                         "{} - route from {:?} rejected: authorization violation for user {:?}",
@@ -505,6 +569,10 @@ impl RouteSession {
                 "{} - Detected route to self, ignoring",
                 conn_label(&self.conn)
             );
+            if let Some((url, _)) = &self.solicit {
+                // Another address of ours: never dialled again.
+                server.cluster.self_urls.lock().insert(url_hostport(url));
+            }
             self.conn.close(CloseReason::Other("route to self".into()));
             return false;
         }
@@ -547,6 +615,7 @@ impl RouteSession {
             url: info.ip.clone(),
             connect_urls: info.connect_urls.clone(),
             links: Mutex::new(Vec::new()),
+            perms: RoutePerms::from_options(&server.opts()),
         });
         {
             let mut routes = server.cluster.routes.lock();
@@ -585,20 +654,9 @@ impl RouteSession {
         }
         let _ = self.conn.peer_id.set(Arc::from(route.remote_id.as_str()));
         // One link per account: our interest (clients and downlinks) goes out as RS+.
+        // Accounts created later get theirs from the hook `start_routes` installs.
         for acc in server.accounts() {
-            let mut link = Link::new(
-                self.conn.clone(),
-                route.remote_id.clone(),
-                route.remote_name.clone(),
-                solicited,
-                route.url.clone(),
-                Vec::new(),
-                Vec::new(),
-            );
-            link.route_account = Some(Bytes::copy_from_slice(acc.name.as_bytes()));
-            let link = Arc::new(link);
-            route.links.lock().push((acc.clone(), link.clone()));
-            acc.add_link(link);
+            add_route_link(&route, &acc);
         }
         self.conn.registered.store(true, Ordering::Relaxed);
         self.conn.send_ping();
@@ -656,10 +714,39 @@ impl RouteSession {
             .iter()
             .find(|(a, _)| a.name.as_bytes() == account)
             .cloned();
+        if found.is_some() {
+            return found;
+        }
+        // Operator mode: an account the peer uses but we have not needed yet. nats-server
+        // looks it up in its resolver here; ours holds the JWTs in memory, so creating
+        // it costs no I/O. Its creation hook gives this route its link.
+        let name = std::str::from_utf8(account).ok()?;
+        let trust = self.server.trust()?;
+        trust.account(name)?;
+        let acc = self.server.account_for_jwt(name);
+        let route = self.route.as_ref()?;
+        add_route_link(route, &acc);
+        let found = route
+            .links
+            .lock()
+            .iter()
+            .find(|(a, _)| Arc::ptr_eq(a, &acc))
+            .cloned();
         found
     }
 
     fn on_rsub(&mut self, account: &[u8], subject: &[u8], queue: Option<Bytes>, weight: u32) {
+        let export = self.route.as_ref().and_then(|r| r.perms.export.as_ref());
+        if let Some(export) = export {
+            let subj = String::from_utf8_lossy(subject);
+            if !export.permits_subscribe(&subj) {
+                tracing::debug!(
+                    "{} - Can not export {subj:?}, ignoring remote subscription request",
+                    conn_label(&self.conn)
+                );
+                return;
+            }
+        }
         let Some(entry) = self.take_link(account) else {
             return;
         };
@@ -708,6 +795,12 @@ impl RouteSession {
             self.last_link = Some(entry);
             return;
         };
+        let import = self.route.as_ref().and_then(|r| r.perms.import.as_ref());
+        if import.is_some_and(|r| !r.permits_publish(subj)) {
+            // `cluster.permissions.import`: we never asked for it.
+            self.last_link = Some(entry);
+            return;
+        }
         let acc = &entry.0;
         let result = acc.sublist.matches(subj);
         let msg = Msg::from_link(&subject, reply.as_deref(), header_len, &payload);

@@ -11,6 +11,7 @@ use parking_lot::Mutex;
 use crate::core::account::Account;
 use crate::core::conn::ConnShared;
 use crate::core::interest::Link;
+use crate::core::perms::SubjectRules;
 
 /// One established route.
 pub struct Route {
@@ -24,6 +25,32 @@ pub struct Route {
     pub url: String,
     pub connect_urls: Vec<String>,
     pub(crate) links: Mutex<Vec<(Arc<Account>, Arc<Link>)>>,
+    /// `cluster.permissions`: `import` limits the interest we advertise and the messages
+    /// we accept, `export` the interest we accept (and, its deny list, what we send).
+    pub perms: RoutePerms,
+}
+
+/// `cluster.permissions`, compiled (`None`: no rules in that direction).
+#[derive(Clone, Default)]
+pub struct RoutePerms {
+    pub import: Option<Arc<SubjectRules>>,
+    pub export: Option<Arc<SubjectRules>>,
+}
+
+impl RoutePerms {
+    pub fn from_options(o: &canopy_conf::Options) -> RoutePerms {
+        let Some(p) = o.cluster.as_ref().and_then(|c| c.permissions.as_ref()) else {
+            return RoutePerms::default();
+        };
+        let rules = |sp: &Option<canopy_conf::SubjectPermission>| {
+            sp.is_some()
+                .then(|| Arc::new(SubjectRules::from_config(sp)))
+        };
+        RoutePerms {
+            import: rules(&p.import),
+            export: rules(&p.export),
+        }
+    }
 }
 
 /// Cluster state kept by the server.
