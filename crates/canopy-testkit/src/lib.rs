@@ -205,6 +205,15 @@ impl ServerProcess {
         }
     }
 
+    /// The ports file's JSON (`nats`, `monitoring`, `leafnode`, `cluster` URL lists).
+    pub fn ports_file(&self) -> Result<serde_json::Value> {
+        let ent = std::fs::read_dir(self.dir.path().join("ports"))?
+            .flatten()
+            .next()
+            .ok_or_else(|| anyhow!("no ports file"))?;
+        Ok(serde_json::from_str(&std::fs::read_to_string(ent.path())?)?)
+    }
+
     /// Kills the process now.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

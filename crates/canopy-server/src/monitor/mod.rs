@@ -368,7 +368,8 @@ fn varz_cluster(s: &Server, o: &canopy_conf::Options) -> Value {
         v.insert("name".into(), json!(name));
     }
     v.insert("addr".into(), json!(co.host));
-    v.insert("cluster_port".into(), json!(co.port));
+    let port = s.route_addr.lock().map_or(co.port, |a| i32::from(a.port()));
+    v.insert("cluster_port".into(), json!(port));
     let auth_timeout = co
         .authorization
         .as_ref()
@@ -401,14 +402,15 @@ fn varz_cluster(s: &Server, o: &canopy_conf::Options) -> Value {
 
 /// `/varz` `leaf`: the listener's settings and the configured remotes (URLs shown as
 /// `host:port`, never with credentials), with nats-server's omissions.
-fn varz_leaf(o: &canopy_conf::Options) -> Value {
+fn varz_leaf(s: &Server, o: &canopy_conf::Options) -> Value {
     let Some(lo) = &o.leafnodes else {
         return json!({});
     };
     let mut v = Map::new();
     if lo.port != 0 {
         v.insert("host".into(), json!(lo.host));
-        v.insert("port".into(), json!(lo.port));
+        let port = s.leaf_addr.lock().map_or(lo.port, |a| i32::from(a.port()));
+        v.insert("port".into(), json!(port));
         let auth_timeout = lo
             .authorization
             .as_ref()
@@ -494,7 +496,7 @@ pub fn varz(s: &Arc<Server>) -> Value {
         "max_pending": o.max_pending,
         "cluster": varz_cluster(s, &o),
         "gateway": {},
-        "leaf": varz_leaf(&o),
+        "leaf": varz_leaf(s, &o),
         "mqtt": {},
         "websocket": {},
         "jetstream": s.jetstream().map_or(json!({}), |js| js.varz()),

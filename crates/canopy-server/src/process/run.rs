@@ -6,9 +6,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use canopy_conf::{Options, Pos};
-use tokio::net::TcpListener;
 
 use crate::process::flags::{self, Flags};
+use crate::process::listen::{bind, join_host_port, Bound};
 use crate::server::version;
 use crate::server::Server;
 
@@ -388,20 +388,10 @@ pub fn main() -> i32 {
     match rt.block_on(run_server(opts, f, prog)) {
         Ok(()) => 0,
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("[FTL] {e:#}");
+            crate::server::logging::fatal(&format!("{e:#}"));
             1
         }
     }
-}
-
-async fn bind(host: &str, port: i32) -> anyhow::Result<TcpListener> {
-    let port = if port < 0 { 0 } else { port as u16 };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let l = TcpListener::bind((host, port))
-        .await
-        .map_err(|e| anyhow::anyhow!("Error listening on {host}:{port}: {e}"))?;
-    Ok(l)
 }
 
 fn fmt_hostport(a: &SocketAddr) -> String {
@@ -426,8 +416,9 @@ pub async fn run_server(opts: Options, f: Flags, prog: String) -> anyhow::Result
     let mut monitoring_urls = Vec::new();
     if let Some(hp) = opts.http_port {
         let host = opts.http_host.clone().unwrap_or_else(|| opts.host.clone());
-        let l = bind(&host, hp).await?;
-        let addr = l.local_addr()?;
+        let Bound { listener: l, addr } = bind(&host, hp).await.map_err(|e| {
+            anyhow::anyhow!("Can't start monitoring: can't listen to the monitor port: {e}")
+        })?;
         *server.http_addr.lock() = Some(addr);
         tracing::info!("Starting http monitor on {}", fmt_hostport(&addr));
         monitoring_urls.push(format!("http://{}", fmt_hostport(&addr)));
@@ -435,22 +426,29 @@ pub async fn run_server(opts: Options, f: Flags, prog: String) -> anyhow::Result
     }
     if let Some(hp) = opts.https_port {
         let host = opts.http_host.clone().unwrap_or_else(|| opts.host.clone());
-        let l = bind(&host, hp).await?;
-        let addr = l.local_addr()?;
+        let Bound { listener: l, addr } = bind(&host, hp).await.map_err(|e| {
+            anyhow::anyhow!("Can't start monitoring: can't listen to the monitor port: {e}")
+        })?;
         tracing::info!("Starting https monitor on {}", fmt_hostport(&addr));
         monitoring_urls.push(format!("https://{}", fmt_hostport(&addr)));
         tokio::spawn(crate::monitor::serve_https(server.clone(), l));
     }
     let mut prometheus_url = None;
     if let Some(p) = &opts.prometheus {
-        let l = bind(&p.host, p.port).await?;
-        let paddr = l.local_addr()?;
+        let Bound {
+            listener: l,
+            addr: paddr,
+        } = bind(&p.host, p.port)
+            .await
+            .map_err(|e| anyhow::anyhow!("Can't start prometheus metrics: {e}"))?;
         tracing::info!("Starting prometheus metrics on {paddr}");
         prometheus_url = Some(format!("http://{paddr}/metrics"));
         tokio::spawn(crate::monitor::metrics::serve_metrics(server.clone(), l));
     }
-    let listener = bind(&opts.host, opts.port).await?;
-    let addr = listener.local_addr()?;
+    let Bound { listener, addr } = bind(&opts.host, opts.port).await.map_err(|e| {
+        let hp = join_host_port(&opts.host, opts.port.max(0) as u16);
+        anyhow::anyhow!("Error listening on port: {hp}, {e:?}")
+    })?;
     *server.client_addr.lock() = Some(addr);
     tracing::info!(
         "Listening for client connections on {}:{}",
@@ -473,8 +471,12 @@ pub async fn run_server(opts: Options, f: Flags, prog: String) -> anyhow::Result
 
     let mut leaf_url = None;
     if let Some(lo) = opts.leafnodes.as_ref().filter(|l| l.port != 0) {
-        let l = bind(&lo.host, lo.port).await?;
-        let laddr = l.local_addr()?;
+        let Bound {
+            listener: l,
+            addr: laddr,
+        } = bind(&lo.host, lo.port).await.map_err(|e| {
+            anyhow::anyhow!("Error listening on leafnode port: {} - {e}", lo.port.max(0))
+        })?;
         tracing::info!(
             "Listening for leafnode connections on {}:{}",
             lo.host,
@@ -490,14 +492,19 @@ pub async fn run_server(opts: Options, f: Flags, prog: String) -> anyhow::Result
             laddr.port()
         ));
         *server.leaf_url.lock() = leaf_url.clone();
+        *server.leaf_addr.lock() = Some(laddr);
         tokio::spawn(crate::roles::leaf::accept_leafs(server.clone(), l));
     }
     let mut route_url = None;
     if let Some(c) = &opts.cluster {
         *server.cluster.name.lock() = c.name.clone().unwrap_or_default();
         if c.port != 0 {
-            let l = bind(&c.host, c.port).await?;
-            let raddr = l.local_addr()?;
+            let Bound {
+                listener: l,
+                addr: raddr,
+            } = bind(&c.host, c.port).await.map_err(|e| {
+                anyhow::anyhow!("Error listening on router port: {} - {e}", c.port.max(0))
+            })?;
             let url = match &c.advertise {
                 Some(a) => format!("nats-route://{a}/"),
                 None => format!(
@@ -511,6 +518,7 @@ pub async fn run_server(opts: Options, f: Flags, prog: String) -> anyhow::Result
                 ),
             };
             *server.cluster.url.lock() = url.clone();
+            *server.route_addr.lock() = Some(raddr);
             tracing::info!("Cluster name is {}", server.cluster_name());
             tracing::info!(
                 "Listening for route connections on {}:{}",

@@ -46,6 +46,10 @@ pub struct Server {
     pub ldm: AtomicBool,
     pub client_addr: Mutex<Option<SocketAddr>>,
     pub http_addr: Mutex<Option<SocketAddr>>,
+    /// The leafnode and route listeners' addresses once bound (`/varz` shows the real
+    /// ports when the configuration asked for a random one).
+    pub leaf_addr: Mutex<Option<SocketAddr>>,
+    pub route_addr: Mutex<Option<SocketAddr>>,
     pub config_load_time: Mutex<SystemTime>,
     pub system_account: String,
     remotes: Mutex<Vec<Arc<links::RemoteState>>>,
@@ -116,6 +120,8 @@ impl Server {
             ldm: AtomicBool::new(false),
             client_addr: Mutex::new(None),
             http_addr: Mutex::new(None),
+            leaf_addr: Mutex::new(None),
+            route_addr: Mutex::new(None),
             config_load_time: Mutex::new(SystemTime::now()),
             system_account,
             remotes: Mutex::new(Vec::new()),

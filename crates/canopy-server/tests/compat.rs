@@ -1,0 +1,157 @@
+//! What clients and launchers notice of the process beyond the protocol: start-up errors
+//! in nats-server's words, shutdown order and timing, dual-stack listeners, and the
+//! meaning of the message counters. Each is checked against Debian's nats-server 2.9.10
+//! where it is installed.
+
+#![allow(clippy::unwrap_used)]
+
+use std::io::Read;
+use std::net::{TcpListener, TcpStream};
+use std::process::Command;
+use std::time::Duration;
+
+use canopy_testkit::{canopy_bin, nats_server_bin, Impl, RawClient, ServerProcess};
+
+fn kinds() -> Vec<Impl> {
+    let mut k = vec![Impl::Canopy];
+    if nats_server_bin().is_some() {
+        k.push(Impl::NatsServer);
+    }
+    k
+}
+
+fn bin(kind: Impl) -> std::path::PathBuf {
+    match kind {
+        Impl::Canopy => canopy_bin(),
+        Impl::NatsServer => nats_server_bin().unwrap(),
+    }
+}
+
+/// `[pid] yyyy/mm/dd hh:mm:ss.uuuuuu [FTL] ` followed by the message.
+fn fatal_line(stderr: &str) -> Option<&str> {
+    stderr.lines().find_map(|l| {
+        let rest = l.strip_prefix('[')?;
+        let (pid, rest) = rest.split_once("] ")?;
+        if !pid.chars().all(|c| c.is_ascii_digit()) || pid.is_empty() {
+            return None;
+        }
+        // date and time: 2026/12/05 02:14:00.212644
+        let (date, rest) = rest.split_once(' ')?;
+        let (time, rest) = rest.split_once(' ')?;
+        let date_ok = date.len() == 10 && date.chars().filter(|c| *c == '/').count() == 2;
+        let time_ok = time.len() == 15 && time.as_bytes().get(8) == Some(&b'.');
+        if !(date_ok && time_ok) {
+            return None;
+        }
+        rest.strip_prefix("[FTL] ")
+    })
+}
+
+/// Item 7: a busy client port is reported in nats-server's words, on a `[FTL]` line.
+#[test]
+fn busy_port_is_fatal_in_nats_server_words() {
+    let held = TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    let want =
+        format!("Error listening on port: 0.0.0.0:{port}, \"listen tcp 0.0.0.0:{port}: bind: address already in use\"");
+    for kind in kinds() {
+        let out = Command::new(bin(kind))
+            .args(["-p", &port.to_string()])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{kind:?}: {err}");
+        let line = fatal_line(&err);
+        assert_eq!(line, Some(want.as_str()), "{kind:?}: {err}");
+    }
+    // The monitoring and route listeners too.
+    for (flags, want) in [
+        (
+            vec!["-p".to_string(), "-1".into(), "-m".into(), port.to_string()],
+            format!("Can't start monitoring: can't listen to the monitor port: listen tcp 0.0.0.0:{port}: bind: address already in use"),
+        ),
+        (
+            vec![
+                "-p".to_string(),
+                "-1".into(),
+                "--cluster".into(),
+                format!("nats://127.0.0.1:{port}"),
+            ],
+            format!("Error listening on router port: {port} - listen tcp 127.0.0.1:{port}: bind: address already in use"),
+        ),
+    ] {
+        for kind in kinds() {
+            let out = Command::new(bin(kind)).args(&flags).output().unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{kind:?}: {err}");
+            assert_eq!(fatal_line(&err), Some(want.as_str()), "{kind:?}: {err}");
+        }
+    }
+    // With -l the fatal line is in the log file as well.
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("s.log");
+    let out = Command::new(canopy_bin())
+        .args(["-p", &port.to_string(), "-l", log.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(fatal_line(&text), Some(want.as_str()), "{text}");
+    drop(held);
+}
+
+fn ipv6_available() -> bool {
+    TcpListener::bind("[::1]:0").is_ok()
+}
+
+fn first_line(addr: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 5];
+    s.read_exact(&mut buf).unwrap();
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// Item 5: with the default host every listener is dual-stack and accepts `[::1]`.
+#[test]
+fn default_host_listeners_accept_ipv6() {
+    if !ipv6_available() {
+        eprintln!("no IPv6 on this host; skipped");
+        return;
+    }
+    let conf = "port: -1\nhttp_port: -1\nleafnodes { port: -1 }\ncluster { name: six, port: -1 }\n";
+    for kind in kinds() {
+        let s = ServerProcess::start(kind, conf, &[]).unwrap();
+        // nats-server 2.9.10's ports file has no leafnode entry: ask /varz.
+        let varz = s.monitor("/varz").unwrap();
+        let leaf_port = varz["leaf"]["port"].as_u64().unwrap();
+        let route_port = varz["cluster"]["cluster_port"].as_u64().unwrap();
+        assert_eq!(
+            first_line(&format!("[::1]:{}", s.port)),
+            "INFO ",
+            "{kind:?} client"
+        );
+        assert_eq!(
+            first_line(&format!("[::1]:{}", leaf_port)),
+            "INFO ",
+            "{kind:?} leaf"
+        );
+        assert_eq!(
+            first_line(&format!("[::1]:{}", route_port)),
+            "INFO ",
+            "{kind:?} route"
+        );
+        let http = s.http_port.unwrap();
+        let mut h = TcpStream::connect(format!("[::1]:{http}")).unwrap();
+        h.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        std::io::Write::write_all(&mut h, b"GET /varz HTTP/1.0\r\n\r\n").unwrap();
+        let mut resp = String::new();
+        let _ = h.read_to_string(&mut resp);
+        assert!(
+            resp.starts_with("HTTP/1.1 200") || resp.starts_with("HTTP/1.0 200"),
+            "{kind:?} http: {resp}"
+        );
+        // IPv4 still works on the same listener.
+        assert_eq!(first_line(&format!("127.0.0.1:{}", s.port)), "INFO ");
+    }
+}
