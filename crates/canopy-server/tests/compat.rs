@@ -8,7 +8,7 @@
 use std::io::Read;
 use std::net::{TcpListener, TcpStream};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use canopy_testkit::{canopy_bin, nats_server_bin, Impl, RawClient, ServerProcess};
 
@@ -98,6 +98,55 @@ fn busy_port_is_fatal_in_nats_server_words() {
     let text = std::fs::read_to_string(&log).unwrap();
     assert_eq!(fatal_line(&text), Some(want.as_str()), "{text}");
     drop(held);
+}
+
+/// Reads until the server closes the connection; returns when it did.
+fn wait_eof(s: &mut TcpStream, within: Duration) -> Instant {
+    s.set_read_timeout(Some(within)).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return Instant::now(),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Item 4: on SIGTERM the listener closes before the clients, and the process exits right
+/// after the client sockets close.
+#[test]
+fn sigterm_closes_listener_then_clients_then_exits_promptly() {
+    for kind in kinds() {
+        let mut s = ServerProcess::start(kind, "listen: 127.0.0.1:-1\n", &[]).unwrap();
+        let addr = s.addr();
+        let (mut c, _) = RawClient::connect(&addr).unwrap();
+        c.send_str("CONNECT {\"verbose\":false}\r\nPING\r\n")
+            .unwrap();
+        assert_eq!(c.read_op().unwrap(), "PONG");
+        let mut stream = c.stream.try_clone().unwrap();
+        s.signal("TERM").unwrap();
+        let child = s.child_mut().unwrap();
+        let (eof, refused, exited) = std::thread::scope(|sc| {
+            let waiter = sc.spawn(move || {
+                let _ = child.wait();
+                Instant::now()
+            });
+            let eof = wait_eof(&mut stream, Duration::from_secs(5));
+            // Reconnecting at once must not reach the server that is going away.
+            let refused = TcpStream::connect(&addr).is_err();
+            (eof, refused, waiter.join().unwrap())
+        });
+        let gap = exited.saturating_duration_since(eof);
+        eprintln!("{kind:?}: client socket closed -> process exited: {gap:?}");
+        assert!(
+            refused,
+            "{kind:?}: listener still accepting after clients were closed"
+        );
+        assert!(
+            gap < Duration::from_millis(20),
+            "{kind:?}: exit came {gap:?} after the client socket closed"
+        );
+    }
 }
 
 fn ipv6_available() -> bool {

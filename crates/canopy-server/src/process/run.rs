@@ -385,7 +385,10 @@ pub fn main() -> i32 {
             return 1;
         }
     };
-    match rt.block_on(run_server(opts, f, prog)) {
+    let res = rt.block_on(run_server(opts, f, prog));
+    // Exit at once: tasks still parked (reconnect timers, services) are not waited for.
+    rt.shutdown_background();
+    match res {
         Ok(()) => 0,
         Err(e) => {
             crate::server::logging::fatal(&format!("{e:#}"));
@@ -414,6 +417,8 @@ pub async fn run_server(opts: Options, f: Flags, prog: String) -> anyhow::Result
     // Before the listeners: the first client already finds JetStream.
     let jetstream = crate::services::jetstream::start(&server)?;
     let mut monitoring_urls = Vec::new();
+    // The accept loops: each owns its listener, so ending the task closes the socket.
+    let mut listeners: Vec<tokio::task::JoinHandle<()>> = Vec::new();
     if let Some(hp) = opts.http_port {
         let host = opts.http_host.clone().unwrap_or_else(|| opts.host.clone());
         let Bound { listener: l, addr } = bind(&host, hp).await.map_err(|e| {
@@ -422,7 +427,7 @@ pub async fn run_server(opts: Options, f: Flags, prog: String) -> anyhow::Result
         *server.http_addr.lock() = Some(addr);
         tracing::info!("Starting http monitor on {}", fmt_hostport(&addr));
         monitoring_urls.push(format!("http://{}", fmt_hostport(&addr)));
-        tokio::spawn(crate::monitor::serve(server.clone(), l));
+        listeners.push(tokio::spawn(crate::monitor::serve(server.clone(), l)));
     }
     if let Some(hp) = opts.https_port {
         let host = opts.http_host.clone().unwrap_or_else(|| opts.host.clone());
@@ -431,7 +436,7 @@ pub async fn run_server(opts: Options, f: Flags, prog: String) -> anyhow::Result
         })?;
         tracing::info!("Starting https monitor on {}", fmt_hostport(&addr));
         monitoring_urls.push(format!("https://{}", fmt_hostport(&addr)));
-        tokio::spawn(crate::monitor::serve_https(server.clone(), l));
+        listeners.push(tokio::spawn(crate::monitor::serve_https(server.clone(), l)));
     }
     let mut prometheus_url = None;
     if let Some(p) = &opts.prometheus {
@@ -443,7 +448,10 @@ pub async fn run_server(opts: Options, f: Flags, prog: String) -> anyhow::Result
             .map_err(|e| anyhow::anyhow!("Can't start prometheus metrics: {e}"))?;
         tracing::info!("Starting prometheus metrics on {paddr}");
         prometheus_url = Some(format!("http://{paddr}/metrics"));
-        tokio::spawn(crate::monitor::metrics::serve_metrics(server.clone(), l));
+        listeners.push(tokio::spawn(crate::monitor::metrics::serve_metrics(
+            server.clone(),
+            l,
+        )));
     }
     let Bound { listener, addr } = bind(&opts.host, opts.port).await.map_err(|e| {
         let hp = join_host_port(&opts.host, opts.port.max(0) as u16);
@@ -464,10 +472,10 @@ pub async fn run_server(opts: Options, f: Flags, prog: String) -> anyhow::Result
             tracing::warn!("Clients that do not use TLS are allowed (allow_non_tls)");
         }
     }
-    tokio::spawn(crate::roles::client::accept_clients(
+    listeners.push(tokio::spawn(crate::roles::client::accept_clients(
         server.clone(),
         listener,
-    ));
+    )));
 
     let mut leaf_url = None;
     if let Some(lo) = opts.leafnodes.as_ref().filter(|l| l.port != 0) {
@@ -493,7 +501,10 @@ pub async fn run_server(opts: Options, f: Flags, prog: String) -> anyhow::Result
         ));
         *server.leaf_url.lock() = leaf_url.clone();
         *server.leaf_addr.lock() = Some(laddr);
-        tokio::spawn(crate::roles::leaf::accept_leafs(server.clone(), l));
+        listeners.push(tokio::spawn(crate::roles::leaf::accept_leafs(
+            server.clone(),
+            l,
+        )));
     }
     let mut route_url = None;
     if let Some(c) = &opts.cluster {
@@ -526,7 +537,10 @@ pub async fn run_server(opts: Options, f: Flags, prog: String) -> anyhow::Result
                 raddr.port()
             );
             route_url = Some(url.trim_end_matches('/').to_string());
-            tokio::spawn(crate::roles::route::accept_routes(server.clone(), l));
+            listeners.push(tokio::spawn(crate::roles::route::accept_routes(
+                server.clone(),
+                l,
+            )));
         }
         server.start_routes();
     }
@@ -569,12 +583,25 @@ pub async fn run_server(opts: Options, f: Flags, prog: String) -> anyhow::Result
 
     crate::process::signal::wait(server.clone(), f).await;
     tracing::info!("Initiating Shutdown...");
+    // As nats-server: listeners first (a client that sees its connection close and
+    // reconnects at once is refused, not accepted by a server about to vanish), then
+    // the connections, then exit as soon as their sockets are shut.
+    server.accepting.cancel();
+    for l in &listeners {
+        l.abort();
+    }
+    for l in listeners {
+        let _ = l.await;
+    }
     server.shutdown_now();
     if let Some(js) = &jetstream {
         js.shutdown();
     }
-    // Give writers a moment to flush their last bytes.
-    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    // Writers flush what was queued and shut their sockets; bounded by the writers'
+    // own closing deadlines.
+    server
+        .wait_connections_closed(std::time::Duration::from_secs(3))
+        .await;
     if let Some(p) = ports_file {
         let _ = std::fs::remove_file(p);
     }

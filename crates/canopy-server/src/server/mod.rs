@@ -36,6 +36,8 @@ pub struct Server {
     accounts: RwLock<HashMap<String, Arc<Account>>>,
     global: Arc<Account>,
     conns: Mutex<HashMap<u64, Arc<ConnShared>>>,
+    /// Notified whenever a connection is forgotten (shutdown waits on it).
+    conn_removed: tokio::sync::Notify,
     pub closed: Mutex<std::collections::VecDeque<ClosedConn>>,
     next_cid: AtomicU64,
     pub stats: ServerStats,
@@ -112,6 +114,7 @@ impl Server {
             accounts: RwLock::new(accounts),
             global,
             conns: Mutex::new(HashMap::new()),
+            conn_removed: tokio::sync::Notify::new(),
             closed: Mutex::new(std::collections::VecDeque::new()),
             next_cid: AtomicU64::new(1),
             stats: ServerStats::default(),
@@ -285,6 +288,7 @@ impl Server {
     /// Forgets a closed connection, counting slow consumers and keeping it for `/connz`.
     pub fn remove_conn(&self, conn: &Arc<ConnShared>) {
         self.conns.lock().remove(&conn.cid);
+        self.conn_removed.notify_waiters();
         let reason = conn.close_reason().unwrap_or(CloseReason::ClientClosed);
         match reason {
             CloseReason::SlowConsumerPendingBytes | CloseReason::SlowConsumerWriteDeadline => {
@@ -473,6 +477,24 @@ impl Server {
         }
         self.accounts_removed();
         self.shutdown.cancel();
+    }
+
+    /// Waits until every registered connection has been forgotten (its writer flushed and
+    /// shut the socket), at most `within`.
+    pub async fn wait_connections_closed(&self, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let notified = self.conn_removed.notified();
+            tokio::pin!(notified);
+            // Registered before checking, so a removal in between is not missed.
+            notified.as_mut().enable();
+            if self.conns.lock().is_empty() {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return;
+            }
+        }
     }
 
     /// Closes every connection and stops everything.
