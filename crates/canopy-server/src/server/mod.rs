@@ -423,6 +423,9 @@ impl Server {
             match accepted {
                 Ok((stream, addr)) => {
                     let _ = stream.set_nodelay(true);
+                    // Dual-stack listeners see IPv4 peers as `::ffff:a.b.c.d`; report
+                    // them as IPv4, as nats-server does.
+                    let addr = std::net::SocketAddr::new(addr.ip().to_canonical(), addr.port());
                     tokio::spawn(serve(self.clone(), stream, addr));
                 }
                 Err(e) => {
