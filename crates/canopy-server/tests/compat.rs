@@ -204,3 +204,79 @@ fn default_host_listeners_accept_ipv6() {
         assert_eq!(first_line(&format!("127.0.0.1:{}", s.port)), "INFO ");
     }
 }
+
+fn counters(v: &serde_json::Value) -> [u64; 4] {
+    ["in_msgs", "out_msgs", "in_bytes", "out_bytes"].map(|k| v[k].as_u64().unwrap_or(u64::MAX))
+}
+
+/// What the counters say after a fixed exchange: a plain and a header message to two
+/// subscribers (one without headers), and one message nobody hears.
+fn counters_after_exchange(kind: Impl) -> (Vec<(String, [u64; 4])>, serde_json::Value, [u64; 4]) {
+    let s = ServerProcess::start(kind, "listen: 127.0.0.1:-1\nhttp: 127.0.0.1:-1\n", &[]).unwrap();
+    let connect = |name: &str, headers: bool| {
+        let (mut c, _) = RawClient::connect(&s.addr()).unwrap();
+        c.send_str(&format!(
+            "CONNECT {{\"verbose\":false,\"headers\":{headers},\"name\":\"{name}\",\"protocol\":1}}\r\nSUB foo 1\r\nPING\r\n"
+        ))
+        .unwrap();
+        assert_eq!(c.read_op().unwrap(), "PONG");
+        c
+    };
+    let mut sub = connect("sub", true);
+    let mut nohdr = connect("nohdr", false);
+    let mut publisher = connect("pub", true);
+    publisher
+        .send_str("PUB foo 5\r\nhello\r\nHPUB foo 12 17\r\nNATS/1.0\r\n\r\nhello\r\nPUB nobody 3\r\nabc\r\nPING\r\n")
+        .unwrap();
+    // Own SUB foo: the publisher hears its messages too (echo).
+    for c in [&mut sub, &mut nohdr, &mut publisher] {
+        let mut seen = 0;
+        while seen < 2 {
+            let l = c.read_op().unwrap();
+            if l.starts_with("MSG ") || l.starts_with("HMSG ") {
+                seen += 1;
+                let n: usize = l.rsplit(' ').next().unwrap().parse().unwrap();
+                c.read_payload(n).unwrap();
+            }
+        }
+    }
+    assert_eq!(publisher.read_op().unwrap(), "PONG");
+    let connz = s.monitor("/connz").unwrap();
+    let mut rows: Vec<(String, [u64; 4])> = connz["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["name"].as_str().unwrap_or("").to_string(), counters(c)))
+        .collect();
+    rows.sort();
+    let acc = s.monitor("/accstatz").unwrap()["account_statz"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["acc"] == "$G")
+        .map(|a| serde_json::json!({"sent": a["sent"], "received": a["received"]}))
+        .unwrap();
+    let varz = counters(&s.monitor("/varz").unwrap());
+    (rows, acc, varz)
+}
+
+/// Item 6: per-connection, per-account and server counters mean what nats-server's
+/// mean: messages and payload bytes (headers included; a receiver without headers is
+/// counted what it was sent), not protocol framing.
+#[test]
+fn message_counters_count_payload_bytes_as_nats_server() {
+    let (rows, acc, varz) = counters_after_exchange(Impl::Canopy);
+    // nohdr: 5 + 5 (headers stripped); sub: 5 + 17; pub: its own two plus 25 bytes in.
+    assert_eq!(
+        rows,
+        vec![
+            ("nohdr".to_string(), [0, 2, 0, 10]),
+            ("pub".to_string(), [3, 2, 25, 22]),
+            ("sub".to_string(), [0, 2, 0, 22]),
+        ]
+    );
+    if nats_server_bin().is_some() {
+        let theirs = counters_after_exchange(Impl::NatsServer);
+        assert_eq!((&rows, &acc, varz), (&theirs.0, &theirs.1, theirs.2));
+    }
+}

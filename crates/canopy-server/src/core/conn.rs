@@ -65,7 +65,8 @@ impl std::fmt::Display for CloseReason {
     }
 }
 
-/// Per-connection counters, read by monitoring.
+/// Per-connection counters, read by monitoring. As nats-server's: messages and their
+/// payload bytes (headers included), not protocol framing.
 #[derive(Debug, Default)]
 pub struct ConnStats {
     pub in_msgs: AtomicU64,
@@ -403,7 +404,6 @@ pub async fn writer_loop<W: AsyncWrite + Unpin>(conn: Arc<ConnShared>, mut wr: W
         };
         conn.take_into(&mut mine);
         if !mine.is_empty() {
-            let n = mine.len();
             let deadline = if closing {
                 live.write_deadline.min(Duration::from_secs(2))
             } else {
@@ -415,10 +415,10 @@ pub async fn writer_loop<W: AsyncWrite + Unpin>(conn: Arc<ConnShared>, mut wr: W
                 wr.write_all(&mine).await?;
                 wr.flush().await
             };
+            // `out_bytes` counts message payloads where they are delivered, not the
+            // protocol written here (nats-server's meaning).
             match tokio::time::timeout(deadline, write).await {
-                Ok(Ok(())) => {
-                    conn.stats.out_bytes.fetch_add(n as u64, Ordering::Relaxed);
-                }
+                Ok(Ok(())) => {}
                 Ok(Err(e)) => {
                     conn.close(CloseReason::WriteError(e.to_string()));
                     break;

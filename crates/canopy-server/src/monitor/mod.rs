@@ -1084,8 +1084,8 @@ pub fn accstatz(s: &Arc<Server>) -> Value {
                 "leafnodes": a.num_leafs.load(Ordering::Relaxed),
                 "total_conns": a.client_connections() + a.num_leafs.load(Ordering::Relaxed),
                 "num_subscriptions": a.sublist.count(),
-                "sent": {"msgs": a.out_msgs.load(Ordering::Relaxed)},
-                "received": {"msgs": a.in_msgs.load(Ordering::Relaxed)},
+                "sent": {"msgs": a.out_msgs.load(Ordering::Relaxed), "bytes": a.out_bytes.load(Ordering::Relaxed)},
+                "received": {"msgs": a.in_msgs.load(Ordering::Relaxed), "bytes": a.in_bytes.load(Ordering::Relaxed)},
             })
         })
         .collect();

@@ -304,6 +304,9 @@ impl Client {
             self.account
                 .in_msgs
                 .fetch_add(self.batch_in_msgs, Ordering::Relaxed);
+            self.account
+                .in_bytes
+                .fetch_add(self.batch_in_bytes, Ordering::Relaxed);
             self.batch_in_msgs = 0;
             self.batch_in_bytes = 0;
         }
@@ -314,6 +317,9 @@ impl Client {
             self.account
                 .out_msgs
                 .fetch_add(self.batch_out_msgs, Ordering::Relaxed);
+            self.account
+                .out_bytes
+                .fetch_add(self.batch_out_bytes, Ordering::Relaxed);
             self.batch_out_msgs = 0;
             self.batch_out_bytes = 0;
         }
