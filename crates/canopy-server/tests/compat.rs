@@ -280,3 +280,106 @@ fn message_counters_count_payload_bytes_as_nats_server() {
         assert_eq!((&rows, &acc, varz), (&theirs.0, &theirs.1, theirs.2));
     }
 }
+
+fn num_routes(s: &ServerProcess) -> u64 {
+    s.monitor("/routez")
+        .ok()
+        .and_then(|v| v["num_routes"].as_u64())
+        .unwrap_or(0)
+}
+
+/// Reads ops (answering PINGs) until an INFO satisfies `want`; panics after the read
+/// timeout.
+fn info_until(c: &mut RawClient, what: &str, want: impl Fn(&serde_json::Value) -> bool) {
+    loop {
+        let l = c
+            .read_op()
+            .unwrap_or_else(|e| panic!("no INFO with {what}: {e}"));
+        if let Some(json) = l.strip_prefix("INFO ") {
+            let v: serde_json::Value = serde_json::from_str(json).unwrap();
+            if want(&v) {
+                return;
+            }
+        }
+    }
+}
+
+fn urls(v: &serde_json::Value, key: &str) -> Vec<String> {
+    v[key]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|u| u.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Item 3: when a route peer joins or leaves, clients that sent `protocol:1` get an INFO
+/// with the new `connect_urls` (the peer's `client_advertise`), leafs one with the new
+/// `leafnode_urls`; with `cluster { no_advertise }` clients hear nothing of the cluster.
+#[test]
+fn cluster_changes_reach_clients_and_leafs_as_async_info() {
+    for kind in kinds() {
+        for no_advertise in [false, true] {
+            let cport = canopy_testkit::free_fixed_port();
+            let a = ServerProcess::start(
+                kind,
+                &format!(
+                    "listen: 127.0.0.1:-1\nhttp: 127.0.0.1:-1\nleafnodes {{ listen: 127.0.0.1:-1 }}\ncluster {{ name: disc, listen: 127.0.0.1:{cport}, no_advertise: {no_advertise} }}\n"
+                ),
+                &[],
+            )
+            .unwrap();
+            let (mut client, info) = RawClient::connect(&a.addr()).unwrap();
+            client
+                .send_str("CONNECT {\"verbose\":false,\"protocol\":1}\r\nPING\r\n")
+                .unwrap();
+            assert_eq!(client.read_op().unwrap(), "PONG");
+            if no_advertise {
+                assert!(urls(&info, "connect_urls").is_empty(), "{kind:?}: {info}");
+            }
+            let leaf_port = a.monitor("/varz").unwrap()["leaf"]["port"]
+                .as_u64()
+                .unwrap();
+            let (mut leaf, linfo) = RawClient::connect(&format!("127.0.0.1:{leaf_port}")).unwrap();
+            assert_eq!(urls(&linfo, "leafnode_urls").len(), 1, "{kind:?}: {linfo}");
+            leaf.send_str("CONNECT {\"name\":\"rawleaf\",\"headers\":true}\r\nPING\r\n")
+                .unwrap();
+            info_until(&mut leaf, "connect_info", |_| true);
+
+            let b = ServerProcess::start(
+                kind,
+                &format!(
+                    "listen: 127.0.0.1:-1\nclient_advertise: \"b.example:4333\"\nleafnodes {{ listen: 127.0.0.1:-1 }}\ncluster {{ name: disc, listen: 127.0.0.1:-1, routes: [\"nats-route://127.0.0.1:{cport}\"] }}\n"
+                ),
+                &[],
+            )
+            .unwrap();
+            canopy_testkit::assert_eventually!(
+                Duration::from_secs(10),
+                num_routes(&a) == 1,
+                "{kind:?}: route did not come up"
+            );
+            info_until(&mut leaf, "the peer's leafnode URL", |v| {
+                urls(v, "leafnode_urls").len() == 2
+            });
+            if no_advertise {
+                client.send_str("PING\r\n").unwrap();
+                assert_eq!(
+                    client.read_op().unwrap(),
+                    "PONG",
+                    "{kind:?}: no_advertise client heard of the cluster"
+                );
+            } else {
+                info_until(&mut client, "b.example:4333", |v| {
+                    urls(v, "connect_urls").contains(&"b.example:4333".to_string())
+                });
+                drop(b);
+                info_until(&mut client, "b.example:4333 gone", |v| {
+                    !urls(v, "connect_urls").contains(&"b.example:4333".to_string())
+                });
+            }
+        }
+    }
+}

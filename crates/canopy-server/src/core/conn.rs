@@ -125,6 +125,9 @@ pub struct ConnShared {
     max_pending: usize,
     /// Set once the connection finished its handshake (CONNECT accepted).
     pub registered: AtomicBool,
+    /// Hears asynchronous INFO updates (cluster membership): a client that sent
+    /// `protocol` >= 1 and had its first PING answered, or a leaf that connected to us.
+    pub async_info: AtomicBool,
     /// [`crate::core::interest::LinkClass`] as u8: how messages from and to this connection are
     /// forwarded.
     pub link_class: AtomicU8,
@@ -168,6 +171,7 @@ impl ConnShared {
             num_subs: AtomicUsize::new(0),
             max_pending,
             registered: AtomicBool::new(false),
+            async_info: AtomicBool::new(false),
             link_class: AtomicU8::new(0),
             deny_send: OnceLock::new(),
             peer_id: OnceLock::new(),

@@ -46,6 +46,8 @@ struct Client {
     pedantic: bool,
     echo: bool,
     no_responders: bool,
+    /// CONNECT `protocol`: 1 and up hear asynchronous INFO (cluster changes).
+    protocol: i32,
     /// Subscriptions allowed (`None` = unlimited).
     max_subs: Option<usize>,
     l1: HashMap<Bytes, (u64, Arc<MatchResult<SubRef>>)>,
@@ -137,6 +139,7 @@ where
         pedantic: false,
         echo: true,
         no_responders: false,
+        protocol: 0,
         // The server option encodes "unlimited" as 0.
         max_subs: (opts.max_subscriptions > 0).then_some(opts.max_subscriptions as usize),
         l1: HashMap::new(),
@@ -354,6 +357,10 @@ impl Client {
                 self.end_batch();
                 self.conn.enqueue(|b| b.extend_from_slice(b"PONG\r\n"));
                 self.conn.flush_signal();
+                // From the first PONG on, as nats-server: cluster changes come as INFO.
+                if self.connected && self.protocol >= 1 {
+                    self.conn.async_info.store(true, Ordering::Relaxed);
+                }
             }
             Op::Pong => self.conn.pong_received(),
             Op::Pub {
@@ -447,6 +454,7 @@ impl Client {
         self.pedantic = c.pedantic;
         self.echo = c.echo;
         self.no_responders = c.no_responders;
+        self.protocol = c.protocol;
         self.conn.headers.store(headers, Ordering::Relaxed);
         self.conn.echo.store(c.echo, Ordering::Relaxed);
         {

@@ -23,6 +23,8 @@ pub struct Route {
     /// The peer's route URL (from its INFO `ip`), for gossip.
     pub url: String,
     pub connect_urls: Vec<String>,
+    /// The peer's leafnode URLs (its INFO `leafnode_urls`), passed on to our leafs.
+    pub leafnode_urls: Vec<String>,
     pub(crate) links: Mutex<Vec<(Arc<Account>, Arc<Link>)>>,
 }
 

@@ -369,7 +369,8 @@ impl Server {
             jetstream: self.jetstream().is_some(),
             domain: self.js_domain().unwrap_or_default(),
             cluster: self.cluster_name(),
-            connect_urls: if o.cluster.is_some() {
+            // `cluster { no_advertise }`: clients are not told of the other members.
+            connect_urls: if o.cluster.as_ref().is_some_and(|c| !c.no_advertise) {
                 self.cluster_client_urls()
             } else {
                 Vec::new()
