@@ -211,7 +211,10 @@ fn counters(v: &serde_json::Value) -> [u64; 4] {
 
 /// What the counters say after a fixed exchange: a plain and a header message to two
 /// subscribers (one without headers), and one message nobody hears.
-fn counters_after_exchange(kind: Impl) -> (Vec<(String, [u64; 4])>, serde_json::Value, [u64; 4]) {
+/// Per-connection counters by name, the account's sent/received, and `/varz`'s.
+type Observed = (Vec<(String, [u64; 4])>, serde_json::Value, [u64; 4]);
+
+fn counters_after_exchange(kind: Impl) -> Observed {
     let s = ServerProcess::start(kind, "listen: 127.0.0.1:-1\nhttp: 127.0.0.1:-1\n", &[]).unwrap();
     let connect = |name: &str, headers: bool| {
         let (mut c, _) = RawClient::connect(&s.addr()).unwrap();
