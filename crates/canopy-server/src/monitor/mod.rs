@@ -400,6 +400,40 @@ fn varz_cluster(s: &Server, o: &canopy_conf::Options) -> Value {
     Value::Object(v)
 }
 
+/// `/varz` `websocket`: the listener's settings with nats-server's omissions (only what
+/// is set), and the bound port.
+fn varz_websocket(s: &Server, o: &canopy_conf::Options) -> Value {
+    let Some(w) = &o.websocket else {
+        return json!({});
+    };
+    let mut v = Map::new();
+    v.insert(
+        "host".into(),
+        json!(w.host.clone().unwrap_or_else(|| "0.0.0.0".into())),
+    );
+    let port = s.ws_addr.lock().map_or(w.port, |a| i32::from(a.port()));
+    v.insert("port".into(), json!(port));
+    if let Some(a) = &w.advertise {
+        v.insert("advertise".into(), json!(a));
+    }
+    if let Some(t) = w.handshake_timeout {
+        v.insert("handshake_timeout".into(), json!(t.as_nanos() as u64));
+    }
+    if w.no_tls {
+        v.insert("no_tls".into(), json!(true));
+    }
+    if w.same_origin {
+        v.insert("same_origin".into(), json!(true));
+    }
+    if !w.allowed_origins.is_empty() {
+        v.insert("allowed_origins".into(), json!(w.allowed_origins));
+    }
+    if w.compression {
+        v.insert("compression".into(), json!(true));
+    }
+    Value::Object(v)
+}
+
 /// `/varz` `leaf`: the listener's settings and the configured remotes (URLs shown as
 /// `host:port`, never with credentials), with nats-server's omissions.
 fn varz_leaf(s: &Server, o: &canopy_conf::Options) -> Value {
@@ -498,7 +532,7 @@ pub fn varz(s: &Arc<Server>) -> Value {
         "gateway": {},
         "leaf": varz_leaf(s, &o),
         "mqtt": {},
-        "websocket": {},
+        "websocket": varz_websocket(s, &o),
         "jetstream": s.jetstream().map_or(json!({}), |js| js.varz()),
         "tls_timeout": o.tls.as_ref().and_then(|t| t.timeout).map_or(2.0, |d| d.as_secs_f64()),
         "write_deadline": o.write_deadline.as_nanos() as u64,

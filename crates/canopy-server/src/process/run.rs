@@ -477,6 +477,35 @@ pub async fn run_server(opts: Options, f: Flags, prog: String) -> anyhow::Result
         listener,
     )));
 
+    let mut ws_url = None;
+    if let Some(w) = opts.websocket.as_ref().filter(|w| w.port != 0) {
+        let host = w.host.clone().unwrap_or_else(|| "0.0.0.0".into());
+        let Bound { listener: l, addr } = bind(&host, w.port)
+            .await
+            .map_err(|e| anyhow::anyhow!("Unable to listen for websocket connections: {e}"))?;
+        *server.ws_addr.lock() = Some(addr);
+        let scheme = if w.tls.is_some() { "wss" } else { "ws" };
+        tracing::info!(
+            "Listening for websocket clients on {scheme}://{}",
+            join_host_port(&host, addr.port())
+        );
+        if w.tls.is_none() {
+            tracing::warn!("Websocket not configured with TLS. DO NOT USE IN PRODUCTION!");
+        }
+        let shown = if host == "0.0.0.0" || host == "::" {
+            "127.0.0.1".to_string()
+        } else {
+            host.clone()
+        };
+        ws_url = Some(format!(
+            "{scheme}://{}",
+            join_host_port(&shown, addr.port())
+        ));
+        listeners.push(tokio::spawn(crate::roles::websocket::accept_websocket(
+            server.clone(),
+            l,
+        )));
+    }
     let mut leaf_url = None;
     if let Some(lo) = opts.leafnodes.as_ref().filter(|l| l.port != 0) {
         let Bound {
@@ -570,6 +599,9 @@ pub async fn run_server(opts: Options, f: Flags, prog: String) -> anyhow::Result
         }
         if let Some(u) = &route_url {
             ports["cluster"] = serde_json::json!([u]);
+        }
+        if let Some(u) = &ws_url {
+            ports["websocket"] = serde_json::json!([u]);
         }
         if let Some(u) = &prometheus_url {
             ports["prometheus"] = serde_json::json!([u]);

@@ -85,6 +85,22 @@ pub async fn serve<S>(server: Arc<Server>, stream: S, addr: SocketAddr)
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
+    serve_on(server, stream, addr, false).await
+}
+
+/// Serves a client whose transport is already set up (a WebSocket connection, after its
+/// own TLS and upgrade): INFO is its first message, no client TLS applies.
+pub async fn serve_upgraded<S>(server: Arc<Server>, stream: S, addr: SocketAddr)
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    serve_on(server, stream, addr, true).await
+}
+
+async fn serve_on<S>(server: Arc<Server>, stream: S, addr: SocketAddr, upgraded: bool)
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
     let opts = server.opts();
     let cid = server.next_cid();
     let conn = Arc::new(ConnShared::new(
@@ -99,16 +115,26 @@ where
     } else {
         String::new()
     };
-    let info = server.client_info(cid, addr, &nonce, auth.required());
+    let mut info = server.client_info(cid, addr, &nonce, auth.required());
+    if upgraded {
+        // The transport's own TLS (if any) is done: nothing to negotiate in the protocol.
+        info.tls_required = false;
+        info.tls_verify = false;
+        info.tls_available = false;
+    }
     // INFO goes out here (plaintext before a TLS handshake, or queued).
-    let tls = server.tls().client.clone();
+    let tls = if upgraded {
+        None
+    } else {
+        server.tls().client.clone()
+    };
     let Some(stream) = crate::auth::tls::accept_conn(
         &server.stats,
         tls.as_deref(),
         stream,
         &conn,
         &info,
-        opts.allow_non_tls,
+        opts.allow_non_tls || upgraded,
         "client listener",
     )
     .await

@@ -52,6 +52,8 @@ pub struct Server {
     /// ports when the configuration asked for a random one).
     pub leaf_addr: Mutex<Option<SocketAddr>>,
     pub route_addr: Mutex<Option<SocketAddr>>,
+    /// The websocket listener's address once bound.
+    pub ws_addr: Mutex<Option<SocketAddr>>,
     pub config_load_time: Mutex<SystemTime>,
     pub system_account: String,
     remotes: Mutex<Vec<Arc<links::RemoteState>>>,
@@ -125,6 +127,7 @@ impl Server {
             http_addr: Mutex::new(None),
             leaf_addr: Mutex::new(None),
             route_addr: Mutex::new(None),
+            ws_addr: Mutex::new(None),
             config_load_time: Mutex::new(SystemTime::now()),
             system_account,
             remotes: Mutex::new(Vec::new()),
