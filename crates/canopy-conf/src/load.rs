@@ -1625,6 +1625,7 @@ fn websocket(cx: &mut Ctx, m: &Map, pos: &Pos) -> WebsocketOpts {
     };
     for (k, e) in live(m) {
         let v = &e.value;
+        w.key_pos.insert(k.clone(), e.key_pos.clone());
         match k.as_str() {
             "host" | "net" => w.host = cx.string(&k, v),
             "port" => set(&mut w.port, cx.port(&k, v)),

@@ -700,7 +700,8 @@ pub struct JetStreamOpts {
     pub pos: Pos,
 }
 
-/// `websocket {}`: typed enough for launchers' configs; refused until implemented.
+/// `websocket {}`: the WebSocket listener for clients. Keys the server does not act on
+/// yet are refused at start ([`Options::unsupported`]), with their position in `key_pos`.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct WebsocketOpts {
     pub host: Option<String>,
@@ -715,6 +716,8 @@ pub struct WebsocketOpts {
     pub no_auth_user: Option<String>,
     pub authorization: Option<Authorization>,
     pub jwt_cookie: Option<String>,
+    /// Where each key was set (for errors about one key).
+    pub key_pos: BTreeMap<String, Pos>,
     pub pos: Pos,
 }
 
@@ -759,7 +762,6 @@ pub enum Feature {
 /// these. The server lead removes entries as features land.
 pub const NOT_IMPLEMENTED: &[Feature] = &[
     Feature::Gateway,
-    Feature::Websocket,
     Feature::Mqtt,
     Feature::Syslog,
     Feature::Mappings,
@@ -931,11 +933,56 @@ impl Options {
     /// Set-but-not-yet-implemented features (those in [`NOT_IMPLEMENTED`]), as
     /// `(where, what)`. The server decides at start whether to refuse them.
     pub fn unsupported(&self) -> Vec<(Pos, String)> {
-        self.features_used()
+        let mut out: Vec<(Pos, String)> = self
+            .features_used()
             .into_iter()
             .filter(|u| NOT_IMPLEMENTED.contains(&u.feature))
             .map(|u| (u.pos, format!("{} is not supported yet", u.what)))
-            .collect()
+            .collect();
+        if let Some(w) = &self.websocket {
+            let at = |k: &str| w.key_pos.get(k).cloned().unwrap_or_else(|| w.pos.clone());
+            if w.compression {
+                // Refused rather than accepted and ignored: the WebSocket library
+                // (tungstenite) has no permessage-deflate.
+                out.push((
+                    at("compression"),
+                    "websocket compression (permessage-deflate) is not supported yet".into(),
+                ));
+            }
+            for (key, set) in [
+                ("authorization", w.authorization.is_some()),
+                ("no_auth_user", w.no_auth_user.is_some()),
+                ("jwt_cookie", w.jwt_cookie.is_some()),
+            ] {
+                if set {
+                    out.push((
+                        at(key),
+                        format!("websocket {key} is not supported yet (websocket clients use the client authorization)"),
+                    ));
+                }
+            }
+        }
+        if let Some(l) = &self.leafnodes {
+            for r in &l.remotes {
+                if r.urls.iter().any(|u| {
+                    let u = u.trim().to_ascii_lowercase();
+                    u.starts_with("ws://") || u.starts_with("wss://")
+                }) {
+                    let pos = r
+                        .key_pos
+                        .get("urls")
+                        .or(r.key_pos.get("url"))
+                        .unwrap_or(&r.pos)
+                        .clone();
+                    out.push((
+                        pos,
+                        "leafnode remotes over websocket (ws://, wss://) are not supported yet"
+                            .into(),
+                    ));
+                }
+            }
+        }
+        out
     }
 
     /// Canopy extensions (keys nats-server would reject) used by this configuration.

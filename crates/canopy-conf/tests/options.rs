@@ -623,6 +623,30 @@ fn websocket_mqtt_gateway_are_kept_for_refusal() {
         .iter()
         .any(|(p, s)| p.line == 5 && s.contains("URL account resolver")));
     assert!(invalid("websocket { port: 8080 }").contains("no_tls"));
+    // The websocket listener is implemented; permessage-deflate is refused, not ignored.
+    assert!(u
+        .iter()
+        .any(|(p, s)| p.line == 1 && s.contains("websocket compression")));
+    assert!(
+        opts("websocket { port: -1, no_tls: true, same_origin: true }")
+            .unsupported()
+            .is_empty()
+    );
+    let u =
+        opts("websocket {\n port: -1\n no_tls: true\n authorization { token: t }\n}").unsupported();
+    assert!(
+        u.iter()
+            .any(|(p, s)| p.line == 4 && s.contains("websocket authorization")),
+        "{u:?}"
+    );
+    // Leaf remotes over websocket are refused at start, where they are written.
+    let u =
+        opts("leafnodes {\n remotes: [\n  { url: \"ws://127.0.0.1:8080\" }\n ]\n}").unsupported();
+    assert!(
+        u.iter()
+            .any(|(p, s)| p.line == 3 && s.contains("over websocket")),
+        "{u:?}"
+    );
 }
 
 #[test]

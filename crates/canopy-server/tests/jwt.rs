@@ -809,3 +809,80 @@ async fn operator_mode_cluster_runtime_account() {
         roundtrip(&na, &nb, "to.b").await;
     }
 }
+
+/// A version 1 JWT as nsc 0.x wrote them: `"alg":"ed25519"`, the claim type at the top
+/// level, no `nats.version`, and the signature over the payload segment alone.
+fn encode_v1(claims: &Value, signer: &KeyPair) -> String {
+    let h = b64(br#"{"typ":"jwt","alg":"ed25519"}"#);
+    let p = b64(&serde_json::to_vec(claims).unwrap());
+    let sig = signer.sign(p.as_bytes()).unwrap();
+    format!("{h}.{p}.{}", b64(&sig))
+}
+
+/// Old (v1) operator and account JWTs are accepted, as nats-server accepts them; a
+/// current user JWT under them connects and exchanges messages. A v1 token signed the
+/// v2 way (over header.payload) is refused.
+#[tokio::test]
+async fn v1_operator_and_account_jwts() {
+    let pki = Pki::new();
+    let opk = pki.op.public_key();
+    let op_jwt = encode_v1(
+        &json!({"jti": "op1", "iat": now() - 10, "iss": opk, "sub": opk, "name": "OLDOP",
+                "type": "operator", "nats": {}}),
+        &pki.op,
+    );
+    let acc_v1 = |acc: &KeyPair, name: &str| {
+        encode_v1(
+            &json!({"jti": format!("a-{name}"), "iat": now() - 5, "iss": opk,
+                    "sub": acc.public_key(), "name": name, "type": "account",
+                    "nats": {"limits": {"subs": -1, "conn": -1, "leaf": -1, "imports": -1,
+                                        "exports": -1, "data": -1, "payload": -1,
+                                        "wildcards": true}}}),
+            &pki.op,
+        )
+    };
+    let conf = format!(
+        "listen: 127.0.0.1:-1\noperator: \"{op_jwt}\"\nsystem_account: {}\nresolver: MEMORY\nresolver_preload: {{\n  {}: \"{}\"\n  {}: \"{}\"\n}}\n",
+        pki.sys.public_key(),
+        pki.app.public_key(),
+        acc_v1(&pki.app, "APP"),
+        pki.sys.public_key(),
+        acc_v1(&pki.sys, "SYS"),
+    );
+    let user = KeyPair::new_user();
+    let ujwt = pki.user_jwt(&pki.app, &user, now() - 10, json!({}));
+    let mut kinds = vec![canopy_testkit::Impl::Canopy];
+    if nats_server_bin().is_some() {
+        kinds.push(canopy_testkit::Impl::NatsServer);
+    }
+    for kind in kinds {
+        let s = ServerProcess::start(kind, &conf, &[]).unwrap();
+        let a = connect_creds(&s.url(), &creds(&ujwt, &user)).await;
+        let b = connect_creds(&s.url(), &creds(&ujwt, &user)).await;
+        roundtrip(&a, &b, "old.jwts").await;
+    }
+    // The v1 header with a signature over header.payload does not verify.
+    let h = b64(br#"{"typ":"jwt","alg":"ed25519"}"#);
+    let p = b64(&serde_json::to_vec(
+        &json!({"jti": "op2", "iat": now() - 10, "iss": opk, "sub": opk, "type": "operator"}),
+    )
+    .unwrap());
+    let sig = pki.op.sign(format!("{h}.{p}").as_bytes()).unwrap();
+    let bad = format!("{h}.{p}.{}", b64(&sig));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.conf");
+    std::fs::write(
+        &path,
+        format!("listen: 127.0.0.1:-1\noperator: \"{bad}\"\nresolver: MEMORY\n"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(canopy_testkit::canopy_bin())
+        .arg("-t")
+        .arg("-c")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("signature does not verify"), "{err}");
+}

@@ -26,14 +26,6 @@ const KNOWN_GAPS: &[(&str, &str)] = &[
         "no automatic $SYS service imports into accounts ($SYS answered for system users only)",
     ),
     (
-        "/accstatz account_statz[].sent.bytes",
-        "accounts keep message counts only, no byte counters",
-    ),
-    (
-        "/accstatz account_statz[].received.bytes",
-        "accounts keep message counts only, no byte counters",
-    ),
-    (
         "/accstatz account_statz[].slow_consumers",
         "slow consumers are counted per server, not per account",
     ),

@@ -205,6 +205,20 @@ impl ServerProcess {
         }
     }
 
+    /// The child process, e.g. to wait for its exit on another thread and time it.
+    pub fn child_mut(&mut self) -> Option<&mut Child> {
+        self.child.as_mut()
+    }
+
+    /// The ports file's JSON (`nats`, `monitoring`, `leafnode`, `cluster` URL lists).
+    pub fn ports_file(&self) -> Result<serde_json::Value> {
+        let ent = std::fs::read_dir(self.dir.path().join("ports"))?
+            .flatten()
+            .next()
+            .ok_or_else(|| anyhow!("no ports file"))?;
+        Ok(serde_json::from_str(&std::fs::read_to_string(ent.path())?)?)
+    }
+
     /// Kills the process now.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

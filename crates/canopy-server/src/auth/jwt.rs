@@ -5,8 +5,9 @@
 //! and user authentication with a signed nonce.
 //!
 //! A JWT is `base64url(header).base64url(claims).base64url(ed25519 signature)`; the
-//! signature covers the first two parts as written and is checked with the public key in
-//! `iss`. Times are Unix seconds.
+//! signature covers the first two parts as written (version 2, `"alg":"ed25519-nkey"`) or
+//! the claims part alone (version 1, `"alg":"ed25519"`), and is checked with the public
+//! key in `iss`. Times are Unix seconds.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -302,15 +303,31 @@ pub fn decode<T: DeserializeOwned + Default>(token: &str) -> Result<Claims<T>, J
     if !alg.eq_ignore_ascii_case("ed25519-nkey") && !alg.eq_ignore_ascii_case("ed25519") {
         return Err(JwtError::Algorithm(alg.to_string()));
     }
-    let claims: Claims<T> = serde_json::from_slice(&b64(p)?)
+    let payload = b64(p)?;
+    let claims: Claims<T> = serde_json::from_slice(&payload)
         .map_err(|e| JwtError::Malformed(format!("bad claims: {e}")))?;
     let sig = b64(s)?;
     let kp = nkeys::KeyPair::from_public_key(&claims.iss)
         .map_err(|_| JwtError::BadSignature(claims.iss.clone()))?;
-    let signed = &token[..h.len() + 1 + p.len()];
+    // Version 1 tokens (`"alg":"ed25519"`, no `nats.version` ≥ 2) were signed over the
+    // payload segment only; version 2 (`ed25519-nkey`) over `header.payload`. nats-server
+    // accepts both (its jwt library picks the rule by the claims' version).
+    let signed = if alg.eq_ignore_ascii_case("ed25519") && claims_version(&payload) <= 1 {
+        *p
+    } else {
+        &token[..h.len() + 1 + p.len()]
+    };
     kp.verify(signed.as_bytes(), &sig)
         .map_err(|_| JwtError::BadSignature(claims.iss.clone()))?;
     Ok(claims)
+}
+
+/// `nats.version` of raw claims (absent in version 1 claims: 1).
+fn claims_version(payload: &[u8]) -> i64 {
+    serde_json::from_slice::<Value>(payload)
+        .ok()
+        .and_then(|v| v.get("nats")?.get("version")?.as_i64())
+        .unwrap_or(1)
 }
 
 fn check_times<T>(c: &Claims<T>, what: &'static str, now: i64) -> Result<(), JwtError> {

@@ -1,6 +1,8 @@
-//! Authentication: configured users and permissions ([`users`]), operator/JWT mode
-//! ([`jwt`]) and TLS ([`tls`]). Depends only on [`crate::core`].
+//! Authentication and transports: configured users and permissions ([`users`]),
+//! operator/JWT mode ([`jwt`]), TLS ([`tls`]) and the WebSocket transport
+//! ([`websocket`]). Depends only on [`crate::core`].
 
 pub mod jwt;
 pub mod tls;
 pub mod users;
+pub mod websocket;

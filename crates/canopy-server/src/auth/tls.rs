@@ -93,6 +93,8 @@ pub struct TlsSet {
     pub route_dial: Option<Arc<ClientTls>>,
     /// `https_port`: the top-level certificate without client verification.
     pub https: Option<Arc<ServerTls>>,
+    /// `websocket { tls {} }`: TLS before the HTTP upgrade (wss://).
+    pub websocket: Option<Arc<ServerTls>>,
 }
 
 impl TlsSet {
@@ -126,6 +128,9 @@ impl TlsSet {
                     ClientTls::new(Some(t), "leafnode remote TLS")?;
                 }
             }
+        }
+        if let Some(t) = o.websocket.as_ref().and_then(|w| w.tls.as_ref()) {
+            set.websocket = Some(Arc::new(ServerTls::new(t, "websocket TLS", false)?));
         }
         if let Some(c) = &o.cluster {
             if let Some(t) = &c.tls {

@@ -65,6 +65,9 @@ pub struct Account {
     pub num_leafs: AtomicUsize,
     pub in_msgs: AtomicU64,
     pub out_msgs: AtomicU64,
+    /// Payload bytes received from and sent to this account's clients (`/accstatz`).
+    pub in_bytes: AtomicU64,
+    pub out_bytes: AtomicU64,
     /// Interest by (subject, queue) and source, for advertising to links.
     pub interest: parking_lot::Mutex<InterestMap>,
     /// The leaf links bound to this account (changed under the interest lock).
@@ -90,6 +93,8 @@ impl Account {
             num_leafs: AtomicUsize::new(0),
             in_msgs: AtomicU64::new(0),
             out_msgs: AtomicU64::new(0),
+            in_bytes: AtomicU64::new(0),
+            out_bytes: AtomicU64::new(0),
         });
         if track_interest {
             // The loop-detection subject is local interest of every account with links.

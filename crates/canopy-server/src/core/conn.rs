@@ -65,7 +65,8 @@ impl std::fmt::Display for CloseReason {
     }
 }
 
-/// Per-connection counters, read by monitoring.
+/// Per-connection counters, read by monitoring. As nats-server's: messages and their
+/// payload bytes (headers included), not protocol framing.
 #[derive(Debug, Default)]
 pub struct ConnStats {
     pub in_msgs: AtomicU64,
@@ -124,6 +125,9 @@ pub struct ConnShared {
     max_pending: usize,
     /// Set once the connection finished its handshake (CONNECT accepted).
     pub registered: AtomicBool,
+    /// Hears asynchronous INFO updates (cluster membership): a client that sent
+    /// `protocol` >= 1 and had its first PING answered, or a leaf that connected to us.
+    pub async_info: AtomicBool,
     /// [`crate::core::interest::LinkClass`] as u8: how messages from and to this connection are
     /// forwarded.
     pub link_class: AtomicU8,
@@ -167,6 +171,7 @@ impl ConnShared {
             num_subs: AtomicUsize::new(0),
             max_pending,
             registered: AtomicBool::new(false),
+            async_info: AtomicBool::new(false),
             link_class: AtomicU8::new(0),
             deny_send: OnceLock::new(),
             peer_id: OnceLock::new(),
@@ -403,7 +408,6 @@ pub async fn writer_loop<W: AsyncWrite + Unpin>(conn: Arc<ConnShared>, mut wr: W
         };
         conn.take_into(&mut mine);
         if !mine.is_empty() {
-            let n = mine.len();
             let deadline = if closing {
                 live.write_deadline.min(Duration::from_secs(2))
             } else {
@@ -415,10 +419,10 @@ pub async fn writer_loop<W: AsyncWrite + Unpin>(conn: Arc<ConnShared>, mut wr: W
                 wr.write_all(&mine).await?;
                 wr.flush().await
             };
+            // `out_bytes` counts message payloads where they are delivered, not the
+            // protocol written here (nats-server's meaning).
             match tokio::time::timeout(deadline, write).await {
-                Ok(Ok(())) => {
-                    conn.stats.out_bytes.fetch_add(n as u64, Ordering::Relaxed);
-                }
+                Ok(Ok(())) => {}
                 Ok(Err(e)) => {
                     conn.close(CloseReason::WriteError(e.to_string()));
                     break;

@@ -281,6 +281,10 @@ pub fn deliver(
         });
         if ok {
             t.conn.stats.out_msgs.fetch_add(1, Ordering::Relaxed);
+            t.conn
+                .stats
+                .out_bytes
+                .fetch_add(msg.payload.len() as u64, Ordering::Relaxed);
             flush.add(&t.conn);
             d.msgs += 1;
             d.forwarded += 1;
@@ -327,10 +331,16 @@ pub fn deliver_one(
         None => canopy_proto::encode_msg(b, msg.subject, &sub.sid, msg.reply, body),
     });
     if ok {
+        // As nats-server counts: the connection's `out_bytes` is what it was sent (headers
+        // stripped for a receiver without them), the server's and the account's the
+        // message as published.
         conn.stats.out_msgs.fetch_add(1, Ordering::Relaxed);
+        conn.stats
+            .out_bytes
+            .fetch_add(body.len() as u64, Ordering::Relaxed);
         flush.add(conn);
         d.msgs += 1;
-        d.bytes += body.len() as u64;
+        d.bytes += msg.payload.len() as u64;
         if let Some(r) = msg.reply {
             if conn.allow_responses.get().is_some() {
                 conn.grant_response(r);

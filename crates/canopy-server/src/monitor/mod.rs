@@ -397,7 +397,8 @@ fn varz_cluster(s: &Server, o: &canopy_conf::Options) -> Value {
         v.insert("name".into(), json!(name));
     }
     v.insert("addr".into(), json!(co.host));
-    v.insert("cluster_port".into(), json!(co.port));
+    let port = s.route_addr.lock().map_or(co.port, |a| i32::from(a.port()));
+    v.insert("cluster_port".into(), json!(port));
     let auth_timeout = co
         .authorization
         .as_ref()
@@ -428,16 +429,51 @@ fn varz_cluster(s: &Server, o: &canopy_conf::Options) -> Value {
     Value::Object(v)
 }
 
+/// `/varz` `websocket`: the listener's settings with nats-server's omissions (only what
+/// is set), and the bound port.
+fn varz_websocket(s: &Server, o: &canopy_conf::Options) -> Value {
+    let Some(w) = &o.websocket else {
+        return json!({});
+    };
+    let mut v = Map::new();
+    v.insert(
+        "host".into(),
+        json!(w.host.clone().unwrap_or_else(|| "0.0.0.0".into())),
+    );
+    let port = s.ws_addr.lock().map_or(w.port, |a| i32::from(a.port()));
+    v.insert("port".into(), json!(port));
+    if let Some(a) = &w.advertise {
+        v.insert("advertise".into(), json!(a));
+    }
+    if let Some(t) = w.handshake_timeout {
+        v.insert("handshake_timeout".into(), json!(t.as_nanos() as u64));
+    }
+    if w.no_tls {
+        v.insert("no_tls".into(), json!(true));
+    }
+    if w.same_origin {
+        v.insert("same_origin".into(), json!(true));
+    }
+    if !w.allowed_origins.is_empty() {
+        v.insert("allowed_origins".into(), json!(w.allowed_origins));
+    }
+    if w.compression {
+        v.insert("compression".into(), json!(true));
+    }
+    Value::Object(v)
+}
+
 /// `/varz` `leaf`: the listener's settings and the configured remotes (URLs shown as
 /// `host:port`, never with credentials), with nats-server's omissions.
-fn varz_leaf(o: &canopy_conf::Options) -> Value {
+fn varz_leaf(s: &Server, o: &canopy_conf::Options) -> Value {
     let Some(lo) = &o.leafnodes else {
         return json!({});
     };
     let mut v = Map::new();
     if lo.port != 0 {
         v.insert("host".into(), json!(lo.host));
-        v.insert("port".into(), json!(lo.port));
+        let port = s.leaf_addr.lock().map_or(lo.port, |a| i32::from(a.port()));
+        v.insert("port".into(), json!(port));
         let auth_timeout = lo
             .authorization
             .as_ref()
@@ -523,9 +559,9 @@ pub fn varz(s: &Arc<Server>) -> Value {
         "max_pending": o.max_pending,
         "cluster": varz_cluster(s, &o),
         "gateway": {},
-        "leaf": varz_leaf(&o),
+        "leaf": varz_leaf(s, &o),
         "mqtt": {},
-        "websocket": {},
+        "websocket": varz_websocket(s, &o),
         "jetstream": s.jetstream().map_or(json!({}), |js| js.varz()),
         "tls_timeout": o.tls.as_ref().and_then(|t| t.timeout).map_or(2.0, |d| d.as_secs_f64()),
         "write_deadline": o.write_deadline.as_nanos() as u64,
@@ -1111,8 +1147,8 @@ pub fn accstatz(s: &Arc<Server>) -> Value {
                 "leafnodes": a.num_leafs.load(Ordering::Relaxed),
                 "total_conns": a.client_connections() + a.num_leafs.load(Ordering::Relaxed),
                 "num_subscriptions": a.sublist.count(),
-                "sent": {"msgs": a.out_msgs.load(Ordering::Relaxed)},
-                "received": {"msgs": a.in_msgs.load(Ordering::Relaxed)},
+                "sent": {"msgs": a.out_msgs.load(Ordering::Relaxed), "bytes": a.out_bytes.load(Ordering::Relaxed)},
+                "received": {"msgs": a.in_msgs.load(Ordering::Relaxed), "bytes": a.in_bytes.load(Ordering::Relaxed)},
             })
         })
         .collect();

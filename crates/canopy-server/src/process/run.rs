@@ -6,9 +6,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use canopy_conf::{Options, Pos};
-use tokio::net::TcpListener;
 
 use crate::process::flags::{self, Flags};
+use crate::process::listen::{bind, join_host_port, Bound};
 use crate::server::version;
 use crate::server::Server;
 
@@ -388,23 +388,16 @@ pub fn main() -> i32 {
             return 1;
         }
     };
-    match rt.block_on(run_server(opts, f, prog)) {
+    let res = rt.block_on(run_server(opts, f, prog));
+    // Exit at once: tasks still parked (reconnect timers, services) are not waited for.
+    rt.shutdown_background();
+    match res {
         Ok(()) => 0,
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("[FTL] {e:#}");
+            crate::server::logging::fatal(&format!("{e:#}"));
             1
         }
     }
-}
-
-async fn bind(host: &str, port: i32) -> anyhow::Result<TcpListener> {
-    let port = if port < 0 { 0 } else { port as u16 };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let l = TcpListener::bind((host, port))
-        .await
-        .map_err(|e| anyhow::anyhow!("Error listening on {host}:{port}: {e}"))?;
-    Ok(l)
 }
 
 fn fmt_hostport(a: &SocketAddr) -> String {
@@ -427,33 +420,46 @@ pub async fn run_server(opts: Options, f: Flags, prog: String) -> anyhow::Result
     // Before the listeners: the first client already finds JetStream.
     let jetstream = crate::services::jetstream::start(&server)?;
     let mut monitoring_urls = Vec::new();
+    // The accept loops: each owns its listener, so ending the task closes the socket.
+    let mut listeners: Vec<tokio::task::JoinHandle<()>> = Vec::new();
     if let Some(hp) = opts.http_port {
         let host = opts.http_host.clone().unwrap_or_else(|| opts.host.clone());
-        let l = bind(&host, hp).await?;
-        let addr = l.local_addr()?;
+        let Bound { listener: l, addr } = bind(&host, hp).await.map_err(|e| {
+            anyhow::anyhow!("Can't start monitoring: can't listen to the monitor port: {e}")
+        })?;
         *server.http_addr.lock() = Some(addr);
         tracing::info!("Starting http monitor on {}", fmt_hostport(&addr));
         monitoring_urls.push(format!("http://{}", fmt_hostport(&addr)));
-        tokio::spawn(crate::monitor::serve(server.clone(), l));
+        listeners.push(tokio::spawn(crate::monitor::serve(server.clone(), l)));
     }
     if let Some(hp) = opts.https_port {
         let host = opts.http_host.clone().unwrap_or_else(|| opts.host.clone());
-        let l = bind(&host, hp).await?;
-        let addr = l.local_addr()?;
+        let Bound { listener: l, addr } = bind(&host, hp).await.map_err(|e| {
+            anyhow::anyhow!("Can't start monitoring: can't listen to the monitor port: {e}")
+        })?;
         tracing::info!("Starting https monitor on {}", fmt_hostport(&addr));
         monitoring_urls.push(format!("https://{}", fmt_hostport(&addr)));
-        tokio::spawn(crate::monitor::serve_https(server.clone(), l));
+        listeners.push(tokio::spawn(crate::monitor::serve_https(server.clone(), l)));
     }
     let mut prometheus_url = None;
     if let Some(p) = &opts.prometheus {
-        let l = bind(&p.host, p.port).await?;
-        let paddr = l.local_addr()?;
+        let Bound {
+            listener: l,
+            addr: paddr,
+        } = bind(&p.host, p.port)
+            .await
+            .map_err(|e| anyhow::anyhow!("Can't start prometheus metrics: {e}"))?;
         tracing::info!("Starting prometheus metrics on {paddr}");
         prometheus_url = Some(format!("http://{paddr}/metrics"));
-        tokio::spawn(crate::monitor::metrics::serve_metrics(server.clone(), l));
+        listeners.push(tokio::spawn(crate::monitor::metrics::serve_metrics(
+            server.clone(),
+            l,
+        )));
     }
-    let listener = bind(&opts.host, opts.port).await?;
-    let addr = listener.local_addr()?;
+    let Bound { listener, addr } = bind(&opts.host, opts.port).await.map_err(|e| {
+        let hp = join_host_port(&opts.host, opts.port.max(0) as u16);
+        anyhow::anyhow!("Error listening on port: {hp}, {e:?}")
+    })?;
     *server.client_addr.lock() = Some(addr);
     tracing::info!(
         "Listening for client connections on {}:{}",
@@ -469,15 +475,48 @@ pub async fn run_server(opts: Options, f: Flags, prog: String) -> anyhow::Result
             tracing::warn!("Clients that do not use TLS are allowed (allow_non_tls)");
         }
     }
-    tokio::spawn(crate::roles::client::accept_clients(
+    listeners.push(tokio::spawn(crate::roles::client::accept_clients(
         server.clone(),
         listener,
-    ));
+    )));
 
+    let mut ws_url = None;
+    if let Some(w) = opts.websocket.as_ref().filter(|w| w.port != 0) {
+        let host = w.host.clone().unwrap_or_else(|| "0.0.0.0".into());
+        let Bound { listener: l, addr } = bind(&host, w.port)
+            .await
+            .map_err(|e| anyhow::anyhow!("Unable to listen for websocket connections: {e}"))?;
+        *server.ws_addr.lock() = Some(addr);
+        let scheme = if w.tls.is_some() { "wss" } else { "ws" };
+        tracing::info!(
+            "Listening for websocket clients on {scheme}://{}",
+            join_host_port(&host, addr.port())
+        );
+        if w.tls.is_none() {
+            tracing::warn!("Websocket not configured with TLS. DO NOT USE IN PRODUCTION!");
+        }
+        let shown = if host == "0.0.0.0" || host == "::" {
+            "127.0.0.1".to_string()
+        } else {
+            host.clone()
+        };
+        ws_url = Some(format!(
+            "{scheme}://{}",
+            join_host_port(&shown, addr.port())
+        ));
+        listeners.push(tokio::spawn(crate::roles::websocket::accept_websocket(
+            server.clone(),
+            l,
+        )));
+    }
     let mut leaf_url = None;
     if let Some(lo) = opts.leafnodes.as_ref().filter(|l| l.port != 0) {
-        let l = bind(&lo.host, lo.port).await?;
-        let laddr = l.local_addr()?;
+        let Bound {
+            listener: l,
+            addr: laddr,
+        } = bind(&lo.host, lo.port).await.map_err(|e| {
+            anyhow::anyhow!("Error listening on leafnode port: {} - {e}", lo.port.max(0))
+        })?;
         tracing::info!(
             "Listening for leafnode connections on {}:{}",
             lo.host,
@@ -493,14 +532,22 @@ pub async fn run_server(opts: Options, f: Flags, prog: String) -> anyhow::Result
             laddr.port()
         ));
         *server.leaf_url.lock() = leaf_url.clone();
-        tokio::spawn(crate::roles::leaf::accept_leafs(server.clone(), l));
+        *server.leaf_addr.lock() = Some(laddr);
+        listeners.push(tokio::spawn(crate::roles::leaf::accept_leafs(
+            server.clone(),
+            l,
+        )));
     }
     let mut route_url = None;
     if let Some(c) = &opts.cluster {
         *server.cluster.name.lock() = c.name.clone().unwrap_or_default();
         if c.port != 0 {
-            let l = bind(&c.host, c.port).await?;
-            let raddr = l.local_addr()?;
+            let Bound {
+                listener: l,
+                addr: raddr,
+            } = bind(&c.host, c.port).await.map_err(|e| {
+                anyhow::anyhow!("Error listening on router port: {} - {e}", c.port.max(0))
+            })?;
             let url = match &c.advertise {
                 Some(a) => format!("nats-route://{a}/"),
                 None => format!(
@@ -514,6 +561,7 @@ pub async fn run_server(opts: Options, f: Flags, prog: String) -> anyhow::Result
                 ),
             };
             *server.cluster.url.lock() = url.clone();
+            *server.route_addr.lock() = Some(raddr);
             tracing::info!("Cluster name is {}", server.cluster_name());
             tracing::info!(
                 "Listening for route connections on {}:{}",
@@ -521,7 +569,10 @@ pub async fn run_server(opts: Options, f: Flags, prog: String) -> anyhow::Result
                 raddr.port()
             );
             route_url = Some(url.trim_end_matches('/').to_string());
-            tokio::spawn(crate::roles::route::accept_routes(server.clone(), l));
+            listeners.push(tokio::spawn(crate::roles::route::accept_routes(
+                server.clone(),
+                l,
+            )));
         }
         server.start_routes();
     }
@@ -552,6 +603,9 @@ pub async fn run_server(opts: Options, f: Flags, prog: String) -> anyhow::Result
         if let Some(u) = &route_url {
             ports["cluster"] = serde_json::json!([u]);
         }
+        if let Some(u) = &ws_url {
+            ports["websocket"] = serde_json::json!([u]);
+        }
         if let Some(u) = &prometheus_url {
             ports["prometheus"] = serde_json::json!([u]);
         }
@@ -564,12 +618,25 @@ pub async fn run_server(opts: Options, f: Flags, prog: String) -> anyhow::Result
 
     crate::process::signal::wait(server.clone(), f).await;
     tracing::info!("Initiating Shutdown...");
+    // As nats-server: listeners first (a client that sees its connection close and
+    // reconnects at once is refused, not accepted by a server about to vanish), then
+    // the connections, then exit as soon as their sockets are shut.
+    server.accepting.cancel();
+    for l in &listeners {
+        l.abort();
+    }
+    for l in listeners {
+        let _ = l.await;
+    }
     server.shutdown_now();
     if let Some(js) = &jetstream {
         js.shutdown();
     }
-    // Give writers a moment to flush their last bytes.
-    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    // Writers flush what was queued and shut their sockets; bounded by the writers'
+    // own closing deadlines.
+    server
+        .wait_connections_closed(std::time::Duration::from_secs(3))
+        .await;
     if let Some(p) = ports_file {
         let _ = std::fs::remove_file(p);
     }

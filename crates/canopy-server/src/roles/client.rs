@@ -59,6 +59,8 @@ struct Client {
     pedantic: bool,
     echo: bool,
     no_responders: bool,
+    /// CONNECT `protocol`: 1 and up hear asynchronous INFO (cluster changes).
+    protocol: i32,
     /// Subscriptions allowed (`None` = unlimited).
     max_subs: Option<usize>,
     l1: HashMap<Bytes, (u64, Arc<MatchResult<SubRef>>)>,
@@ -96,6 +98,22 @@ pub async fn serve<S>(server: Arc<Server>, stream: S, addr: SocketAddr)
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
+    serve_on(server, stream, addr, false).await
+}
+
+/// Serves a client whose transport is already set up (a WebSocket connection, after its
+/// own TLS and upgrade): INFO is its first message, no client TLS applies.
+pub async fn serve_upgraded<S>(server: Arc<Server>, stream: S, addr: SocketAddr)
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    serve_on(server, stream, addr, true).await
+}
+
+async fn serve_on<S>(server: Arc<Server>, stream: S, addr: SocketAddr, upgraded: bool)
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
     let opts = server.opts();
     let cid = server.next_cid();
     let conn = Arc::new(ConnShared::new(
@@ -110,16 +128,26 @@ where
     } else {
         String::new()
     };
-    let info = server.client_info(cid, addr, &nonce, auth.required());
+    let mut info = server.client_info(cid, addr, &nonce, auth.required());
+    if upgraded {
+        // The transport's own TLS (if any) is done: nothing to negotiate in the protocol.
+        info.tls_required = false;
+        info.tls_verify = false;
+        info.tls_available = false;
+    }
     // INFO goes out here (plaintext before a TLS handshake, or queued).
-    let tls = server.tls().client.clone();
+    let tls = if upgraded {
+        None
+    } else {
+        server.tls().client.clone()
+    };
     let Some(stream) = crate::auth::tls::accept_conn(
         &server.stats,
         tls.as_deref(),
         stream,
         &conn,
         &info,
-        opts.allow_non_tls,
+        opts.allow_non_tls || upgraded,
         "client listener",
     )
     .await
@@ -151,6 +179,7 @@ where
         pedantic: false,
         echo: true,
         no_responders: false,
+        protocol: 0,
         // The server option encodes "unlimited" as 0.
         max_subs: (opts.max_subscriptions > 0).then_some(opts.max_subscriptions as usize),
         l1: HashMap::new(),
@@ -318,6 +347,9 @@ impl Client {
             self.account
                 .in_msgs
                 .fetch_add(self.batch_in_msgs, Ordering::Relaxed);
+            self.account
+                .in_bytes
+                .fetch_add(self.batch_in_bytes, Ordering::Relaxed);
             self.batch_in_msgs = 0;
             self.batch_in_bytes = 0;
         }
@@ -328,6 +360,9 @@ impl Client {
             self.account
                 .out_msgs
                 .fetch_add(self.batch_out_msgs, Ordering::Relaxed);
+            self.account
+                .out_bytes
+                .fetch_add(self.batch_out_bytes, Ordering::Relaxed);
             self.batch_out_msgs = 0;
             self.batch_out_bytes = 0;
         }
@@ -362,6 +397,10 @@ impl Client {
                 self.end_batch();
                 self.conn.enqueue(|b| b.extend_from_slice(b"PONG\r\n"));
                 self.conn.flush_signal();
+                // From the first PONG on, as nats-server: cluster changes come as INFO.
+                if self.connected && self.protocol >= 1 {
+                    self.conn.async_info.store(true, Ordering::Relaxed);
+                }
             }
             Op::Pong => self.conn.pong_received(),
             Op::Pub {
@@ -455,6 +494,7 @@ impl Client {
         self.pedantic = c.pedantic;
         self.echo = c.echo;
         self.no_responders = c.no_responders;
+        self.protocol = c.protocol;
         self.conn.headers.store(headers, Ordering::Relaxed);
         self.conn.echo.store(c.echo, Ordering::Relaxed);
         {

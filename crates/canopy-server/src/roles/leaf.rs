@@ -157,7 +157,7 @@ impl Server {
 }
 
 /// The INFO our leafnode listener sends.
-fn leaf_info(server: &Server, cid: u64, nonce: &str, listen: SocketAddr) -> ServerInfo {
+pub(crate) fn leaf_info(server: &Server, cid: u64, nonce: &str, listen: SocketAddr) -> ServerInfo {
     let o = server.opts();
     let lo = o
         .leafnodes
@@ -186,7 +186,13 @@ fn leaf_info(server: &Server, cid: u64, nonce: &str, listen: SocketAddr) -> Serv
         leafnode_urls: if lo.no_advertise {
             Vec::new()
         } else {
-            vec![advertise]
+            let mut urls = vec![advertise];
+            for u in server.cluster_leaf_urls() {
+                if !urls.contains(&u) {
+                    urls.push(u);
+                }
+            }
+            urls
         },
         canopy_version: version::CANOPY_VERSION.to_string(),
         canopy_regional: server.is_regional(),
@@ -492,6 +498,7 @@ impl Session {
         }
         // Tell the solicitor which account it is bound to, then our interest, then PING.
         if !link.solicited {
+            self.conn.async_info.store(true, Ordering::Relaxed);
             let info = ServerInfo {
                 server_id: self.server.id.clone(),
                 server_name: self.server.name.clone(),

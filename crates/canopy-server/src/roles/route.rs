@@ -62,6 +62,48 @@ impl Server {
         self.cluster.routes.lock().clone()
     }
 
+    /// Leafnode URLs the other members told us of (their route INFO `leafnode_urls`).
+    pub fn cluster_leaf_urls(&self) -> Vec<String> {
+        let mut urls: Vec<String> = Vec::new();
+        for r in self.routes() {
+            for u in &r.leafnode_urls {
+                if !urls.contains(u) {
+                    urls.push(u.clone());
+                }
+            }
+        }
+        urls
+    }
+
+    /// Cluster membership changed (a route came or went): tell clients that asked for
+    /// updates (`protocol` >= 1) the new `connect_urls`, unless `cluster { no_advertise }`,
+    /// and leafs that connected to us the new `leafnode_urls`, as nats-server does.
+    pub fn send_async_info(&self) {
+        let o = self.opts();
+        let advertise = !o.cluster.as_ref().is_some_and(|c| c.no_advertise);
+        let auth_required = self.client_auth().required();
+        let leaf_listen = *self.leaf_addr.lock();
+        for c in self.connections() {
+            if !c.async_info.load(Ordering::Relaxed) || c.is_closed() {
+                continue;
+            }
+            let info = match c.kind {
+                ConnKind::Client if advertise => self.client_info(c.cid, c.addr, "", auth_required),
+                ConnKind::Leaf => match leaf_listen {
+                    Some(listen) => {
+                        let mut info = crate::roles::leaf::leaf_info(self, c.cid, "", listen);
+                        info.client_id = 0;
+                        info
+                    }
+                    None => continue,
+                },
+                _ => continue,
+            };
+            c.enqueue(|b| canopy_proto::encode_info(b, &info));
+            c.flush_signal();
+        }
+    }
+
     /// Client URLs of the whole cluster (INFO `connect_urls`).
     pub fn cluster_client_urls(&self) -> Vec<String> {
         let mut urls = Vec::new();
@@ -614,6 +656,7 @@ impl RouteSession {
             configured: self.solicit.as_ref().is_some_and(|(_, e)| *e),
             url: info.ip.clone(),
             connect_urls: info.connect_urls.clone(),
+            leafnode_urls: info.leafnode_urls.clone(),
             links: Mutex::new(Vec::new()),
             perms: RoutePerms::from_options(&server.opts()),
         });
@@ -685,6 +728,7 @@ impl RouteSession {
                     ip: other.url.clone(),
                     cluster: server.cluster_name(),
                     connect_urls: other.connect_urls.clone(),
+                    leafnode_urls: other.leafnode_urls.clone(),
                     headers: true,
                     ..Default::default()
                 };
@@ -693,6 +737,7 @@ impl RouteSession {
         }
         self.conn.flush_signal();
         self.route = Some(route);
+        server.send_async_info();
         true
     }
 
@@ -836,6 +881,7 @@ impl RouteSession {
                 .routes
                 .lock()
                 .retain(|r| !Arc::ptr_eq(r, &route));
+            self.server.send_async_info();
             let reason = self
                 .conn
                 .close_reason()

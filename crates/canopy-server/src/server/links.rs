@@ -24,6 +24,8 @@ pub struct Route {
     /// The peer's route URL (from its INFO `ip`), for gossip.
     pub url: String,
     pub connect_urls: Vec<String>,
+    /// The peer's leafnode URLs (its INFO `leafnode_urls`), passed on to our leafs.
+    pub leafnode_urls: Vec<String>,
     pub(crate) links: Mutex<Vec<(Arc<Account>, Arc<Link>)>>,
     /// `cluster.permissions`: `import` limits the interest we advertise and the messages
     /// we accept, `export` the interest we accept (and, its deny list, what we send).

@@ -213,53 +213,93 @@ impl<S: Subscriber> Layer<S> for NatsLayer {
         }
         let mut v = MsgVisitor(String::new());
         event.record(&mut v);
-        let mut line = format!("[{}] ", self.pid);
-        if self.settings.logtime.load(Ordering::Relaxed) {
-            if self.settings.logtime_utc.load(Ordering::Relaxed) {
-                let _ = write!(
-                    line,
-                    "{} ",
-                    chrono::Utc::now().format("%Y/%m/%d %H:%M:%S%.6f")
-                );
-            } else {
-                let _ = write!(
-                    line,
-                    "{} ",
-                    chrono::Local::now().format("%Y/%m/%d %H:%M:%S%.6f")
-                );
-            }
+        let line = format_line(self.pid, Some(&self.settings), tag, &v.0);
+        write_line(&mut self.sink.lock(), &line, self.pid);
+    }
+}
+
+/// `[pid] date [TAG] message\n`, with the date when `logtime` is on (always when the
+/// logger is not installed yet).
+fn format_line(pid: u32, settings: Option<&LogSettings>, tag: &str, msg: &str) -> String {
+    let mut line = format!("[{pid}] ");
+    let (logtime, utc) = settings
+        .map(|s| {
+            (
+                s.logtime.load(Ordering::Relaxed),
+                s.logtime_utc.load(Ordering::Relaxed),
+            )
+        })
+        .unwrap_or((true, false));
+    if logtime {
+        if utc {
+            let _ = write!(
+                line,
+                "{} ",
+                chrono::Utc::now().format("%Y/%m/%d %H:%M:%S%.6f")
+            );
+        } else {
+            let _ = write!(
+                line,
+                "{} ",
+                chrono::Local::now().format("%Y/%m/%d %H:%M:%S%.6f")
+            );
         }
-        line.push_str(tag);
-        line.push(' ');
-        line.push_str(&v.0);
-        line.push('\n');
-        let mut sink = self.sink.lock();
-        match &mut *sink {
-            Sink::Stderr => {
-                let _ = std::io::stderr().write_all(line.as_bytes());
-            }
-            Sink::File {
-                path,
-                file,
-                written,
-            } => {
-                let _ = file.write_all(line.as_bytes());
-                *written += line.len() as u64;
-                let (limit, max_files) = rotation();
-                if limit > 0 && *written >= limit {
-                    match rotate(path, max_files) {
-                        Ok(f) => {
-                            *file = f;
-                            *written = 0;
-                        }
-                        Err(e) => {
-                            let _ = writeln!(file, "[{}] [ERR] log rotation failed: {e}", self.pid);
-                            // Do not retry on every line.
-                            *written = 0;
-                        }
+    }
+    line.push_str(tag);
+    line.push(' ');
+    line.push_str(msg);
+    line.push('\n');
+    line
+}
+
+fn write_line(sink: &mut Sink, line: &str, pid: u32) {
+    match sink {
+        Sink::Stderr => {
+            let _ = std::io::stderr().write_all(line.as_bytes());
+        }
+        Sink::File {
+            path,
+            file,
+            written,
+        } => {
+            let _ = file.write_all(line.as_bytes());
+            *written += line.len() as u64;
+            let (limit, max_files) = rotation();
+            if limit > 0 && *written >= limit {
+                match rotate(path, max_files) {
+                    Ok(f) => {
+                        *file = f;
+                        *written = 0;
+                    }
+                    Err(e) => {
+                        let _ = writeln!(file, "[{pid}] [ERR] log rotation failed: {e}");
+                        // Do not retry on every line.
+                        *written = 0;
                     }
                 }
             }
+        }
+    }
+}
+
+/// Logs a fatal error as nats-server's `Fatalf` does: `[pid] date [FTL] message`, to the
+/// log (and to stderr as well when the log is a file, so that whoever started the
+/// process sees why it stopped). The caller exits afterwards.
+pub fn fatal(msg: &str) {
+    let pid = std::process::id();
+    match GLOBAL.get() {
+        Some((settings, sink)) => {
+            let line = format_line(pid, Some(settings), "[FTL]", msg);
+            let mut sink = sink.lock();
+            let to_file = matches!(&*sink, Sink::File { .. });
+            write_line(&mut sink, &line, pid);
+            if to_file {
+                let _ = std::io::stderr().write_all(line.as_bytes());
+            }
+        }
+        None => {
+            let line = format_line(pid, None, "[FTL]", msg);
+            let _ = std::io::stderr().write_all(line.as_bytes());
         }
     }
 }

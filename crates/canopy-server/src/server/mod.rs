@@ -36,6 +36,8 @@ pub struct Server {
     accounts: RwLock<HashMap<String, Arc<Account>>>,
     global: Arc<Account>,
     conns: Mutex<HashMap<u64, Arc<ConnShared>>>,
+    /// Notified whenever a connection is forgotten (shutdown waits on it).
+    conn_removed: tokio::sync::Notify,
     pub closed: Mutex<std::collections::VecDeque<ClosedConn>>,
     next_cid: AtomicU64,
     pub stats: ServerStats,
@@ -46,6 +48,12 @@ pub struct Server {
     pub ldm: AtomicBool,
     pub client_addr: Mutex<Option<SocketAddr>>,
     pub http_addr: Mutex<Option<SocketAddr>>,
+    /// The leafnode and route listeners' addresses once bound (`/varz` shows the real
+    /// ports when the configuration asked for a random one).
+    pub leaf_addr: Mutex<Option<SocketAddr>>,
+    pub route_addr: Mutex<Option<SocketAddr>>,
+    /// The websocket listener's address once bound.
+    pub ws_addr: Mutex<Option<SocketAddr>>,
     pub config_load_time: Mutex<SystemTime>,
     pub system_account: String,
     remotes: Mutex<Vec<Arc<links::RemoteState>>>,
@@ -108,6 +116,7 @@ impl Server {
             accounts: RwLock::new(accounts),
             global,
             conns: Mutex::new(HashMap::new()),
+            conn_removed: tokio::sync::Notify::new(),
             closed: Mutex::new(std::collections::VecDeque::new()),
             next_cid: AtomicU64::new(1),
             stats: ServerStats::default(),
@@ -116,6 +125,9 @@ impl Server {
             ldm: AtomicBool::new(false),
             client_addr: Mutex::new(None),
             http_addr: Mutex::new(None),
+            leaf_addr: Mutex::new(None),
+            route_addr: Mutex::new(None),
+            ws_addr: Mutex::new(None),
             config_load_time: Mutex::new(SystemTime::now()),
             system_account,
             remotes: Mutex::new(Vec::new()),
@@ -279,6 +291,7 @@ impl Server {
     /// Forgets a closed connection, counting slow consumers and keeping it for `/connz`.
     pub fn remove_conn(&self, conn: &Arc<ConnShared>) {
         self.conns.lock().remove(&conn.cid);
+        self.conn_removed.notify_waiters();
         let reason = conn.close_reason().unwrap_or(CloseReason::ClientClosed);
         match reason {
             CloseReason::SlowConsumerPendingBytes | CloseReason::SlowConsumerWriteDeadline => {
@@ -359,7 +372,8 @@ impl Server {
             jetstream: self.jetstream().is_some(),
             domain: self.js_domain().unwrap_or_default(),
             cluster: self.cluster_name(),
-            connect_urls: if o.cluster.is_some() {
+            // `cluster { no_advertise }`: clients are not told of the other members.
+            connect_urls: if o.cluster.as_ref().is_some_and(|c| !c.no_advertise) {
                 self.cluster_client_urls()
             } else {
                 Vec::new()
@@ -413,6 +427,9 @@ impl Server {
             match accepted {
                 Ok((stream, addr)) => {
                     let _ = stream.set_nodelay(true);
+                    // Dual-stack listeners see IPv4 peers as `::ffff:a.b.c.d`; report
+                    // them as IPv4, as nats-server does.
+                    let addr = std::net::SocketAddr::new(addr.ip().to_canonical(), addr.port());
                     tokio::spawn(serve(self.clone(), stream, addr));
                 }
                 Err(e) => {
@@ -467,6 +484,24 @@ impl Server {
         }
         self.accounts_removed();
         self.shutdown.cancel();
+    }
+
+    /// Waits until every registered connection has been forgotten (its writer flushed and
+    /// shut the socket), at most `within`.
+    pub async fn wait_connections_closed(&self, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let notified = self.conn_removed.notified();
+            tokio::pin!(notified);
+            // Registered before checking, so a removal in between is not missed.
+            notified.as_mut().enable();
+            if self.conns.lock().is_empty() {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return;
+            }
+        }
     }
 
     /// Closes every connection and stops everything.

@@ -1,0 +1,74 @@
+//! The WebSocket listener (`websocket {}`): each accepted connection gets its TLS
+//! (`wss://`, with `websocket { tls {} }`) and HTTP upgrade
+//! ([`crate::auth::websocket`]), then is served as an ordinary client over the
+//! [`crate::auth::websocket::WsStream`] adapter.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::auth::websocket::{self, Upgrade};
+use crate::server::Server;
+
+/// nats-server's default `handshake_timeout` (TLS and upgrade).
+const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Accepts WebSocket clients until the server stops accepting.
+pub async fn accept_websocket(server: Arc<Server>, listener: TcpListener) {
+    let until = server.accepting.clone();
+    server
+        .accept_loop(listener, until, "websocket", serve)
+        .await;
+}
+
+async fn serve(server: Arc<Server>, stream: TcpStream, addr: SocketAddr) {
+    let o = server.opts();
+    let Some(w) = o.websocket.as_ref() else {
+        return;
+    };
+    let timeout = w.handshake_timeout.unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT);
+    let rules = Upgrade {
+        same_origin: w.same_origin,
+        allowed_origins: w.allowed_origins.clone(),
+        // A message carries at most one payload plus its protocol lines; outbound batches
+        // are ours to size.
+        max_message: (o.max_payload as usize).saturating_add(o.max_control_line as usize * 4),
+    };
+    drop(o);
+    let tls = server.tls().websocket.clone();
+    let res: Result<(), String> = match tls {
+        Some(tls) => {
+            let started = tokio::time::Instant::now();
+            match tokio::time::timeout(timeout, crate::auth::tls::accept_first(&tls, stream)).await
+            {
+                Ok(Ok(s)) => {
+                    let left = timeout.saturating_sub(started.elapsed());
+                    match websocket::accept(s, &rules, true, left).await {
+                        Ok(ws) => {
+                            crate::roles::client::serve_upgraded(server, ws, addr).await;
+                            return;
+                        }
+                        Err(e) => Err(e.to_string()),
+                    }
+                }
+                Ok(Err(e)) => {
+                    crate::auth::tls::count_failure(&server.stats);
+                    Err(format!("TLS handshake error: {e}"))
+                }
+                Err(_) => Err("TLS handshake timed out".into()),
+            }
+        }
+        None => match websocket::accept(stream, &rules, false, timeout).await {
+            Ok(ws) => {
+                crate::roles::client::serve_upgraded(server, ws, addr).await;
+                return;
+            }
+            Err(e) => Err(e.to_string()),
+        },
+    };
+    if let Err(e) = res {
+        tracing::error!("{addr} - websocket connection refused: {e}");
+    }
+}
