@@ -348,8 +348,6 @@ pub(super) fn list(acc: &Account, stream: Option<&str>, body: &[u8]) -> Result<V
             .take(LIST_LIMIT)
             .map(|k| info_of(c, k))
             .collect();
-        Ok(
-            json!({"total": total, "offset": req.offset, "limit": LIST_LIMIT, "consumers": page, "missing": Value::Null}),
-        )
+        Ok(json!({"total": total, "offset": req.offset, "limit": LIST_LIMIT, "consumers": page}))
     })
 }

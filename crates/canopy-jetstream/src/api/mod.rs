@@ -39,9 +39,34 @@ fn envelope(kind: &str, r: Result<Value, E>) -> (Value, bool) {
             }
             (json!({"type": t}), false)
         }
-        Err(e) => (json!({"type": t, "error": ApiError::from(e)}), true),
+        Err(e) => {
+            let mut v = json!({"type": t, "error": ApiError::from(e)});
+            // nats-server's paged responses carry their (zero) paging fields even on
+            // errors, consumer pages an empty list too: the fields are not optional in
+            // its response types.
+            if let (Some(&(_, list)), Some(o)) =
+                (PAGED.iter().find(|p| p.0 == kind), v.as_object_mut())
+            {
+                for k in ["total", "offset", "limit"] {
+                    o.insert(k.into(), json!(0));
+                }
+                if let Some(list) = list {
+                    o.insert(list.into(), json!([]));
+                }
+            }
+            (v, true)
+        }
     }
 }
+
+/// Response kinds with paging fields, and the list an error response still carries.
+const PAGED: &[(&str, Option<&str>)] = &[
+    ("stream_info_response", None),
+    ("stream_names_response", None),
+    ("stream_list_response", None),
+    ("consumer_names_response", Some("consumers")),
+    ("consumer_list_response", Some("consumers")),
+];
 
 /// Parses a JSON body (empty or `null`, as async-nats sends for "no options": the
 /// default).

@@ -25,6 +25,11 @@ fn invalid(s: &str) -> E {
 /// Parses and normalises a stream config from a create/update body.
 fn parse_config(name: Option<&str>, body: &[u8]) -> Result<StreamConfig, E> {
     let name = name.ok_or(E::BadRequest)?;
+    // A create or update needs a config: an empty body is invalid JSON, as in nats-server
+    // (not a default config).
+    if body.trim_ascii().is_empty() {
+        return Err(E::InvalidJson("unexpected end of JSON input".into()));
+    }
     let mut cfg: StreamConfig = parse_body(body)?;
     if cfg.name.is_empty() {
         cfg.name = name.to_string();
@@ -196,18 +201,22 @@ pub(super) fn create(
         if !same_config(&h.cfg.read(), &cfg) {
             return Err(E::StreamNameExist);
         }
-        return on_stream(acc, Some(&cfg.name), |c| Ok(c.info(None, false)));
+        // nats-server answers an idempotent create with `did_create` too.
+        return on_stream(acc, Some(&cfg.name), |c| Ok(c.info(None, false))).map(created);
     }
     check_limits(e, acc, &cfg, None)?;
     check_overlap(acc, &cfg)?;
     let h = e.open_stream(acc, cfg, now_ns(), false)?;
-    let mut v = h
-        .call(|c: &mut StreamCore| c.info(None, false))
-        .ok_or_else(|| E::StreamCreate("stream is not responding".into()))?;
+    h.call(|c: &mut StreamCore| c.info(None, false))
+        .ok_or_else(|| E::StreamCreate("stream is not responding".into()))
+        .map(created)
+}
+
+fn created(mut v: Value) -> Value {
     if let Some(o) = v.as_object_mut() {
         o.insert("did_create".into(), Value::Bool(true));
     }
-    Ok(v)
+    v
 }
 
 pub(super) fn update(
@@ -290,11 +299,41 @@ struct InfoReq {
 
 pub(super) fn info(acc: &Account, name: Option<&str>, body: &[u8]) -> Result<Value, E> {
     let req: InfoReq = parse_body(body)?;
-    let _ = req.offset;
-    on_stream(acc, name, move |c| {
-        Ok(c.info(req.subjects_filter.as_deref(), req.deleted_details))
-    })
+    // nats-server's stream info is paged over `state.subjects` (total/offset/limit always
+    // present; limit 0 when no subjects were asked for).
+    let asked = req
+        .subjects_filter
+        .as_deref()
+        .is_some_and(|f| !f.is_empty());
+    let (filter, deleted) = (req.subjects_filter, req.deleted_details);
+    let mut v = on_stream(acc, name, move |c| Ok(c.info(filter.as_deref(), deleted)))?;
+    let mut total = 0;
+    if let Some(state) = v.get_mut("state").and_then(Value::as_object_mut) {
+        if let Some(Value::Object(subjects)) = state.remove("subjects") {
+            total = subjects.len();
+            let page: serde_json::Map<String, Value> = subjects
+                .into_iter()
+                .skip(req.offset)
+                .take(SUBJECTS_LIMIT)
+                .collect();
+            if !page.is_empty() {
+                state.insert("subjects".into(), Value::Object(page));
+            }
+        }
+    }
+    if let Some(o) = v.as_object_mut() {
+        o.insert("total".into(), json!(total));
+        o.insert("offset".into(), json!(if asked { req.offset } else { 0 }));
+        o.insert(
+            "limit".into(),
+            json!(if asked { SUBJECTS_LIMIT } else { 0 }),
+        );
+    }
+    Ok(v)
 }
+
+/// Most subjects one stream info page lists (nats-server's `JSMaxSubjectDetails`).
+const SUBJECTS_LIMIT: usize = 100_000;
 
 pub(super) fn delete(e: &Engine, acc: &Account, name: Option<&str>) -> Result<Value, E> {
     let _g = acc.admin.lock();
@@ -414,7 +453,8 @@ pub(super) fn msg_delete(acc: &Account, name: Option<&str>, body: &[u8]) -> Resu
             .remove_msg(req.seq)
             .map_err(|e| E::StreamMsgDeleteFailed(e.to_string()))?;
         if !removed {
-            return Err(E::SequenceNotFound(req.seq));
+            // nats-server reports the store's "not found" as a failed delete (500/10057).
+            return Err(E::StreamMsgDeleteFailed("no message found".into()));
         }
         c.consumers_purged();
         c.update_stats();
@@ -464,9 +504,7 @@ pub(super) fn list(acc: &Account, body: &[u8]) -> Result<Value, E> {
         .filter_map(|n| acc.stream(&n))
         .filter_map(|h| h.call(|c: &mut StreamCore| c.info(None, false)))
         .collect();
-    Ok(
-        json!({"total": total, "offset": req.offset, "limit": LIST_LIMIT, "streams": infos, "missing": Value::Null}),
-    )
+    Ok(json!({"total": total, "offset": req.offset, "limit": LIST_LIMIT, "streams": infos}))
 }
 
 /// A stream's entry in `/jsz` `stream_detail`.
