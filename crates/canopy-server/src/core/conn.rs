@@ -187,13 +187,20 @@ impl ConnShared {
                 return false;
             }
             f(&mut out.buf);
-            out.buf.len() > self.max_pending && self.kind == ConnKind::Client
+            // Every kind is bounded, links too (as nats-server): a stopped or slow peer
+            // must not grow our memory without limit.
+            out.buf.len() > self.max_pending
         };
         if over {
             self.close(CloseReason::SlowConsumerPendingBytes);
             return false;
         }
         true
+    }
+
+    /// The outbound bound: past it the connection is closed as a slow consumer.
+    pub fn max_pending(&self) -> usize {
+        self.max_pending
     }
 
     /// Wakes the writer.

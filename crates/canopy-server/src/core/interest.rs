@@ -128,6 +128,11 @@ pub struct Link {
     /// A leaf that authenticated as a client user: that user's permissions (publish: what
     /// it may send us; subscribe: what it may receive).
     pub perms: Option<Arc<crate::core::perms::Perms>>,
+    /// Interest entries this link may give us (0 = unlimited): a peer flooding LS+ is
+    /// bounded like a client flooding SUB (`max_subscriptions`).
+    pub max_subs: usize,
+    /// Set once the peer went over `max_subs` (logged and answered once per link).
+    pub subs_exceeded: AtomicBool,
 }
 
 impl Link {
@@ -154,6 +159,8 @@ impl Link {
             reconnects: AtomicU64::new(0),
             route_account: None,
             perms: None,
+            max_subs: 0,
+            subs_exceeded: AtomicBool::new(false),
         }
     }
 
@@ -313,7 +320,8 @@ impl Account {
     }
 
     /// Updates the interest a link gave us (LS+ with `weight` for queues, LS-: 0).
-    pub fn link_interest(&self, link: &Arc<Link>, key: Key, weight: u32) {
+    /// Returns false (and changes nothing) when the link is at its `max_subs`.
+    pub fn link_interest(&self, link: &Arc<Link>, key: Key, weight: u32) -> bool {
         {
             let mut subs = link.remote_subs.lock();
             if weight == 0 {
@@ -321,6 +329,9 @@ impl Account {
                     self.sublist.remove(&key.0, key.1.as_deref(), &sub);
                 }
             } else if !subs.contains_key(&key) {
+                if link.max_subs > 0 && subs.len() >= link.max_subs {
+                    return false;
+                }
                 let sub = SubRef(Arc::new(Subscription {
                     conn: link.conn.clone(),
                     subject: Bytes::copy_from_slice(key.0.as_bytes()),
@@ -335,12 +346,13 @@ impl Account {
                     .insert(&key.0, key.1.as_deref(), sub.clone())
                     .is_err()
                 {
-                    return;
+                    return true;
                 }
                 subs.insert(key.clone(), sub);
             }
         }
         self.interest_set(&key, link, weight);
+        true
     }
 
     /// Total number of interest keys (for monitoring).

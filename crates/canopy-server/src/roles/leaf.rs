@@ -265,7 +265,12 @@ async fn serve_accepted(
     listen: SocketAddr,
 ) {
     let cid = server.next_cid();
-    let conn = Arc::new(ConnShared::new(cid, ConnKind::Leaf, addr, usize::MAX));
+    let conn = Arc::new(ConnShared::new(
+        cid,
+        ConnKind::Leaf,
+        addr,
+        server.link_max_pending(),
+    ));
     let nonce = crate::auth::users::new_nonce();
     let info = leaf_info(&server, cid, &nonce, listen);
     // INFO goes out here (plaintext before a TLS handshake, or queued).
@@ -350,6 +355,12 @@ impl Session {
                 tracing::error!("{} - Leafnode Error '{t}'", conn_label(&self.conn));
                 if t.contains("Loop detected") {
                     self.ended = Ended::LoopDetected;
+                }
+                if t.eq_ignore_ascii_case(errors::MAX_SUBSCRIPTIONS) {
+                    // The peer ignores our interest beyond its limit but keeps the link
+                    // (nats-server does not close here either): reconnecting would only
+                    // hit the same limit again.
+                    return true;
                 }
                 self.conn
                     .close(CloseReason::Other(format!("peer error: {t}")));
@@ -474,6 +485,7 @@ impl Session {
             Vec::new(),
         );
         link.perms = perms;
+        link.max_subs = self.server.link_max_subs();
         self.establish(Arc::new(link), acc, class);
         true
     }
@@ -585,7 +597,19 @@ impl Session {
             None => None,
         };
         let weight = if q.is_none() { weight.min(1) } else { weight };
-        acc.link_interest(&link, (Arc::from(subj), q), weight);
+        if !acc.link_interest(&link, (Arc::from(subj), q), weight)
+            && !link.subs_exceeded.swap(true, Ordering::Relaxed)
+        {
+            // As nats-server: the interest is ignored and the peer told; the link stays.
+            tracing::error!(
+                "{} - leafnode {:?} (account {}): Maximum Subscriptions Exceeded (max {}); further interest from it is ignored",
+                conn_label(&self.conn),
+                link.peer_name,
+                acc.name,
+                link.max_subs
+            );
+            self.conn.send_err(errors::MAX_SUBSCRIPTIONS);
+        }
         true
     }
 
@@ -1025,7 +1049,12 @@ async fn solicit(
     };
     c.tls_required = wants_tls;
     let cid = server.next_cid();
-    let conn = Arc::new(ConnShared::new(cid, ConnKind::Leaf, addr, usize::MAX));
+    let conn = Arc::new(ConnShared::new(
+        cid,
+        ConnKind::Leaf,
+        addr,
+        server.link_max_pending(),
+    ));
     if wants_tls && !rd.is_tls() {
         // Upgrade, send CONNECT and PING, and read the first answer: with TLS 1.3 a hub
         // that rejects our certificate says so only now, and that is a handshake failure.
@@ -1056,7 +1085,7 @@ async fn solicit(
     } else {
         info.server_name.clone()
     };
-    let link = Arc::new(Link::new(
+    let mut link = Link::new(
         conn.clone(),
         info.server_id.clone(),
         peer_name.clone(),
@@ -1064,7 +1093,9 @@ async fn solicit(
         url.hostport(),
         remote.deny_imports.clone(),
         remote.deny_imports.clone(),
-    ));
+    );
+    link.max_subs = server.link_max_subs();
+    let link = Arc::new(link);
     let mut s = Session {
         server: server.clone(),
         conn: conn.clone(),
