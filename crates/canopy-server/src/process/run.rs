@@ -395,13 +395,45 @@ pub fn main() -> i32 {
     }
 }
 
+/// Binds a listener (client, leaf, route, monitoring) with the kernel's accept backlog.
 async fn bind(host: &str, port: i32) -> anyhow::Result<TcpListener> {
     let port = if port < 0 { 0 } else { port as u16 };
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    let l = TcpListener::bind((host, port))
-        .await
-        .map_err(|e| anyhow::anyhow!("Error listening on {host}:{port}: {e}"))?;
-    Ok(l)
+    let err = |e: std::io::Error| anyhow::anyhow!("Error listening on {host}:{port}: {e}");
+    let backlog = listen_backlog();
+    let mut last = None;
+    for addr in tokio::net::lookup_host((host, port)).await.map_err(err)? {
+        match listen_on(addr, backlog) {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(err(last.unwrap_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::NotFound, "no address to listen on")
+    })))
+}
+
+fn listen_on(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
+}
+
+/// The accept backlog: the kernel's `somaxconn`, as nats-server (Go) listens with. Tokio's
+/// default (128) drops connections of a storm (NATS servers speak first, so a client
+/// whose handshake was dropped from a full accept queue waits for INFO); the kernel caps
+/// whatever we ask at `somaxconn` anyway.
+pub fn listen_backlog() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|t| t.trim().parse::<u32>().ok())
+        .filter(|n| *n > 0)
+        .map_or(4096, |n| n.min(65535))
 }
 
 fn fmt_hostport(a: &SocketAddr) -> String {
