@@ -218,3 +218,36 @@ fn leaf_interest_flood_is_bounded() {
     assert!(subs <= 110, "hub holds {subs} subscriptions for the flood");
     assert!(hub.log().contains("flooder"), "log does not name the leaf");
 }
+
+/// Memory per idle connection and per subscription stays small: read buffers start at
+/// 512 bytes and grow only when reads fill them, outbound buffers are empty until used,
+/// and a subscription is one lean record (its subject, queue and sid in one allocation).
+/// `canopy bench idle --idle-subs` measures the same against a release build.
+#[test]
+fn idle_connections_and_subscriptions_are_lean() {
+    const CONNS: usize = 500;
+    const SUBS: usize = 20_000;
+    let s = ServerProcess::canopy("port: -1\n").unwrap();
+    let pid = s.pid().unwrap();
+    let mut first = raw_sub(&s.addr(), "warmup");
+    let rss0 = proc_kib(pid, "VmRSS");
+    let mut conns = Vec::new();
+    for _ in 0..CONNS {
+        conns.push(raw_sub(&s.addr(), "idle"));
+    }
+    let rss1 = proc_kib(pid, "VmRSS");
+    let per_conn = (rss1 - rss0) * 1024 / CONNS as u64;
+    let mut ops = String::new();
+    for i in 0..SUBS {
+        // The shape of `canopy bench idle --idle-subs`: a prefix, then two tokens.
+        ops.push_str(&format!("SUB lean.{}.{} {}\r\n", i / 100, i % 100, i + 2));
+    }
+    ops.push_str("PING\r\n");
+    first.send_str(&ops).unwrap();
+    assert_eq!(first.read_op().unwrap(), "PONG");
+    let rss2 = proc_kib(pid, "VmRSS");
+    let per_sub = (rss2 - rss1) * 1024 / SUBS as u64;
+    eprintln!("idle connection: {per_conn} B, subscription: {per_sub} B");
+    assert!(per_conn < 12 * 1024, "{per_conn} bytes per idle connection");
+    assert!(per_sub < 450, "{per_sub} bytes per subscription");
+}

@@ -312,7 +312,7 @@ pub fn deliver_one(
         }
     }
     if let Some(sink) = &sub.sink {
-        return offer_to_sink(acc, sink.as_ref(), msg, origin, flush, d);
+        return offer_to_sink(acc, sink.as_ref().as_ref(), msg, origin, flush, d);
     }
     let conn = &sub.conn;
     let headers_ok = conn.headers.load(Ordering::Relaxed);
@@ -323,8 +323,8 @@ pub fn deliver_one(
         None => (None, msg.payload),
     };
     let ok = conn.enqueue(|b| match hdr {
-        Some(h) => canopy_proto::encode_hmsg(b, msg.subject, &sub.sid, msg.reply, h, body),
-        None => canopy_proto::encode_msg(b, msg.subject, &sub.sid, msg.reply, body),
+        Some(h) => canopy_proto::encode_hmsg(b, msg.subject, sub.sid(), msg.reply, h, body),
+        None => canopy_proto::encode_msg(b, msg.subject, sub.sid(), msg.reply, body),
     });
     if ok {
         conn.stats.out_msgs.fetch_add(1, Ordering::Relaxed);
@@ -420,7 +420,8 @@ pub fn no_responders(acc: &Account, reply: &[u8], requester_cid: u64, flush: &mu
         .find(|s| s.conn.cid == requester_cid);
     if let Some(sub) = own {
         let conn: &Arc<_> = &sub.conn;
-        if conn.enqueue(|b| canopy_proto::encode_hmsg(b, reply, &sub.sid, None, block.len(), block))
+        if conn
+            .enqueue(|b| canopy_proto::encode_hmsg(b, reply, sub.sid(), None, block.len(), block))
         {
             flush.add(conn);
         }

@@ -332,15 +332,13 @@ impl Account {
                 if link.max_subs > 0 && subs.len() >= link.max_subs {
                     return false;
                 }
-                let sub = SubRef(Arc::new(Subscription {
-                    conn: link.conn.clone(),
-                    subject: Bytes::copy_from_slice(key.0.as_bytes()),
-                    queue: key.1.as_ref().map(|q| Bytes::copy_from_slice(q.as_bytes())),
-                    sid: Bytes::new(),
-                    max: AtomicU64::new(0),
-                    delivered: AtomicU64::new(0),
-                    sink: None,
-                }));
+                let sub = SubRef(Arc::new(Subscription::new(
+                    link.conn.clone(),
+                    key.0.as_bytes(),
+                    key.1.as_deref().map(str::as_bytes),
+                    b"",
+                    None,
+                )));
                 if self
                     .sublist
                     .insert(&key.0, key.1.as_deref(), sub.clone())

@@ -789,7 +789,7 @@ fn subs_by_cid(s: &Server, cids: &HashSet<u64>) -> HashMap<u64, Vec<Value>> {
                     &a.name,
                     &subject,
                     queue.as_deref(),
-                    &sub.sid,
+                    sub.sid(),
                     sub.delivered.load(Ordering::Relaxed),
                     cid,
                 ));
@@ -984,7 +984,7 @@ pub fn subsz(s: &Arc<Server>, q: &Query) -> Result<Value, QueryError> {
                     &a.name,
                     &subject,
                     queue.as_deref(),
-                    &sub.sid,
+                    sub.sid(),
                     sub.delivered.load(Ordering::Relaxed),
                     sub.conn.cid,
                 ));
