@@ -811,11 +811,11 @@ pub async fn run_remote(server: Arc<Server>, remote: RemoteLeafOpts, state: Arc<
             {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
-                    note_failure(&state, &target, attempt, &e.to_string());
+                    note_failure(&server, &state, &target, attempt, &e.to_string());
                     continue;
                 }
                 Err(_) => {
-                    note_failure(&state, &target, attempt, "connect timed out");
+                    note_failure(&server, &state, &target, attempt, "connect timed out");
                     continue;
                 }
             };
@@ -835,7 +835,7 @@ pub async fn run_remote(server: Arc<Server>, remote: RemoteLeafOpts, state: Arc<
                     break;
                 }
                 Err(e) => {
-                    note_failure(&state, &target, attempt, &e);
+                    note_failure(&server, &state, &target, attempt, &e);
                 }
             }
         }
@@ -856,10 +856,26 @@ pub async fn run_remote(server: Arc<Server>, remote: RemoteLeafOpts, state: Arc<
     }
 }
 
-fn note_failure(state: &RemoteState, target: &str, attempt: u64, err: &str) {
-    tracing::error!(
-        "Error trying to connect as leafnode to remote server \"{target}\" (attempt {attempt}): {err}"
-    );
+/// Logs a failed attempt as nats-server does (`shouldReportConnectErr`): as an error on the
+/// first attempt and every `connect_error_reports`th (before the remote ever connected)
+/// or `reconnect_error_reports`th (after), otherwise at debug level. A leaf with many
+/// remotes started before its hub would otherwise log one error per remote per second.
+fn note_failure(server: &Server, state: &RemoteState, target: &str, attempt: u64, err: &str) {
+    let o = server.opts();
+    let every = if state.ever_connected.load(Ordering::Relaxed) {
+        o.reconnect_error_reports
+    } else {
+        o.connect_error_reports
+    };
+    if attempt == 1 || (every > 0 && attempt.is_multiple_of(every)) {
+        tracing::error!(
+            "Error trying to connect as leafnode to remote server \"{target}\" (attempt {attempt}): {err}"
+        );
+    } else {
+        tracing::debug!(
+            "Error trying to connect as leafnode to remote server \"{target}\" (attempt {attempt}): {err}"
+        );
+    }
     *state.last_error.lock() = Some(format!("{target}: {err}"));
 }
 
@@ -1114,6 +1130,7 @@ async fn solicit(
         url.hostport()
     );
     state.connected.store(true, Ordering::Relaxed);
+    state.ever_connected.store(true, Ordering::Relaxed);
     *state.connected_url.lock() = Some(url.hostport());
     // Ops already buffered after the INFO are handled first.
     let mut early_ok = true;
