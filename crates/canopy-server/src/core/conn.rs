@@ -128,7 +128,8 @@ pub struct ConnShared {
     /// forwarded.
     pub link_class: AtomicU8,
     /// Leaf links: subjects never sent over this link (`deny_exports`, the peer's
-    /// `deny_pub`).
+    /// `deny_pub`). Clients: subjects never delivered to them (their user's subscribe
+    /// deny rules, which also bind wildcard subscriptions).
     pub deny_send: OnceLock<Vec<String>>,
     /// Links: the id of the server behind this connection; a message is never sent back
     /// to the server it came from, over any connection.

@@ -301,6 +301,13 @@ pub fn deliver_one(
     flush: &mut FlushList,
     d: &mut Delivered,
 ) -> bool {
+    if let Some(deny) = sub.conn.deny_send.get() {
+        // The receiver's subscribe deny rules (set only when it has some).
+        let s = std::str::from_utf8(msg.subject).unwrap_or("");
+        if deny.iter().any(|x| canopy_subject::subject_matches(x, s)) {
+            return false;
+        }
+    }
     let max = sub.max.load(Ordering::Relaxed);
     if max > 0 {
         let n = sub.delivered.fetch_add(1, Ordering::Relaxed) + 1;

@@ -113,7 +113,8 @@ pub struct Link {
     pub remote_url: String,
     /// Interest on these subjects is never advertised to this link (`deny_imports`).
     pub deny_advertise: Vec<String>,
-    /// Messages and interest on these subjects from this link are dropped (`deny_imports`).
+    /// Messages on these subjects from this link are dropped (`deny_imports`); the peer's
+    /// interest in them is kept (it asks for what we send, which `deny_exports` governs).
     pub deny_receive: Vec<String>,
     /// False for the standby connection of a mesh pair: it carries none of our interest.
     pub advertise: AtomicBool,

@@ -534,6 +534,13 @@ impl Client {
         if let Some(ar) = a.perms.as_ref().and_then(|p| p.allow_responses) {
             let _ = self.conn.allow_responses.set(ar);
         }
+        // Subscribe deny rules also filter what wildcard subscriptions receive (a
+        // subscription to `a.*` with `a.secret` denied never gets `a.secret`).
+        if let Some(deny) = a.perms.as_ref().map(|p| &p.subscribe.deny) {
+            if !deny.is_empty() {
+                let _ = self.conn.deny_send.set(deny.clone());
+            }
+        }
         self.perms = a.perms;
         self.connected = true;
         self.conn.registered.store(true, Ordering::Relaxed);

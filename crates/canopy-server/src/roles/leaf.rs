@@ -572,11 +572,14 @@ impl Session {
                 .error_and_close(&text, CloseReason::Other("loop detected".into()));
             return false;
         }
+        // Interest the peer gives us is a request for messages we send: only what we
+        // never send over this link (our `deny_exports`, or the peer's `deny_pub`) may
+        // be ignored. Our `deny_imports` (`deny_receive`) is about what we receive.
         if !canopy_subject::is_well_formed(subj)
-            || link
-                .deny_receive
-                .iter()
-                .any(|d| canopy_subject::subject_is_subset_of(subj, d))
+            || self.conn.deny_send.get().is_some_and(|deny| {
+                deny.iter()
+                    .any(|d| canopy_subject::subject_is_subset_of(subj, d))
+            })
         {
             return true;
         }
