@@ -183,6 +183,10 @@ impl<T: PartialEq> Node<T> {
     /// Stores `item`; returns the queue name as stored, for the cache update.
     fn add(&mut self, queue: Option<&str>, item: T) -> Option<Arc<str>> {
         let Some(q) = queue else {
+            // Most subjects have one subscriber: start with room for one, not four.
+            if self.psubs.capacity() == 0 {
+                self.psubs.reserve_exact(1);
+            }
             self.psubs.push(item);
             return None;
         };

@@ -1,5 +1,7 @@
 //! Idle-connection memory: open N raw connections (INFO, CONNECT, PING/PONG), hold them
-//! for `--settle`, and report the server's VmRSS growth per connection.
+//! for `--settle`, and report the server's VmRSS growth per connection; with
+//! `--idle-subs K` each connection then subscribes to K distinct subjects and the growth
+//! per subscription is reported too.
 
 use super::raw::RawConn;
 use super::{BenchArgs, CpuWindow, IdleStats, Report};
@@ -30,6 +32,28 @@ pub async fn run(conn: &ConnArgs, a: &BenchArgs, n: usize) -> Result<Report> {
     tokio::time::sleep(a.settle).await;
     let rss_after = a.server_pid.map(procstat::rss_kib).transpose()?;
     let (client_cpu, server_cpu) = window.finish(0)?;
+    let mut conns = conns;
+    let (subs, bytes_per_sub) = if a.idle_subs > 0 {
+        let k = a.idle_subs;
+        // Distinct subjects, as an application's inboxes or per-entity subjects are.
+        futures::stream::iter(conns.iter_mut().enumerate())
+            .map(|(i, c)| c.subscribe_many(&a.subject, i, k))
+            .buffer_unordered(PARALLEL)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<Vec<_>>>()
+            .context("subscribing")?;
+        tokio::time::sleep(a.settle).await;
+        let rss_subs = a.server_pid.map(procstat::rss_kib).transpose()?;
+        let total = n * k;
+        let per = rss_after
+            .zip(rss_subs)
+            .map(|(b, s)| (s as f64 - b as f64) * 1024.0 / total.max(1) as f64);
+        (Some(total), per)
+    } else {
+        (None, None)
+    };
     drop(conns);
     let delta = rss_before.zip(rss_after).map(|(b, a)| a as i64 - b as i64);
     Ok(Report {
@@ -50,6 +74,8 @@ pub async fn run(conn: &ConnArgs, a: &BenchArgs, n: usize) -> Result<Report> {
             rss_after_kib: rss_after,
             delta_kib: delta,
             bytes_per_conn: delta.map(|d| d as f64 * 1024.0 / n.max(1) as f64),
+            subs,
+            bytes_per_sub,
         }),
         client_cpu,
         server_cpu,

@@ -47,6 +47,10 @@ pub struct BenchArgs {
     /// Idle-connection mode: open this many raw connections (CONNECT + PING) and hold them.
     #[arg(long, conflicts_with_all = ["request", "raw"])]
     pub idle: Option<usize>,
+    /// Idle mode: after the connections are measured, each subscribes to this many
+    /// distinct subjects and the server's RSS growth per subscription is reported.
+    #[arg(long, default_value_t = 0, requires = "idle")]
+    pub idle_subs: usize,
     /// How long idle connections are held before the server's RSS is read.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub settle: Duration,
@@ -119,6 +123,11 @@ pub struct IdleStats {
     pub rss_after_kib: Option<u64>,
     pub delta_kib: Option<i64>,
     pub bytes_per_conn: Option<f64>,
+    /// With `--idle-subs`: subscriptions made and the RSS growth per subscription.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subs: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_per_sub: Option<f64>,
 }
 
 /// CPU time of a process over the measured window.
@@ -473,6 +482,9 @@ fn print_report(r: &Report) {
                 per
             ),
             _ => println!("Server RSS: unknown (pass --server-pid)"),
+        }
+        if let (Some(n), Some(per)) = (i.subs, i.bytes_per_sub) {
+            println!("Subscriptions: {n}, server RSS growth {per:.0} bytes/subscription");
         }
     }
     print_cpu("Client", &r.client_cpu);

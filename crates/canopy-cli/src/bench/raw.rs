@@ -175,6 +175,17 @@ impl RawConn {
         Ok(())
     }
 
+    /// Subscribes to `k` distinct subjects (`prefix.conn.j`) and waits until the server
+    /// processed them.
+    pub async fn subscribe_many(&mut self, prefix: &str, conn: usize, k: usize) -> Result<()> {
+        let mut ops = String::with_capacity(k * (prefix.len() + 24));
+        for j in 0..k {
+            ops.push_str(&format!("SUB {prefix}.{conn}.{j} {}\r\n", j + 1));
+        }
+        self.writer.write_all(ops.as_bytes()).await?;
+        self.sync().await
+    }
+
     /// Send PING and wait for the matching PONG: everything sent before was processed.
     pub async fn sync(&mut self) -> Result<()> {
         let want = self.counter.pongs + 1;

@@ -18,26 +18,67 @@ pub const SYSTEM_ACCOUNT: &str = "$SYS";
 
 /// One subscription. Identity is the allocation: two subscriptions are equal only if they
 /// are the same `Arc`.
+///
+/// Kept lean (a server may hold millions): subject, queue and sid share one allocation,
+/// so a subscription costs two allocations (this record and its names) instead of four.
 pub struct Subscription {
     pub conn: Arc<ConnShared>,
-    pub subject: Bytes,
-    pub queue: Option<Bytes>,
-    pub sid: Bytes,
+    /// Subject, queue (if any) and sid, back to back.
+    names: Box<[u8]>,
+    subject_len: u32,
+    queue_len: u32,
     /// Auto-unsubscribe after this many messages (0 = never).
     pub max: AtomicU64,
     pub delivered: AtomicU64,
     /// An in-process receiver: messages go to it instead of the connection's buffer.
-    pub sink: Option<Arc<dyn Sink>>,
+    /// Boxed: a thin pointer keeps the record at 56 bytes for the common case (no sink).
+    pub sink: Option<Box<Arc<dyn Sink>>>,
 }
 
+// A server may hold millions of these: keep the record in the 80-byte allocation class.
+const _: () = assert!(std::mem::size_of::<Subscription>() <= 56);
+
 impl Subscription {
+    /// A subscription of `conn` (a queue, when given, is never empty).
+    pub fn new(
+        conn: Arc<ConnShared>,
+        subject: &[u8],
+        queue: Option<&[u8]>,
+        sid: &[u8],
+        sink: Option<Arc<dyn Sink>>,
+    ) -> Subscription {
+        let queue = queue.unwrap_or_default();
+        let mut names = Vec::with_capacity(subject.len() + queue.len() + sid.len());
+        names.extend_from_slice(subject);
+        names.extend_from_slice(queue);
+        names.extend_from_slice(sid);
+        Subscription {
+            conn,
+            names: names.into_boxed_slice(),
+            // Subjects and queues are bounded by the control line (a u32 at most).
+            subject_len: u32::try_from(subject.len()).unwrap_or(u32::MAX),
+            queue_len: u32::try_from(queue.len()).unwrap_or(u32::MAX),
+            max: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
+            sink: sink.map(Box::new),
+        }
+    }
+
+    pub fn subject(&self) -> &[u8] {
+        &self.names[..self.subject_len as usize]
+    }
+    pub fn queue(&self) -> Option<&[u8]> {
+        let start = self.subject_len as usize;
+        (self.queue_len > 0).then(|| &self.names[start..start + self.queue_len as usize])
+    }
+    pub fn sid(&self) -> &[u8] {
+        &self.names[(self.subject_len + self.queue_len) as usize..]
+    }
     pub fn subject_str(&self) -> &str {
-        std::str::from_utf8(&self.subject).unwrap_or("")
+        std::str::from_utf8(self.subject()).unwrap_or("")
     }
     pub fn queue_str(&self) -> Option<&str> {
-        self.queue
-            .as_ref()
-            .map(|q| std::str::from_utf8(q).unwrap_or(""))
+        self.queue().map(|q| std::str::from_utf8(q).unwrap_or(""))
     }
 }
 
@@ -107,15 +148,13 @@ impl Account {
     /// Subscribes an internal connection to `subject` (advertised to links like a client's
     /// interest). Returns false when the subject is not valid.
     pub fn subscribe_internal(&self, conn: &Arc<ConnShared>, subject: &str, sid: Bytes) -> bool {
-        let sub = SubRef(Arc::new(Subscription {
-            conn: conn.clone(),
-            subject: Bytes::copy_from_slice(subject.as_bytes()),
-            queue: None,
-            sid,
-            max: AtomicU64::new(0),
-            delivered: AtomicU64::new(0),
-            sink: None,
-        }));
+        let sub = SubRef(Arc::new(Subscription::new(
+            conn.clone(),
+            subject.as_bytes(),
+            None,
+            &sid,
+            None,
+        )));
         if self.sublist.insert(subject, None, sub.clone()).is_err() {
             return false;
         }

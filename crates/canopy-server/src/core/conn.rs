@@ -132,7 +132,8 @@ pub struct ConnShared {
     /// forwarded.
     pub link_class: AtomicU8,
     /// Leaf links: subjects never sent over this link (`deny_exports`, the peer's
-    /// `deny_pub`).
+    /// `deny_pub`). Clients: subjects never delivered to them (their user's subscribe
+    /// deny rules, which also bind wildcard subscriptions).
     pub deny_send: OnceLock<Vec<String>>,
     /// Links: the id of the server behind this connection; a message is never sent back
     /// to the server it came from, over any connection.
@@ -152,8 +153,9 @@ impl ConnShared {
             kind,
             addr,
             start: now,
+            // Empty until something is queued: an idle connection holds no buffer.
             out: Mutex::new(Out {
-                buf: BytesMut::with_capacity(4096),
+                buf: BytesMut::new(),
                 closed: false,
             }),
             wake: Notify::new(),
@@ -192,13 +194,20 @@ impl ConnShared {
                 return false;
             }
             f(&mut out.buf);
-            out.buf.len() > self.max_pending && self.kind == ConnKind::Client
+            // Every kind is bounded, links too (as nats-server): a stopped or slow peer
+            // must not grow our memory without limit.
+            out.buf.len() > self.max_pending
         };
         if over {
             self.close(CloseReason::SlowConsumerPendingBytes);
             return false;
         }
         true
+    }
+
+    /// The outbound bound: past it the connection is closed as a slow consumer.
+    pub fn max_pending(&self) -> usize {
+        self.max_pending
     }
 
     /// Wakes the writer.
@@ -350,6 +359,42 @@ impl ConnShared {
     }
 }
 
+/// A write of at most this many bytes from a buffer larger than [`WRITE_KEEP_MAX`] ends a
+/// burst: the writer lets the large buffer go.
+const WRITE_SHRINK_AFTER: usize = 4096;
+/// Outbound buffers up to this size are kept between writes.
+const WRITE_KEEP_MAX: usize = 64 * 1024;
+
+/// Read buffers start this small (an idle connection holds little more) …
+pub const READ_MIN: usize = 512;
+/// … and double, each time a read fills the free space, up to this size.
+pub const READ_MAX: usize = 32 * 1024;
+
+/// Makes room in `buf` for a read of `want` bytes; returns the free space offered.
+#[inline]
+pub fn read_room(buf: &mut BytesMut, want: usize) -> usize {
+    if buf.capacity() - buf.len() < want {
+        buf.reserve(want);
+    }
+    buf.capacity() - buf.len()
+}
+
+/// The read size after a read of `n` bytes into `spare` free bytes, once the ops read were
+/// handled: a read that filled the space doubles it; a short read that left nothing
+/// pending after a burst (the size had grown) drops the buffer back to [`READ_MIN`].
+/// Allocates only at those transitions, never per message.
+#[inline]
+pub fn next_read_size(buf: &mut BytesMut, want: usize, n: usize, spare: usize) -> usize {
+    if n >= spare {
+        return (want * 2).min(READ_MAX);
+    }
+    if want > READ_MIN && n < READ_MIN && buf.is_empty() {
+        *buf = BytesMut::with_capacity(READ_MIN);
+        return READ_MIN;
+    }
+    want
+}
+
 /// The outbound bound of an internal connection (which never receives encoded output).
 const INTERNAL_MAX_PENDING: usize = 64 * 1024;
 
@@ -385,7 +430,7 @@ pub struct Liveness {
 /// Drains the outbound buffer to the socket until the connection closes, sending PINGs on
 /// the interval and closing stale connections. Returns after the final flush.
 pub async fn writer_loop<W: AsyncWrite + Unpin>(conn: Arc<ConnShared>, mut wr: W, live: Liveness) {
-    let mut mine = BytesMut::with_capacity(4096);
+    let mut mine = BytesMut::new();
     let start = tokio::time::Instant::now() + live.ping_interval;
     let mut ticker = tokio::time::interval_at(start, live.ping_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -408,6 +453,7 @@ pub async fn writer_loop<W: AsyncWrite + Unpin>(conn: Arc<ConnShared>, mut wr: W
         };
         conn.take_into(&mut mine);
         if !mine.is_empty() {
+            let n = mine.len();
             let deadline = if closing {
                 live.write_deadline.min(Duration::from_secs(2))
             } else {
@@ -433,9 +479,10 @@ pub async fn writer_loop<W: AsyncWrite + Unpin>(conn: Arc<ConnShared>, mut wr: W
                 }
             }
             mine.clear();
-            // Give memory back after a burst.
-            if mine.capacity() > 1 << 20 {
-                mine = BytesMut::with_capacity(4096);
+            // Give memory back after a burst: a small write from a large buffer means the
+            // burst is over (the other buffer of the pair follows on its next small write).
+            if n <= WRITE_SHRINK_AFTER && mine.capacity() > WRITE_KEEP_MAX {
+                mine = BytesMut::new();
             }
         }
         if closing {
@@ -525,12 +572,11 @@ pub async fn read_ops<R, H>(
     H: OpHandler,
 {
     use tokio::io::AsyncReadExt;
-    let mut buf = BytesMut::with_capacity(32 * 1024);
+    let mut want = READ_MIN;
+    let mut buf = BytesMut::with_capacity(want);
     let deadline = tokio::time::Instant::now() + handshake;
     loop {
-        if buf.capacity() - buf.len() < 8 * 1024 {
-            buf.reserve(32 * 1024);
-        }
+        let spare = read_room(&mut buf, want);
         let waiting = !h.handshake_done();
         let res = tokio::select! {
             biased;
@@ -542,17 +588,17 @@ pub async fn read_ops<R, H>(
             }
             r = rd.read_buf(&mut buf) => r,
         };
-        match res {
+        let n = match res {
             Ok(0) => {
                 conn.close(CloseReason::ClientClosed);
                 return;
             }
-            Ok(_) => {}
+            Ok(n) => n,
             Err(e) => {
                 conn.close(CloseReason::ReadError(e.to_string()));
                 return;
             }
-        }
+        };
         loop {
             match parser.next(&mut buf) {
                 Ok(Some(op)) => {
@@ -575,5 +621,6 @@ pub async fn read_ops<R, H>(
         }
         h.end_batch();
         conn.touch();
+        want = next_read_size(&mut buf, want, n, spare);
     }
 }

@@ -305,6 +305,13 @@ pub fn deliver_one(
     flush: &mut FlushList,
     d: &mut Delivered,
 ) -> bool {
+    if let Some(deny) = sub.conn.deny_send.get() {
+        // The receiver's subscribe deny rules (set only when it has some).
+        let s = std::str::from_utf8(msg.subject).unwrap_or("");
+        if deny.iter().any(|x| canopy_subject::subject_matches(x, s)) {
+            return false;
+        }
+    }
     let max = sub.max.load(Ordering::Relaxed);
     if max > 0 {
         let n = sub.delivered.fetch_add(1, Ordering::Relaxed) + 1;
@@ -316,7 +323,7 @@ pub fn deliver_one(
         }
     }
     if let Some(sink) = &sub.sink {
-        return offer_to_sink(acc, sink.as_ref(), msg, origin, flush, d);
+        return offer_to_sink(acc, sink.as_ref().as_ref(), msg, origin, flush, d);
     }
     let conn = &sub.conn;
     let headers_ok = conn.headers.load(Ordering::Relaxed);
@@ -327,8 +334,8 @@ pub fn deliver_one(
         None => (None, msg.payload),
     };
     let ok = conn.enqueue(|b| match hdr {
-        Some(h) => canopy_proto::encode_hmsg(b, msg.subject, &sub.sid, msg.reply, h, body),
-        None => canopy_proto::encode_msg(b, msg.subject, &sub.sid, msg.reply, body),
+        Some(h) => canopy_proto::encode_hmsg(b, msg.subject, sub.sid(), msg.reply, h, body),
+        None => canopy_proto::encode_msg(b, msg.subject, sub.sid(), msg.reply, body),
     });
     if ok {
         // As nats-server counts: the connection's `out_bytes` is what it was sent (headers
@@ -430,7 +437,8 @@ pub fn no_responders(acc: &Account, reply: &[u8], requester_cid: u64, flush: &mu
         .find(|s| s.conn.cid == requester_cid);
     if let Some(sub) = own {
         let conn: &Arc<_> = &sub.conn;
-        if conn.enqueue(|b| canopy_proto::encode_hmsg(b, reply, &sub.sid, None, block.len(), block))
+        if conn
+            .enqueue(|b| canopy_proto::encode_hmsg(b, reply, sub.sid(), None, block.len(), block))
         {
             flush.add(conn);
         }

@@ -113,7 +113,8 @@ pub struct Link {
     pub remote_url: String,
     /// Interest on these subjects is never advertised to this link (`deny_imports`).
     pub deny_advertise: Vec<String>,
-    /// Messages and interest on these subjects from this link are dropped (`deny_imports`).
+    /// Messages on these subjects from this link are dropped (`deny_imports`); the peer's
+    /// interest in them is kept (it asks for what we send, which `deny_exports` governs).
     pub deny_receive: Vec<String>,
     /// False for the standby connection of a mesh pair: it carries none of our interest.
     pub advertise: AtomicBool,
@@ -131,6 +132,11 @@ pub struct Link {
     /// Only interest these rules permit is advertised to the peer (routes:
     /// `cluster.permissions.import`, nats-server's `canImport`).
     pub import: Option<Arc<crate::core::perms::SubjectRules>>,
+    /// Interest entries this link may give us (0 = unlimited): a peer flooding LS+ is
+    /// bounded like a client flooding SUB (`max_subscriptions`).
+    pub max_subs: usize,
+    /// Set once the peer went over `max_subs` (logged and answered once per link).
+    pub subs_exceeded: AtomicBool,
 }
 
 impl Link {
@@ -158,6 +164,8 @@ impl Link {
             route_account: None,
             perms: None,
             import: None,
+            max_subs: 0,
+            subs_exceeded: AtomicBool::new(false),
         }
     }
 
@@ -317,7 +325,8 @@ impl Account {
     }
 
     /// Updates the interest a link gave us (LS+ with `weight` for queues, LS-: 0).
-    pub fn link_interest(&self, link: &Arc<Link>, key: Key, weight: u32) {
+    /// Returns false (and changes nothing) when the link is at its `max_subs`.
+    pub fn link_interest(&self, link: &Arc<Link>, key: Key, weight: u32) -> bool {
         {
             let mut subs = link.remote_subs.lock();
             if weight == 0 {
@@ -325,26 +334,28 @@ impl Account {
                     self.sublist.remove(&key.0, key.1.as_deref(), &sub);
                 }
             } else if !subs.contains_key(&key) {
-                let sub = SubRef(Arc::new(Subscription {
-                    conn: link.conn.clone(),
-                    subject: Bytes::copy_from_slice(key.0.as_bytes()),
-                    queue: key.1.as_ref().map(|q| Bytes::copy_from_slice(q.as_bytes())),
-                    sid: Bytes::new(),
-                    max: AtomicU64::new(0),
-                    delivered: AtomicU64::new(0),
-                    sink: None,
-                }));
+                if link.max_subs > 0 && subs.len() >= link.max_subs {
+                    return false;
+                }
+                let sub = SubRef(Arc::new(Subscription::new(
+                    link.conn.clone(),
+                    key.0.as_bytes(),
+                    key.1.as_deref().map(str::as_bytes),
+                    b"",
+                    None,
+                )));
                 if self
                     .sublist
                     .insert(&key.0, key.1.as_deref(), sub.clone())
                     .is_err()
                 {
-                    return;
+                    return true;
                 }
                 subs.insert(key.clone(), sub);
             }
         }
         self.interest_set(&key, link, weight);
+        true
     }
 
     /// Total number of interest keys (for monitoring).

@@ -11,7 +11,12 @@ pub struct ServerStats {
     pub in_bytes: AtomicU64,
     pub out_msgs: AtomicU64,
     pub out_bytes: AtomicU64,
+    /// Every slow consumer closed, of any kind (`/varz` `slow_consumers`).
     pub slow_consumers: AtomicU64,
+    /// By kind (`/varz` `slow_consumer_stats`).
+    pub slow_consumers_clients: AtomicU64,
+    pub slow_consumers_routes: AtomicU64,
+    pub slow_consumers_leafs: AtomicU64,
     pub total_connections: AtomicU64,
     pub auth_failures: AtomicU64,
     pub permission_denials: AtomicU64,

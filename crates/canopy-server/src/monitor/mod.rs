@@ -588,8 +588,10 @@ pub fn varz(s: &Arc<Server>) -> Value {
         "system_account": s.system_account,
 
         "slow_consumer_stats": {
-            "clients": st.slow_consumers.load(Ordering::Relaxed),
-            "routes": 0, "gateways": 0, "leafs": 0
+            "clients": st.slow_consumers_clients.load(Ordering::Relaxed),
+            "routes": st.slow_consumers_routes.load(Ordering::Relaxed),
+            "gateways": 0,
+            "leafs": st.slow_consumers_leafs.load(Ordering::Relaxed)
         },
         "auth_failures": st.auth_failures.load(Ordering::Relaxed),
         "permission_denials": st.permission_denials.load(Ordering::Relaxed),
@@ -852,7 +854,7 @@ fn subs_by_cid(s: &Server, cids: &HashSet<u64>) -> HashMap<u64, Vec<Value>> {
                     &a.name,
                     &subject,
                     queue.as_deref(),
-                    &sub.sid,
+                    sub.sid(),
                     sub.delivered.load(Ordering::Relaxed),
                     cid,
                 ));
@@ -1047,7 +1049,7 @@ pub fn subsz(s: &Arc<Server>, q: &Query) -> Result<Value, QueryError> {
                     &a.name,
                     &subject,
                     queue.as_deref(),
-                    &sub.sid,
+                    sub.sid(),
                     sub.delivered.load(Ordering::Relaxed),
                     sub.conn.cid,
                 ));

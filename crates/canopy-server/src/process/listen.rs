@@ -59,8 +59,20 @@ fn listen_on(
         .map_err(|e| ("setsockopt", e))?;
     sock.set_nonblocking(true).map_err(|e| ("setsockopt", e))?;
     sock.bind(&SockAddr::from(addr)).map_err(|e| ("bind", e))?;
-    sock.listen(1024).map_err(|e| ("listen", e))?;
+    sock.listen(listen_backlog()).map_err(|e| ("listen", e))?;
     Ok(sock.into())
+}
+
+/// The accept backlog: the kernel's `somaxconn`, as nats-server (Go) listens with. Tokio's
+/// default (128) drops connections of a storm (NATS servers speak first, so a client
+/// whose handshake was dropped from a full accept queue waits for INFO); the kernel caps
+/// whatever we ask at `somaxconn` anyway.
+pub fn listen_backlog() -> i32 {
+    std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|t| t.trim().parse::<i32>().ok())
+        .filter(|n| *n > 0)
+        .map_or(4096, |n| n.min(65535))
 }
 
 /// Binds `host:port` (`port` < 0 picks a free port). The error is Go's

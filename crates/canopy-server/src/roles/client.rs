@@ -4,9 +4,9 @@
 //! One reader task per connection parses and routes each op in place (no channel hop);
 //! the writer task lives in [`crate::core::conn`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +17,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
 use crate::auth::users::{Authenticated, Perms};
 use crate::core::account::{Account, SubRef, Subscription};
-use crate::core::conn::{conn_label, writer_loop, CloseReason, ConnKind, ConnShared, FlushList};
+use crate::core::conn::{
+    conn_label, next_read_size, read_room, writer_loop, CloseReason, ConnKind, ConnShared,
+    FlushList, READ_MIN,
+};
 use crate::core::deliver::{deliver, no_responders, Msg, Origin, Scratch};
 use crate::core::errors;
 use crate::core::interest::LinkClass;
@@ -48,7 +51,8 @@ struct Client {
     conn: Arc<ConnShared>,
     account: Arc<Account>,
     perms: Option<Arc<Perms>>,
-    subs: HashMap<Bytes, SubRef>,
+    /// This connection's subscriptions by sid (the record holds the sid: no second copy).
+    subs: HashSet<BySid>,
     /// `subs` is swept of auto-unsubscribed entries when it reaches this size (doubling,
     /// so the sweep costs O(1) per SUB amortized).
     subs_sweep_at: usize,
@@ -74,6 +78,31 @@ struct Client {
     batch_in_bytes: u64,
     batch_out_msgs: u64,
     batch_out_bytes: u64,
+}
+
+/// A subscription in its connection's set, hashed and compared by sid.
+#[derive(Clone)]
+struct BySid(SubRef);
+
+impl PartialEq for BySid {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.sid() == other.0.sid()
+    }
+}
+
+impl Eq for BySid {}
+
+impl std::hash::Hash for BySid {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        // Must hash as the `[u8]` it borrows as.
+        self.0.sid().hash(h)
+    }
+}
+
+impl std::borrow::Borrow<[u8]> for BySid {
+    fn borrow(&self) -> &[u8] {
+        self.0.sid()
+    }
 }
 
 /// The subject this connection last published to, when it passed every check (valid
@@ -170,7 +199,7 @@ where
         server: server.clone(),
         conn: conn.clone(),
         perms: None,
-        subs: HashMap::new(),
+        subs: HashSet::new(),
         subs_sweep_at: SUBS_SWEEP_MIN,
         connected: false,
         auth_required: auth.required(),
@@ -214,13 +243,14 @@ impl Client {
         mut parser: Parser,
         auth_timeout: Duration,
     ) {
-        let mut buf = BytesMut::with_capacity(32 * 1024);
+        // Starts small and grows on demand (see `next_read_size`): most connections are
+        // idle most of the time.
+        let mut want = READ_MIN;
+        let mut buf = BytesMut::with_capacity(want);
         let auth_deadline = tokio::time::Instant::now() + auth_timeout;
         let mut last_len = usize::MAX;
         loop {
-            if buf.capacity() - buf.len() < 8 * 1024 {
-                buf.reserve(32 * 1024);
-            }
+            let spare = read_room(&mut buf, want);
             let waiting_auth = self.auth_required && !self.connected;
             let early = if last_len <= SPIN_AFTER_MAX {
                 spin_read(&mut rd, &mut buf, &self.conn).await
@@ -301,6 +331,7 @@ impl Client {
                 return;
             }
             self.conn.touch();
+            want = next_read_size(&mut buf, want, last_len, spare);
         }
     }
 
@@ -557,6 +588,13 @@ impl Client {
         if let Some(ar) = a.perms.as_ref().and_then(|p| p.allow_responses) {
             let _ = self.conn.allow_responses.set(ar);
         }
+        // Subscribe deny rules also filter what wildcard subscriptions receive (a
+        // subscription to `a.*` with `a.secret` denied never gets `a.secret`).
+        if let Some(deny) = a.perms.as_ref().map(|p| &p.subscribe.deny) {
+            if !deny.is_empty() {
+                let _ = self.conn.deny_send.set(deny.clone());
+            }
+        }
         self.perms = a.perms;
         self.connected = true;
         self.conn.registered.store(true, Ordering::Relaxed);
@@ -756,24 +794,24 @@ impl Client {
                 return;
             }
         }
-        if let Some(old) = self.subs.get(&sid) {
+        if let Some(BySid(old)) = self.subs.get(&sid[..]) {
             if !auto_unsubscribed(old) {
                 // nats-server ignores a SUB that reuses a live sid.
                 self.ok();
                 return;
             }
             // The old subscription is gone (auto-unsubscribed): the sid is free again.
-            self.subs.remove(&sid);
+            self.subs.remove(&sid[..]);
         }
         if self.subs.len() >= self.subs_sweep_at {
             // Auto-unsubscribed entries (requests, mostly) would otherwise stay for the
             // life of the connection.
-            self.subs.retain(|_, s| !auto_unsubscribed(s));
+            self.subs.retain(|BySid(s)| !auto_unsubscribed(s));
             self.subs_sweep_at = (self.subs.len() * 2).max(SUBS_SWEEP_MIN);
         }
         if let Some(max) = self.max_subs.filter(|m| self.subs.len() >= *m) {
             // Drop subscriptions that hit their auto-unsubscribe limit before refusing.
-            self.subs.retain(|_, s| !auto_unsubscribed(s));
+            self.subs.retain(|BySid(s)| !auto_unsubscribed(s));
             if self.subs.len() >= max {
                 tracing::error!(
                     "{} - Maximum Subscriptions Exceeded (max {max})",
@@ -783,15 +821,13 @@ impl Client {
                 return;
             }
         }
-        let sub = SubRef(Arc::new(Subscription {
-            conn: self.conn.clone(),
-            subject: subject.clone(),
-            queue: queue.clone(),
-            sid: sid.clone(),
-            max: AtomicU64::new(0),
-            delivered: AtomicU64::new(0),
-            sink: None,
-        }));
+        let sub = SubRef(Arc::new(Subscription::new(
+            self.conn.clone(),
+            &subject,
+            queue.as_deref(),
+            &sid,
+            None,
+        )));
         if let Err(e) = self
             .account
             .sublist
@@ -806,13 +842,13 @@ impl Client {
             self.account
                 .interest_add(&key, self.conn.cid, LinkClass::Client, 1);
         }
-        self.subs.insert(sid, sub);
+        self.subs.insert(BySid(sub));
         self.conn.num_subs.fetch_add(1, Ordering::Relaxed);
         self.ok();
     }
 
     fn on_unsub(&mut self, sid: Bytes, max: Option<u64>) {
-        if let Some(sub) = self.subs.get(&sid).cloned() {
+        if let Some(BySid(sub)) = self.subs.get(&sid[..]).cloned() {
             match max {
                 Some(m) if m > 0 && sub.delivered.load(Ordering::Relaxed) < m => {
                     sub.max.store(m, Ordering::Relaxed);
@@ -828,13 +864,13 @@ impl Client {
     }
 
     fn remove_sub(&mut self, sid: &Bytes) {
-        if let Some(sub) = self.subs.remove(sid) {
+        if let Some(BySid(sub)) = self.subs.take(&sid[..]) {
             self.account.drop_subscription(&sub);
         }
     }
 
     fn cleanup(&mut self) {
-        for (_, sub) in self.subs.drain() {
+        for BySid(sub) in self.subs.drain() {
             self.account.drop_subscription(&sub);
         }
         self.conn.num_subs.store(0, Ordering::Relaxed);

@@ -271,7 +271,12 @@ async fn serve_accepted(
     listen: SocketAddr,
 ) {
     let cid = server.next_cid();
-    let conn = Arc::new(ConnShared::new(cid, ConnKind::Leaf, addr, usize::MAX));
+    let conn = Arc::new(ConnShared::new(
+        cid,
+        ConnKind::Leaf,
+        addr,
+        server.link_max_pending(),
+    ));
     let nonce = crate::auth::users::new_nonce();
     let info = leaf_info(&server, cid, &nonce, listen);
     // INFO goes out here (plaintext before a TLS handshake, or queued).
@@ -356,6 +361,12 @@ impl Session {
                 tracing::error!("{} - Leafnode Error '{t}'", conn_label(&self.conn));
                 if t.contains("Loop detected") {
                     self.ended = Ended::LoopDetected;
+                }
+                if t.eq_ignore_ascii_case(errors::MAX_SUBSCRIPTIONS) {
+                    // The peer ignores our interest beyond its limit but keeps the link
+                    // (nats-server does not close here either): reconnecting would only
+                    // hit the same limit again.
+                    return true;
                 }
                 self.conn
                     .close(CloseReason::Other(format!("peer error: {t}")));
@@ -485,6 +496,7 @@ impl Session {
             Vec::new(),
         );
         link.perms = perms;
+        link.max_subs = self.server.link_max_subs();
         self.establish(Arc::new(link), acc, class);
         true
     }
@@ -572,11 +584,14 @@ impl Session {
                 .error_and_close(&text, CloseReason::Other("loop detected".into()));
             return false;
         }
+        // Interest the peer gives us is a request for messages we send: only what we
+        // never send over this link (our `deny_exports`, or the peer's `deny_pub`) may
+        // be ignored. Our `deny_imports` (`deny_receive`) is about what we receive.
         if !canopy_subject::is_well_formed(subj)
-            || link
-                .deny_receive
-                .iter()
-                .any(|d| canopy_subject::subject_is_subset_of(subj, d))
+            || self.conn.deny_send.get().is_some_and(|deny| {
+                deny.iter()
+                    .any(|d| canopy_subject::subject_is_subset_of(subj, d))
+            })
         {
             return true;
         }
@@ -597,7 +612,19 @@ impl Session {
             None => None,
         };
         let weight = if q.is_none() { weight.min(1) } else { weight };
-        acc.link_interest(&link, (Arc::from(subj), q), weight);
+        if !acc.link_interest(&link, (Arc::from(subj), q), weight)
+            && !link.subs_exceeded.swap(true, Ordering::Relaxed)
+        {
+            // As nats-server: the interest is ignored and the peer told; the link stays.
+            tracing::error!(
+                "{} - leafnode {:?} (account {}): Maximum Subscriptions Exceeded (max {}); further interest from it is ignored",
+                conn_label(&self.conn),
+                link.peer_name,
+                acc.name,
+                link.max_subs
+            );
+            self.conn.send_err(errors::MAX_SUBSCRIPTIONS);
+        }
         true
     }
 
@@ -799,11 +826,11 @@ pub async fn run_remote(server: Arc<Server>, remote: RemoteLeafOpts, state: Arc<
             {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
-                    note_failure(&state, &target, attempt, &e.to_string());
+                    note_failure(&server, &state, &target, attempt, &e.to_string());
                     continue;
                 }
                 Err(_) => {
-                    note_failure(&state, &target, attempt, "connect timed out");
+                    note_failure(&server, &state, &target, attempt, "connect timed out");
                     continue;
                 }
             };
@@ -823,7 +850,7 @@ pub async fn run_remote(server: Arc<Server>, remote: RemoteLeafOpts, state: Arc<
                     break;
                 }
                 Err(e) => {
-                    note_failure(&state, &target, attempt, &e);
+                    note_failure(&server, &state, &target, attempt, &e);
                 }
             }
         }
@@ -844,10 +871,26 @@ pub async fn run_remote(server: Arc<Server>, remote: RemoteLeafOpts, state: Arc<
     }
 }
 
-fn note_failure(state: &RemoteState, target: &str, attempt: u64, err: &str) {
-    tracing::error!(
-        "Error trying to connect as leafnode to remote server \"{target}\" (attempt {attempt}): {err}"
-    );
+/// Logs a failed attempt as nats-server does (`shouldReportConnectErr`): as an error on the
+/// first attempt and every `connect_error_reports`th (before the remote ever connected)
+/// or `reconnect_error_reports`th (after), otherwise at debug level. A leaf with many
+/// remotes started before its hub would otherwise log one error per remote per second.
+fn note_failure(server: &Server, state: &RemoteState, target: &str, attempt: u64, err: &str) {
+    let o = server.opts();
+    let every = if state.ever_connected.load(Ordering::Relaxed) {
+        o.reconnect_error_reports
+    } else {
+        o.connect_error_reports
+    };
+    if attempt == 1 || (every > 0 && attempt.is_multiple_of(every)) {
+        tracing::error!(
+            "Error trying to connect as leafnode to remote server \"{target}\" (attempt {attempt}): {err}"
+        );
+    } else {
+        tracing::debug!(
+            "Error trying to connect as leafnode to remote server \"{target}\" (attempt {attempt}): {err}"
+        );
+    }
     *state.last_error.lock() = Some(format!("{target}: {err}"));
 }
 
@@ -1037,7 +1080,12 @@ async fn solicit(
     };
     c.tls_required = wants_tls;
     let cid = server.next_cid();
-    let conn = Arc::new(ConnShared::new(cid, ConnKind::Leaf, addr, usize::MAX));
+    let conn = Arc::new(ConnShared::new(
+        cid,
+        ConnKind::Leaf,
+        addr,
+        server.link_max_pending(),
+    ));
     if wants_tls && !rd.is_tls() {
         // Upgrade, send CONNECT and PING, and read the first answer: with TLS 1.3 a hub
         // that rejects our certificate says so only now, and that is a handshake failure.
@@ -1068,7 +1116,7 @@ async fn solicit(
     } else {
         info.server_name.clone()
     };
-    let link = Arc::new(Link::new(
+    let mut link = Link::new(
         conn.clone(),
         info.server_id.clone(),
         peer_name.clone(),
@@ -1076,7 +1124,9 @@ async fn solicit(
         url.hostport(),
         remote.deny_imports.clone(),
         remote.deny_imports.clone(),
-    ));
+    );
+    link.max_subs = server.link_max_subs();
+    let link = Arc::new(link);
     let mut s = Session {
         server: server.clone(),
         conn: conn.clone(),
@@ -1095,6 +1145,7 @@ async fn solicit(
         url.hostport()
     );
     state.connected.store(true, Ordering::Relaxed);
+    state.ever_connected.store(true, Ordering::Relaxed);
     *state.connected_url.lock() = Some(url.hostport());
     // Ops already buffered after the INFO are handled first.
     let mut early_ok = true;

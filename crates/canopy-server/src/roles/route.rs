@@ -388,7 +388,12 @@ async fn serve_route(
     solicit: Option<(RouteConnect, String, bool)>,
 ) {
     let cid = server.next_cid();
-    let conn = Arc::new(ConnShared::new(cid, ConnKind::Route, addr, usize::MAX));
+    let conn = Arc::new(ConnShared::new(
+        cid,
+        ConnKind::Route,
+        addr,
+        server.link_max_pending(),
+    ));
     conn.link_class
         .store(LinkClass::Route as u8, Ordering::Relaxed);
     // `cluster.permissions.export` deny rules: never sent, even to a permitted wildcard

@@ -75,6 +75,8 @@ pub struct RemoteState {
     pub urls: Vec<String>,
     pub account: String,
     pub connected: AtomicBool,
+    /// Set once the remote has connected: failures are then reconnect errors.
+    pub ever_connected: AtomicBool,
     pub connected_url: Mutex<Option<String>>,
     pub last_error: Mutex<Option<String>>,
     pub attempts: AtomicU64,

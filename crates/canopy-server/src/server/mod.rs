@@ -258,6 +258,21 @@ impl Server {
         }
     }
 
+    /// The outbound bound of a leaf or route connection: `max_pending`, as for clients
+    /// (nats-server applies it to every kind).
+    pub fn link_max_pending(&self) -> usize {
+        usize::try_from(self.opts().max_pending)
+            .unwrap_or(usize::MAX)
+            .max(64 * 1024)
+    }
+
+    /// Interest entries a leaf link may give us: `max_subscriptions` (0 = unlimited), as
+    /// nats-server bounds a leaf connection's subscriptions. Routes carry the whole
+    /// cluster's interest and are not bounded by it (nor are they in nats-server).
+    pub fn link_max_subs(&self) -> usize {
+        usize::try_from(self.opts().max_subscriptions).unwrap_or(usize::MAX)
+    }
+
     /// Registers a new client connection unless `max_connections` is reached.
     pub fn admit_client(&self, conn: &Arc<ConnShared>) -> bool {
         let max = self.opts().max_connections as usize;
@@ -296,7 +311,25 @@ impl Server {
         match reason {
             CloseReason::SlowConsumerPendingBytes | CloseReason::SlowConsumerWriteDeadline => {
                 self.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!("{} - Slow Consumer Detected: {reason}", conn_label(conn));
+                let (by_kind, what) = match conn.kind {
+                    ConnKind::Client => (&self.stats.slow_consumers_clients, "client"),
+                    ConnKind::Route => (&self.stats.slow_consumers_routes, "route"),
+                    ConnKind::Leaf => (&self.stats.slow_consumers_leafs, "leafnode"),
+                };
+                by_kind.fetch_add(1, Ordering::Relaxed);
+                let name = conn.meta.lock().name.clone();
+                if conn.kind == ConnKind::Client {
+                    tracing::warn!("{} - Slow Consumer Detected: {reason}", conn_label(conn));
+                } else {
+                    // Links reconnect (the soliciting side dials again); the name says
+                    // which peer fell behind.
+                    tracing::warn!(
+                        "{} - Slow Consumer Detected: {what} {name:?} closed: {reason} (max_pending {} bytes, write_deadline {:?}); it will reconnect",
+                        conn_label(conn),
+                        conn.max_pending(),
+                        self.liveness().write_deadline
+                    );
+                }
             }
             _ => tracing::debug!("{} - Client connection closed: {reason}", conn_label(conn)),
         }

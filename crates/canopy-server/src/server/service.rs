@@ -19,7 +19,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
@@ -252,15 +251,13 @@ impl Service {
         if !canopy_subject::is_well_formed(subject) {
             return Err(RequestError::InvalidSubject(subject.to_string()));
         }
-        let sub = SubRef(Arc::new(Subscription {
-            conn: self.conn.clone(),
-            subject: Bytes::copy_from_slice(subject.as_bytes()),
-            queue: queue.map(|q| Bytes::copy_from_slice(q.as_bytes())),
-            sid: Bytes::new(),
-            max: AtomicU64::new(0),
-            delivered: AtomicU64::new(0),
-            sink: Some(sink),
-        }));
+        let sub = SubRef(Arc::new(Subscription::new(
+            self.conn.clone(),
+            subject.as_bytes(),
+            queue.map(str::as_bytes),
+            b"",
+            Some(sink),
+        )));
         if acc.sublist.insert(subject, queue, sub.clone()).is_err() {
             return Err(RequestError::InvalidSubject(subject.to_string()));
         }
