@@ -45,15 +45,30 @@
 #                  certificate (`tls { cert_file, key_file, ca_file }`); clients are plain
 #                  TCP on both servers (publisher `canopy bench --raw` on the leaf)
 #                                                      metric: delivered msgs/s   (higher is better)
+# JetStream scenarios (each server started with `-js -sd DIR`, DIR in the temp dir, so both
+# use file storage on the same disk with their default sync setting: nats-server 2.9.10
+# syncs every 2 min, and so does canopy-server by default; neither fsyncs per message.
+# `canopy bench --js MODE` drives them through async-nats on one connection):
+#   js pub 128     async publish with acks, 256 in flight, 128 B   metric: msgs/s (higher)
+#   js pub 1k      the same with 1 KiB payloads                    metric: msgs/s (higher)
+#   js sync p50    publish and wait for the ack, one at a time     metric: latency us (lower)
+#   js sync p99    (same runs as p50)
+#   js fetch       N msgs stored first (untimed), then drained by a durable pull consumer
+#                  with sequential fetches of 100 and an ack per message
+#                                                                  metric: msgs/s (higher)
+#   kv put p50/p99 sequential KV puts (1000 keys, history 1)       metric: latency us (lower)
+#   kv get p50/p99 sequential KV gets of 1000 stored keys          metric: latency us (lower)
 #
 # Usage: scripts/bench.sh [--rounds N] [--msgs N] [--quick] [--only LIST] [--async-nats] [--keep-logs]
 #   --rounds N     rounds per scenario (default 5)
 #   --msgs N       messages per pub/sub round (default 1000000; fan-out uses N/2, pub-only 5N,
-#                  request/reply N/50 requests; leaf and route pub/sub use N)
+#                  request/reply N/50 requests; leaf and route pub/sub use N; JetStream:
+#                  js pub and fetch N/5 messages, sync publish and KV N/50 operations)
 #   --quick        2 rounds, 200000 msgs (smoke run)
 #   --only LIST    comma-separated scenarios to run: pubsub,fanout,pubonly,request,idle,
-#                  leafpub,leafreq,routepub,tlspub,tlsleaf (default: all; tls-pubsub and
-#                  tls-leaf are accepted as aliases of the last two)
+#                  leafpub,leafreq,routepub,tlspub,tlsleaf,jspub,jspub1k,jssync,jsfetch,
+#                  kvput,kvget (default: all; tls-pubsub and tls-leaf are accepted as
+#                  aliases of tlspub and tlsleaf; `js` selects the six JetStream ones)
 #   --async-nats   drive pub/sub with async-nats clients instead of the lean raw-protocol
 #                  clients (`canopy bench --raw`, the default: async-nats alone needs more CPU
 #                  per message than the servers do and would measure itself). The hop
@@ -92,8 +107,9 @@ while [ $# -gt 0 ]; do
     esac
 done
 case "$ROUNDS$MSGS" in *[!0-9]*) echo "bench.sh: --rounds and --msgs take integers" >&2; exit 2 ;; esac
-ALL_SCENARIOS="pubsub fanout pubonly request idle leafpub leafreq routepub tlspub tlsleaf"
+ALL_SCENARIOS="pubsub fanout pubonly request idle leafpub leafreq routepub tlspub tlsleaf jspub jspub1k jssync jsfetch kvput kvget"
 ONLY=${ONLY//tls-pubsub/tlspub}; ONLY=${ONLY//tls-leaf/tlsleaf}
+case ",$ONLY," in *,js,*) ONLY=${ONLY/#js,/}; ONLY=${ONLY/%,js/}; ONLY=${ONLY//,js,/,}; [ "$ONLY" = js ] && ONLY=; ONLY="${ONLY:+$ONLY,}jspub,jspub1k,jssync,jsfetch,kvput,kvget" ;; esac
 for s in ${ONLY//,/ }; do
     case " $ALL_SCENARIOS " in *" $s "*) ;; *) echo "bench.sh: unknown scenario $s (one of: $ALL_SCENARIOS)" >&2; exit 2 ;; esac
 done
@@ -142,6 +158,8 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/canopy-bench.XXXXXX")
 SRV_PID=
+SRV_JS=       # non-empty: start_server adds -js -sd $SRV_STORE (a fresh dir in $WORK)
+SRV_STORE=
 HOP_PIDS=
 # Stop every process of the current two-server topology (hop clients first, then servers).
 stop_topology() {
@@ -180,7 +198,13 @@ start_server() {
     case "$kind" in canopy) bin=$CANOPY_SERVER ;; *) bin=$NATS_SERVER ;; esac
     for attempt in 1 2 3 4 5; do
         port=$(free_port)
-        "$bin" -a 127.0.0.1 -p "$port" >"$WORK/$kind-$tag.log" 2>&1 &
+        local js=()
+        if [ -n "$SRV_JS" ]; then
+            SRV_STORE="$WORK/store-$kind-$tag"
+            rm -rf "$SRV_STORE"; mkdir -p "$SRV_STORE"
+            js=(-js -sd "$SRV_STORE")
+        fi
+        "$bin" -a 127.0.0.1 -p "$port" ${js[@]+"${js[@]}"} >"$WORK/$kind-$tag.log" 2>&1 &
         SRV_PID=$!
         SRV_URL="nats://127.0.0.1:$port"
         for i in $(seq 1 200); do
@@ -199,6 +223,7 @@ stop_server() {
     kill "$SRV_PID" 2>/dev/null || true
     wait "$SRV_PID" 2>/dev/null || true
     SRV_PID=
+    if [ -n "$SRV_STORE" ]; then rm -rf "$SRV_STORE"; SRV_STORE=; fi
 }
 
 # record SCENARIO METRIC KIND VALUE: one value per line per (scenario, metric, server).
@@ -247,6 +272,18 @@ extract() {
             record "${name}99" value "$kind" "$(jq -r '.request.p99_us' <<<"$json")"
             record "${name}99" cpu "$kind" "$(jq -r '.client_cpu.share * 100' <<<"$json")" ;;
         idle) v=$(jq -r '.idle.bytes_per_conn // empty' <<<"$json"); record "$name" value "$kind" "$v" ;;
+        jspub|jspub1k) v=$(jq -r '.pub.msgs_per_sec' <<<"$json"); record "$name" value "$kind" "$v" ;;
+        jsfetch)
+            v=$(jq -r '.sub.msgs_per_sec' <<<"$json")
+            if [ "$(jq -r '.sub.msgs < .sub.expected' <<<"$json")" = true ]; then
+                echo "  WARNING: $kind delivered too few messages in $name: $(jq -r '"\(.sub.msgs)/\(.sub.expected)"' <<<"$json")" >&2
+                record "$name" lost "$kind" 1
+            fi
+            record "$name" value "$kind" "$v" ;;
+        jssync|kvput|kvget)
+            v=$(jq -r '.request.p50_us' <<<"$json"); record "$name" value "$kind" "$v"
+            record "${name}99" value "$kind" "$(jq -r '.request.p99_us' <<<"$json")"
+            record "${name}99" cpu "$kind" "$(jq -r '.client_cpu.share * 100' <<<"$json")" ;;
     esac
     printf '  %-8s %-7s %s\n' "$name" "$kind" "$v" >&2
 }
@@ -700,6 +737,13 @@ run_tlspub() {
 }
 
 REQS=$((MSGS / 50)); [ "$REQS" -lt 1000 ] && REQS=1000
+JS_MSGS=$((MSGS / 5)); [ "$JS_MSGS" -lt 1000 ] && JS_MSGS=1000
+# run_js NAME ROUND ORDER BENCH-ARGS...: a single-server scenario with JetStream enabled.
+run_js() {
+    SRV_JS=1
+    run_scenario "$@"
+    SRV_JS=
+}
 [ "$HOPS" = 1 ] && write_hop_sub
 if [ "$TLS" = 1 ] && { want tlspub || want tlsleaf; }; then
     write_tls_pub
@@ -727,6 +771,12 @@ for round in $(seq 1 "$ROUNDS"); do
         want tlspub && run_tlspub tlspub "$round" "$order"
         want tlsleaf && run_hop tlsleaf "$round" "$order"
     fi
+    want jspub && run_js jspub "$round" "$order" canopy.js.bench --js pub --msgs "$JS_MSGS" --size 128
+    want jspub1k && run_js jspub1k "$round" "$order" canopy.js.bench --js pub --msgs "$JS_MSGS" --size 1024
+    want jssync && run_js jssync "$round" "$order" canopy.js.bench --js sync --msgs "$REQS" --size 128
+    want jsfetch && run_js jsfetch "$round" "$order" canopy.js.bench --js fetch --msgs "$JS_MSGS" --size 128
+    want kvput && run_js kvput "$round" "$order" canopy.js.bench --js kvput --msgs "$REQS" --size 128
+    want kvget && run_js kvget "$round" "$order" canopy.js.bench --js kvget --msgs "$REQS" --size 128
 done
 
 # Table.
@@ -763,10 +813,21 @@ if [ "$TLS" = 1 ]; then
     want tlspub && row tlspub "tls pub/sub" msgs/s higher
     want tlsleaf && row tlsleaf "tls leaf" msgs/s higher
 fi
+want jspub && row jspub "js pub 128" msgs/s higher
+want jspub1k && row jspub1k "js pub 1k" msgs/s higher
+want jssync && row jssync "js sync p50" us lower
+want jssync && row jssync99 "js sync p99" us lower
+want jsfetch && row jsfetch "js fetch" msgs/s higher
+want kvput && row kvput "kv put p50" us lower
+want kvput && row kvput99 "kv put p99" us lower
+want kvget && row kvget "kv get p50" us lower
+want kvget && row kvget99 "kv get p99" us lower
 echo
 echo "client CPU = share of one core used by 'canopy bench' ($CLIENT clients) during the run; near 100% means the load generator may be the limit."
-echo "  (leaf/route/tls pub/sub: the busier of the publisher and the Python hop subscriber; tls pub/sub: both clients are Python.)"
-echo "server ns/msg = server CPU time per delivered message (per published one for pub-only, per request for req/rep);"
+echo "  (leaf/route/tls pub/sub: the busier of the publisher and the Python hop subscriber; tls pub/sub: both clients are Python;"
+echo "  js/kv rows: 'canopy bench --js' on async-nats' JetStream API, whatever --async-nats says.)"
+echo "server ns/msg = server CPU time per delivered message (per published one for pub-only and js pub, per request for"
+echo "  req/rep, per operation for js sync and kv; per fetched message for js fetch);"
 echo "  for the leaf/route/tls leaf rows, the CPU of both servers together (sampled from /proc around the run)."
 for f in "$WORK"/*.fail.* "$WORK"/*.lost.*; do
     [ -e "$f" ] || continue

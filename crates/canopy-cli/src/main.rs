@@ -2,13 +2,20 @@
 //!
 //! This module owns the command-line surface (clap derive) and dispatch; each command
 //! family lives in its own module: [`msg`] (pub/sub/req/reply), [`bench`] (load
-//! generation), [`server`] ($SYS monitoring requests). Connection flags are in [`conn`].
+//! generation), [`server`] ($SYS monitoring requests), JetStream: [`stream`], [`consumer`],
+//! [`kv`], [`object`] and `account info` (shared plumbing in [`js`]). Connection flags are
+//! in [`conn`].
 
 mod bench;
 mod conn;
+mod consumer;
+mod js;
+mod kv;
 mod msg;
+mod object;
 mod procstat;
 mod server;
+mod stream;
 mod util;
 
 use clap::{Parser, Subcommand};
@@ -18,7 +25,7 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "canopy",
     version,
-    about = "Canopy companion CLI: pub, sub, req, reply, bench, server"
+    about = "Canopy companion CLI: pub, sub, req, reply, bench, server, stream, consumer, kv, object, account"
 )]
 struct Cli {
     #[command(flatten)]
@@ -44,6 +51,50 @@ enum Command {
         #[command(subcommand)]
         cmd: server::ServerCmd,
     },
+    /// JetStream streams: add, info, ls, rm, purge, get.
+    #[command(alias = "str")]
+    Stream {
+        #[command(flatten)]
+        js: js::JsOpts,
+        #[command(subcommand)]
+        cmd: stream::StreamCmd,
+    },
+    /// JetStream consumers: add, info, ls, rm, next.
+    #[command(alias = "con")]
+    Consumer {
+        #[command(flatten)]
+        js: js::JsOpts,
+        #[command(subcommand)]
+        cmd: consumer::ConsumerCmd,
+    },
+    /// Key-Value buckets: add, put, get, del, rm, ls, history, watch.
+    Kv {
+        #[command(flatten)]
+        js: js::JsOpts,
+        #[command(subcommand)]
+        cmd: kv::KvCmd,
+    },
+    /// Object Store buckets: add, put, get, ls, rm, info.
+    #[command(alias = "obj")]
+    Object {
+        #[command(flatten)]
+        js: js::JsOpts,
+        #[command(subcommand)]
+        cmd: object::ObjectCmd,
+    },
+    /// JetStream account information.
+    Account {
+        #[command(flatten)]
+        js: js::JsOpts,
+        #[command(subcommand)]
+        cmd: AccountCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AccountCmd {
+    /// The account's JetStream usage and limits ($JS.API.INFO).
+    Info,
 }
 
 fn main() -> std::process::ExitCode {
@@ -66,6 +117,14 @@ fn main() -> std::process::ExitCode {
             Command::Reply(a) => msg::reply(&cli.conn, a).await,
             Command::Bench(a) => bench::run(&cli.conn, a).await,
             Command::Server { cmd } => server::run(&cli.conn, cmd).await,
+            Command::Stream { js, cmd } => stream::run(&cli.conn, &js, cmd).await,
+            Command::Consumer { js, cmd } => consumer::run(&cli.conn, &js, cmd).await,
+            Command::Kv { js, cmd } => kv::run(&cli.conn, &js, cmd).await,
+            Command::Object { js, cmd } => object::run(&cli.conn, &js, cmd).await,
+            Command::Account {
+                js,
+                cmd: AccountCmd::Info,
+            } => js::account_info(&cli.conn, &js).await,
         }
     });
     // Do not wait for lingering connection tasks (e.g. idle bench sockets).

@@ -8,6 +8,7 @@
 //! server, was the bottleneck. `--json` prints one [`Report`] object.
 
 mod idle;
+mod js;
 mod nats;
 pub mod raw;
 
@@ -63,6 +64,20 @@ pub struct BenchArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+    /// JetStream mode: async publish with acks (pub), sync publish latency (sync), pull
+    /// fetch with acks (fetch), KV put or get latency (kvput, kvget). Uses a fresh stream
+    /// or bucket CANOPY_BENCH on SUBJECT, deleted afterwards.
+    #[arg(long, value_enum, conflicts_with_all = ["request", "raw", "idle"])]
+    pub js: Option<js::JsMode>,
+    /// Storage of the JetStream bench stream or bucket.
+    #[arg(long, value_enum, default_value = "file")]
+    pub storage: crate::js::Storage,
+    /// `--js pub`: unacknowledged publishes allowed in flight.
+    #[arg(long, default_value_t = 256)]
+    pub window: usize,
+    /// `--js fetch`: messages per fetch.
+    #[arg(long, default_value_t = 100)]
+    pub batch: usize,
 }
 
 /// One client's run: messages and payload bytes moved between `start` and `end`.
@@ -298,7 +313,9 @@ pub fn split(total: u64, parts: usize) -> Vec<u64> {
 }
 
 pub async fn run(conn: &ConnArgs, a: BenchArgs) -> Result<()> {
-    let report = if let Some(n) = a.idle {
+    let report = if let Some(mode) = a.js {
+        js::run(conn, &a, mode).await?
+    } else if let Some(n) = a.idle {
         idle::run(conn, &a, n).await?
     } else if a.request {
         if a.clients == 0 {
@@ -440,6 +457,13 @@ fn print_report(r: &Report) {
             commas(r.msgs as f64),
             r.size,
             r.pubs
+        ),
+        "js-pub" | "js-sync" | "js-fetch" | "kv-put" | "kv-get" => println!(
+            "JetStream benchmark [mode={}, subject={}, msgs={}, size={} B]",
+            r.mode,
+            r.subject,
+            commas(r.msgs as f64),
+            r.size
         ),
         _ => println!(
             "Pub/sub benchmark [subject={}, msgs={}, size={} B, pubs={}, subs={}, client={}]",
