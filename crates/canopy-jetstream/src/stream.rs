@@ -192,7 +192,7 @@ impl StreamCore {
             return;
         }
         let cutoff = now_ns() - window;
-        let mut seq = self.store.state().last_seq;
+        let mut seq = self.store.totals().last_seq;
         let mut found = Vec::new();
         for _ in 0..100_000 {
             let Ok(Some(m)) = self.store.load_prev_matching(">", seq) else {
@@ -217,7 +217,7 @@ impl StreamCore {
     }
 
     pub fn update_stats(&self) {
-        let st = self.store.state();
+        let st = self.store.totals();
         self.stats.msgs.store(st.msgs, Ordering::Relaxed);
         self.stats.bytes.store(st.bytes, Ordering::Relaxed);
         self.stats
@@ -360,7 +360,7 @@ impl StreamCore {
     fn ingest(&mut self, msgs: Vec<JsMsg>) {
         let mut plain: Vec<Prepared> = Vec::new();
         for m in msgs {
-            let pending_last = self.store.state().last_seq + plain.len() as u64;
+            let pending_last = self.store.totals().last_seq + plain.len() as u64;
             match self.prepare(m, pending_last) {
                 Ok(p) if p.msg_id.is_none() && p.rollup.is_none() && p.ttl.is_none() => {
                     plain.push(p);
@@ -394,7 +394,7 @@ impl StreamCore {
                 ttl: p.ttl,
             })
             .collect();
-        let before = self.store.state().msgs;
+        let before = self.store.totals().msgs;
         let results = match self.store.store_batch(&news) {
             Ok(r) => r,
             Err(e) => {
@@ -408,7 +408,7 @@ impl StreamCore {
         };
         let now = now_ns();
         let stored = results.iter().filter(|r| r.is_ok()).count() as u64;
-        if self.store.state().msgs != before + stored {
+        if self.store.totals().msgs != before + stored {
             // Limits evicted messages: consumers recount what is pending.
             for c in self.consumers.values() {
                 c.recount();

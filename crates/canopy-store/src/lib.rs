@@ -174,6 +174,15 @@ impl std::fmt::Debug for StoredMsg {
     }
 }
 
+/// Messages, bytes, first and last sequence of a stream ([`MessageStore::totals`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Totals {
+    pub msgs: u64,
+    pub bytes: u64,
+    pub first_seq: u64,
+    pub last_seq: u64,
+}
+
 /// Messages, first and last sequence of a subject or filter (zeros when empty).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SimpleState {
@@ -253,6 +262,17 @@ pub trait MessageStore: Send {
     fn update_config(&mut self, cfg: StoreConfig) -> Result<()>;
     fn config(&self) -> &StoreConfig;
     fn state(&self) -> StreamState;
+    /// The counters of [`MessageStore::state`] that need no disk read (the first
+    /// message's timestamp does): for callers on the append path.
+    fn totals(&self) -> Totals {
+        let st = self.state();
+        Totals {
+            msgs: st.msgs,
+            bytes: st.bytes,
+            first_seq: st.first_seq,
+            last_seq: st.last_seq,
+        }
+    }
     /// Messages matching `filter` with sequence >= `start` (their count, first and last).
     fn filtered_state(&self, filter: &str, start: u64) -> SimpleState;
     /// Per-subject state of every subject matching `filter`, sorted by subject.

@@ -14,7 +14,7 @@ use crate::record::{self, MsgFields};
 use crate::subjects::Filter;
 use crate::{
     Clock, Discard, LostStats, MessageStore, NewMsg, PurgeOpts, SimpleState, StoreConfig,
-    StoredMsg, StreamState,
+    StoredMsg, StreamState, Totals,
 };
 
 /// Persistence under a [`Store`].
@@ -473,6 +473,16 @@ impl<B: Backend> MessageStore for Store<B> {
             num_subjects: idx.subjects.len() as u64,
             num_deleted: idx.num_deleted(),
             lost: self.lost,
+        }
+    }
+
+    fn totals(&self) -> Totals {
+        let idx = &self.idx;
+        Totals {
+            msgs: idx.msgs,
+            bytes: idx.bytes,
+            first_seq: idx.first,
+            last_seq: idx.last,
         }
     }
 

@@ -165,6 +165,10 @@ impl Model {
                 "state (msgs, first, last, bytes): want {want:?} got {got:?}"
             ));
         }
+        let t = s.totals();
+        if (t.msgs, t.first_seq, t.last_seq, t.bytes) != got {
+            return Err(format!("totals {t:?} disagree with state {got:?}"));
+        }
         for (seq, (subj, p)) in &self.msgs {
             let m = s.load_msg(*seq).map_err(|e| format!("load {seq}: {e}"))?;
             if m.subject() != subj || m.payload() != &p[..] {
