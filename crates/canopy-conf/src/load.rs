@@ -389,6 +389,20 @@ fn top_level(cx: &mut Ctx, o: &mut Options, map: &Map) {
             "max_subscriptions" | "max_subs" => set(&mut o.max_subscriptions, cx.u64(&k, v)),
             "max_pending" => set(&mut o.max_pending, cx.u64(&k, v)),
             "write_deadline" => set(&mut o.write_deadline, cx.duration(&k, v)),
+            // nats-server 2.11's switch: `false` asks for its fast-producer stall.
+            "no_fast_producer_stall" => {
+                if let Some(no) = cx.bool(&k, v) {
+                    o.producer_backoff = (!no).then_some(PRODUCER_BACKOFF_DEFAULT);
+                }
+            }
+            "producer_backoff" => {
+                o.producer_backoff = match &v.kind {
+                    // nats-server's longest stall of a fast producer.
+                    Kind::Bool(true) => Some(PRODUCER_BACKOFF_DEFAULT),
+                    Kind::Bool(false) => None,
+                    _ => cx.duration(&k, v).filter(|d| !d.is_zero()),
+                }
+            }
             "ping_interval" => set(&mut o.ping_interval, cx.duration(&k, v)),
             "ping_max" => set(&mut o.ping_max, cx.u32(&k, v)),
             "lame_duck_duration" => set(&mut o.lame_duck_duration, cx.duration(&k, v)),
@@ -494,7 +508,6 @@ fn top_level(cx: &mut Ctx, o: &mut Options, map: &Map) {
             | "ocsp_cache"
             | "prof_port"
             | "default_js_domain"
-            | "no_fast_producer_stall"
             | "pedantic"
             | "strict"
             | "verbose"

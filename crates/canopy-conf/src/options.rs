@@ -27,6 +27,8 @@ pub const DEFAULT_MAX_CONTROL_LINE: u64 = 4096;
 pub const DEFAULT_MAX_CONNECTIONS: u64 = 64 * 1024;
 pub const DEFAULT_MAX_PENDING: u64 = 64 * 1024 * 1024;
 pub const DEFAULT_WRITE_DEADLINE: Duration = Duration::from_secs(10);
+/// `producer_backoff: true`: nats-server's longest stall of a fast producer (5 ms).
+pub const PRODUCER_BACKOFF_DEFAULT: Duration = Duration::from_millis(5);
 pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(120);
 pub const DEFAULT_PING_MAX: u32 = 2;
 pub const DEFAULT_LAME_DUCK_DURATION: Duration = Duration::from_secs(120);
@@ -62,6 +64,11 @@ pub struct Options {
     /// 0 = unlimited.
     pub max_subscriptions: u64,
     pub max_pending: u64,
+    /// Canopy extension `producer_backoff`: the longest a publishing client is held back
+    /// (per read batch) when a receiving client's pending bytes pass 75% of
+    /// `max_pending`, as nats-server stalls fast producers. `None` (default): never held
+    /// back; a receiver past `max_pending` is cut as a slow consumer.
+    pub producer_backoff: Option<Duration>,
     pub write_deadline: Duration,
     pub ping_interval: Duration,
     pub ping_max: u32,
@@ -137,6 +144,7 @@ impl Default for Options {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_subscriptions: 0,
             max_pending: DEFAULT_MAX_PENDING,
+            producer_backoff: None,
             write_deadline: DEFAULT_WRITE_DEADLINE,
             ping_interval: DEFAULT_PING_INTERVAL,
             ping_max: DEFAULT_PING_MAX,

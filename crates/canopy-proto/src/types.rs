@@ -286,6 +286,12 @@ pub struct LeafConnect {
     /// Canopy extension: the soliciting server is a regional hub (see `ServerInfo`).
     #[serde(skip_serializing_if = "is_false", deserialize_with = "nd")]
     pub canopy_regional: bool,
+    /// Canopy extension: the soliciting server imports streams and services into the
+    /// account this link binds on its side, for its own subscribers. The hub then sends
+    /// it no imported copies and answers none of its service requests (it does both
+    /// itself), so nothing is imported twice.
+    #[serde(skip_serializing_if = "is_false", deserialize_with = "nd")]
+    pub canopy_imports: bool,
 }
 
 /// A route's `CONNECT`.

@@ -491,3 +491,126 @@ fn unsupported_export_options_are_refused_not_ignored() {
         "{err}"
     );
 }
+
+/// Imports across a cluster and a leaf happen once: every cluster member imports for its
+/// own subscribers (imported copies never cross a route), a leaf that does not import for
+/// itself gets the hub's imported copy, and a service import is forwarded only by the
+/// requester's server, so the responder on another member hears each request once.
+#[tokio::test]
+async fn imports_across_a_cluster_and_a_leaf_happen_once() {
+    let (r1, r2, lp) = (free_fixed_port(), free_fixed_port(), free_fixed_port());
+    let hub1 = ServerProcess::canopy(&format!(
+        "{SECURE}\ncluster {{ name: c, listen: \"127.0.0.1:{r1}\", routes: [\"nats-route://127.0.0.1:{r2}\"] }}\n\
+         leafnodes {{ listen: \"127.0.0.1:{lp}\", authorization {{ users: [ {{ user: eu_leaf, password: leafpw, account: EU }} ] }} }}\n"
+    ))
+    .unwrap();
+    let hub2 = ServerProcess::canopy(&format!(
+        "{SECURE}\ncluster {{ name: c, listen: \"127.0.0.1:{r2}\", routes: [\"nats-route://127.0.0.1:{r1}\"] }}\n"
+    ))
+    .unwrap();
+    let leaf = ServerProcess::canopy(&format!(
+        "listen: 127.0.0.1:-1\naccounts {{ LOCAL: {{ users: [ {{ user: app, password: app }} ] }} }}\n\
+         leafnodes {{ remotes: [ {{ urls: [\"nats-leaf://eu_leaf:leafpw@127.0.0.1:{lp}\"], account: LOCAL }} ] }}\n"
+    ))
+    .unwrap();
+    assert_eventually!(
+        Duration::from_secs(10),
+        hub1.monitor("/routez")
+            .map(|v| v["num_routes"] == 1)
+            .unwrap_or(false)
+            && hub1
+                .monitor("/leafz")
+                .map(|v| v["leafnodes"] == 1)
+                .unwrap_or(false),
+        "topology did not form: {}",
+        hub1.log()
+    );
+    // Stream import: US_WEST publishes events.* on hub2; EU subscribers everywhere.
+    let eu1 = connect(&hub1, "eu", "eupw").await;
+    let eu2 = connect(&hub2, "eu", "eupw").await;
+    let app = async_nats::ConnectOptions::with_user_and_password("app".into(), "app".into())
+        .connect(leaf.url())
+        .await
+        .unwrap();
+    let mut subs = Vec::new();
+    for nc in [&eu1, &eu2, &app] {
+        subs.push(nc.subscribe("events.>").await.unwrap());
+        sync(nc).await;
+    }
+    let us2 = connect(&hub2, "us", "uspw").await;
+    // Interest crosses the route and the leaf asynchronously: publish until every
+    // subscriber has seen one message, then count a numbered batch exactly.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    for (i, sub) in subs.iter_mut().enumerate() {
+        loop {
+            us2.publish("events.warmup", "".into()).await.unwrap();
+            match tokio::time::timeout(Duration::from_millis(200), sub.next()).await {
+                Ok(Some(_)) => break,
+                _ => assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "subscriber {i} never got an imported message"
+                ),
+            }
+        }
+    }
+    sync(&us2).await;
+    for sub in subs.iter_mut() {
+        while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(300), sub.next()).await {
+        }
+    }
+    for k in 0..20 {
+        us2.publish(format!("events.n{k}"), "".into())
+            .await
+            .unwrap();
+    }
+    sync(&us2).await;
+    for (i, sub) in subs.iter_mut().enumerate() {
+        let got = collect(sub, 20, Duration::from_millis(300)).await;
+        let want: Vec<String> = (0..20).map(|k| format!("events.n{k}")).collect();
+        assert_eq!(got, want, "subscriber {i}");
+    }
+    // Service import: the responder is on hub2, the requester on hub1.
+    let us2r = us2.clone();
+    let mut svc = us2.subscribe("api.count").await.unwrap();
+    sync(&us2).await;
+    let heard = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let h = heard.clone();
+    tokio::spawn(async move {
+        while let Some(m) = svc.next().await {
+            h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if let Some(r) = m.reply {
+                let _ = us2r.publish(r, "ok".into()).await;
+            }
+        }
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match tokio::time::timeout(
+            Duration::from_millis(500),
+            eu1.request("us.api.count", "?".into()),
+        )
+        .await
+        {
+            Ok(Ok(m)) => {
+                assert_eq!(&m.payload[..], b"ok");
+                break;
+            }
+            _ => assert!(
+                tokio::time::Instant::now() < deadline,
+                "no reply across the route"
+            ),
+        }
+    }
+    let before = heard.load(std::sync::atomic::Ordering::SeqCst);
+    for _ in 0..10 {
+        let m = eu1.request("us.api.count", "?".into()).await.unwrap();
+        assert_eq!(&m.payload[..], b"ok");
+    }
+    sync(&us2).await;
+    sync(&eu1).await;
+    assert_eq!(
+        heard.load(std::sync::atomic::Ordering::SeqCst) - before,
+        10,
+        "each request must reach the responder once"
+    );
+}

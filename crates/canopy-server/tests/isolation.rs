@@ -21,16 +21,16 @@ use rand::{Rng, SeedableRng};
 
 /// Seeds that found a failure once (kept as regression cases), with imports or without.
 /// 1510136239: subscribe deny rules did not filter deliveries to wildcard subscriptions.
-/// (2304874626 with imports also found that a leaf ignored its hub's interest in subjects
-/// covered by its own `deny_imports`: see `leaf_deny_imports_keeps_the_hubs_interest`.)
-const REGRESSIONS: &[(u64, bool)] = &[(1510136239, false)];
-/// Found by seed 2304874626 with imports, not fixed yet: a stream import is done by the
-/// import agent of every server that sees the exporter's message, and the imported copy
-/// is then forwarded in the importing account, so a subscriber on another cluster member
-/// gets it twice (once imported here and routed, once imported there). nats-server
-/// imports only at the subscriber's server (shadow subscriptions). Until the agent
-/// follows that rule the CI run generates no imports; this seed stays as the case.
-const KNOWN_IMPORT_DUPLICATES: u64 = 2304874626;
+/// 2304874626 with imports: a stream import was done by the import agent of every server
+/// that saw the exporter's message, and the imported copy was then forwarded in the
+/// importing account, so a subscriber on another cluster member got it twice. Now every
+/// server imports for its own subscribers and copies go only to leaf servers that do not
+/// import for themselves (services/imports.rs). It also found that a leaf ignored its
+/// hub's interest in subjects covered by its own `deny_imports`: see
+/// `leaf_deny_imports_keeps_the_hubs_interest`.
+/// 4153822053 with imports: the agent heard its own imported copies (mutual imports
+/// amplified a message a hundredfold).
+const REGRESSIONS: &[(u64, bool)] = &[(1510136239, false), (2304874626, true), (4153822053, true)];
 /// Random seeds run until this much time is spent (at least [`MIN_RANDOM`] of them).
 const BUDGET: Duration = Duration::from_secs(40);
 const MIN_RANDOM: usize = 3;
@@ -115,7 +115,7 @@ fn random_perm(r: &mut StdRng, deny_literals_only: bool) -> Option<Perm> {
     }
 }
 
-/// Stream imports are generated only with `imports` (see [`KNOWN_IMPORT_DUPLICATES`]).
+/// Stream imports are generated only with `with_imports`.
 fn generate(seed: u64, with_imports: bool) -> Case {
     let r = &mut StdRng::seed_from_u64(seed);
     let accounts = r.gen_range(2..=3);
@@ -523,11 +523,14 @@ fn run(c: Case) -> Result<(), String> {
 
 #[test]
 fn randomized_isolation_matches_the_model() {
-    let imports = std::env::var("ISOLATION_IMPORTS").is_ok_and(|v| v == "1");
+    // Random seeds alternate between cases with and without imports unless
+    // `ISOLATION_IMPORTS` picks one (`1` or `0`).
+    let forced = std::env::var("ISOLATION_IMPORTS").ok().map(|v| v == "1");
     if let Some(seed) = std::env::var("ISOLATION_SEED")
         .ok()
         .and_then(|s| s.parse::<u64>().ok())
     {
+        let imports = forced.unwrap_or(false);
         if let Err(e) = run_case(seed, imports) {
             panic!("seed {seed}:\n{e}");
         }
@@ -542,22 +545,13 @@ fn randomized_isolation_matches_the_model() {
     let mut n = 0;
     while n < MIN_RANDOM || start.elapsed() < BUDGET {
         let seed: u64 = rand::random::<u32>() as u64;
+        let imports = forced.unwrap_or(n % 2 == 0);
         if let Err(e) = run_case(seed, imports) {
             panic!("seed {seed} (add it to REGRESSIONS once fixed; rerun with ISOLATION_SEED={seed} ISOLATION_IMPORTS={}):\n{e}", u8::from(imports));
         }
         n += 1;
     }
     eprintln!("{n} random cases in {:?}", start.elapsed());
-}
-
-/// The known gap: stream imports across a cluster deliver twice (see
-/// [`KNOWN_IMPORT_DUPLICATES`]). Run with `--ignored` when working on the import agent.
-#[test]
-#[ignore = "stream imports across cluster members deliver twice; see KNOWN_IMPORT_DUPLICATES"]
-fn randomized_isolation_with_imports() {
-    if let Err(e) = run_case(KNOWN_IMPORT_DUPLICATES, true) {
-        panic!("seed {KNOWN_IMPORT_DUPLICATES} with imports:\n{e}");
-    }
 }
 
 /// Found by seed 2304874626: a leaf with `deny_imports: [">"]` (it wants nothing from its

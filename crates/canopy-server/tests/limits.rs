@@ -251,3 +251,84 @@ fn idle_connections_and_subscriptions_are_lean() {
     assert!(per_conn < 12 * 1024, "{per_conn} bytes per idle connection");
     assert!(per_sub < 450, "{per_sub} bytes per subscription");
 }
+
+/// Runs a fast raw publisher (8 MiB of 1 KiB messages, written as fast as the socket
+/// takes them) against a subscriber that reads about 64 KiB every 2 ms, on a server with
+/// `max_pending: 512KB` and the given extra config. Returns (bytes the subscriber read,
+/// /varz after).
+fn fast_producer_slow_reader(extra: &str) -> (usize, serde_json::Value) {
+    let s = ServerProcess::canopy(&format!(
+        "listen: 127.0.0.1:-1\nhttp: 127.0.0.1:-1\nmax_pending: 512KB\nmax_payload: 64KB\n{extra}\n"
+    ))
+    .unwrap();
+    let mut sub = TcpStream::connect(s.addr()).unwrap();
+    sub.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    sub.write_all(b"CONNECT {\"verbose\":false}\r\nSUB fast 1\r\nPING\r\n")
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut b = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("PONG") {
+        let n = sub.read(&mut b).unwrap();
+        assert!(n > 0, "server closed the subscriber");
+        seen.extend_from_slice(&b[..n]);
+    }
+    let reader = std::thread::spawn(move || {
+        let mut total = 0usize;
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            match sub.read(&mut chunk) {
+                Ok(0) | Err(_) => return total,
+                Ok(n) => total += n,
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    });
+    let payload = vec![b'x'; 1024];
+    let mut batch = Vec::new();
+    for _ in 0..64 {
+        batch.extend_from_slice(b"PUB fast 1024\r\n");
+        batch.extend_from_slice(&payload);
+        batch.extend_from_slice(b"\r\n");
+    }
+    let mut publisher = TcpStream::connect(s.addr()).unwrap();
+    publisher
+        .write_all(b"CONNECT {\"verbose\":false}\r\n")
+        .unwrap();
+    for _ in 0..128 {
+        publisher.write_all(&batch).unwrap();
+    }
+    publisher.write_all(b"PING\r\n").unwrap();
+    publisher
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut pong = Vec::new();
+    while !String::from_utf8_lossy(&pong).contains("PONG") {
+        let n = publisher.read(&mut b).unwrap();
+        assert!(n > 0, "server closed the publisher");
+        pong.extend_from_slice(&b[..n]);
+    }
+    // The reader ends when the server cuts it or after 3 s of silence.
+    let got = reader.join().unwrap();
+    let varz = s.monitor("/varz").unwrap();
+    (got, varz)
+}
+
+/// Issue 11 item 9: without `producer_backoff` a subscriber that reads slower than its
+/// publisher writes is cut as a slow consumer; with it the publisher is held back and the
+/// subscriber gets every message.
+#[test]
+fn producer_backoff_holds_a_fast_publisher_instead_of_cutting_the_reader() {
+    let msgs = 64 * 128;
+    let (got, varz) = fast_producer_slow_reader("");
+    assert_eq!(varz["slow_consumers"], 1, "{varz}");
+    assert_eq!(varz["canopy_producer_stalls"], 0);
+    assert!(got < msgs * 1024, "cut early, got {got} bytes");
+
+    let (got, varz) = fast_producer_slow_reader("producer_backoff: 200ms");
+    assert_eq!(varz["slow_consumers"], 0, "{varz}");
+    assert!(
+        varz["canopy_producer_stalls"].as_u64().unwrap() > 0,
+        "{varz}"
+    );
+    assert!(got > msgs * 1024, "subscriber got {got} bytes");
+}

@@ -138,6 +138,15 @@ pub struct ConnShared {
     /// Links: the id of the server behind this connection; a message is never sent back
     /// to the server it came from, over any connection.
     pub peer_id: OnceLock<Arc<str>>,
+    /// `producer_backoff`: past this many pending bytes (75% of `max_pending`) the
+    /// connection is marked `stalled` and its publishers wait for `drained` (0 = off).
+    pub stall_at: AtomicUsize,
+    pub stalled: AtomicBool,
+    /// Notified by the writer when it takes a stalled connection's buffer.
+    pub drained: Notify,
+    /// Leaf links: the peer does its own account imports (its CONNECT said
+    /// `canopy_imports`); imported copies are not sent to it.
+    pub peer_imports: AtomicBool,
     /// `allow_responses` (max, expires) of this client's user; when set, every reply
     /// subject delivered to it is remembered in `responses`.
     pub allow_responses: OnceLock<(u64, Duration)>,
@@ -177,6 +186,10 @@ impl ConnShared {
             link_class: AtomicU8::new(0),
             deny_send: OnceLock::new(),
             peer_id: OnceLock::new(),
+            stall_at: AtomicUsize::new(0),
+            stalled: AtomicBool::new(false),
+            drained: Notify::new(),
+            peer_imports: AtomicBool::new(false),
             allow_responses: OnceLock::new(),
             responses: Mutex::new(std::collections::HashMap::new()),
         }
@@ -194,9 +207,14 @@ impl ConnShared {
                 return false;
             }
             f(&mut out.buf);
+            let len = out.buf.len();
+            let stall_at = self.stall_at.load(Ordering::Relaxed);
+            if stall_at != 0 && len > stall_at {
+                self.stalled.store(true, Ordering::Relaxed);
+            }
             // Every kind is bounded, links too (as nats-server): a stopped or slow peer
             // must not grow our memory without limit.
-            out.buf.len() > self.max_pending
+            len > self.max_pending
         };
         if over {
             self.close(CloseReason::SlowConsumerPendingBytes);
@@ -402,6 +420,9 @@ const INTERNAL_MAX_PENDING: usize = 64 * 1024;
 #[derive(Default)]
 pub struct FlushList {
     conns: Vec<Arc<ConnShared>>,
+    /// Receivers of the last flushed batch that passed their stall mark
+    /// (`producer_backoff`); the publishing client waits for them.
+    pub stalled: Vec<Arc<ConnShared>>,
 }
 
 impl FlushList {
@@ -413,8 +434,12 @@ impl FlushList {
         }
     }
     pub fn flush(&mut self) {
+        self.stalled.clear();
         for c in self.conns.drain(..) {
             c.flush_signal();
+            if c.stalled.load(Ordering::Relaxed) {
+                self.stalled.push(c);
+            }
         }
     }
 }
@@ -452,6 +477,10 @@ pub async fn writer_loop<W: AsyncWrite + Unpin>(conn: Arc<ConnShared>, mut wr: W
             }
         };
         conn.take_into(&mut mine);
+        if conn.stalled.load(Ordering::Relaxed) {
+            conn.stalled.store(false, Ordering::Relaxed);
+            conn.drained.notify_waiters();
+        }
         if !mine.is_empty() {
             let n = mine.len();
             let deadline = if closing {

@@ -109,6 +109,11 @@ pub struct Origin<'a> {
     pub peer: Option<&'a str>,
     /// The publishing connection, when there is one (in-process subscribers see its user).
     pub conn: Option<&'a ConnShared>,
+    /// A copy the import agent made in the importing account. Every server imports for
+    /// its own subscribers, so the copy goes only to local clients and to leaf servers
+    /// below us that do not import for themselves ([`ConnShared::peer_imports`]): never
+    /// over routes or up to a hub (see `services/imports.rs`).
+    pub imported: bool,
 }
 
 impl<'a> Origin<'a> {
@@ -121,6 +126,7 @@ impl<'a> Origin<'a> {
             queues: None,
             peer: None,
             conn: None,
+            imported: false,
         }
     }
 }
@@ -149,6 +155,10 @@ fn link_may_receive(conn: &ConnShared, origin: &Origin<'_>, subject: &[u8]) -> b
     }
     let dst = LinkClass::from_u8(conn.link_class.load(Ordering::Relaxed));
     if !msg_allowed(origin.class, dst) {
+        return false;
+    }
+    if origin.imported && (dst != LinkClass::Downlink || conn.peer_imports.load(Ordering::Relaxed))
+    {
         return false;
     }
     match conn.deny_send.get() {

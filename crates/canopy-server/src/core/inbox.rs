@@ -3,6 +3,7 @@
 //! decides what to do with it (queue it for a service's workers, complete a pending
 //! request). A sink never blocks the delivering reader: it accepts or refuses at once.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -47,6 +48,10 @@ pub struct MsgOrigin {
     /// The server a link message came from (its id), `None` when published here.
     pub server: Option<Arc<str>>,
     pub via: Via,
+    /// The server it came from does account imports for itself: a route peer (cluster
+    /// members share one configuration), our hub or mesh peer, or a leaf whose CONNECT
+    /// said so. The import agent leaves such a message's service imports to that server.
+    pub peer_imports: bool,
 }
 
 /// A message handed to an in-process subscriber.
@@ -128,6 +133,11 @@ pub fn origin_of(
         cid,
         user,
         server: peer.map(Arc::from),
+        peer_imports: match class {
+            LinkClass::Client => false,
+            LinkClass::Downlink => conn.is_some_and(|c| c.peer_imports.load(Ordering::Relaxed)),
+            LinkClass::Route | LinkClass::Uplink | LinkClass::Mesh => true,
+        },
         via: Via::of(
             class,
             cid == 0 || conn.is_none() && class == LinkClass::Client,

@@ -17,6 +17,8 @@ pub struct ServerStats {
     pub slow_consumers_clients: AtomicU64,
     pub slow_consumers_routes: AtomicU64,
     pub slow_consumers_leafs: AtomicU64,
+    /// `producer_backoff`: read batches after which a publisher was held back.
+    pub producer_stalls: AtomicU64,
     pub total_connections: AtomicU64,
     pub auth_failures: AtomicU64,
     pub permission_denials: AtomicU64,

@@ -597,6 +597,7 @@ pub fn varz(s: &Arc<Server>) -> Value {
         "permission_denials": st.permission_denials.load(Ordering::Relaxed),
         "tls_handshake_failures": st.tls_handshake_failures.load(Ordering::Relaxed),
         "canopy_services": s.services_json(),
+        "canopy_producer_stalls": st.producer_stalls.load(Ordering::Relaxed),
     });
     // The cluster's client URLs, as clients learn them in INFO `connect_urls`.
     let urls = if o.cluster.is_some() {

@@ -151,6 +151,10 @@ where
         addr,
         opts.max_pending as usize,
     ));
+    if opts.producer_backoff.is_some() {
+        conn.stall_at
+            .store(opts.max_pending as usize / 4 * 3, Ordering::Relaxed);
+    }
     let auth = server.client_auth();
     let nonce = if auth.needs_nonce() {
         crate::auth::users::new_nonce()
@@ -330,6 +334,9 @@ impl Client {
             if stop {
                 return;
             }
+            if !self.flush.stalled.is_empty() {
+                self.back_off().await;
+            }
             self.conn.touch();
             want = next_read_size(&mut buf, want, last_len, spare);
         }
@@ -358,6 +365,45 @@ impl Client {
             other => return self.handle(other.map(Bytes::copy_from_slice)).await,
         }
         !self.conn.is_closed()
+    }
+
+    /// `producer_backoff`: holds this publisher back while the receivers its last batch
+    /// filled past 75% of their `max_pending` drain, as nats-server stalls a fast
+    /// producer: at most the configured time per batch, scaled as nats-server scales it
+    /// (40% at the mark, all of it at `max_pending`). Without the option nothing waits.
+    async fn back_off(&mut self) {
+        let mut stalled = std::mem::take(&mut self.flush.stalled);
+        if let Some(max) = self.server.opts().producer_backoff {
+            let ttl = stalled
+                .iter()
+                .map(|c| stall_time(c.pending_bytes(), c.max_pending(), max))
+                .max()
+                .unwrap_or_default();
+            let deadline = tokio::time::Instant::now() + ttl;
+            self.server
+                .stats
+                .producer_stalls
+                .fetch_add(1, Ordering::Relaxed);
+            for c in &stalled {
+                if c.cid == self.conn.cid {
+                    continue; // its own echo: waiting would only stall itself
+                }
+                let drained = c.drained.notified();
+                tokio::pin!(drained);
+                drained.as_mut().enable();
+                if !c.stalled.load(Ordering::Relaxed) || c.is_closed() {
+                    continue;
+                }
+                tokio::select! {
+                    _ = drained => {}
+                    _ = c.cancel.cancelled() => {}
+                    _ = self.conn.cancel.cancelled() => break,
+                    _ = tokio::time::sleep_until(deadline) => break,
+                }
+            }
+        }
+        stalled.clear();
+        self.flush.stalled = stalled;
     }
 
     /// Publishes the batch's counters and wakes every receiver once.
@@ -739,6 +785,7 @@ impl Client {
             queues: None,
             peer: None,
             conn: Some(&self.conn),
+            imported: false,
         };
         let d = deliver(
             &self.account,
@@ -914,5 +961,34 @@ async fn spin_read<R: AsyncRead + Unpin>(
             return None;
         }
         std::thread::yield_now();
+    }
+}
+
+/// How long `producer_backoff` holds a publisher for a receiver with `pending` of
+/// `max_pending` bytes queued: 40% of `max` at the 75% mark, growing linearly to all of
+/// `max` at `max_pending` (nats-server: 2 ms to 5 ms).
+fn stall_time(pending: usize, max_pending: usize, max: Duration) -> Duration {
+    let mark = max_pending / 4 * 3;
+    let span = (max_pending - mark).max(1) as f64;
+    let over = pending.saturating_sub(mark).min(max_pending - mark) as f64;
+    max.mul_f64(0.4 + 0.6 * over / span)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stall_time;
+    use std::time::Duration;
+
+    #[test]
+    fn stall_time_grows_from_the_mark_to_max_pending() {
+        let max = Duration::from_millis(5);
+        assert_eq!(stall_time(750, 1000, max), Duration::from_millis(2));
+        assert_eq!(stall_time(1000, 1000, max), max);
+        assert_eq!(stall_time(5000, 1000, max), max);
+        let mid = stall_time(875, 1000, max);
+        assert!(
+            mid > Duration::from_millis(3) && mid < Duration::from_millis(4),
+            "{mid:?}"
+        );
     }
 }

@@ -469,6 +469,9 @@ impl Session {
         };
         let _ = self.conn.deny_send.set(c.deny_pub.clone());
         let _ = self.conn.peer_id.set(Arc::from(c.server_id.as_str()));
+        self.conn
+            .peer_imports
+            .store(c.canopy_imports, Ordering::Relaxed);
         // A fast reconnect from the same server replaces the old connection.
         for old in acc.links() {
             if !old.solicited && !c.server_id.is_empty() && old.peer_id == c.server_id {
@@ -675,7 +678,8 @@ impl Session {
             class: link.class(),
             queues: Some(&queues),
             peer: Some(link.peer_id.as_str()),
-            conn: None,
+            conn: Some(&self.conn),
+            imported: false,
         };
         let d = deliver(
             acc,
@@ -1038,6 +1042,10 @@ async fn solicit(
         hub: remote.hub,
         canopy_version: version::CANOPY_VERSION.to_string(),
         canopy_regional: server.is_regional(),
+        canopy_imports: server
+            .opts()
+            .account(account_name)
+            .is_some_and(|a| !a.imports.is_empty()),
         ..Default::default()
     };
     if let Some(path) = &remote.credentials {

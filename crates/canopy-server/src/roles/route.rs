@@ -860,7 +860,8 @@ impl RouteSession {
             class: LinkClass::Route,
             queues: Some(&queues),
             peer: self.route.as_ref().map(|r| r.remote_id.as_str()),
-            conn: None,
+            conn: Some(&self.conn),
+            imported: false,
         };
         let d = deliver(
             acc,

@@ -290,6 +290,27 @@ impl Service {
             .publish_from(self.conn.cid, acc, subject, reply, headers, payload)
     }
 
+    /// Publishes the import agent's copy of a message that came from server `peer`
+    /// (`None`: published here): delivered to local subscribers and to leaf servers below
+    /// that do not import for themselves, never back to `peer` ([`Origin::imported`]).
+    pub fn publish_imported(
+        &self,
+        acc: &Account,
+        subject: &str,
+        reply: Option<&str>,
+        headers: Option<&[u8]>,
+        peer: Option<&str>,
+        payload: &[u8],
+    ) -> u64 {
+        let origin = Origin {
+            peer,
+            imported: true,
+            ..own_origin(self.conn.cid)
+        };
+        self.server
+            .route_from(&origin, acc, subject, None, reply, headers, payload)
+    }
+
     /// Delivers a JetStream message to `deliver_to`'s subscribers, who see `subject`
     /// ([`Server::deliver_from`]).
     pub fn deliver(
@@ -348,6 +369,16 @@ impl Service {
     }
 }
 
+/// The origin of a publish from inside the server by connection `cid`. The server itself
+/// (cid 0) has no subscriptions; a service never hears its own publishes (the import agent
+/// relies on it: a moved message is not moved again).
+fn own_origin<'a>(cid: u64) -> Origin<'a> {
+    Origin {
+        echo: cid == 0,
+        ..Origin::internal(cid)
+    }
+}
+
 /// Is `m` a status-only message with this code (`NATS/1.0 503`)?
 fn is_status(m: &InMsg, code: &[u8]) -> bool {
     m.payload.is_empty()
@@ -369,7 +400,15 @@ impl Server {
         headers: Option<&[u8]>,
         payload: &[u8],
     ) -> u64 {
-        self.route_from(cid, acc, subject, None, reply, headers, payload)
+        self.route_from(
+            &own_origin(cid),
+            acc,
+            subject,
+            None,
+            reply,
+            headers,
+            payload,
+        )
     }
 
     /// Delivers a JetStream message: routed to the subscribers of `deliver_to`, who see
@@ -386,13 +425,21 @@ impl Server {
         headers: Option<&[u8]>,
         payload: &[u8],
     ) -> u64 {
-        self.route_from(cid, acc, deliver_to, Some(subject), reply, headers, payload)
+        self.route_from(
+            &own_origin(cid),
+            acc,
+            deliver_to,
+            Some(subject),
+            reply,
+            headers,
+            payload,
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
     fn route_from(
         &self,
-        cid: u64,
+        origin: &Origin<'_>,
         acc: &Account,
         route_subject: &str,
         seen_subject: Option<&str>,
@@ -427,15 +474,9 @@ impl Server {
                 reply: link_reply.as_deref().or(reply).map(str::as_bytes),
             }),
         };
-        // The server itself (cid 0) has no subscriptions; a service never hears its own
-        // publishes (the import agent relies on it: a moved message is not moved again).
-        let origin = Origin {
-            echo: cid == 0,
-            ..Origin::internal(cid)
-        };
         let mut flush = FlushList::default();
         let mut scratch = Scratch::default();
-        let d = deliver(acc, &result, &msg, &origin, &mut scratch, &mut flush);
+        let d = deliver(acc, &result, &msg, origin, &mut scratch, &mut flush);
         flush.flush();
         self.stats.out_msgs.fetch_add(d.msgs, Ordering::Relaxed);
         self.stats.out_bytes.fetch_add(d.bytes, Ordering::Relaxed);

@@ -8,6 +8,11 @@
 //! whose response is routed back to the requester. A service never hears its own
 //! publishes, so a message the agent moved is never moved again: imports never loop, even
 //! when two accounts import from each other.
+//!
+//! Every server imports for its own subscribers (docs/ARCHITECTURE.md, "Where imports
+//! happen"): a stream copy goes to local clients and to leaf servers below that do not
+//! import for themselves ([`Service::publish_imported`]), and a service request is
+//! forwarded only by the server its requester is on, so nothing is imported twice.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -152,8 +157,14 @@ impl Agent {
                 let Ok(mapped) = map.transform(&m.subject) else {
                     return;
                 };
-                self.svc
-                    .publish(to_account, &mapped, m.reply.as_deref(), hdr, &m.payload);
+                self.svc.publish_imported(
+                    to_account,
+                    &mapped,
+                    m.reply.as_deref(),
+                    hdr,
+                    m.origin.server.as_deref(),
+                    &m.payload,
+                );
             }
             Route::Service {
                 exporter,
@@ -162,6 +173,9 @@ impl Agent {
                 response,
                 threshold,
             } => {
+                if m.origin.peer_imports {
+                    return; // the server it came from imports it (see `MsgOrigin`)
+                }
                 let Ok(mapped) = map.transform(&m.subject) else {
                     return;
                 };
