@@ -272,9 +272,23 @@ impl Engine {
             let me = self.me.clone();
             let acc2 = acc.clone();
             let plen = p.len() + 1;
+            let domain = p != "$JS.API";
             let h: crate::host::Handler = Arc::new(move |m: JsMsg| {
                 if let Some(e) = me.upgrade() {
                     let rest = m.subject.get(plen..).unwrap_or("").to_string();
+                    // nats-server's domain mapping also covers KV and object subjects
+                    // (`$JS.<d>.API.$KV.>` → `$KV.>`): clients of a domain put KV
+                    // values that way. They are published as written, for the streams.
+                    if domain && (rest.starts_with("$KV.") || rest.starts_with("$OBJ.")) {
+                        e.host.publish(
+                            &m.account,
+                            &rest,
+                            m.reply.as_deref(),
+                            m.headers.as_deref(),
+                            &m.payload,
+                        );
+                        return;
+                    }
                     e.api_request(acc2.clone(), m, rest);
                 }
             });

@@ -289,14 +289,17 @@ async fn across_a_leaf_link(hub_kind: canopy_testkit::Impl) {
     )
     .unwrap();
     let store = tempfile::tempdir().unwrap();
-    let leaf = ServerProcess::canopy(&config(
-        store.path(),
-        &format!("leafnodes {{ remotes: [{{ url: \"nats-leaf://127.0.0.1:{lp}\" }}] }}"),
+    let leaf = ServerProcess::canopy(&format!(
+        "listen: 127.0.0.1:-1\njetstream {{ store_dir: \"{}\", domain: edge }}\n\
+         leafnodes {{ remotes: [{{ url: \"nats-leaf://127.0.0.1:{lp}\" }}] }}",
+        store.path().display()
     ))
     .unwrap();
     let nc = async_nats::connect(hub.url()).await.unwrap();
-    let js = jetstream::new(nc.clone());
-    // The leaf's API interest reaches the hub once the link is up.
+    // `$JS.API` never crosses a leaf link: the hub's clients reach the leaf's JetStream
+    // through its domain.
+    let js = jetstream::with_domain(nc.clone(), "edge");
+    // The leaf's domain API interest reaches the hub once the link is up.
     let mut st = None;
     for _ in 0..200 {
         if let Ok(s) = orders(&js).await.info().await.map(|_| ()) {
@@ -332,5 +335,123 @@ async fn across_a_leaf_link(hub_kind: canopy_testkit::Impl) {
         subjects,
         (0..5).map(|i| format!("orders.{i}")).collect::<Vec<_>>()
     );
+    drop(leaf);
+}
+
+/// Issue 14 item 1, domains across a leaf link: `$JS.API`, `$KV.>` and `$OBJ.>` stay on
+/// their own side (one answer per request, from the local JetStream), and each side's
+/// JetStream — KV included — is reached from the other through `$JS.<domain>.API`.
+#[tokio::test]
+async fn domains_across_a_leaf_link() {
+    domains_across_a_leaf_link_with(canopy_testkit::Impl::Canopy).await;
+}
+
+/// The same with Debian's nats-server 2.9.10 as the hub (`-js`, domain `hub`).
+#[tokio::test]
+async fn domains_across_a_leaf_link_with_a_go_hub() {
+    if canopy_testkit::nats_server_bin().is_none() {
+        eprintln!("nats-server not installed; skipping");
+        return;
+    }
+    domains_across_a_leaf_link_with(canopy_testkit::Impl::NatsServer).await;
+}
+
+async fn domains_across_a_leaf_link_with(hub_kind: canopy_testkit::Impl) {
+    let lp = canopy_testkit::free_fixed_port();
+    let (hub_store, leaf_store) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let hub = ServerProcess::start(
+        hub_kind,
+        &format!(
+            "listen: 127.0.0.1:-1\nhttp: 127.0.0.1:-1\njetstream {{ store_dir: \"{}\", domain: hub }}\n\
+             leafnodes {{ listen: 127.0.0.1:{lp} }}\n",
+            hub_store.path().display()
+        ),
+        &[],
+    )
+    .unwrap();
+    let leaf = ServerProcess::canopy(&format!(
+        "listen: 127.0.0.1:-1\nhttp: 127.0.0.1:-1\njetstream {{ store_dir: \"{}\", domain: edge }}\n\
+         leafnodes {{ remotes: [{{ url: \"nats-leaf://127.0.0.1:{lp}\" }}] }}\n",
+        leaf_store.path().display()
+    ))
+    .unwrap();
+    let hub_nc = async_nats::connect(hub.url()).await.unwrap();
+    let leaf_nc = async_nats::connect(leaf.url()).await.unwrap();
+    // Each side reaches the other's domain once the link's interest is in.
+    let edge_from_hub = jetstream::with_domain(hub_nc.clone(), "edge");
+    // (Raw requests: async-nats cannot parse 2.9.10's account info, which lacks fields
+    // newer servers send.)
+    let info = |nc: async_nats::Client, domain: &'static str| async move {
+        let m = tokio::time::timeout(
+            Duration::from_millis(500),
+            nc.request(format!("$JS.{domain}.API.INFO"), "".into()),
+        )
+        .await
+        .ok()?
+        .ok()?;
+        serde_json::from_slice::<serde_json::Value>(&m.payload)
+            .ok()
+            .and_then(|v| v["domain"].as_str().map(String::from))
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let a = info(hub_nc.clone(), "edge").await;
+        let b = info(leaf_nc.clone(), "hub").await;
+        if a.as_deref() == Some("edge") && b.as_deref() == Some("hub") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "domains not reachable across the link: edge from hub {a:?}, hub from edge {b:?}\nhub: {}\nleaf: {}",
+            hub.log(),
+            leaf.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // `$JS.API.INFO` is answered once, by the requester's own server.
+    for (nc, want) in [(&hub_nc, "hub"), (&leaf_nc, "edge")] {
+        let inbox = nc.new_inbox();
+        let mut replies = nc.subscribe(inbox.clone()).await.unwrap();
+        nc.publish_with_reply("$JS.API.INFO", inbox, "".into())
+            .await
+            .unwrap();
+        let first = tokio::time::timeout(Duration::from_secs(5), replies.next())
+            .await
+            .unwrap()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&first.payload).unwrap();
+        assert_eq!(v["domain"], want, "{v}");
+        let second = tokio::time::timeout(Duration::from_millis(500), replies.next()).await;
+        assert!(
+            second.is_err(),
+            "a second answer to $JS.API.INFO from {want}"
+        );
+    }
+    // A KV bucket on the edge, written and read from the hub through the domain, is the
+    // edge's alone: the hub's own JetStream does not know it.
+    let kv = edge_from_hub
+        .create_key_value(jetstream::kv::Config {
+            bucket: "SENSORS".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    kv.put("t1", "21.5".into()).await.unwrap();
+    let local = jetstream::new(leaf_nc.clone())
+        .get_key_value("SENSORS")
+        .await
+        .unwrap();
+    assert_eq!(local.get("t1").await.unwrap().unwrap(), "21.5");
+    local.put("t2", "19.0".into()).await.unwrap();
+    assert_eq!(kv.get("t2").await.unwrap().unwrap(), "19.0");
+    assert!(jetstream::new(hub_nc.clone())
+        .get_key_value("SENSORS")
+        .await
+        .is_err());
+    // A raw `$KV` publish on the hub does not cross to the edge's bucket.
+    hub_nc.publish("$KV.SENSORS.t3", "99".into()).await.unwrap();
+    hub_nc.flush().await.unwrap();
+    local.put("t4", "1".into()).await.unwrap();
+    assert!(local.get("t3").await.unwrap().is_none());
     drop(leaf);
 }

@@ -196,7 +196,69 @@ pub(crate) fn leaf_info(server: &Server, cid: u64, nonce: &str, listen: SocketAd
         },
         canopy_version: version::CANOPY_VERSION.to_string(),
         canopy_regional: server.is_regional(),
+        jetstream: server.jetstream().is_some(),
+        domain: server.js_domain().unwrap_or_default(),
         ..Default::default()
+    }
+}
+
+/// The JetStream subjects kept off one leaf link, as nats-server decides per link
+/// (docs/ARCHITECTURE.md, "JetStream across leaf links").
+struct JsDenies {
+    /// Denied both ways: never advertised, sent or received.
+    both: Vec<String>,
+    /// Never sent: our own domain's API, which is answered here.
+    outgoing: Vec<String>,
+    local: String,
+    remote: String,
+    /// Either side runs JetStream (the decision is then worth an info line).
+    jetstream: bool,
+}
+
+/// Each side's JetStream API, KV and object subjects are its own: `$JS.API.>`, `$KV.>`
+/// and `$OBJ.>` cross a leaf link in neither direction (also `$JSC.>` and `$NRG.>` on
+/// the system account), whatever the domains. nats-server lifts this only to extend one
+/// JetStream over the system account with equal domains, which Canopy does not do.
+/// Clients reach the other side's JetStream through `$JS.<domain>.API`, which crosses;
+/// our own domain's API never leaves when the peer's domain differs (nats-server's guard
+/// against two sides claiming one domain).
+fn js_denies(server: &Server, account: &str, remote_js: bool, remote_domain: &str) -> JsDenies {
+    let mut both: Vec<String> = ["$JS.API.>", "$KV.>", "$OBJ.>"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    if account == server.system_account {
+        both.extend(["$JSC.>".to_string(), "$NRG.>".to_string()]);
+    }
+    let local = server.js_domain().unwrap_or_default();
+    let outgoing = if !local.is_empty() && local != remote_domain {
+        vec![format!("$JS.{local}.API.>")]
+    } else {
+        Vec::new()
+    };
+    JsDenies {
+        both,
+        outgoing,
+        jetstream: remote_js || server.jetstream().is_some(),
+        local,
+        remote: remote_domain.to_string(),
+    }
+}
+
+impl JsDenies {
+    fn log(&self, conn: &ConnShared) {
+        let line = format!(
+            "{} - JetStream using domains: local {:?}, remote {:?} (denied both ways: {})",
+            conn_label(conn),
+            self.local,
+            self.remote,
+            self.both.join(" ")
+        );
+        if self.jetstream {
+            tracing::info!("{line}");
+        } else {
+            tracing::debug!("{line}");
+        }
     }
 }
 
@@ -467,7 +529,10 @@ impl Session {
         } else {
             LinkClass::Downlink
         };
-        let _ = self.conn.deny_send.set(c.deny_pub.clone());
+        let js = js_denies(&self.server, &acc.name, c.jetstream, &c.domain);
+        let mut deny_send = c.deny_pub.clone();
+        deny_send.extend(js.both.iter().chain(&js.outgoing).cloned());
+        let _ = self.conn.deny_send.set(deny_send);
         let _ = self.conn.peer_id.set(Arc::from(c.server_id.as_str()));
         self.conn
             .peer_imports
@@ -489,14 +554,15 @@ impl Session {
         } else {
             c.name.clone()
         };
+        js.log(&self.conn);
         let mut link = Link::new(
             self.conn.clone(),
             c.server_id.clone(),
             peer_name,
             false,
             self.conn.addr.to_string(),
-            Vec::new(),
-            Vec::new(),
+            js.both.clone(),
+            js.both,
         );
         link.perms = perms;
         link.max_subs = self.server.link_max_subs();
@@ -1046,6 +1112,8 @@ async fn solicit(
             .opts()
             .account(account_name)
             .is_some_and(|a| !a.imports.is_empty()),
+        jetstream: server.jetstream().is_some(),
+        domain: server.js_domain().unwrap_or_default(),
         ..Default::default()
     };
     if let Some(path) = &remote.credentials {
@@ -1109,7 +1177,10 @@ async fn solicit(
     crate::auth::tls::note_established(&conn, &rd);
     let (rd, wr) = tokio::io::split(rd);
     server.register_conn(&conn);
-    let _ = conn.deny_send.set(remote.deny_exports.clone());
+    let js = js_denies(server, &acc.name, info.jetstream, &info.domain);
+    let mut deny_send = remote.deny_exports.clone();
+    deny_send.extend(js.both.iter().chain(&js.outgoing).cloned());
+    let _ = conn.deny_send.set(deny_send);
     let _ = conn.peer_id.set(Arc::from(info.server_id.as_str()));
     let writer = tokio::spawn(writer_loop(conn.clone(), wr, server.liveness()));
     let class = if server.is_regional() && info.canopy_regional {
@@ -1124,14 +1195,17 @@ async fn solicit(
     } else {
         info.server_name.clone()
     };
+    js.log(&conn);
+    let mut deny_imports = remote.deny_imports.clone();
+    deny_imports.extend(js.both);
     let mut link = Link::new(
         conn.clone(),
         info.server_id.clone(),
         peer_name.clone(),
         true,
         url.hostport(),
-        remote.deny_imports.clone(),
-        remote.deny_imports.clone(),
+        deny_imports.clone(),
+        deny_imports,
     );
     link.max_subs = server.link_max_subs();
     let link = Arc::new(link);
