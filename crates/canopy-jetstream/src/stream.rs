@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use canopy_store::{MessageStore, NewMsg, PurgeOpts, StoreError};
+use canopy_subject::Transform;
 use parking_lot::RwLock;
 use serde_json::{json, Value};
 
@@ -125,6 +126,12 @@ struct Prepared {
     rollup: Option<bool>,
 }
 
+/// Where a batch's messages are republished, and each subject's last sequence so far.
+struct RepublishPlan {
+    to: Vec<Option<String>>,
+    last: HashMap<String, u64>,
+}
+
 /// Everything a stream's thread owns.
 pub(crate) struct StreamCore {
     pub name: String,
@@ -145,6 +152,10 @@ pub(crate) struct StreamCore {
     last_msg_id: Option<String>,
     next_sync: Instant,
     closed: bool,
+    /// The input subject transform (`subject_transform`).
+    itr: Option<Transform>,
+    /// The republish transform (`republish`) and whether it sends headers only.
+    rtr: Option<(Transform, bool)>,
 }
 
 impl StreamCore {
@@ -179,10 +190,42 @@ impl StreamCore {
             last_msg_id: None,
             next_sync: Instant::now() + sync_every.unwrap_or(Duration::from_secs(120)),
             closed: false,
+            itr: None,
+            rtr: None,
         };
+        core.build_transforms();
         core.rebuild_dedupe();
         core.update_stats();
         core
+    }
+
+    /// Takes a new configuration (stream update): rebuilds the transforms.
+    pub fn set_config(&mut self, cfg: StreamConfig) {
+        self.cfg = cfg;
+        self.build_transforms();
+    }
+
+    /// The transforms of `subject_transform` and `republish` (validated when the config
+    /// was accepted; one that does not build is left out and logged).
+    fn build_transforms(&mut self) {
+        let build = |src: &str, dest: &str| match Transform::new(src, dest) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::error!(stream = %self.name, "JetStream transform {src} -> {dest}: {e}");
+                None
+            }
+        };
+        self.itr = self
+            .cfg
+            .subject_transform
+            .as_ref()
+            .filter(|t| !t.dest.is_empty())
+            .and_then(|t| build(&t.src, &t.dest));
+        self.rtr = self.cfg.republish.as_ref().and_then(|r| {
+            let src = if r.src.is_empty() { ">" } else { &r.src };
+            let dest = if r.dest.is_empty() { ">" } else { &r.dest };
+            build(src, dest).map(|t| (t, r.headers_only))
+        });
     }
 
     /// Rebuilds the duplicate window from the newest messages after a restart.
@@ -256,6 +299,12 @@ impl StreamCore {
     fn prepare(&mut self, m: JsMsg, pending_last: u64) -> Result<Prepared, (Option<String>, E)> {
         let reply = m.reply.clone();
         let fail = |e: E| Err((reply.clone(), e));
+        // The input transform applies before anything else; a subject it does not match
+        // is stored as published.
+        let subject = match self.itr.as_ref().map(|t| t.apply(&m.subject)) {
+            Some(Ok(s)) => s.into_owned(),
+            _ => m.subject.clone(),
+        };
         if self.cfg.sealed {
             return fail(E::StreamSealed);
         }
@@ -268,7 +317,7 @@ impl StreamCore {
             return fail(E::StreamMessageExceedsMaximum);
         }
         let mut p = Prepared {
-            subject: m.subject.clone(),
+            subject,
             hdr: Vec::new(),
             payload: m.payload.clone(),
             reply: m.reply.clone(),
@@ -303,7 +352,7 @@ impl StreamCore {
         if let Some(v) = header(hdr, "Nats-Expected-Last-Subject-Sequence") {
             let want: u64 = v.parse().unwrap_or(u64::MAX);
             let subj =
-                header(hdr, "Nats-Expected-Last-Subject-Sequence-Subject").unwrap_or(&m.subject);
+                header(hdr, "Nats-Expected-Last-Subject-Sequence-Subject").unwrap_or(&p.subject);
             let have = self
                 .store
                 .last_by_subject(subj)
@@ -395,6 +444,7 @@ impl StreamCore {
             })
             .collect();
         let before = self.store.totals().msgs;
+        let mut republish = self.republish_plan(&batch);
         let results = match self.store.store_batch(&news) {
             Ok(r) => r,
             Err(e) => {
@@ -414,11 +464,14 @@ impl StreamCore {
                 c.recount();
             }
         }
-        for (p, r) in batch.iter().zip(results) {
+        for (i, (p, r)) in batch.iter().zip(results).enumerate() {
             match r {
                 Ok((seq, ts)) => {
                     for c in self.consumers.values() {
                         c.stored(&p.subject);
+                    }
+                    if let Some(plan) = republish.as_mut() {
+                        self.republish(plan, i, p, seq, ts);
                     }
                     if let Some(id) = &p.msg_id {
                         self.dedupe.insert(id.clone(), (seq, ts));
@@ -455,6 +508,58 @@ impl StreamCore {
             }
         }
         self.prune_dedupe(now);
+    }
+
+    /// For a batch about to be stored: each message's republish subject (when `republish`
+    /// matches it), and the last sequence of each such subject before the batch.
+    fn republish_plan(&self, batch: &[Prepared]) -> Option<RepublishPlan> {
+        let (tr, _) = self.rtr.as_ref()?;
+        let mut plan = RepublishPlan {
+            to: Vec::with_capacity(batch.len()),
+            last: HashMap::new(),
+        };
+        for p in batch {
+            let to = match tr.apply(&p.subject) {
+                Ok(s) if canopy_subject::is_valid_literal_subject(&s) => Some(s.into_owned()),
+                Ok(s) => {
+                    tracing::warn!(stream = %self.name, "suppressing republish with invalid subject {s:?}");
+                    None
+                }
+                Err(_) => None,
+            };
+            if to.is_some() && !plan.last.contains_key(&p.subject) {
+                let last = self.store.filtered_state(&p.subject, 0).last;
+                plan.last.insert(p.subject.clone(), last);
+            }
+            plan.to.push(to);
+        }
+        Some(plan)
+    }
+
+    /// Republishes the `i`-th message of a stored batch (nats-server's headers, appended to
+    /// the message's own).
+    fn republish(&self, plan: &mut RepublishPlan, i: usize, p: &Prepared, seq: u64, ts: i64) {
+        let Some(Some(to)) = plan.to.get(i) else {
+            return;
+        };
+        let headers_only = self.rtr.as_ref().is_some_and(|(_, h)| *h);
+        let last = plan.last.insert(p.subject.clone(), seq).unwrap_or(0);
+        let mut kv = vec![
+            ("Nats-Stream", self.name.clone()),
+            ("Nats-Subject", p.subject.clone()),
+            ("Nats-Sequence", seq.to_string()),
+            ("Nats-Time-Stamp", rfc3339(ts)),
+            ("Nats-Last-Sequence", last.to_string()),
+        ];
+        let payload: &[u8] = if headers_only {
+            kv.push(("Nats-Msg-Size", p.payload.len().to_string()));
+            &[]
+        } else {
+            &p.payload
+        };
+        let hdr = util::add_headers(&p.hdr, &kv);
+        self.host
+            .publish(&self.account, to, None, Some(&hdr), payload);
     }
 
     fn prune_dedupe(&mut self, now: i64) {
