@@ -14,7 +14,7 @@ use canopy_store::{ConsumerState, ConsumerStore, MessageStore, SequencePair, Sto
 use serde_json::{json, Value};
 
 use crate::host::Host;
-use crate::types::{AckPolicy, ConsumerConfig, DeliverPolicy, SequenceInfo};
+use crate::types::{AckPolicy, ConsumerConfig, DeliverPolicy, ReplayPolicy, SequenceInfo};
 use crate::util::{self, now_ns, rfc3339, status};
 
 /// Bytes a push consumer sends before it asks for a flow-control reply.
@@ -23,6 +23,29 @@ const FC_WINDOW: u64 = 2 << 20;
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
 /// How soon a push consumer without a subscriber looks again.
 const INTEREST_POLL: Duration = Duration::from_millis(10);
+/// The rate limiter's burst: nats-server uses the stream's `max_msg_size` or the account's
+/// max payload; we use nats-server's default max payload.
+const RATE_BURST: f64 = 1024.0 * 1024.0;
+/// Gaps below this are not reproduced by `replay_policy: original` (nats-server's).
+const REPLAY_MIN_GAP: i64 = 1_000_000;
+
+/// `rate_limit_bps`: a token bucket in bytes that may go negative; a message waits until
+/// the bucket is back at zero.
+#[derive(Debug)]
+struct RateLimit {
+    bps: u64,
+    tokens: f64,
+    at: Instant,
+}
+
+/// `replay_policy: original` until the consumer caught up with the stream.
+#[derive(Debug)]
+struct Replay {
+    /// The stream's last sequence when the consumer started: later messages go instantly.
+    until: u64,
+    /// Timestamp of the last message delivered, and when it was delivered.
+    last: Option<(i64, Instant)>,
+}
 
 /// What the consumer needs from its stream while it works.
 pub(crate) struct Ctx<'a> {
@@ -107,6 +130,10 @@ pub(crate) struct Consumer {
     /// `num_pending` when known: counting it is a scan of the stream in the store, so it is
     /// kept up to date per delivery and per append, and recounted after deletes.
     pending: Cell<Option<u64>>,
+    replay: Option<Replay>,
+    rate: Option<RateLimit>,
+    /// Delivery waits until then (replay gap or rate limit).
+    hold_until: Option<Instant>,
 }
 
 impl Consumer {
@@ -142,7 +169,16 @@ impl Consumer {
             last_active_ns: 0,
             next_flush: now,
             pending: Cell::new(None),
+            replay: None,
+            rate: None,
+            hold_until: None,
         };
+        if c.cfg.replay_policy == ReplayPolicy::Original {
+            c.replay = Some(Replay {
+                until: store.totals().last_seq,
+                last: None,
+            });
+        }
         if fresh {
             let start = c.start_seq(store);
             let floor = SequencePair {
@@ -353,6 +389,66 @@ impl Consumer {
         }
     }
 
+    /// Must `m` wait before it is delivered (`replay_policy: original`, `rate_limit_bps`)?
+    /// Returns when it may go, or `None` to deliver it now (the rate limiter is charged).
+    fn hold(&mut self, m: &StoredMsg, now: Instant) -> Option<Instant> {
+        if let Some(r) = &mut self.replay {
+            if m.seq > r.until {
+                self.replay = None;
+            } else if let Some((lts, at)) = r.last {
+                let gap = m.ts - lts;
+                if gap > REPLAY_MIN_GAP {
+                    let due = at + Duration::from_nanos(gap as u64);
+                    if due > now {
+                        return Some(due);
+                    }
+                }
+            }
+        }
+        let bps = self.cfg.rate_limit_bps;
+        if bps == 0 || self.cfg.deliver_subject.is_none() {
+            self.rate = None;
+            return None;
+        }
+        let per_sec = (bps / 8).max(1) as f64;
+        let rl = match &mut self.rate {
+            Some(r) if r.bps == bps => r,
+            _ => self.rate.insert(RateLimit {
+                bps,
+                tokens: RATE_BURST,
+                at: now,
+            }),
+        };
+        let dt = now.saturating_duration_since(rl.at).as_secs_f64();
+        rl.tokens = (rl.tokens + dt * per_sec).min(RATE_BURST);
+        rl.at = now;
+        if rl.tokens < 0.0 {
+            return Some(now + Duration::from_secs_f64(-rl.tokens / per_sec));
+        }
+        rl.tokens -= m.size() as f64;
+        None
+    }
+
+    /// Takes the next message unless it has to wait ([`Consumer::hold`]); a message that
+    /// waits is put back and the wait recorded.
+    fn next_ready(&mut self, store: &dyn MessageStore) -> Option<(StoredMsg, u64, Src)> {
+        let now = Instant::now();
+        if self.hold_until.is_some_and(|t| t > now) {
+            return None;
+        }
+        self.hold_until = None;
+        let (m, dc, src) = self.next_msg(store)?;
+        if let Some(until) = self.hold(&m, now) {
+            self.unget(src, m.seq);
+            self.hold_until = Some(until);
+            return None;
+        }
+        if let Some(r) = &mut self.replay {
+            r.last = Some((m.ts, now));
+        }
+        Some((m, dc, src))
+    }
+
     /// Sends one message to `to` and records the delivery. Returns sequences that count as
     /// acked at once (ack policy none).
     fn send(&mut self, ctx: &Ctx<'_>, to: &str, m: &StoredMsg, dc: u64) -> Option<u64> {
@@ -406,8 +502,8 @@ impl Consumer {
     fn drive_pull(&mut self, ctx: &Ctx<'_>, acked: &mut Vec<u64>) {
         let mut eos = false;
         while !self.waiting.is_empty() {
-            let Some((m, dc, src)) = self.next_msg(ctx.store) else {
-                eos = true;
+            let Some((m, dc, src)) = self.next_ready(ctx.store) else {
+                eos = self.hold_until.is_none();
                 break;
             };
             let size = (m.subject().len() + m.headers().len() + m.payload().len()) as i64;
@@ -470,7 +566,7 @@ impl Consumer {
             return;
         }
         self.last_activity = Instant::now();
-        while let Some((m, dc, _)) = self.next_msg(ctx.store) {
+        while let Some((m, dc, _)) = self.next_ready(ctx.store) {
             acked.extend(self.send(ctx, &to, &m, dc));
             self.fc_bytes += m.size();
             if self.cfg.flow_control && self.fc_bytes >= FC_WINDOW {
@@ -797,6 +893,9 @@ impl Consumer {
         if self.awaiting_interest {
             at = at.min(now + INTEREST_POLL);
         }
+        if let Some(h) = self.hold_until {
+            at = at.min(h.max(now));
+        }
         if self.st.state() != &ConsumerState::default() {
             at = at.min(self.next_flush.max(now));
         }
@@ -806,7 +905,9 @@ impl Consumer {
     /// Should the stream's timer drive this consumer (a redelivery is waiting, or a push
     /// consumer waits for its subscriber)?
     pub fn wants_drive(&self) -> bool {
-        !self.rdq.is_empty() || self.awaiting_interest
+        !self.rdq.is_empty()
+            || self.awaiting_interest
+            || self.hold_until.is_some_and(|t| t <= Instant::now())
     }
 
     /// Ends every waiting pull request with `409 Consumer Deleted` and removes the state.

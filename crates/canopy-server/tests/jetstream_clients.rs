@@ -970,3 +970,139 @@ async fn duplicates_window_and_expected_headers() {
         }
     }
 }
+
+#[tokio::test]
+async fn subject_transform_and_republish_through_the_client() {
+    let s = start();
+    let (nc, js) = connect(&s).await;
+    let mut rp = nc.subscribe("rp.>").await.unwrap();
+    nc.flush().await.unwrap();
+    let st = js
+        .create_stream(stream::Config {
+            name: "TR".into(),
+            subjects: vec!["orders.>".into()],
+            storage: stream::StorageType::Memory,
+            subject_transform: Some(stream::SubjectTransform {
+                source: "orders.*".into(),
+                destination: "stored.{{wildcard(1)}}".into(),
+            }),
+            republish: Some(stream::Republish {
+                source: "stored.>".into(),
+                destination: "rp.>".into(),
+                headers_only: false,
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(publish(&js, "orders.eu", "x").await, 1);
+    let m = st.get_raw_message(1).await.unwrap();
+    assert_eq!(m.subject.as_str(), "stored.eu");
+    let got = next(&mut rp).await;
+    assert_eq!(got.subject.as_str(), "rp.eu");
+    let h = got.headers.unwrap();
+    let get = |k| {
+        h.get(k)
+            .map(|v: &async_nats::HeaderValue| v.as_str().to_string())
+    };
+    use async_nats::header::{NATS_LAST_SEQUENCE, NATS_SEQUENCE, NATS_STREAM, NATS_SUBJECT};
+    assert_eq!(get(NATS_STREAM).as_deref(), Some("TR"), "{h:?}");
+    assert_eq!(get(NATS_SEQUENCE).as_deref(), Some("1"));
+    assert_eq!(get(NATS_SUBJECT).as_deref(), Some("stored.eu"));
+    assert_eq!(get(NATS_LAST_SEQUENCE).as_deref(), Some("0"));
+    assert_eq!(got.payload.as_ref(), b"x");
+}
+
+/// Arrival times (from the first) of `n` messages of a push consumer.
+async fn arrival_gaps(msgs: &mut consumer::push::Messages, n: usize) -> Vec<Duration> {
+    let mut t0 = None;
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let m = next(msgs).await.unwrap();
+        let now = tokio::time::Instant::now();
+        out.push(now - *t0.get_or_insert(now));
+        m.ack().await.unwrap();
+    }
+    out
+}
+
+#[tokio::test]
+async fn replay_original_and_rate_limit() {
+    let s = start();
+    let (nc, js) = connect(&s).await;
+    let st = mem_stream(&js, "RP", &["rp.>"]).await;
+    // Three messages stored 400 ms apart (the gaps are the data under test).
+    for i in 0..3 {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+        }
+        publish(&js, "rp.a", "x").await;
+    }
+    let push = |name: &str, replay: consumer::ReplayPolicy, rate: u64| consumer::push::Config {
+        durable_name: Some(name.into()),
+        deliver_subject: format!("deliver.{name}"),
+        replay_policy: replay,
+        rate_limit: rate,
+        ..Default::default()
+    };
+    let c: consumer::PushConsumer = st
+        .create_consumer(push("orig", consumer::ReplayPolicy::Original, 0))
+        .await
+        .unwrap();
+    let gaps = arrival_gaps(&mut c.messages().await.unwrap(), 3).await;
+    assert!(gaps[1] >= Duration::from_millis(300), "{gaps:?}");
+    assert!(gaps[2] >= Duration::from_millis(700), "{gaps:?}");
+    let c: consumer::PushConsumer = st
+        .create_consumer(push("inst", consumer::ReplayPolicy::Instant, 0))
+        .await
+        .unwrap();
+    let gaps = arrival_gaps(&mut c.messages().await.unwrap(), 3).await;
+    assert!(gaps[2] < Duration::from_millis(300), "{gaps:?}");
+    // After catching up, replay original delivers new messages at once.
+    let pulled: consumer::PullConsumer = st
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("pull-orig".into()),
+            replay_policy: consumer::ReplayPolicy::Original,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let t0 = tokio::time::Instant::now();
+    assert_eq!(pull_batch(&pulled, 3, 3000).await.len(), 3);
+    assert!(t0.elapsed() >= Duration::from_millis(700));
+
+    // 3 MiB at 1 MB/s with a 1 MiB burst: the last message comes after about 2 s.
+    // (async-nats sends its `rate_limit` field under that name, which nats-server does not
+    // read either: the consumer is made with a raw request carrying `rate_limit_bps`.)
+    let body = bytes::Bytes::from(vec![b'y'; 100 * 1024]);
+    mem_stream(&js, "RATE", &["rate.>"]).await;
+    for _ in 0..30 {
+        js.publish("rate.a", body.clone()).await.unwrap();
+    }
+    js.wait_for_acks().await;
+    let mut sub = nc.subscribe("deliver.slow").await.unwrap();
+    let create = |name: &str, deliver: Option<&str>| {
+        let mut cfg = serde_json::json!({"durable_name": name, "ack_policy": "none", "rate_limit_bps": 8_000_000});
+        if let Some(d) = deliver {
+            cfg["deliver_subject"] = d.into();
+        }
+        let body = serde_json::json!({"stream_name": "RATE", "config": cfg}).to_string();
+        let nc = nc.clone();
+        let subject = format!("$JS.API.CONSUMER.CREATE.RATE.{name}");
+        async move {
+            let r = nc.request(subject, body.into()).await.unwrap();
+            serde_json::from_slice::<serde_json::Value>(&r.payload).unwrap()
+        }
+    };
+    let r = create("slow", Some("deliver.slow")).await;
+    assert_eq!(r["config"]["rate_limit_bps"], 8_000_000, "{r}");
+    let t0 = tokio::time::Instant::now();
+    for _ in 0..30 {
+        next(&mut sub).await;
+    }
+    let took = t0.elapsed();
+    assert!(took >= Duration::from_millis(1500), "{took:?}");
+    // A pull consumer may not have a rate limit (10086).
+    let r = create("pr", None).await;
+    assert_eq!(r["error"]["err_code"], 10086, "{r}");
+}

@@ -79,17 +79,6 @@ fn check(cfg: &ConsumerConfig, stream: &StreamCore, acc_max_ack: i64) -> Result<
             return Err(E::ConsumerMaxWaitingNegative);
         }
     }
-    // Refused rather than accepted and ignored until they are implemented.
-    if cfg.rate_limit_bps > 0 {
-        return Err(E::ConsumerCreate(
-            "consumer rate limit is not supported yet".into(),
-        ));
-    }
-    if cfg.replay_policy == crate::types::ReplayPolicy::Original {
-        return Err(E::ConsumerCreate(
-            "consumer replay policy original is not supported yet".into(),
-        ));
-    }
     if cfg.flow_control && cfg.idle_heartbeat <= 0 {
         return Err(E::ConsumerFlowControlNeedsHeartbeats);
     }

@@ -113,7 +113,6 @@ pub enum E {
     Pedantic(String),
     StreamTransformInvalidSource(String),
     StreamTransformInvalidDestination(String),
-    ConsumerReplayPolicyInvalid,
     ConsumerPushWithPriorityGroup,
     ConsumerPriorityPolicyWithoutGroup,
     ConsumerInvalidPriorityGroup,
@@ -403,7 +402,6 @@ impl E {
                 (400, 10155, format!("stream transform source: {e}"))
             }
             StreamTransformInvalidDestination(e) => (400, 10156, format!("stream transform: {e}")),
-            ConsumerReplayPolicyInvalid => (400, 10182, s("consumer replay policy invalid")),
             ConsumerPushWithPriorityGroup => (
                 400,
                 10178,
