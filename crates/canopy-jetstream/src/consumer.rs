@@ -51,6 +51,7 @@ struct Replay {
 pub(crate) struct Ctx<'a> {
     pub host: &'a dyn Host,
     pub account: &'a str,
+    pub domain: Option<&'a str>,
     pub stream: &'a str,
     pub store: &'a dyn MessageStore,
 }
@@ -389,6 +390,22 @@ impl Consumer {
         }
     }
 
+    /// Publishes `$JS.EVENT.ADVISORY.CONSUMER.<event>.<stream>.<consumer>` (advisory `kind`
+    /// with `fields` after `stream` and `consumer`).
+    fn advise(&self, ctx: &Ctx<'_>, event: &str, kind: &str, fields: Value) {
+        let mut v = json!({"stream": ctx.stream, "consumer": self.name});
+        if let (Some(o), Value::Object(f)) = (v.as_object_mut(), fields) {
+            o.extend(f);
+        }
+        let subject = format!(
+            "{}.CONSUMER.{event}.{}.{}",
+            crate::advisory::PREFIX,
+            ctx.stream,
+            self.name
+        );
+        crate::advisory::publish(ctx.host, ctx.account, ctx.domain, &subject, kind, v);
+    }
+
     /// Must `m` wait before it is delivered (`replay_policy: original`, `rate_limit_bps`)?
     /// Returns when it may go, or `None` to deliver it now (the rate limiter is charged).
     fn hold(&mut self, m: &StoredMsg, now: Instant) -> Option<Instant> {
@@ -696,6 +713,13 @@ impl Consumer {
                 return out;
             }
             "-NAK" if pending => {
+                let dc = 1 + self.st.state().redelivered.get(&sseq).copied().unwrap_or(0);
+                self.advise(
+                    ctx,
+                    "MSG_NAKED",
+                    "nak",
+                    json!({"consumer_seq": dseq, "stream_seq": sseq, "deliveries": dc}),
+                );
                 let delay = if rest.starts_with('{') {
                     serde_json::from_str::<Value>(rest)
                         .ok()
@@ -717,6 +741,12 @@ impl Consumer {
                 self.set_deadline(sseq, Instant::now() + Duration::from_nanos(wait as u64));
             }
             "+TERM" if pending => {
+                let dc = 1 + self.st.state().redelivered.get(&sseq).copied().unwrap_or(0);
+                let mut f = json!({"consumer_seq": dseq, "stream_seq": sseq, "deliveries": dc});
+                if !rest.is_empty() {
+                    f["reason"] = Value::String(rest.to_string());
+                }
+                self.advise(ctx, "MSG_TERMINATED", "terminated", f);
                 self.clear_deadline(sseq);
                 self.rdq.remove(&sseq);
                 self.st.update_ack(dseq, sseq);
@@ -807,6 +837,12 @@ impl Consumer {
             if self.cfg.max_deliver > 0 && dc as i64 >= self.cfg.max_deliver {
                 // Out of deliveries: nats-server stops redelivering and drops it.
                 self.st.update_ack(0, s);
+                self.advise(
+                    ctx,
+                    "MAX_DELIVERIES",
+                    "max_deliver",
+                    json!({"stream_seq": s, "deliveries": dc}),
+                );
                 continue;
             }
             self.rdq.insert(s);

@@ -582,7 +582,7 @@ impl StreamCore {
         for n in names {
             let acked = match self.consumers.get_mut(&n) {
                 Some(c) => {
-                    let ctx = ctx_of(&self.host, &self.account, &self.name, self.store.as_ref());
+                    let ctx = ctx!(self);
                     c.drive(&ctx)
                 }
                 None => continue,
@@ -633,7 +633,7 @@ impl StreamCore {
         let Some(c) = self.consumers.get_mut(consumer) else {
             return;
         };
-        let ctx = ctx_of(&self.host, &self.account, &self.name, self.store.as_ref());
+        let ctx = ctx!(self);
         let out = c.ack(&ctx, sseq, dseq, body, reply);
         self.retain(&out.acked);
     }
@@ -644,7 +644,7 @@ impl StreamCore {
             self.host.publish(&self.account, reply, None, Some(&h), &[]);
             return;
         };
-        let ctx = ctx_of(&self.host, &self.account, &self.name, self.store.as_ref());
+        let ctx = ctx!(self);
         c.pull_request(&ctx, reply, body);
     }
 
@@ -676,7 +676,7 @@ impl StreamCore {
         let mut gone = Vec::new();
         let mut redeliver = false;
         for (n, c) in self.consumers.iter_mut() {
-            let ctx = ctx_of(&self.host, &self.account, &self.name, self.store.as_ref());
+            let ctx = ctx!(self);
             if c.tick(&ctx, now) {
                 gone.push(n.clone());
             }
@@ -704,8 +704,16 @@ impl StreamCore {
         let Some(mut c) = self.consumers.remove(name) else {
             return false;
         };
-        let ctx = ctx_of(&self.host, &self.account, &self.name, self.store.as_ref());
+        let ctx = ctx!(self);
         c.delete(&ctx);
+        crate::advisory::consumer_action(
+            self.host.as_ref(),
+            &self.account,
+            self.domain.as_deref(),
+            &self.name,
+            name,
+            "delete",
+        );
         if let Some(d) = &self.dir {
             let _ = std::fs::remove_dir_all(d.join("obs").join(name));
         }
@@ -788,17 +796,33 @@ impl StreamCore {
     }
 }
 
+/// [`ctx_of`] over a [`StreamCore`]'s fields (a macro, so the borrows stay disjoint).
+macro_rules! ctx {
+    ($c:expr) => {
+        $crate::stream::ctx_of(
+            &$c.host,
+            &$c.account,
+            $c.domain.as_deref(),
+            &$c.name,
+            $c.store.as_ref(),
+        )
+    };
+}
+pub(crate) use ctx;
+
 /// A consumer's view of its stream, built from disjoint fields of [`StreamCore`] so that a
 /// consumer (another field) can be borrowed mutably at the same time.
 pub(crate) fn ctx_of<'a>(
     host: &'a Arc<dyn Host>,
     account: &'a str,
+    domain: Option<&'a str>,
     stream: &'a str,
     store: &'a dyn MessageStore,
 ) -> Ctx<'a> {
     Ctx {
         host: host.as_ref(),
         account,
+        domain,
         stream,
         store,
     }

@@ -1106,3 +1106,112 @@ async fn replay_original_and_rate_limit() {
     let r = create("pr", None).await;
     assert_eq!(r["error"]["err_code"], 10086, "{r}");
 }
+
+/// The next advisory whose subject starts with `prefix` (others are skipped), as JSON.
+async fn advisory(sub: &mut async_nats::Subscriber, prefix: &str) -> (String, serde_json::Value) {
+    loop {
+        let m = next(sub).await;
+        if m.subject.as_str().starts_with(prefix) {
+            let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+            return (m.subject.to_string(), v);
+        }
+    }
+}
+
+#[tokio::test]
+async fn advisories() {
+    let s = start();
+    let (nc, js) = connect(&s).await;
+    let mut adv = nc.subscribe("$JS.EVENT.ADVISORY.>").await.unwrap();
+    nc.flush().await.unwrap();
+    let mut st = mem_stream(&js, "ADV", &["adv.>"]).await;
+    let (subj, v) = advisory(&mut adv, "$JS.EVENT.ADVISORY.STREAM").await;
+    assert_eq!(subj, "$JS.EVENT.ADVISORY.STREAM.CREATED.ADV");
+    assert_eq!(v["type"], "io.nats.jetstream.advisory.v1.stream_action");
+    assert_eq!(v["action"], "create");
+    assert_eq!(v["stream"], "ADV");
+    assert!(v["id"].as_str().is_some_and(|s| !s.is_empty()), "{v}");
+    assert!(v["timestamp"].as_str().is_some(), "{v}");
+    // Every API request is audited, with the request and the response.
+    let (subj, v) = advisory(&mut adv, "$JS.EVENT.ADVISORY.API").await;
+    assert_eq!(subj, "$JS.EVENT.ADVISORY.API");
+    assert_eq!(v["type"], "io.nats.jetstream.advisory.v1.api_audit");
+    assert_eq!(v["subject"], "$JS.API.STREAM.CREATE.ADV");
+    assert!(v["request"].as_str().unwrap().contains("\"ADV\""), "{v}");
+    assert!(
+        v["response"]
+            .as_str()
+            .unwrap()
+            .contains("stream_create_response"),
+        "{v}"
+    );
+
+    js.update_stream(stream::Config {
+        name: "ADV".into(),
+        subjects: vec!["adv.>".into()],
+        storage: stream::StorageType::Memory,
+        max_messages: 100,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let (subj, v) = advisory(&mut adv, "$JS.EVENT.ADVISORY.STREAM").await;
+    assert_eq!(subj, "$JS.EVENT.ADVISORY.STREAM.UPDATED.ADV");
+    assert_eq!(v["action"], "modify");
+
+    let c: consumer::PullConsumer = st
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("d".into()),
+            max_deliver: 2,
+            ack_wait: Duration::from_millis(200),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let (subj, v) = advisory(&mut adv, "$JS.EVENT.ADVISORY.CONSUMER").await;
+    assert_eq!(subj, "$JS.EVENT.ADVISORY.CONSUMER.CREATED.ADV.d");
+    assert_eq!(v["type"], "io.nats.jetstream.advisory.v1.consumer_action");
+    assert_eq!(v["consumer"], "d");
+
+    publish(&js, "adv.1", "a").await;
+    publish(&js, "adv.2", "b").await;
+    let msgs = pull_batch(&c, 2, 0).await;
+    msgs[0].ack_with(AckKind::Nak(None)).await.unwrap();
+    let (subj, v) = advisory(&mut adv, "$JS.EVENT.ADVISORY.CONSUMER").await;
+    assert_eq!(subj, "$JS.EVENT.ADVISORY.CONSUMER.MSG_NAKED.ADV.d");
+    assert_eq!(v["type"], "io.nats.jetstream.advisory.v1.nak");
+    assert_eq!(
+        (v["stream_seq"].as_u64(), v["deliveries"].as_u64()),
+        (Some(1), Some(1))
+    );
+    // +TERM with a reason (async-nats 0.46 sends none): raw, on the ack subject.
+    let ack_subject = msgs[1].reply.clone().unwrap();
+    nc.publish(ack_subject, "+TERM bad".into()).await.unwrap();
+    let (subj, v) = advisory(&mut adv, "$JS.EVENT.ADVISORY.CONSUMER").await;
+    assert_eq!(subj, "$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.ADV.d");
+    assert_eq!(v["type"], "io.nats.jetstream.advisory.v1.terminated");
+    assert_eq!(
+        (v["stream_seq"].as_u64(), v["reason"].as_str()),
+        (Some(2), Some("bad"))
+    );
+    // Seq 1 is redelivered once (its second delivery), then runs out of deliveries.
+    let again = pull_batch(&c, 1, 2000).await;
+    assert_eq!(again[0].info().unwrap().stream_sequence, 1);
+    let (subj, v) = advisory(&mut adv, "$JS.EVENT.ADVISORY.CONSUMER").await;
+    assert_eq!(subj, "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.ADV.d");
+    assert_eq!(v["type"], "io.nats.jetstream.advisory.v1.max_deliver");
+    assert_eq!(
+        (v["stream_seq"].as_u64(), v["deliveries"].as_u64()),
+        (Some(1), Some(2))
+    );
+
+    st.delete_consumer("d").await.unwrap();
+    let (subj, v) = advisory(&mut adv, "$JS.EVENT.ADVISORY.CONSUMER").await;
+    assert_eq!(subj, "$JS.EVENT.ADVISORY.CONSUMER.DELETED.ADV.d");
+    assert_eq!(v["action"], "delete");
+    let _ = st.info().await.unwrap();
+    js.delete_stream("ADV").await.unwrap();
+    let (subj, v) = advisory(&mut adv, "$JS.EVENT.ADVISORY.STREAM").await;
+    assert_eq!(subj, "$JS.EVENT.ADVISORY.STREAM.DELETED.ADV");
+    assert_eq!(v["action"], "delete");
+}

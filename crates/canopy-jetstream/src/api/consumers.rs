@@ -9,15 +9,15 @@ use super::errors::E;
 use super::{on_stream, parse_body, PageReq};
 use crate::consumer::Consumer;
 use crate::engine::{Account, ConsumerMeta, Engine};
-use crate::stream::StreamCore;
+use crate::stream::{ctx, StreamCore};
 use crate::types::{AckPolicy, ConsumerConfig, CreateConsumerRequest, DeliverPolicy, Retention};
 use crate::util::{now_ns, random_name, valid_name};
 
 const NAMES_LIMIT: usize = 1024;
 const LIST_LIMIT: usize = 256;
 
-fn info_of(c: &StreamCore, k: &Consumer) -> Value {
-    let ctx = crate::stream::ctx_of(&c.host, &c.account, &c.name, c.store.as_ref());
+pub(super) fn info_of(c: &StreamCore, k: &Consumer) -> Value {
+    let ctx = ctx!(c);
     k.info(&ctx, &c.cluster)
 }
 
@@ -288,6 +288,14 @@ pub(super) fn create(
         let k = Consumer::new(cname.clone(), cfg, meta.created, st, c.store.as_ref(), true);
         c.consumers.insert(cname.clone(), k);
         c.update_stats();
+        crate::advisory::consumer_action(
+            c.host.as_ref(),
+            &c.account,
+            c.domain.as_deref(),
+            &c.name,
+            &cname,
+            "create",
+        );
         let v = info_of(c, &c.consumers[&cname]);
         c.drive_consumers();
         Ok(v)

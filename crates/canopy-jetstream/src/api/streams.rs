@@ -253,9 +253,12 @@ pub(super) fn create(
     check_limits(e, acc, &cfg, None)?;
     check_overlap(acc, &cfg)?;
     let h = e.open_stream(acc, cfg, now_ns(), false)?;
-    h.call(|c: &mut StreamCore| c.info(None, false))
+    let v = h
+        .call(|c: &mut StreamCore| c.info(None, false))
         .ok_or_else(|| E::StreamCreate("stream is not responding".into()))
-        .map(created)
+        .map(created)?;
+    e.stream_advisory(acc, &h.name, "create");
+    Ok(v)
 }
 
 fn created(mut v: Value) -> Value {
@@ -332,6 +335,7 @@ pub(super) fn update(
             return Err(E::StreamUpdate(err.to_string()));
         }
     }
+    e.stream_advisory(acc, &h.name, "modify");
     Ok(v)
 }
 
@@ -398,6 +402,7 @@ pub(super) fn delete(e: &Engine, acc: &Account, name: Option<&str>) -> Result<Va
             return Err(E::StreamDelete(err.to_string()));
         }
     }
+    e.stream_advisory(acc, name, "delete");
     Ok(json!({"success": true}))
 }
 
@@ -570,10 +575,7 @@ pub(crate) fn stream_detail(c: &mut StreamCore, config: bool, consumers: bool) -
             let list: Vec<Value> = c
                 .consumers
                 .values()
-                .map(|k| {
-                    let ctx = crate::stream::ctx_of(&c.host, &c.account, &c.name, c.store.as_ref());
-                    k.info(&ctx, &c.cluster)
-                })
+                .map(|k| super::consumers::info_of(c, k))
                 .collect();
             o.insert("consumer_detail".into(), Value::Array(list));
         }
