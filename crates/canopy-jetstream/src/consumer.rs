@@ -135,6 +135,8 @@ pub(crate) struct Consumer {
     rate: Option<RateLimit>,
     /// Delivery waits until then (replay gap or rate limit).
     hold_until: Option<Instant>,
+    /// A pause (`pause_until`) in force: it ends then (ns since the epoch).
+    paused: Option<i64>,
 }
 
 impl Consumer {
@@ -173,7 +175,9 @@ impl Consumer {
             replay: None,
             rate: None,
             hold_until: None,
+            paused: None,
         };
+        c.paused = c.cfg.pause_end().filter(|&t| t > now_ns());
         if c.cfg.replay_policy == ReplayPolicy::Original {
             c.replay = Some(Replay {
                 until: store.totals().last_seq,
@@ -390,6 +394,33 @@ impl Consumer {
         }
     }
 
+    /// Takes a new configuration (update or `CONSUMER.PAUSE`); a pause starts or ends with
+    /// it, announced by the `consumer_pause` advisory when it changed.
+    pub fn set_config(&mut self, ctx: &Ctx<'_>, cfg: ConsumerConfig) {
+        let changed = cfg.pause_until != self.cfg.pause_until;
+        self.cfg = cfg;
+        self.paused = self.cfg.pause_end().filter(|&t| t > now_ns());
+        if changed {
+            self.pause_advisory(ctx);
+        }
+    }
+
+    /// `(paused, pause_until, remaining ns)` as the pause response and info report them.
+    pub fn pause_state(&self) -> (bool, String, i64) {
+        let end = self.cfg.pause_end().unwrap_or(0);
+        let left = (end - now_ns()).max(0);
+        (self.paused.is_some() && left > 0, rfc3339(end), left)
+    }
+
+    fn pause_advisory(&self, ctx: &Ctx<'_>) {
+        let (paused, until, _) = self.pause_state();
+        let mut f = json!({ "paused": paused });
+        if self.cfg.pause_end().is_some() {
+            f["pause_until"] = Value::String(until);
+        }
+        self.advise(ctx, "PAUSE", "consumer_pause", f);
+    }
+
     /// Publishes `$JS.EVENT.ADVISORY.CONSUMER.<event>.<stream>.<consumer>` (advisory `kind`
     /// with `fields` after `stream` and `consumer`).
     fn advise(&self, ctx: &Ctx<'_>, event: &str, kind: &str, fields: Value) {
@@ -508,6 +539,9 @@ impl Consumer {
     /// Delivers what can be delivered now. Returns sequences acked by delivery (ack none).
     pub fn drive(&mut self, ctx: &Ctx<'_>) -> Vec<u64> {
         let mut acked = Vec::new();
+        if self.paused.is_some() {
+            return acked;
+        }
         if self.is_pull() {
             self.drive_pull(ctx, &mut acked);
         } else {
@@ -827,6 +861,12 @@ impl Consumer {
     /// Timers: redeliveries, request expiry, heartbeats, state flush. Returns true when the
     /// consumer has been inactive past its `inactive_threshold` and should be deleted.
     pub fn tick(&mut self, ctx: &Ctx<'_>, now: Instant) -> bool {
+        if self.paused.is_some_and(|t| t <= now_ns()) {
+            self.paused = None;
+            self.pause_advisory(ctx);
+            // Drive it at once: messages waited during the pause.
+            self.hold_until = Some(now);
+        }
         while let Some(&(at, s)) = self.deadlines.first() {
             if at > now {
                 break;
@@ -932,6 +972,10 @@ impl Consumer {
         if let Some(h) = self.hold_until {
             at = at.min(h.max(now));
         }
+        if let Some(end) = self.paused {
+            let left = (end - now_ns()).max(0) as u64;
+            at = at.min(now + Duration::from_nanos(left));
+        }
         if self.st.state() != &ConsumerState::default() {
             at = at.min(self.next_flush.max(now));
         }
@@ -941,7 +985,7 @@ impl Consumer {
     /// Should the stream's timer drive this consumer (a redelivery is waiting, or a push
     /// consumer waits for its subscriber)?
     pub fn wants_drive(&self) -> bool {
-        !self.rdq.is_empty()
+        self.paused.is_none() && !self.rdq.is_empty()
             || self.awaiting_interest
             || self.hold_until.is_some_and(|t| t <= Instant::now())
     }
@@ -983,6 +1027,11 @@ impl Consumer {
             if ctx.host.has_interest(ctx.account, to) {
                 obj.insert("push_bound".into(), Value::Bool(true));
             }
+        }
+        let (paused, _, left) = self.pause_state();
+        if let (true, Some(obj)) = (paused, v.as_object_mut()) {
+            obj.insert("paused".into(), Value::Bool(true));
+            obj.insert("pause_remaining".into(), json!(left));
         }
         v
     }

@@ -699,6 +699,25 @@ impl StreamCore {
         }
     }
 
+    /// Rewrites a durable consumer's metadata after its configuration changed (ephemeral
+    /// consumers have none on disk).
+    pub fn persist_consumer(&self, name: &str) -> Result<(), E> {
+        let (Some(d), Some(c)) = (&self.dir, self.consumers.get(name)) else {
+            return Ok(());
+        };
+        let cdir = d.join("obs").join(name);
+        if !cdir.exists() {
+            return Ok(());
+        }
+        let meta = crate::engine::ConsumerMeta {
+            name: name.to_string(),
+            config: c.cfg.clone(),
+            created: c.created,
+        };
+        crate::engine::write_json(&cdir.join("meta.json"), &meta)
+            .map_err(|e| E::ConsumerStoreFailed(e.to_string()))
+    }
+
     /// Removes a consumer and its state.
     pub fn delete_consumer(&mut self, name: &str) -> bool {
         let Some(mut c) = self.consumers.remove(name) else {

@@ -287,11 +287,22 @@ pub struct ConsumerConfig {
     pub direct: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metadata: Option<Map<String, Value>>,
+    /// Paused (nothing delivered) until this time (RFC 3339; 2.11).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pause_until: Option<String>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
 
 impl ConsumerConfig {
+    /// When a pause ends (ns since the epoch), if `pause_until` is set and not the zero time.
+    pub fn pause_end(&self) -> Option<i64> {
+        self.pause_until
+            .as_deref()
+            .and_then(crate::util::parse_rfc3339)
+            .filter(|&t| t > 0)
+    }
+
     pub fn is_pull(&self) -> bool {
         self.deliver_subject.as_deref().is_none_or(str::is_empty)
     }

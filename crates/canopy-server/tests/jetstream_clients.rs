@@ -1215,3 +1215,67 @@ async fn advisories() {
     assert_eq!(subj, "$JS.EVENT.ADVISORY.STREAM.DELETED.ADV");
     assert_eq!(v["action"], "delete");
 }
+
+/// `$JS.API.CONSUMER.PAUSE.<s>.<c>` with `pause_until` `ms` from now (`None`: resume).
+async fn pause(nc: &async_nats::Client, s: &str, c: &str, ms: Option<i64>) -> serde_json::Value {
+    let body = match ms {
+        Some(ms) => {
+            let t = chrono::Utc::now() + chrono::Duration::milliseconds(ms);
+            serde_json::json!({"pause_until": t.to_rfc3339()}).to_string()
+        }
+        None => String::new(),
+    };
+    let r = nc
+        .request(format!("$JS.API.CONSUMER.PAUSE.{s}.{c}"), body.into())
+        .await
+        .unwrap();
+    serde_json::from_slice(&r.payload).unwrap()
+}
+
+#[tokio::test]
+async fn consumer_pause_and_resume() {
+    let s = start();
+    let (nc, js) = connect(&s).await;
+    let mut adv = nc
+        .subscribe("$JS.EVENT.ADVISORY.CONSUMER.PAUSE.>")
+        .await
+        .unwrap();
+    nc.flush().await.unwrap();
+    let st = mem_stream(&js, "PZ", &["pz.>"]).await;
+    let mut c = durable(&st, "p", "").await.unwrap();
+    let r = pause(&nc, "PZ", "p", Some(3_600_000)).await;
+    assert_eq!(
+        r["type"],
+        "io.nats.jetstream.api.v1.consumer_pause_response"
+    );
+    assert_eq!(r["paused"], true, "{r}");
+    assert!(
+        r["pause_remaining"].as_i64().unwrap() > 3_500_000_000_000,
+        "{r}"
+    );
+    let (subj, v) = advisory(&mut adv, "$JS.EVENT.ADVISORY.CONSUMER.PAUSE").await;
+    assert_eq!(subj, "$JS.EVENT.ADVISORY.CONSUMER.PAUSE.PZ.p");
+    assert_eq!(v["type"], "io.nats.jetstream.advisory.v1.consumer_pause");
+    assert_eq!(v["paused"], true);
+    let info = c.info().await.unwrap().clone();
+    assert!(info.paused, "{info:?}");
+    assert!(info.config.pause_until.is_some());
+    // Nothing is delivered while paused.
+    publish(&js, "pz.a", "x").await;
+    assert!(pull_batch(&c, 1, 300).await.is_empty());
+    let r = pause(&nc, "PZ", "p", None).await;
+    assert_eq!(r["paused"], false, "{r}");
+    let (_, v) = advisory(&mut adv, "$JS.EVENT.ADVISORY.CONSUMER.PAUSE").await;
+    assert_eq!(v["paused"], false);
+    assert_eq!(pull_batch(&c, 1, 2000).await.len(), 1);
+    assert!(!c.info().await.unwrap().paused);
+
+    // A short pause ends by itself.
+    let t0 = tokio::time::Instant::now();
+    pause(&nc, "PZ", "p", Some(300)).await;
+    publish(&js, "pz.b", "y").await;
+    assert_eq!(pull_batch(&c, 1, 3000).await.len(), 1);
+    assert!(t0.elapsed() >= Duration::from_millis(250));
+    let r = pause(&nc, "PZ", "nope", Some(300)).await;
+    assert_eq!(r["error"]["err_code"], 10014, "{r}");
+}

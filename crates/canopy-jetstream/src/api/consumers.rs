@@ -265,7 +265,9 @@ pub(super) fn create(
                     "consumer configuration can not be updated".into(),
                 ));
             }
-            existing.cfg = cfg;
+            let ctx = ctx!(c);
+            existing.set_config(&ctx, cfg);
+            c.persist_consumer(&cname)?;
             return Ok(info_of(c, &c.consumers[&cname]));
         }
         if action == "update" {
@@ -298,6 +300,41 @@ pub(super) fn create(
         );
         let v = info_of(c, &c.consumers[&cname]);
         c.drive_consumers();
+        Ok(v)
+    })
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+struct PauseReq {
+    pause_until: Option<String>,
+}
+
+/// `CONSUMER.PAUSE.<stream>.<consumer>` with `{pause_until}`: pauses until then, or resumes
+/// (no time, or the zero time).
+pub(super) fn pause(acc: &Account, stream: &str, name: &str, body: &[u8]) -> Result<Value, E> {
+    let req: PauseReq = parse_body(body)?;
+    let until = match req.pause_until.as_deref() {
+        None => None,
+        Some(t) => {
+            let ns = crate::util::parse_rfc3339(t)
+                .ok_or_else(|| E::InvalidJson(format!("parsing time {t:?}")))?;
+            (ns > 0).then(|| crate::util::rfc3339(ns))
+        }
+    };
+    let name = name.to_string();
+    on_stream(acc, Some(stream), move |c| {
+        let k = c.consumers.get_mut(&name).ok_or(E::ConsumerNotFound)?;
+        let mut cfg = k.cfg.clone();
+        cfg.pause_until = until;
+        let ctx = ctx!(c);
+        k.set_config(&ctx, cfg);
+        let (paused, pause_until, left) = k.pause_state();
+        c.persist_consumer(&name)?;
+        let mut v = json!({"paused": paused, "pause_until": pause_until});
+        if paused {
+            v["pause_remaining"] = json!(left);
+        }
         Ok(v)
     })
 }

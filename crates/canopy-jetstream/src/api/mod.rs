@@ -179,6 +179,9 @@ fn route_more(e: &Engine, acc: &Arc<Account>, rest: &str, body: &[u8]) -> Reply 
             consumers::create(e, acc, s, Some(c), None, true, body),
         ),
         ["CONSUMER", "INFO", s, c] => ("consumer_info_response", consumers::info(acc, s, c)),
+        ["CONSUMER", "PAUSE", s, c] => {
+            ("consumer_pause_response", consumers::pause(acc, s, c, body))
+        }
         ["CONSUMER", "DELETE", s, c] => ("consumer_delete_response", consumers::delete(acc, s, c)),
         ["CONSUMER", "LEADER", "STEPDOWN", ..] => {
             ("consumer_leader_stepdown_response", Err(E::ClusterRequired))
