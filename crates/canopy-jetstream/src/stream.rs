@@ -27,6 +27,8 @@ use crate::util::{self, header, now_ns, rfc3339};
 
 /// Most publishes appended in one batch.
 const MAX_BATCH: usize = 1024;
+/// Most expired messages handled per subject-delete-marker pass.
+const MAX_EXPIRE_BATCH: usize = 10_000;
 /// Largest header block a message may carry.
 const MAX_HDR: usize = 64 * 1024;
 
@@ -407,6 +409,10 @@ impl StreamCore {
 
     /// Appends publishes (group commit for the plain ones) and acknowledges them.
     fn ingest(&mut self, msgs: Vec<JsMsg>) {
+        if self.cfg.subject_delete_marker_ttl > 0 {
+            // Before the store expires messages itself on append.
+            self.expire_with_markers();
+        }
         let mut plain: Vec<Prepared> = Vec::new();
         for m in msgs {
             let pending_last = self.store.totals().last_seq + plain.len() as u64;
@@ -662,10 +668,59 @@ impl StreamCore {
         at
     }
 
+    /// Expiry with subject delete markers (`subject_delete_marker_ttl`): a message that
+    /// ages out (or whose TTL ends) as the last one of its subject is replaced by a marker
+    /// (`Nats-Marker-Reason: MaxAge`, `Nats-TTL` the marker TTL, a subject rollup that
+    /// removes it), as nats-server does; other expired messages are removed.
+    fn expire_with_markers(&mut self) {
+        let now = now_ns();
+        if self.store.next_expiry().is_none_or(|t| t > now) {
+            return;
+        }
+        let secs = self.cfg.subject_delete_marker_ttl / 1_000_000_000;
+        let mut markers = Vec::new();
+        for seq in self.store.expiring(now, MAX_EXPIRE_BATCH) {
+            let Ok(m) = self.store.load_msg(seq) else {
+                continue;
+            };
+            let is_marker = header(m.headers(), "Nats-Marker-Reason").is_some()
+                || header(m.headers(), "KV-Operation") == Some("PURGE");
+            let last = self.store.filtered_state(m.subject(), 0).msgs == 1;
+            if last && !is_marker && secs > 0 {
+                markers.push(m.subject().to_string());
+            } else {
+                let _ = self.store.remove_msg(seq);
+            }
+        }
+        let hdr = util::add_headers(
+            b"",
+            &[
+                ("Nats-Marker-Reason", "MaxAge".to_string()),
+                ("Nats-TTL", util::go_duration_secs(secs)),
+                ("Nats-Rollup", "sub".to_string()),
+            ],
+        );
+        for subject in markers {
+            self.commit(vec![Prepared {
+                subject,
+                hdr: hdr.clone(),
+                payload: bytes::Bytes::new(),
+                reply: None,
+                ttl: Some(secs.saturating_mul(1_000_000_000)),
+                msg_id: None,
+                rollup: Some(false),
+            }]);
+        }
+        self.consumers_purged();
+        self.update_stats();
+    }
+
     /// Timers of the stream and its consumers.
     fn tick(&mut self) {
         let now = Instant::now();
-        if self.store.next_expiry().is_some_and(|t| t <= now_ns()) {
+        if self.cfg.subject_delete_marker_ttl > 0 {
+            self.expire_with_markers();
+        } else if self.store.next_expiry().is_some_and(|t| t <= now_ns()) {
             if let Ok(n) = self.store.expire(now_ns()) {
                 if n > 0 {
                     self.consumers_purged();

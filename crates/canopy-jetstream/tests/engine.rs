@@ -696,3 +696,51 @@ fn subject_transform_and_republish() {
     assert!(rp[2].payload.is_empty());
     t.engine.shutdown();
 }
+
+#[test]
+fn subject_delete_markers_replace_the_last_expired_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = T::start(dir.path());
+    let r = t.api(
+        "STREAM.CREATE.SDM",
+        json!({"name": "SDM", "subjects": ["kv.>"], "storage": "memory",
+               "max_age": 500_000_000i64, "allow_msg_ttl": true,
+               "subject_delete_marker_ttl": 1_000_000_000i64}),
+    );
+    assert!(r.get("error").is_none(), "{r}");
+    t.publish("kv.a", None, None, b"1");
+    t.publish("kv.a", None, None, b"2");
+    t.publish("kv.b", None, None, b"3");
+    // Within a bound: both subjects end with a MaxAge marker, the older kv.a is gone.
+    let end = Instant::now() + Duration::from_secs(5);
+    let marker = |subj: &str| {
+        let m = t.api("STREAM.MSG.GET.SDM", json!({"last_by_subj": subj}));
+        let hdrs = m["message"]["hdrs"].as_str().map(|h| {
+            use base64::Engine as _;
+            let raw = base64::engine::general_purpose::STANDARD.decode(h).unwrap();
+            String::from_utf8(raw).unwrap()
+        });
+        hdrs.filter(|h| h.contains("Nats-Marker-Reason: MaxAge"))
+    };
+    let (a, b) = loop {
+        if let (Some(a), Some(b)) = (marker("kv.a"), marker("kv.b")) {
+            break (a, b);
+        }
+        assert!(Instant::now() < end, "no markers");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(a.contains("Nats-TTL: 1s\r\n"), "{a}");
+    assert!(b.contains("Nats-Rollup: sub\r\n"), "{b}");
+    let info = t.api("STREAM.INFO.SDM", Value::Null);
+    assert_eq!(info["state"]["messages"], 2, "{info}");
+    // The markers expire in turn, without new markers.
+    loop {
+        let info = t.api("STREAM.INFO.SDM", Value::Null);
+        if info["state"]["messages"] == 0 {
+            break;
+        }
+        assert!(Instant::now() < end + Duration::from_secs(3), "{info}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    t.engine.shutdown();
+}
