@@ -14,7 +14,7 @@ use canopy_store::{ConsumerState, ConsumerStore, MessageStore, SequencePair, Sto
 use serde_json::{json, Value};
 
 use crate::host::Host;
-use crate::types::{AckPolicy, ConsumerConfig, DeliverPolicy, SequenceInfo};
+use crate::types::{AckPolicy, ConsumerConfig, DeliverPolicy, ReplayPolicy, SequenceInfo};
 use crate::util::{self, now_ns, rfc3339, status};
 
 /// Bytes a push consumer sends before it asks for a flow-control reply.
@@ -23,11 +23,35 @@ const FC_WINDOW: u64 = 2 << 20;
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
 /// How soon a push consumer without a subscriber looks again.
 const INTEREST_POLL: Duration = Duration::from_millis(10);
+/// The rate limiter's burst: nats-server uses the stream's `max_msg_size` or the account's
+/// max payload; we use nats-server's default max payload.
+const RATE_BURST: f64 = 1024.0 * 1024.0;
+/// Gaps below this are not reproduced by `replay_policy: original` (nats-server's).
+const REPLAY_MIN_GAP: i64 = 1_000_000;
+
+/// `rate_limit_bps`: a token bucket in bytes that may go negative; a message waits until
+/// the bucket is back at zero.
+#[derive(Debug)]
+struct RateLimit {
+    bps: u64,
+    tokens: f64,
+    at: Instant,
+}
+
+/// `replay_policy: original` until the consumer caught up with the stream.
+#[derive(Debug)]
+struct Replay {
+    /// The stream's last sequence when the consumer started: later messages go instantly.
+    until: u64,
+    /// Timestamp of the last message delivered, and when it was delivered.
+    last: Option<(i64, Instant)>,
+}
 
 /// What the consumer needs from its stream while it works.
 pub(crate) struct Ctx<'a> {
     pub host: &'a dyn Host,
     pub account: &'a str,
+    pub domain: Option<&'a str>,
     pub stream: &'a str,
     pub store: &'a dyn MessageStore,
 }
@@ -107,6 +131,12 @@ pub(crate) struct Consumer {
     /// `num_pending` when known: counting it is a scan of the stream in the store, so it is
     /// kept up to date per delivery and per append, and recounted after deletes.
     pending: Cell<Option<u64>>,
+    replay: Option<Replay>,
+    rate: Option<RateLimit>,
+    /// Delivery waits until then (replay gap or rate limit).
+    hold_until: Option<Instant>,
+    /// A pause (`pause_until`) in force: it ends then (ns since the epoch).
+    paused: Option<i64>,
 }
 
 impl Consumer {
@@ -142,7 +172,18 @@ impl Consumer {
             last_active_ns: 0,
             next_flush: now,
             pending: Cell::new(None),
+            replay: None,
+            rate: None,
+            hold_until: None,
+            paused: None,
         };
+        c.paused = c.cfg.pause_end().filter(|&t| t > now_ns());
+        if c.cfg.replay_policy == ReplayPolicy::Original {
+            c.replay = Some(Replay {
+                until: store.totals().last_seq,
+                last: None,
+            });
+        }
         if fresh {
             let start = c.start_seq(store);
             let floor = SequencePair {
@@ -353,6 +394,109 @@ impl Consumer {
         }
     }
 
+    /// Takes a new configuration (update or `CONSUMER.PAUSE`); a pause starts or ends with
+    /// it, announced by the `consumer_pause` advisory when it changed.
+    pub fn set_config(&mut self, ctx: &Ctx<'_>, cfg: ConsumerConfig) {
+        let changed = cfg.pause_until != self.cfg.pause_until;
+        self.cfg = cfg;
+        self.paused = self.cfg.pause_end().filter(|&t| t > now_ns());
+        if changed {
+            self.pause_advisory(ctx);
+        }
+    }
+
+    /// `(paused, pause_until, remaining ns)` as the pause response and info report them.
+    pub fn pause_state(&self) -> (bool, String, i64) {
+        let end = self.cfg.pause_end().unwrap_or(0);
+        let left = (end - now_ns()).max(0);
+        (self.paused.is_some() && left > 0, rfc3339(end), left)
+    }
+
+    fn pause_advisory(&self, ctx: &Ctx<'_>) {
+        let (paused, until, _) = self.pause_state();
+        let mut f = json!({ "paused": paused });
+        if self.cfg.pause_end().is_some() {
+            f["pause_until"] = Value::String(until);
+        }
+        self.advise(ctx, "PAUSE", "consumer_pause", f);
+    }
+
+    /// Publishes `$JS.EVENT.ADVISORY.CONSUMER.<event>.<stream>.<consumer>` (advisory `kind`
+    /// with `fields` after `stream` and `consumer`).
+    fn advise(&self, ctx: &Ctx<'_>, event: &str, kind: &str, fields: Value) {
+        let mut v = json!({"stream": ctx.stream, "consumer": self.name});
+        if let (Some(o), Value::Object(f)) = (v.as_object_mut(), fields) {
+            o.extend(f);
+        }
+        let subject = format!(
+            "{}.CONSUMER.{event}.{}.{}",
+            crate::advisory::PREFIX,
+            ctx.stream,
+            self.name
+        );
+        crate::advisory::publish(ctx.host, ctx.account, ctx.domain, &subject, kind, v);
+    }
+
+    /// Must `m` wait before it is delivered (`replay_policy: original`, `rate_limit_bps`)?
+    /// Returns when it may go, or `None` to deliver it now (the rate limiter is charged).
+    fn hold(&mut self, m: &StoredMsg, now: Instant) -> Option<Instant> {
+        if let Some(r) = &mut self.replay {
+            if m.seq > r.until {
+                self.replay = None;
+            } else if let Some((lts, at)) = r.last {
+                let gap = m.ts - lts;
+                if gap > REPLAY_MIN_GAP {
+                    let due = at + Duration::from_nanos(gap as u64);
+                    if due > now {
+                        return Some(due);
+                    }
+                }
+            }
+        }
+        let bps = self.cfg.rate_limit_bps;
+        if bps == 0 || self.cfg.deliver_subject.is_none() {
+            self.rate = None;
+            return None;
+        }
+        let per_sec = (bps / 8).max(1) as f64;
+        let rl = match &mut self.rate {
+            Some(r) if r.bps == bps => r,
+            _ => self.rate.insert(RateLimit {
+                bps,
+                tokens: RATE_BURST,
+                at: now,
+            }),
+        };
+        let dt = now.saturating_duration_since(rl.at).as_secs_f64();
+        rl.tokens = (rl.tokens + dt * per_sec).min(RATE_BURST);
+        rl.at = now;
+        if rl.tokens < 0.0 {
+            return Some(now + Duration::from_secs_f64(-rl.tokens / per_sec));
+        }
+        rl.tokens -= m.size() as f64;
+        None
+    }
+
+    /// Takes the next message unless it has to wait ([`Consumer::hold`]); a message that
+    /// waits is put back and the wait recorded.
+    fn next_ready(&mut self, store: &dyn MessageStore) -> Option<(StoredMsg, u64, Src)> {
+        let now = Instant::now();
+        if self.hold_until.is_some_and(|t| t > now) {
+            return None;
+        }
+        self.hold_until = None;
+        let (m, dc, src) = self.next_msg(store)?;
+        if let Some(until) = self.hold(&m, now) {
+            self.unget(src, m.seq);
+            self.hold_until = Some(until);
+            return None;
+        }
+        if let Some(r) = &mut self.replay {
+            r.last = Some((m.ts, now));
+        }
+        Some((m, dc, src))
+    }
+
     /// Sends one message to `to` and records the delivery. Returns sequences that count as
     /// acked at once (ack policy none).
     fn send(&mut self, ctx: &Ctx<'_>, to: &str, m: &StoredMsg, dc: u64) -> Option<u64> {
@@ -395,6 +539,9 @@ impl Consumer {
     /// Delivers what can be delivered now. Returns sequences acked by delivery (ack none).
     pub fn drive(&mut self, ctx: &Ctx<'_>) -> Vec<u64> {
         let mut acked = Vec::new();
+        if self.paused.is_some() {
+            return acked;
+        }
         if self.is_pull() {
             self.drive_pull(ctx, &mut acked);
         } else {
@@ -406,8 +553,8 @@ impl Consumer {
     fn drive_pull(&mut self, ctx: &Ctx<'_>, acked: &mut Vec<u64>) {
         let mut eos = false;
         while !self.waiting.is_empty() {
-            let Some((m, dc, src)) = self.next_msg(ctx.store) else {
-                eos = true;
+            let Some((m, dc, src)) = self.next_ready(ctx.store) else {
+                eos = self.hold_until.is_none();
                 break;
             };
             let size = (m.subject().len() + m.headers().len() + m.payload().len()) as i64;
@@ -470,7 +617,7 @@ impl Consumer {
             return;
         }
         self.last_activity = Instant::now();
-        while let Some((m, dc, _)) = self.next_msg(ctx.store) {
+        while let Some((m, dc, _)) = self.next_ready(ctx.store) {
             acked.extend(self.send(ctx, &to, &m, dc));
             self.fc_bytes += m.size();
             if self.cfg.flow_control && self.fc_bytes >= FC_WINDOW {
@@ -600,6 +747,13 @@ impl Consumer {
                 return out;
             }
             "-NAK" if pending => {
+                let dc = 1 + self.st.state().redelivered.get(&sseq).copied().unwrap_or(0);
+                self.advise(
+                    ctx,
+                    "MSG_NAKED",
+                    "nak",
+                    json!({"consumer_seq": dseq, "stream_seq": sseq, "deliveries": dc}),
+                );
                 let delay = if rest.starts_with('{') {
                     serde_json::from_str::<Value>(rest)
                         .ok()
@@ -621,6 +775,12 @@ impl Consumer {
                 self.set_deadline(sseq, Instant::now() + Duration::from_nanos(wait as u64));
             }
             "+TERM" if pending => {
+                let dc = 1 + self.st.state().redelivered.get(&sseq).copied().unwrap_or(0);
+                let mut f = json!({"consumer_seq": dseq, "stream_seq": sseq, "deliveries": dc});
+                if !rest.is_empty() {
+                    f["reason"] = Value::String(rest.to_string());
+                }
+                self.advise(ctx, "MSG_TERMINATED", "terminated", f);
                 self.clear_deadline(sseq);
                 self.rdq.remove(&sseq);
                 self.st.update_ack(dseq, sseq);
@@ -701,6 +861,12 @@ impl Consumer {
     /// Timers: redeliveries, request expiry, heartbeats, state flush. Returns true when the
     /// consumer has been inactive past its `inactive_threshold` and should be deleted.
     pub fn tick(&mut self, ctx: &Ctx<'_>, now: Instant) -> bool {
+        if self.paused.is_some_and(|t| t <= now_ns()) {
+            self.paused = None;
+            self.pause_advisory(ctx);
+            // Drive it at once: messages waited during the pause.
+            self.hold_until = Some(now);
+        }
         while let Some(&(at, s)) = self.deadlines.first() {
             if at > now {
                 break;
@@ -711,6 +877,12 @@ impl Consumer {
             if self.cfg.max_deliver > 0 && dc as i64 >= self.cfg.max_deliver {
                 // Out of deliveries: nats-server stops redelivering and drops it.
                 self.st.update_ack(0, s);
+                self.advise(
+                    ctx,
+                    "MAX_DELIVERIES",
+                    "max_deliver",
+                    json!({"stream_seq": s, "deliveries": dc}),
+                );
                 continue;
             }
             self.rdq.insert(s);
@@ -797,6 +969,13 @@ impl Consumer {
         if self.awaiting_interest {
             at = at.min(now + INTEREST_POLL);
         }
+        if let Some(h) = self.hold_until {
+            at = at.min(h.max(now));
+        }
+        if let Some(end) = self.paused {
+            let left = (end - now_ns()).max(0) as u64;
+            at = at.min(now + Duration::from_nanos(left));
+        }
         if self.st.state() != &ConsumerState::default() {
             at = at.min(self.next_flush.max(now));
         }
@@ -806,7 +985,9 @@ impl Consumer {
     /// Should the stream's timer drive this consumer (a redelivery is waiting, or a push
     /// consumer waits for its subscriber)?
     pub fn wants_drive(&self) -> bool {
-        !self.rdq.is_empty() || self.awaiting_interest
+        self.paused.is_none() && !self.rdq.is_empty()
+            || self.awaiting_interest
+            || self.hold_until.is_some_and(|t| t <= Instant::now())
     }
 
     /// Ends every waiting pull request with `409 Consumer Deleted` and removes the state.
@@ -846,6 +1027,11 @@ impl Consumer {
             if ctx.host.has_interest(ctx.account, to) {
                 obj.insert("push_bound".into(), Value::Bool(true));
             }
+        }
+        let (paused, _, left) = self.pause_state();
+        if let (true, Some(obj)) = (paused, v.as_object_mut()) {
+            obj.insert("paused".into(), Value::Bool(true));
+            obj.insert("pause_remaining".into(), json!(left));
         }
         v
     }

@@ -508,6 +508,17 @@ impl Engine {
         Ok(())
     }
 
+    /// A stream's `stream_action` advisory (create, modify, delete).
+    pub(crate) fn stream_advisory(&self, acc: &Account, stream: &str, action: &str) {
+        crate::advisory::stream_action(
+            self.host.as_ref(),
+            &acc.name,
+            self.cfg.domain.as_deref(),
+            stream,
+            action,
+        );
+    }
+
     /// Stops a stream: unsubscribes, stops its thread (closing the store).
     pub(crate) fn stop_stream(&self, h: &StreamHandle) {
         for id in h.subs.lock().drain(..) {

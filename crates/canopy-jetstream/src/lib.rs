@@ -4,11 +4,13 @@
 //! The engine talks to the server only through [`host::Host`] (implemented by
 //! canopy-server on its internal service API). Modules:
 //! - [`engine`]: configuration, accounts, API workers, monitoring views;
+//! - `advisory`: the `$JS.EVENT.ADVISORY.*` events;
 //! - [`api`]: request routing and handlers, the error table ([`api::errors`]);
 //! - `stream`: a stream's thread (ingest with group commit, timers) and its store;
 //! - `consumer`: delivery, acks, pull requests, push delivery;
 //! - [`types`]: the JSON configuration types; `util`: time, headers, names.
 
+mod advisory;
 pub mod api;
 mod consumer;
 pub mod engine;

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use canopy_store::{MessageStore, NewMsg, PurgeOpts, StoreError};
+use canopy_subject::Transform;
 use parking_lot::RwLock;
 use serde_json::{json, Value};
 
@@ -26,6 +27,8 @@ use crate::util::{self, header, now_ns, rfc3339};
 
 /// Most publishes appended in one batch.
 const MAX_BATCH: usize = 1024;
+/// Most expired messages handled per subject-delete-marker pass.
+const MAX_EXPIRE_BATCH: usize = 10_000;
 /// Largest header block a message may carry.
 const MAX_HDR: usize = 64 * 1024;
 
@@ -125,6 +128,12 @@ struct Prepared {
     rollup: Option<bool>,
 }
 
+/// Where a batch's messages are republished, and each subject's last sequence so far.
+struct RepublishPlan {
+    to: Vec<Option<String>>,
+    last: HashMap<String, u64>,
+}
+
 /// Everything a stream's thread owns.
 pub(crate) struct StreamCore {
     pub name: String,
@@ -145,6 +154,10 @@ pub(crate) struct StreamCore {
     last_msg_id: Option<String>,
     next_sync: Instant,
     closed: bool,
+    /// The input subject transform (`subject_transform`).
+    itr: Option<Transform>,
+    /// The republish transform (`republish`) and whether it sends headers only.
+    rtr: Option<(Transform, bool)>,
 }
 
 impl StreamCore {
@@ -179,10 +192,42 @@ impl StreamCore {
             last_msg_id: None,
             next_sync: Instant::now() + sync_every.unwrap_or(Duration::from_secs(120)),
             closed: false,
+            itr: None,
+            rtr: None,
         };
+        core.build_transforms();
         core.rebuild_dedupe();
         core.update_stats();
         core
+    }
+
+    /// Takes a new configuration (stream update): rebuilds the transforms.
+    pub fn set_config(&mut self, cfg: StreamConfig) {
+        self.cfg = cfg;
+        self.build_transforms();
+    }
+
+    /// The transforms of `subject_transform` and `republish` (validated when the config
+    /// was accepted; one that does not build is left out and logged).
+    fn build_transforms(&mut self) {
+        let build = |src: &str, dest: &str| match Transform::new(src, dest) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::error!(stream = %self.name, "JetStream transform {src} -> {dest}: {e}");
+                None
+            }
+        };
+        self.itr = self
+            .cfg
+            .subject_transform
+            .as_ref()
+            .filter(|t| !t.dest.is_empty())
+            .and_then(|t| build(&t.src, &t.dest));
+        self.rtr = self.cfg.republish.as_ref().and_then(|r| {
+            let src = if r.src.is_empty() { ">" } else { &r.src };
+            let dest = if r.dest.is_empty() { ">" } else { &r.dest };
+            build(src, dest).map(|t| (t, r.headers_only))
+        });
     }
 
     /// Rebuilds the duplicate window from the newest messages after a restart.
@@ -256,6 +301,12 @@ impl StreamCore {
     fn prepare(&mut self, m: JsMsg, pending_last: u64) -> Result<Prepared, (Option<String>, E)> {
         let reply = m.reply.clone();
         let fail = |e: E| Err((reply.clone(), e));
+        // The input transform applies before anything else; a subject it does not match
+        // is stored as published.
+        let subject = match self.itr.as_ref().map(|t| t.apply(&m.subject)) {
+            Some(Ok(s)) => s.into_owned(),
+            _ => m.subject.clone(),
+        };
         if self.cfg.sealed {
             return fail(E::StreamSealed);
         }
@@ -268,7 +319,7 @@ impl StreamCore {
             return fail(E::StreamMessageExceedsMaximum);
         }
         let mut p = Prepared {
-            subject: m.subject.clone(),
+            subject,
             hdr: Vec::new(),
             payload: m.payload.clone(),
             reply: m.reply.clone(),
@@ -303,7 +354,7 @@ impl StreamCore {
         if let Some(v) = header(hdr, "Nats-Expected-Last-Subject-Sequence") {
             let want: u64 = v.parse().unwrap_or(u64::MAX);
             let subj =
-                header(hdr, "Nats-Expected-Last-Subject-Sequence-Subject").unwrap_or(&m.subject);
+                header(hdr, "Nats-Expected-Last-Subject-Sequence-Subject").unwrap_or(&p.subject);
             let have = self
                 .store
                 .last_by_subject(subj)
@@ -358,6 +409,10 @@ impl StreamCore {
 
     /// Appends publishes (group commit for the plain ones) and acknowledges them.
     fn ingest(&mut self, msgs: Vec<JsMsg>) {
+        if self.cfg.subject_delete_marker_ttl > 0 {
+            // Before the store expires messages itself on append.
+            self.expire_with_markers();
+        }
         let mut plain: Vec<Prepared> = Vec::new();
         for m in msgs {
             let pending_last = self.store.totals().last_seq + plain.len() as u64;
@@ -395,6 +450,7 @@ impl StreamCore {
             })
             .collect();
         let before = self.store.totals().msgs;
+        let mut republish = self.republish_plan(&batch);
         let results = match self.store.store_batch(&news) {
             Ok(r) => r,
             Err(e) => {
@@ -414,11 +470,14 @@ impl StreamCore {
                 c.recount();
             }
         }
-        for (p, r) in batch.iter().zip(results) {
+        for (i, (p, r)) in batch.iter().zip(results).enumerate() {
             match r {
                 Ok((seq, ts)) => {
                     for c in self.consumers.values() {
                         c.stored(&p.subject);
+                    }
+                    if let Some(plan) = republish.as_mut() {
+                        self.republish(plan, i, p, seq, ts);
                     }
                     if let Some(id) = &p.msg_id {
                         self.dedupe.insert(id.clone(), (seq, ts));
@@ -457,6 +516,58 @@ impl StreamCore {
         self.prune_dedupe(now);
     }
 
+    /// For a batch about to be stored: each message's republish subject (when `republish`
+    /// matches it), and the last sequence of each such subject before the batch.
+    fn republish_plan(&self, batch: &[Prepared]) -> Option<RepublishPlan> {
+        let (tr, _) = self.rtr.as_ref()?;
+        let mut plan = RepublishPlan {
+            to: Vec::with_capacity(batch.len()),
+            last: HashMap::new(),
+        };
+        for p in batch {
+            let to = match tr.apply(&p.subject) {
+                Ok(s) if canopy_subject::is_valid_literal_subject(&s) => Some(s.into_owned()),
+                Ok(s) => {
+                    tracing::warn!(stream = %self.name, "suppressing republish with invalid subject {s:?}");
+                    None
+                }
+                Err(_) => None,
+            };
+            if to.is_some() && !plan.last.contains_key(&p.subject) {
+                let last = self.store.filtered_state(&p.subject, 0).last;
+                plan.last.insert(p.subject.clone(), last);
+            }
+            plan.to.push(to);
+        }
+        Some(plan)
+    }
+
+    /// Republishes the `i`-th message of a stored batch (nats-server's headers, appended to
+    /// the message's own).
+    fn republish(&self, plan: &mut RepublishPlan, i: usize, p: &Prepared, seq: u64, ts: i64) {
+        let Some(Some(to)) = plan.to.get(i) else {
+            return;
+        };
+        let headers_only = self.rtr.as_ref().is_some_and(|(_, h)| *h);
+        let last = plan.last.insert(p.subject.clone(), seq).unwrap_or(0);
+        let mut kv = vec![
+            ("Nats-Stream", self.name.clone()),
+            ("Nats-Subject", p.subject.clone()),
+            ("Nats-Sequence", seq.to_string()),
+            ("Nats-Time-Stamp", rfc3339(ts)),
+            ("Nats-Last-Sequence", last.to_string()),
+        ];
+        let payload: &[u8] = if headers_only {
+            kv.push(("Nats-Msg-Size", p.payload.len().to_string()));
+            &[]
+        } else {
+            &p.payload
+        };
+        let hdr = util::add_headers(&p.hdr, &kv);
+        self.host
+            .publish(&self.account, to, None, Some(&hdr), payload);
+    }
+
     fn prune_dedupe(&mut self, now: i64) {
         let cutoff = now - self.cfg.duplicate_window;
         while let Some((ts, _)) = self.dedupe_q.front() {
@@ -477,7 +588,7 @@ impl StreamCore {
         for n in names {
             let acked = match self.consumers.get_mut(&n) {
                 Some(c) => {
-                    let ctx = ctx_of(&self.host, &self.account, &self.name, self.store.as_ref());
+                    let ctx = ctx!(self);
                     c.drive(&ctx)
                 }
                 None => continue,
@@ -528,7 +639,7 @@ impl StreamCore {
         let Some(c) = self.consumers.get_mut(consumer) else {
             return;
         };
-        let ctx = ctx_of(&self.host, &self.account, &self.name, self.store.as_ref());
+        let ctx = ctx!(self);
         let out = c.ack(&ctx, sseq, dseq, body, reply);
         self.retain(&out.acked);
     }
@@ -539,7 +650,7 @@ impl StreamCore {
             self.host.publish(&self.account, reply, None, Some(&h), &[]);
             return;
         };
-        let ctx = ctx_of(&self.host, &self.account, &self.name, self.store.as_ref());
+        let ctx = ctx!(self);
         c.pull_request(&ctx, reply, body);
     }
 
@@ -557,10 +668,59 @@ impl StreamCore {
         at
     }
 
+    /// Expiry with subject delete markers (`subject_delete_marker_ttl`): a message that
+    /// ages out (or whose TTL ends) as the last one of its subject is replaced by a marker
+    /// (`Nats-Marker-Reason: MaxAge`, `Nats-TTL` the marker TTL, a subject rollup that
+    /// removes it), as nats-server does; other expired messages are removed.
+    fn expire_with_markers(&mut self) {
+        let now = now_ns();
+        if self.store.next_expiry().is_none_or(|t| t > now) {
+            return;
+        }
+        let secs = self.cfg.subject_delete_marker_ttl / 1_000_000_000;
+        let mut markers = Vec::new();
+        for seq in self.store.expiring(now, MAX_EXPIRE_BATCH) {
+            let Ok(m) = self.store.load_msg(seq) else {
+                continue;
+            };
+            let is_marker = header(m.headers(), "Nats-Marker-Reason").is_some()
+                || header(m.headers(), "KV-Operation") == Some("PURGE");
+            let last = self.store.filtered_state(m.subject(), 0).msgs == 1;
+            if last && !is_marker && secs > 0 {
+                markers.push(m.subject().to_string());
+            } else {
+                let _ = self.store.remove_msg(seq);
+            }
+        }
+        let hdr = util::add_headers(
+            b"",
+            &[
+                ("Nats-Marker-Reason", "MaxAge".to_string()),
+                ("Nats-TTL", util::go_duration_secs(secs)),
+                ("Nats-Rollup", "sub".to_string()),
+            ],
+        );
+        for subject in markers {
+            self.commit(vec![Prepared {
+                subject,
+                hdr: hdr.clone(),
+                payload: bytes::Bytes::new(),
+                reply: None,
+                ttl: Some(secs.saturating_mul(1_000_000_000)),
+                msg_id: None,
+                rollup: Some(false),
+            }]);
+        }
+        self.consumers_purged();
+        self.update_stats();
+    }
+
     /// Timers of the stream and its consumers.
     fn tick(&mut self) {
         let now = Instant::now();
-        if self.store.next_expiry().is_some_and(|t| t <= now_ns()) {
+        if self.cfg.subject_delete_marker_ttl > 0 {
+            self.expire_with_markers();
+        } else if self.store.next_expiry().is_some_and(|t| t <= now_ns()) {
             if let Ok(n) = self.store.expire(now_ns()) {
                 if n > 0 {
                     self.consumers_purged();
@@ -571,7 +731,7 @@ impl StreamCore {
         let mut gone = Vec::new();
         let mut redeliver = false;
         for (n, c) in self.consumers.iter_mut() {
-            let ctx = ctx_of(&self.host, &self.account, &self.name, self.store.as_ref());
+            let ctx = ctx!(self);
             if c.tick(&ctx, now) {
                 gone.push(n.clone());
             }
@@ -594,13 +754,40 @@ impl StreamCore {
         }
     }
 
+    /// Rewrites a durable consumer's metadata after its configuration changed (ephemeral
+    /// consumers have none on disk).
+    pub fn persist_consumer(&self, name: &str) -> Result<(), E> {
+        let (Some(d), Some(c)) = (&self.dir, self.consumers.get(name)) else {
+            return Ok(());
+        };
+        let cdir = d.join("obs").join(name);
+        if !cdir.exists() {
+            return Ok(());
+        }
+        let meta = crate::engine::ConsumerMeta {
+            name: name.to_string(),
+            config: c.cfg.clone(),
+            created: c.created,
+        };
+        crate::engine::write_json(&cdir.join("meta.json"), &meta)
+            .map_err(|e| E::ConsumerStoreFailed(e.to_string()))
+    }
+
     /// Removes a consumer and its state.
     pub fn delete_consumer(&mut self, name: &str) -> bool {
         let Some(mut c) = self.consumers.remove(name) else {
             return false;
         };
-        let ctx = ctx_of(&self.host, &self.account, &self.name, self.store.as_ref());
+        let ctx = ctx!(self);
         c.delete(&ctx);
+        crate::advisory::consumer_action(
+            self.host.as_ref(),
+            &self.account,
+            self.domain.as_deref(),
+            &self.name,
+            name,
+            "delete",
+        );
         if let Some(d) = &self.dir {
             let _ = std::fs::remove_dir_all(d.join("obs").join(name));
         }
@@ -683,17 +870,33 @@ impl StreamCore {
     }
 }
 
+/// [`ctx_of`] over a [`StreamCore`]'s fields (a macro, so the borrows stay disjoint).
+macro_rules! ctx {
+    ($c:expr) => {
+        $crate::stream::ctx_of(
+            &$c.host,
+            &$c.account,
+            $c.domain.as_deref(),
+            &$c.name,
+            $c.store.as_ref(),
+        )
+    };
+}
+pub(crate) use ctx;
+
 /// A consumer's view of its stream, built from disjoint fields of [`StreamCore`] so that a
 /// consumer (another field) can be borrowed mutably at the same time.
 pub(crate) fn ctx_of<'a>(
     host: &'a Arc<dyn Host>,
     account: &'a str,
+    domain: Option<&'a str>,
     stream: &'a str,
     store: &'a dyn MessageStore,
 ) -> Ctx<'a> {
     Ctx {
         host: host.as_ref(),
         account,
+        domain,
         stream,
         store,
     }

@@ -47,6 +47,26 @@ pub enum StorageType {
     Memory,
 }
 
+/// A stream's input subject transform: stored subjects matching `src` become `dest`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct SubjectTransformConfig {
+    pub src: String,
+    pub dest: String,
+}
+
+/// Republish: each stored message whose subject matches `src` is published again on the
+/// transformed `dest` with the stream's headers (only the headers with `headers_only`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct RePublish {
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub src: String,
+    pub dest: String,
+    #[serde(skip_serializing_if = "is_false")]
+    pub headers_only: bool,
+}
+
 /// A stream's configuration (`StreamConfig` + `pedantic` of the create request).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(default)]
@@ -81,9 +101,9 @@ pub struct StreamConfig {
     #[serde(skip_serializing_if = "is_zero_u64")]
     pub first_seq: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub subject_transform: Option<Value>,
+    pub subject_transform: Option<SubjectTransformConfig>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub republish: Option<Value>,
+    pub republish: Option<RePublish>,
     pub allow_direct: bool,
     pub mirror_direct: bool,
     #[serde(skip_serializing_if = "is_false")]
@@ -267,11 +287,22 @@ pub struct ConsumerConfig {
     pub direct: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metadata: Option<Map<String, Value>>,
+    /// Paused (nothing delivered) until this time (RFC 3339; 2.11).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pause_until: Option<String>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
 
 impl ConsumerConfig {
+    /// When a pause ends (ns since the epoch), if `pause_until` is set and not the zero time.
+    pub fn pause_end(&self) -> Option<i64> {
+        self.pause_until
+            .as_deref()
+            .and_then(crate::util::parse_rfc3339)
+            .filter(|&t| t > 0)
+    }
+
     pub fn is_pull(&self) -> bool {
         self.deliver_subject.as_deref().is_none_or(str::is_empty)
     }

@@ -71,6 +71,18 @@ pub fn parse_go_duration(s: &str) -> Option<i64> {
     Some(total as i64)
 }
 
+/// Whole seconds as Go prints a `time.Duration` (`"1s"`, `"5m0s"`, `"1h0m0s"`).
+pub fn go_duration_secs(secs: i64) -> String {
+    let (h, m, s) = (secs / 3600, secs % 3600 / 60, secs % 60);
+    if h > 0 {
+        format!("{h}h{m}m{s}s")
+    } else if m > 0 {
+        format!("{m}m{s}s")
+    } else {
+        format!("{s}s")
+    }
+}
+
 /// The value of header `key` (case-insensitive) in a `NATS/1.0` header block.
 pub fn header<'a>(hdr: &'a [u8], key: &str) -> Option<&'a str> {
     let text = std::str::from_utf8(hdr).ok()?;

@@ -611,3 +611,136 @@ fn workqueue_retention_discard_new_and_exact_pending() {
     }
     t.engine.shutdown();
 }
+
+#[test]
+fn subject_transform_and_republish() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = T::start(dir.path());
+    // Validation: a republish onto the stream's own subjects is a cycle, a bad transform
+    // destination is 10156, an empty republish source is refused in pedantic mode.
+    let r = t.api(
+        "STREAM.CREATE.BAD",
+        json!({"name": "BAD", "subjects": ["in.>"], "republish": {"src": ">", "dest": "in.x.>"}}),
+    );
+    assert_eq!(r["error"]["err_code"], 10052, "{r}");
+    assert_eq!(
+        r["error"]["description"],
+        "stream configuration for republish destination forms a cycle"
+    );
+    let r = t.api(
+        "STREAM.CREATE.BAD",
+        json!({"name": "BAD", "subjects": ["in.>"], "subject_transform": {"src": "in.*.>", "dest": "out.$2.>"}}),
+    );
+    assert_eq!(r["error"]["err_code"], 10156, "{r}");
+    let r = t.api(
+        "STREAM.CREATE.BAD",
+        json!({"name": "BAD", "subjects": ["in.>"], "pedantic": true, "republish": {"dest": "rp.>"}}),
+    );
+    assert_eq!(r["error"]["err_code"], 10157, "{r}");
+
+    let r = t.api(
+        "STREAM.CREATE.T",
+        json!({"name": "T", "subjects": ["in.>"],
+               "subject_transform": {"src": "in.*.>", "dest": "stored.$1.>"},
+               "republish": {"src": "stored.a.>", "dest": "rp.>"}}),
+    );
+    assert!(r.get("error").is_none(), "{r}");
+    assert_eq!(
+        r["config"]["republish"],
+        json!({"src": "stored.a.>", "dest": "rp.>"})
+    );
+    let ack = |subj: &str, hdr: Option<&str>, body: &[u8]| -> Value {
+        let inbox = t.inbox();
+        let h = hdr.map(|h| format!("NATS/1.0\r\n{h}\r\n\r\n"));
+        t.publish(subj, Some(&inbox), h.as_deref().map(str::as_bytes), body);
+        let got = t.wait_for(&inbox, 1, Duration::from_secs(5));
+        serde_json::from_slice(&got[0].payload).unwrap()
+    };
+    assert_eq!(ack("in.a.x", Some("Foo: bar"), b"one")["seq"], 1);
+    assert_eq!(ack("in.b.y", None, b"two")["seq"], 2);
+    assert_eq!(ack("in.a.x", None, b"three")["seq"], 3);
+    // Stored under the transformed subjects.
+    let m = t.api("STREAM.MSG.GET.T", json!({"seq": 2}));
+    assert_eq!(m["message"]["subject"], "stored.b.y", "{m}");
+    // Only stored.a.> is republished, with the stream's headers after the message's own.
+    let rp = t.wait_for("rp.x", 2, Duration::from_secs(5));
+    assert_eq!(rp.len(), 2);
+    let h0 = String::from_utf8_lossy(&rp[0].hdr).to_string();
+    assert!(
+        h0.starts_with("NATS/1.0\r\nFoo: bar\r\nNats-Stream: T\r\n"),
+        "{h0}"
+    );
+    assert!(h0.contains("Nats-Subject: stored.a.x\r\n"), "{h0}");
+    assert!(h0.contains("Nats-Sequence: 1\r\n"), "{h0}");
+    assert!(h0.contains("Nats-Time-Stamp: "), "{h0}");
+    assert!(h0.contains("Nats-Last-Sequence: 0\r\n"), "{h0}");
+    assert_eq!(rp[0].payload, b"one");
+    let h1 = String::from_utf8_lossy(&rp[1].hdr).to_string();
+    assert!(h1.contains("Nats-Sequence: 3\r\n"), "{h1}");
+    assert!(h1.contains("Nats-Last-Sequence: 1\r\n"), "{h1}");
+    assert!(t.host.out.lock().iter().all(|o| o.to != "rp.y"));
+
+    // Update to headers only: the body is dropped and its size reported.
+    let r = t.api(
+        "STREAM.UPDATE.T",
+        json!({"name": "T", "subjects": ["in.>"],
+               "subject_transform": {"src": "in.*.>", "dest": "stored.$1.>"},
+               "republish": {"src": "stored.a.>", "dest": "rp.>", "headers_only": true}}),
+    );
+    assert!(r.get("error").is_none(), "{r}");
+    assert_eq!(ack("in.a.x", None, b"four!")["seq"], 4);
+    let rp = t.wait_for("rp.x", 3, Duration::from_secs(5));
+    let h2 = String::from_utf8_lossy(&rp[2].hdr).to_string();
+    assert!(h2.contains("Nats-Msg-Size: 5\r\n"), "{h2}");
+    assert!(h2.contains("Nats-Last-Sequence: 3\r\n"), "{h2}");
+    assert!(rp[2].payload.is_empty());
+    t.engine.shutdown();
+}
+
+#[test]
+fn subject_delete_markers_replace_the_last_expired_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = T::start(dir.path());
+    let r = t.api(
+        "STREAM.CREATE.SDM",
+        json!({"name": "SDM", "subjects": ["kv.>"], "storage": "memory",
+               "max_age": 500_000_000i64, "allow_msg_ttl": true,
+               "subject_delete_marker_ttl": 1_000_000_000i64}),
+    );
+    assert!(r.get("error").is_none(), "{r}");
+    t.publish("kv.a", None, None, b"1");
+    t.publish("kv.a", None, None, b"2");
+    t.publish("kv.b", None, None, b"3");
+    // Within a bound: both subjects end with a MaxAge marker, the older kv.a is gone.
+    let end = Instant::now() + Duration::from_secs(5);
+    let marker = |subj: &str| {
+        let m = t.api("STREAM.MSG.GET.SDM", json!({"last_by_subj": subj}));
+        let hdrs = m["message"]["hdrs"].as_str().map(|h| {
+            use base64::Engine as _;
+            let raw = base64::engine::general_purpose::STANDARD.decode(h).unwrap();
+            String::from_utf8(raw).unwrap()
+        });
+        hdrs.filter(|h| h.contains("Nats-Marker-Reason: MaxAge"))
+    };
+    let (a, b) = loop {
+        if let (Some(a), Some(b)) = (marker("kv.a"), marker("kv.b")) {
+            break (a, b);
+        }
+        assert!(Instant::now() < end, "no markers");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(a.contains("Nats-TTL: 1s\r\n"), "{a}");
+    assert!(b.contains("Nats-Rollup: sub\r\n"), "{b}");
+    let info = t.api("STREAM.INFO.SDM", Value::Null);
+    assert_eq!(info["state"]["messages"], 2, "{info}");
+    // The markers expire in turn, without new markers.
+    loop {
+        let info = t.api("STREAM.INFO.SDM", Value::Null);
+        if info["state"]["messages"] == 0 {
+            break;
+        }
+        assert!(Instant::now() < end + Duration::from_secs(3), "{info}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    t.engine.shutdown();
+}

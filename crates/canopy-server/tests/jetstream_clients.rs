@@ -970,3 +970,312 @@ async fn duplicates_window_and_expected_headers() {
         }
     }
 }
+
+#[tokio::test]
+async fn subject_transform_and_republish_through_the_client() {
+    let s = start();
+    let (nc, js) = connect(&s).await;
+    let mut rp = nc.subscribe("rp.>").await.unwrap();
+    nc.flush().await.unwrap();
+    let st = js
+        .create_stream(stream::Config {
+            name: "TR".into(),
+            subjects: vec!["orders.>".into()],
+            storage: stream::StorageType::Memory,
+            subject_transform: Some(stream::SubjectTransform {
+                source: "orders.*".into(),
+                destination: "stored.{{wildcard(1)}}".into(),
+            }),
+            republish: Some(stream::Republish {
+                source: "stored.>".into(),
+                destination: "rp.>".into(),
+                headers_only: false,
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(publish(&js, "orders.eu", "x").await, 1);
+    let m = st.get_raw_message(1).await.unwrap();
+    assert_eq!(m.subject.as_str(), "stored.eu");
+    let got = next(&mut rp).await;
+    assert_eq!(got.subject.as_str(), "rp.eu");
+    let h = got.headers.unwrap();
+    let get = |k| {
+        h.get(k)
+            .map(|v: &async_nats::HeaderValue| v.as_str().to_string())
+    };
+    use async_nats::header::{NATS_LAST_SEQUENCE, NATS_SEQUENCE, NATS_STREAM, NATS_SUBJECT};
+    assert_eq!(get(NATS_STREAM).as_deref(), Some("TR"), "{h:?}");
+    assert_eq!(get(NATS_SEQUENCE).as_deref(), Some("1"));
+    assert_eq!(get(NATS_SUBJECT).as_deref(), Some("stored.eu"));
+    assert_eq!(get(NATS_LAST_SEQUENCE).as_deref(), Some("0"));
+    assert_eq!(got.payload.as_ref(), b"x");
+}
+
+/// Arrival times (from the first) of `n` messages of a push consumer.
+async fn arrival_gaps(msgs: &mut consumer::push::Messages, n: usize) -> Vec<Duration> {
+    let mut t0 = None;
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let m = next(msgs).await.unwrap();
+        let now = tokio::time::Instant::now();
+        out.push(now - *t0.get_or_insert(now));
+        m.ack().await.unwrap();
+    }
+    out
+}
+
+#[tokio::test]
+async fn replay_original_and_rate_limit() {
+    let s = start();
+    let (nc, js) = connect(&s).await;
+    let st = mem_stream(&js, "RP", &["rp.>"]).await;
+    // Three messages stored 400 ms apart (the gaps are the data under test).
+    for i in 0..3 {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+        }
+        publish(&js, "rp.a", "x").await;
+    }
+    let push = |name: &str, replay: consumer::ReplayPolicy, rate: u64| consumer::push::Config {
+        durable_name: Some(name.into()),
+        deliver_subject: format!("deliver.{name}"),
+        replay_policy: replay,
+        rate_limit: rate,
+        ..Default::default()
+    };
+    let c: consumer::PushConsumer = st
+        .create_consumer(push("orig", consumer::ReplayPolicy::Original, 0))
+        .await
+        .unwrap();
+    let gaps = arrival_gaps(&mut c.messages().await.unwrap(), 3).await;
+    assert!(gaps[1] >= Duration::from_millis(300), "{gaps:?}");
+    assert!(gaps[2] >= Duration::from_millis(700), "{gaps:?}");
+    let c: consumer::PushConsumer = st
+        .create_consumer(push("inst", consumer::ReplayPolicy::Instant, 0))
+        .await
+        .unwrap();
+    let gaps = arrival_gaps(&mut c.messages().await.unwrap(), 3).await;
+    assert!(gaps[2] < Duration::from_millis(300), "{gaps:?}");
+    // After catching up, replay original delivers new messages at once.
+    let pulled: consumer::PullConsumer = st
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("pull-orig".into()),
+            replay_policy: consumer::ReplayPolicy::Original,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let t0 = tokio::time::Instant::now();
+    assert_eq!(pull_batch(&pulled, 3, 3000).await.len(), 3);
+    assert!(t0.elapsed() >= Duration::from_millis(700));
+
+    // 3 MiB at 1 MB/s with a 1 MiB burst: the last message comes after about 2 s.
+    // (async-nats sends its `rate_limit` field under that name, which nats-server does not
+    // read either: the consumer is made with a raw request carrying `rate_limit_bps`.)
+    let body = bytes::Bytes::from(vec![b'y'; 100 * 1024]);
+    mem_stream(&js, "RATE", &["rate.>"]).await;
+    for _ in 0..30 {
+        js.publish("rate.a", body.clone()).await.unwrap();
+    }
+    js.wait_for_acks().await;
+    let mut sub = nc.subscribe("deliver.slow").await.unwrap();
+    let create = |name: &str, deliver: Option<&str>| {
+        let mut cfg = serde_json::json!({"durable_name": name, "ack_policy": "none", "rate_limit_bps": 8_000_000});
+        if let Some(d) = deliver {
+            cfg["deliver_subject"] = d.into();
+        }
+        let body = serde_json::json!({"stream_name": "RATE", "config": cfg}).to_string();
+        let nc = nc.clone();
+        let subject = format!("$JS.API.CONSUMER.CREATE.RATE.{name}");
+        async move {
+            let r = nc.request(subject, body.into()).await.unwrap();
+            serde_json::from_slice::<serde_json::Value>(&r.payload).unwrap()
+        }
+    };
+    let r = create("slow", Some("deliver.slow")).await;
+    assert_eq!(r["config"]["rate_limit_bps"], 8_000_000, "{r}");
+    let t0 = tokio::time::Instant::now();
+    for _ in 0..30 {
+        next(&mut sub).await;
+    }
+    let took = t0.elapsed();
+    assert!(took >= Duration::from_millis(1500), "{took:?}");
+    // A pull consumer may not have a rate limit (10086).
+    let r = create("pr", None).await;
+    assert_eq!(r["error"]["err_code"], 10086, "{r}");
+}
+
+/// The next advisory whose subject starts with `prefix` (others are skipped), as JSON.
+async fn advisory(sub: &mut async_nats::Subscriber, prefix: &str) -> (String, serde_json::Value) {
+    loop {
+        let m = next(sub).await;
+        if m.subject.as_str().starts_with(prefix) {
+            let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+            return (m.subject.to_string(), v);
+        }
+    }
+}
+
+#[tokio::test]
+async fn advisories() {
+    let s = start();
+    let (nc, js) = connect(&s).await;
+    let mut adv = nc.subscribe("$JS.EVENT.ADVISORY.>").await.unwrap();
+    nc.flush().await.unwrap();
+    let mut st = mem_stream(&js, "ADV", &["adv.>"]).await;
+    let (subj, v) = advisory(&mut adv, "$JS.EVENT.ADVISORY.STREAM").await;
+    assert_eq!(subj, "$JS.EVENT.ADVISORY.STREAM.CREATED.ADV");
+    assert_eq!(v["type"], "io.nats.jetstream.advisory.v1.stream_action");
+    assert_eq!(v["action"], "create");
+    assert_eq!(v["stream"], "ADV");
+    assert!(v["id"].as_str().is_some_and(|s| !s.is_empty()), "{v}");
+    assert!(v["timestamp"].as_str().is_some(), "{v}");
+    // Every API request is audited, with the request and the response.
+    let (subj, v) = advisory(&mut adv, "$JS.EVENT.ADVISORY.API").await;
+    assert_eq!(subj, "$JS.EVENT.ADVISORY.API");
+    assert_eq!(v["type"], "io.nats.jetstream.advisory.v1.api_audit");
+    assert_eq!(v["subject"], "$JS.API.STREAM.CREATE.ADV");
+    assert!(v["request"].as_str().unwrap().contains("\"ADV\""), "{v}");
+    assert!(
+        v["response"]
+            .as_str()
+            .unwrap()
+            .contains("stream_create_response"),
+        "{v}"
+    );
+
+    js.update_stream(stream::Config {
+        name: "ADV".into(),
+        subjects: vec!["adv.>".into()],
+        storage: stream::StorageType::Memory,
+        max_messages: 100,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let (subj, v) = advisory(&mut adv, "$JS.EVENT.ADVISORY.STREAM").await;
+    assert_eq!(subj, "$JS.EVENT.ADVISORY.STREAM.UPDATED.ADV");
+    assert_eq!(v["action"], "modify");
+
+    let c: consumer::PullConsumer = st
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("d".into()),
+            max_deliver: 2,
+            ack_wait: Duration::from_millis(200),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let (subj, v) = advisory(&mut adv, "$JS.EVENT.ADVISORY.CONSUMER").await;
+    assert_eq!(subj, "$JS.EVENT.ADVISORY.CONSUMER.CREATED.ADV.d");
+    assert_eq!(v["type"], "io.nats.jetstream.advisory.v1.consumer_action");
+    assert_eq!(v["consumer"], "d");
+
+    publish(&js, "adv.1", "a").await;
+    publish(&js, "adv.2", "b").await;
+    let msgs = pull_batch(&c, 2, 0).await;
+    msgs[0].ack_with(AckKind::Nak(None)).await.unwrap();
+    let (subj, v) = advisory(&mut adv, "$JS.EVENT.ADVISORY.CONSUMER").await;
+    assert_eq!(subj, "$JS.EVENT.ADVISORY.CONSUMER.MSG_NAKED.ADV.d");
+    assert_eq!(v["type"], "io.nats.jetstream.advisory.v1.nak");
+    assert_eq!(
+        (v["stream_seq"].as_u64(), v["deliveries"].as_u64()),
+        (Some(1), Some(1))
+    );
+    // +TERM with a reason (async-nats 0.46 sends none): raw, on the ack subject.
+    let ack_subject = msgs[1].reply.clone().unwrap();
+    nc.publish(ack_subject, "+TERM bad".into()).await.unwrap();
+    let (subj, v) = advisory(&mut adv, "$JS.EVENT.ADVISORY.CONSUMER").await;
+    assert_eq!(subj, "$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.ADV.d");
+    assert_eq!(v["type"], "io.nats.jetstream.advisory.v1.terminated");
+    assert_eq!(
+        (v["stream_seq"].as_u64(), v["reason"].as_str()),
+        (Some(2), Some("bad"))
+    );
+    // Seq 1 is redelivered once (its second delivery), then runs out of deliveries.
+    let again = pull_batch(&c, 1, 2000).await;
+    assert_eq!(again[0].info().unwrap().stream_sequence, 1);
+    let (subj, v) = advisory(&mut adv, "$JS.EVENT.ADVISORY.CONSUMER").await;
+    assert_eq!(subj, "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.ADV.d");
+    assert_eq!(v["type"], "io.nats.jetstream.advisory.v1.max_deliver");
+    assert_eq!(
+        (v["stream_seq"].as_u64(), v["deliveries"].as_u64()),
+        (Some(1), Some(2))
+    );
+
+    st.delete_consumer("d").await.unwrap();
+    let (subj, v) = advisory(&mut adv, "$JS.EVENT.ADVISORY.CONSUMER").await;
+    assert_eq!(subj, "$JS.EVENT.ADVISORY.CONSUMER.DELETED.ADV.d");
+    assert_eq!(v["action"], "delete");
+    let _ = st.info().await.unwrap();
+    js.delete_stream("ADV").await.unwrap();
+    let (subj, v) = advisory(&mut adv, "$JS.EVENT.ADVISORY.STREAM").await;
+    assert_eq!(subj, "$JS.EVENT.ADVISORY.STREAM.DELETED.ADV");
+    assert_eq!(v["action"], "delete");
+}
+
+/// `$JS.API.CONSUMER.PAUSE.<s>.<c>` with `pause_until` `ms` from now (`None`: resume).
+async fn pause(nc: &async_nats::Client, s: &str, c: &str, ms: Option<i64>) -> serde_json::Value {
+    let body = match ms {
+        Some(ms) => {
+            let t = chrono::Utc::now() + chrono::Duration::milliseconds(ms);
+            serde_json::json!({"pause_until": t.to_rfc3339()}).to_string()
+        }
+        None => String::new(),
+    };
+    let r = nc
+        .request(format!("$JS.API.CONSUMER.PAUSE.{s}.{c}"), body.into())
+        .await
+        .unwrap();
+    serde_json::from_slice(&r.payload).unwrap()
+}
+
+#[tokio::test]
+async fn consumer_pause_and_resume() {
+    let s = start();
+    let (nc, js) = connect(&s).await;
+    let mut adv = nc
+        .subscribe("$JS.EVENT.ADVISORY.CONSUMER.PAUSE.>")
+        .await
+        .unwrap();
+    nc.flush().await.unwrap();
+    let st = mem_stream(&js, "PZ", &["pz.>"]).await;
+    let mut c = durable(&st, "p", "").await.unwrap();
+    let r = pause(&nc, "PZ", "p", Some(3_600_000)).await;
+    assert_eq!(
+        r["type"],
+        "io.nats.jetstream.api.v1.consumer_pause_response"
+    );
+    assert_eq!(r["paused"], true, "{r}");
+    assert!(
+        r["pause_remaining"].as_i64().unwrap() > 3_500_000_000_000,
+        "{r}"
+    );
+    let (subj, v) = advisory(&mut adv, "$JS.EVENT.ADVISORY.CONSUMER.PAUSE").await;
+    assert_eq!(subj, "$JS.EVENT.ADVISORY.CONSUMER.PAUSE.PZ.p");
+    assert_eq!(v["type"], "io.nats.jetstream.advisory.v1.consumer_pause");
+    assert_eq!(v["paused"], true);
+    let info = c.info().await.unwrap().clone();
+    assert!(info.paused, "{info:?}");
+    assert!(info.config.pause_until.is_some());
+    // Nothing is delivered while paused.
+    publish(&js, "pz.a", "x").await;
+    assert!(pull_batch(&c, 1, 300).await.is_empty());
+    let r = pause(&nc, "PZ", "p", None).await;
+    assert_eq!(r["paused"], false, "{r}");
+    let (_, v) = advisory(&mut adv, "$JS.EVENT.ADVISORY.CONSUMER.PAUSE").await;
+    assert_eq!(v["paused"], false);
+    assert_eq!(pull_batch(&c, 1, 2000).await.len(), 1);
+    assert!(!c.info().await.unwrap().paused);
+
+    // A short pause ends by itself.
+    let t0 = tokio::time::Instant::now();
+    pause(&nc, "PZ", "p", Some(300)).await;
+    publish(&js, "pz.b", "y").await;
+    assert_eq!(pull_batch(&c, 1, 3000).await.len(), 1);
+    assert!(t0.elapsed() >= Duration::from_millis(250));
+    let r = pause(&nc, "PZ", "nope", Some(300)).await;
+    assert_eq!(r["error"]["err_code"], 10014, "{r}");
+}

@@ -258,6 +258,10 @@ pub trait MessageStore: Send {
     fn expire(&mut self, now: i64) -> Result<u64>;
     /// When the next message expires (ns), if any does.
     fn next_expiry(&self) -> Option<i64>;
+    /// Up to `limit` sequences that [`MessageStore::expire`] would remove at `now` (by age
+    /// first, then by TTL; may repeat one), without removing them: JetStream's subject
+    /// delete markers decide per message.
+    fn expiring(&self, now: i64, limit: usize) -> Vec<u64>;
     /// Changes the limits and enforces them at once.
     fn update_config(&mut self, cfg: StoreConfig) -> Result<()>;
     fn config(&self) -> &StoreConfig;

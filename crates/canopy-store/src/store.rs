@@ -422,6 +422,30 @@ impl<B: Backend> MessageStore for Store<B> {
         })
     }
 
+    fn expiring(&self, now: i64, limit: usize) -> Vec<u64> {
+        let mut out = Vec::new();
+        let max_age = i64::try_from(self.cfg.max_age.as_nanos()).unwrap_or(i64::MAX);
+        if max_age > 0 {
+            let cutoff = now.saturating_sub(max_age);
+            let mut f = Filter::new("", &self.idx.subjects);
+            self.idx.for_each_live(self.idx.first, &mut f, |seq, slot| {
+                let ts = self.be.read_ts(&self.idx, seq, slot).unwrap_or(i64::MAX);
+                if ts > cutoff || out.len() >= limit {
+                    return false;
+                }
+                out.push(seq);
+                true
+            });
+        }
+        for &(deadline, seq) in &self.idx.ttl {
+            if deadline > now || out.len() >= limit {
+                break;
+            }
+            out.push(seq);
+        }
+        out
+    }
+
     fn next_expiry(&self) -> Option<i64> {
         let ttl = self.idx.ttl.first().map(|&(d, _)| d);
         let max_age = i64::try_from(self.cfg.max_age.as_nanos()).unwrap_or(i64::MAX);

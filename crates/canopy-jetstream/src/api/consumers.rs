@@ -9,15 +9,15 @@ use super::errors::E;
 use super::{on_stream, parse_body, PageReq};
 use crate::consumer::Consumer;
 use crate::engine::{Account, ConsumerMeta, Engine};
-use crate::stream::StreamCore;
+use crate::stream::{ctx, StreamCore};
 use crate::types::{AckPolicy, ConsumerConfig, CreateConsumerRequest, DeliverPolicy, Retention};
 use crate::util::{now_ns, random_name, valid_name};
 
 const NAMES_LIMIT: usize = 1024;
 const LIST_LIMIT: usize = 256;
 
-fn info_of(c: &StreamCore, k: &Consumer) -> Value {
-    let ctx = crate::stream::ctx_of(&c.host, &c.account, &c.name, c.store.as_ref());
+pub(super) fn info_of(c: &StreamCore, k: &Consumer) -> Value {
+    let ctx = ctx!(c);
     k.info(&ctx, &c.cluster)
 }
 
@@ -78,17 +78,6 @@ fn check(cfg: &ConsumerConfig, stream: &StreamCore, acc_max_ack: i64) -> Result<
         if cfg.max_waiting < 0 {
             return Err(E::ConsumerMaxWaitingNegative);
         }
-    }
-    // Refused rather than accepted and ignored until they are implemented.
-    if cfg.rate_limit_bps > 0 {
-        return Err(E::ConsumerCreate(
-            "consumer rate limit is not supported yet".into(),
-        ));
-    }
-    if cfg.replay_policy == crate::types::ReplayPolicy::Original {
-        return Err(E::ConsumerCreate(
-            "consumer replay policy original is not supported yet".into(),
-        ));
     }
     if cfg.flow_control && cfg.idle_heartbeat <= 0 {
         return Err(E::ConsumerFlowControlNeedsHeartbeats);
@@ -276,7 +265,9 @@ pub(super) fn create(
                     "consumer configuration can not be updated".into(),
                 ));
             }
-            existing.cfg = cfg;
+            let ctx = ctx!(c);
+            existing.set_config(&ctx, cfg);
+            c.persist_consumer(&cname)?;
             return Ok(info_of(c, &c.consumers[&cname]));
         }
         if action == "update" {
@@ -299,8 +290,51 @@ pub(super) fn create(
         let k = Consumer::new(cname.clone(), cfg, meta.created, st, c.store.as_ref(), true);
         c.consumers.insert(cname.clone(), k);
         c.update_stats();
+        crate::advisory::consumer_action(
+            c.host.as_ref(),
+            &c.account,
+            c.domain.as_deref(),
+            &c.name,
+            &cname,
+            "create",
+        );
         let v = info_of(c, &c.consumers[&cname]);
         c.drive_consumers();
+        Ok(v)
+    })
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+struct PauseReq {
+    pause_until: Option<String>,
+}
+
+/// `CONSUMER.PAUSE.<stream>.<consumer>` with `{pause_until}`: pauses until then, or resumes
+/// (no time, or the zero time).
+pub(super) fn pause(acc: &Account, stream: &str, name: &str, body: &[u8]) -> Result<Value, E> {
+    let req: PauseReq = parse_body(body)?;
+    let until = match req.pause_until.as_deref() {
+        None => None,
+        Some(t) => {
+            let ns = crate::util::parse_rfc3339(t)
+                .ok_or_else(|| E::InvalidJson(format!("parsing time {t:?}")))?;
+            (ns > 0).then(|| crate::util::rfc3339(ns))
+        }
+    };
+    let name = name.to_string();
+    on_stream(acc, Some(stream), move |c| {
+        let k = c.consumers.get_mut(&name).ok_or(E::ConsumerNotFound)?;
+        let mut cfg = k.cfg.clone();
+        cfg.pause_until = until;
+        let ctx = ctx!(c);
+        k.set_config(&ctx, cfg);
+        let (paused, pause_until, left) = k.pause_state();
+        c.persist_consumer(&name)?;
+        let mut v = json!({"paused": paused, "pause_until": pause_until});
+        if paused {
+            v["pause_remaining"] = json!(left);
+        }
         Ok(v)
     })
 }

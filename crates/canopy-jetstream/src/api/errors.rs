@@ -110,6 +110,14 @@ pub enum E {
     ConsumerDescriptionTooLong(usize),
     ConsumerMetadataLength(usize),
     TooManyRequests,
+    Pedantic(String),
+    StreamTransformInvalidSource(String),
+    StreamTransformInvalidDestination(String),
+    ConsumerPushWithPriorityGroup,
+    ConsumerPriorityPolicyWithoutGroup,
+    ConsumerInvalidPriorityGroup,
+    ConsumerPriorityGroupWithPolicyNone,
+    ConsumerPinnedTtlWithoutPriorityPolicyNone,
 }
 
 impl E {
@@ -389,6 +397,36 @@ impl E {
                 format!("consumer metadata exceeds maximum size of {m}"),
             ),
             TooManyRequests => (429, 10167, s("too many requests")),
+            Pedantic(e) => (400, 10157, format!("pedantic mode: {e}")),
+            StreamTransformInvalidSource(e) => {
+                (400, 10155, format!("stream transform source: {e}"))
+            }
+            StreamTransformInvalidDestination(e) => (400, 10156, format!("stream transform: {e}")),
+            ConsumerPushWithPriorityGroup => (
+                400,
+                10178,
+                s("priority groups can not be used with push consumers"),
+            ),
+            ConsumerPriorityPolicyWithoutGroup => (
+                400,
+                10159,
+                s("Setting PriorityPolicy requires at least one PriorityGroup to be set"),
+            ),
+            ConsumerInvalidPriorityGroup => (
+                400,
+                10160,
+                s("Provided priority group does not exist for this consumer"),
+            ),
+            ConsumerPriorityGroupWithPolicyNone => (
+                400,
+                10196,
+                s("consumer can not have priority groups when policy is none"),
+            ),
+            ConsumerPinnedTtlWithoutPriorityPolicyNone => (
+                400,
+                10197,
+                s("PinnedTTL cannot be set when PriorityPolicy is none"),
+            ),
         }
     }
 }

@@ -96,9 +96,44 @@ pub(crate) fn handle(engine: &Engine, job: ApiJob) {
         engine.api_errors.fetch_add(1, Ordering::Relaxed);
         account.api_errors.fetch_add(1, Ordering::Relaxed);
     }
+    let response = v.to_string();
     engine
         .host
-        .publish(&account.name, &reply, None, None, v.to_string().as_bytes());
+        .publish(&account.name, &reply, None, None, response.as_bytes());
+    audit(engine, &account, &msg, &response);
+}
+
+/// The `api_audit` advisory on `$JS.EVENT.ADVISORY.API`, for each answered request.
+fn audit(engine: &Engine, account: &Account, msg: &JsMsg, response: &str) {
+    let subject = format!("{}.API", crate::advisory::PREFIX);
+    if !engine.host.has_interest(&account.name, &subject) {
+        return;
+    }
+    let info = engine.host.info();
+    let mut client = json!({"acc": account.name.as_ref()});
+    if let Some(o) = client.as_object_mut() {
+        if msg.origin.cid > 0 {
+            o.insert("id".into(), json!(msg.origin.cid));
+        }
+        if !msg.origin.user.is_empty() {
+            o.insert("user".into(), json!(msg.origin.user));
+        }
+        let server = msg.origin.server.as_deref().unwrap_or(&info.server_name);
+        o.insert("server".into(), json!(server));
+    }
+    let mut fields = json!({"server": info.server_name, "client": client, "subject": msg.subject});
+    if !msg.payload.is_empty() {
+        fields["request"] = Value::String(String::from_utf8_lossy(&msg.payload).into_owned());
+    }
+    fields["response"] = Value::String(response.to_string());
+    crate::advisory::publish(
+        engine.host.as_ref(),
+        &account.name,
+        engine.cfg.domain.as_deref(),
+        &subject,
+        "api_audit",
+        fields,
+    );
 }
 
 fn route(e: &Engine, acc: &Arc<Account>, m: &JsMsg, rest: &str) -> Reply {
@@ -144,6 +179,9 @@ fn route_more(e: &Engine, acc: &Arc<Account>, rest: &str, body: &[u8]) -> Reply 
             consumers::create(e, acc, s, Some(c), None, true, body),
         ),
         ["CONSUMER", "INFO", s, c] => ("consumer_info_response", consumers::info(acc, s, c)),
+        ["CONSUMER", "PAUSE", s, c] => {
+            ("consumer_pause_response", consumers::pause(acc, s, c, body))
+        }
         ["CONSUMER", "DELETE", s, c] => ("consumer_delete_response", consumers::delete(acc, s, c)),
         ["CONSUMER", "LEADER", "STEPDOWN", ..] => {
             ("consumer_leader_stepdown_response", Err(E::ClusterRequired))

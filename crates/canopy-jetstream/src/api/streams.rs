@@ -45,7 +45,60 @@ fn parse_config(name: Option<&str>, body: &[u8]) -> Result<StreamConfig, E> {
     }
     cfg.normalize();
     check_config(&cfg)?;
+    check_transforms(&mut cfg)?;
     Ok(cfg)
+}
+
+/// nats-server's checks of `subject_transform` and `republish` (the republish source
+/// defaults to `>`; `>` to `>` with a transform of the stream's only subject republishes
+/// the transformed subjects).
+fn check_transforms(cfg: &mut StreamConfig) -> Result<(), E> {
+    if let Some(t) = &cfg.subject_transform {
+        if !t.src.is_empty() && !canopy_subject::is_valid_subject(&t.src) {
+            return Err(E::StreamTransformInvalidSource(format!(
+                "invalid subject {}",
+                t.src
+            )));
+        }
+        canopy_subject::transform::validate_mapping(&t.src, &t.dest)
+            .map_err(|e| E::StreamTransformInvalidDestination(e.to_string()))?;
+    }
+    let Some(rp) = cfg.republish.as_mut() else {
+        return Ok(());
+    };
+    if rp.src.is_empty() {
+        if cfg.pedantic {
+            return Err(E::Pedantic("republish source can not be empty".into()));
+        }
+        rp.src = ">".into();
+    }
+    if let Some(t) = &cfg.subject_transform {
+        if rp.src == ">" && rp.dest == ">" && cfg.subjects.len() == 1 && cfg.subjects[0] == t.src {
+            if cfg.pedantic {
+                return Err(E::Pedantic(
+                    "implicit republish based on subject transform".into(),
+                ));
+            }
+            rp.src = t.dest.clone();
+            rp.dest = t.dest.clone();
+        }
+    }
+    if cfg
+        .subjects
+        .iter()
+        .any(|s| canopy_subject::subjects_collide(&rp.dest, s))
+    {
+        return Err(invalid(
+            "stream configuration for republish destination forms a cycle",
+        ));
+    }
+    if canopy_subject::Transform::new(&rp.src, &rp.dest).is_err() {
+        return Err(invalid(&format!(
+            "stream configuration for republish with transform from '{}' to '{}' not valid",
+            rp.src, rp.dest
+        )));
+    }
+    Ok(())
 }
 
 /// nats-server's `checkStreamCfg` checks that apply to one server.
@@ -74,13 +127,6 @@ fn check_config(cfg: &StreamConfig) -> Result<(), E> {
     }
     if cfg.mirror.is_some() || cfg.sources.as_ref().is_some_and(|s| !s.is_empty()) {
         return Err(invalid("stream mirrors and sources are not supported yet"));
-    }
-    // Refused rather than accepted and ignored until they are implemented.
-    if cfg.subject_transform.as_ref().is_some_and(|v| !v.is_null()) {
-        return Err(invalid("stream subject transforms are not supported yet"));
-    }
-    if cfg.republish.as_ref().is_some_and(|v| !v.is_null()) {
-        return Err(invalid("stream republish is not supported yet"));
     }
     if cfg.max_age < 0 {
         return Err(invalid("max age needs to be >= 0"));
@@ -207,9 +253,12 @@ pub(super) fn create(
     check_limits(e, acc, &cfg, None)?;
     check_overlap(acc, &cfg)?;
     let h = e.open_stream(acc, cfg, now_ns(), false)?;
-    h.call(|c: &mut StreamCore| c.info(None, false))
+    let v = h
+        .call(|c: &mut StreamCore| c.info(None, false))
         .ok_or_else(|| E::StreamCreate("stream is not responding".into()))
-        .map(created)
+        .map(created)?;
+    e.stream_advisory(acc, &h.name, "create");
+    Ok(v)
 }
 
 fn created(mut v: Value) -> Value {
@@ -274,7 +323,7 @@ pub(super) fn update(
             )
             .map_err(|e| E::StreamUpdate(e.to_string()))?;
         }
-        c.cfg = new;
+        c.set_config(new);
         c.consumers_purged();
         c.update_stats();
         Ok(c.info(None, false))
@@ -286,6 +335,7 @@ pub(super) fn update(
             return Err(E::StreamUpdate(err.to_string()));
         }
     }
+    e.stream_advisory(acc, &h.name, "modify");
     Ok(v)
 }
 
@@ -352,6 +402,7 @@ pub(super) fn delete(e: &Engine, acc: &Account, name: Option<&str>) -> Result<Va
             return Err(E::StreamDelete(err.to_string()));
         }
     }
+    e.stream_advisory(acc, name, "delete");
     Ok(json!({"success": true}))
 }
 
@@ -524,10 +575,7 @@ pub(crate) fn stream_detail(c: &mut StreamCore, config: bool, consumers: bool) -
             let list: Vec<Value> = c
                 .consumers
                 .values()
-                .map(|k| {
-                    let ctx = crate::stream::ctx_of(&c.host, &c.account, &c.name, c.store.as_ref());
-                    k.info(&ctx, &c.cluster)
-                })
+                .map(|k| super::consumers::info_of(c, k))
                 .collect();
             o.insert("consumer_detail".into(), Value::Array(list));
         }
