@@ -14,7 +14,10 @@ use canopy_store::{ConsumerState, ConsumerStore, MessageStore, SequencePair, Sto
 use serde_json::{json, Value};
 
 use crate::host::Host;
-use crate::types::{AckPolicy, ConsumerConfig, DeliverPolicy, ReplayPolicy, SequenceInfo};
+use crate::types::{
+    AckPolicy, ConsumerConfig, DeliverPolicy, ReplayPolicy, SequenceInfo, PRIORITY_OVERFLOW,
+    PRIORITY_PINNED,
+};
 use crate::util::{self, now_ns, rfc3339, status};
 
 /// Bytes a push consumer sends before it asks for a flow-control reply.
@@ -68,6 +71,13 @@ struct PullReq {
     no_wait: bool,
     hb: Option<Duration>,
     next_hb: Option<Instant>,
+    /// Priority groups: served only while the consumer has at least this many messages
+    /// pending or unacknowledged (`overflow`; 0 = no condition).
+    min_pending: i64,
+    min_ack_pending: i64,
+    /// `pinned_client`: the pin this request holds (set when it is pinned or asked with
+    /// the current pin's `id`).
+    pin_id: Option<String>,
 }
 
 impl PullReq {
@@ -87,6 +97,15 @@ impl PullReq {
             ),
         ]
     }
+}
+
+/// The pin of a `pinned_client` consumer: who holds it, since when, and until when it
+/// lasts without a new pull from its holder.
+#[derive(Debug)]
+struct Pin {
+    id: String,
+    ts: i64,
+    deadline: Instant,
 }
 
 /// Where the next message came from (to put it back when it does not fit a request).
@@ -137,6 +156,7 @@ pub(crate) struct Consumer {
     hold_until: Option<Instant>,
     /// A pause (`pause_until`) in force: it ends then (ns since the epoch).
     paused: Option<i64>,
+    pin: Option<Pin>,
 }
 
 impl Consumer {
@@ -176,6 +196,7 @@ impl Consumer {
             rate: None,
             hold_until: None,
             paused: None,
+            pin: None,
         };
         c.paused = c.cfg.pause_end().filter(|&t| t > now_ns());
         if c.cfg.replay_policy == ReplayPolicy::Original {
@@ -499,7 +520,14 @@ impl Consumer {
 
     /// Sends one message to `to` and records the delivery. Returns sequences that count as
     /// acked at once (ack policy none).
-    fn send(&mut self, ctx: &Ctx<'_>, to: &str, m: &StoredMsg, dc: u64) -> Option<u64> {
+    fn send(
+        &mut self,
+        ctx: &Ctx<'_>,
+        to: &str,
+        m: &StoredMsg,
+        dc: u64,
+        pin: Option<&str>,
+    ) -> Option<u64> {
         let dseq = self.st.state().delivered.consumer + 1;
         let pending = self.num_pending(ctx.store);
         let reply = format!(
@@ -516,6 +544,10 @@ impl Consumer {
             )
         } else {
             (m.headers().to_vec(), m.payload())
+        };
+        let hdr = match pin {
+            Some(id) => util::add_headers(&hdr, &[("Nats-Pin-Id", id.to_string())]),
+            None => hdr,
         };
         let hdr = (!hdr.is_empty()).then_some(hdr.as_slice());
         ctx.host
@@ -553,17 +585,26 @@ impl Consumer {
     fn drive_pull(&mut self, ctx: &Ctx<'_>, acked: &mut Vec<u64>) {
         let mut eos = false;
         while !self.waiting.is_empty() {
+            // Priority groups: the first request that may be served now.
+            let Some(i) = (0..self.waiting.len()).find(|&i| self.eligible(&self.waiting[i], ctx))
+            else {
+                eos = true;
+                break;
+            };
             let Some((m, dc, src)) = self.next_ready(ctx.store) else {
                 eos = self.hold_until.is_none();
                 break;
             };
             let size = (m.subject().len() + m.headers().len() + m.payload().len()) as i64;
-            let Some(req) = self.waiting.front_mut() else {
+            if self.cfg.priority_policy.as_deref() == Some(PRIORITY_PINNED) && self.pin.is_none() {
+                self.pin_request(ctx, i);
+            }
+            let Some(req) = self.waiting.get_mut(i) else {
                 break;
             };
             if req.max_bytes > 0 && req.bytes + size > req.max_bytes {
                 self.unget(src, m.seq);
-                if let Some(r) = self.waiting.pop_front() {
+                if let Some(r) = self.waiting.remove(i) {
                     let text = if r.n == 0 {
                         "Message Size Exceeds MaxBytes"
                     } else {
@@ -580,11 +621,12 @@ impl Consumer {
                 req.next_hb = Some(Instant::now() + hb);
             }
             let to = req.reply.clone();
+            let pin = req.pin_id.clone();
             let done = req.n >= req.batch;
             if done {
-                self.waiting.pop_front();
+                self.waiting.remove(i);
             }
-            acked.extend(self.send(ctx, &to, &m, dc));
+            acked.extend(self.send(ctx, &to, &m, dc, pin.as_deref()));
         }
         if eos {
             // Requests that asked not to wait end now.
@@ -618,7 +660,7 @@ impl Consumer {
         }
         self.last_activity = Instant::now();
         while let Some((m, dc, _)) = self.next_ready(ctx.store) {
-            acked.extend(self.send(ctx, &to, &m, dc));
+            acked.extend(self.send(ctx, &to, &m, dc, None));
             self.fc_bytes += m.size();
             if self.cfg.flow_control && self.fc_bytes >= FC_WINDOW {
                 let fc = format!(
@@ -633,6 +675,86 @@ impl Consumer {
                 break;
             }
         }
+    }
+
+    /// May `r` be served now? `overflow`: when it sets no condition, or the consumer has
+    /// at least `min_pending` messages pending or `min_ack_pending` unacknowledged (either
+    /// suffices). `pinned_client`: when nobody is pinned, or it holds the pin.
+    fn eligible(&self, r: &PullReq, ctx: &Ctx<'_>) -> bool {
+        match self.cfg.priority_policy.as_deref() {
+            Some(PRIORITY_OVERFLOW) => {
+                (r.min_pending <= 0 && r.min_ack_pending <= 0)
+                    || (r.min_pending > 0 && self.num_pending(ctx.store) as i64 >= r.min_pending)
+                    || (r.min_ack_pending > 0
+                        && self.st.state().pending.len() as i64 >= r.min_ack_pending)
+            }
+            Some(PRIORITY_PINNED) => match &self.pin {
+                Some(p) => r.pin_id.as_deref() == Some(p.id.as_str()),
+                None => true,
+            },
+            _ => true,
+        }
+    }
+
+    fn pin_ttl(&self) -> Duration {
+        Duration::from_nanos(self.cfg.priority_timeout.max(0) as u64)
+    }
+
+    /// Pins waiting request `i`: it and its client's later pulls (with the id) get the
+    /// messages until the pin times out or is unpinned.
+    fn pin_request(&mut self, ctx: &Ctx<'_>, i: usize) {
+        let id = util::random_name(22);
+        let Some(r) = self.waiting.get_mut(i) else {
+            return;
+        };
+        r.pin_id = Some(id.clone());
+        self.pin = Some(Pin {
+            id: id.clone(),
+            ts: now_ns(),
+            deadline: Instant::now() + self.pin_ttl(),
+        });
+        let group = self
+            .cfg
+            .priority_groups
+            .first()
+            .cloned()
+            .unwrap_or_default();
+        self.advise(
+            ctx,
+            "PINNED",
+            "consumer_group_pinned",
+            json!({"group": group, "pinned_id": id}),
+        );
+    }
+
+    /// Ends the pin (`reason`: `admin` for the UNPIN API, `timeout`): the holder's waiting
+    /// pulls end with `423`, and the next waiting pull is pinned when a message comes.
+    pub fn unpin(&mut self, ctx: &Ctx<'_>, reason: &str) {
+        let Some(old) = self.pin.take() else {
+            return;
+        };
+        let group = self
+            .cfg
+            .priority_groups
+            .first()
+            .cloned()
+            .unwrap_or_default();
+        self.advise(
+            ctx,
+            "UNPINNED",
+            "consumer_group_unpinned",
+            json!({"group": group, "reason": reason}),
+        );
+        let h = status(423, "Nats-Wrong-Pin-Id", &[]);
+        self.waiting.retain(|r| {
+            if r.pin_id.as_deref() == Some(old.id.as_str()) {
+                ctx.host.publish(ctx.account, &r.reply, None, Some(&h), &[]);
+                false
+            } else {
+                true
+            }
+        });
+        self.hold_until = Some(Instant::now());
     }
 
     /// A flow-control reply arrived on `subject`.
@@ -658,16 +780,28 @@ impl Consumer {
         let text = std::str::from_utf8(body).unwrap_or("").trim();
         let (mut batch, mut expires, mut no_wait, mut max_bytes, mut hb) =
             (1i64, 0i64, false, 0i64, 0i64);
+        let (mut group, mut min_pending, mut min_ack_pending, mut pin_id) =
+            (None::<String>, 0i64, 0i64, None::<String>);
         if text.starts_with('{') {
             let Ok(v) = serde_json::from_str::<Value>(text) else {
                 return err(400, "Bad Request");
             };
             let i = |k: &str| v.get(k).and_then(Value::as_i64).unwrap_or(0);
+            let st = |k: &str| {
+                v.get(k)
+                    .and_then(Value::as_str)
+                    .filter(|x| !x.is_empty())
+                    .map(str::to_string)
+            };
             batch = i("batch");
             expires = i("expires");
             max_bytes = i("max_bytes");
             hb = i("idle_heartbeat");
             no_wait = v.get("no_wait").and_then(Value::as_bool).unwrap_or(false);
+            group = st("group");
+            min_pending = i("min_pending");
+            min_ack_pending = i("min_ack_pending");
+            pin_id = st("id");
         } else if !text.is_empty() {
             match text.parse::<i64>() {
                 Ok(n) => batch = n,
@@ -705,6 +839,29 @@ impl Consumer {
             return err(409, "Exceeded MaxWaiting");
         }
         let now = Instant::now();
+        if let Some(policy) = self.cfg.priority_policy.as_deref() {
+            if !group
+                .as_ref()
+                .is_some_and(|g| self.cfg.priority_groups.contains(g))
+            {
+                return err(400, "Bad Request - Invalid Priority Group");
+            }
+            if policy == PRIORITY_PINNED {
+                let ttl = self.pin_ttl();
+                match (&pin_id, &mut self.pin) {
+                    // The pinned client pulls again: its pin lasts another timeout.
+                    (Some(id), Some(p)) if *id == p.id => p.deadline = now + ttl,
+                    (Some(_), Some(_)) => return err(423, "Nats-Pin-Id mismatch"),
+                    // An old id while nobody is pinned: a candidate like any other.
+                    (Some(_), None) => pin_id = None,
+                    (None, _) => {}
+                }
+            } else {
+                pin_id = None;
+            }
+        } else {
+            pin_id = None;
+        }
         let hb = (hb > 0).then(|| Duration::from_nanos(hb as u64));
         self.waiting.push_back(PullReq {
             reply: reply.to_string(),
@@ -716,6 +873,9 @@ impl Consumer {
             no_wait,
             hb,
             next_hb: hb.map(|d| now + d),
+            min_pending,
+            min_ack_pending,
+            pin_id,
         });
     }
 
@@ -887,6 +1047,9 @@ impl Consumer {
             }
             self.rdq.insert(s);
         }
+        if self.pin.as_ref().is_some_and(|p| p.deadline <= now) {
+            self.unpin(ctx, "timeout");
+        }
         // Pull requests that expired, and their heartbeats.
         let mut keep = VecDeque::with_capacity(self.waiting.len());
         let hb_msg = self.heartbeat(None);
@@ -976,6 +1139,9 @@ impl Consumer {
             let left = (end - now_ns()).max(0) as u64;
             at = at.min(now + Duration::from_nanos(left));
         }
+        if let Some(p) = &self.pin {
+            at = at.min(p.deadline.max(now));
+        }
         if self.st.state() != &ConsumerState::default() {
             at = at.min(self.next_flush.max(now));
         }
@@ -1027,6 +1193,22 @@ impl Consumer {
             if ctx.host.has_interest(ctx.account, to) {
                 obj.insert("push_bound".into(), Value::Bool(true));
             }
+        }
+        if let (Some(_), Some(obj)) = (&self.cfg.priority_policy, v.as_object_mut()) {
+            let groups: Vec<Value> = self
+                .cfg
+                .priority_groups
+                .iter()
+                .map(|g| {
+                    let mut e = json!({ "group": g });
+                    if let Some(p) = &self.pin {
+                        e["pinned_client_id"] = json!(p.id);
+                        e["pinned_ts"] = json!(rfc3339(p.ts));
+                    }
+                    e
+                })
+                .collect();
+            obj.insert("priority_groups".into(), Value::Array(groups));
         }
         let (paused, _, left) = self.pause_state();
         if let (true, Some(obj)) = (paused, v.as_object_mut()) {

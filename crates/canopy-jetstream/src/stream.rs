@@ -349,7 +349,8 @@ impl StreamCore {
             if ttl != -1 && ttl < 1_000_000_000 {
                 return fail(E::MessageTtlInvalid);
             }
-            p.ttl = (ttl > 0).then_some(ttl);
+            // Negative: never expires, not even by `max_age` (the store keeps it).
+            p.ttl = (ttl != 0).then_some(ttl);
         }
         if let Some(v) = header(hdr, "Nats-Expected-Last-Subject-Sequence") {
             let want: u64 = v.parse().unwrap_or(u64::MAX);
@@ -672,10 +673,11 @@ impl StreamCore {
     /// ages out (or whose TTL ends) as the last one of its subject is replaced by a marker
     /// (`Nats-Marker-Reason: MaxAge`, `Nats-TTL` the marker TTL, a subject rollup that
     /// removes it), as nats-server does; other expired messages are removed.
-    fn expire_with_markers(&mut self) {
+    /// Returns true when it stored markers (consumers then have something to deliver).
+    fn expire_with_markers(&mut self) -> bool {
         let now = now_ns();
         if self.store.next_expiry().is_none_or(|t| t > now) {
-            return;
+            return false;
         }
         let secs = self.cfg.subject_delete_marker_ttl / 1_000_000_000;
         let mut markers = Vec::new();
@@ -700,6 +702,7 @@ impl StreamCore {
                 ("Nats-Rollup", "sub".to_string()),
             ],
         );
+        let stored = !markers.is_empty();
         for subject in markers {
             self.commit(vec![Prepared {
                 subject,
@@ -713,13 +716,17 @@ impl StreamCore {
         }
         self.consumers_purged();
         self.update_stats();
+        stored
     }
 
     /// Timers of the stream and its consumers.
     fn tick(&mut self) {
         let now = Instant::now();
+        let mut redeliver = false;
         if self.cfg.subject_delete_marker_ttl > 0 {
-            self.expire_with_markers();
+            // Markers are new messages: push consumers deliver them now, not on the next
+            // publish.
+            redeliver = self.expire_with_markers();
         } else if self.store.next_expiry().is_some_and(|t| t <= now_ns()) {
             if let Ok(n) = self.store.expire(now_ns()) {
                 if n > 0 {
@@ -729,7 +736,6 @@ impl StreamCore {
             }
         }
         let mut gone = Vec::new();
-        let mut redeliver = false;
         for (n, c) in self.consumers.iter_mut() {
             let ctx = ctx!(self);
             if c.tick(&ctx, now) {

@@ -290,9 +290,24 @@ pub struct ConsumerConfig {
     /// Paused (nothing delivered) until this time (RFC 3339; 2.11).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pause_until: Option<String>,
+    /// Priority groups (2.11): one group name, with `priority_policy`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub priority_groups: Vec<String>,
+    /// `overflow` or `pinned_client` (`none` is stored as absent).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub priority_policy: Option<String>,
+    /// `pinned_client`: how long a pin lasts without a new pull from the pinned client (ns).
+    #[serde(skip_serializing_if = "is_zero_i64")]
+    pub priority_timeout: i64,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
+
+/// `priority_policy` values.
+pub const PRIORITY_OVERFLOW: &str = "overflow";
+pub const PRIORITY_PINNED: &str = "pinned_client";
+/// nats-server's default `priority_timeout` for pinned clients (2 minutes).
+pub const DEFAULT_PINNED_TTL: i64 = 120 * NANOS;
 
 impl ConsumerConfig {
     /// When a pause ends (ns since the epoch), if `pause_until` is set and not the zero time.
@@ -319,6 +334,12 @@ impl ConsumerConfig {
 
     /// nats-server's `setConsumerConfigDefaults`.
     pub fn normalize(&mut self, ephemeral: bool) {
+        if matches!(self.priority_policy.as_deref(), Some("none" | "")) {
+            self.priority_policy = None;
+        }
+        if self.priority_policy.as_deref() == Some(PRIORITY_PINNED) && self.priority_timeout == 0 {
+            self.priority_timeout = DEFAULT_PINNED_TTL;
+        }
         if self.filter_subject.as_deref() == Some("") {
             self.filter_subject = None;
         }

@@ -281,19 +281,19 @@ async fn kv_delete_purge_markers_and_history() {
     assert_eq!(h.len(), 10);
     assert_eq!(&h[0].value[..], b"5");
 
-    // Limit markers need API level 1 (2.11); the client refuses them before asking.
-    let err = js
+    // Limit markers need API level 1 (2.11), which the server reports (see
+    // `kv_limit_markers_and_ttl`): the client asks for a stream with message TTLs.
+    let ttl = js
         .create_key_value(kv::Config {
             bucket: "ttl".into(),
             limit_markers: Some(Duration::from_secs(1)),
             ..Default::default()
         })
         .await
-        .unwrap_err();
-    assert_eq!(
-        err.kind(),
-        async_nats::jetstream::context::CreateKeyValueErrorKind::LimitMarkersNotSupported
-    );
+        .unwrap();
+    let cfg = &ttl.stream.cached_info().config;
+    assert!(cfg.allow_message_ttl);
+    assert_eq!(cfg.subject_delete_marker_ttl, Some(Duration::from_secs(1)));
     // Bucket TTL (max_age) expires values.
     let short = js
         .create_key_value(kv::Config {
@@ -1278,4 +1278,380 @@ async fn consumer_pause_and_resume() {
     assert!(t0.elapsed() >= Duration::from_millis(250));
     let r = pause(&nc, "PZ", "nope", Some(300)).await;
     assert_eq!(r["error"]["err_code"], 10014, "{r}");
+}
+
+/// A raw `$JS.API` request; the JSON answer.
+async fn api(nc: &async_nats::Client, subject: &str, body: serde_json::Value) -> serde_json::Value {
+    let r = timeout(
+        WAIT,
+        nc.request(subject.to_string(), body.to_string().into()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    serde_json::from_slice(&r.payload).unwrap()
+}
+
+/// One raw pull request with its own inbox; what came back within `wait`: (status code or
+/// 0 for a message, `Nats-Pin-Id`, payload).
+async fn raw_pull(
+    nc: &async_nats::Client,
+    stream: &str,
+    consumer: &str,
+    body: serde_json::Value,
+    want: usize,
+    wait: Duration,
+) -> Vec<(u16, Option<String>, String)> {
+    let inbox = nc.new_inbox();
+    let mut sub = nc.subscribe(inbox.clone()).await.unwrap();
+    nc.publish_with_reply(
+        format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"),
+        inbox,
+        body.to_string().into(),
+    )
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + wait;
+    while out.len() < want {
+        let Ok(Some(m)) = tokio::time::timeout_at(deadline, sub.next()).await else {
+            break;
+        };
+        let code = m.status.map(|s| s.as_u16()).unwrap_or(0);
+        if code == 100 {
+            continue;
+        }
+        let pin = m
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Nats-Pin-Id"))
+            .map(|v| v.to_string());
+        out.push((code, pin, String::from_utf8_lossy(&m.payload).into_owned()));
+    }
+    out
+}
+
+/// Priority groups (2.11, API level 1): the config rules, and the `overflow` policy
+/// through async-nats' own `group`/`min_pending`/`min_ack_pending` pull options.
+#[tokio::test]
+async fn priority_groups_overflow() {
+    let s = start();
+    let (nc, js) = connect(&s).await;
+    let st = mem_stream(&js, "PG", &["pg.>"]).await;
+    let create = |cfg: serde_json::Value| {
+        let nc = nc.clone();
+        async move {
+            api(
+                &nc,
+                "$JS.API.CONSUMER.CREATE.PG",
+                serde_json::json!({"stream_name": "PG", "config": cfg}),
+            )
+            .await
+        }
+    };
+    let code = |v: &serde_json::Value| v["error"]["err_code"].as_u64().unwrap_or(0);
+    let push = create(
+        serde_json::json!({"deliver_subject": "d.pg", "ack_policy": "explicit",
+        "priority_groups": ["jobs"], "priority_policy": "overflow"}),
+    )
+    .await;
+    assert_eq!(code(&push), 10178, "{push}");
+    let no_group =
+        create(serde_json::json!({"ack_policy": "explicit", "priority_policy": "overflow"})).await;
+    assert_eq!(code(&no_group), 10159, "{no_group}");
+    let no_policy =
+        create(serde_json::json!({"ack_policy": "explicit", "priority_groups": ["jobs"]})).await;
+    assert_eq!(code(&no_policy), 10196, "{no_policy}");
+    let bad_name = create(serde_json::json!({"ack_policy": "explicit",
+        "priority_groups": ["bad.name"], "priority_policy": "overflow"}))
+    .await;
+    assert_eq!(code(&bad_name), 10162, "{bad_name}");
+    let two = create(serde_json::json!({"ack_policy": "explicit",
+        "priority_groups": ["a", "b"], "priority_policy": "overflow"}))
+    .await;
+    assert!(two["error"].is_object(), "{two}");
+    let unknown = create(serde_json::json!({"ack_policy": "explicit",
+        "priority_groups": ["a"], "priority_policy": "bogus"}))
+    .await;
+    assert!(unknown["error"].is_object(), "{unknown}");
+
+    let c: consumer::PullConsumer = st
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("work".into()),
+            priority_groups: vec!["jobs".into()],
+            priority_policy: consumer::PriorityPolicy::Overflow,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let info = api(&nc, "$JS.API.CONSUMER.INFO.PG.work", serde_json::json!({})).await;
+    assert_eq!(info["config"]["priority_policy"], "overflow", "{info}");
+    assert_eq!(info["priority_groups"][0]["group"], "jobs", "{info}");
+    // Groups and policy cannot change on update.
+    let upd = api(
+        &nc,
+        "$JS.API.CONSUMER.CREATE.PG.work",
+        serde_json::json!({"stream_name": "PG", "config": {"durable_name": "work", "ack_policy": "explicit"}}),
+    )
+    .await;
+    assert!(upd["error"].is_object(), "{upd}");
+
+    for i in 0..5 {
+        publish(&js, &format!("pg.{i}"), "x").await;
+    }
+    // A pull without a group (or with another group) is refused.
+    let r = raw_pull(
+        &nc,
+        "PG",
+        "work",
+        serde_json::json!({"batch": 1, "expires": 500_000_000}),
+        1,
+        WAIT,
+    )
+    .await;
+    assert_eq!(r.first().map(|x| x.0), Some(400), "{r:?}");
+    let r = raw_pull(
+        &nc,
+        "PG",
+        "work",
+        serde_json::json!({"batch": 1, "group": "ghost", "expires": 500_000_000}),
+        1,
+        WAIT,
+    )
+    .await;
+    assert_eq!(r.first().map(|x| x.0), Some(400), "{r:?}");
+    // min_pending above what is pending: nothing, the request times out.
+    let none: Vec<jetstream::Message> = timeout(
+        WAIT,
+        c.batch()
+            .group("jobs")
+            .min_pending(1000)
+            .max_messages(1)
+            .expires(Duration::from_millis(400))
+            .messages()
+            .await
+            .unwrap()
+            .try_collect(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(none.is_empty(), "served below min_pending");
+    // min_pending met: served.
+    let got: Vec<jetstream::Message> = timeout(
+        WAIT,
+        c.batch()
+            .group("jobs")
+            .min_pending(3)
+            .max_messages(2)
+            .expires(Duration::from_millis(2000))
+            .messages()
+            .await
+            .unwrap()
+            .try_collect(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(got.len(), 2);
+    // 2 unacknowledged, 3 pending: min_pending 1000 fails but min_ack_pending 2 holds.
+    let one: Vec<jetstream::Message> = timeout(
+        WAIT,
+        c.batch()
+            .group("jobs")
+            .min_pending(1000)
+            .min_ack_pending(2)
+            .max_messages(1)
+            .expires(Duration::from_millis(2000))
+            .messages()
+            .await
+            .unwrap()
+            .try_collect(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(one.len(), 1, "min_ack_pending alone must suffice");
+}
+
+/// `pinned_client`: the first pull is pinned and its messages carry `Nats-Pin-Id`; other
+/// pulls wait as standby, a wrong id gets 423, the pin moves on timeout or UNPIN (with
+/// advisories), and the old holder's id is then refused.
+#[tokio::test]
+async fn priority_groups_pinned_client() {
+    let s = start();
+    let (nc, js) = connect(&s).await;
+    mem_stream(&js, "PIN", &["pin.>"]).await;
+    let mut adv = nc.subscribe("$JS.EVENT.ADVISORY.CONSUMER.>").await.unwrap();
+    nc.flush().await.unwrap();
+    let created = api(
+        &nc,
+        "$JS.API.CONSUMER.CREATE.PIN.w",
+        serde_json::json!({"stream_name": "PIN", "config": {"durable_name": "w",
+            "ack_policy": "explicit", "priority_groups": ["jobs"],
+            "priority_policy": "pinned_client", "priority_timeout": 1_000_000_000i64}}),
+    )
+    .await;
+    assert_eq!(
+        created["config"]["priority_timeout"], 1_000_000_000i64,
+        "{created}"
+    );
+    for i in 0..4 {
+        publish(&js, &format!("pin.{i}"), format!("m{i}")).await;
+    }
+    let a = raw_pull(
+        &nc,
+        "PIN",
+        "w",
+        serde_json::json!({"batch": 1, "group": "jobs"}),
+        1,
+        WAIT,
+    )
+    .await;
+    let pin = a[0]
+        .1
+        .clone()
+        .expect("the first delivery carries Nats-Pin-Id");
+    assert_eq!((a[0].0, a[0].2.as_str()), (0, "m0"));
+    let (subj, v) = advisory(&mut adv, "$JS.EVENT.ADVISORY.CONSUMER.PINNED").await;
+    assert!(subj.ends_with("PIN.w"));
+    assert_eq!(
+        v["type"],
+        "io.nats.jetstream.advisory.v1.consumer_group_pinned"
+    );
+    assert_eq!(v["pinned_id"], pin.as_str());
+    let info = api(&nc, "$JS.API.CONSUMER.INFO.PIN.w", serde_json::json!({})).await;
+    assert_eq!(
+        info["priority_groups"][0]["pinned_client_id"],
+        pin.as_str(),
+        "{info}"
+    );
+    // The holder pulls again with its id: served, same pin.
+    let again = raw_pull(
+        &nc,
+        "PIN",
+        "w",
+        serde_json::json!({"batch": 1, "group": "jobs", "id": pin}),
+        1,
+        WAIT,
+    )
+    .await;
+    assert_eq!((again[0].0, again[0].1.as_deref()), (0, Some(pin.as_str())));
+    // A wrong id: 423.
+    let wrong = raw_pull(
+        &nc,
+        "PIN",
+        "w",
+        serde_json::json!({"batch": 1, "group": "jobs", "id": "not-the-pin"}),
+        1,
+        WAIT,
+    )
+    .await;
+    assert_eq!(wrong.first().map(|x| x.0), Some(423), "{wrong:?}");
+    // A standby (no id) gets nothing while the pin holds; when the holder stops pulling
+    // for the priority_timeout (1 s) the pin moves to it.
+    let standby = raw_pull(
+        &nc,
+        "PIN",
+        "w",
+        serde_json::json!({"batch": 1, "group": "jobs", "expires": 4_000_000_000i64}),
+        1,
+        WAIT,
+    )
+    .await;
+    let new_pin = standby[0]
+        .1
+        .clone()
+        .expect("the standby is pinned after the timeout");
+    assert_eq!(standby[0].0, 0);
+    assert_ne!(new_pin, pin);
+    let (_, v) = advisory(&mut adv, "$JS.EVENT.ADVISORY.CONSUMER.UNPINNED").await;
+    assert_eq!(v["reason"], "timeout");
+    let _ = advisory(&mut adv, "$JS.EVENT.ADVISORY.CONSUMER.PINNED").await;
+    let old = raw_pull(
+        &nc,
+        "PIN",
+        "w",
+        serde_json::json!({"batch": 1, "group": "jobs", "id": pin}),
+        1,
+        WAIT,
+    )
+    .await;
+    assert_eq!(old.first().map(|x| x.0), Some(423), "{old:?}");
+    // UNPIN: errors for an unknown group and an empty body, then the pin ends.
+    let bad = api(
+        &nc,
+        "$JS.API.CONSUMER.UNPIN.PIN.w",
+        serde_json::json!({"group": "ghost"}),
+    )
+    .await;
+    assert_eq!(bad["error"]["err_code"], 10160, "{bad}");
+    let r = nc
+        .request("$JS.API.CONSUMER.UNPIN.PIN.w", "".into())
+        .await
+        .unwrap();
+    let empty: serde_json::Value = serde_json::from_slice(&r.payload).unwrap();
+    assert!(empty["error"].is_object(), "{empty}");
+    let ok = api(
+        &nc,
+        "$JS.API.CONSUMER.UNPIN.PIN.w",
+        serde_json::json!({"group": "jobs"}),
+    )
+    .await;
+    assert_eq!(
+        ok["type"],
+        "io.nats.jetstream.api.v1.consumer_unpin_response"
+    );
+    assert!(ok["error"].is_null(), "{ok}");
+    let (_, v) = advisory(&mut adv, "$JS.EVENT.ADVISORY.CONSUMER.UNPINNED").await;
+    assert_eq!(v["reason"], "admin");
+    let info = api(&nc, "$JS.API.CONSUMER.INFO.PIN.w", serde_json::json!({})).await;
+    assert!(
+        info["priority_groups"][0]["pinned_client_id"].is_null(),
+        "{info}"
+    );
+    let after = raw_pull(
+        &nc,
+        "PIN",
+        "w",
+        serde_json::json!({"batch": 1, "group": "jobs", "id": new_pin}),
+        1,
+        WAIT,
+    )
+    .await;
+    assert_eq!(
+        after.first().map(|x| x.0),
+        Some(0),
+        "an old id while nobody is pinned is a candidate: {after:?}"
+    );
+    assert_ne!(after[0].1.as_deref(), Some(new_pin.as_str()));
+}
+
+/// API level 1 lets async-nats create a KV bucket with `limit_markers`; a key created with
+/// a TTL ages out into a purge marker (`Nats-Marker-Reason: MaxAge`) that a watcher sees.
+#[tokio::test]
+async fn kv_limit_markers_and_ttl() {
+    let s = start();
+    let (nc, js) = connect(&s).await;
+    let info = api(&nc, "$JS.API.INFO", serde_json::json!({})).await;
+    assert_eq!(info["api"]["level"], 1, "{info}");
+    let kv = js
+        .create_key_value(kv::Config {
+            bucket: "MARK".into(),
+            limit_markers: Some(Duration::from_secs(1)),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut watch = kv.watch("k").await.unwrap();
+    kv.create_with_ttl("k", "v".into(), Duration::from_secs(1))
+        .await
+        .unwrap();
+    let first = next(&mut watch).await.unwrap();
+    assert_eq!(first.operation, kv::Operation::Put);
+    let marker = next(&mut watch).await.unwrap();
+    assert_eq!(marker.operation, kv::Operation::Purge, "{marker:?}");
+    assert!(kv.get("k").await.unwrap().is_none());
+    // The key can be created again once it aged out.
+    kv.create("k", "again".into()).await.unwrap();
 }

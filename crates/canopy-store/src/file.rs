@@ -635,9 +635,7 @@ fn add_scanned(idx: &mut Index, s: &ScanOut, last_ts: &mut i64) {
         if let Some(c) = idx.open_chunk_mut() {
             c.max_ts = c.max_ts.max(m.ts);
         }
-        if let Some(t) = m.ttl.filter(|t| *t > 0) {
-            idx.add_ttl(m.seq, m.ts.saturating_add(t));
-        }
+        idx.add_msg_ttl(m.seq, m.ts, m.ttl);
         *last_ts = m.ts;
     }
     if let Some(c) = idx.open_chunk_mut() {

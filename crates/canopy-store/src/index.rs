@@ -101,6 +101,9 @@ pub(crate) struct Index {
     pub ttl_of: HashMap<u64, i64>,
 }
 
+/// The TTL deadline of a message that never expires.
+pub const NEVER: i64 = i64::MAX;
+
 impl Index {
     pub fn new(first_seq: u64) -> Index {
         let first = first_seq.max(1);
@@ -143,9 +146,27 @@ impl Index {
             c.max_ts = c.max_ts.max(ts);
         }
         self.last_ts = ts;
-        if let Some(t) = ttl.filter(|t| *t > 0) {
-            self.add_ttl(seq, ts.saturating_add(t));
+        self.add_msg_ttl(seq, ts, ttl);
+    }
+
+    /// Records a message's TTL from its record: positive = nanoseconds, negative = never
+    /// expires (`Nats-TTL: never`, which also exempts it from `max_age`).
+    pub fn add_msg_ttl(&mut self, seq: u64, ts: i64, ttl: Option<i64>) {
+        match ttl {
+            Some(t) if t > 0 => self.add_ttl(seq, ts.saturating_add(t)),
+            Some(t) if t < 0 => self.add_ttl(seq, NEVER),
+            _ => {}
         }
+    }
+
+    /// Does `seq` never expire (`Nats-TTL: never`)?
+    pub fn is_never(&self, seq: u64) -> bool {
+        self.ttl_of.get(&seq) == Some(&NEVER)
+    }
+
+    /// Are there messages that never expire?
+    pub fn has_never(&self) -> bool {
+        self.ttl.last().is_some_and(|&(d, _)| d == NEVER)
     }
 
     pub fn add_ttl(&mut self, seq: u64, deadline: i64) {

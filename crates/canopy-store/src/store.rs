@@ -230,9 +230,49 @@ impl<B: Backend> Store<B> {
         Ok(())
     }
 
+    /// The oldest live messages past `cutoff` that may age out (messages with `Nats-TTL:
+    /// never` are skipped), at most `limit`, by reading timestamps: the slow path, used
+    /// only when such messages exist.
+    fn aged_skipping_never(&self, cutoff: i64, limit: usize) -> Vec<u64> {
+        let mut out = Vec::new();
+        let mut f = Filter::new("", &self.idx.subjects);
+        self.idx.for_each_live(self.idx.first, &mut f, |seq, slot| {
+            if self.idx.is_never(seq) {
+                return true;
+            }
+            let ts = self.be.read_ts(&self.idx, seq, slot).unwrap_or(i64::MAX);
+            if ts > cutoff || out.len() >= limit {
+                return false;
+            }
+            out.push(seq);
+            true
+        });
+        out
+    }
+
+    /// The timestamp of the oldest live message that may age out.
+    fn oldest_ageing_ts(&self) -> Option<i64> {
+        let mut f = Filter::new("", &self.idx.subjects);
+        let mut ts = None;
+        self.idx.for_each_live(self.idx.first, &mut f, |seq, slot| {
+            if self.idx.is_never(seq) {
+                return true;
+            }
+            ts = self.be.read_ts(&self.idx, seq, slot).ok();
+            false
+        });
+        ts
+    }
+
     fn expire_into(&mut self, now: i64, removed: &mut Vec<u64>) -> Result<()> {
         let max_age = i64::try_from(self.cfg.max_age.as_nanos()).unwrap_or(i64::MAX);
-        if max_age > 0 {
+        if max_age > 0 && self.idx.has_never() {
+            let cutoff = now.saturating_sub(max_age);
+            for s in self.aged_skipping_never(cutoff, usize::MAX) {
+                self.idx.remove(s);
+                removed.push(s);
+            }
+        } else if max_age > 0 {
             let cutoff = now.saturating_sub(max_age);
             while self.idx.msgs > 0 {
                 let first = self.idx.first;
@@ -426,16 +466,7 @@ impl<B: Backend> MessageStore for Store<B> {
         let mut out = Vec::new();
         let max_age = i64::try_from(self.cfg.max_age.as_nanos()).unwrap_or(i64::MAX);
         if max_age > 0 {
-            let cutoff = now.saturating_sub(max_age);
-            let mut f = Filter::new("", &self.idx.subjects);
-            self.idx.for_each_live(self.idx.first, &mut f, |seq, slot| {
-                let ts = self.be.read_ts(&self.idx, seq, slot).unwrap_or(i64::MAX);
-                if ts > cutoff || out.len() >= limit {
-                    return false;
-                }
-                out.push(seq);
-                true
-            });
+            out = self.aged_skipping_never(now.saturating_sub(max_age), limit);
         }
         for &(deadline, seq) in &self.idx.ttl {
             if deadline > now || out.len() >= limit {
@@ -449,7 +480,9 @@ impl<B: Backend> MessageStore for Store<B> {
     fn next_expiry(&self) -> Option<i64> {
         let ttl = self.idx.ttl.first().map(|&(d, _)| d);
         let max_age = i64::try_from(self.cfg.max_age.as_nanos()).unwrap_or(i64::MAX);
-        let age = if max_age > 0 && self.idx.msgs > 0 {
+        let age = if max_age > 0 && self.idx.has_never() {
+            self.oldest_ageing_ts().map(|ts| ts.saturating_add(max_age))
+        } else if max_age > 0 && self.idx.msgs > 0 {
             let first = self.idx.first;
             let ts = self
                 .idx
@@ -460,6 +493,8 @@ impl<B: Backend> MessageStore for Store<B> {
         } else {
             None
         };
+        // A never-expiring message's deadline is not an expiry.
+        let ttl = ttl.filter(|&d| d != crate::index::NEVER);
         match (ttl, age) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

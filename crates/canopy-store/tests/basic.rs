@@ -256,6 +256,38 @@ fn ttl_and_max_age() {
     });
 }
 
+/// `Nats-TTL: never` (a negative TTL): the message outlives `max_age`, the others around
+/// it age out, and the expiry timer does not spin on it; the file store keeps it across a
+/// reopen (with the index snapshot and from a record scan).
+#[test]
+fn never_ttl_outlives_max_age() {
+    let cfg = StoreConfig {
+        max_age: Duration::from_secs(10),
+        ..Default::default()
+    };
+    each_store(cfg.clone(), |s, clock| {
+        put(s, "a");
+        s.store_msg(NewMsg {
+            ttl: Some(-1),
+            ..NewMsg::new("keep", b"x")
+        })
+        .expect("never");
+        put(s, "b");
+        assert_eq!(s.next_expiry(), Some(clock.now() + 10_000_000_000));
+        clock.advance(Duration::from_secs(11));
+        assert_eq!(s.expire(clock.now()).expect("expire"), 2);
+        let st = s.state();
+        assert_eq!((st.msgs, st.first_seq, st.last_seq), (1, 2, 3));
+        assert_eq!(s.next_expiry(), None, "nothing left that expires");
+        assert!(s.expiring(clock.now() + 1_000_000_000_000, 10).is_empty());
+        put(s, "c");
+        clock.advance(Duration::from_secs(11));
+        put(s, "d"); // ages "c" out on the way in, keeps "keep"
+        let st = s.state();
+        assert_eq!((st.msgs, st.first_seq), (2, 2));
+    });
+}
+
 #[test]
 fn skip_and_raw() {
     each_store(StoreConfig::default(), |s, _| {

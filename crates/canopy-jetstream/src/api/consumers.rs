@@ -10,7 +10,10 @@ use super::{on_stream, parse_body, PageReq};
 use crate::consumer::Consumer;
 use crate::engine::{Account, ConsumerMeta, Engine};
 use crate::stream::{ctx, StreamCore};
-use crate::types::{AckPolicy, ConsumerConfig, CreateConsumerRequest, DeliverPolicy, Retention};
+use crate::types::{
+    AckPolicy, ConsumerConfig, CreateConsumerRequest, DeliverPolicy, Retention, PRIORITY_OVERFLOW,
+    PRIORITY_PINNED,
+};
 use crate::util::{now_ns, random_name, valid_name};
 
 const NAMES_LIMIT: usize = 1024;
@@ -104,6 +107,7 @@ fn check(cfg: &ConsumerConfig, stream: &StreamCore, acc_max_ack: i64) -> Result<
     if cfg.num_replicas > 1 {
         return Err(E::ConsumerReplicasExceedsStream);
     }
+    check_priority(cfg)?;
     match (cfg.deliver_policy, cfg.opt_start_seq > 0, cfg.opt_start_time.is_some()) {
         (DeliverPolicy::ByStartSequence, false, _) => {
             return Err(E::ConsumerInvalidPolicy(
@@ -152,6 +156,53 @@ fn check(cfg: &ConsumerConfig, stream: &StreamCore, acc_max_ack: i64) -> Result<
                 return Err(E::ConsumerWqConsumerNotUnique);
             }
         }
+    }
+    Ok(())
+}
+
+/// Priority groups (2.11, ADR-42): one group with `overflow` or `pinned_client`, on pull
+/// consumers with explicit acks.
+fn check_priority(cfg: &ConsumerConfig) -> Result<(), E> {
+    let Some(policy) = cfg.priority_policy.as_deref() else {
+        if !cfg.priority_groups.is_empty() {
+            return Err(E::ConsumerPriorityGroupWithPolicyNone);
+        }
+        if cfg.priority_timeout != 0 {
+            return Err(E::ConsumerPinnedTtlWithoutPriorityPolicyNone);
+        }
+        return Ok(());
+    };
+    if policy != PRIORITY_OVERFLOW && policy != PRIORITY_PINNED {
+        // `prioritized` is 2.12 (API level 2).
+        return Err(E::InvalidJson(format!("unknown priority policy: {policy}")));
+    }
+    if policy != PRIORITY_PINNED && cfg.priority_timeout != 0 {
+        return Err(E::ConsumerPinnedTtlWithoutPriorityPolicyNone);
+    }
+    if !cfg.is_pull() {
+        return Err(E::ConsumerPushWithPriorityGroup);
+    }
+    if cfg.priority_groups.is_empty() {
+        return Err(E::ConsumerPriorityPolicyWithoutGroup);
+    }
+    if cfg.priority_groups.len() > 1 {
+        return Err(E::ConsumerCreate(
+            "multiple priority groups are not supported".into(),
+        ));
+    }
+    let valid = |g: &str| {
+        !g.is_empty()
+            && g.len() <= 16
+            && g.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '/' | '='))
+    };
+    if !cfg.priority_groups.iter().all(|g| valid(g)) {
+        return Err(E::ConsumerInvalidGroupName);
+    }
+    if cfg.ack_policy != AckPolicy::Explicit {
+        return Err(E::ConsumerCreate(format!(
+            "priority policy {policy} requires ack policy explicit"
+        )));
     }
     Ok(())
 }
@@ -260,6 +311,8 @@ pub(super) fn create(
                 || existing.cfg.opt_start_seq != cfg.opt_start_seq
                 || existing.cfg.ack_policy != cfg.ack_policy
                 || existing.cfg.is_pull() != cfg.is_pull()
+                || existing.cfg.priority_groups != cfg.priority_groups
+                || existing.cfg.priority_policy != cfg.priority_policy
             {
                 return Err(E::ConsumerCreate(
                     "consumer configuration can not be updated".into(),
@@ -336,6 +389,34 @@ pub(super) fn pause(acc: &Account, stream: &str, name: &str, body: &[u8]) -> Res
             v["pause_remaining"] = json!(left);
         }
         Ok(v)
+    })
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+struct UnpinReq {
+    group: String,
+}
+
+/// `CONSUMER.UNPIN.<stream>.<consumer>` with `{group}`: ends the pin of a `pinned_client`
+/// consumer; the next waiting pull is pinned.
+pub(super) fn unpin(acc: &Account, stream: &str, name: &str, body: &[u8]) -> Result<Value, E> {
+    if body.trim_ascii().is_empty() {
+        return Err(E::BadRequest);
+    }
+    let req: UnpinReq = parse_body(body)?;
+    let name = name.to_string();
+    on_stream(acc, Some(stream), move |c| {
+        let k = c.consumers.get_mut(&name).ok_or(E::ConsumerNotFound)?;
+        if k.cfg.priority_policy.as_deref() != Some(PRIORITY_PINNED)
+            || !k.cfg.priority_groups.contains(&req.group)
+        {
+            return Err(E::ConsumerInvalidPriorityGroup);
+        }
+        let ctx = ctx!(c);
+        k.unpin(&ctx, "admin");
+        c.drive_consumers();
+        Ok(json!({}))
     })
 }
 

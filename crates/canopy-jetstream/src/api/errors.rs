@@ -118,6 +118,7 @@ pub enum E {
     ConsumerInvalidPriorityGroup,
     ConsumerPriorityGroupWithPolicyNone,
     ConsumerPinnedTtlWithoutPriorityPolicyNone,
+    ConsumerInvalidGroupName,
 }
 
 impl E {
@@ -421,6 +422,11 @@ impl E {
                 400,
                 10196,
                 s("consumer can not have priority groups when policy is none"),
+            ),
+            ConsumerInvalidGroupName => (
+                400,
+                10162,
+                s("Valid priority group name must match A-Z, a-z, 0-9, -_/=)+ and may not exceed 16 characters"),
             ),
             ConsumerPinnedTtlWithoutPriorityPolicyNone => (
                 400,

@@ -21,8 +21,9 @@ use errors::{ApiError, E};
 pub(crate) use direct::direct_get;
 pub(crate) use streams::stream_detail;
 
-/// The JetStream API level we implement (nats-server 2.10 feature set: level 0).
-pub const API_LEVEL: u32 = 0;
+/// The JetStream API level we implement: 1, nats-server 2.11's (per-message TTL, subject
+/// delete markers, consumer pause, priority groups).
+pub const API_LEVEL: u32 = 1;
 
 /// A handler's answer: the response `type` suffix and the payload or error.
 pub(crate) type Reply = (&'static str, Result<Value, E>);
@@ -181,6 +182,9 @@ fn route_more(e: &Engine, acc: &Arc<Account>, rest: &str, body: &[u8]) -> Reply 
         ["CONSUMER", "INFO", s, c] => ("consumer_info_response", consumers::info(acc, s, c)),
         ["CONSUMER", "PAUSE", s, c] => {
             ("consumer_pause_response", consumers::pause(acc, s, c, body))
+        }
+        ["CONSUMER", "UNPIN", s, c] => {
+            ("consumer_unpin_response", consumers::unpin(acc, s, c, body))
         }
         ["CONSUMER", "DELETE", s, c] => ("consumer_delete_response", consumers::delete(acc, s, c)),
         ["CONSUMER", "LEADER", "STEPDOWN", ..] => {
