@@ -1331,6 +1331,29 @@ async fn raw_pull(
     out
 }
 
+/// One async-nats pull in group `jobs` with the overflow conditions (0: not set).
+async fn overflow_pull(
+    c: &consumer::PullConsumer,
+    min_pending: usize,
+    min_ack_pending: usize,
+    n: usize,
+    expires_ms: u64,
+) -> Vec<jetstream::Message> {
+    let mut b = c.batch().group("jobs").max_messages(n);
+    if min_pending > 0 {
+        b = b.min_pending(min_pending);
+    }
+    if min_ack_pending > 0 {
+        b = b.min_ack_pending(min_ack_pending);
+    }
+    let msgs = b
+        .expires(Duration::from_millis(expires_ms))
+        .messages()
+        .await
+        .unwrap();
+    timeout(WAIT, msgs.try_collect()).await.unwrap().unwrap()
+}
+
 /// Priority groups (2.11, API level 1): the config rules, and the `overflow` policy
 /// through async-nats' own `group`/`min_pending`/`min_ack_pending` pull options.
 #[tokio::test]
@@ -1421,56 +1444,12 @@ async fn priority_groups_overflow() {
     .await;
     assert_eq!(r.first().map(|x| x.0), Some(400), "{r:?}");
     // min_pending above what is pending: nothing, the request times out.
-    let none: Vec<jetstream::Message> = timeout(
-        WAIT,
-        c.batch()
-            .group("jobs")
-            .min_pending(1000)
-            .max_messages(1)
-            .expires(Duration::from_millis(400))
-            .messages()
-            .await
-            .unwrap()
-            .try_collect(),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let none = overflow_pull(&c, 1000, 0, 1, 400).await;
     assert!(none.is_empty(), "served below min_pending");
     // min_pending met: served.
-    let got: Vec<jetstream::Message> = timeout(
-        WAIT,
-        c.batch()
-            .group("jobs")
-            .min_pending(3)
-            .max_messages(2)
-            .expires(Duration::from_millis(2000))
-            .messages()
-            .await
-            .unwrap()
-            .try_collect(),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    assert_eq!(got.len(), 2);
+    assert_eq!(overflow_pull(&c, 3, 0, 2, 2000).await.len(), 2);
     // 2 unacknowledged, 3 pending: min_pending 1000 fails but min_ack_pending 2 holds.
-    let one: Vec<jetstream::Message> = timeout(
-        WAIT,
-        c.batch()
-            .group("jobs")
-            .min_pending(1000)
-            .min_ack_pending(2)
-            .max_messages(1)
-            .expires(Duration::from_millis(2000))
-            .messages()
-            .await
-            .unwrap()
-            .try_collect(),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let one = overflow_pull(&c, 1000, 2, 1, 2000).await;
     assert_eq!(one.len(), 1, "min_ack_pending alone must suffice");
 }
 
