@@ -77,6 +77,21 @@ pub(crate) fn warnings(o: &Options, out: &mut Vec<Warning>) {
             });
         }
     }
+    // nats-server #4148: a leaf whose JetStream has no domain shares the hub's default
+    // one; with JetStream on the hub too, neither side's API reaches the other (it is
+    // denied on the link) and streams end up on the wrong side.
+    if let (Some(j), Some(l)) = (o.jetstream.as_ref(), o.leafnodes.as_ref()) {
+        if j.enabled && j.domain.as_deref().is_none_or(str::is_empty) && !l.remotes.is_empty() {
+            out.push(Warning {
+                pos: j.pos.clone(),
+                message:
+                    "JetStream on a server with leafnode remotes but no jetstream { domain }: \
+                          if the hub runs JetStream too, give each side its own domain so \
+                          clients can address either one ($JS.<domain>.API)"
+                        .into(),
+            });
+        }
+    }
     if o.max_payload > MAX_PAYLOAD_WARN_SIZE && o.max_payload <= MAX_PAYLOAD_MAX_SIZE {
         out.push(Warning {
             pos: key_pos(o, "max_payload"),

@@ -760,3 +760,19 @@ fn operator_mode_and_resolvers() {
             .contains("account public key")
     );
 }
+
+/// `-t` warns about a leaf with JetStream and no domain (nats-server #4148), and only then.
+#[test]
+fn leaf_jetstream_without_domain_is_warned() {
+    let leaf = "jetstream { store_dir: \"/tmp/x\" }\nleafnodes { remotes: [ { url: \"nats-leaf://h:7422\" } ] }\n";
+    let w = opts(leaf).warnings();
+    assert!(
+        w.iter()
+            .any(|w| w.message.contains("no jetstream { domain }")),
+        "{w:?}"
+    );
+    let with_domain = "jetstream { store_dir: \"/tmp/x\", domain: edge }\nleafnodes { remotes: [ { url: \"nats-leaf://h:7422\" } ] }\n";
+    assert!(opts(with_domain).warnings().is_empty());
+    let hub = "jetstream { store_dir: \"/tmp/x\" }\nleafnodes { port: 7422 }\n";
+    assert!(opts(hub).warnings().is_empty());
+}

@@ -455,3 +455,47 @@ async fn domains_across_a_leaf_link_with(hub_kind: canopy_testkit::Impl) {
     assert!(local.get("t3").await.unwrap().is_none());
     drop(leaf);
 }
+
+/// A leaf link whose two sides share a JetStream domain is called out in the log (neither
+/// side reaches the other's JetStream), as is a JetStream side without a domain facing a
+/// peer that has one.
+#[test]
+fn leaf_domain_mistakes_are_logged() {
+    let lp = canopy_testkit::free_fixed_port();
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let hub = ServerProcess::canopy(&format!(
+        "listen: 127.0.0.1:-1\njetstream {{ store_dir: \"{}\", domain: same }}\nleafnodes {{ listen: 127.0.0.1:{lp} }}\n",
+        a.path().display()
+    ))
+    .unwrap();
+    let same = ServerProcess::canopy(&format!(
+        "listen: 127.0.0.1:-1\njetstream {{ store_dir: \"{}\", domain: same }}\n\
+         leafnodes {{ remotes: [{{ url: \"nats-leaf://127.0.0.1:{lp}\" }}] }}\n",
+        b.path().display()
+    ))
+    .unwrap();
+    canopy_testkit::assert_eventually!(
+        Duration::from_secs(10),
+        same.log()
+            .contains("both sides of this leaf link use JetStream domain \"same\""),
+        "no warning: {}",
+        same.log()
+    );
+    drop(same);
+    let c = tempfile::tempdir().unwrap();
+    let nodomain = ServerProcess::canopy(&format!(
+        "listen: 127.0.0.1:-1\njetstream {{ store_dir: \"{}\" }}\n\
+         leafnodes {{ remotes: [{{ url: \"nats-leaf://127.0.0.1:{lp}\" }}] }}\n",
+        c.path().display()
+    ))
+    .unwrap();
+    canopy_testkit::assert_eventually!(
+        Duration::from_secs(10),
+        nodomain
+            .log()
+            .contains("runs JetStream without a domain and the peer's domain is \"same\""),
+        "no warning: {}",
+        nodomain.log()
+    );
+    drop(hub);
+}

@@ -213,6 +213,8 @@ struct JsDenies {
     remote: String,
     /// Either side runs JetStream (the decision is then worth an info line).
     jetstream: bool,
+    /// This server runs JetStream.
+    local_js: bool,
 }
 
 /// Each side's JetStream API, KV and object subjects are its own: `$JS.API.>`, `$KV.>`
@@ -240,6 +242,7 @@ fn js_denies(server: &Server, account: &str, remote_js: bool, remote_domain: &st
         both,
         outgoing,
         jetstream: remote_js || server.jetstream().is_some(),
+        local_js: server.jetstream().is_some(),
         local,
         remote: remote_domain.to_string(),
     }
@@ -258,6 +261,22 @@ impl JsDenies {
             tracing::info!("{line}");
         } else {
             tracing::debug!("{line}");
+        }
+        // The two ways nats-server users lose messages (issue 14, #4148).
+        if self.local_js && !self.local.is_empty() && self.local == self.remote {
+            tracing::warn!(
+                "{} - both sides of this leaf link use JetStream domain {:?}: neither reaches the \
+                 other's JetStream; give each side its own domain",
+                conn_label(conn),
+                self.local
+            );
+        } else if self.local_js && self.local.is_empty() && !self.remote.is_empty() {
+            tracing::warn!(
+                "{} - this server runs JetStream without a domain and the peer's domain is {:?}: \
+                 set jetstream {{ domain }} so clients can address this side",
+                conn_label(conn),
+                self.remote
+            );
         }
     }
 }
