@@ -79,6 +79,8 @@
 #                  missing only nats-server is measured, and the script says so.
 #   NATS_SERVER    nats-server binary (default /usr/sbin/nats-server)
 #   CANOPY         canopy CLI (default target/release/canopy; built with cargo if missing)
+#   CANOPY_EXTRA_CONF  config lines appended to Canopy's config in the TLS pub/sub scenario
+#                  (e.g. 'producer_backoff: true' to measure the fast-producer stall)
 #   The two-server scenarios also need python3 and curl, the TLS ones also openssl
 #   (skipped with a note otherwise).
 #
@@ -696,6 +698,10 @@ run_tlspub() {
             port=$(free_port)
             printf 'listen: "127.0.0.1:%s"\ntls { cert_file: "%s", key_file: "%s" }\n' \
                 "$port" "$WORK/server.pem" "$WORK/server.key" >"$f.conf"
+            # CANOPY_EXTRA_CONF: more config lines for Canopy only (e.g. producer_backoff).
+            if [ "$kind" = canopy ] && [ -n "${CANOPY_EXTRA_CONF:-}" ]; then
+                printf '%s\n' "$CANOPY_EXTRA_CONF" >>"$f.conf"
+            fi
             "$bin" -c "$f.conf" >"$f.log" 2>&1 &
             pid=$!; HOP_PIDS="$HOP_PIDS $pid"
             wait_port "$pid" "$port" && break
