@@ -13,7 +13,12 @@ use std::time::Duration;
 #[derive(clap::Args, Debug, Clone)]
 pub struct JsOpts {
     /// JetStream domain: requests go to `$JS.<domain>.API` instead of `$JS.API`.
-    #[arg(long = "js-domain", global = true, help_heading = "JetStream")]
+    #[arg(
+        long = "js-domain",
+        visible_alias = "domain",
+        global = true,
+        help_heading = "JetStream"
+    )]
     pub domain: Option<String>,
     /// Print JSON (the server's replies) instead of text.
     #[arg(long, global = true, help_heading = "JetStream")]

@@ -266,6 +266,9 @@ fn account_report_and_domain() {
     assert!(js
         .ok(&["stream", "ls", "--names", "--js-domain", "hub"])
         .contains("S1"));
+    assert!(js
+        .ok(&["stream", "info", "S1", "--domain", "hub"])
+        .contains("S1"));
     js.fails(&[
         "stream",
         "ls",
