@@ -499,3 +499,38 @@ fn leaf_domain_mistakes_are_logged() {
     );
     drop(hub);
 }
+
+/// `/metrics` carries JetStream's totals and per stream and consumer state.
+#[tokio::test]
+async fn prometheus_metrics_per_stream_and_consumer() {
+    let store = tempfile::tempdir().unwrap();
+    let s = start(store.path());
+    let (_nc, js) = js(&s).await;
+    let st = orders(&js).await;
+    for i in 0..3 {
+        js.publish(format!("orders.{i}"), "x".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let _c: consumer::PullConsumer = st
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("billing".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let (status, text) = canopy_testkit::http_get(s.http_port.unwrap(), "/metrics").unwrap();
+    assert_eq!(status, 200);
+    for line in [
+        "nats_jetstream_streams 1",
+        "nats_jetstream_messages 3",
+        "nats_jetstream_stream_messages{account=\"$G\",stream=\"ORDERS\"} 3",
+        "nats_jetstream_stream_last_seq{account=\"$G\",stream=\"ORDERS\"} 3",
+        "nats_jetstream_consumer_num_pending{account=\"$G\",stream=\"ORDERS\",consumer=\"billing\"} 3",
+        "nats_jetstream_consumer_num_ack_pending{account=\"$G\",stream=\"ORDERS\",consumer=\"billing\"} 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+    }
+}

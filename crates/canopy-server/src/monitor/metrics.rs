@@ -206,7 +206,162 @@ pub fn render(s: &Server, leafs: &[LeafMetric]) -> String {
     account_series(&mut e, s);
     route_series(&mut e, s);
     leaf_series(&mut e, leafs);
+    jetstream_series(&mut e, s);
     e.finish()
+}
+
+/// `nats_jetstream_*`: the server's JetStream totals, and per stream and per consumer the
+/// state `/jsz?consumers=true` reports (labels `account`, `stream`, `consumer`). Nothing
+/// when JetStream is off.
+fn jetstream_series(e: &mut Exposition, s: &Server) {
+    use Kind::{Counter, Gauge};
+    let Some(js) = s.jetstream() else {
+        return;
+    };
+    let v = js.jsz(true, true, true, false);
+    let num = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(0.0);
+    for (name, key, kind, help) in [
+        (
+            "nats_jetstream_memory_bytes",
+            "memory",
+            Gauge,
+            "Memory used by JetStream streams",
+        ),
+        (
+            "nats_jetstream_storage_bytes",
+            "storage",
+            Gauge,
+            "Disk used by JetStream streams",
+        ),
+        ("nats_jetstream_streams", "streams", Gauge, "Streams"),
+        ("nats_jetstream_consumers", "consumers", Gauge, "Consumers"),
+        (
+            "nats_jetstream_messages",
+            "messages",
+            Gauge,
+            "Messages stored in all streams",
+        ),
+        (
+            "nats_jetstream_bytes",
+            "bytes",
+            Gauge,
+            "Bytes stored in all streams",
+        ),
+    ] {
+        e.single(name, kind, help, num(&v, key));
+    }
+    e.single(
+        "nats_jetstream_api_requests",
+        Counter,
+        "JetStream API requests answered",
+        num(&v["api"], "total"),
+    );
+    e.single(
+        "nats_jetstream_api_errors",
+        Counter,
+        "JetStream API requests answered with an error",
+        num(&v["api"], "errors"),
+    );
+    let empty = Vec::new();
+    let accounts = v["account_details"].as_array().unwrap_or(&empty);
+    let streams = || {
+        accounts.iter().flat_map(|a| {
+            let acc = a["name"].as_str().unwrap_or("");
+            a["stream_detail"]
+                .as_array()
+                .unwrap_or(&empty)
+                .iter()
+                .map(move |st| (acc, st))
+        })
+    };
+    let stream_families: [(&str, &str, &str); 5] = [
+        (
+            "nats_jetstream_stream_messages",
+            "messages",
+            "Messages in the stream",
+        ),
+        (
+            "nats_jetstream_stream_bytes",
+            "bytes",
+            "Bytes in the stream",
+        ),
+        (
+            "nats_jetstream_stream_first_seq",
+            "first_seq",
+            "First sequence in the stream",
+        ),
+        (
+            "nats_jetstream_stream_last_seq",
+            "last_seq",
+            "Last sequence in the stream",
+        ),
+        (
+            "nats_jetstream_stream_consumers",
+            "consumer_count",
+            "Consumers of the stream",
+        ),
+    ];
+    for (name, key, help) in stream_families {
+        e.family(name, Gauge, help);
+        for (acc, st) in streams() {
+            let sname = st["name"].as_str().unwrap_or("");
+            e.sample(
+                name,
+                &[("account", acc), ("stream", sname)],
+                num(&st["state"], key),
+            );
+        }
+    }
+    let consumer_families: [(&str, &str, &str); 6] = [
+        (
+            "nats_jetstream_consumer_num_pending",
+            "num_pending",
+            "Messages not yet delivered",
+        ),
+        (
+            "nats_jetstream_consumer_num_ack_pending",
+            "num_ack_pending",
+            "Messages delivered and not acknowledged",
+        ),
+        (
+            "nats_jetstream_consumer_num_redelivered",
+            "num_redelivered",
+            "Messages redelivered",
+        ),
+        (
+            "nats_jetstream_consumer_num_waiting",
+            "num_waiting",
+            "Waiting pull requests",
+        ),
+        (
+            "nats_jetstream_consumer_delivered_stream_seq",
+            "delivered",
+            "Last stream sequence delivered",
+        ),
+        (
+            "nats_jetstream_consumer_ack_floor_stream_seq",
+            "ack_floor",
+            "Stream sequence acknowledged up to",
+        ),
+    ];
+    for (name, key, help) in consumer_families {
+        e.family(name, Gauge, help);
+        for (acc, st) in streams() {
+            let sname = st["name"].as_str().unwrap_or("");
+            for c in st["consumer_detail"].as_array().unwrap_or(&empty) {
+                let value = match key {
+                    "delivered" | "ack_floor" => num(&c[key], "stream_seq"),
+                    _ => num(c, key),
+                };
+                let cname = c["name"].as_str().unwrap_or("");
+                e.sample(
+                    name,
+                    &[("account", acc), ("stream", sname), ("consumer", cname)],
+                    value,
+                );
+            }
+        }
+    }
 }
 
 fn server_series(e: &mut Exposition, s: &Server) {
