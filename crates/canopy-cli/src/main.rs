@@ -3,8 +3,8 @@
 //! This module owns the command-line surface (clap derive) and dispatch; each command
 //! family lives in its own module: [`msg`] (pub/sub/req/reply), [`bench`] (load
 //! generation), [`server`] ($SYS monitoring requests), JetStream: [`stream`], [`consumer`],
-//! [`kv`], [`object`] and `account info` (shared plumbing in [`js`]). Connection flags are
-//! in [`conn`].
+//! [`kv`], [`object`] and `account info` (shared plumbing in [`js`]); deployment checks in
+//! [`topology`]. Connection flags are in [`conn`].
 
 mod bench;
 mod conn;
@@ -16,6 +16,7 @@ mod object;
 mod procstat;
 mod server;
 mod stream;
+mod topology;
 mod util;
 
 use clap::{Parser, Subcommand};
@@ -25,7 +26,7 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "canopy",
     version,
-    about = "Canopy companion CLI: pub, sub, req, reply, bench, server, stream, consumer, kv, object, account"
+    about = "Canopy companion CLI: pub, sub, req, reply, bench, server, stream, consumer, kv, object, account, topology"
 )]
 struct Cli {
     #[command(flatten)]
@@ -82,6 +83,11 @@ enum Command {
         #[command(subcommand)]
         cmd: object::ObjectCmd,
     },
+    /// Check or draw a whole deployment from its server configs (no server needed).
+    Topology {
+        #[command(subcommand)]
+        cmd: topology::TopologyCmd,
+    },
     /// JetStream account information.
     Account {
         #[command(flatten)]
@@ -121,6 +127,7 @@ fn main() -> std::process::ExitCode {
             Command::Consumer { js, cmd } => consumer::run(&cli.conn, &js, cmd).await,
             Command::Kv { js, cmd } => kv::run(&cli.conn, &js, cmd).await,
             Command::Object { js, cmd } => object::run(&cli.conn, &js, cmd).await,
+            Command::Topology { cmd } => topology::run(cmd),
             Command::Account {
                 js,
                 cmd: AccountCmd::Info,
