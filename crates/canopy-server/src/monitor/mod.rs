@@ -1,9 +1,12 @@
 //! HTTP monitoring with nats-server's endpoints, JSON field names and query parameters:
 //! `/varz`, `/connz`, `/routez`, `/gatewayz`, `/leafz`, `/subsz`, `/accountz`,
 //! `/accstatz`, `/healthz`, `/` — plus Canopy's built-in Prometheus `/metrics`
-//! ([`crate::monitor::metrics`]). docs/MONITORING.md describes every endpoint and the known gaps.
+//! ([`crate::monitor::metrics`]) and the live topology view `/topologyz`, `/topology`
+//! ([`crate::monitor::topology`]). docs/MONITORING.md describes every endpoint and the known
+//! gaps.
 
 pub mod metrics;
+pub mod topology;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::convert::Infallible;
@@ -290,6 +293,8 @@ fn handle(server: &Arc<Server>, uri: &hyper::Uri, which: Endpoints) -> Response<
         "/healthz" => "/healthz",
         "/jsz" => "/jsz",
         "/metrics" => "/metrics",
+        "/topologyz" => "/topologyz",
+        "/topology" => "/topology",
         "" => return root(server),
         _ => return not_found(),
     };
@@ -313,6 +318,12 @@ fn handle(server: &Arc<Server>, uri: &hyper::Uri, which: Endpoints) -> Response<
             }
         }
         "/jsz" => result_response(jsz(server, &q), &q),
+        "/topologyz" => json_response(&topology::topologyz(server), &q),
+        "/topology" => {
+            let base = server.opts().http_base_path.clone().unwrap_or_default();
+            let page = topology::page(base.trim_end_matches('/'));
+            text_response(StatusCode::OK, "text/html; charset=utf-8", page)
+        }
         _ => {
             let leafs = crate::monitor::metrics::leaf_metrics(server);
             let body = crate::monitor::metrics::render(server, &leafs);
@@ -334,6 +345,8 @@ fn root(server: &Arc<Server>) -> Response<Full<Bytes>> {
         ("jsz", "JetStream"),
         ("healthz", "Health Probe"),
         ("metrics", "Prometheus Metrics"),
+        ("topologyz", "Topology"),
+        ("topology", "Topology (drawn)"),
     ];
     let mut html = format!(
         "<html><head><title>Canopy {}</title></head><body><h1>Canopy (nats-server {})</h1>\n",

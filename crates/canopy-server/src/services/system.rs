@@ -184,6 +184,28 @@ pub fn start(server: Arc<Server>) {
             tracing::error!("system service: cannot subscribe to {subj}: {e}");
         }
     }
+    // The live topology view: peers' views in, ours out (see monitor/topology.rs).
+    let s = server.clone();
+    let handler = sync_handler(move |m| {
+        if let Ok(v) = serde_json::from_slice::<Value>(&m.payload) {
+            monitor::topology::record(&s, v);
+        }
+        Ok(())
+    });
+    if let Err(e) = svc.subscribe(&acc, "$SYS.SERVER.*.TOPOLOGY", None, handler) {
+        tracing::error!("system service: cannot subscribe to topology events: {e}");
+    }
+    let s = server.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(monitor::topology::INTERVAL);
+        let subject = format!("$SYS.SERVER.{}.TOPOLOGY", s.id);
+        loop {
+            tokio::select! {
+                _ = s.shutdown.cancelled() => return,
+                _ = tick.tick() => s.publish_event(&subject, &monitor::topology::local(&s)),
+            }
+        }
+    });
     let s = server.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(STATSZ_INTERVAL);
