@@ -115,6 +115,53 @@ impl Url {
     }
 }
 
+/// A user the hub accepts a leaf as.
+struct HubUser {
+    user: String,
+    pass: Option<String>,
+    account: Option<String>,
+    nkey: Option<String>,
+}
+
+impl HubUser {
+    fn plain(user: &str, pass: &Option<String>, account: &Option<String>) -> HubUser {
+        HubUser {
+            user: user.to_string(),
+            pass: pass.clone(),
+            account: account.clone(),
+            nkey: None,
+        }
+    }
+}
+
+/// The public nkey a remote authenticates with: from its `nkey` seed, or from the seed
+/// block of its `.creds` file (relative paths are relative to the leaf's config).
+fn remote_nkey(remote: &RemoteLeafOpts, leaf_file: &Path) -> Result<Option<String>, String> {
+    let seed = match (&remote.nkey, &remote.credentials) {
+        (Some(seed), _) => seed.clone(),
+        (None, Some(path)) => {
+            let path = match leaf_file.parent() {
+                Some(dir) if path.is_relative() => dir.join(path),
+                _ => path.clone(),
+            };
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| format!("cannot read the credentials file {}: {e}", path.display()))?;
+            let mut lines = text.lines().map(str::trim);
+            let mut seed = None;
+            while let Some(l) = lines.next() {
+                if l.starts_with("---") && l.contains("BEGIN") && l.contains("SEED") {
+                    seed = lines.by_ref().find(|x| !x.is_empty()).map(str::to_string);
+                }
+            }
+            seed.ok_or_else(|| format!("no nkey seed in the credentials file {}", path.display()))?
+        }
+        (None, None) => return Ok(None),
+    };
+    nkeys::KeyPair::from_seed(&seed)
+        .map(|k| Some(k.public_key()))
+        .map_err(|e| format!("the remote's nkey seed is not valid: {e}"))
+}
+
 /// The deployment: its servers and the links between them.
 struct Deployment {
     nodes: Vec<Node>,
@@ -495,51 +542,102 @@ impl Deployment {
             }
             return None;
         }
-        // Users the hub checks a leaf against: its leafnodes authorization, else its
-        // client users (a leaf may log in as a client user).
-        let mut users: Vec<(String, Option<String>, Option<String>)> = Vec::new();
+        // Who the hub checks a leaf against: its leafnodes authorization, else its client
+        // users, nkeys and token (a leaf may log in as a client user).
+        let mut users: Vec<HubUser> = Vec::new();
+        let mut token = None;
         if let Some(a) = &hl.authorization {
             if let Some(u) = &a.user {
-                users.push((u.clone(), a.password.clone(), a.account.clone()));
+                users.push(HubUser::plain(u, &a.password, &a.account));
             }
             users.extend(
                 a.users
                     .iter()
-                    .map(|u| (u.user.clone(), u.password.clone(), u.account.clone())),
+                    .map(|u| HubUser::plain(&u.user, &u.password, &u.account)),
             );
         }
         if users.is_empty() {
             let top = &hub.opts.authorization;
+            token = top.token.clone();
             if let Some(u) = &top.user {
-                users.push((u.clone(), top.password.clone(), None));
+                users.push(HubUser::plain(u, &top.password, &None));
             }
-            users.extend(
-                top.users
-                    .iter()
-                    .map(|u| (u.user.clone(), u.password.clone(), u.account.clone())),
-            );
-            for acc in &hub.opts.accounts {
-                users.extend(
-                    acc.users
-                        .iter()
-                        .map(|u| (u.user.clone(), u.password.clone(), Some(acc.name.clone()))),
-                );
+            let accounts = hub
+                .opts
+                .accounts
+                .iter()
+                .flat_map(|a| a.users.iter().map(move |u| (u, Some(a.name.clone()))));
+            for (u, acc) in top
+                .users
+                .iter()
+                .map(|u| (u, u.account.clone()))
+                .chain(accounts)
+            {
+                users.push(HubUser {
+                    user: u.user.clone(),
+                    pass: u.password.clone(),
+                    account: acc,
+                    nkey: u.nkey.clone(),
+                });
             }
         }
-        if users.is_empty() {
+        if users.is_empty() && token.is_none() {
             return None; // the hub accepts any leaf
         }
-        let Some(user) = &e.url.user else {
-            if !creds {
+        // An nkey (the remote's seed, or its .creds file's) is checked against nkey users.
+        match remote_nkey(remote, &self.nodes[e.leaf].file) {
+            Err(why) => {
+                f.push(finding(
+                    Severity::Warning,
+                    format!("{what}: {why}"),
+                    &[&remote.pos],
+                    "make the file readable to check it",
+                ));
+                return None;
+            }
+            Ok(Some(key)) => {
+                return match users
+                    .iter()
+                    .find(|u| u.nkey.as_deref() == Some(key.as_str()))
+                {
+                    Some(u) => u.account.clone(),
+                    None => {
+                        refuse(
+                            f,
+                            format!(
+                                "the hub has no nkey user {key} (the remote's nkey or .creds key)"
+                            ),
+                            "add the public key as an nkey user on the hub, or use the hub's users",
+                        );
+                        None
+                    }
+                };
+            }
+            Ok(None) => {}
+        }
+        let (user, pass) = match (&e.url.user, &e.url.pass) {
+            (None, _) => {
                 refuse(
                     f,
-                    "the hub requires a user and the remote's URL has none".into(),
-                    "put user:password in the remote URL (nats-leaf://user:pass@host:port)",
+                    "the hub requires credentials and the remote presents none".into(),
+                    "put user:password (or a token) in the remote URL, or give it credentials",
                 );
+                return None;
             }
-            return None;
+            // `nats-leaf://token@host`: a token when the hub has one.
+            (Some(t), None) if token.is_some() => {
+                if token.as_deref() != Some(t.as_str()) {
+                    refuse(
+                        f,
+                        "the token in the remote URL is not the hub's".into(),
+                        "use the hub's token",
+                    );
+                }
+                return None;
+            }
+            (Some(u), p) => (u, p),
         };
-        let Some((_, pass, account)) = users.iter().find(|(u, _, _)| u == user) else {
+        let Some(hu) = users.iter().find(|u| !u.user.is_empty() && u.user == *user) else {
             refuse(
                 f,
                 format!("the hub has no leaf user {user:?}"),
@@ -547,7 +645,7 @@ impl Deployment {
             );
             return None;
         };
-        if let (Some(want), Some(got)) = (pass, &e.url.pass) {
+        if let (Some(want), Some(got)) = (&hu.pass, pass) {
             if !want.starts_with("$2") && want != got {
                 refuse(
                     f,
@@ -556,7 +654,7 @@ impl Deployment {
                 );
             }
         }
-        account.clone()
+        hu.account.clone()
     }
 
     fn check_leaf_tls(

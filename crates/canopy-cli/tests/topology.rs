@@ -123,7 +123,7 @@ fn leaf_credentials_and_accounts() {
         "error",
         &["nouser.conf", "hub.conf"],
     );
-    expect(&f, "requires a user", "error", &["anon.conf", "hub.conf"]);
+    expect(&f, "requires credentials", "error", &["anon.conf", "hub.conf"]);
     expect(
         &f,
         "account \"NOWHERE\", which the hub does not define",
@@ -319,5 +319,76 @@ fn graph_formats() {
             String::from_utf8_lossy(&out.stderr)
         );
         assert!(String::from_utf8_lossy(&out.stdout).contains("<svg"));
+    }
+}
+
+#[test]
+fn tokens_nkeys_and_creds() {
+    let good = nkeys::KeyPair::new_user();
+    let other = nkeys::KeyPair::new_user();
+    let (good_seed, other_seed) = (good.seed().unwrap(), other.seed().unwrap());
+    let creds = format!(
+        "-----BEGIN NATS USER JWT-----\neyJ0eXAiOiJKV1QifQ.e30.sig\n------END NATS USER JWT------\n\n\
+         -----BEGIN USER NKEY SEED-----\n{other_seed}\n------END USER NKEY SEED------\n"
+    );
+    let d = deployment(&[
+        (
+            "tok.conf",
+            "server_name: tok\nauthorization { token: s3cret }\nleafnodes { port: 17431 }\n",
+        ),
+        (
+            "badtoken.conf",
+            "server_name: bt\nleafnodes { remotes: [ { url: \"nats-leaf://wrong@tok:17431\" } ] }\n",
+        ),
+        (
+            "goodtoken.conf",
+            "server_name: gt\nleafnodes { remotes: [ { url: \"nats-leaf://s3cret@tok:17431\" } ] }\n",
+        ),
+        (
+            "nk.conf",
+            &format!(
+                "server_name: nk\naccounts {{ EDGE: {{ users: [ {{ nkey: {} }} ] }} }}\nleafnodes {{ port: 17432 }}\n",
+                good.public_key()
+            ),
+        ),
+        (
+            "goodkey.conf",
+            &format!("server_name: gk\nleafnodes {{ remotes: [ {{ url: \"nats-leaf://nk:17432\", nkey: {good_seed} }} ] }}\n"),
+        ),
+        (
+            "badkey.conf",
+            &format!("server_name: bk\nleafnodes {{ remotes: [ {{ url: \"nats-leaf://nk:17432\", nkey: {other_seed} }} ] }}\n"),
+        ),
+        ("other.creds", &creds),
+        (
+            "badcreds.conf",
+            "server_name: bc\nleafnodes { remotes: [ { url: \"nats-leaf://nk:17432\", credentials: \"other.creds\" } ] }\n",
+        ),
+    ]);
+    let (code, f) = check(d.path());
+    assert_eq!(code, 1);
+    expect(
+        &f,
+        "the token in the remote URL is not the hub's",
+        "error",
+        &["badtoken.conf", "tok.conf"],
+    );
+    let key = other.public_key();
+    let bad: Vec<&Value> = f
+        .iter()
+        .filter(|x| {
+            x["message"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("has no nkey user {key}"))
+        })
+        .collect();
+    assert_eq!(bad.len(), 2, "nkey seed and .creds both refused: {f:#?}");
+    for x in &f {
+        let m = x["message"].as_str().unwrap();
+        assert!(
+            !m.starts_with("gt ") && !m.starts_with("gk "),
+            "a good remote was flagged: {m}"
+        );
     }
 }
