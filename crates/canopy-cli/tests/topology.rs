@@ -123,7 +123,12 @@ fn leaf_credentials_and_accounts() {
         "error",
         &["nouser.conf", "hub.conf"],
     );
-    expect(&f, "requires credentials", "error", &["anon.conf", "hub.conf"]);
+    expect(
+        &f,
+        "requires credentials",
+        "error",
+        &["anon.conf", "hub.conf"],
+    );
     expect(
         &f,
         "account \"NOWHERE\", which the hub does not define",

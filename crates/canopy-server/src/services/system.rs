@@ -195,14 +195,19 @@ pub fn start(server: Arc<Server>) {
     if let Err(e) = svc.subscribe(&acc, "$SYS.SERVER.*.TOPOLOGY", None, handler) {
         tracing::error!("system service: cannot subscribe to topology events: {e}");
     }
-    let s = server.clone();
+    // Published by the service itself, which never hears its own publishes: the view goes
+    // to the other servers only, and a server alone counts no message for it.
+    let (s, topo_svc, topo_acc) = (server.clone(), svc.clone(), acc.clone());
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(monitor::topology::INTERVAL);
         let subject = format!("$SYS.SERVER.{}.TOPOLOGY", s.id);
         loop {
             tokio::select! {
                 _ = s.shutdown.cancelled() => return,
-                _ = tick.tick() => s.publish_event(&subject, &monitor::topology::local(&s)),
+                _ = tick.tick() => {
+                    let body = serde_json::to_vec(&monitor::topology::local(&s)).unwrap_or_default();
+                    topo_svc.publish(&topo_acc, &subject, None, None, &body);
+                }
             }
         }
     });
