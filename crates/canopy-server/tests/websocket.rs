@@ -12,6 +12,8 @@ use canopy_testkit::{canopy_bin, nats_server_bin, Impl, ServerProcess};
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::handshake::client::Response;
+use tokio_tungstenite::tungstenite::http::HeaderName;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
@@ -111,19 +113,51 @@ async fn ws_connect(
     port: u16,
     origin: Option<&str>,
 ) -> Result<WebSocketStream<tokio::net::TcpStream>, String> {
+    let headers: Vec<(&str, &str)> = origin.map(|o| ("origin", o)).into_iter().collect();
+    ws_upgrade(port, &headers).await.map(|(ws, _)| ws)
+}
+
+/// An upgrade with extra request headers; the response comes back for its headers.
+async fn ws_upgrade(
+    port: u16,
+    headers: &[(&str, &str)],
+) -> Result<(WebSocketStream<tokio::net::TcpStream>, Response), String> {
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
     let mut req = format!("ws://127.0.0.1:{port}/")
         .into_client_request()
         .unwrap();
-    if let Some(o) = origin {
-        req.headers_mut().insert("origin", o.parse().unwrap());
+    for (k, v) in headers {
+        let name = HeaderName::from_bytes(k.as_bytes()).unwrap();
+        req.headers_mut().append(name, v.parse().unwrap());
     }
     tokio_tungstenite::client_async(req, tcp)
         .await
-        .map(|(ws, _)| ws)
         .map_err(|e| e.to_string())
+}
+
+/// Upgrades with `headers`, sends `connect` (a CONNECT JSON) and PING; returns the INFO
+/// and the answer (`PONG` or the `-ERR` line).
+async fn ws_login(
+    port: u16,
+    headers: &[(&str, &str)],
+    connect: &str,
+) -> (serde_json::Value, String) {
+    let (ws, _) = ws_upgrade(port, headers).await.unwrap();
+    let mut c = Lines {
+        ws,
+        buf: Vec::new(),
+    };
+    let info = c.line().await;
+    let info: serde_json::Value = serde_json::from_str(&info[5..]).unwrap();
+    c.send(&format!("CONNECT {connect}\r\nPING\r\n")).await;
+    loop {
+        let op = c.op().await;
+        if op != "+OK" {
+            return (info, op);
+        }
+    }
 }
 
 const WS_CONF: &str =
@@ -223,26 +257,27 @@ async fn wss_uses_the_websocket_tls_block() {
     assert!(ws_connect(port, None).await.is_err());
 }
 
-fn refused_at_start(conf: &str, what: &str, line: usize) {
+/// Runs canopy-server with `args` and `-c` on `conf` written to `ws.conf`.
+fn run_with_conf(args: &[&str], conf: &str) -> std::process::Output {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("ws.conf");
     std::fs::write(&p, conf).unwrap();
-    let out = std::process::Command::new(canopy_bin())
+    std::process::Command::new(canopy_bin())
+        .args(args)
         .arg("-c")
         .arg(&p)
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+fn refused_at_start(conf: &str, what: &str, line: usize) {
+    let out = run_with_conf(&[], conf);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains(&format!("ws.conf:{line}:")), "{err}");
     assert!(err.contains(what), "{err}");
     // `-t` names it too (and still accepts the file, as nats-server would).
-    let out = std::process::Command::new(canopy_bin())
-        .arg("-t")
-        .arg("-c")
-        .arg(&p)
-        .output()
-        .unwrap();
+    let out = run_with_conf(&["-t"], conf);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains(what), "{text}");
 }
@@ -261,4 +296,149 @@ fn unsupported_websocket_options_are_refused_at_start() {
         "over websocket",
         4,
     );
+}
+
+/// `websocket { authorization {} }` overrides the client authorization for websocket
+/// clients only: TCP clients still need none, websocket clients need the block's user
+/// (INFO says `auth_required`), from CONNECT or, with `user_cookie`/`pass_cookie`, from
+/// the upgrade request's cookies; `headers` go out with the upgrade response. The parts
+/// nats-server 2.9.10 has (the user, no cookies or headers) run against it too.
+#[tokio::test]
+async fn websocket_authorization_overrides_the_client_one() {
+    let base = "listen: 127.0.0.1:-1\nhttp: 127.0.0.1:-1\nwebsocket {\n  listen: 127.0.0.1:-1\n  no_tls: true\n  authorization { user: wsu, password: wsp, timeout: 2 }\n";
+    let mut kinds = vec![(Impl::Canopy, format!("{base}  user_cookie: nu\n  pass_cookie: np\n  headers {{ X-Canopy-Test: \"yes\", Cache-Control: no-store }}\n}}\n"))];
+    if nats_server_bin().is_some() {
+        kinds.push((Impl::NatsServer, format!("{base}}}\n")));
+    }
+    for (kind, conf) in kinds {
+        let s = ServerProcess::start(kind, &conf, &[]).unwrap();
+        let port = ws_port(&s);
+        // TCP clients are not affected.
+        let nc = async_nats::connect(s.url()).await.unwrap();
+        nc.flush().await.unwrap();
+        let (info, answer) = ws_login(port, &[], "{\"verbose\":false}").await;
+        assert_eq!(info["auth_required"], true, "{kind:?}: {info}");
+        assert!(
+            answer.starts_with("-ERR 'Authorization Violation'"),
+            "{kind:?}: {answer}"
+        );
+        let (_, answer) = ws_login(port, &[], "{\"user\":\"wsu\",\"pass\":\"bad\"}").await;
+        assert!(
+            answer.starts_with("-ERR 'Authorization Violation'"),
+            "{kind:?}: {answer}"
+        );
+        let (_, answer) = ws_login(port, &[], "{\"user\":\"wsu\",\"pass\":\"wsp\"}").await;
+        assert_eq!(answer, "PONG", "{kind:?}");
+        if kind != Impl::Canopy {
+            continue;
+        }
+        // Cookies stand in for what CONNECT lacks; CONNECT's own values win.
+        let cookie = [("cookie", "other=1; nu=wsu; np=\"wsp\"")];
+        let (_, answer) = ws_login(port, &cookie, "{}").await;
+        assert_eq!(answer, "PONG");
+        let (_, answer) = ws_login(port, &cookie, "{\"pass\":\"bad\"}").await;
+        assert!(
+            answer.starts_with("-ERR 'Authorization Violation'"),
+            "{answer}"
+        );
+        let (_, resp) = ws_upgrade(port, &[]).await.unwrap();
+        assert_eq!(resp.headers()["x-canopy-test"], "yes");
+        assert_eq!(resp.headers()["cache-control"], "no-store");
+    }
+}
+
+/// `websocket { no_auth_user }` picks the user for websocket clients that send no
+/// credentials (the top-level `no_auth_user` stays for TCP clients); `token` and
+/// `token_cookie` work like the user.
+#[tokio::test]
+async fn websocket_no_auth_user_and_token() {
+    let conf = "listen: 127.0.0.1:-1\nhttp: 127.0.0.1:-1\naccounts {\n  A { users: [{user: a, password: pa}] }\n  B { users: [{user: b, password: pb}] }\n}\nno_auth_user: a\nwebsocket {\n  listen: 127.0.0.1:-1\n  no_tls: true\n  no_auth_user: b\n}\n";
+    let mut kinds = vec![Impl::Canopy];
+    if nats_server_bin().is_some() {
+        kinds.push(Impl::NatsServer);
+    }
+    for kind in kinds {
+        let s = ServerProcess::start(kind, conf, &[]).unwrap();
+        let port = ws_port(&s);
+        let (ws, _) = ws_upgrade(port, &[]).await.unwrap();
+        let mut c = Lines {
+            ws,
+            buf: Vec::new(),
+        };
+        c.line().await;
+        c.send("CONNECT {\"verbose\":false}\r\nSUB x 1\r\nPING\r\n")
+            .await;
+        assert_eq!(c.op().await, "PONG", "{kind:?}");
+        // A TCP client without credentials is `a` (account A): it does not reach the
+        // websocket client; `b` over TCP does.
+        let na = async_nats::connect(s.url()).await.unwrap();
+        na.publish("x", "from-a".into()).await.unwrap();
+        na.flush().await.unwrap();
+        let nb = async_nats::ConnectOptions::with_user_and_password("b".into(), "pb".into())
+            .connect(s.url())
+            .await
+            .unwrap();
+        nb.publish("x", "from-b".into()).await.unwrap();
+        nb.flush().await.unwrap();
+        assert_eq!(c.op().await, "MSG x 1 6", "{kind:?}");
+        assert_eq!(c.op().await, "from-b", "{kind:?}");
+        // Explicit credentials still work over websocket.
+        let (_, answer) = ws_login(port, &[], "{\"user\":\"a\",\"pass\":\"pa\"}").await;
+        assert_eq!(answer, "PONG", "{kind:?}");
+    }
+    let s = ServerProcess::canopy(
+        "listen: 127.0.0.1:-1\nhttp: 127.0.0.1:-1\nwebsocket {\n  listen: 127.0.0.1:-1\n  no_tls: true\n  authorization { token: s3cret }\n  token_cookie: tok\n}\n",
+    )
+    .unwrap();
+    let port = ws_port(&s);
+    let (_, answer) = ws_login(port, &[], "{\"auth_token\":\"s3cret\"}").await;
+    assert_eq!(answer, "PONG");
+    let (_, answer) = ws_login(port, &[("cookie", "tok=s3cret")], "{}").await;
+    assert_eq!(answer, "PONG");
+    let (_, answer) = ws_login(port, &[("cookie", "tok=nope")], "{}").await;
+    assert!(
+        answer.starts_with("-ERR 'Authorization Violation'"),
+        "{answer}"
+    );
+}
+
+/// nats-server's checks of the websocket auth keys, with file:line.
+#[test]
+fn websocket_auth_options_are_validated() {
+    let ws = "websocket {\n  port: -1\n  no_tls: true\n";
+    for (conf, line, what) in [
+        (
+            format!("{ws}  authorization {{\n    users: [{{user: a}}]\n  }}\n}}\n"),
+            5,
+            "unknown field \"users\"",
+        ),
+        (
+            format!("{ws}  no_auth_user: ghost\n}}\n"),
+            4,
+            "no_auth_user: \"ghost\"",
+        ),
+        (
+            format!("authorization {{ users: [{{user: a}}] }}\n{ws}  authorization {{ user: w, password: p }}\n}}\n"),
+            5,
+            "username not compatible",
+        ),
+        (
+            format!("{ws}  jwt_cookie: jwt\n}}\n"),
+            4,
+            "trusted operators",
+        ),
+        (
+            format!("{ws}  headers {{ Sec-WebSocket-Protocol: x }}\n}}\n"),
+            4,
+            "prefix not allowed",
+        ),
+    ] {
+        let out = run_with_conf(&["-t"], &conf);
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{conf}");
+        assert!(
+            e.contains(&format!("ws.conf:{line}:")) && e.contains(what),
+            "{e}"
+        );
+    }
 }

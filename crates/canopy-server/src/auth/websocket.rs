@@ -18,7 +18,7 @@ use bytes::{Buf, Bytes};
 use futures::{Sink, Stream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
-use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
+use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue, StatusCode};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
@@ -35,6 +35,99 @@ pub struct Upgrade {
     /// The largest message accepted (nats-server bounds frames by `max_payload` plus
     /// protocol; we allow a few control lines more).
     pub max_message: usize,
+    /// Cookie names whose values stand in for missing CONNECT credentials.
+    pub cookies: CookieNames,
+    /// `headers`: extra headers of the upgrade response.
+    pub headers: Vec<(String, String)>,
+}
+
+/// `jwt_cookie`, `user_cookie`, `pass_cookie`, `token_cookie`.
+#[derive(Debug, Clone, Default)]
+pub struct CookieNames {
+    pub jwt: Option<String>,
+    pub user: Option<String>,
+    pub pass: Option<String>,
+    pub token: Option<String>,
+}
+
+impl CookieNames {
+    pub fn from_options(w: &canopy_conf::WebsocketOpts) -> CookieNames {
+        CookieNames {
+            jwt: w.jwt_cookie.clone(),
+            user: w.user_cookie.clone(),
+            pass: w.pass_cookie.clone(),
+            token: w.token_cookie.clone(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.jwt.is_none() && self.user.is_none() && self.pass.is_none() && self.token.is_none()
+    }
+
+    /// The configured cookies' values from the request's `Cookie` headers (the last
+    /// occurrence of a name wins; surrounding double quotes are dropped, as Go's
+    /// `http.Request.Cookies` does).
+    fn extract<'a>(&self, cookie_headers: impl Iterator<Item = &'a str>) -> WsCredentials {
+        let mut out = WsCredentials::default();
+        if self.is_empty() {
+            return out;
+        }
+        for pair in cookie_headers.flat_map(|h| h.split(';')) {
+            let Some((name, value)) = pair.trim().split_once('=') else {
+                continue;
+            };
+            let value = value.trim();
+            let value = value
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .unwrap_or(value)
+                .to_string();
+            let name = Some(name.trim());
+            if self.jwt.as_deref() == name {
+                out.jwt = value;
+            } else if self.user.as_deref() == name {
+                out.user = value;
+            } else if self.pass.as_deref() == name {
+                out.pass = value;
+            } else if self.token.as_deref() == name {
+                out.token = value;
+            }
+        }
+        out
+    }
+}
+
+/// Credentials a browser sent as cookies with the upgrade request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WsCredentials {
+    pub jwt: String,
+    pub user: String,
+    pub pass: String,
+    pub token: String,
+}
+
+impl WsCredentials {
+    /// Fills the credentials CONNECT left empty (nats-server's `processConnect`).
+    pub fn fill(&self, c: &mut canopy_proto::ClientConnect) {
+        for (field, cookie) in [
+            (&mut c.jwt, &self.jwt),
+            (&mut c.user, &self.user),
+            (&mut c.pass, &self.pass),
+            (&mut c.auth_token, &self.token),
+        ] {
+            if field.is_empty() {
+                field.clone_from(cookie);
+            }
+        }
+    }
+}
+
+/// What the client role needs from a websocket connection's setup.
+#[derive(Debug, Clone, Default)]
+pub struct WsClient {
+    pub credentials: WsCredentials,
+    /// The client certificate of `wss://` (for `verify_and_map`), DER.
+    pub peer_cert: Option<std::sync::Arc<[u8]>>,
 }
 
 /// Why an upgrade was refused.
@@ -108,10 +201,11 @@ pub async fn accept<S>(
     rules: &Upgrade,
     tls: bool,
     timeout: Duration,
-) -> Result<WsStream<S>, UpgradeError>
+) -> Result<(WsStream<S>, WsCredentials), UpgradeError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let mut credentials = WsCredentials::default();
     // The callback's shape (an `ErrorResponse` as the error) is tungstenite's.
     #[allow(clippy::result_large_err)]
     let callback = |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
@@ -126,6 +220,18 @@ where
         // The client protocol has no subprotocol name; echo none.
         resp.headers_mut()
             .insert("server", HeaderValue::from_static("canopy"));
+        for (k, v) in &rules.headers {
+            let name = HeaderName::from_bytes(k.as_bytes());
+            if let (Ok(name), Ok(value)) = (name, HeaderValue::from_str(v)) {
+                resp.headers_mut().append(name, value);
+            }
+        }
+        credentials = rules.cookies.extract(
+            req.headers()
+                .get_all("cookie")
+                .iter()
+                .filter_map(|v| v.to_str().ok()),
+        );
         Ok(resp)
     };
     let mut config = WebSocketConfig::default();
@@ -135,7 +241,7 @@ where
     match tokio::time::timeout(timeout, fut).await {
         Err(_) => Err(UpgradeError::Timeout),
         Ok(Err(e)) => Err(UpgradeError::Handshake(e.to_string())),
-        Ok(Ok(ws)) => Ok(WsStream::new(ws)),
+        Ok(Ok(ws)) => Ok((WsStream::new(ws), credentials)),
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::auth::websocket::{self, Upgrade};
+use crate::auth::websocket::{self, Upgrade, WsClient};
 use crate::server::Server;
 
 /// nats-server's default `handshake_timeout` (TLS and upgrade).
@@ -35,6 +35,8 @@ async fn serve(server: Arc<Server>, stream: TcpStream, addr: SocketAddr) {
         // A message carries at most one payload plus its protocol lines; outbound batches
         // are ours to size.
         max_message: (o.max_payload as usize).saturating_add(o.max_control_line as usize * 4),
+        cookies: websocket::CookieNames::from_options(w),
+        headers: w.headers.clone(),
     };
     drop(o);
     let tls = server.tls().websocket.clone();
@@ -45,9 +47,14 @@ async fn serve(server: Arc<Server>, stream: TcpStream, addr: SocketAddr) {
             {
                 Ok(Ok(s)) => {
                     let left = timeout.saturating_sub(started.elapsed());
+                    let peer_cert = s.peer_cert().map(|c| Arc::from(c.as_ref()));
                     match websocket::accept(s, &rules, true, left).await {
-                        Ok(ws) => {
-                            crate::roles::client::serve_upgraded(server, ws, addr).await;
+                        Ok((ws, credentials)) => {
+                            let up = WsClient {
+                                credentials,
+                                peer_cert,
+                            };
+                            crate::roles::client::serve_upgraded(server, ws, addr, up).await;
                             return;
                         }
                         Err(e) => Err(e.to_string()),
@@ -61,8 +68,12 @@ async fn serve(server: Arc<Server>, stream: TcpStream, addr: SocketAddr) {
             }
         }
         None => match websocket::accept(stream, &rules, false, timeout).await {
-            Ok(ws) => {
-                crate::roles::client::serve_upgraded(server, ws, addr).await;
+            Ok((ws, credentials)) => {
+                let up = WsClient {
+                    credentials,
+                    peer_cert: None,
+                };
+                crate::roles::client::serve_upgraded(server, ws, addr, up).await;
                 return;
             }
             Err(e) => Err(e.to_string()),
