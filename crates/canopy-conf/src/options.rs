@@ -948,17 +948,6 @@ impl Options {
             .filter(|u| NOT_IMPLEMENTED.contains(&u.feature))
             .map(|u| (u.pos, format!("{} is not supported yet", u.what)))
             .collect();
-        if let Some(w) = &self.websocket {
-            let at = |k: &str| w.key_pos.get(k).cloned().unwrap_or_else(|| w.pos.clone());
-            if w.compression {
-                // Refused rather than accepted and ignored: the WebSocket library
-                // (tungstenite) has no permessage-deflate.
-                out.push((
-                    at("compression"),
-                    "websocket compression (permessage-deflate) is not supported yet".into(),
-                ));
-            }
-        }
         if let Some(l) = &self.leafnodes {
             for r in &l.remotes {
                 if r.urls.iter().any(|u| {

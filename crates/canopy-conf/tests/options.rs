@@ -615,7 +615,7 @@ fn websocket_mqtt_gateway_are_kept_for_refusal() {
     assert_eq!(o.gateway.as_ref().unwrap().pos.line, 3);
     assert_eq!(o.unmodelled.len(), 1);
     let u = o.unsupported();
-    assert_eq!(u.len(), 5, "{u:?}");
+    assert_eq!(u.len(), 4, "{u:?}");
     assert!(u
         .iter()
         .any(|(p, s)| p.line == 4 && s.contains("trusted_keys")));
@@ -623,10 +623,9 @@ fn websocket_mqtt_gateway_are_kept_for_refusal() {
         .iter()
         .any(|(p, s)| p.line == 5 && s.contains("URL account resolver")));
     assert!(invalid("websocket { port: 8080 }").contains("no_tls"));
-    // The websocket listener is implemented; permessage-deflate is refused, not ignored.
-    assert!(u
-        .iter()
-        .any(|(p, s)| p.line == 1 && s.contains("websocket compression")));
+    // The websocket listener is implemented, permessage-deflate included.
+    assert!(o.websocket.as_ref().unwrap().compression);
+    assert!(!u.iter().any(|(_, s)| s.contains("websocket")), "{u:?}");
     assert!(
         opts("websocket { port: -1, no_tls: true, same_origin: true }")
             .unsupported()
