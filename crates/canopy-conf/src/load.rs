@@ -620,11 +620,10 @@ fn authorization(cx: &mut Ctx, m: &Map, pos: &Pos) -> Authorization {
     };
     for (k, e) in live(m) {
         let v = &e.value;
+        if simple_auth_key(cx, &mut a, &k, v) {
+            continue;
+        }
         match k.as_str() {
-            "user" | "username" => a.user = cx.string(&k, v),
-            "password" | "pass" => a.password = cx.string(&k, v),
-            "token" => a.token = cx.string(&k, v),
-            "timeout" => a.timeout = cx.seconds(&k, v),
             "users" => {
                 let items = cx.array(&k, v);
                 a.users = items.iter().filter_map(|u| user(cx, u, None)).collect();
@@ -637,6 +636,34 @@ fn authorization(cx: &mut Ctx, m: &Map, pos: &Pos) -> Authorization {
         }
     }
     a
+}
+
+/// nats-server's "simple" authorization block (`websocket { authorization {} }`): one
+/// user or a token and a timeout; `users` and permissions are unknown fields there.
+fn simple_authorization(cx: &mut Ctx, m: &Map, pos: &Pos) -> Authorization {
+    let mut a = Authorization {
+        pos: pos.clone(),
+        ..Default::default()
+    };
+    for (k, e) in live(m) {
+        if !simple_auth_key(cx, &mut a, &k, &e.value) {
+            cx.unknown(e);
+        }
+    }
+    a
+}
+
+/// The keys every authorization block has (user, password, token, timeout); false for
+/// any other key.
+fn simple_auth_key(cx: &mut Ctx, a: &mut Authorization, k: &str, v: &Value) -> bool {
+    match k {
+        "user" | "username" => a.user = cx.string(k, v),
+        "password" | "pass" => a.password = cx.string(k, v),
+        "token" => a.token = cx.string(k, v),
+        "timeout" => a.timeout = cx.seconds(k, v),
+        _ => return false,
+    }
+    true
 }
 
 fn user(cx: &mut Ctx, v: &Value, account: Option<&str>) -> Option<User> {
@@ -1649,7 +1676,7 @@ fn websocket(cx: &mut Ctx, m: &Map, pos: &Pos) -> WebsocketOpts {
             }
             "advertise" => w.advertise = cx.string(&k, v),
             "no_tls" => set(&mut w.no_tls, cx.bool(&k, v)),
-            "compression" => set(&mut w.compression, cx.bool(&k, v)),
+            "compression" | "compress" => set(&mut w.compression, cx.bool(&k, v)),
             "tls" => w.tls = tls(cx, &k, v),
             "same_origin" => set(&mut w.same_origin, cx.bool(&k, v)),
             "allowed_origins" | "allowed_origin" | "allow_origins" | "allow_origin" | "origins"
@@ -1658,12 +1685,22 @@ fn websocket(cx: &mut Ctx, m: &Map, pos: &Pos) -> WebsocketOpts {
             "no_auth_user" => w.no_auth_user = cx.string(&k, v),
             "authorization" | "authentication" => {
                 if let Some(am) = cx.map(&k, v) {
-                    w.authorization = Some(authorization(cx, am, &e.key_pos));
+                    w.authorization = Some(simple_authorization(cx, am, &e.key_pos));
                 }
             }
             "jwt_cookie" => w.jwt_cookie = cx.string(&k, v),
-            "user_cookie" | "pass_cookie" | "token_cookie" | "headers" => {
-                cx.keep_raw(&format!("websocket.{k}"), e)
+            "user_cookie" => w.user_cookie = cx.string(&k, v),
+            "pass_cookie" => w.pass_cookie = cx.string(&k, v),
+            "token_cookie" => w.token_cookie = cx.string(&k, v),
+            "headers" => {
+                if let Some(hm) = cx.map(&k, v) {
+                    // Header names keep their case (`live` lower-cases keys).
+                    for he in hm.entries.iter().filter(|e| !e.used_as_variable) {
+                        if let Some(hv) = cx.string(&he.key, &he.value) {
+                            w.headers.push((he.key.clone(), hv));
+                        }
+                    }
+                }
             }
             _ => cx.unknown(e),
         }

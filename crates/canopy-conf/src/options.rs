@@ -710,6 +710,8 @@ pub struct JetStreamOpts {
 
 /// `websocket {}`: the WebSocket listener for clients. Keys the server does not act on
 /// yet are refused at start ([`Options::unsupported`]), with their position in `key_pos`.
+/// `authorization` (user, password, token, timeout), `no_auth_user` and the cookies
+/// override the client authorization for websocket clients, as in nats-server.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct WebsocketOpts {
     pub host: Option<String>,
@@ -724,6 +726,13 @@ pub struct WebsocketOpts {
     pub no_auth_user: Option<String>,
     pub authorization: Option<Authorization>,
     pub jwt_cookie: Option<String>,
+    /// Cookies of the upgrade request whose values stand in for CONNECT's `user`, `pass`
+    /// and `auth_token` when CONNECT leaves them empty.
+    pub user_cookie: Option<String>,
+    pub pass_cookie: Option<String>,
+    pub token_cookie: Option<String>,
+    /// Extra HTTP headers of the upgrade response, in file order.
+    pub headers: Vec<(String, String)>,
     /// Where each key was set (for errors about one key).
     pub key_pos: BTreeMap<String, Pos>,
     pub pos: Pos,
@@ -947,29 +956,6 @@ impl Options {
             .filter(|u| NOT_IMPLEMENTED.contains(&u.feature))
             .map(|u| (u.pos, format!("{} is not supported yet", u.what)))
             .collect();
-        if let Some(w) = &self.websocket {
-            let at = |k: &str| w.key_pos.get(k).cloned().unwrap_or_else(|| w.pos.clone());
-            if w.compression {
-                // Refused rather than accepted and ignored: the WebSocket library
-                // (tungstenite) has no permessage-deflate.
-                out.push((
-                    at("compression"),
-                    "websocket compression (permessage-deflate) is not supported yet".into(),
-                ));
-            }
-            for (key, set) in [
-                ("authorization", w.authorization.is_some()),
-                ("no_auth_user", w.no_auth_user.is_some()),
-                ("jwt_cookie", w.jwt_cookie.is_some()),
-            ] {
-                if set {
-                    out.push((
-                        at(key),
-                        format!("websocket {key} is not supported yet (websocket clients use the client authorization)"),
-                    ));
-                }
-            }
-        }
         if let Some(l) = &self.leafnodes {
             for r in &l.remotes {
                 if r.urls.iter().any(|u| {

@@ -421,6 +421,89 @@ pub(crate) fn validate(o: &Options, errs: &mut Vec<ConfError>) {
                 "websocket requires TLS configuration, or \"no_tls: true\"".into(),
             );
         }
+        validate_websocket_auth(o, w, &mut err);
+    }
+}
+
+/// nats-server's `validateWebsocketOptions` rules for the websocket auth override, cookies
+/// and headers.
+fn validate_websocket_auth(o: &Options, w: &WebsocketOpts, err: &mut impl FnMut(&Pos, String)) {
+    let at = |k: &str| w.key_pos.get(k).cloned().unwrap_or_else(|| w.pos.clone());
+    let users = o
+        .authorization
+        .users
+        .iter()
+        .chain(o.accounts.iter().flat_map(|a| a.users.iter()));
+    if let Some(nau) = &w.no_auth_user {
+        let known = users
+            .clone()
+            .any(|u| u.user == *nau || u.nkey.as_deref() == Some(nau.as_str()));
+        if !known {
+            err(
+                &at("no_auth_user"),
+                format!(
+                    "no_auth_user: \"{nau}\" not present as user or nkey in authorization block \
+                     or account configuration"
+                ),
+            );
+        }
+    }
+    if let Some(a) = &w.authorization {
+        if users.clone().next().is_some() {
+            if a.user.is_some() {
+                err(
+                    &a.pos,
+                    "websocket authentication username not compatible with presence of users/nkeys"
+                        .into(),
+                );
+            }
+            if a.token.is_some() {
+                err(
+                    &a.pos,
+                    "websocket authentication token not compatible with presence of users/nkeys"
+                        .into(),
+                );
+            }
+        }
+        if a.user.is_some() && a.token.is_some() {
+            err(
+                &a.pos,
+                "websocket authorization: a user and a token are exclusive".into(),
+            );
+        }
+    }
+    if let Some(c) = &w.jwt_cookie {
+        if o.operators.is_empty() {
+            err(
+                &at("jwt_cookie"),
+                format!(
+                    "trusted operators or trusted keys configuration is required for JWT \
+                     authentication via cookie \"{c}\""
+                ),
+            );
+        }
+    }
+    for (k, v) in &w.headers {
+        let l = k.to_ascii_lowercase();
+        if matches!(
+            l.as_str(),
+            "host" | "content-length" | "connection" | "upgrade" | "nats-no-masking"
+        ) {
+            err(
+                &at("headers"),
+                format!("websocket: invalid header {k:?} not allowed"),
+            );
+        } else if l.starts_with("sec-websocket-") {
+            err(
+                &at("headers"),
+                format!("websocket: invalid header {k:?}, \"Sec-WebSocket-\" prefix not allowed"),
+            );
+        } else if k.is_empty()
+            || !k.bytes().all(|b| b.is_ascii_graphic() && b != b':')
+            || v.bytes().any(|b| b == b'\r' || b == b'\n')
+        {
+            err(&at("headers"), format!("websocket: invalid header {k:?}"));
+        }
     }
 }
 

@@ -615,7 +615,7 @@ fn websocket_mqtt_gateway_are_kept_for_refusal() {
     assert_eq!(o.gateway.as_ref().unwrap().pos.line, 3);
     assert_eq!(o.unmodelled.len(), 1);
     let u = o.unsupported();
-    assert_eq!(u.len(), 5, "{u:?}");
+    assert_eq!(u.len(), 4, "{u:?}");
     assert!(u
         .iter()
         .any(|(p, s)| p.line == 4 && s.contains("trusted_keys")));
@@ -623,22 +623,24 @@ fn websocket_mqtt_gateway_are_kept_for_refusal() {
         .iter()
         .any(|(p, s)| p.line == 5 && s.contains("URL account resolver")));
     assert!(invalid("websocket { port: 8080 }").contains("no_tls"));
-    // The websocket listener is implemented; permessage-deflate is refused, not ignored.
-    assert!(u
-        .iter()
-        .any(|(p, s)| p.line == 1 && s.contains("websocket compression")));
+    // The websocket listener is implemented, permessage-deflate included.
+    assert!(o.websocket.as_ref().unwrap().compression);
+    assert!(!u.iter().any(|(_, s)| s.contains("websocket")), "{u:?}");
     assert!(
         opts("websocket { port: -1, no_tls: true, same_origin: true }")
             .unsupported()
             .is_empty()
     );
-    let u =
-        opts("websocket {\n port: -1\n no_tls: true\n authorization { token: t }\n}").unsupported();
-    assert!(
-        u.iter()
-            .any(|(p, s)| p.line == 4 && s.contains("websocket authorization")),
-        "{u:?}"
+    // The websocket auth override, cookies and headers are implemented.
+    let o = opts("websocket {\n port: -1\n no_tls: true\n authorization { token: t, timeout: 3 }\n token_cookie: tk\n headers { X-A: \"1\" }\n}");
+    assert!(o.unsupported().is_empty(), "{:?}", o.unsupported());
+    let w = o.websocket.as_ref().unwrap();
+    assert_eq!(
+        w.authorization.as_ref().unwrap().token.as_deref(),
+        Some("t")
     );
+    assert_eq!(w.token_cookie.as_deref(), Some("tk"));
+    assert_eq!(w.headers, vec![("X-A".to_string(), "1".to_string())]);
     // Leaf remotes over websocket are refused at start, where they are written.
     let u =
         opts("leafnodes {\n remotes: [\n  { url: \"ws://127.0.0.1:8080\" }\n ]\n}").unsupported();

@@ -1,7 +1,8 @@
 //! WebSocket clients, black box: the HTTP upgrade, the client protocol in binary frames,
 //! messages between WebSocket and TCP clients, TLS (wss), origin checks, `/varz` and
-//! `/connz`, the log line, and what is refused at start (compression, leaf remotes over
-//! websocket). The same client script runs against Debian's nats-server 2.9.10.
+//! `/connz`, the log line, the websocket auth override (cookies, headers),
+//! permessage-deflate (a raw-frame client) and what is refused at start (leaf remotes
+//! over websocket). The same client scripts run against Debian's nats-server 2.9.10.
 
 #![allow(clippy::unwrap_used)]
 
@@ -12,8 +13,19 @@ use canopy_testkit::{canopy_bin, nats_server_bin, Impl, ServerProcess};
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::handshake::client::Response;
+use tokio_tungstenite::tungstenite::http::HeaderName;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
+
+/// Canopy, and Debian's nats-server where installed.
+fn both_kinds() -> Vec<Impl> {
+    let mut kinds = vec![Impl::Canopy];
+    if nats_server_bin().is_some() {
+        kinds.push(Impl::NatsServer);
+    }
+    kinds
+}
 
 fn ws_port(s: &ServerProcess) -> u16 {
     s.monitor("/varz").unwrap()["websocket"]["port"]
@@ -111,19 +123,51 @@ async fn ws_connect(
     port: u16,
     origin: Option<&str>,
 ) -> Result<WebSocketStream<tokio::net::TcpStream>, String> {
+    let headers: Vec<(&str, &str)> = origin.map(|o| ("origin", o)).into_iter().collect();
+    ws_upgrade(port, &headers).await.map(|(ws, _)| ws)
+}
+
+/// An upgrade with extra request headers; the response comes back for its headers.
+async fn ws_upgrade(
+    port: u16,
+    headers: &[(&str, &str)],
+) -> Result<(WebSocketStream<tokio::net::TcpStream>, Response), String> {
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
     let mut req = format!("ws://127.0.0.1:{port}/")
         .into_client_request()
         .unwrap();
-    if let Some(o) = origin {
-        req.headers_mut().insert("origin", o.parse().unwrap());
+    for (k, v) in headers {
+        let name = HeaderName::from_bytes(k.as_bytes()).unwrap();
+        req.headers_mut().append(name, v.parse().unwrap());
     }
     tokio_tungstenite::client_async(req, tcp)
         .await
-        .map(|(ws, _)| ws)
         .map_err(|e| e.to_string())
+}
+
+/// Upgrades with `headers`, sends `connect` (a CONNECT JSON) and PING; returns the INFO
+/// and the answer (`PONG` or the `-ERR` line).
+async fn ws_login(
+    port: u16,
+    headers: &[(&str, &str)],
+    connect: &str,
+) -> (serde_json::Value, String) {
+    let (ws, _) = ws_upgrade(port, headers).await.unwrap();
+    let mut c = Lines {
+        ws,
+        buf: Vec::new(),
+    };
+    let info = c.line().await;
+    let info: serde_json::Value = serde_json::from_str(&info[5..]).unwrap();
+    c.send(&format!("CONNECT {connect}\r\nPING\r\n")).await;
+    loop {
+        let op = c.op().await;
+        if op != "+OK" {
+            return (info, op);
+        }
+    }
 }
 
 const WS_CONF: &str =
@@ -131,11 +175,7 @@ const WS_CONF: &str =
 
 #[tokio::test]
 async fn websocket_clients_talk_to_tcp_clients() {
-    let mut kinds = vec![Impl::Canopy];
-    if nats_server_bin().is_some() {
-        kinds.push(Impl::NatsServer);
-    }
-    for kind in kinds {
+    for kind in both_kinds() {
         let s = ServerProcess::start(kind, WS_CONF, &[]).unwrap();
         let port = ws_port(&s);
         let ws = ws_connect(port, None).await.unwrap();
@@ -223,42 +263,440 @@ async fn wss_uses_the_websocket_tls_block() {
     assert!(ws_connect(port, None).await.is_err());
 }
 
-fn refused_at_start(conf: &str, what: &str, line: usize) {
+/// Runs canopy-server with `args` and `-c` on `conf` written to `ws.conf`.
+fn run_with_conf(args: &[&str], conf: &str) -> std::process::Output {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("ws.conf");
     std::fs::write(&p, conf).unwrap();
-    let out = std::process::Command::new(canopy_bin())
+    std::process::Command::new(canopy_bin())
+        .args(args)
         .arg("-c")
         .arg(&p)
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+fn refused_at_start(conf: &str, what: &str, line: usize) {
+    let out = run_with_conf(&[], conf);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains(&format!("ws.conf:{line}:")), "{err}");
     assert!(err.contains(what), "{err}");
     // `-t` names it too (and still accepts the file, as nats-server would).
-    let out = std::process::Command::new(canopy_bin())
-        .arg("-t")
-        .arg("-c")
-        .arg(&p)
-        .output()
-        .unwrap();
+    let out = run_with_conf(&["-t"], conf);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains(what), "{text}");
 }
 
-/// permessage-deflate is not available (tungstenite has none): `compression: true` is
-/// refused, never accepted and ignored; so are leaf remotes over websocket.
+/// Leaf remotes over websocket are refused at start, never accepted and left to fail
+/// when dialled.
 #[test]
 fn unsupported_websocket_options_are_refused_at_start() {
-    refused_at_start(
-        "listen: 127.0.0.1:-1\nwebsocket {\n  port: -1\n  no_tls: true\n  compression: true\n}\n",
-        "websocket compression",
-        5,
-    );
     refused_at_start(
         "listen: 127.0.0.1:-1\nleafnodes {\n  remotes: [\n    { url: \"ws://127.0.0.1:8080\" }\n  ]\n}\n",
         "over websocket",
         4,
     );
+}
+
+/// `websocket { authorization {} }` overrides the client authorization for websocket
+/// clients only: TCP clients still need none, websocket clients need the block's user
+/// (INFO says `auth_required`), from CONNECT or, with `user_cookie`/`pass_cookie`, from
+/// the upgrade request's cookies; `headers` go out with the upgrade response. The parts
+/// nats-server 2.9.10 has (the user, no cookies or headers) run against it too.
+#[tokio::test]
+async fn websocket_authorization_overrides_the_client_one() {
+    let base = "listen: 127.0.0.1:-1\nhttp: 127.0.0.1:-1\nwebsocket {\n  listen: 127.0.0.1:-1\n  no_tls: true\n  authorization { user: wsu, password: wsp, timeout: 2 }\n";
+    let mut kinds = vec![(Impl::Canopy, format!("{base}  user_cookie: nu\n  pass_cookie: np\n  headers {{ X-Canopy-Test: \"yes\", Cache-Control: no-store }}\n}}\n"))];
+    if nats_server_bin().is_some() {
+        kinds.push((Impl::NatsServer, format!("{base}}}\n")));
+    }
+    for (kind, conf) in kinds {
+        let s = ServerProcess::start(kind, &conf, &[]).unwrap();
+        let port = ws_port(&s);
+        // TCP clients are not affected.
+        let nc = async_nats::connect(s.url()).await.unwrap();
+        nc.flush().await.unwrap();
+        let (info, answer) = ws_login(port, &[], "{\"verbose\":false}").await;
+        assert_eq!(info["auth_required"], true, "{kind:?}: {info}");
+        assert!(
+            answer.starts_with("-ERR 'Authorization Violation'"),
+            "{kind:?}: {answer}"
+        );
+        let (_, answer) = ws_login(port, &[], "{\"user\":\"wsu\",\"pass\":\"bad\"}").await;
+        assert!(
+            answer.starts_with("-ERR 'Authorization Violation'"),
+            "{kind:?}: {answer}"
+        );
+        let (_, answer) = ws_login(port, &[], "{\"user\":\"wsu\",\"pass\":\"wsp\"}").await;
+        assert_eq!(answer, "PONG", "{kind:?}");
+        if kind != Impl::Canopy {
+            continue;
+        }
+        // Cookies stand in for what CONNECT lacks; CONNECT's own values win.
+        let cookie = [("cookie", "other=1; nu=wsu; np=\"wsp\"")];
+        let (_, answer) = ws_login(port, &cookie, "{}").await;
+        assert_eq!(answer, "PONG");
+        let (_, answer) = ws_login(port, &cookie, "{\"pass\":\"bad\"}").await;
+        assert!(
+            answer.starts_with("-ERR 'Authorization Violation'"),
+            "{answer}"
+        );
+        let (_, resp) = ws_upgrade(port, &[]).await.unwrap();
+        assert_eq!(resp.headers()["x-canopy-test"], "yes");
+        assert_eq!(resp.headers()["cache-control"], "no-store");
+    }
+}
+
+/// `websocket { no_auth_user }` picks the user for websocket clients that send no
+/// credentials (the top-level `no_auth_user` stays for TCP clients); `token` and
+/// `token_cookie` work like the user.
+#[tokio::test]
+async fn websocket_no_auth_user_and_token() {
+    let conf = "listen: 127.0.0.1:-1\nhttp: 127.0.0.1:-1\naccounts {\n  A { users: [{user: a, password: pa}] }\n  B { users: [{user: b, password: pb}] }\n}\nno_auth_user: a\nwebsocket {\n  listen: 127.0.0.1:-1\n  no_tls: true\n  no_auth_user: b\n}\n";
+    for kind in both_kinds() {
+        let s = ServerProcess::start(kind, conf, &[]).unwrap();
+        let port = ws_port(&s);
+        let (ws, _) = ws_upgrade(port, &[]).await.unwrap();
+        let mut c = Lines {
+            ws,
+            buf: Vec::new(),
+        };
+        c.line().await;
+        c.send("CONNECT {\"verbose\":false}\r\nSUB x 1\r\nPING\r\n")
+            .await;
+        assert_eq!(c.op().await, "PONG", "{kind:?}");
+        // A TCP client without credentials is `a` (account A): it does not reach the
+        // websocket client; `b` over TCP does.
+        let na = async_nats::connect(s.url()).await.unwrap();
+        na.publish("x", "from-a".into()).await.unwrap();
+        na.flush().await.unwrap();
+        let nb = async_nats::ConnectOptions::with_user_and_password("b".into(), "pb".into())
+            .connect(s.url())
+            .await
+            .unwrap();
+        nb.publish("x", "from-b".into()).await.unwrap();
+        nb.flush().await.unwrap();
+        assert_eq!(c.op().await, "MSG x 1 6", "{kind:?}");
+        assert_eq!(c.op().await, "from-b", "{kind:?}");
+        // Explicit credentials still work over websocket.
+        let (_, answer) = ws_login(port, &[], "{\"user\":\"a\",\"pass\":\"pa\"}").await;
+        assert_eq!(answer, "PONG", "{kind:?}");
+    }
+    let s = ServerProcess::canopy(
+        "listen: 127.0.0.1:-1\nhttp: 127.0.0.1:-1\nwebsocket {\n  listen: 127.0.0.1:-1\n  no_tls: true\n  authorization { token: s3cret }\n  token_cookie: tok\n}\n",
+    )
+    .unwrap();
+    let port = ws_port(&s);
+    let (_, answer) = ws_login(port, &[], "{\"auth_token\":\"s3cret\"}").await;
+    assert_eq!(answer, "PONG");
+    let (_, answer) = ws_login(port, &[("cookie", "tok=s3cret")], "{}").await;
+    assert_eq!(answer, "PONG");
+    let (_, answer) = ws_login(port, &[("cookie", "tok=nope")], "{}").await;
+    assert!(
+        answer.starts_with("-ERR 'Authorization Violation'"),
+        "{answer}"
+    );
+}
+
+/// nats-server's checks of the websocket auth keys, with file:line.
+#[test]
+fn websocket_auth_options_are_validated() {
+    let ws = "websocket {\n  port: -1\n  no_tls: true\n";
+    for (conf, line, what) in [
+        (
+            format!("{ws}  authorization {{\n    users: [{{user: a}}]\n  }}\n}}\n"),
+            5,
+            "unknown field \"users\"",
+        ),
+        (
+            format!("{ws}  no_auth_user: ghost\n}}\n"),
+            4,
+            "no_auth_user: \"ghost\"",
+        ),
+        (
+            format!("authorization {{ users: [{{user: a}}] }}\n{ws}  authorization {{ user: w, password: p }}\n}}\n"),
+            5,
+            "username not compatible",
+        ),
+        (
+            format!("{ws}  jwt_cookie: jwt\n}}\n"),
+            4,
+            "trusted operators",
+        ),
+        (
+            format!("{ws}  headers {{ Sec-WebSocket-Protocol: x }}\n}}\n"),
+            4,
+            "prefix not allowed",
+        ),
+    ] {
+        let out = run_with_conf(&["-t"], &conf);
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{conf}");
+        assert!(
+            e.contains(&format!("ws.conf:{line}:")) && e.contains(what),
+            "{e}"
+        );
+    }
+}
+
+/// A raw-frame WebSocket client that can negotiate permessage-deflate (tungstenite
+/// cannot): masked frames out, compressed when asked; frames in, inflated when RSV1.
+struct RawWs {
+    tcp: tokio::net::TcpStream,
+    rbuf: Vec<u8>,
+    data: Vec<u8>,
+    /// RSV1 was set on some data frame received.
+    saw_compressed: bool,
+}
+
+const SYNC_TAIL: [u8; 4] = [0, 0, 0xff, 0xff];
+
+fn deflate(data: &[u8]) -> Vec<u8> {
+    let mut c = flate2::Compress::new(flate2::Compression::default(), false);
+    let mut out = Vec::with_capacity(data.len() + 1024);
+    c.compress_vec(data, &mut out, flate2::FlushCompress::Sync)
+        .unwrap();
+    assert_eq!(c.total_in() as usize, data.len());
+    assert!(out.ends_with(&SYNC_TAIL));
+    out.truncate(out.len() - 4);
+    out
+}
+
+fn inflate(data: &[u8]) -> Vec<u8> {
+    let mut d = flate2::Decompress::new(false);
+    let mut input = data.to_vec();
+    input.extend_from_slice(&SYNC_TAIL);
+    let mut out = Vec::with_capacity(input.len() * 8 + 1024);
+    loop {
+        let at = d.total_in() as usize;
+        d.decompress_vec(&input[at..], &mut out, flate2::FlushDecompress::Sync)
+            .unwrap();
+        if d.total_in() as usize == input.len() && out.len() < out.capacity() {
+            return out;
+        }
+        out.reserve(out.capacity());
+    }
+}
+
+impl RawWs {
+    /// Upgrades, offering permessage-deflate when `deflate`; returns the response head.
+    async fn open(port: u16, deflate: bool) -> (RawWs, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let ext = if deflate {
+            "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+        } else {
+            ""
+        };
+        let req = format!("GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{ext}\r\n");
+        tcp.write_all(req.as_bytes()).await.unwrap();
+        let mut rbuf = Vec::new();
+        let head = loop {
+            if let Some(i) = rbuf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&rbuf[..i]).into_owned();
+                rbuf.drain(..i + 4);
+                break head;
+            }
+            let mut b = [0u8; 4096];
+            let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut b))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(n > 0, "closed during upgrade");
+            rbuf.extend_from_slice(&b[..n]);
+        };
+        let ws = RawWs {
+            tcp,
+            rbuf,
+            data: Vec::new(),
+            saw_compressed: false,
+        };
+        (ws, head)
+    }
+
+    async fn send(&mut self, data: &[u8], compress: bool) {
+        use tokio::io::AsyncWriteExt;
+        let (payload, b0) = if compress {
+            (deflate(data), 0xc2)
+        } else {
+            (data.to_vec(), 0x82)
+        };
+        let mut f = vec![b0];
+        match payload.len() {
+            n if n < 126 => f.push(0x80 | n as u8),
+            n if n < 65536 => {
+                f.push(0x80 | 126);
+                f.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                f.push(0x80 | 127);
+                f.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        let key = [0x12, 0x34, 0x56, 0x78];
+        f.extend_from_slice(&key);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        self.tcp.write_all(&f).await.unwrap();
+    }
+
+    /// The next frame: (first header byte, payload); `None` when the socket ended.
+    async fn frame(&mut self) -> Option<(u8, Vec<u8>)> {
+        use tokio::io::AsyncReadExt;
+        loop {
+            if self.rbuf.len() >= 2 {
+                let len7 = (self.rbuf[1] & 0x7f) as usize;
+                let (ext, len) = match len7 {
+                    126 if self.rbuf.len() >= 4 => {
+                        (2, u16::from_be_bytes([self.rbuf[2], self.rbuf[3]]) as usize)
+                    }
+                    127 if self.rbuf.len() >= 10 => (
+                        8,
+                        u64::from_be_bytes(self.rbuf[2..10].try_into().unwrap()) as usize,
+                    ),
+                    126 | 127 => (usize::MAX / 2, 0),
+                    n => (0, n),
+                };
+                assert_eq!(self.rbuf[1] & 0x80, 0, "server frames are not masked");
+                if self.rbuf.len() >= 2 + ext + len {
+                    let b0 = self.rbuf[0];
+                    let payload = self.rbuf[2 + ext..2 + ext + len].to_vec();
+                    self.rbuf.drain(..2 + ext + len);
+                    return Some((b0, payload));
+                }
+            }
+            let mut b = [0u8; 65536];
+            let n = tokio::time::timeout(Duration::from_secs(5), self.tcp.read(&mut b))
+                .await
+                .expect("no frame in 5s")
+                .ok()?;
+            if n == 0 {
+                return None;
+            }
+            self.rbuf.extend_from_slice(&b[..n]);
+        }
+    }
+
+    /// The next protocol line from data frames (PINGs answered).
+    async fn op(&mut self) -> String {
+        loop {
+            if let Some(i) = self.data.windows(2).position(|w| w == b"\r\n") {
+                let l = String::from_utf8_lossy(&self.data[..i]).into_owned();
+                self.data.drain(..i + 2);
+                if l == "PING" {
+                    self.send(b"PONG\r\n", false).await;
+                    continue;
+                }
+                return l;
+            }
+            let (b0, payload) = self.frame().await.expect("websocket ended");
+            match b0 & 0x0f {
+                0..=2 if b0 & 0x40 != 0 => {
+                    self.saw_compressed = true;
+                    self.data.extend(inflate(&payload));
+                }
+                0..=2 => self.data.extend(payload),
+                op => panic!("unexpected frame opcode {op}"),
+            }
+        }
+    }
+}
+
+/// permessage-deflate: negotiated in the upgrade response exactly as nats-server words
+/// it when the client offers it and `compression: true`; compressed frames in and out
+/// carry messages both ways (large ones compressed, PING/PONG-sized ones not); a client
+/// that does not offer it gets plain frames. The same client runs against nats-server.
+#[tokio::test]
+async fn permessage_deflate_both_ways() {
+    let conf = "listen: 127.0.0.1:-1\nhttp: 127.0.0.1:-1\nwebsocket {\n  listen: 127.0.0.1:-1\n  no_tls: true\n  compression: true\n}\n";
+    for kind in both_kinds() {
+        let s = ServerProcess::start(kind, conf, &[]).unwrap();
+        let port = ws_port(&s);
+        let (mut ws, head) = RawWs::open(port, true).await;
+        assert!(head.starts_with("HTTP/1.1 101"), "{kind:?}: {head}");
+        assert!(
+            head.contains("Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover"),
+            "{kind:?}: {head}"
+        );
+        let info = ws.op().await;
+        assert!(info.starts_with("INFO {"), "{kind:?}: {info}");
+        let connect = format!(
+            "CONNECT {{\"verbose\":false,\"protocol\":1,\"name\":\"{}\"}}\r\nSUB big 1\r\nPING\r\n",
+            "z".repeat(80)
+        );
+        ws.send(connect.as_bytes(), true).await;
+        assert_eq!(ws.op().await, "PONG", "{kind:?}");
+        let nc = async_nats::connect(s.url()).await.unwrap();
+        let mut sub = nc.subscribe("from.ws").await.unwrap();
+        nc.flush().await.unwrap();
+        let payload = "canopy ".repeat(300);
+        nc.publish("big", payload.clone().into()).await.unwrap();
+        nc.flush().await.unwrap();
+        assert_eq!(
+            ws.op().await,
+            format!("MSG big 1 {}", payload.len()),
+            "{kind:?}"
+        );
+        assert_eq!(ws.op().await, payload, "{kind:?}");
+        assert!(ws.saw_compressed, "{kind:?}: nothing came compressed");
+        // A PUB split over a compressed and a plain message.
+        let body = "websocket ".repeat(500);
+        let pubop = format!("PUB from.ws {}\r\n{body}", body.len());
+        ws.send(pubop.as_bytes(), true).await;
+        ws.send(b"\r\n", false).await;
+        let m = tokio::time::timeout(Duration::from_secs(5), sub.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&m.payload[..], body.as_bytes(), "{kind:?}");
+        // Without the offer, nothing is negotiated and frames are plain.
+        let (mut plain, head) = RawWs::open(port, false).await;
+        assert!(!head.contains("permessage-deflate"), "{kind:?}: {head}");
+        assert!(plain.op().await.starts_with("INFO {"));
+        assert!(!plain.saw_compressed, "{kind:?}");
+    }
+}
+
+/// A compressed message that inflates past max_payload (a decompression bomb: 8 MB of
+/// zeros in a few KB) is refused with close status 1009 and counted; the server goes on.
+#[tokio::test]
+async fn a_decompression_bomb_is_refused_with_a_close() {
+    let s = ServerProcess::canopy(
+        "listen: 127.0.0.1:-1\nhttp: 127.0.0.1:-1\nmax_payload: 64KB\nwebsocket {\n  listen: 127.0.0.1:-1\n  no_tls: true\n  compression: true\n}\n",
+    )
+    .unwrap();
+    let port = ws_port(&s);
+    let (mut ws, _) = RawWs::open(port, true).await;
+    assert!(ws.op().await.starts_with("INFO"));
+    ws.send(b"CONNECT {\"verbose\":false}\r\nPING\r\n", false)
+        .await;
+    assert_eq!(ws.op().await, "PONG");
+    let bomb = vec![0u8; 8 << 20];
+    let z = deflate(&bomb);
+    assert!(z.len() < 16 * 1024, "{}", z.len());
+    ws.send(&bomb[..0], false).await; // an empty frame is fine
+    let mut f = vec![0xc2u8];
+    f.push(0x80 | 126);
+    f.extend_from_slice(&(z.len() as u16).to_be_bytes());
+    f.extend_from_slice(&[0, 0, 0, 0]);
+    f.extend_from_slice(&z);
+    {
+        use tokio::io::AsyncWriteExt;
+        ws.tcp.write_all(&f).await.unwrap();
+    }
+    let mut close = None;
+    while let Some((b0, payload)) = ws.frame().await {
+        if b0 & 0x0f == 8 {
+            close = Some(payload);
+            break;
+        }
+    }
+    let close = close.expect("no close frame");
+    assert_eq!(u16::from_be_bytes([close[0], close[1]]), 1009, "{close:?}");
+    // The connection ends; others are served.
+    assert!(ws.frame().await.is_none());
+    let (mut again, _) = RawWs::open(port, true).await;
+    assert!(again.op().await.starts_with("INFO"));
 }

@@ -507,9 +507,11 @@ fn perms_from(p: &JwtPermissions) -> Option<Arc<Perms>> {
 }
 
 /// The connection kind a user JWT's `allowed_connection_types` is checked against.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ConnType {
+    #[default]
     Standard,
+    Websocket,
     Leafnode,
 }
 
@@ -517,6 +519,7 @@ impl ConnType {
     fn as_str(self) -> &'static str {
         match self {
             ConnType::Standard => "STANDARD",
+            ConnType::Websocket => "WEBSOCKET",
             ConnType::Leafnode => "LEAFNODE",
         }
     }

@@ -6,3 +6,4 @@ pub mod jwt;
 pub mod tls;
 pub mod users;
 pub mod websocket;
+pub mod ws_frame;

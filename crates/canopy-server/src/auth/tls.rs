@@ -700,7 +700,7 @@ impl<S> MaybeTls<S> {
         Some((v, c.map(|c| format!("{:?}", c.suite())).unwrap_or_default()))
     }
 
-    fn peer_cert(&self) -> Option<&CertificateDer<'static>> {
+    pub fn peer_cert(&self) -> Option<&CertificateDer<'static>> {
         match self {
             MaybeTls::Plain(_) => None,
             MaybeTls::Server(s) => s.get_ref().1.peer_certificates()?.first(),

@@ -39,6 +39,8 @@ pub struct ClientAuth {
     trust: Option<Arc<crate::auth::jwt::Trust>>,
     /// Top-level `tls { verify_and_map: true }`: client users come from certificates.
     tls_map: bool,
+    /// What a user JWT's `allowed_connection_types` must permit.
+    conn_type: crate::auth::jwt::ConnType,
 }
 
 fn is_bcrypt(s: &str) -> bool {
@@ -69,22 +71,88 @@ pub fn check_password(configured: &str, presented: &str) -> bool {
     }
 }
 
+/// The single user (or token) and `no_auth_user` a listener authenticates with, besides
+/// the users lists.
+struct Simple<'a> {
+    user: Option<&'a str>,
+    password: Option<&'a str>,
+    perms: Option<&'a Permissions>,
+    token: Option<&'a str>,
+    no_auth_user: Option<&'a str>,
+}
+
+impl<'a> Simple<'a> {
+    /// The top-level `authorization` block's single user and token, and `no_auth_user`.
+    fn top(o: &'a Options) -> Simple<'a> {
+        let a = &o.authorization;
+        Simple {
+            user: a.user.as_deref(),
+            password: a.password.as_deref(),
+            perms: a.default_permissions.as_ref(),
+            token: a.token.as_deref(),
+            no_auth_user: o.no_auth_user.as_deref(),
+        }
+    }
+}
+
 impl ClientAuth {
     pub fn from_options(o: &Options) -> ClientAuth {
+        let tls_map = o.tls.as_ref().is_some_and(|t| t.verify_and_map);
+        Self::build(
+            o,
+            Simple::top(o),
+            tls_map,
+            crate::auth::jwt::ConnType::Standard,
+        )
+    }
+
+    /// The table for websocket clients. As in nats-server, a `websocket {}` block with a
+    /// user, a token or a `no_auth_user` overrides the top-level single user, token and
+    /// `no_auth_user` (the users lists apply either way); `verify_and_map` comes from
+    /// `websocket { tls {} }`; user JWTs are checked as `WEBSOCKET` connections.
+    pub fn for_websocket(o: &Options) -> ClientAuth {
+        let Some(w) = &o.websocket else {
+            return Self::from_options(o);
+        };
+        let wa = w.authorization.as_ref();
+        let overrides =
+            wa.is_some_and(|a| a.user.is_some() || a.token.is_some()) || w.no_auth_user.is_some();
+        let simple = if overrides {
+            Simple {
+                user: wa.and_then(|a| a.user.as_deref()),
+                password: wa.and_then(|a| a.password.as_deref()),
+                perms: None,
+                token: wa.and_then(|a| a.token.as_deref()),
+                no_auth_user: w.no_auth_user.as_deref(),
+            }
+        } else {
+            Simple::top(o)
+        };
+        let tls_map = w.tls.as_ref().is_some_and(|t| t.verify_and_map);
+        Self::build(o, simple, tls_map, crate::auth::jwt::ConnType::Websocket)
+    }
+
+    fn build(
+        o: &Options,
+        simple: Simple<'_>,
+        tls_map: bool,
+        conn_type: crate::auth::jwt::ConnType,
+    ) -> ClientAuth {
         let mut a = ClientAuth {
-            token: o.authorization.token.clone(),
-            no_auth_user: o.no_auth_user.clone(),
-            tls_map: o.tls.as_ref().is_some_and(|t| t.verify_and_map),
+            token: simple.token.map(str::to_string),
+            no_auth_user: simple.no_auth_user.map(str::to_string),
+            tls_map,
+            conn_type,
             ..Default::default()
         };
         let default_perms = o.authorization.default_permissions.as_ref();
-        if let Some(u) = &o.authorization.user {
+        if let Some(u) = simple.user {
             a.users.insert(
-                u.clone(),
+                u.to_string(),
                 UserEntry {
-                    password: o.authorization.password.clone(),
+                    password: simple.password.map(str::to_string),
                     account: GLOBAL_ACCOUNT.to_string(),
-                    perms: default_perms.map(|p| Arc::new(Perms::from_config(p))),
+                    perms: simple.perms.map(|p| Arc::new(Perms::from_config(p))),
                 },
             );
         }
@@ -185,13 +253,7 @@ impl ClientAuth {
     /// async executor when hashes are configured. `Err` carries the user name for the log.
     pub fn authenticate(&self, c: &ClientConnect, nonce: &str) -> Result<Authenticated, String> {
         if let Some(t) = &self.trust {
-            return crate::auth::jwt::authenticate(
-                t,
-                &c.jwt,
-                &c.sig,
-                nonce,
-                crate::auth::jwt::ConnType::Standard,
-            );
+            return crate::auth::jwt::authenticate(t, &c.jwt, &c.sig, nonce, self.conn_type);
         }
         if !self.required() {
             return Ok(Authenticated {

@@ -1,27 +1,33 @@
-//! The WebSocket transport: the HTTP upgrade (tokio-tungstenite), origin checks, and
-//! [`WsStream`], which carries the ordinary client protocol in binary frames. Like
-//! [`crate::auth::tls::MaybeTls`] it is an adapter below the client role: the role reads
-//! and writes bytes and never sees a frame.
+//! The WebSocket upgrade (RFC 6455 section 4) on both sides: the server's
+//! [`accept`] (origin checks, permessage-deflate negotiation, cookies, extra headers, the
+//! `/leafnode` path) and the leaf remote's [`connect`]. The frames after it are
+//! [`crate::auth::ws_frame::WsStream`]'s. Like [`crate::auth::tls::MaybeTls`] this is an
+//! adapter below the roles: they read and write bytes and never see a frame.
 //!
-//! Each write of the connection's writer (one outbound batch) becomes one binary
-//! message; received binary (and text) messages are read as a byte stream, so a
-//! protocol op may span frames. Control frames (ping, pong, close) are handled by
-//! tungstenite. permessage-deflate is not available in tungstenite, so `compression` is
-//! refused at start rather than ignored.
+//! The HTTP exchange is ours (httparse for the request line and headers, tungstenite's
+//! accept-key helpers) so that the response carries exactly what nats-server's does:
+//! `Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover;
+//! client_no_context_takeover` when the client offered deflate and `compression` is on,
+//! `Nats-No-Masking: true` when a leaf asked for it, and the configured `headers`.
 
-use std::io;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
-use futures::{Sink, Stream};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
-use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tokio_tungstenite::WebSocketStream;
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+
+pub use crate::auth::ws_frame::{FrameRole, WsStream};
+
+/// The largest HTTP head (request or response) read; Go's default is 1 MB, browsers send
+/// a few KB (cookies included).
+const MAX_HEAD: usize = 64 * 1024;
+const MAX_HEADERS: usize = 100;
+/// The request path a leaf node dials (nats-server's `leafNodeWSPath`).
+pub const LEAF_PATH: &str = "/leafnode";
+const DEFLATE: &str = "permessage-deflate";
+const DEFLATE_RESPONSE: &str =
+    "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
+const NO_MASKING: &str = "Nats-No-Masking";
 
 /// The upgrade's rules from the `websocket {}` block.
 #[derive(Debug, Clone, Default)]
@@ -32,18 +38,131 @@ pub struct Upgrade {
     /// `allowed_origins`: if not empty, the `Origin` header must be one of these
     /// (`scheme://host[:port]`).
     pub allowed_origins: Vec<String>,
-    /// The largest message accepted (nats-server bounds frames by `max_payload` plus
-    /// protocol; we allow a few control lines more).
+    /// The largest message accepted, inflated or not (nats-server bounds it by
+    /// `max_payload`; we allow a few control lines more).
     pub max_message: usize,
+    /// `compression`: permessage-deflate when the client offers it.
+    pub compression: bool,
+    /// Cookie names whose values stand in for missing CONNECT credentials.
+    pub cookies: CookieNames,
+    /// `headers`: extra headers of the upgrade response.
+    pub headers: Vec<(String, String)>,
+    /// Whether `/leafnode` upgrades are taken (a leafnode listener is configured).
+    pub leafnodes: bool,
 }
 
-/// Why an upgrade was refused.
+/// Why an upgrade failed.
 #[derive(Debug, thiserror::Error)]
 pub enum UpgradeError {
     #[error("websocket handshake timed out")]
     Timeout,
-    #[error("websocket handshake: {0}")]
+    #[error("websocket handshake error: {0}")]
     Handshake(String),
+    #[error("websocket handshake: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Who asked for the upgrade, by request path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerKind {
+    Client,
+    Leaf,
+}
+
+/// An accepted upgrade.
+pub struct Accepted<S> {
+    pub stream: WsStream<S>,
+    pub kind: PeerKind,
+    pub credentials: WsCredentials,
+}
+
+/// `jwt_cookie`, `user_cookie`, `pass_cookie`, `token_cookie`.
+#[derive(Debug, Clone, Default)]
+pub struct CookieNames {
+    pub jwt: Option<String>,
+    pub user: Option<String>,
+    pub pass: Option<String>,
+    pub token: Option<String>,
+}
+
+impl CookieNames {
+    pub fn from_options(w: &canopy_conf::WebsocketOpts) -> CookieNames {
+        CookieNames {
+            jwt: w.jwt_cookie.clone(),
+            user: w.user_cookie.clone(),
+            pass: w.pass_cookie.clone(),
+            token: w.token_cookie.clone(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.jwt.is_none() && self.user.is_none() && self.pass.is_none() && self.token.is_none()
+    }
+
+    /// The configured cookies' values from the request's `Cookie` headers (the last
+    /// occurrence of a name wins; surrounding double quotes are dropped, as Go's
+    /// `http.Request.Cookies` does).
+    fn extract<'a>(&self, cookie_headers: impl Iterator<Item = &'a str>) -> WsCredentials {
+        let mut out = WsCredentials::default();
+        if self.is_empty() {
+            return out;
+        }
+        for pair in cookie_headers.flat_map(|h| h.split(';')) {
+            let Some((name, value)) = pair.trim().split_once('=') else {
+                continue;
+            };
+            let value = value.trim();
+            let value = value
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .unwrap_or(value)
+                .to_string();
+            let name = Some(name.trim());
+            if self.jwt.as_deref() == name {
+                out.jwt = value;
+            } else if self.user.as_deref() == name {
+                out.user = value;
+            } else if self.pass.as_deref() == name {
+                out.pass = value;
+            } else if self.token.as_deref() == name {
+                out.token = value;
+            }
+        }
+        out
+    }
+}
+
+/// Credentials a browser sent as cookies with the upgrade request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WsCredentials {
+    pub jwt: String,
+    pub user: String,
+    pub pass: String,
+    pub token: String,
+}
+
+impl WsCredentials {
+    /// Fills the credentials CONNECT left empty (nats-server's `processConnect`).
+    pub fn fill(&self, c: &mut canopy_proto::ClientConnect) {
+        for (field, cookie) in [
+            (&mut c.jwt, &self.jwt),
+            (&mut c.user, &self.user),
+            (&mut c.pass, &self.pass),
+            (&mut c.auth_token, &self.token),
+        ] {
+            if field.is_empty() {
+                field.clone_from(cookie);
+            }
+        }
+    }
+}
+
+/// What the client role needs from a websocket connection's setup.
+#[derive(Debug, Clone, Default)]
+pub struct WsClient {
+    pub credentials: WsCredentials,
+    /// The client certificate of `wss://` (for `verify_and_map`), DER.
+    pub peer_cert: Option<std::sync::Arc<[u8]>>,
 }
 
 /// `scheme://host:port` with the default port filled in, lower case, for comparing
@@ -58,23 +177,19 @@ fn normalize_origin(o: &str) -> Option<(String, String, u16)> {
     Some((scheme, host, port))
 }
 
-fn check_origin(rules: &Upgrade, req: &Request, tls: bool) -> Result<(), String> {
+fn check_origin(rules: &Upgrade, req: &HttpRequest, tls: bool) -> Result<(), String> {
     if !rules.same_origin && rules.allowed_origins.is_empty() {
         return Ok(());
     }
     // nats-server: no Origin header (a non-browser client) is accepted.
-    let Some(origin) = req.headers().get("origin").and_then(|v| v.to_str().ok()) else {
+    let Some(origin) = req.header("origin") else {
         return Ok(());
     };
     let Some((scheme, host, port)) = normalize_origin(origin) else {
         return Err(format!("invalid origin {origin:?}"));
     };
     if rules.same_origin {
-        let req_host = req
-            .headers()
-            .get("host")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
+        let req_host = req.header("host").unwrap_or("");
         let base = if tls { "https://" } else { "http://" };
         let same = normalize_origin(&format!("{base}{req_host}"))
             .is_some_and(|(_, h, p)| h == host && p == port);
@@ -95,148 +210,218 @@ fn check_origin(rules: &Upgrade, req: &Request, tls: bool) -> Result<(), String>
     Ok(())
 }
 
-fn refuse(status: StatusCode, text: String) -> ErrorResponse {
-    let mut r = ErrorResponse::new(Some(text));
-    *r.status_mut() = status;
-    r
+/// The parts of an HTTP request (or response) head the upgrade looks at.
+struct HttpRequest {
+    method: String,
+    path: String,
+    headers: Vec<(String, String)>,
 }
 
-/// Performs the HTTP upgrade on `io` within `timeout`. `tls` says whether `io` is a TLS
-/// stream (for `same_origin`).
+impl HttpRequest {
+    /// The first value of header `name` (case-insensitive).
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn headers_named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.headers
+            .iter()
+            .filter(move |(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Whether a comma-separated header `name` has the token `value` (any case).
+    fn has_token(&self, name: &str, value: &str) -> bool {
+        self.headers_named(name)
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(value))
+    }
+
+    /// Whether `Sec-WebSocket-Extensions` offers permessage-deflate.
+    fn offers_deflate(&self) -> bool {
+        self.headers_named("sec-websocket-extensions")
+            .flat_map(|v| v.split(','))
+            .any(|ext| {
+                ext.split(';')
+                    .next()
+                    .is_some_and(|n| n.trim().eq_ignore_ascii_case(DEFLATE))
+            })
+    }
+}
+
+fn collect_headers(hs: &[httparse::Header<'_>]) -> Vec<(String, String)> {
+    hs.iter()
+        .map(|h| {
+            (
+                h.name.to_string(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Reads an HTTP head (up to the blank line) into `buf`; returns its length. What follows
+/// it stays in `buf`.
+async fn read_head<S: AsyncRead + Unpin>(
+    io: &mut S,
+    buf: &mut BytesMut,
+) -> Result<usize, UpgradeError> {
+    loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            return Ok(i + 4);
+        }
+        if buf.len() > MAX_HEAD {
+            return Err(UpgradeError::Handshake(format!(
+                "HTTP head larger than {MAX_HEAD} bytes"
+            )));
+        }
+        buf.reserve(4096);
+        if io.read_buf(buf).await? == 0 {
+            return Err(UpgradeError::Handshake(
+                "connection closed during handshake".into(),
+            ));
+        }
+    }
+}
+
+async fn refuse<S: AsyncWrite + Unpin>(io: &mut S, status: u16, reason: String) -> UpgradeError {
+    let text = match status {
+        400 => "Bad Request",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        _ => "Error",
+    };
+    let body = format!("{text}\n");
+    let resp = format!(
+        "HTTP/1.1 {status} {text}\r\nSec-Websocket-Version: 13\r\nContent-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = io.write_all(resp.as_bytes()).await;
+    let _ = io.flush().await;
+    UpgradeError::Handshake(reason)
+}
+
+/// Checks the request as nats-server's `wsUpgrade` does; `Err((status, reason))`.
+fn check_request(
+    rules: &Upgrade,
+    req: &HttpRequest,
+    tls: bool,
+) -> Result<(PeerKind, String), (u16, String)> {
+    let path = req.path.split('?').next().unwrap_or("");
+    let kind = if path.ends_with(LEAF_PATH) {
+        PeerKind::Leaf
+    } else if path.ends_with("/mqtt") {
+        return Err((404, "mqtt websocket endpoint not enabled".into()));
+    } else {
+        PeerKind::Client
+    };
+    if req.method != "GET" {
+        return Err((405, "request method must be GET".into()));
+    }
+    if req.header("host").is_none_or(str::is_empty) {
+        return Err((400, "'Host' missing in request".into()));
+    }
+    if !req.has_token("upgrade", "websocket") {
+        return Err((400, "invalid value for header 'Upgrade'".into()));
+    }
+    if !req.has_token("connection", "upgrade") {
+        return Err((400, "invalid value for header 'Connection'".into()));
+    }
+    let Some(key) = req.header("sec-websocket-key").filter(|k| !k.is_empty()) else {
+        return Err((400, "key missing".into()));
+    };
+    use base64::Engine as _;
+    let decoded = base64::engine::general_purpose::STANDARD.decode(key.trim());
+    if decoded.map(|d| d.len()) != Ok(16) {
+        return Err((400, "invalid websocket key".into()));
+    }
+    if !req.has_token("sec-websocket-version", "13") {
+        return Err((400, "invalid version".into()));
+    }
+    check_origin(rules, req, tls).map_err(|e| (403, format!("origin not allowed: {e}")))?;
+    if kind == PeerKind::Leaf && !rules.leafnodes {
+        return Err((
+            400,
+            "leafnode connections over websocket need a leafnodes listener".into(),
+        ));
+    }
+    Ok((kind, key.trim().to_string()))
+}
+
+/// Performs the server side of the upgrade on `io` within `timeout`. `tls` says whether
+/// `io` is a TLS stream (for `same_origin`).
 pub async fn accept<S>(
-    io: S,
+    mut io: S,
     rules: &Upgrade,
     tls: bool,
     timeout: Duration,
-) -> Result<WsStream<S>, UpgradeError>
+) -> Result<Accepted<S>, UpgradeError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    // The callback's shape (an `ErrorResponse` as the error) is tungstenite's.
-    #[allow(clippy::result_large_err)]
-    let callback = |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
-        // `/leafnode` is where nats-server takes leaf connections over websocket.
-        if req.uri().path().trim_end_matches('/') == "/leafnode" {
-            return Err(refuse(
-                StatusCode::BAD_REQUEST,
-                "leafnode connections over websocket are not supported".into(),
-            ));
+    let mut buf = BytesMut::with_capacity(4096);
+    let head = tokio::time::timeout(timeout, read_head(&mut io, &mut buf))
+        .await
+        .map_err(|_| UpgradeError::Timeout)??;
+    let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut hs);
+    let req = match parsed.parse(&buf[..head]) {
+        Ok(httparse::Status::Complete(_)) => HttpRequest {
+            method: parsed.method.unwrap_or("").to_string(),
+            path: parsed.path.unwrap_or("").to_string(),
+            headers: collect_headers(parsed.headers),
+        },
+        Ok(httparse::Status::Partial) | Err(_) => {
+            return Err(refuse(&mut io, 400, "malformed HTTP request".into()).await);
         }
-        check_origin(rules, req, tls).map_err(|e| refuse(StatusCode::FORBIDDEN, e))?;
-        // The client protocol has no subprotocol name; echo none.
-        resp.headers_mut()
-            .insert("server", HeaderValue::from_static("canopy"));
-        Ok(resp)
     };
-    let mut config = WebSocketConfig::default();
-    config.max_message_size = Some(rules.max_message.max(64 * 1024));
-    config.max_frame_size = Some(rules.max_message.max(64 * 1024));
-    let fut = tokio_tungstenite::accept_hdr_async_with_config(io, callback, Some(config));
-    match tokio::time::timeout(timeout, fut).await {
-        Err(_) => Err(UpgradeError::Timeout),
-        Ok(Err(e)) => Err(UpgradeError::Handshake(e.to_string())),
-        Ok(Ok(ws)) => Ok(WsStream::new(ws)),
+    let _ = buf.split_to(head);
+    let (kind, key) = match check_request(rules, &req, tls) {
+        Ok(k) => k,
+        Err((status, reason)) => return Err(refuse(&mut io, status, reason).await),
+    };
+    let compress = rules.compression && req.offers_deflate();
+    let no_masking = req.header(NO_MASKING).is_some_and(|v| v.trim() == "true");
+    let mut resp = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n",
+        derive_accept_key(key.as_bytes())
+    );
+    if compress {
+        resp.push_str(&format!("Sec-WebSocket-Extensions: {DEFLATE_RESPONSE}\r\n"));
     }
-}
-
-/// A WebSocket connection as a byte stream (see the module header).
-pub struct WsStream<S> {
-    ws: WebSocketStream<S>,
-    /// The rest of the last message read.
-    pending: Bytes,
-    closed: bool,
-}
-
-impl<S> WsStream<S> {
-    pub fn new(ws: WebSocketStream<S>) -> Self {
-        WsStream {
-            ws,
-            pending: Bytes::new(),
-            closed: false,
-        }
+    if no_masking {
+        resp.push_str(&format!("{NO_MASKING}: true\r\n"));
     }
-}
-
-fn to_io(e: WsError) -> io::Error {
-    match e {
-        WsError::Io(e) => e,
-        WsError::ConnectionClosed | WsError::AlreadyClosed => {
-            io::Error::new(io::ErrorKind::BrokenPipe, "websocket closed")
-        }
-        other => io::Error::new(io::ErrorKind::InvalidData, other.to_string()),
+    for (k, v) in &rules.headers {
+        resp.push_str(&format!("{k}: {v}\r\n"));
     }
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsStream<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        loop {
-            if !self.pending.is_empty() {
-                let n = self.pending.len().min(buf.remaining());
-                buf.put_slice(&self.pending[..n]);
-                self.pending.advance(n);
-                return Poll::Ready(Ok(()));
-            }
-            if self.closed {
-                return Poll::Ready(Ok(()));
-            }
-            match Pin::new(&mut self.ws).poll_next(cx) {
-                Poll::Pending => return Poll::Pending,
-                // End of stream: EOF.
-                Poll::Ready(None) => {
-                    self.closed = true;
-                }
-                Poll::Ready(Some(Err(WsError::ConnectionClosed))) => {
-                    self.closed = true;
-                }
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(to_io(e))),
-                Poll::Ready(Some(Ok(msg))) => match msg {
-                    Message::Binary(b) => self.pending = b,
-                    Message::Text(t) => self.pending = Bytes::copy_from_slice(t.as_bytes()),
-                    Message::Close(_) => self.closed = true,
-                    // Pings are answered by tungstenite on the next read or write.
-                    Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
-                },
-            }
-        }
-    }
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsStream<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match Pin::new(&mut self.ws).poll_ready(cx) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(Err(e)) => return Poll::Ready(Err(to_io(e))),
-            Poll::Ready(Ok(())) => {}
-        }
-        let msg = Message::Binary(Bytes::copy_from_slice(buf));
-        if let Err(e) = Pin::new(&mut self.ws).start_send(msg) {
-            return Poll::Ready(Err(to_io(e)));
-        }
-        // Push the frame towards the socket now; `flush` completes it.
-        let _ = Pin::new(&mut self.ws).poll_flush(cx);
-        Poll::Ready(Ok(buf.len()))
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.ws).poll_flush(cx).map_err(to_io)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match Pin::new(&mut self.ws).poll_close(cx) {
-            Poll::Ready(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => {
-                Poll::Ready(Ok(()))
-            }
-            other => other.map_err(to_io),
-        }
-    }
+    resp.push_str("\r\n");
+    tokio::time::timeout(timeout, async {
+        io.write_all(resp.as_bytes()).await?;
+        io.flush().await
+    })
+    .await
+    .map_err(|_| UpgradeError::Timeout)??;
+    let credentials = match kind {
+        PeerKind::Client => rules.cookies.extract(req.headers_named("cookie")),
+        PeerKind::Leaf => WsCredentials::default(),
+    };
+    let stream = WsStream::new(
+        io,
+        buf,
+        FrameRole::server(no_masking),
+        compress,
+        rules.max_message,
+    );
+    Ok(Accepted {
+        stream,
+        kind,
+        credentials,
+    })
 }
 
 #[cfg(test)]

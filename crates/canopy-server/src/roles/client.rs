@@ -16,6 +16,7 @@ use canopy_subject::MatchResult;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
 use crate::auth::users::{Authenticated, Perms};
+use crate::auth::websocket::{WsClient, WsCredentials};
 use crate::core::account::{Account, SubRef, Subscription};
 use crate::core::conn::{
     conn_label, next_read_size, read_room, writer_loop, CloseReason, ConnKind, ConnShared,
@@ -47,6 +48,8 @@ fn auto_unsubscribed(s: &Subscription) -> bool {
 }
 
 struct Client {
+    /// A websocket client's cookie credentials (`None` for TCP clients).
+    ws_credentials: Option<WsCredentials>,
     server: Arc<Server>,
     conn: Arc<ConnShared>,
     account: Arc<Account>,
@@ -127,22 +130,23 @@ pub async fn serve<S>(server: Arc<Server>, stream: S, addr: SocketAddr)
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    serve_on(server, stream, addr, false).await
+    serve_on(server, stream, addr, None).await
 }
 
 /// Serves a client whose transport is already set up (a WebSocket connection, after its
 /// own TLS and upgrade): INFO is its first message, no client TLS applies.
-pub async fn serve_upgraded<S>(server: Arc<Server>, stream: S, addr: SocketAddr)
+pub async fn serve_upgraded<S>(server: Arc<Server>, stream: S, addr: SocketAddr, ws: WsClient)
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    serve_on(server, stream, addr, true).await
+    serve_on(server, stream, addr, Some(ws)).await
 }
 
-async fn serve_on<S>(server: Arc<Server>, stream: S, addr: SocketAddr, upgraded: bool)
+async fn serve_on<S>(server: Arc<Server>, stream: S, addr: SocketAddr, ws: Option<WsClient>)
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
+    let upgraded = ws.is_some();
     let opts = server.opts();
     let cid = server.next_cid();
     let conn = Arc::new(ConnShared::new(
@@ -155,7 +159,14 @@ where
         conn.stall_at
             .store(opts.max_pending as usize / 4 * 3, Ordering::Relaxed);
     }
-    let auth = server.client_auth();
+    if let Some(cert) = ws.as_ref().and_then(|w| w.peer_cert.clone()) {
+        conn.meta.lock().peer_cert = Some(cert);
+    }
+    let auth = if upgraded {
+        server.ws_client_auth()
+    } else {
+        server.client_auth()
+    };
     let nonce = if auth.needs_nonce() {
         crate::auth::users::new_nonce()
     } else {
@@ -225,12 +236,22 @@ where
         batch_in_bytes: 0,
         batch_out_msgs: 0,
         batch_out_bytes: 0,
+        ws_credentials: ws.map(|w| w.credentials),
     };
     let limits = ParserLimits {
         max_control_line: opts.max_control_line as usize,
         max_payload: opts.max_payload as usize,
     };
-    let auth_timeout = opts.authorization.timeout.unwrap_or(Duration::from_secs(2));
+    // `websocket { authorization { timeout } }` overrides the client one.
+    let ws_timeout = opts
+        .websocket
+        .as_ref()
+        .filter(|_| upgraded)
+        .and_then(|w| w.authorization.as_ref())
+        .and_then(|a| a.timeout);
+    let auth_timeout = ws_timeout
+        .or(opts.authorization.timeout)
+        .unwrap_or(Duration::from_secs(2));
     drop(opts);
     client
         .read_loop(rd, Parser::new(Role::Client, limits), auth_timeout)
@@ -523,9 +544,15 @@ impl Client {
         };
         let first = !self.connected;
         if !self.connected {
-            let auth = self.server.client_auth();
+            let auth = match &self.ws_credentials {
+                Some(_) => self.server.ws_client_auth(),
+                None => self.server.client_auth(),
+            };
             let nonce = self.nonce.clone();
-            let c2 = c.clone();
+            let mut c2 = c.clone();
+            if let Some(cookies) = &self.ws_credentials {
+                cookies.fill(&mut c2);
+            }
             let cert = self.conn.meta.lock().peer_cert.clone();
             let result = if auth.required() {
                 tokio::task::spawn_blocking(move || {

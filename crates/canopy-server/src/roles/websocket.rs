@@ -4,12 +4,13 @@
 //! [`crate::auth::websocket::WsStream`] adapter.
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::auth::websocket::{self, Upgrade};
+use crate::auth::websocket::{self, Accepted, Upgrade, WsClient};
 use crate::server::Server;
 
 /// nats-server's default `handshake_timeout` (TLS and upgrade).
@@ -35,6 +36,10 @@ async fn serve(server: Arc<Server>, stream: TcpStream, addr: SocketAddr) {
         // A message carries at most one payload plus its protocol lines; outbound batches
         // are ours to size.
         max_message: (o.max_payload as usize).saturating_add(o.max_control_line as usize * 4),
+        compression: w.compression,
+        cookies: websocket::CookieNames::from_options(w),
+        headers: w.headers.clone(),
+        leafnodes: false,
     };
     drop(o);
     let tls = server.tls().websocket.clone();
@@ -45,9 +50,10 @@ async fn serve(server: Arc<Server>, stream: TcpStream, addr: SocketAddr) {
             {
                 Ok(Ok(s)) => {
                     let left = timeout.saturating_sub(started.elapsed());
+                    let peer_cert = s.peer_cert().map(|c| Arc::from(c.as_ref()));
                     match websocket::accept(s, &rules, true, left).await {
-                        Ok(ws) => {
-                            crate::roles::client::serve_upgraded(server, ws, addr).await;
+                        Ok(up) => {
+                            serve_accepted(server, up, addr, peer_cert).await;
                             return;
                         }
                         Err(e) => Err(e.to_string()),
@@ -61,14 +67,39 @@ async fn serve(server: Arc<Server>, stream: TcpStream, addr: SocketAddr) {
             }
         }
         None => match websocket::accept(stream, &rules, false, timeout).await {
-            Ok(ws) => {
-                crate::roles::client::serve_upgraded(server, ws, addr).await;
+            Ok(up) => {
+                serve_accepted(server, up, addr, None).await;
                 return;
             }
             Err(e) => Err(e.to_string()),
         },
     };
     if let Err(e) = res {
-        tracing::error!("{addr} - websocket connection refused: {e}");
+        tracing::error!("{addr} - {e}");
     }
+}
+
+/// Hands an upgraded connection to its role.
+async fn serve_accepted<S>(
+    server: Arc<Server>,
+    up: Accepted<S>,
+    addr: SocketAddr,
+    peer_cert: Option<Arc<[u8]>>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    // A message over the bound (compressed, or inflated: a decompression bomb) counts as
+    // a max payload violation, as in nats-server.
+    let counted = server.clone();
+    let stream = up.stream.on_too_big(Arc::new(move || {
+        counted
+            .stats
+            .max_payload_violations
+            .fetch_add(1, Ordering::Relaxed);
+    }));
+    let ws = WsClient {
+        credentials: up.credentials,
+        peer_cert,
+    };
+    crate::roles::client::serve_upgraded(server, stream, addr, ws).await;
 }

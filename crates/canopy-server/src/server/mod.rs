@@ -33,6 +33,7 @@ pub struct Server {
     pub start: SystemTime,
     opts: RwLock<Arc<Options>>,
     auth: RwLock<Arc<ClientAuth>>,
+    ws_auth: RwLock<Arc<ClientAuth>>,
     accounts: RwLock<HashMap<String, Arc<Account>>>,
     global: Arc<Account>,
     conns: Mutex<HashMap<u64, Arc<ConnShared>>>,
@@ -107,12 +108,14 @@ impl Server {
             .or_insert_with(|| Account::new(&system_account, cache, track));
         let trust = crate::auth::jwt::Trust::for_server(&opts);
         let auth = ClientAuth::from_options(&opts).with_trust(trust.clone());
+        let ws_auth = ClientAuth::for_websocket(&opts).with_trust(trust.clone());
         Arc::new(Server {
             id,
             name,
             start: SystemTime::now(),
             opts: RwLock::new(Arc::new(opts)),
             auth: RwLock::new(Arc::new(auth)),
+            ws_auth: RwLock::new(Arc::new(ws_auth)),
             accounts: RwLock::new(accounts),
             global,
             conns: Mutex::new(HashMap::new()),
@@ -157,6 +160,11 @@ impl Server {
 
     pub fn client_auth(&self) -> Arc<ClientAuth> {
         self.auth.read().clone()
+    }
+
+    /// The authentication table for websocket clients ([`ClientAuth::for_websocket`]).
+    pub fn ws_client_auth(&self) -> Arc<ClientAuth> {
+        self.ws_auth.read().clone()
     }
 
     pub fn global_account(&self) -> Arc<Account> {
@@ -434,8 +442,10 @@ impl Server {
     /// Swaps in reloaded options (the caller has checked they may change live).
     pub fn apply_reload(&self, opts: Options) {
         let auth = ClientAuth::from_options(&opts).with_trust(self.trust.clone());
+        let ws_auth = ClientAuth::for_websocket(&opts).with_trust(self.trust.clone());
         crate::server::logging::update(opts.debug, opts.trace, opts.logtime, opts.logtime_utc);
         *self.auth.write() = Arc::new(auth);
+        *self.ws_auth.write() = Arc::new(ws_auth);
         *self.opts.write() = Arc::new(opts);
         *self.config_load_time.lock() = SystemTime::now();
     }
