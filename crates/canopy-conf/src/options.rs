@@ -772,7 +772,6 @@ pub const NOT_IMPLEMENTED: &[Feature] = &[
     Feature::Gateway,
     Feature::Mqtt,
     Feature::Syslog,
-    Feature::Mappings,
     Feature::UrlResolver,
     Feature::Unmodelled,
 ];

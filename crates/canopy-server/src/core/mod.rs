@@ -9,6 +9,7 @@ pub mod errors;
 pub mod format;
 pub mod inbox;
 pub mod interest;
+pub mod mapping;
 pub mod perms;
 pub mod stats;
 pub mod url;

@@ -43,6 +43,7 @@ pub fn load_options(f: &Flags) -> Result<Options, Vec<String>> {
     crate::auth::jwt::check_options(&o)?;
     crate::auth::jwt::accounts_from_jwts(&mut o)?;
     crate::services::imports::validate(&o)?;
+    crate::core::mapping::validate(&o)?;
     // TLS settings are checked here (files at start and on reload: `TlsSet::build`).
     crate::auth::tls::check(&o).map_err(|e| vec![e.to_string()])?;
     Ok(o)

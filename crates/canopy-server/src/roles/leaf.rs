@@ -29,6 +29,7 @@ use crate::core::conn::{
 use crate::core::deliver::{deliver, Msg, Origin, Scratch};
 use crate::core::errors;
 use crate::core::interest::{Link, LinkClass};
+use crate::core::mapping::Mapped;
 use crate::core::url::ServerUrl;
 pub use crate::server::links::RemoteState;
 use crate::server::version;
@@ -720,6 +721,19 @@ impl Session {
         let Ok(subj) = std::str::from_utf8(&subject) else {
             return;
         };
+        // Account mappings apply to leaf arrivals too (nats-server maps LEAF like CLIENT),
+        // before permissions and interest. A mapped message is a new publish here: every
+        // local queue group may take it, not only those the peer named.
+        let mapped = match acc.mappings.get().map(|m| m.map(subj)) {
+            Some(Mapped::Drop) => return,
+            Some(Mapped::To(s)) => Some(Bytes::from(s)),
+            _ => None,
+        };
+        let (subject, queues) = match mapped {
+            Some(m) => (m, None),
+            None => (subject, Some(queues)),
+        };
+        let subj = std::str::from_utf8(&subject).unwrap_or_default();
         let not_permitted = link
             .perms
             .as_ref()
@@ -742,7 +756,7 @@ impl Session {
             cid: self.conn.cid,
             echo: true,
             class: link.class(),
-            queues: Some(&queues),
+            queues: queues.as_deref(),
             peer: Some(link.peer_id.as_str()),
             conn: Some(&self.conn),
             imported: false,
