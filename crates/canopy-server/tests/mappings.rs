@@ -230,3 +230,189 @@ fn invalid_mapping_is_refused_with_its_position() {
         "mapping or reason not named in {text}"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Per-remote `account_mappings` (Canopy extension; all on the Canopy leaf side)
+// ---------------------------------------------------------------------------------------
+
+/// Sends a request until it is answered (bounded by [`SETTLE`]: interest may still be on
+/// its way) and returns the answer.
+async fn request(c: &Client, subject: &str, body: &'static str) -> String {
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    loop {
+        let fut = c.request(subject.to_string(), Bytes::from_static(body.as_bytes()));
+        match tokio::time::timeout(PROBE * 4, fut).await {
+            Ok(Ok(m)) => return String::from_utf8_lossy(&m.payload).into_owned(),
+            _ if tokio::time::Instant::now() < deadline => continue,
+            other => panic!("request {subject}: {other:?}"),
+        }
+    }
+}
+
+/// Answers requests on `subject` with `<tag>:<subject>:<payload>` until the test ends.
+async fn responder(c: &Client, subject: &str, tag: &'static str) {
+    let mut s = sub(c, subject).await;
+    let c = c.clone();
+    tokio::spawn(async move {
+        while let Some(m) = s.next().await {
+            if let Some(reply) = m.reply {
+                let body = format!(
+                    "{tag}:{}:{}",
+                    m.subject,
+                    String::from_utf8_lossy(&m.payload)
+                );
+                let _ = c.publish(reply, Bytes::from(body)).await;
+            }
+        }
+    });
+}
+
+/// The next message's subject on `s`, or panics.
+async fn next_subject(s: &mut Subscriber, what: &str) -> String {
+    match next(s, SETTLE).await {
+        Some(m) => m.subject.to_string(),
+        None => panic!("{what}: nothing arrived"),
+    }
+}
+
+async fn remap_across_leaf(hub_kind: Impl) {
+    let lp = free_fixed_port();
+    let hub = ServerProcess::start(
+        hub_kind,
+        &format!("listen: 127.0.0.1:-1\nleafnodes {{ listen: \"127.0.0.1:{lp}\" }}\n"),
+        &[],
+    )
+    .unwrap();
+    // Deny rules are written in the hub's names (the names on the wire).
+    let leaf = ServerProcess::canopy(&format!(
+        r#"listen: 127.0.0.1:-1
+leafnodes {{
+  reconnect_interval: 1
+  remotes: [ {{
+    urls: ["nats-leaf://127.0.0.1:{lp}"]
+    account_mappings: {{ events: {{ to: "site-a.events" }}, metrics: {{ to: "site-a.metrics" }} }}
+    deny_exports: ["site-a.metrics.secret"]
+    deny_imports: ["site-a.events.private"]
+  }} ]
+}}
+"#
+    ))
+    .unwrap();
+    let h = client(&hub).await;
+    let l = client(&leaf).await;
+
+    // Up: the leaf's events.x arrives at the hub as site-a.events.x.
+    let mut hub_mapped = sub(&h, "site-a.events.>").await;
+    let mut hub_plain = sub(&h, "events.>").await;
+    let m = probe(&l, "events.x", &mut hub_mapped).await;
+    assert_eq!(m.subject.as_str(), "site-a.events.x");
+    assert!(
+        quiet(&mut hub_plain).await,
+        "the unmapped name reached the hub"
+    );
+    // A leaf subject that poses as a remapped one is not carried.
+    l.publish("site-a.events.fake", Bytes::new()).await.unwrap();
+    l.publish("events.real", Bytes::new()).await.unwrap();
+    assert_eq!(
+        next_subject(&mut hub_mapped, "up").await,
+        "site-a.events.real"
+    );
+    // Subjects outside the mapping pass unchanged.
+    let mut hub_other = sub(&h, "other.>").await;
+    let m = probe(&l, "other.a", &mut hub_other).await;
+    assert_eq!(m.subject.as_str(), "other.a");
+    // deny_exports in hub names: metrics.secret is not sent, metrics.cpu is.
+    let mut hub_metrics = sub(&h, "site-a.metrics.>").await;
+    let m = probe(&l, "metrics.cpu", &mut hub_metrics).await;
+    assert_eq!(m.subject.as_str(), "site-a.metrics.cpu");
+    l.publish("metrics.secret", Bytes::new()).await.unwrap();
+    l.publish("metrics.mem", Bytes::new()).await.unwrap();
+    assert_eq!(
+        next_subject(&mut hub_metrics, "deny_exports").await,
+        "site-a.metrics.mem"
+    );
+
+    // Down: the hub's site-a.events.y arrives at the leaf as events.y; the hub's own
+    // events.z (outside the remap, but a local name the remap owns) never does, even for
+    // a leaf subscriber on `>` (whose interest reaches the hub as `>` and site-a.events.>).
+    let mut leaf_events = sub(&l, "events.>").await;
+    let mut leaf_all = sub(&l, ">").await;
+    let m = probe(&h, "site-a.events.y", &mut leaf_events).await;
+    assert_eq!(m.subject.as_str(), "events.y");
+    while next(&mut leaf_all, QUIET).await.is_some() {}
+    h.publish("events.z", Bytes::new()).await.unwrap();
+    h.publish("site-a.events.private", Bytes::new())
+        .await
+        .unwrap();
+    h.publish("site-a.events.w", Bytes::new()).await.unwrap();
+    h.publish("other.b", Bytes::new()).await.unwrap();
+    h.flush().await.unwrap();
+    assert_eq!(next_subject(&mut leaf_events, "down").await, "events.w");
+    assert!(
+        quiet(&mut leaf_events).await,
+        "events.z or a denied one leaked"
+    );
+    let mut seen = Vec::new();
+    while let Some(m) = next(&mut leaf_all, QUIET).await {
+        seen.push(m.subject.to_string());
+    }
+    assert_eq!(seen, ["events.w", "other.b"], "the leaf's `>` subscriber");
+
+    // Request/reply through the remap, both ways.
+    responder(&h, "site-a.events.svc", "hub").await;
+    responder(&l, "events.echo", "leaf").await;
+    assert_eq!(
+        request(&l, "events.svc", "q1").await,
+        "hub:site-a.events.svc:q1"
+    );
+    assert_eq!(
+        request(&h, "site-a.events.echo", "q2").await,
+        "leaf:events.echo:q2"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn account_mappings_remap_a_remote_with_a_canopy_hub() {
+    remap_across_leaf(Impl::Canopy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn account_mappings_remap_a_remote_with_a_nats_server_hub() {
+    if nats_server_bin().is_none() {
+        eprintln!("skipped: /usr/sbin/nats-server not installed");
+        return;
+    }
+    remap_across_leaf(Impl::NatsServer).await;
+}
+
+#[test]
+fn check_reports_overlapping_account_mappings() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("leaf.conf");
+    std::fs::write(
+        &conf,
+        "leafnodes {\n  remotes: [ {\n    url: \"nats-leaf://127.0.0.1:7422\"\n    account_mappings: {\n      events: { to: \"site-a.events\" }\n      \"events.eu\": { to: \"site-a.eu\" }\n      metrics: { to: \"site-a.events.m\" }\n    }\n  } ]\n}\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(canopy_testkit::canopy_bin())
+        .arg("-t")
+        .arg("-c")
+        .arg(&conf)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "-t accepted it: {text}");
+    assert!(
+        text.contains("leaf.conf:6:") && text.contains("overlaps \"events\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("leaf.conf:7:")
+            && text.contains("conflicts with \"events\" -> \"site-a.events\""),
+        "{text}"
+    );
+}

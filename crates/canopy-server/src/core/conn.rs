@@ -138,6 +138,9 @@ pub struct ConnShared {
     /// Links: the id of the server behind this connection; a message is never sent back
     /// to the server it came from, over any connection.
     pub peer_id: OnceLock<Arc<str>>,
+    /// Leaf links of a remote with `account_mappings`: how subjects are translated on it
+    /// (messages, replies and interest both ways; see `core/remap.rs`).
+    pub remap: OnceLock<Arc<crate::core::remap::Remap>>,
     /// `producer_backoff`: past this many pending bytes (75% of `max_pending`) the
     /// connection is marked `stalled` and its publishers wait for `drained` (0 = off).
     pub stall_at: AtomicUsize,
@@ -186,6 +189,7 @@ impl ConnShared {
             link_class: AtomicU8::new(0),
             deny_send: OnceLock::new(),
             peer_id: OnceLock::new(),
+            remap: OnceLock::new(),
             stall_at: AtomicUsize::new(0),
             stalled: AtomicBool::new(false),
             drained: Notify::new(),

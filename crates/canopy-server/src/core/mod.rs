@@ -11,6 +11,7 @@ pub mod inbox;
 pub mod interest;
 pub mod mapping;
 pub mod perms;
+pub mod remap;
 pub mod stats;
 pub mod url;
 

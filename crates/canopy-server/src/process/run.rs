@@ -253,14 +253,6 @@ pub fn main() -> i32 {
             ));
         }
         unsupported.extend(leaf_keys_not_implemented(lo));
-        for r in &lo.remotes {
-            if let Some(m) = r.account_mappings.first() {
-                unsupported.push((
-                    m.pos.clone(),
-                    "leafnodes.remotes[].account_mappings is not supported yet".into(),
-                ));
-            }
-        }
     }
     if let Some(canopy_conf::ResolverOpts::Dir(d)) = &opts.resolver {
         if d.allow_delete {

@@ -682,9 +682,15 @@ impl Session {
             None => None,
         };
         let weight = if q.is_none() { weight.min(1) } else { weight };
-        if !acc.link_interest(&link, (Arc::from(subj), q), weight)
-            && !link.subs_exceeded.swap(true, Ordering::Relaxed)
-        {
+        let exceeded = match self.conn.remap.get() {
+            None => !acc.link_interest(&link, (Arc::from(subj), q), weight),
+            Some(r) => {
+                let ours = remap_interest(&link, r, (Arc::from(subj), q), weight);
+                ours.into_iter()
+                    .fold(false, |ex, (k, w)| !acc.link_interest(&link, k, w) || ex)
+            }
+        };
+        if exceeded && !link.subs_exceeded.swap(true, Ordering::Relaxed) {
             // As nats-server: the interest is ignored and the peer told; the link stays.
             tracing::error!(
                 "{} - leafnode {:?} (account {}): Maximum Subscriptions Exceeded (max {}); further interest from it is ignored",
@@ -721,6 +727,28 @@ impl Session {
         let Ok(subj) = std::str::from_utf8(&subject) else {
             return;
         };
+        // A remapped link: deny rules in the hub's names, then the local names.
+        let (subject, reply) = match self.conn.remap.get() {
+            None => (subject, reply),
+            Some(r) => {
+                if link
+                    .deny_receive
+                    .iter()
+                    .any(|d| canopy_subject::subject_matches(d, subj))
+                {
+                    self.server
+                        .stats
+                        .permission_denials
+                        .fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                let Some((s, rep)) = remap_lmsg(r, subj, reply.as_deref()) else {
+                    return;
+                };
+                (s, rep)
+            }
+        };
+        let subj = std::str::from_utf8(&subject).unwrap_or_default();
         // Account mappings apply to leaf arrivals too (nats-server maps LEAF like CLIENT),
         // before permissions and interest. A mapped message is a new publish here: every
         // local queue group may take it, not only those the peer named.
@@ -739,10 +767,11 @@ impl Session {
             .as_ref()
             .is_some_and(|p| !p.publish.permits_publish(subj));
         if not_permitted
-            || link
-                .deny_receive
-                .iter()
-                .any(|d| canopy_subject::subject_matches(d, subj))
+            || (self.conn.remap.get().is_none()
+                && link
+                    .deny_receive
+                    .iter()
+                    .any(|d| canopy_subject::subject_matches(d, subj)))
         {
             self.server
                 .stats
@@ -792,6 +821,53 @@ impl Session {
         }
         self.server.remove_conn(&self.conn);
     }
+}
+
+/// A message from the hub over a remapped link, in local names (`None`: not carried).
+fn remap_lmsg(
+    r: &crate::core::remap::Remap,
+    subject: &str,
+    reply: Option<&[u8]>,
+) -> Option<(Bytes, Option<Bytes>)> {
+    use crate::core::remap::Dir;
+    let s = Bytes::from(r.subject(subject, Dir::ToLocal)?.into_owned());
+    let rep = match reply {
+        None => None,
+        Some(rep) => {
+            let rep = std::str::from_utf8(rep).ok()?;
+            Some(Bytes::from(r.subject(rep, Dir::ToLocal)?.into_owned()))
+        }
+    };
+    Some((s, rep))
+}
+
+/// Interest from the hub over a remapped link: records the weight of its key (the hub's
+/// names) and returns the local keys it stands for with their new totals.
+fn remap_interest(
+    link: &Link,
+    r: &crate::core::remap::Remap,
+    key: crate::core::interest::Key,
+    weight: u32,
+) -> Vec<(crate::core::interest::Key, u32)> {
+    let mut m = link.remap_in.lock();
+    let old = if weight == 0 {
+        m.theirs.remove(&key).unwrap_or(0)
+    } else {
+        m.theirs.insert(key.clone(), weight).unwrap_or(0)
+    };
+    let mut out = Vec::new();
+    for l in r.interest(&key.0, crate::core::remap::Dir::ToLocal) {
+        let lk = (Arc::from(l), key.1.clone());
+        let total = m.ours.get(&lk).copied().unwrap_or(0);
+        let total = (total + weight).saturating_sub(old);
+        if total == 0 {
+            m.ours.remove(&lk);
+        } else {
+            m.ours.insert(lk.clone(), total);
+        }
+        out.push((lk, total));
+    }
+    out
 }
 
 /// The accepting side's authentication: `leafnodes.authorization` users (bound to their
@@ -1196,6 +1272,9 @@ async fn solicit(
     deny_send.extend(js.both.iter().chain(&js.outgoing).cloned());
     let _ = conn.deny_send.set(deny_send);
     let _ = conn.peer_id.set(Arc::from(info.server_id.as_str()));
+    if let Some(r) = crate::core::remap::Remap::new(&remote.account_mappings) {
+        let _ = conn.remap.set(Arc::new(r));
+    }
     let writer = tokio::spawn(writer_loop(conn.clone(), wr, server.liveness()));
     let class = if server.is_regional() && info.canopy_regional {
         LinkClass::Mesh
