@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use async_nats::{Client, Subscriber};
 use bytes::Bytes;
-use canopy_testkit::{free_fixed_port, nats_server_bin, Impl, ServerProcess};
+use canopy_testkit::{hub_and_leaf, nats_server_bin, Impl, ServerProcess};
 use futures::StreamExt;
 
 /// Upper bound for a link to form and interest to propagate.
@@ -165,27 +165,13 @@ accounts {
 /// A hub with a mapping and a leaf without: the hub advertises the mapping's source to the
 /// leaf, so a leaf client's publish on it reaches the hub and is mapped there.
 async fn mapping_across_leaf(hub_kind: Impl, leaf_kind: Impl, mapping_on_hub: bool) {
-    let lp = free_fixed_port();
     let mapping = r#"mappings { "orders.*": "orders.{{wildcard(1)}}.eu" }"#;
     let (hub_map, leaf_map) = if mapping_on_hub {
         (mapping, "")
     } else {
         ("", mapping)
     };
-    let hub = ServerProcess::start(
-        hub_kind,
-        &format!("listen: 127.0.0.1:-1\n{hub_map}\nleafnodes {{ listen: \"127.0.0.1:{lp}\" }}\n"),
-        &[],
-    )
-    .unwrap();
-    let leaf = ServerProcess::start(
-        leaf_kind,
-        &format!(
-            "listen: 127.0.0.1:-1\n{leaf_map}\nleafnodes {{ reconnect_interval: 1\n remotes: [ {{ urls: [\"nats-leaf://127.0.0.1:{lp}\"] }} ] }}\n"
-        ),
-        &[],
-    )
-    .unwrap();
+    let (hub, leaf) = hub_and_leaf((hub_kind, hub_map, ""), (leaf_kind, leaf_map, "")).unwrap();
     // The mapping's server holds the subscriber; the other side publishes the source.
     let (subs_on, pubs_on) = if mapping_on_hub {
         (&hub, &leaf)
@@ -276,28 +262,11 @@ async fn next_subject(s: &mut Subscriber, what: &str) -> String {
 }
 
 async fn remap_across_leaf(hub_kind: Impl) {
-    let lp = free_fixed_port();
-    let hub = ServerProcess::start(
-        hub_kind,
-        &format!("listen: 127.0.0.1:-1\nleafnodes {{ listen: \"127.0.0.1:{lp}\" }}\n"),
-        &[],
-    )
-    .unwrap();
     // Deny rules are written in the hub's names (the names on the wire).
-    let leaf = ServerProcess::canopy(&format!(
-        r#"listen: 127.0.0.1:-1
-leafnodes {{
-  reconnect_interval: 1
-  remotes: [ {{
-    urls: ["nats-leaf://127.0.0.1:{lp}"]
-    account_mappings: {{ events: {{ to: "site-a.events" }}, metrics: {{ to: "site-a.metrics" }} }}
+    let remote = r#"account_mappings: { events: { to: "site-a.events" }, metrics: { to: "site-a.metrics" } }
     deny_exports: ["site-a.metrics.secret"]
-    deny_imports: ["site-a.events.private"]
-  }} ]
-}}
-"#
-    ))
-    .unwrap();
+    deny_imports: ["site-a.events.private"]"#;
+    let (hub, leaf) = hub_and_leaf((hub_kind, "", ""), (Impl::Canopy, "", remote)).unwrap();
     let h = client(&hub).await;
     let l = client(&leaf).await;
 

@@ -141,6 +141,9 @@ pub struct ConnShared {
     /// Leaf links of a remote with `account_mappings`: how subjects are translated on it
     /// (messages, replies and interest both ways; see `core/remap.rs`).
     pub remap: OnceLock<Arc<crate::core::remap::Remap>>,
+    /// Leaf links: the S2 level this side writes with once negotiated (0: none; the
+    /// codes of `auth::s2::Level`). Set once, between two writer batches.
+    pub compression: AtomicU8,
     /// `producer_backoff`: past this many pending bytes (75% of `max_pending`) the
     /// connection is marked `stalled` and its publishers wait for `drained` (0 = off).
     pub stall_at: AtomicUsize,
@@ -190,6 +193,7 @@ impl ConnShared {
             deny_send: OnceLock::new(),
             peer_id: OnceLock::new(),
             remap: OnceLock::new(),
+            compression: AtomicU8::new(0),
             stall_at: AtomicUsize::new(0),
             stalled: AtomicBool::new(false),
             drained: Notify::new(),

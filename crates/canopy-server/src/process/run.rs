@@ -362,15 +362,6 @@ pub fn main() -> i32 {
             "cluster pool_size: Canopy speaks the 2.9 route protocol without pooling; one route per peer carries every account"
         );
     }
-    for u in opts.features_used() {
-        if u.feature == canopy_conf::Feature::LeafnodeCompression {
-            tracing::warn!(
-                "{}: {} requested: Canopy does not compress leaf traffic yet; links run uncompressed (\"not supported\" to peers)",
-                u.pos,
-                u.what
-            );
-        }
-    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -13,14 +13,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use canopy_conf::RemoteLeafOpts;
+use canopy_conf::{Compression, CompressionMode, RemoteLeafOpts};
 use canopy_proto::{LeafConnect, Op, Parser, ParserLimits, Role, ServerInfo};
 use rand::seq::SliceRandom;
 use rand::Rng;
 use serde_json::{json, Value};
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::auth::s2::{Level, S2Decoder, S2Read, S2Write};
 use crate::core::account::{Account, GLOBAL_ACCOUNT};
 use crate::core::conn::{
     conn_label, read_ops, writer_loop, BatchCounters, CloseReason, ConnKind, ConnShared, FlushList,
@@ -199,8 +200,64 @@ pub(crate) fn leaf_info(server: &Server, cid: u64, nonce: &str, listen: SocketAd
         canopy_regional: server.is_regional(),
         jetstream: server.jetstream().is_some(),
         domain: server.js_domain().unwrap_or_default(),
+        compression: lo
+            .compression
+            .as_ref()
+            .map(|c| announced(c, None))
+            .unwrap_or_default(),
         ..Default::default()
     }
+}
+
+/// What we say in INFO `compression`: the configured mode before negotiation, then the
+/// level chosen (`s2_auto` stays `s2_auto`, as nats-server says it).
+fn announced(c: &Compression, chosen: Option<Level>) -> String {
+    match (c.mode, chosen) {
+        (CompressionMode::S2Auto | CompressionMode::On, _) => "s2_auto".into(),
+        (_, Some(l)) => l.as_str().into(),
+        (m, None) => m.as_str().into(),
+    }
+}
+
+/// nats-server's `selectCompressionMode` and `s2_auto` level choice: the level this side
+/// writes with, or `None` for no compression (a 2.9 peer announces nothing).
+fn select_compression(ours: &Compression, theirs: &str, rtt: Duration) -> Option<Level> {
+    use CompressionMode as M;
+    let level_of = |m: M| match m {
+        M::S2Uncompressed => Some(Level::Uncompressed),
+        M::S2Fast => Some(Level::Fast),
+        M::S2Better => Some(Level::Better),
+        M::S2Best => Some(Level::Best),
+        M::S2Auto | M::On => {
+            let t = &ours.rtt_thresholds;
+            let at = |i: usize, d: u64| t.get(i).copied().unwrap_or(Duration::from_millis(d));
+            Some(if rtt <= at(0, 10) {
+                Level::Uncompressed
+            } else if rtt <= at(1, 50) {
+                Level::Fast
+            } else if rtt <= at(2, 100) {
+                Level::Better
+            } else {
+                Level::Best
+            })
+        }
+        M::Off | M::Accept => None,
+    };
+    let theirs = match theirs {
+        "" | "not supported" | "off" | "disabled" | "false" => return None,
+        t => M::parse(t)?,
+    };
+    match (ours.mode, theirs) {
+        (M::Off, _) | (M::Accept, M::Accept | M::Off) => None,
+        (M::Accept, M::S2Auto | M::On) => level_of(M::S2Fast),
+        (M::Accept, t) => level_of(t),
+        (o, _) => level_of(o),
+    }
+}
+
+/// True when our configuration asks for compression (so we take part in negotiating it).
+fn wants_compression(c: Option<&Compression>) -> Option<&Compression> {
+    c.filter(|c| c.mode != CompressionMode::Off)
 }
 
 /// The JetStream subjects kept off one leaf link, as nats-server decides per link
@@ -358,8 +415,10 @@ async fn serve_accepted(
     else {
         return;
     };
+    let started = tokio::time::Instant::now();
     let (rd, wr) = tokio::io::split(stream);
     server.register_conn(&conn);
+    let wr = S2Write::new(wr, conn.clone());
     let writer = tokio::spawn(writer_loop(conn.clone(), wr, server.liveness()));
     tracing::debug!("{} - Leafnode connection accepted", conn_label(&conn));
     let mut s = Session {
@@ -380,7 +439,18 @@ async fn serve_accepted(
         .and_then(|l| l.authorization.as_ref())
         .and_then(|a| a.timeout)
         .unwrap_or(Duration::from_secs(2));
-    s.read_loop(rd, timeout).await;
+    let co = server
+        .opts()
+        .leafnodes
+        .as_ref()
+        .and_then(|l| wants_compression(l.compression.as_ref()).cloned());
+    match co {
+        None => s.read_loop(rd, timeout).await,
+        Some(co) => {
+            let second = leaf_info(&server, cid, &s.nonce, listen);
+            s.read_negotiating(rd, timeout, &co, second, started).await
+        }
+    }
     conn.close(CloseReason::ClientClosed);
     let _ = writer.await;
     s.teardown();
@@ -406,6 +476,92 @@ impl Session {
         let parser = Parser::new(Role::Leaf, ParserLimits::link(max_payload));
         let conn = self.conn.clone();
         read_ops(&conn, rd, parser, auth_timeout, "Leafnode", self).await;
+    }
+
+    /// The accepting side with compression configured: a solicitor that wants it sends an
+    /// INFO before its CONNECT (nats-server 2.10); when both agree, our answer (a second
+    /// INFO, with the nonce) and everything after it is compressed both ways. A solicitor
+    /// that sends CONNECT first (2.9, or compression off) gets an uncompressed link.
+    async fn read_negotiating<R: AsyncRead + Unpin>(
+        &mut self,
+        mut rd: R,
+        timeout: Duration,
+        co: &Compression,
+        mut info: ServerInfo,
+        started: tokio::time::Instant,
+    ) {
+        let max_payload = self.server.opts().max_payload as usize;
+        let mut parser = Parser::new(Role::Leaf, ParserLimits::link(max_payload));
+        let mut buf = BytesMut::with_capacity(4096);
+        let first = tokio::time::timeout(timeout, async {
+            loop {
+                match parser.next(&mut buf) {
+                    Ok(Some(op)) => return Ok(op),
+                    Ok(None) => {}
+                    Err(e) => return Err(e.to_string()),
+                }
+                match rd.read_buf(&mut buf).await {
+                    Ok(0) => return Err("connection closed".to_string()),
+                    Ok(_) => {}
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+        })
+        .await;
+        let op = match first {
+            Ok(Ok(op)) => op,
+            Ok(Err(e)) => {
+                self.conn.close(CloseReason::ProtocolViolation(e));
+                return;
+            }
+            Err(_) => {
+                tracing::error!(
+                    "{} - Leafnode handshake timed out (Authentication Timeout)",
+                    conn_label(&self.conn)
+                );
+                self.conn
+                    .error_and_close(errors::AUTH_TIMEOUT, CloseReason::AuthTimeout);
+                return;
+            }
+        };
+        if let Op::Info(json) = &op {
+            let theirs: ServerInfo = serde_json::from_slice(json).unwrap_or_default();
+            if let Some(level) = select_compression(co, &theirs.compression, started.elapsed()) {
+                self.conn.compression.store(level.code(), Ordering::Relaxed);
+                info.compression = announced(co, Some(level));
+                self.conn.enqueue(|b| canopy_proto::encode_info(b, &info));
+                self.conn.flush_signal();
+                tracing::debug!(
+                    "{} - Leafnode compression: {}",
+                    conn_label(&self.conn),
+                    level.as_str()
+                );
+                let raw = buf.split();
+                let rd = S2Read::new(rd, raw, S2Decoder::default());
+                return self.read_loop(rd, timeout).await;
+            }
+        } else if !self.handle(op) {
+            return;
+        }
+        loop {
+            match parser.next(&mut buf) {
+                Ok(Some(op)) => {
+                    if !self.handle(op) {
+                        return;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    self.conn
+                        .close(CloseReason::ProtocolViolation(e.to_string()));
+                    return;
+                }
+            }
+        }
+        self.end_batch();
+        let rest = buf.split().freeze();
+        let chained = tokio::io::AsyncReadExt::chain(std::io::Cursor::new(rest), rd);
+        self.read_loop(chained, timeout).await
     }
 
     /// Handles one op; false ends the session.
@@ -1137,6 +1293,41 @@ async fn remote_tls_upgrade(
     Ok(s)
 }
 
+/// Reads until the parser yields the hub's INFO. With `s2` (after compression was
+/// negotiated) the bytes read are compressed and decoded into `buf` first.
+async fn read_hub_info<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    buf: &mut BytesMut,
+    parser: &mut Parser,
+    mut s2: Option<(&mut BytesMut, &mut S2Decoder)>,
+) -> Result<ServerInfo, String> {
+    loop {
+        if let Some((raw, dec)) = s2.as_mut() {
+            while let Some(block) = dec.decode(raw).map_err(|e| e.to_string())? {
+                buf.extend_from_slice(&block);
+            }
+        }
+        match parser.next(buf) {
+            Ok(Some(Op::Info(json))) => {
+                return serde_json::from_slice::<ServerInfo>(&json)
+                    .map_err(|e| format!("invalid INFO: {e}"));
+            }
+            Ok(Some(op)) => return Err(format!("expected INFO, got {}", op.verb())),
+            Ok(None) => {}
+            Err(e) => return Err(format!("protocol error before INFO: {e}")),
+        }
+        let read = match s2.as_mut() {
+            Some((raw, _)) => rd.read_buf(*raw).await,
+            None => rd.read_buf(buf).await,
+        };
+        match read {
+            Ok(0) => return Err("connection closed before INFO".into()),
+            Ok(_) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
 /// One solicited session: read INFO, send CONNECT, serve until it ends.
 async fn solicit(
     server: &Arc<Server>,
@@ -1147,6 +1338,7 @@ async fn solicit(
     state: &Arc<RemoteState>,
 ) -> Result<Ended, String> {
     let addr = stream.peer_addr().map_err(|e| e.to_string())?;
+    let started = tokio::time::Instant::now();
     // `handshake_first` on the remote: TLS before the hub's INFO.
     let mut rd = if remote
         .tls
@@ -1162,30 +1354,50 @@ async fn solicit(
     let mut buf = BytesMut::with_capacity(32 * 1024);
     let max_payload = server.opts().max_payload as usize;
     let mut parser = Parser::new(Role::Leaf, ParserLimits::link(max_payload));
-    let info: ServerInfo = tokio::time::timeout(first_info, async {
-        loop {
-            match parser.next(&mut buf) {
-                Ok(Some(Op::Info(json))) => {
-                    return serde_json::from_slice::<ServerInfo>(&json)
-                        .map_err(|e| format!("invalid INFO: {e}"));
-                }
-                Ok(Some(op)) => return Err(format!("expected INFO, got {}", op.verb())),
-                Ok(None) => {}
-                Err(e) => return Err(format!("protocol error before INFO: {e}")),
-            }
-            match rd.read_buf(&mut buf).await {
-                Ok(0) => return Err("connection closed before INFO".into()),
-                Ok(_) => {}
-                Err(e) => return Err(e.to_string()),
-            }
-        }
-    })
+    let mut info = tokio::time::timeout(
+        first_info,
+        read_hub_info(&mut rd, &mut buf, &mut parser, None),
+    )
     .await
     .map_err(|_| "no INFO received in time (Stale Leaf Node Connection)".to_string())??;
     if !info.info_on_connect && info.leafnode_urls.is_empty() {
         return Err("attempted to connect to wrong port (not a leafnode port)".into());
     }
     let wants_tls = info.tls_required || remote.tls.is_some() || url.tls;
+    // Compression is negotiated before CONNECT (nats-server 2.10): our INFO goes out
+    // plain, the hub's answer (a second INFO) and everything after it is compressed. Not
+    // over a TLS upgrade still to come (left uncompressed), nor with a 2.9 hub, whose
+    // INFO announces no compression.
+    let mut s2: Option<(Level, BytesMut, S2Decoder)> = None;
+    if let Some(co) = wants_compression(remote.compression.as_ref()) {
+        let tls_later = wants_tls && !rd.is_tls();
+        let level = select_compression(co, &info.compression, started.elapsed());
+        if let Some(level) = level.filter(|_| !tls_later) {
+            let ours = ServerInfo {
+                server_id: server.id.clone(),
+                server_name: server.name.clone(),
+                version: version::NATS_COMPAT_VERSION.to_string(),
+                proto: version::CLIENT_PROTO,
+                headers: true,
+                compression: announced(co, Some(level)),
+                ..Default::default()
+            };
+            let mut out = BytesMut::new();
+            canopy_proto::encode_info(&mut out, &ours);
+            rd.write_all(&out).await.map_err(|e| e.to_string())?;
+            rd.flush().await.map_err(|e| e.to_string())?;
+            let mut raw = buf.split();
+            let mut dec = S2Decoder::default();
+            let s2_in = Some((&mut raw, &mut dec));
+            info = tokio::time::timeout(
+                first_info,
+                read_hub_info(&mut rd, &mut buf, &mut parser, s2_in),
+            )
+            .await
+            .map_err(|_| "no compressed INFO received in time".to_string())??;
+            s2 = Some((level, raw, dec));
+        }
+    }
     if wants_tls && !buf.is_empty() && !rd.is_tls() {
         return Err("unexpected data from the hub between INFO and the TLS handshake".into());
     }
@@ -1252,6 +1464,9 @@ async fn solicit(
         addr,
         server.link_max_pending(),
     ));
+    if let Some((level, ..)) = &s2 {
+        conn.compression.store(level.code(), Ordering::Relaxed);
+    }
     if wants_tls && !rd.is_tls() {
         // Upgrade, send CONNECT and PING, and read the first answer: with TLS 1.3 a hub
         // that rejects our certificate says so only now, and that is a handshake failure.
@@ -1275,6 +1490,7 @@ async fn solicit(
     if let Some(r) = crate::core::remap::Remap::new(&remote.account_mappings) {
         let _ = conn.remap.set(Arc::new(r));
     }
+    let wr = S2Write::new(wr, conn.clone());
     let writer = tokio::spawn(writer_loop(conn.clone(), wr, server.liveness()));
     let class = if server.is_regional() && info.canopy_regional {
         LinkClass::Mesh
@@ -1343,9 +1559,17 @@ async fn solicit(
     s.end_batch();
     if early_ok {
         // Continue with the same buffer contents: hand the leftover bytes to the loop.
-        let rest = buf.split().freeze();
-        let chained = tokio::io::AsyncReadExt::chain(std::io::Cursor::new(rest), rd);
-        s.read_loop(chained, Duration::from_secs(3600)).await;
+        let rest = std::io::Cursor::new(buf.split().freeze());
+        match s2 {
+            Some((_, raw, dec)) => {
+                let rd = tokio::io::AsyncReadExt::chain(rest, S2Read::new(rd, raw, dec));
+                s.read_loop(rd, Duration::from_secs(3600)).await
+            }
+            None => {
+                let rd = tokio::io::AsyncReadExt::chain(rest, rd);
+                s.read_loop(rd, Duration::from_secs(3600)).await
+            }
+        }
     }
     conn.close(CloseReason::ClientClosed);
     let _ = writer.await;
@@ -1379,7 +1603,8 @@ pub fn leafz(server: &Server, subs: bool, acc_filter: Option<&str>) -> Value {
             "in_bytes": l.conn.stats.in_bytes.load(Ordering::Relaxed),
             "out_bytes": l.conn.stats.out_bytes.load(Ordering::Relaxed),
             "subscriptions": l.remote_subs.lock().len(),
-            "compression": "off",
+            "compression": Level::from_code(l.conn.compression.load(Ordering::Relaxed))
+                .map_or("off", Level::as_str),
             "canopy_link": l.class().as_str(),
             "canopy_solicited": l.solicited,
             "canopy_active": l.advertise.load(Ordering::Relaxed),
