@@ -135,6 +135,23 @@ mod tests {
     }
 
     #[test]
+    fn cluster_scoped_destinations_apply_in_their_cluster() {
+        let mut m = mapping("east", &[("e.default", 100)]);
+        m.destinations.push(canopy_conf::MapDest {
+            subject: "e.local".into(),
+            weight: 100,
+            cluster: Some("C1".into()),
+        });
+        let ms = std::slice::from_ref(&m);
+        let in_c1 = Mappings::new(ms, Some("C1")).unwrap_or_else(|e| panic!("{e}"));
+        let in_c2 = Mappings::new(ms, Some("C2")).unwrap_or_else(|e| panic!("{e}"));
+        let alone = Mappings::new(ms, None).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(in_c1.map("east"), Mapped::To("e.local".into()));
+        assert_eq!(in_c2.map("east"), Mapped::To("e.default".into()));
+        assert_eq!(alone.map("east"), Mapped::To("e.default".into()));
+    }
+
+    #[test]
     fn explicit_source_remainder_drops() {
         let m = Mappings::new(&[mapping("a", &[("a", 0), ("b", 0)])], None)
             .unwrap_or_else(|e| panic!("{e}"));

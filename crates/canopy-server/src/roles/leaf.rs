@@ -229,17 +229,7 @@ fn select_compression(ours: &Compression, theirs: &str, rtt: Duration) -> Option
         M::S2Better => Some(Level::Better),
         M::S2Best => Some(Level::Best),
         M::S2Auto | M::On => {
-            let t = &ours.rtt_thresholds;
-            let at = |i: usize, d: u64| t.get(i).copied().unwrap_or(Duration::from_millis(d));
-            Some(if rtt <= at(0, 10) {
-                Level::Uncompressed
-            } else if rtt <= at(1, 50) {
-                Level::Fast
-            } else if rtt <= at(2, 100) {
-                Level::Better
-            } else {
-                Level::Best
-            })
+            Level::from_code(crate::core::conn::s2_auto_code(rtt, &auto_thresholds(ours)))
         }
         M::Off | M::Accept => None,
     };
@@ -252,6 +242,25 @@ fn select_compression(ours: &Compression, theirs: &str, rtt: Duration) -> Option
         (M::Accept, M::S2Auto | M::On) => level_of(M::S2Fast),
         (M::Accept, t) => level_of(t),
         (o, _) => level_of(o),
+    }
+}
+
+/// `s2_auto`'s RTT thresholds: the configured ones, nats-server's defaults for the rest.
+fn auto_thresholds(c: &Compression) -> [Duration; 3] {
+    let at = |i: usize, ms: u64| {
+        c.rtt_thresholds
+            .get(i)
+            .copied()
+            .unwrap_or(Duration::from_millis(ms))
+    };
+    [at(0, 10), at(1, 50), at(2, 100)]
+}
+
+/// Our writer follows the RTT when our own mode is `s2_auto` (not when `accept` took
+/// the peer's `s2_auto`: that becomes `s2_fast`, as in nats-server).
+fn follow_rtt(conn: &ConnShared, c: &Compression) {
+    if matches!(c.mode, CompressionMode::S2Auto | CompressionMode::On) {
+        let _ = conn.s2_auto.set(auto_thresholds(c));
     }
 }
 
@@ -528,6 +537,7 @@ impl Session {
             let theirs: ServerInfo = serde_json::from_slice(json).unwrap_or_default();
             if let Some(level) = select_compression(co, &theirs.compression, started.elapsed()) {
                 self.conn.compression.store(level.code(), Ordering::Relaxed);
+                follow_rtt(&self.conn, co);
                 info.compression = announced(co, Some(level));
                 self.conn.enqueue(|b| canopy_proto::encode_info(b, &info));
                 self.conn.flush_signal();
@@ -1466,6 +1476,9 @@ async fn solicit(
     ));
     if let Some((level, ..)) = &s2 {
         conn.compression.store(level.code(), Ordering::Relaxed);
+        if let Some(co) = remote.compression.as_ref() {
+            follow_rtt(&conn, co);
+        }
     }
     if wants_tls && !rd.is_tls() {
         // Upgrade, send CONNECT and PING, and read the first answer: with TLS 1.3 a hub
@@ -1642,6 +1655,38 @@ pub fn leafz(server: &Server, subs: bool, acc_filter: Option<&str>) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn compression_negotiation_follows_nats_server() {
+        let c = |mode, t: &[u64]| Compression {
+            mode,
+            rtt_thresholds: t.iter().map(|ms| Duration::from_millis(*ms)).collect(),
+            pos: Default::default(),
+        };
+        use CompressionMode as M;
+        let ms = Duration::from_millis;
+        let sel = |ours: &Compression, theirs: &str, rtt: u64| {
+            select_compression(ours, theirs, ms(rtt)).map(Level::as_str)
+        };
+        // A 2.9 peer announces nothing; `off` anywhere; `accept` on both sides.
+        assert_eq!(sel(&c(M::S2Fast, &[]), "", 1), None);
+        assert_eq!(sel(&c(M::S2Fast, &[]), "off", 1), None);
+        assert_eq!(sel(&c(M::Accept, &[]), "accept", 1), None);
+        // `accept` takes the peer's level (its s2_auto as s2_fast); otherwise our own.
+        assert_eq!(sel(&c(M::Accept, &[]), "s2_best", 1), Some("s2_best"));
+        assert_eq!(sel(&c(M::Accept, &[]), "s2_auto", 1), Some("s2_fast"));
+        assert_eq!(sel(&c(M::S2Better, &[]), "accept", 1), Some("s2_better"));
+        assert_eq!(sel(&c(M::S2Better, &[]), "s2_fast", 1), Some("s2_better"));
+        // s2_auto by RTT, default thresholds 10/50/100ms, or configured ones.
+        let auto = c(M::S2Auto, &[]);
+        assert_eq!(sel(&auto, "s2_auto", 5), Some("s2_uncompressed"));
+        assert_eq!(sel(&auto, "s2_auto", 30), Some("s2_fast"));
+        assert_eq!(sel(&auto, "s2_auto", 80), Some("s2_better"));
+        assert_eq!(sel(&auto, "s2_auto", 500), Some("s2_best"));
+        assert_eq!(sel(&c(M::S2Auto, &[0, 1000]), "accept", 5), Some("s2_fast"));
+        assert_eq!(announced(&auto, Some(Level::Fast)), "s2_auto");
+        assert_eq!(announced(&c(M::Accept, &[]), None), "accept");
+    }
 
     #[test]
     fn leaf_urls() {
