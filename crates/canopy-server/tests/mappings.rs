@@ -112,6 +112,7 @@ mappings {
     let accs = ServerProcess::canopy(
         r#"
 listen: 127.0.0.1:-1
+http: 127.0.0.1:-1
 accounts {
   A: {
     users: [
@@ -119,7 +120,10 @@ accounts {
       { user: b, password: b, permissions: { publish: { deny: ["orders.*.eu"] } } }
       { user: c, password: c, permissions: { publish: { allow: ["orders.*.eu", "_INBOX.>"] } } }
     ]
-    mappings { "orders.*": "orders.{{wildcard(1)}}.eu" }
+    mappings {
+      "orders.*": "orders.{{wildcard(1)}}.eu"
+      "w": [ { destination: "w1", weight: 40% }, { destination: "w2", weight: 60%, cluster: "C1" } ]
+    }
   }
   B: { users: [ { user: x, password: x } ] }
 }
@@ -153,6 +157,17 @@ accounts {
         m.subject.as_str(),
         "orders.3.eu",
         "user b's publish got through"
+    );
+    // `/accountz` shows them as nats-server 2.9.10 does (cumulative weights, remainders).
+    let acz = accs.monitor("/accountz?acc=A").unwrap();
+    assert_eq!(
+        acz["account_detail"]["mappings"],
+        serde_json::json!({
+            "orders.*": [{"subject": "orders.{{wildcard(1)}}.eu", "weight": 100}],
+            "w": [{"subject": "w1", "weight": 40}, {"subject": "w", "weight": 100},
+                  {"subject": "w", "weight": 40, "cluster": "C1"},
+                  {"subject": "w2", "weight": 100, "cluster": "C1"}]
+        })
     );
     // Account B has no mappings.
     x.publish("orders.4", Bytes::from_static(b"x"))

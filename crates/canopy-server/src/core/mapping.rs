@@ -56,6 +56,35 @@ impl Mappings {
         self.list.iter().map(|m| m.source())
     }
 
+    /// `/accountz` `mappings` in nats-server's shape: source → `[{subject, weight,
+    /// cluster?}]`, where (as nats-server shows it) the weight is cumulative in ascending
+    /// order and a remainder kept on the source itself is listed.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut out = serde_json::Map::new();
+        for m in &self.list {
+            let unscoped = m.destinations.iter().map(|d| (d, None));
+            let scoped = m
+                .cluster_destinations
+                .iter()
+                .flat_map(|(c, v)| v.iter().map(move |d| (d, Some(c.as_str()))));
+            let dests: Vec<serde_json::Value> = unscoped
+                .chain(scoped)
+                .map(|(d, cluster)| {
+                    let mut j = serde_json::json!({
+                        "subject": d.transform.destination(),
+                        "weight": d.cumulative,
+                    });
+                    if let Some(c) = cluster {
+                        j["cluster"] = c.into();
+                    }
+                    j
+                })
+                .collect();
+            out.insert(m.source().to_string(), dests.into());
+        }
+        out.into()
+    }
+
     /// Maps a published subject: a mapping whose source equals the subject wins, else the
     /// first (in configuration order) whose wildcard source matches it.
     pub fn map(&self, subject: &str) -> Mapped {
