@@ -342,6 +342,22 @@ async fn remap_across_leaf(hub_kind: Impl) {
     }
     assert_eq!(seen, ["events.w", "other.b"], "the leaf's `>` subscriber");
 
+    // Queue interest crosses the remap too (with its group), both ways.
+    let mut hub_q = h
+        .queue_subscribe("site-a.events.qq", "g".to_string())
+        .await
+        .unwrap();
+    h.flush().await.unwrap();
+    let m = probe(&l, "events.qq", &mut hub_q).await;
+    assert_eq!(m.subject.as_str(), "site-a.events.qq");
+    let mut leaf_q = l
+        .queue_subscribe("events.lq", "g".to_string())
+        .await
+        .unwrap();
+    l.flush().await.unwrap();
+    let m = probe(&h, "site-a.events.lq", &mut leaf_q).await;
+    assert_eq!(m.subject.as_str(), "events.lq");
+
     // Request/reply through the remap, both ways.
     responder(&h, "site-a.events.svc", "hub").await;
     responder(&l, "events.echo", "leaf").await;
