@@ -1467,8 +1467,10 @@ fn remote(cx: &mut Ctx, v: &Value) -> Option<RemoteLeafOpts> {
     Some(r)
 }
 
-/// Canopy extension: `account_mappings { events: { to: "site-a.events" } }` maps the prefix
-/// `events.>` to `site-a.events.>`. A source with wildcards is used as written.
+/// Canopy extension: `account_mappings { events: { to: "site-a.events" } }` maps the local
+/// prefix `events` (the subject `events` and everything under it) to the hub's prefix
+/// `site-a.events` on one remote. Keys and `to` are literal subject prefixes (a trailing
+/// `.>` is accepted and means the same); they are stored as `events.>` → `site-a.events.>`.
 fn account_mappings(cx: &mut Ctx, m: &Map) -> Vec<Mapping> {
     let mut out = Vec::new();
     for (_, e) in live(m) {
@@ -1497,22 +1499,21 @@ fn account_mappings(cx: &mut Ctx, m: &Map) -> Vec<Mapping> {
             }
         };
         let Some(to) = to else { continue };
-        let wild = e.key.split('.').any(|t| t == "*" || t == ">");
-        let (source, dest) = if wild {
-            (e.key.clone(), to)
-        } else {
-            (
-                format!("{}.>", e.key),
-                format!("{}.>", to.trim_end_matches(".>")),
-            )
-        };
-        if !valid_subject(&source, false) || !valid_subject(&dest, false) {
+        let prefix = |s: &str| s.strip_suffix(".>").unwrap_or(s).to_string();
+        let (local, hub) = (prefix(&e.key), prefix(&to));
+        let literal =
+            |s: &str| valid_subject(s, false) && !s.split('.').any(|t| t == "*" || t == ">");
+        if !literal(&local) || !literal(&hub) {
             cx.err(
                 &e.key_pos,
-                format!("invalid account mapping \"{source}\" -> \"{dest}\""),
+                format!(
+                    "invalid account mapping \"{}\" -> \"{to}\": keys and \"to\" are subject prefixes without wildcards",
+                    e.key
+                ),
             );
             continue;
         }
+        let (source, dest) = (format!("{local}.>"), format!("{hub}.>"));
         out.push(Mapping {
             source,
             destinations: vec![MapDest {

@@ -781,7 +781,6 @@ pub const NOT_IMPLEMENTED: &[Feature] = &[
     Feature::Gateway,
     Feature::Mqtt,
     Feature::Syslog,
-    Feature::Mappings,
     Feature::UrlResolver,
     Feature::Unmodelled,
 ];

@@ -394,7 +394,7 @@ pub(crate) fn validate(o: &Options, errs: &mut Vec<ConfError>) {
                     "duplicate leafnode remote (same urls and account)".into(),
                 );
             }
-            check_mappings(&r.account_mappings, &mut err);
+            check_account_mappings(&r.account_mappings, &mut err);
             if let Some(t) = &r.tls {
                 check_tls(t, &mut err);
             }
@@ -532,6 +532,45 @@ fn check_mappings(ms: &[Mapping], err: &mut impl FnMut(&Pos, String)) {
                 &m.pos,
                 format!("mapping \"{}\" has no destination", m.source),
             );
+        }
+    }
+}
+
+/// A remote's `account_mappings` must be a one-to-one prefix map: no key may lie under
+/// another key (`events` and `events.eu`), and no `to` under another `to`, or a subject
+/// would have two translations (or two subjects one).
+fn check_account_mappings(ms: &[Mapping], err: &mut impl FnMut(&Pos, String)) {
+    fn prefix(s: &str) -> &str {
+        s.strip_suffix(".>").unwrap_or(s)
+    }
+    fn under(a: &str, b: &str) -> bool {
+        a == b || a.strip_prefix(b).is_some_and(|r| r.starts_with('.'))
+    }
+    let pairs: Vec<(&str, &str, &Pos)> = ms
+        .iter()
+        .filter_map(|m| {
+            let to = m.destinations.first()?;
+            Some((prefix(&m.source), prefix(&to.subject), &m.pos))
+        })
+        .collect();
+    for (i, (k, t, pos)) in pairs.iter().enumerate() {
+        for (ek, et, epos) in &pairs[..i] {
+            if under(k, ek) || under(ek, k) {
+                err(
+                    pos,
+                    format!(
+                        "account mapping \"{k}\" overlaps \"{ek}\" (at {epos}): keys may not lie under one another"
+                    ),
+                );
+            }
+            if under(t, et) || under(et, t) {
+                err(
+                    pos,
+                    format!(
+                        "account mapping \"{k}\" -> \"{t}\" conflicts with \"{ek}\" -> \"{et}\" (at {epos}): destinations may not lie under one another"
+                    ),
+                );
+            }
         }
     }
 }

@@ -536,7 +536,7 @@ fn canopy_extensions() {
     reconnect_interval: 5
     reconnect: false
     connect_timeout: "10s"
-    account_mappings: { events: { to: "site.events" }, "m.*": "n.*", k: "z" }
+    account_mappings: { events: { to: "site.events" }, "m.x.>": "n.y", k: "z" }
   } ]
 }
 prometheus { port: 7778 }"#,
@@ -556,7 +556,7 @@ prometheus { port: 7778 }"#,
         m,
         vec![
             ("events.>", "site.events.>"),
-            ("m.*", "n.*"),
+            ("m.x.>", "n.y.>"),
             ("k.>", "z.>")
         ]
     );
@@ -777,4 +777,36 @@ fn leaf_jetstream_without_domain_is_warned() {
     assert!(opts(with_domain).warnings().is_empty());
     let hub = "jetstream { store_dir: \"/tmp/x\" }\nleafnodes { port: 7422 }\n";
     assert!(opts(hub).warnings().is_empty());
+}
+
+#[test]
+fn account_mappings_are_one_to_one_prefixes() {
+    let remote = |m: &str| {
+        format!("leafnodes {{ remotes: [ {{ url: x\n account_mappings: {{ {m} }} }} ] }}")
+    };
+    let e = errs(&remote(r#""m.*": "n""#));
+    assert!(
+        e.contains("t.conf:2:") && e.contains("without wildcards"),
+        "{e}"
+    );
+    let e = errs(&remote(r#"a: "x.>.y""#));
+    assert!(e.contains("without wildcards"), "{e}");
+    let e = invalid(&remote("events: a\n \"events.eu\": b"));
+    assert!(
+        e.contains("t.conf:3:") && e.contains("overlaps \"events\" (at t.conf:2:"),
+        "{e}"
+    );
+    let e = invalid(&remote("a: site.x\n b: \"site.x.y\""));
+    assert!(
+        e.contains("t.conf:3:") && e.contains("conflicts with"),
+        "{e}"
+    );
+    let e = invalid(&remote("a: same\n b: same"));
+    assert!(e.contains("conflicts with"), "{e}");
+    // Disjoint prefixes, and a key under another entry's destination, are fine.
+    opts(&remote(
+        "events: site.events\n metrics: site.metrics\n site: other",
+    ))
+    .validate()
+    .unwrap();
 }

@@ -361,3 +361,33 @@ pub fn free_fixed_port() -> u16 {
     }
     free_port()
 }
+
+/// One side of [`hub_and_leaf`]: the implementation, text for the top level of its config,
+/// and text inside its `leafnodes {}` (the hub) or inside its one remote (the leaf).
+pub type LeafSide<'a> = (Impl, &'a str, &'a str);
+
+/// Starts a hub that accepts leaves on a fixed loopback port and a leaf with one remote to
+/// it (both with a client port and monitoring on `-1`). The link may still be forming.
+pub fn hub_and_leaf(
+    hub: LeafSide<'_>,
+    leaf: LeafSide<'_>,
+) -> Result<(ServerProcess, ServerProcess)> {
+    let lp = free_fixed_port();
+    let hub = ServerProcess::start(
+        hub.0,
+        &format!(
+            "listen: 127.0.0.1:-1\nhttp: 127.0.0.1:-1\n{}\nleafnodes {{\n listen: \"127.0.0.1:{lp}\"\n {}\n}}\n",
+            hub.1, hub.2
+        ),
+        &[],
+    )?;
+    let leaf = ServerProcess::start(
+        leaf.0,
+        &format!(
+            "listen: 127.0.0.1:-1\nhttp: 127.0.0.1:-1\n{}\nleafnodes {{\n reconnect_interval: 1\n remotes: [ {{\n  urls: [\"nats-leaf://127.0.0.1:{lp}\"]\n  {}\n }} ]\n}}\n",
+            leaf.1, leaf.2
+        ),
+        &[],
+    )?;
+    Ok((hub, leaf))
+}

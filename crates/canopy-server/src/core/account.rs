@@ -118,6 +118,9 @@ pub struct Account {
     /// True when the server has leaf nodes configured: client interest is then tracked
     /// in `interest` for advertising.
     pub track_interest: bool,
+    /// Subject mappings (`mappings {}`), set once at start; unset when there are none, so
+    /// a publish in an account without mappings costs one branch.
+    pub mappings: std::sync::OnceLock<crate::core::mapping::Mappings>,
 }
 
 impl Account {
@@ -125,6 +128,7 @@ impl Account {
         let lds = format!("$LDS.{}", crate::core::nuid());
         let acc = Arc::new(Account {
             track_interest,
+            mappings: std::sync::OnceLock::new(),
             lds,
             interest: parking_lot::Mutex::new(InterestMap::default()),
             links: parking_lot::RwLock::new(Vec::new()),
@@ -143,6 +147,21 @@ impl Account {
             acc.interest_add(&key, 0, crate::core::interest::LinkClass::Client, 1);
         }
         acc
+    }
+
+    /// Installs the account's mappings (once; an empty set is not installed). Each source
+    /// becomes interest of the account, so links bring publishes on it here to be mapped.
+    pub fn set_mappings(&self, m: crate::core::mapping::Mappings) {
+        if m.sources().next().is_none() {
+            return;
+        }
+        if self.track_interest {
+            for src in m.sources() {
+                let key = (Arc::from(src), None);
+                self.interest_add(&key, 0, crate::core::interest::LinkClass::Client, 1);
+            }
+        }
+        let _ = self.mappings.set(m);
     }
 
     /// Subscribes an internal connection to `subject` (advertised to links like a client's

@@ -138,6 +138,15 @@ pub struct ConnShared {
     /// Links: the id of the server behind this connection; a message is never sent back
     /// to the server it came from, over any connection.
     pub peer_id: OnceLock<Arc<str>>,
+    /// Leaf links of a remote with `account_mappings`: how subjects are translated on it
+    /// (messages, replies and interest both ways; see `core/remap.rs`).
+    pub remap: OnceLock<Arc<crate::core::remap::Remap>>,
+    /// Leaf links: the S2 level this side writes with once negotiated (0: none; the
+    /// codes of `auth::s2::Level`). Set once, between two writer batches.
+    pub compression: AtomicU8,
+    /// Leaf links writing with `s2_auto`: its RTT thresholds; each new RTT measurement
+    /// re-picks `compression` (see [`s2_auto_code`]).
+    pub s2_auto: OnceLock<[Duration; 3]>,
     /// `producer_backoff`: past this many pending bytes (75% of `max_pending`) the
     /// connection is marked `stalled` and its publishers wait for `drained` (0 = off).
     pub stall_at: AtomicUsize,
@@ -152,6 +161,16 @@ pub struct ConnShared {
     pub allow_responses: OnceLock<(u64, Duration)>,
     /// Reply subjects this client may publish to: remaining uses and deadline.
     pub responses: Mutex<ResponseGrants>,
+}
+
+/// nats-server's `s2_auto` choice from a round trip: up to the first threshold
+/// uncompressed (code 1), up to the second fast (2), up to the third better (3), else
+/// best (4); the codes of [`ConnShared::compression`].
+pub fn s2_auto_code(rtt: Duration, thresholds: &[Duration; 3]) -> u8 {
+    match thresholds.iter().position(|t| rtt <= *t) {
+        Some(i) => i as u8 + 1,
+        None => 4,
+    }
 }
 
 impl ConnShared {
@@ -186,6 +205,9 @@ impl ConnShared {
             link_class: AtomicU8::new(0),
             deny_send: OnceLock::new(),
             peer_id: OnceLock::new(),
+            remap: OnceLock::new(),
+            compression: AtomicU8::new(0),
+            s2_auto: OnceLock::new(),
             stall_at: AtomicUsize::new(0),
             stalled: AtomicBool::new(false),
             drained: Notify::new(),
@@ -301,8 +323,14 @@ impl ConnShared {
     pub fn pong_received(&self) {
         self.pings_out.store(0, Ordering::Relaxed);
         if let Some(at) = self.ping_sent_at.lock().take() {
-            self.rtt_ns
-                .store(at.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            let rtt = at.elapsed();
+            self.rtt_ns.store(rtt.as_nanos() as u64, Ordering::Relaxed);
+            // The writer takes the new level at its next batch (each batch is a new
+            // stream, so the switch is seamless for the peer).
+            if let Some(t) = self.s2_auto.get() {
+                self.compression
+                    .store(s2_auto_code(rtt, t), Ordering::Relaxed);
+            }
         }
     }
 

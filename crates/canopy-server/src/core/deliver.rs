@@ -4,6 +4,7 @@
 //! auto-unsubscribe limits, header stripping and the forwarding rule of
 //! [`crate::core::interest`]. No allocation per subscriber.
 
+use std::borrow::Cow;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -15,6 +16,7 @@ use crate::core::account::{Account, SubRef};
 use crate::core::conn::{ConnKind, ConnShared, FlushList};
 use crate::core::inbox::{origin_of, InMsg, Offer, Sink};
 use crate::core::interest::{msg_allowed, LinkClass};
+use crate::core::remap::{Dir, Remap};
 
 /// One message on its way to subscribers.
 pub struct Msg<'a> {
@@ -161,13 +163,38 @@ fn link_may_receive(conn: &ConnShared, origin: &Origin<'_>, subject: &[u8]) -> b
     {
         return false;
     }
+    let s = || std::str::from_utf8(subject).unwrap_or("");
+    // A remapped link carries a subject under its translated name, or not at all; its
+    // deny rules are written in the names on the wire (the hub's).
+    let mapped = match conn.remap.get() {
+        None => None,
+        Some(r) => match r.subject(s(), Dir::ToHub) {
+            None => return false,
+            Some(m) => Some(m),
+        },
+    };
     match conn.deny_send.get() {
         Some(deny) if !deny.is_empty() => {
-            let s = std::str::from_utf8(subject).unwrap_or("");
+            let s = mapped.as_deref().unwrap_or_else(s);
             !deny.iter().any(|d| canopy_subject::subject_matches(d, s))
         }
         _ => true,
     }
+}
+
+/// A message's subject and reply as they cross a remapped link (`None`: not carried).
+#[cold]
+fn remapped<'a>(
+    r: &Remap,
+    subject: &'a [u8],
+    reply: Option<&'a [u8]>,
+) -> Option<(Cow<'a, str>, Option<Cow<'a, str>>)> {
+    let s = r.subject(std::str::from_utf8(subject).ok()?, Dir::ToHub)?;
+    let rep = match reply {
+        Some(rep) => Some(r.subject(std::str::from_utf8(rep).ok()?, Dir::ToHub)?),
+        None => None,
+    };
+    Some((s, rep))
 }
 
 /// Adds a link to the message's targets. One copy per *server*: two connections to the
@@ -270,6 +297,17 @@ pub fn deliver(
     };
     for t in scratch.links.drain(..) {
         let queues = t.queues.iter().map(|q| q.as_bytes());
+        let remapped = match t.conn.remap.get() {
+            None => None,
+            Some(r) => match remapped(r, link_subject, link_reply) {
+                Some(m) => Some(m),
+                None => continue,
+            },
+        };
+        let (link_subject, link_reply) = match &remapped {
+            None => (link_subject, link_reply),
+            Some((s, r)) => (s.as_bytes(), r.as_deref().map(str::as_bytes)),
+        };
         let ok = t.conn.enqueue(|b| match t.conn.kind {
             ConnKind::Route => canopy_proto::encode_rmsg(
                 b,

@@ -137,6 +137,20 @@ pub struct Link {
     pub max_subs: usize,
     /// Set once the peer went over `max_subs` (logged and answered once per link).
     pub subs_exceeded: AtomicBool,
+    /// Remapped links (`account_mappings`): what is advertised under each name on the
+    /// wire, summed over the local keys that translate to it (several can: `>` and
+    /// `events.>` both advertise `site-a.events.>`).
+    wire: Mutex<HashMap<Key, u32>>,
+    /// Remapped links: the weight of each key the peer advertised (its names), and the
+    /// sum of those weights per local key they translate to.
+    pub remap_in: Mutex<RemapIn>,
+}
+
+/// Interest a remapped link gave us, in the peer's names and in ours.
+#[derive(Default)]
+pub struct RemapIn {
+    pub theirs: HashMap<Key, u32>,
+    pub ours: HashMap<Key, u32>,
 }
 
 impl Link {
@@ -166,6 +180,8 @@ impl Link {
             import: None,
             max_subs: 0,
             subs_exceeded: AtomicBool::new(false),
+            wire: Mutex::new(HashMap::new()),
+            remap_in: Mutex::new(RemapIn::default()),
         }
     }
 
@@ -372,7 +388,10 @@ fn sync_key(link: &Link, key: &Key, sources: &[Source]) {
         .import
         .as_ref()
         .is_none_or(|r| r.permits_subscribe(&key.0));
-    if link.advertise.load(Ordering::Relaxed) && imported && !denied(&link.deny_advertise, &key.0) {
+    // A remapped link's deny rules are in the names on the wire: checked per wire name.
+    let remap = link.conn.remap.get();
+    let allowed = remap.is_some() || !denied(&link.deny_advertise, &key.0);
+    if link.advertise.load(Ordering::Relaxed) && imported && allowed {
         for s in sources {
             let same_peer = s
                 .peer
@@ -385,6 +404,27 @@ fn sync_key(link: &Link, key: &Key, sources: &[Source]) {
     }
     let mut smap = link.smap.lock();
     let old = smap.get(key).copied().unwrap_or(0);
+    if let Some(r) = remap {
+        // Plain keys count once, queue keys by weight.
+        let (old, desired) = match key.1 {
+            None => (old.min(1), desired.min(1)),
+            Some(_) => (old, desired),
+        };
+        if old == desired {
+            return;
+        }
+        if desired > 0 {
+            smap.insert(key.clone(), desired);
+        } else {
+            smap.remove(key);
+        }
+        for w in r.interest(&key.0, crate::core::remap::Dir::ToHub) {
+            if !denied(&link.deny_advertise, &w) {
+                wire_update(link, (Arc::from(w), key.1.clone()), old, desired);
+            }
+        }
+        return;
+    }
     let subject = key.0.as_bytes();
     match &key.1 {
         None => {
@@ -414,6 +454,35 @@ fn sync_key(link: &Link, key: &Key, sources: &[Source]) {
             link.conn.flush_signal();
         }
     }
+}
+
+/// Moves one wire key of a remapped link from `old` to `new` contributed by one local
+/// key, and tells the peer when the total changes as it must hear it.
+fn wire_update(link: &Link, wkey: Key, old: u32, new: u32) {
+    let mut wire = link.wire.lock();
+    let before = wire.get(&wkey).copied().unwrap_or(0);
+    let after = (before + new).saturating_sub(old);
+    if after == 0 {
+        wire.remove(&wkey);
+    } else {
+        wire.insert(wkey.clone(), after);
+    }
+    let subject = wkey.0.as_bytes();
+    let send = match &wkey.1 {
+        None => (before == 0) != (after == 0),
+        Some(_) => before != after,
+    };
+    if !send {
+        return;
+    }
+    let q = wkey.1.as_deref().map(str::as_bytes);
+    if after > 0 {
+        link.conn
+            .enqueue(|b| link.plus(b, subject, q.map(|q| (q, after))));
+    } else {
+        link.conn.enqueue(|b| link.minus(b, subject, q));
+    }
+    link.conn.flush_signal();
 }
 
 fn sync_link(map: &InterestMap, link: &Link) {

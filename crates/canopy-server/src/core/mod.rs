@@ -9,7 +9,9 @@ pub mod errors;
 pub mod format;
 pub mod inbox;
 pub mod interest;
+pub mod mapping;
 pub mod perms;
+pub mod remap;
 pub mod stats;
 pub mod url;
 

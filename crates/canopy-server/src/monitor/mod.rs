@@ -1093,7 +1093,7 @@ pub fn accountz(s: &Arc<Server>, q: &Query) -> Value {
             return json!({"server_id": s.id, "now": rfc3339(now), "system_account": s.system_account,
                 "error": format!("Account {name} does not exist")});
         };
-        return json!({
+        let mut v = json!({
             "server_id": s.id, "now": rfc3339(now), "system_account": s.system_account,
             "account_detail": {
                 "account_name": a.name,
@@ -1108,6 +1108,10 @@ pub fn accountz(s: &Arc<Server>, q: &Query) -> Value {
                 "sublist_stats": sublist_stats_json(&a.sublist.stats()),
             }
         });
+        if let Some(m) = a.mappings.get() {
+            v["account_detail"]["mappings"] = m.to_json();
+        }
+        return v;
     }
     let names: Vec<String> = s.accounts().iter().map(|a| a.name.clone()).collect();
     json!({"server_id": s.id, "now": rfc3339(now), "system_account": s.system_account, "accounts": names})

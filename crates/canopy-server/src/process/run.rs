@@ -43,6 +43,7 @@ pub fn load_options(f: &Flags) -> Result<Options, Vec<String>> {
     crate::auth::jwt::check_options(&o)?;
     crate::auth::jwt::accounts_from_jwts(&mut o)?;
     crate::services::imports::validate(&o)?;
+    crate::core::mapping::validate(&o)?;
     // TLS settings are checked here (files at start and on reload: `TlsSet::build`).
     crate::auth::tls::check(&o).map_err(|e| vec![e.to_string()])?;
     Ok(o)
@@ -252,14 +253,6 @@ pub fn main() -> i32 {
             ));
         }
         unsupported.extend(leaf_keys_not_implemented(lo));
-        for r in &lo.remotes {
-            if let Some(m) = r.account_mappings.first() {
-                unsupported.push((
-                    m.pos.clone(),
-                    "leafnodes.remotes[].account_mappings is not supported yet".into(),
-                ));
-            }
-        }
     }
     if let Some(canopy_conf::ResolverOpts::Dir(d)) = &opts.resolver {
         if d.allow_delete {
@@ -368,15 +361,6 @@ pub fn main() -> i32 {
         tracing::warn!(
             "cluster pool_size: Canopy speaks the 2.9 route protocol without pooling; one route per peer carries every account"
         );
-    }
-    for u in opts.features_used() {
-        if u.feature == canopy_conf::Feature::LeafnodeCompression {
-            tracing::warn!(
-                "{}: {} requested: Canopy does not compress leaf traffic yet; links run uncompressed (\"not supported\" to peers)",
-                u.pos,
-                u.what
-            );
-        }
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

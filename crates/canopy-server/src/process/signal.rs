@@ -76,6 +76,24 @@ fn try_reload(server: &Arc<Server>, flags: &Flags) -> Result<(), String> {
             fixed.join(", ")
         ));
     }
+    // Mappings are compiled into the accounts at start.
+    let unmapped = |ms: &[canopy_conf::Mapping]| -> Vec<canopy_conf::Mapping> {
+        ms.iter()
+            .cloned()
+            .map(|mut m| {
+                m.pos = Pos::default();
+                m
+            })
+            .collect()
+    };
+    let mappings_changed = unmapped(&new.mappings) != unmapped(&old.mappings)
+        || new.accounts.iter().any(|a| {
+            old.account(&a.name)
+                .is_some_and(|b| unmapped(&a.mappings) != unmapped(&b.mappings))
+        });
+    if mappings_changed {
+        return Err("config reload not supported for mappings".into());
+    }
     // The import agent is built at start from the imports and exports; until it can be
     // rebuilt live, a change to them is refused rather than reported as applied.
     let changed: Vec<&str> = new

@@ -25,6 +25,7 @@ use crate::core::conn::{
 use crate::core::deliver::{deliver, no_responders, Msg, Origin, Scratch};
 use crate::core::errors;
 use crate::core::interest::LinkClass;
+use crate::core::mapping::Mapped;
 use crate::server::Server;
 
 /// A read of at most this many bytes marks a connection as "conversational" (requests,
@@ -715,6 +716,19 @@ impl Client {
     ) {
         self.batch_in_msgs += 1;
         self.batch_in_bytes += payload.len() as u64;
+        // Mappings come before permissions and interest (one branch when there are none).
+        let mapped;
+        let subject = match self.account.mappings.get() {
+            None => subject,
+            Some(m) => match std::str::from_utf8(subject).map(|s| m.map(s)) {
+                Ok(Mapped::To(s)) => {
+                    mapped = s;
+                    mapped.as_bytes()
+                }
+                Ok(Mapped::Drop) => return self.ok(),
+                _ => subject,
+            },
+        };
         // Moved out and back rather than borrowed or cloned: routing needs `&mut self`,
         // and cloning the `Arc` costs two atomic read-modify-writes per message.
         if let Some(last) = self.last_pub.take() {

@@ -13,14 +13,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use canopy_conf::RemoteLeafOpts;
+use canopy_conf::{Compression, CompressionMode, RemoteLeafOpts};
 use canopy_proto::{LeafConnect, Op, Parser, ParserLimits, Role, ServerInfo};
 use rand::seq::SliceRandom;
 use rand::Rng;
 use serde_json::{json, Value};
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::auth::s2::{Level, S2Decoder, S2Read, S2Write};
 use crate::core::account::{Account, GLOBAL_ACCOUNT};
 use crate::core::conn::{
     conn_label, read_ops, writer_loop, BatchCounters, CloseReason, ConnKind, ConnShared, FlushList,
@@ -29,6 +30,7 @@ use crate::core::conn::{
 use crate::core::deliver::{deliver, Msg, Origin, Scratch};
 use crate::core::errors;
 use crate::core::interest::{Link, LinkClass};
+use crate::core::mapping::Mapped;
 use crate::core::url::ServerUrl;
 pub use crate::server::links::RemoteState;
 use crate::server::version;
@@ -198,8 +200,73 @@ pub(crate) fn leaf_info(server: &Server, cid: u64, nonce: &str, listen: SocketAd
         canopy_regional: server.is_regional(),
         jetstream: server.jetstream().is_some(),
         domain: server.js_domain().unwrap_or_default(),
+        compression: lo
+            .compression
+            .as_ref()
+            .map(|c| announced(c, None))
+            .unwrap_or_default(),
         ..Default::default()
     }
+}
+
+/// What we say in INFO `compression`: the configured mode before negotiation, then the
+/// level chosen (`s2_auto` stays `s2_auto`, as nats-server says it).
+fn announced(c: &Compression, chosen: Option<Level>) -> String {
+    match (c.mode, chosen) {
+        (CompressionMode::S2Auto | CompressionMode::On, _) => "s2_auto".into(),
+        (_, Some(l)) => l.as_str().into(),
+        (m, None) => m.as_str().into(),
+    }
+}
+
+/// nats-server's `selectCompressionMode` and `s2_auto` level choice: the level this side
+/// writes with, or `None` for no compression (a 2.9 peer announces nothing).
+fn select_compression(ours: &Compression, theirs: &str, rtt: Duration) -> Option<Level> {
+    use CompressionMode as M;
+    let level_of = |m: M| match m {
+        M::S2Uncompressed => Some(Level::Uncompressed),
+        M::S2Fast => Some(Level::Fast),
+        M::S2Better => Some(Level::Better),
+        M::S2Best => Some(Level::Best),
+        M::S2Auto | M::On => {
+            Level::from_code(crate::core::conn::s2_auto_code(rtt, &auto_thresholds(ours)))
+        }
+        M::Off | M::Accept => None,
+    };
+    let theirs = match theirs {
+        "" | "not supported" | "off" | "disabled" | "false" => return None,
+        t => M::parse(t)?,
+    };
+    match (ours.mode, theirs) {
+        (M::Off, _) | (M::Accept, M::Accept | M::Off) => None,
+        (M::Accept, M::S2Auto | M::On) => level_of(M::S2Fast),
+        (M::Accept, t) => level_of(t),
+        (o, _) => level_of(o),
+    }
+}
+
+/// `s2_auto`'s RTT thresholds: the configured ones, nats-server's defaults for the rest.
+fn auto_thresholds(c: &Compression) -> [Duration; 3] {
+    let at = |i: usize, ms: u64| {
+        c.rtt_thresholds
+            .get(i)
+            .copied()
+            .unwrap_or(Duration::from_millis(ms))
+    };
+    [at(0, 10), at(1, 50), at(2, 100)]
+}
+
+/// Our writer follows the RTT when our own mode is `s2_auto` (not when `accept` took
+/// the peer's `s2_auto`: that becomes `s2_fast`, as in nats-server).
+fn follow_rtt(conn: &ConnShared, c: &Compression) {
+    if matches!(c.mode, CompressionMode::S2Auto | CompressionMode::On) {
+        let _ = conn.s2_auto.set(auto_thresholds(c));
+    }
+}
+
+/// True when our configuration asks for compression (so we take part in negotiating it).
+fn wants_compression(c: Option<&Compression>) -> Option<&Compression> {
+    c.filter(|c| c.mode != CompressionMode::Off)
 }
 
 /// The JetStream subjects kept off one leaf link, as nats-server decides per link
@@ -376,8 +443,10 @@ async fn serve_accepted(
     else {
         return;
     };
+    let started = tokio::time::Instant::now();
     let (rd, wr) = tokio::io::split(stream);
     server.register_conn(&conn);
+    let wr = S2Write::new(wr, conn.clone());
     let writer = tokio::spawn(writer_loop(conn.clone(), wr, server.liveness()));
     tracing::debug!("{} - Leafnode connection accepted", conn_label(&conn));
     let mut s = Session {
@@ -398,7 +467,18 @@ async fn serve_accepted(
         .and_then(|l| l.authorization.as_ref())
         .and_then(|a| a.timeout)
         .unwrap_or(Duration::from_secs(2));
-    s.read_loop(rd, timeout).await;
+    let co = server
+        .opts()
+        .leafnodes
+        .as_ref()
+        .and_then(|l| wants_compression(l.compression.as_ref()).cloned());
+    match co {
+        None => s.read_loop(rd, timeout).await,
+        Some(co) => {
+            let second = leaf_info(&server, cid, &s.nonce, listen);
+            s.read_negotiating(rd, timeout, &co, second, started).await
+        }
+    }
     conn.close(CloseReason::ClientClosed);
     let _ = writer.await;
     s.teardown();
@@ -424,6 +504,93 @@ impl Session {
         let parser = Parser::new(Role::Leaf, ParserLimits::link(max_payload));
         let conn = self.conn.clone();
         read_ops(&conn, rd, parser, auth_timeout, "Leafnode", self).await;
+    }
+
+    /// The accepting side with compression configured: a solicitor that wants it sends an
+    /// INFO before its CONNECT (nats-server 2.10); when both agree, our answer (a second
+    /// INFO, with the nonce) and everything after it is compressed both ways. A solicitor
+    /// that sends CONNECT first (2.9, or compression off) gets an uncompressed link.
+    async fn read_negotiating<R: AsyncRead + Unpin>(
+        &mut self,
+        mut rd: R,
+        timeout: Duration,
+        co: &Compression,
+        mut info: ServerInfo,
+        started: tokio::time::Instant,
+    ) {
+        let max_payload = self.server.opts().max_payload as usize;
+        let mut parser = Parser::new(Role::Leaf, ParserLimits::link(max_payload));
+        let mut buf = BytesMut::with_capacity(4096);
+        let first = tokio::time::timeout(timeout, async {
+            loop {
+                match parser.next(&mut buf) {
+                    Ok(Some(op)) => return Ok(op),
+                    Ok(None) => {}
+                    Err(e) => return Err(e.to_string()),
+                }
+                match rd.read_buf(&mut buf).await {
+                    Ok(0) => return Err("connection closed".to_string()),
+                    Ok(_) => {}
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+        })
+        .await;
+        let op = match first {
+            Ok(Ok(op)) => op,
+            Ok(Err(e)) => {
+                self.conn.close(CloseReason::ProtocolViolation(e));
+                return;
+            }
+            Err(_) => {
+                tracing::error!(
+                    "{} - Leafnode handshake timed out (Authentication Timeout)",
+                    conn_label(&self.conn)
+                );
+                self.conn
+                    .error_and_close(errors::AUTH_TIMEOUT, CloseReason::AuthTimeout);
+                return;
+            }
+        };
+        if let Op::Info(json) = &op {
+            let theirs: ServerInfo = serde_json::from_slice(json).unwrap_or_default();
+            if let Some(level) = select_compression(co, &theirs.compression, started.elapsed()) {
+                self.conn.compression.store(level.code(), Ordering::Relaxed);
+                follow_rtt(&self.conn, co);
+                info.compression = announced(co, Some(level));
+                self.conn.enqueue(|b| canopy_proto::encode_info(b, &info));
+                self.conn.flush_signal();
+                tracing::debug!(
+                    "{} - Leafnode compression: {}",
+                    conn_label(&self.conn),
+                    level.as_str()
+                );
+                let raw = buf.split();
+                let rd = S2Read::new(rd, raw, S2Decoder::default());
+                return self.read_loop(rd, timeout).await;
+            }
+        } else if !self.handle(op) {
+            return;
+        }
+        loop {
+            match parser.next(&mut buf) {
+                Ok(Some(op)) => {
+                    if !self.handle(op) {
+                        return;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    self.conn
+                        .close(CloseReason::ProtocolViolation(e.to_string()));
+                    return;
+                }
+            }
+        }
+        self.end_batch();
+        let rest = buf.split().freeze();
+        let chained = tokio::io::AsyncReadExt::chain(std::io::Cursor::new(rest), rd);
+        self.read_loop(chained, timeout).await
     }
 
     /// Handles one op; false ends the session.
@@ -700,9 +867,15 @@ impl Session {
             None => None,
         };
         let weight = if q.is_none() { weight.min(1) } else { weight };
-        if !acc.link_interest(&link, (Arc::from(subj), q), weight)
-            && !link.subs_exceeded.swap(true, Ordering::Relaxed)
-        {
+        let exceeded = match self.conn.remap.get() {
+            None => !acc.link_interest(&link, (Arc::from(subj), q), weight),
+            Some(r) => {
+                let ours = remap_interest(&link, r, (Arc::from(subj), q), weight);
+                ours.into_iter()
+                    .fold(false, |ex, (k, w)| !acc.link_interest(&link, k, w) || ex)
+            }
+        };
+        if exceeded && !link.subs_exceeded.swap(true, Ordering::Relaxed) {
             // As nats-server: the interest is ignored and the peer told; the link stays.
             tracing::error!(
                 "{} - leafnode {:?} (account {}): Maximum Subscriptions Exceeded (max {}); further interest from it is ignored",
@@ -739,15 +912,51 @@ impl Session {
         let Ok(subj) = std::str::from_utf8(&subject) else {
             return;
         };
+        // A remapped link: deny rules in the hub's names, then the local names.
+        let (subject, reply) = match self.conn.remap.get() {
+            None => (subject, reply),
+            Some(r) => {
+                if link
+                    .deny_receive
+                    .iter()
+                    .any(|d| canopy_subject::subject_matches(d, subj))
+                {
+                    self.server
+                        .stats
+                        .permission_denials
+                        .fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                let Some((s, rep)) = remap_lmsg(r, subj, reply.as_deref()) else {
+                    return;
+                };
+                (s, rep)
+            }
+        };
+        let subj = std::str::from_utf8(&subject).unwrap_or_default();
+        // Account mappings apply to leaf arrivals too (nats-server maps LEAF like CLIENT),
+        // before permissions and interest. A mapped message is a new publish here: every
+        // local queue group may take it, not only those the peer named.
+        let mapped = match acc.mappings.get().map(|m| m.map(subj)) {
+            Some(Mapped::Drop) => return,
+            Some(Mapped::To(s)) => Some(Bytes::from(s)),
+            _ => None,
+        };
+        let (subject, queues) = match mapped {
+            Some(m) => (m, None),
+            None => (subject, Some(queues)),
+        };
+        let subj = std::str::from_utf8(&subject).unwrap_or_default();
         let not_permitted = link
             .perms
             .as_ref()
             .is_some_and(|p| !p.publish.permits_publish(subj));
         if not_permitted
-            || link
-                .deny_receive
-                .iter()
-                .any(|d| canopy_subject::subject_matches(d, subj))
+            || (self.conn.remap.get().is_none()
+                && link
+                    .deny_receive
+                    .iter()
+                    .any(|d| canopy_subject::subject_matches(d, subj)))
         {
             self.server
                 .stats
@@ -761,7 +970,7 @@ impl Session {
             cid: self.conn.cid,
             echo: true,
             class: link.class(),
-            queues: Some(&queues),
+            queues: queues.as_deref(),
             peer: Some(link.peer_id.as_str()),
             conn: Some(&self.conn),
             imported: false,
@@ -797,6 +1006,53 @@ impl Session {
         }
         self.server.remove_conn(&self.conn);
     }
+}
+
+/// A message from the hub over a remapped link, in local names (`None`: not carried).
+fn remap_lmsg(
+    r: &crate::core::remap::Remap,
+    subject: &str,
+    reply: Option<&[u8]>,
+) -> Option<(Bytes, Option<Bytes>)> {
+    use crate::core::remap::Dir;
+    let s = Bytes::from(r.subject(subject, Dir::ToLocal)?.into_owned());
+    let rep = match reply {
+        None => None,
+        Some(rep) => {
+            let rep = std::str::from_utf8(rep).ok()?;
+            Some(Bytes::from(r.subject(rep, Dir::ToLocal)?.into_owned()))
+        }
+    };
+    Some((s, rep))
+}
+
+/// Interest from the hub over a remapped link: records the weight of its key (the hub's
+/// names) and returns the local keys it stands for with their new totals.
+fn remap_interest(
+    link: &Link,
+    r: &crate::core::remap::Remap,
+    key: crate::core::interest::Key,
+    weight: u32,
+) -> Vec<(crate::core::interest::Key, u32)> {
+    let mut m = link.remap_in.lock();
+    let old = if weight == 0 {
+        m.theirs.remove(&key).unwrap_or(0)
+    } else {
+        m.theirs.insert(key.clone(), weight).unwrap_or(0)
+    };
+    let mut out = Vec::new();
+    for l in r.interest(&key.0, crate::core::remap::Dir::ToLocal) {
+        let lk = (Arc::from(l), key.1.clone());
+        let total = m.ours.get(&lk).copied().unwrap_or(0);
+        let total = (total + weight).saturating_sub(old);
+        if total == 0 {
+            m.ours.remove(&lk);
+        } else {
+            m.ours.insert(lk.clone(), total);
+        }
+        out.push((lk, total));
+    }
+    out
 }
 
 /// The accepting side's authentication: `leafnodes.authorization` users (bound to their
@@ -1066,6 +1322,41 @@ async fn remote_tls_upgrade(
     Ok(s)
 }
 
+/// Reads until the parser yields the hub's INFO. With `s2` (after compression was
+/// negotiated) the bytes read are compressed and decoded into `buf` first.
+async fn read_hub_info<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    buf: &mut BytesMut,
+    parser: &mut Parser,
+    mut s2: Option<(&mut BytesMut, &mut S2Decoder)>,
+) -> Result<ServerInfo, String> {
+    loop {
+        if let Some((raw, dec)) = s2.as_mut() {
+            while let Some(block) = dec.decode(raw).map_err(|e| e.to_string())? {
+                buf.extend_from_slice(&block);
+            }
+        }
+        match parser.next(buf) {
+            Ok(Some(Op::Info(json))) => {
+                return serde_json::from_slice::<ServerInfo>(&json)
+                    .map_err(|e| format!("invalid INFO: {e}"));
+            }
+            Ok(Some(op)) => return Err(format!("expected INFO, got {}", op.verb())),
+            Ok(None) => {}
+            Err(e) => return Err(format!("protocol error before INFO: {e}")),
+        }
+        let read = match s2.as_mut() {
+            Some((raw, _)) => rd.read_buf(*raw).await,
+            None => rd.read_buf(buf).await,
+        };
+        match read {
+            Ok(0) => return Err("connection closed before INFO".into()),
+            Ok(_) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
 /// One solicited session: read INFO, send CONNECT, serve until it ends.
 async fn solicit(
     server: &Arc<Server>,
@@ -1076,6 +1367,7 @@ async fn solicit(
     state: &Arc<RemoteState>,
 ) -> Result<Ended, String> {
     let addr = stream.peer_addr().map_err(|e| e.to_string())?;
+    let started = tokio::time::Instant::now();
     // `handshake_first` on the remote: TLS before the hub's INFO.
     let mut rd = if remote
         .tls
@@ -1091,30 +1383,50 @@ async fn solicit(
     let mut buf = BytesMut::with_capacity(32 * 1024);
     let max_payload = server.opts().max_payload as usize;
     let mut parser = Parser::new(Role::Leaf, ParserLimits::link(max_payload));
-    let info: ServerInfo = tokio::time::timeout(first_info, async {
-        loop {
-            match parser.next(&mut buf) {
-                Ok(Some(Op::Info(json))) => {
-                    return serde_json::from_slice::<ServerInfo>(&json)
-                        .map_err(|e| format!("invalid INFO: {e}"));
-                }
-                Ok(Some(op)) => return Err(format!("expected INFO, got {}", op.verb())),
-                Ok(None) => {}
-                Err(e) => return Err(format!("protocol error before INFO: {e}")),
-            }
-            match rd.read_buf(&mut buf).await {
-                Ok(0) => return Err("connection closed before INFO".into()),
-                Ok(_) => {}
-                Err(e) => return Err(e.to_string()),
-            }
-        }
-    })
+    let mut info = tokio::time::timeout(
+        first_info,
+        read_hub_info(&mut rd, &mut buf, &mut parser, None),
+    )
     .await
     .map_err(|_| "no INFO received in time (Stale Leaf Node Connection)".to_string())??;
     if !info.info_on_connect && info.leafnode_urls.is_empty() {
         return Err("attempted to connect to wrong port (not a leafnode port)".into());
     }
     let wants_tls = info.tls_required || remote.tls.is_some() || url.tls;
+    // Compression is negotiated before CONNECT (nats-server 2.10): our INFO goes out
+    // plain, the hub's answer (a second INFO) and everything after it is compressed. Not
+    // over a TLS upgrade still to come (left uncompressed), nor with a 2.9 hub, whose
+    // INFO announces no compression.
+    let mut s2: Option<(Level, BytesMut, S2Decoder)> = None;
+    if let Some(co) = wants_compression(remote.compression.as_ref()) {
+        let tls_later = wants_tls && !rd.is_tls();
+        let level = select_compression(co, &info.compression, started.elapsed());
+        if let Some(level) = level.filter(|_| !tls_later) {
+            let ours = ServerInfo {
+                server_id: server.id.clone(),
+                server_name: server.name.clone(),
+                version: version::NATS_COMPAT_VERSION.to_string(),
+                proto: version::CLIENT_PROTO,
+                headers: true,
+                compression: announced(co, Some(level)),
+                ..Default::default()
+            };
+            let mut out = BytesMut::new();
+            canopy_proto::encode_info(&mut out, &ours);
+            rd.write_all(&out).await.map_err(|e| e.to_string())?;
+            rd.flush().await.map_err(|e| e.to_string())?;
+            let mut raw = buf.split();
+            let mut dec = S2Decoder::default();
+            let s2_in = Some((&mut raw, &mut dec));
+            info = tokio::time::timeout(
+                first_info,
+                read_hub_info(&mut rd, &mut buf, &mut parser, s2_in),
+            )
+            .await
+            .map_err(|_| "no compressed INFO received in time".to_string())??;
+            s2 = Some((level, raw, dec));
+        }
+    }
     if wants_tls && !buf.is_empty() && !rd.is_tls() {
         return Err("unexpected data from the hub between INFO and the TLS handshake".into());
     }
@@ -1181,6 +1493,12 @@ async fn solicit(
         addr,
         server.link_max_pending(),
     ));
+    if let Some((level, ..)) = &s2 {
+        conn.compression.store(level.code(), Ordering::Relaxed);
+        if let Some(co) = remote.compression.as_ref() {
+            follow_rtt(&conn, co);
+        }
+    }
     if wants_tls && !rd.is_tls() {
         // Upgrade, send CONNECT and PING, and read the first answer: with TLS 1.3 a hub
         // that rejects our certificate says so only now, and that is a handshake failure.
@@ -1201,6 +1519,10 @@ async fn solicit(
     deny_send.extend(js.both.iter().chain(&js.outgoing).cloned());
     let _ = conn.deny_send.set(deny_send);
     let _ = conn.peer_id.set(Arc::from(info.server_id.as_str()));
+    if let Some(r) = crate::core::remap::Remap::new(&remote.account_mappings) {
+        let _ = conn.remap.set(Arc::new(r));
+    }
+    let wr = S2Write::new(wr, conn.clone());
     let writer = tokio::spawn(writer_loop(conn.clone(), wr, server.liveness()));
     let class = if server.is_regional() && info.canopy_regional {
         LinkClass::Mesh
@@ -1269,9 +1591,17 @@ async fn solicit(
     s.end_batch();
     if early_ok {
         // Continue with the same buffer contents: hand the leftover bytes to the loop.
-        let rest = buf.split().freeze();
-        let chained = tokio::io::AsyncReadExt::chain(std::io::Cursor::new(rest), rd);
-        s.read_loop(chained, Duration::from_secs(3600)).await;
+        let rest = std::io::Cursor::new(buf.split().freeze());
+        match s2 {
+            Some((_, raw, dec)) => {
+                let rd = tokio::io::AsyncReadExt::chain(rest, S2Read::new(rd, raw, dec));
+                s.read_loop(rd, Duration::from_secs(3600)).await
+            }
+            None => {
+                let rd = tokio::io::AsyncReadExt::chain(rest, rd);
+                s.read_loop(rd, Duration::from_secs(3600)).await
+            }
+        }
     }
     conn.close(CloseReason::ClientClosed);
     let _ = writer.await;
@@ -1305,7 +1635,8 @@ pub fn leafz(server: &Server, subs: bool, acc_filter: Option<&str>) -> Value {
             "in_bytes": l.conn.stats.in_bytes.load(Ordering::Relaxed),
             "out_bytes": l.conn.stats.out_bytes.load(Ordering::Relaxed),
             "subscriptions": l.remote_subs.lock().len(),
-            "compression": "off",
+            "compression": Level::from_code(l.conn.compression.load(Ordering::Relaxed))
+                .map_or("off", Level::as_str),
             "canopy_link": l.class().as_str(),
             "canopy_solicited": l.solicited,
             "canopy_active": l.advertise.load(Ordering::Relaxed),
@@ -1343,6 +1674,38 @@ pub fn leafz(server: &Server, subs: bool, acc_filter: Option<&str>) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn compression_negotiation_follows_nats_server() {
+        let c = |mode, t: &[u64]| Compression {
+            mode,
+            rtt_thresholds: t.iter().map(|ms| Duration::from_millis(*ms)).collect(),
+            pos: Default::default(),
+        };
+        use CompressionMode as M;
+        let ms = Duration::from_millis;
+        let sel = |ours: &Compression, theirs: &str, rtt: u64| {
+            select_compression(ours, theirs, ms(rtt)).map(Level::as_str)
+        };
+        // A 2.9 peer announces nothing; `off` anywhere; `accept` on both sides.
+        assert_eq!(sel(&c(M::S2Fast, &[]), "", 1), None);
+        assert_eq!(sel(&c(M::S2Fast, &[]), "off", 1), None);
+        assert_eq!(sel(&c(M::Accept, &[]), "accept", 1), None);
+        // `accept` takes the peer's level (its s2_auto as s2_fast); otherwise our own.
+        assert_eq!(sel(&c(M::Accept, &[]), "s2_best", 1), Some("s2_best"));
+        assert_eq!(sel(&c(M::Accept, &[]), "s2_auto", 1), Some("s2_fast"));
+        assert_eq!(sel(&c(M::S2Better, &[]), "accept", 1), Some("s2_better"));
+        assert_eq!(sel(&c(M::S2Better, &[]), "s2_fast", 1), Some("s2_better"));
+        // s2_auto by RTT, default thresholds 10/50/100ms, or configured ones.
+        let auto = c(M::S2Auto, &[]);
+        assert_eq!(sel(&auto, "s2_auto", 5), Some("s2_uncompressed"));
+        assert_eq!(sel(&auto, "s2_auto", 30), Some("s2_fast"));
+        assert_eq!(sel(&auto, "s2_auto", 80), Some("s2_better"));
+        assert_eq!(sel(&auto, "s2_auto", 500), Some("s2_best"));
+        assert_eq!(sel(&c(M::S2Auto, &[0, 1000]), "accept", 5), Some("s2_fast"));
+        assert_eq!(announced(&auto, Some(Level::Fast)), "s2_auto");
+        assert_eq!(announced(&c(M::Accept, &[]), None), "accept");
+    }
 
     #[test]
     fn leaf_urls() {

@@ -106,6 +106,19 @@ impl Server {
         accounts
             .entry(system_account.clone())
             .or_insert_with(|| Account::new(&system_account, cache, track));
+        // Mappings were checked when the options were loaded (`mapping::validate`).
+        let cluster = opts.cluster.as_ref().and_then(|c| c.name.as_deref());
+        let configured = std::iter::once((GLOBAL_ACCOUNT, &opts.mappings))
+            .chain(opts.accounts.iter().map(|a| (a.name.as_str(), &a.mappings)));
+        for (name, ms) in configured {
+            let Some(acc) = accounts.get(name).filter(|_| !ms.is_empty()) else {
+                continue;
+            };
+            match crate::core::mapping::Mappings::new(ms, cluster) {
+                Ok(m) => acc.set_mappings(m),
+                Err(e) => tracing::error!("account {name}: {e}"),
+            }
+        }
         let trust = crate::auth::jwt::Trust::for_server(&opts);
         let auth = ClientAuth::from_options(&opts).with_trust(trust.clone());
         let ws_auth = ClientAuth::for_websocket(&opts).with_trust(trust.clone());
