@@ -120,6 +120,11 @@ pub enum EngineError {
 pub(crate) struct StreamMeta {
     pub config: StreamConfig,
     pub created: i64,
+    /// The stream's identity for its lifetime (random, made at creation; streams from
+    /// before it existed get one when first recovered). Sources use it to notice that an
+    /// origin was deleted and created again (nats-server #6206).
+    #[serde(default)]
+    pub uid: String,
 }
 
 /// A consumer's persisted metadata.
@@ -336,7 +341,24 @@ impl Engine {
             let Some(m) = read_json::<StreamMeta>(&meta) else {
                 continue;
             };
-            match self.open_stream(acc, m.config, m.created, true) {
+            // A stream from before identities gets one now (written below with the meta).
+            let fresh = m.uid.is_empty();
+            let uid = if fresh {
+                crate::util::random_name(16)
+            } else {
+                m.uid
+            };
+            if fresh {
+                let meta = StreamMeta {
+                    config: m.config.clone(),
+                    created: m.created,
+                    uid: uid.clone(),
+                };
+                if let Err(e) = write_json(&dir.join("meta.json"), &meta) {
+                    tracing::warn!(account = %acc.name, "JetStream: {}: {e}", dir.display());
+                }
+            }
+            match self.open_stream(acc, m.config, m.created, uid, true) {
                 Ok(_) => {}
                 Err(e) => tracing::error!(
                     account = %acc.name,
@@ -353,6 +375,7 @@ impl Engine {
         acc: &Arc<Account>,
         cfg: StreamConfig,
         created: i64,
+        uid: String,
         recovering: bool,
     ) -> Result<Arc<StreamHandle>, api::errors::E> {
         use api::errors::E;
@@ -368,6 +391,7 @@ impl Engine {
                         &StreamMeta {
                             config: cfg.clone(),
                             created,
+                            uid: uid.clone(),
                         },
                     )
                     .map_err(|e| E::StreamCreate(e.to_string()))?;
@@ -397,6 +421,7 @@ impl Engine {
             acc.name.clone(),
             cfg.clone(),
             created,
+            uid,
             store,
             dir.clone(),
             self.host.clone(),
