@@ -192,7 +192,7 @@ async fn local_sources_and_mirror_survive_a_restart() {
 /// work-queue stream of the edge through `domain: edge`. The hub is killed while the edge
 /// keeps publishing; once it is back it holds every message exactly once and in order, and
 /// the work queue on the edge is emptied only by what the hub stored.
-async fn edge_to_hub(hub_kind: Impl) {
+async fn edge_to_hub(hub_kind: Impl, work_queue: bool) {
     let lp = canopy_testkit::free_fixed_port();
     let (hub_store, edge_store) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let hub_conf = format!(
@@ -214,10 +214,11 @@ async fn edge_to_hub(hub_kind: Impl) {
         json!({"name": "ORDERS", "subjects": ["orders.>"]}),
     )
     .await;
+    let retention = if work_queue { "workqueue" } else { "limits" };
     create(
         &enc,
         "$JS.API",
-        json!({"name": "JOBS", "subjects": ["jobs.>"], "retention": "workqueue"}),
+        json!({"name": "JOBS", "subjects": ["jobs.>"], "retention": retention}),
     )
     .await;
     let sources = if hub_kind == Impl::Canopy {
@@ -249,8 +250,10 @@ async fn edge_to_hub(hub_kind: Impl) {
         &contents(&hnc, "$JS.API", "AGG").await,
         &[("orders", 250), ("jobs", 250)],
     );
-    // The work queue is drained by the hub's acknowledgements only.
-    wait_count(&enc, "$JS.API", "JOBS", 0, &[&hub, &edge]).await;
+    if work_queue {
+        // The work queue is drained by the hub's acknowledgements only.
+        wait_count(&enc, "$JS.API", "JOBS", 0, &[&hub, &edge]).await;
+    }
     // Nothing more arrived meanwhile (no duplicates from a late redelivery).
     assert_eq!(count(&hnc, "$JS.API", "AGG").await, 500);
     hub.kill();
@@ -258,5 +261,89 @@ async fn edge_to_hub(hub_kind: Impl) {
 
 #[tokio::test]
 async fn hub_sources_edge_streams_through_an_outage() {
-    edge_to_hub(Impl::Canopy).await;
+    edge_to_hub(Impl::Canopy, true).await;
+}
+
+/// Debian's nats-server 2.9.10 as the hub, sourcing two Canopy limits streams through
+/// `$JS.edge.API` (its ack-none sourcing consumer would lose work-queue messages in flight,
+/// nats-server #3207, so only limits origins here).
+#[tokio::test]
+async fn go_hub_sources_canopy_edge_streams_through_an_outage() {
+    if canopy_testkit::nats_server_bin().is_none() {
+        eprintln!("nats-server not installed; skipping");
+        return;
+    }
+    edge_to_hub(Impl::NatsServer, false).await;
+}
+
+/// An origin deleted and created again is sourced from its sequence 1 (nats-server #6206):
+/// the silent consumer is noticed as a stall, and the new identity resets the position.
+#[tokio::test]
+async fn recreated_origin_is_sourced_from_its_start() {
+    let store = tempfile::tempdir().unwrap();
+    let s = ServerProcess::canopy(&js_config(store.path(), "")).unwrap();
+    let nc = async_nats::connect(s.url()).await.unwrap();
+    let p = "$JS.API";
+    create(&nc, p, json!({"name": "A", "subjects": ["a.>"]})).await;
+    create(&nc, p, json!({"name": "S", "sources": [{"name": "A"}]})).await;
+    for i in 0..5 {
+        publish(&nc, format!("a.{i}"), i.to_string()).await;
+    }
+    wait_count(&nc, p, "S", 5, &[&s]).await;
+    let v = api(&nc, format!("{p}.STREAM.DELETE.A"), json!({})).await;
+    assert_eq!(v["success"], true, "{v}");
+    create(&nc, p, json!({"name": "A", "subjects": ["a.>"]})).await;
+    for i in 5..8 {
+        publish(&nc, format!("a.{i}"), i.to_string()).await;
+    }
+    wait_count(&nc, p, "S", 8, &[&s]).await;
+    check_each_once_in_order(&contents(&nc, p, "S").await, &[("a", 8)]);
+}
+
+/// A mirror on the edge of a hub stream, through `domain: hub`: the hub is killed and
+/// restarted (its consumer is gone; the mirror notices the silence and recreates it), and
+/// the mirror ends identical to the origin.
+#[tokio::test]
+async fn edge_mirror_of_a_hub_stream_follows_a_hub_restart() {
+    let lp = canopy_testkit::free_fixed_port();
+    let (hub_store, edge_store) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let hub_conf = format!(
+        "listen: 127.0.0.1:-1\nhttp: 127.0.0.1:-1\njetstream {{ store_dir: \"{}\", domain: hub }}\n\
+         leafnodes {{ listen: 127.0.0.1:{lp} }}\n",
+        hub_store.path().display()
+    );
+    let mut hub = ServerProcess::canopy(&hub_conf).unwrap();
+    let edge = ServerProcess::canopy(&format!(
+        "listen: 127.0.0.1:-1\nhttp: 127.0.0.1:-1\njetstream {{ store_dir: \"{}\", domain: edge }}\n\
+         leafnodes {{ remotes: [{{ url: \"nats-leaf://127.0.0.1:{lp}\" }}], reconnect: 1 }}\n",
+        edge_store.path().display()
+    ))
+    .unwrap();
+    let hnc = async_nats::connect(hub.url()).await.unwrap();
+    let enc = async_nats::connect(edge.url()).await.unwrap();
+    create(
+        &hnc,
+        "$JS.API",
+        json!({"name": "EVENTS", "subjects": ["ev.>"]}),
+    )
+    .await;
+    create(
+        &enc,
+        "$JS.API",
+        json!({"name": "EVENTS_M", "mirror": {"name": "EVENTS", "domain": "hub"}}),
+    )
+    .await;
+    for i in 0..50 {
+        publish(&hnc, format!("ev.{i}"), i.to_string()).await;
+    }
+    wait_count(&enc, "$JS.API", "EVENTS_M", 50, &[&hub, &edge]).await;
+    drop(hnc);
+    hub.kill();
+    let hub = ServerProcess::canopy(&hub_conf).unwrap();
+    let hnc = async_nats::connect(hub.url()).await.unwrap();
+    for i in 50..100 {
+        publish(&hnc, format!("ev.{i}"), i.to_string()).await;
+    }
+    wait_count(&enc, "$JS.API", "EVENTS_M", 100, &[&hub, &edge]).await;
+    check_each_once_in_order(&contents(&enc, "$JS.API", "EVENTS_M").await, &[("ev", 100)]);
 }
