@@ -239,6 +239,8 @@ pub(crate) struct Source {
     lag: u64,
     err: Option<String>,
     trs: Vec<(String, Option<Transform>)>,
+    /// The position or identity changed since `sources.json` was written.
+    dirty: bool,
 }
 
 impl Source {
@@ -268,6 +270,7 @@ impl Source {
             lag: 0,
             err: None,
             trs,
+            dirty: false,
         }
     }
 
@@ -337,15 +340,33 @@ fn ack_info(reply: &str) -> Option<(u64, u64, u64, i64, u64)> {
     Some((n(3)?, n(4)?, n(2)?, n(5)? as i64, n(6)?))
 }
 
-/// Recovers each source's position from the stream: a mirror's last sequence, and for
-/// sources the newest `Nats-Stream-Source` header naming each (bounded scan backwards).
+/// A source's position as written to `sources.json` next to the stream's store.
+#[derive(serde::Serialize, serde::Deserialize, Default)]
+struct Saved {
+    /// The last origin sequence stored.
+    seq: u64,
+    ident: Option<String>,
+    /// The stream's own last sequence when this was written (which of the file and the
+    /// newest `Nats-Stream-Source` header is newer).
+    at: u64,
+}
+
+fn saved_path(core: &StreamCore) -> Option<std::path::PathBuf> {
+    core.dir.as_ref().map(|d| d.join("sources.json"))
+}
+
+/// Recovers each source's position: a mirror's is the stream's last sequence; a source's
+/// is the newer of its newest `Nats-Stream-Source` header (bounded scan backwards) and
+/// `sources.json`, written when positions change (at most once per stream tick) and at
+/// close. The file keeps positions whose messages are gone from the stream (a work-queue
+/// or size-limited sourcing stream) and each origin's identity.
 pub(crate) fn recover(core: &mut StreamCore) {
     let last = core.store.totals().last_seq;
-    if let Some(m) = core.sources.iter_mut().find(|s| s.mirror) {
-        m.sseq = last;
-        return;
-    }
-    let mut missing = core.sources.len();
+    let saved: std::collections::HashMap<String, Saved> = saved_path(core)
+        .and_then(|p| crate::engine::read_json(&p))
+        .unwrap_or_default();
+    let mut found: Vec<Option<u64>> = vec![None; core.sources.len()];
+    let mut missing = core.sources.iter().filter(|s| !s.mirror).count();
     let mut seq = last;
     for _ in 0..SCAN_LIMIT {
         if missing == 0 || seq == 0 {
@@ -363,16 +384,57 @@ pub(crate) fn recover(core: &mut StreamCore) {
             continue;
         }
         let iname = format!("{} {} {}", f[0], f[2], f[3]);
-        let Some(s) = core
+        let Some(k) = core
             .sources
-            .iter_mut()
-            .find(|s| s.spec.iname == iname && s.sseq == 0)
+            .iter()
+            .enumerate()
+            .position(|(k, s)| s.spec.iname == iname && found[k].is_none())
         else {
             continue;
         };
-        s.sseq = f[1].parse().unwrap_or(0);
-        s.ident = f.get(5).map(|x| x.to_string());
+        found[k] = Some(m.seq);
+        core.sources[k].sseq = f[1].parse().unwrap_or(0);
+        core.sources[k].ident = f.get(5).map(|x| x.to_string());
         missing -= 1;
+    }
+    for (k, s) in core.sources.iter_mut().enumerate() {
+        let file = saved.get(&s.spec.iname);
+        if s.mirror {
+            s.sseq = last;
+            s.ident = file.and_then(|f| f.ident.clone());
+        } else if let Some(f) = file.filter(|f| found[k].is_none_or(|at| f.at >= at)) {
+            s.sseq = f.seq;
+            s.ident = f.ident.clone();
+        }
+    }
+}
+
+impl StreamCore {
+    /// Writes `sources.json` when a position or identity changed since the last write.
+    pub(crate) fn sources_save(&mut self) {
+        if !self.sources.iter().any(|s| s.dirty) {
+            return;
+        }
+        let Some(p) = saved_path(self) else {
+            return;
+        };
+        let at = self.store.totals().last_seq;
+        let map: std::collections::HashMap<&str, Saved> = self
+            .sources
+            .iter()
+            .map(|s| {
+                let v = Saved {
+                    seq: s.sseq,
+                    ident: s.ident.clone(),
+                    at,
+                };
+                (s.spec.iname.as_str(), v)
+            })
+            .collect();
+        match crate::engine::write_json(&p, &map) {
+            Ok(()) => self.sources.iter_mut().for_each(|s| s.dirty = false),
+            Err(e) => tracing::warn!(stream = %self.name, "JetStream: {}: {e}", p.display()),
+        }
     }
 }
 
@@ -682,6 +744,7 @@ impl StreamCore {
                     "JetStream source: the origin stream was recreated, sourcing again from its sequence 1");
                 s.sseq = 0;
                 s.ident = Some(new.clone());
+                s.dirty = true;
                 // A durable consumer on the new stream is new too and starts at its
                 // sequence 1; an ephemeral one was asked to start after the old position.
                 if !s.durable {
@@ -689,8 +752,9 @@ impl StreamCore {
                 }
             }
         }
-        if ident.is_some() {
+        if ident.is_some() && ident != s.ident {
             s.ident = ident;
+            s.dirty = true;
         }
         s.phase = Phase::Active;
         s.fails = 0;
@@ -749,6 +813,7 @@ impl StreamCore {
                 return;
             }
             self.sources[i].sseq = sseq;
+            self.sources[i].dirty = true;
         }
         if self.sources[i].durable {
             if let Some(r) = &m.reply {

@@ -643,6 +643,7 @@ impl StreamCore {
         if acked.is_empty() || self.cfg.retention == Retention::Limits {
             return;
         }
+        self.sources_save();
         let mut removed = false;
         for &s in acked {
             let remove = match self.cfg.retention {
@@ -763,6 +764,7 @@ impl StreamCore {
     fn tick(&mut self) {
         let now = Instant::now();
         self.sources_tick(now);
+        self.sources_save();
         if self.cfg.subject_delete_marker_ttl > 0 {
             self.expire_with_markers();
         } else if self.store.next_expiry().is_some_and(|t| t <= now_ns()) {
@@ -910,6 +912,7 @@ impl StreamCore {
         }
         self.closed = true;
         self.sources_stop();
+        self.sources_save();
         for c in self.consumers.values_mut() {
             c.close();
         }

@@ -151,6 +151,8 @@ async fn local_sources_and_mirror_survive_a_restart() {
     )
     .await;
     create(&nc, p, json!({"name": "M", "mirror": {"name": "A"}})).await;
+    // P's messages are purged: its positions must survive without them.
+    create(&nc, p, json!({"name": "P", "sources": [{"name": "A"}]})).await;
     for i in 0..50 {
         publish(&nc, format!("a.{i}"), i.to_string()).await;
         publish(&nc, format!("b.{i}"), i.to_string()).await;
@@ -169,6 +171,9 @@ async fn local_sources_and_mirror_survive_a_restart() {
     );
     let minfo = api(&nc, format!("{p}.STREAM.INFO.M"), json!({})).await;
     assert_eq!(minfo["mirror"]["name"], "A", "{minfo}");
+    wait_count(&nc, p, "P", 50, &[&s]).await;
+    let v = api(&nc, format!("{p}.STREAM.PURGE.P"), json!({})).await;
+    assert_eq!(v["purged"], 50, "{v}");
 
     drop(nc);
     s.kill();
@@ -186,6 +191,42 @@ async fn local_sources_and_mirror_survive_a_restart() {
     // The mirror keeps the origin's sequences.
     let minfo = api(&nc, format!("{p}.STREAM.INFO.M"), json!({})).await;
     assert_eq!(minfo["state"]["last_seq"], 100, "{minfo}");
+    // P sourced only what came after its purge (its position is in sources.json).
+    wait_count(&nc, p, "P", 50, &[&s]).await;
+    let pinfo = api(&nc, format!("{p}.STREAM.INFO.P"), json!({})).await;
+    assert_eq!(pinfo["state"]["last_seq"], 100, "{pinfo}");
+    let first = &contents(&nc, p, "P").await[0];
+    assert_eq!(first.1, "50", "{first:?}");
+}
+
+/// A hub (domain `hub`, a leaf listener on a fixed port so a restarted hub is found again)
+/// and an edge (domain `edge`) that connects to it; the stores outlive restarts.
+struct Topology {
+    hub: String,
+    edge: String,
+    _stores: (tempfile::TempDir, tempfile::TempDir),
+}
+
+impl Topology {
+    fn new() -> Topology {
+        let lp = canopy_testkit::free_fixed_port();
+        let stores = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let js = |dir: &Path, domain: &str| {
+            format!(
+                "listen: 127.0.0.1:-1\nhttp: 127.0.0.1:-1\n\
+                 jetstream {{ store_dir: \"{}\", domain: {domain} }}\n",
+                dir.display()
+            )
+        };
+        Topology {
+            hub: js(stores.0.path(), "hub") + &format!("leafnodes {{ listen: 127.0.0.1:{lp} }}\n"),
+            edge: js(stores.1.path(), "edge")
+                + &format!(
+                    "leafnodes {{ remotes: [{{ url: \"nats-leaf://127.0.0.1:{lp}\" }}], reconnect: 1 }}\n"
+                ),
+            _stores: stores,
+        }
+    }
 }
 
 /// Edge → hub across a leaf link: the hub's stream sources a limits stream and a
@@ -193,20 +234,9 @@ async fn local_sources_and_mirror_survive_a_restart() {
 /// keeps publishing; once it is back it holds every message exactly once and in order, and
 /// the work queue on the edge is emptied only by what the hub stored.
 async fn edge_to_hub(hub_kind: Impl, work_queue: bool) {
-    let lp = canopy_testkit::free_fixed_port();
-    let (hub_store, edge_store) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let hub_conf = format!(
-        "listen: 127.0.0.1:-1\nhttp: 127.0.0.1:-1\njetstream {{ store_dir: \"{}\", domain: hub }}\n\
-         leafnodes {{ listen: 127.0.0.1:{lp} }}\n",
-        hub_store.path().display()
-    );
-    let mut hub = ServerProcess::start(hub_kind, &hub_conf, &[]).unwrap();
-    let edge = ServerProcess::canopy(&format!(
-        "listen: 127.0.0.1:-1\nhttp: 127.0.0.1:-1\njetstream {{ store_dir: \"{}\", domain: edge }}\n\
-         leafnodes {{ remotes: [{{ url: \"nats-leaf://127.0.0.1:{lp}\" }}], reconnect: 1 }}\n",
-        edge_store.path().display()
-    ))
-    .unwrap();
+    let t = Topology::new();
+    let mut hub = ServerProcess::start(hub_kind, &t.hub, &[]).unwrap();
+    let edge = ServerProcess::canopy(&t.edge).unwrap();
     let enc = async_nats::connect(edge.url()).await.unwrap();
     create(
         &enc,
@@ -243,7 +273,7 @@ async fn edge_to_hub(hub_kind: Impl, work_queue: bool) {
         publish(&enc, format!("orders.{i}"), i.to_string()).await;
         publish(&enc, format!("jobs.{i}"), i.to_string()).await;
     }
-    let mut hub = ServerProcess::start(hub_kind, &hub_conf, &[]).unwrap();
+    let mut hub = ServerProcess::start(hub_kind, &t.hub, &[]).unwrap();
     let hnc = async_nats::connect(hub.url()).await.unwrap();
     wait_count(&hnc, "$JS.API", "AGG", 500, &[&hub, &edge]).await;
     check_each_once_in_order(
@@ -305,20 +335,9 @@ async fn recreated_origin_is_sourced_from_its_start() {
 /// the mirror ends identical to the origin.
 #[tokio::test]
 async fn edge_mirror_of_a_hub_stream_follows_a_hub_restart() {
-    let lp = canopy_testkit::free_fixed_port();
-    let (hub_store, edge_store) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let hub_conf = format!(
-        "listen: 127.0.0.1:-1\nhttp: 127.0.0.1:-1\njetstream {{ store_dir: \"{}\", domain: hub }}\n\
-         leafnodes {{ listen: 127.0.0.1:{lp} }}\n",
-        hub_store.path().display()
-    );
-    let mut hub = ServerProcess::canopy(&hub_conf).unwrap();
-    let edge = ServerProcess::canopy(&format!(
-        "listen: 127.0.0.1:-1\nhttp: 127.0.0.1:-1\njetstream {{ store_dir: \"{}\", domain: edge }}\n\
-         leafnodes {{ remotes: [{{ url: \"nats-leaf://127.0.0.1:{lp}\" }}], reconnect: 1 }}\n",
-        edge_store.path().display()
-    ))
-    .unwrap();
+    let t = Topology::new();
+    let mut hub = ServerProcess::canopy(&t.hub).unwrap();
+    let edge = ServerProcess::canopy(&t.edge).unwrap();
     let hnc = async_nats::connect(hub.url()).await.unwrap();
     let enc = async_nats::connect(edge.url()).await.unwrap();
     create(
@@ -339,7 +358,7 @@ async fn edge_mirror_of_a_hub_stream_follows_a_hub_restart() {
     wait_count(&enc, "$JS.API", "EVENTS_M", 50, &[&hub, &edge]).await;
     drop(hnc);
     hub.kill();
-    let hub = ServerProcess::canopy(&hub_conf).unwrap();
+    let hub = ServerProcess::canopy(&t.hub).unwrap();
     let hnc = async_nats::connect(hub.url()).await.unwrap();
     for i in 50..100 {
         publish(&hnc, format!("ev.{i}"), i.to_string()).await;

@@ -463,6 +463,8 @@ pub(super) fn purge(acc: &Account, name: Option<&str>, body: &[u8]) -> Result<Va
         if c.cfg.deny_purge {
             return Err(E::StreamPurgeFailed("stream purge not permitted".into()));
         }
+        // Sources' positions first: the headers that hold them are about to go.
+        c.sources_save();
         let opts = PurgeOpts {
             filter: req.filter.filter(|f| !f.is_empty() && f != ">"),
             up_to_seq: req.seq,
@@ -536,6 +538,7 @@ pub(super) fn msg_delete(acc: &Account, name: Option<&str>, body: &[u8]) -> Resu
                 "message delete not permitted".into(),
             ));
         }
+        c.sources_save();
         let removed = c
             .store
             .remove_msg(req.seq)
