@@ -241,6 +241,8 @@ pub(crate) struct Source {
     trs: Vec<(String, Option<Transform>)>,
     /// The position or identity changed since `sources.json` was written.
     dirty: bool,
+    /// Heartbeats in a row saying the origin waits for a flow-control reply.
+    fc_stalls: u32,
 }
 
 impl Source {
@@ -271,6 +273,7 @@ impl Source {
             err: None,
             trs,
             dirty: false,
+            fc_stalls: 0,
         }
     }
 
@@ -779,6 +782,18 @@ impl StreamCore {
             }
             if let Some(fc) = header(hdr, "Nats-Consumer-Stalled") {
                 self.host.publish(&self.account, fc, None, None, &[]);
+                // Answered, yet still stalled: our replies do not reach the origin.
+                s.fc_stalls += 1;
+                if s.fc_stalls == 2 {
+                    let e = format!(
+                        "flow control stalled: replies to {fc} do not reach the origin \
+                         (is $JS.FC.> exported to this account, or denied on a link?)"
+                    );
+                    tracing::warn!(stream = %self.name, source = %s.spec.name, "JetStream source: {e}");
+                    s.err = Some(e);
+                }
+            } else {
+                s.fc_stalls = 0;
             }
             let last = header(hdr, "Nats-Last-Consumer").and_then(|v| v.parse::<u64>().ok());
             if !s.durable && last.is_some_and(|l| l != s.dseq) {
@@ -790,6 +805,10 @@ impl StreamCore {
         let Some((sseq, dseq, dc, ts, pending)) = m.reply.as_deref().and_then(ack_info) else {
             return;
         };
+        if s.fc_stalls > 0 {
+            s.fc_stalls = 0;
+            s.err = None;
+        }
         if !s.durable {
             if dc > 1 {
                 return;
