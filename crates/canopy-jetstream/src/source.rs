@@ -13,9 +13,11 @@
 //! - **Info** asks `<api>.STREAM.INFO.<origin>` for the origin's retention. A limits origin
 //!   gets an ephemeral push consumer (ack none, flow control, 1 s heartbeats, inactive
 //!   threshold 10 s, starting at the last origin sequence stored + 1), as nats-server
-//!   creates. A work-queue or interest origin gets a *durable* consumer with explicit acks
-//!   and one message in flight: a message is acknowledged only after it was stored here,
-//!   so nothing is removed from the origin before it is safe (nats-server #3207).
+//!   creates. A work-queue or interest origin gets a *durable* consumer with explicit acks:
+//!   a message is acknowledged only after it was stored here, so nothing is removed from
+//!   the origin before it is safe (nats-server #3207). A first delivery past a hole is
+//!   left unacknowledged (what is missing was lost in flight and is redelivered first);
+//!   its own redelivery is taken, the hole then being a real gap in the origin.
 //! - **Active**: every delivery and heartbeat is contact. Ten seconds without contact is a
 //!   stall: the consumer is recreated. An ephemeral consumer whose delivery sequence jumps
 //!   (or whose heartbeat names another last delivery) lost something on the way: it is
@@ -60,6 +62,8 @@ const SCAN_LIMIT: usize = 1_000_000;
 pub(crate) const MAX_SOURCES: usize = 256;
 /// `ack_wait` of a durable sourcing consumer (work-queue and interest origins).
 const DURABLE_ACK_WAIT: i64 = 5_000_000_000;
+/// Messages a durable sourcing consumer may have in flight.
+const DURABLE_MAX_ACK_PENDING: i64 = 512;
 
 /// One entry of `mirror` or `sources`, parsed.
 #[derive(Debug, Clone)]
@@ -676,7 +680,7 @@ impl StreamCore {
             o.insert("deliver_policy".into(), json!("all"));
             o.insert("ack_policy".into(), json!("explicit"));
             o.insert("ack_wait".into(), json!(DURABLE_ACK_WAIT));
-            o.insert("max_ack_pending".into(), json!(1));
+            o.insert("max_ack_pending".into(), json!(DURABLE_MAX_ACK_PENDING));
         } else {
             o.insert("ack_policy".into(), json!("none"));
             o.insert("max_deliver".into(), json!(1));
@@ -817,6 +821,12 @@ impl StreamCore {
                 return self.source_retry(i, None, false);
             }
             s.dseq = dseq;
+        } else if sseq > s.sseq + 1 && dc == 1 {
+            // A first delivery past a hole: what is missing was lost on the way (it comes
+            // back first, redelivered in sequence order) or is gone from the origin. Left
+            // unacknowledged, this one comes back after `ack_wait`; a redelivery past a
+            // hole is taken (the hole was a real gap).
+            return;
         }
         s.lag = pending;
         if sseq > s.sseq {

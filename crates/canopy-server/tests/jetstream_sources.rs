@@ -390,3 +390,34 @@ async fn edge_mirror_of_a_hub_stream_follows_a_hub_restart() {
     wait_count(&enc, "$JS.API", "EVENTS_M", 100, &[&hub, &edge]).await;
     check_each_once_in_order(&contents(&enc, "$JS.API", "EVENTS_M").await, &[("ev", 100)]);
 }
+
+/// A work-queue origin with a real gap (a deleted message): the durable sourcing consumer
+/// holds what comes past the hole until its redelivery shows the gap is real, then takes
+/// it — in order, nothing twice, and the origin is emptied by the acknowledgements.
+#[tokio::test]
+async fn work_queue_origin_with_a_gap() {
+    let store = tempfile::tempdir().unwrap();
+    let s = ServerProcess::canopy(&js_config(store.path(), "")).unwrap();
+    let nc = async_nats::connect(s.url()).await.unwrap();
+    let p = "$JS.API";
+    create(
+        &nc,
+        p,
+        json!({"name": "W", "subjects": ["w.>"], "retention": "workqueue"}),
+    )
+    .await;
+    for i in 0..6 {
+        publish(&nc, format!("w.{i}"), i.to_string()).await;
+    }
+    let v = api(&nc, format!("{p}.STREAM.MSG.DELETE.W"), json!({"seq": 3})).await;
+    assert_eq!(v["success"], true, "{v}");
+    create(&nc, p, json!({"name": "S", "sources": [{"name": "W"}]})).await;
+    wait_count(&nc, p, "S", 5, &[&s]).await;
+    let got: Vec<String> = contents(&nc, p, "S")
+        .await
+        .into_iter()
+        .map(|m| m.1)
+        .collect();
+    assert_eq!(got, ["0", "1", "3", "4", "5"]);
+    wait_count(&nc, p, "W", 0, &[&s]).await;
+}
