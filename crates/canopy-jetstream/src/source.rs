@@ -494,18 +494,25 @@ impl StreamCore {
 
     /// The stream is deleted: durable sourcing consumers are deleted on their origins.
     pub(crate) fn sources_delete_remote(&mut self) {
-        for s in &self.sources {
-            if let Some(d) = &s.durable_name {
-                let subj = s.spec.api(&format!("CONSUMER.DELETE.{}.{d}", s.spec.name));
-                self.host.request(
-                    &self.account,
-                    &subj,
-                    None,
-                    b"",
-                    REQUEST_TIMEOUT,
-                    Box::new(|_| {}),
-                );
+        for (i, s) in self.sources.iter().enumerate() {
+            if s.mirror {
+                continue;
             }
+            // Asked even when this run has not learned the origin's retention yet: the
+            // name is stable, and a limits origin answers "not found".
+            let d = s
+                .durable_name
+                .clone()
+                .unwrap_or_else(|| format!("JS_SRC_{}", self.source_hash(i)));
+            let subj = s.spec.api(&format!("CONSUMER.DELETE.{}.{d}", s.spec.name));
+            self.host.request(
+                &self.account,
+                &subj,
+                None,
+                b"",
+                REQUEST_TIMEOUT,
+                Box::new(|_| {}),
+            );
         }
     }
 
@@ -610,13 +617,18 @@ impl StreamCore {
         self.source_create(i, durable);
     }
 
-    /// Subscribes the deliver subject and asks the origin for the consumer.
-    fn source_create(&mut self, i: usize, durable: bool) {
+    /// A stable hash of (account, stream, source): the durable's name and deliver token.
+    fn source_hash(&self, i: usize) -> String {
         let key = format!(
             "{} {} {}",
             self.account, self.name, self.sources[i].spec.iname
         );
-        let hash = format!("{:016x}", fnv(key.as_bytes()));
+        format!("{:016x}", fnv(key.as_bytes()))
+    }
+
+    /// Subscribes the deliver subject and asks the origin for the consumer.
+    fn source_create(&mut self, i: usize, durable: bool) {
+        let hash = self.source_hash(i);
         let s = &mut self.sources[i];
         s.durable = durable;
         let kind = if s.mirror { "M" } else { "S" };
@@ -884,6 +896,16 @@ impl StreamCore {
     /// <original subject> <origin identity>`).
     fn store_sourced(&mut self, i: usize, sseq: u64, m: &JsMsg) -> bool {
         let s = &self.sources[i];
+        let from = m
+            .headers
+            .as_deref()
+            .and_then(|h| header(h, "Nats-Stream-Source"))
+            .and_then(|h| h.split([' ', ':']).next());
+        if !s.spec.is_external() && from == Some(self.name.as_str()) {
+            // Sourced from this stream in the first place (two streams sourcing each
+            // other): taking it would send it round for ever.
+            return true;
+        }
         let subject = s.transform(&m.subject);
         let mut parts: Vec<&str> = s.spec.iname.splitn(3, ' ').collect();
         parts.resize(3, ">");
