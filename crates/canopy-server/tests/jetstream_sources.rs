@@ -1,6 +1,8 @@
-//! Mirrors and sources (issue 14): local sources and a mirror through a restart, and a hub
+//! Mirrors and sources (issue 14): local sources and a mirror through a restart, a hub
 //! stream sourcing an edge's streams through `$JS.edge.API` across a leaf link while the hub
-//! is down — a limits origin and a work-queue origin — each message exactly once, in order.
+//! is down or the link flaps — a limits origin and a work-queue origin, with Canopy and
+//! nats-server 2.9.10 on either side — each message exactly once, in order; a recreated
+//! origin; a work-queue origin with a gap.
 
 #![allow(clippy::unwrap_used)]
 
@@ -223,6 +225,11 @@ struct Topology {
 impl Topology {
     fn new() -> Topology {
         let lp = canopy_testkit::free_fixed_port();
+        Topology::via(lp, lp)
+    }
+
+    /// The hub listens for leaves on `lp`; the edge dials `dial` (a proxy, say).
+    fn via(lp: u16, dial: u16) -> Topology {
         let stores = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let js = |dir: &Path, domain: &str| {
             format!(
@@ -235,11 +242,23 @@ impl Topology {
             hub: js(stores.0.path(), "hub") + &format!("leafnodes {{ listen: 127.0.0.1:{lp} }}\n"),
             edge: js(stores.1.path(), "edge")
                 + &format!(
-                    "leafnodes {{ remotes: [{{ url: \"nats-leaf://127.0.0.1:{lp}\" }}], reconnect: 1 }}\n"
+                    "leafnodes {{ remotes: [{{ url: \"nats-leaf://127.0.0.1:{dial}\" }}], reconnect: 1 }}\n"
                 ),
             _stores: stores,
         }
     }
+}
+
+/// The edge's origins: ORDERS (limits) on `orders.>`, JOBS on `jobs.>` with `retention`.
+async fn edge_origins(enc: &async_nats::Client, retention: &str) {
+    create(
+        enc,
+        "$JS.API",
+        json!({"name": "ORDERS", "subjects": ["orders.>"]}),
+    )
+    .await;
+    let jobs = json!({"name": "JOBS", "subjects": ["jobs.>"], "retention": retention});
+    create(enc, "$JS.API", jobs).await;
 }
 
 /// Edge → hub across a leaf link: the hub's stream sources a limits stream and a
@@ -251,19 +270,7 @@ async fn edge_to_hub(hub_kind: Impl, edge_kind: Impl, work_queue: bool) {
     let mut hub = ServerProcess::start(hub_kind, &t.hub, &[]).unwrap();
     let edge = ServerProcess::start(edge_kind, &t.edge, &[]).unwrap();
     let enc = async_nats::connect(edge.url()).await.unwrap();
-    create(
-        &enc,
-        "$JS.API",
-        json!({"name": "ORDERS", "subjects": ["orders.>"]}),
-    )
-    .await;
-    let retention = if work_queue { "workqueue" } else { "limits" };
-    create(
-        &enc,
-        "$JS.API",
-        json!({"name": "JOBS", "subjects": ["jobs.>"], "retention": retention}),
-    )
-    .await;
+    edge_origins(&enc, if work_queue { "workqueue" } else { "limits" }).await;
     let sources = if hub_kind == Impl::Canopy {
         // The Canopy sugar.
         json!([{"name": "ORDERS", "domain": "edge"}, {"name": "JOBS", "domain": "edge"}])
@@ -420,4 +427,114 @@ async fn work_queue_origin_with_a_gap() {
         .collect();
     assert_eq!(got, ["0", "1", "3", "4", "5"]);
     wait_count(&nc, p, "W", 0, &[&s]).await;
+}
+
+/// A TCP proxy for the leaf link that can be cut (every connection dropped, new ones
+/// refused) and healed.
+struct LinkProxy {
+    port: u16,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    cuts: tokio::sync::watch::Sender<u64>,
+}
+
+impl LinkProxy {
+    async fn start(target: u16) -> LinkProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (cuts, watch) = tokio::sync::watch::channel(0u64);
+        let up2 = up.clone();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !up2.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue;
+                }
+                let mut cut = watch.clone();
+                cut.borrow_and_update();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+                    else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        LinkProxy { port, up, cuts }
+    }
+
+    fn cut(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.cuts.send_modify(|g| *g += 1);
+    }
+
+    fn heal(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// The leaf link flaps while the edge publishes without pause: three short cuts (the
+/// sourcing consumers survive them) and one longer than the 10 s stall threshold (the
+/// hub recreates them, and resumes as soon as the link is back rather than after a long
+/// backoff). Afterwards the hub holds every message of both origins once, in order.
+#[tokio::test]
+async fn hub_sources_through_link_flaps_under_continuous_publishing() {
+    let lp = canopy_testkit::free_fixed_port();
+    let proxy = LinkProxy::start(lp).await;
+    let t = Topology::via(lp, proxy.port);
+    let hub = ServerProcess::canopy(&t.hub).unwrap();
+    let edge = ServerProcess::canopy(&t.edge).unwrap();
+    let enc = async_nats::connect(edge.url()).await.unwrap();
+    let hnc = async_nats::connect(hub.url()).await.unwrap();
+    edge_origins(&enc, "workqueue").await;
+    create(
+        &hnc,
+        "$JS.API",
+        json!({"name": "AGG", "sources": [{"name": "ORDERS", "domain": "edge"},
+                                          {"name": "JOBS", "domain": "edge"}]}),
+    )
+    .await;
+    // The publisher runs until told to stop and says how many it sent of each.
+    let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let publisher = tokio::spawn(async move {
+        let mut n = 0;
+        loop {
+            publish(&enc, format!("orders.{n}"), n.to_string()).await;
+            publish(&enc, format!("jobs.{n}"), n.to_string()).await;
+            n += 1;
+            if stop_rx.try_recv().is_ok() {
+                return (enc, n);
+            }
+            // Paced, so that the outages below see traffic on both sides of them.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    // The outages are the scenario (how long a link stays down), not waits for a state.
+    for down in [500, 1500, 3000, 12_000] {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        proxy.cut();
+        tokio::time::sleep(Duration::from_millis(down)).await;
+        proxy.heal();
+    }
+    let healed = tokio::time::Instant::now();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    stop_tx.send(()).unwrap();
+    let (enc, n) = publisher.await.unwrap();
+    wait_count(&hnc, "$JS.API", "AGG", 2 * n as u64, &[&hub, &edge]).await;
+    let took = healed.elapsed();
+    check_each_once_in_order(
+        &contents(&hnc, "$JS.API", "AGG").await,
+        &[("orders", n), ("jobs", n)],
+    );
+    wait_count(&enc, "$JS.API", "JOBS", 0, &[&hub, &edge]).await;
+    // Caught up within a couple of seconds of the link healing (a lost in-flight delivery
+    // of the work queue may add one 5 s ack_wait), not after a long backoff.
+    assert!(
+        took < Duration::from_secs(10),
+        "caught up {took:?} after the link healed"
+    );
 }
