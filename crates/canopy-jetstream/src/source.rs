@@ -527,7 +527,8 @@ impl StreamCore {
         }
     }
 
-    /// Ends the current attempt; the next one comes after `delay`.
+    /// Ends the current attempt; the next comes after the backoff when `count` (a failure),
+    /// else at once (a restart with a new position).
     fn source_retry(&mut self, i: usize, err: Option<String>, count: bool) {
         self.source_cancel(i);
         let Some(s) = self.sources.get_mut(i) else {
@@ -813,8 +814,9 @@ impl StreamCore {
             }
             let last = header(hdr, "Nats-Last-Consumer").and_then(|v| v.parse::<u64>().ok());
             if !s.durable && last.is_some_and(|l| l != s.dseq) {
-                // Something sent was never received: start again after what is stored.
-                return self.source_retry(i, None, false);
+                // Something sent was never received: start again after what is stored
+                // (counted, so that a repeating cause cannot make a storm of creates).
+                return self.source_retry(i, None, true);
             }
             return;
         }
@@ -830,7 +832,7 @@ impl StreamCore {
                 return;
             }
             if dseq != s.dseq + 1 {
-                return self.source_retry(i, None, false);
+                return self.source_retry(i, None, true);
             }
             s.dseq = dseq;
         } else if sseq > s.sseq + 1 && dc == 1 {
