@@ -88,6 +88,11 @@ impl Spec {
     pub fn parse(v: &Value) -> Result<Spec, String> {
         let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
         let name = s("name").unwrap_or_default();
+        if v.get("consumer").is_some_and(|c| !c.is_null()) {
+            // 2.14's sourcing through a pre-existing durable: not implemented, so refused
+            // rather than ignored.
+            return Err("sourcing through a given consumer is not supported".into());
+        }
         if !util::valid_name(&name) {
             return Err("sourced stream name is invalid".into());
         }
@@ -1000,5 +1005,6 @@ mod tests {
         let local = Spec::parse(&json!({"name": "A", "filter_subject": "a.>"})).expect("parse");
         assert_eq!(local.iname, "A a.> >");
         assert!(Spec::parse(&json!({"name": "a.b"})).is_err());
+        assert!(Spec::parse(&json!({"name": "A", "consumer": {"name": "C"}})).is_err());
     }
 }
