@@ -58,6 +58,8 @@ const RETRY_MIN: Duration = Duration::from_millis(250);
 const RETRY_MAX: Duration = Duration::from_secs(2);
 /// Most messages scanned backwards for `Nats-Stream-Source` headers after a restart.
 const SCAN_LIMIT: usize = 1_000_000;
+/// How often a mirror whose origin was recreated looks again.
+const MIRROR_RECHECK: Duration = Duration::from_secs(30);
 /// Most sources one stream may have.
 pub(crate) const MAX_SOURCES: usize = 256;
 /// `ack_wait` of a durable sourcing consumer (work-queue and interest origins).
@@ -763,7 +765,10 @@ impl StreamCore {
                     let e = "the mirrored stream was recreated (its identity changed); \
                              recreate the mirror to follow it"
                         .to_string();
-                    return self.source_retry(i, Some(e), true);
+                    self.source_retry(i, Some(e), true);
+                    // Nothing will change by asking often: check again now and then.
+                    self.sources[i].phase = Phase::Wait(Instant::now() + MIRROR_RECHECK);
+                    return;
                 }
                 tracing::warn!(stream = %name, source = %s.spec.name,
                     "JetStream source: the origin stream was recreated, sourcing again from its sequence 1");

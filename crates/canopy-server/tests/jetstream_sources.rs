@@ -347,10 +347,12 @@ async fn recreated_origin_is_sourced_from_its_start() {
     let p = "$JS.API";
     create(&nc, p, json!({"name": "A", "subjects": ["a.>"]})).await;
     create(&nc, p, json!({"name": "S", "sources": [{"name": "A"}]})).await;
+    create(&nc, p, json!({"name": "M", "mirror": {"name": "A"}})).await;
     for i in 0..5 {
         publish(&nc, format!("a.{i}"), i.to_string()).await;
     }
     wait_count(&nc, p, "S", 5, &[&s]).await;
+    wait_count(&nc, p, "M", 5, &[&s]).await;
     let v = api(&nc, format!("{p}.STREAM.DELETE.A"), json!({})).await;
     assert_eq!(v["success"], true, "{v}");
     create(&nc, p, json!({"name": "A", "subjects": ["a.>"]})).await;
@@ -359,6 +361,18 @@ async fn recreated_origin_is_sourced_from_its_start() {
     }
     wait_count(&nc, p, "S", 8, &[&s]).await;
     check_each_once_in_order(&contents(&nc, p, "S").await, &[("a", 8)]);
+    // A mirror cannot go back to sequence 1: it says why it stopped.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let v = api(&nc, format!("{p}.STREAM.INFO.M"), json!({})).await;
+        let err = v["mirror"]["error"]["description"].as_str().unwrap_or("");
+        if err.contains("recreated") {
+            assert_eq!(v["state"]["messages"], 5, "{v}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// A mirror on the edge of a hub stream, through `domain: hub`: the hub is killed and
