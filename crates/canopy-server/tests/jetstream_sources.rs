@@ -552,3 +552,30 @@ async fn hub_sources_through_link_flaps_under_continuous_publishing() {
         "caught up {took:?} after the link healed"
     );
 }
+
+/// Sourcing a local stream through the server's own domain (`domain: hub` on the hub,
+/// nats-server #6509): the own domain's API is answered here from start-up.
+#[tokio::test]
+async fn source_through_the_own_domain() {
+    let store = tempfile::tempdir().unwrap();
+    let conf = format!(
+        "listen: 127.0.0.1:-1\njetstream {{ store_dir: \"{}\", domain: hub }}\n",
+        store.path().display()
+    );
+    let s = ServerProcess::canopy(&conf).unwrap();
+    let nc = async_nats::connect(s.url()).await.unwrap();
+    let p = "$JS.API";
+    create(&nc, p, json!({"name": "A", "subjects": ["a.>"]})).await;
+    let src = json!([{"name": "A", "domain": "hub"}]);
+    create(&nc, p, json!({"name": "S", "sources": src})).await;
+    for i in 0..10 {
+        publish(&nc, format!("a.{i}"), i.to_string()).await;
+    }
+    wait_count(&nc, p, "S", 10, &[&s]).await;
+    check_each_once_in_order(&contents(&nc, p, "S").await, &[("a", 10)]);
+    let v = api(&nc, format!("{p}.STREAM.INFO.S"), json!({})).await;
+    assert_eq!(
+        v["config"]["sources"][0]["external"]["api"], "$JS.hub.API",
+        "{v}"
+    );
+}
