@@ -579,3 +579,32 @@ async fn source_through_the_own_domain() {
         "{v}"
     );
 }
+
+/// `filter_subject` with `opt_start_seq`, and `subject_transforms` (filters and renames).
+#[tokio::test]
+async fn source_filters_start_and_transforms() {
+    let store = tempfile::tempdir().unwrap();
+    let s = ServerProcess::canopy(&js_config(store.path(), "")).unwrap();
+    let nc = async_nats::connect(s.url()).await.unwrap();
+    let p = "$JS.API";
+    create(&nc, p, json!({"name": "A", "subjects": ["a.>", "b.>"]})).await;
+    for i in 0..5 {
+        publish(&nc, format!("a.{i}"), i.to_string()).await;
+        publish(&nc, format!("b.{i}"), i.to_string()).await;
+    }
+    // b.i is A's sequence 2i+2: from sequence 5 on, b.2, b.3 and b.4.
+    let s1 = json!([{"name": "A", "filter_subject": "b.>", "opt_start_seq": 5}]);
+    create(&nc, p, json!({"name": "S1", "sources": s1})).await;
+    let tr = json!([{"src": "a.*", "dest": "c.{{wildcard(1)}}"}]);
+    let s2 = json!([{"name": "A", "subject_transforms": tr}]);
+    create(&nc, p, json!({"name": "S2", "sources": s2})).await;
+    wait_count(&nc, p, "S1", 3, &[&s]).await;
+    wait_count(&nc, p, "S2", 5, &[&s]).await;
+    let got: Vec<String> = contents(&nc, p, "S1")
+        .await
+        .into_iter()
+        .map(|m| m.0)
+        .collect();
+    assert_eq!(got, ["b.2", "b.3", "b.4"]);
+    check_each_once_in_order(&contents(&nc, p, "S2").await, &[("c", 5)]);
+}
