@@ -145,6 +145,14 @@ fn js_config(store: &Path, extra: &str) -> String {
     )
 }
 
+/// One JetStream server (its store, the process, a client).
+async fn local_js() -> (tempfile::TempDir, ServerProcess, async_nats::Client) {
+    let store = tempfile::tempdir().unwrap();
+    let s = ServerProcess::canopy(&js_config(store.path(), "")).unwrap();
+    let nc = async_nats::connect(s.url()).await.unwrap();
+    (store, s, nc)
+}
+
 /// A stream sourcing two local streams, and a mirror of one: each message once, in order,
 /// before and after a kill and restart with publishing on both sides of it.
 #[tokio::test]
@@ -341,9 +349,7 @@ async fn go_hub_sources_canopy_edge_streams_through_an_outage() {
 /// the silent consumer is noticed as a stall, and the new identity resets the position.
 #[tokio::test]
 async fn recreated_origin_is_sourced_from_its_start() {
-    let store = tempfile::tempdir().unwrap();
-    let s = ServerProcess::canopy(&js_config(store.path(), "")).unwrap();
-    let nc = async_nats::connect(s.url()).await.unwrap();
+    let (_store, s, nc) = local_js().await;
     let p = "$JS.API";
     create(&nc, p, json!({"name": "A", "subjects": ["a.>"]})).await;
     create(&nc, p, json!({"name": "S", "sources": [{"name": "A"}]})).await;
@@ -417,9 +423,7 @@ async fn edge_mirror_of_a_hub_stream_follows_a_hub_restart() {
 /// it — in order, nothing twice, and the origin is emptied by the acknowledgements.
 #[tokio::test]
 async fn work_queue_origin_with_a_gap() {
-    let store = tempfile::tempdir().unwrap();
-    let s = ServerProcess::canopy(&js_config(store.path(), "")).unwrap();
-    let nc = async_nats::connect(s.url()).await.unwrap();
+    let (_store, s, nc) = local_js().await;
     let p = "$JS.API";
     create(
         &nc,
@@ -583,9 +587,7 @@ async fn source_through_the_own_domain() {
 /// `filter_subject` with `opt_start_seq`, and `subject_transforms` (filters and renames).
 #[tokio::test]
 async fn source_filters_start_and_transforms() {
-    let store = tempfile::tempdir().unwrap();
-    let s = ServerProcess::canopy(&js_config(store.path(), "")).unwrap();
-    let nc = async_nats::connect(s.url()).await.unwrap();
+    let (_store, s, nc) = local_js().await;
     let p = "$JS.API";
     create(&nc, p, json!({"name": "A", "subjects": ["a.>", "b.>"]})).await;
     for i in 0..5 {
