@@ -12,6 +12,9 @@
 //!   handler hands the message over and returns).
 //! - [`Host::publish`] delivers like any publish from inside the server (to local clients,
 //!   over routes and leaf links); the JetStream service never receives its own publishes.
+//! - [`Host::request`] is the exception: mirrors and sources ask `$JS.API` (this server's
+//!   or another domain's) through it, so it is sent by a sender the engine's own API
+//!   subscription hears, and the reply comes back on a host task.
 
 use std::sync::Arc;
 use std::time::Duration;
