@@ -860,8 +860,14 @@ impl StreamCore {
                 self.store_sourced(i, sseq, &m)
             };
             if !ok {
-                if !self.sources[i].durable {
-                    self.source_retry(i, Some("could not store a sourced message".into()), true);
+                let e =
+                    "could not store a sourced message (a limit of this stream, or a store error)"
+                        .to_string();
+                if self.sources[i].durable {
+                    // Not acknowledged: the origin keeps it and sends it again.
+                    self.sources[i].err = Some(e);
+                } else {
+                    self.source_retry(i, Some(e), true);
                 }
                 return;
             }
