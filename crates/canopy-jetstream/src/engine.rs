@@ -797,6 +797,12 @@ pub(crate) fn read_json<T: serde::de::DeserializeOwned>(p: &Path) -> Option<T> {
 
 /// Writes JSON atomically (temp file, fsync, rename).
 pub(crate) fn write_json<T: Serialize>(p: &Path, v: &T) -> std::io::Result<()> {
+    write_json_with(p, v, true)
+}
+
+/// [`write_json`], with the fsync left out when `!sync` (a process kill loses nothing;
+/// power loss may, as with the store under `sync_interval`).
+pub(crate) fn write_json_with<T: Serialize>(p: &Path, v: &T, sync: bool) -> std::io::Result<()> {
     use std::io::Write;
     if let Some(d) = p.parent() {
         std::fs::create_dir_all(d)?;
@@ -805,7 +811,9 @@ pub(crate) fn write_json<T: Serialize>(p: &Path, v: &T) -> std::io::Result<()> {
     let data = serde_json::to_vec(v).map_err(std::io::Error::other)?;
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(&data)?;
-    f.sync_all()?;
+    if sync {
+        f.sync_all()?;
+    }
     std::fs::rename(&tmp, p)?;
     Ok(())
 }

@@ -254,6 +254,9 @@ pub(crate) struct Source {
     dirty: bool,
     /// Heartbeats in a row saying the origin waits for a flow-control reply.
     fc_stalls: u32,
+    /// This stream's sequence of the newest message stored from this source (0: none
+    /// in this run).
+    at: u64,
 }
 
 impl Source {
@@ -285,6 +288,7 @@ impl Source {
             trs,
             dirty: false,
             fc_stalls: 0,
+            at: 0,
         }
     }
 
@@ -424,6 +428,18 @@ pub(crate) fn recover(core: &mut StreamCore) {
 }
 
 impl StreamCore {
+    /// Before retention removes `seqs`: saves the positions if one of them holds a source's
+    /// newest header (else the headers still tell).
+    pub(crate) fn sources_save_before_removing(&mut self, seqs: &[u64]) {
+        if self
+            .sources
+            .iter()
+            .any(|s| !s.mirror && s.dirty && (s.at == 0 || seqs.contains(&s.at)))
+        {
+            self.sources_save();
+        }
+    }
+
     /// Writes `sources.json` when a position or identity changed since the last write.
     pub(crate) fn sources_save(&mut self) {
         if !self.sources.iter().any(|s| s.dirty) {
@@ -445,7 +461,8 @@ impl StreamCore {
                 (s.spec.iname.as_str(), v)
             })
             .collect();
-        match crate::engine::write_json(&p, &map) {
+        // Written often (retention removals): no fsync, like the store's own appends.
+        match crate::engine::write_json_with(&p, &map, false) {
             Ok(()) => self.sources.iter_mut().for_each(|s| s.dirty = false),
             Err(e) => tracing::warn!(stream = %self.name, "JetStream: {}: {e}", p.display()),
         }
@@ -873,6 +890,11 @@ impl StreamCore {
             }
             self.sources[i].sseq = sseq;
             self.sources[i].dirty = true;
+            if self.cfg.retention == crate::types::Retention::Interest && self.consumers.is_empty()
+            {
+                // Nobody wants it: it was removed as soon as it was stored, header and all.
+                self.sources_save();
+            }
         }
         if self.sources[i].durable {
             if let Some(r) = &m.reply {
@@ -939,7 +961,11 @@ impl StreamCore {
         let hdr = util::add_headers(&hdr, &[("Nats-Stream-Source", value)]);
         let before = self.store.totals().last_seq;
         self.commit_one(subject, hdr, m.payload.clone());
-        let ok = self.store.totals().last_seq > before;
+        let last = self.store.totals().last_seq;
+        let ok = last > before;
+        if ok {
+            self.sources[i].at = last;
+        }
         if ok {
             self.update_stats();
             self.drive_consumers();

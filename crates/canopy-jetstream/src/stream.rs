@@ -643,7 +643,7 @@ impl StreamCore {
         if acked.is_empty() || self.cfg.retention == Retention::Limits {
             return;
         }
-        self.sources_save();
+        self.sources_save_before_removing(acked);
         let mut removed = false;
         for &s in acked {
             let remove = match self.cfg.retention {

@@ -610,3 +610,52 @@ async fn source_filters_start_and_transforms() {
     assert_eq!(got, ["b.2", "b.3", "b.4"]);
     check_each_once_in_order(&contents(&nc, p, "S2").await, &[("c", 5)]);
 }
+
+/// A work-queue stream that sources (the hub's aggregate that workers drain): once its
+/// messages are consumed the headers are gone, yet after a kill and restart it sources
+/// only what is new.
+#[tokio::test]
+async fn drained_work_queue_aggregate_survives_a_restart() {
+    use async_nats::jetstream::{self, consumer};
+    use futures::StreamExt;
+    let store = tempfile::tempdir().unwrap();
+    let mut s = ServerProcess::canopy(&js_config(store.path(), "")).unwrap();
+    let nc = async_nats::connect(s.url()).await.unwrap();
+    let p = "$JS.API";
+    create(&nc, p, json!({"name": "A", "subjects": ["a.>"]})).await;
+    let agg = json!({"name": "AGG", "sources": [{"name": "A"}], "retention": "workqueue"});
+    create(&nc, p, agg).await;
+    for i in 0..20 {
+        publish(&nc, format!("a.{i}"), i.to_string()).await;
+    }
+    wait_count(&nc, p, "AGG", 20, &[&s]).await;
+    let c: consumer::PullConsumer = jetstream::new(nc.clone())
+        .get_stream("AGG")
+        .await
+        .unwrap()
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("w".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut batch = c.fetch().max_messages(20).messages().await.unwrap();
+    while let Some(m) = batch.next().await {
+        m.unwrap().double_ack().await.unwrap();
+    }
+    wait_count(&nc, p, "AGG", 0, &[&s]).await;
+    drop(nc);
+    s.kill();
+    let s = ServerProcess::canopy(&js_config(store.path(), "")).unwrap();
+    let nc = async_nats::connect(s.url()).await.unwrap();
+    for i in 20..25 {
+        publish(&nc, format!("a.{i}"), i.to_string()).await;
+    }
+    wait_count(&nc, p, "AGG", 5, &[&s]).await;
+    let got: Vec<String> = contents(&nc, p, "AGG")
+        .await
+        .into_iter()
+        .map(|m| m.1)
+        .collect();
+    assert_eq!(got, ["20", "21", "22", "23", "24"]);
+}
