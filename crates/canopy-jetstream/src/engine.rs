@@ -120,6 +120,11 @@ pub enum EngineError {
 pub(crate) struct StreamMeta {
     pub config: StreamConfig,
     pub created: i64,
+    /// The stream's identity for its lifetime (random, made at creation; streams from
+    /// before it existed get one when first recovered). Sources use it to notice that an
+    /// origin was deleted and created again (nats-server #6206).
+    #[serde(default)]
+    pub uid: String,
 }
 
 /// A consumer's persisted metadata.
@@ -146,6 +151,25 @@ pub(crate) struct Account {
 impl Account {
     pub fn stream(&self, name: &str) -> Option<Arc<StreamHandle>> {
         self.streams.read().get(name).cloned()
+    }
+
+    /// The stream that answers Direct Gets for `name`: the stream itself when it allows
+    /// them, else (the origin not being here, e.g. across a leaf link) a local mirror of it
+    /// with `mirror_direct` and `allow_direct`.
+    pub fn direct_stream(&self, name: &str) -> Option<Arc<StreamHandle>> {
+        let streams = self.streams.read();
+        if let Some(h) = streams.get(name) {
+            return h.cfg.read().allow_direct.then(|| h.clone());
+        }
+        streams
+            .values()
+            .find(|h| {
+                let c = h.cfg.read();
+                c.mirror_direct
+                    && c.allow_direct
+                    && c.mirror.as_ref().and_then(|m| m["name"].as_str()) == Some(name)
+            })
+            .cloned()
     }
 
     /// (memory, storage, reserved memory, reserved storage) bytes of the account.
@@ -336,7 +360,24 @@ impl Engine {
             let Some(m) = read_json::<StreamMeta>(&meta) else {
                 continue;
             };
-            match self.open_stream(acc, m.config, m.created, true) {
+            // A stream from before identities gets one now (written below with the meta).
+            let fresh = m.uid.is_empty();
+            let uid = if fresh {
+                crate::util::random_name(16)
+            } else {
+                m.uid
+            };
+            if fresh {
+                let meta = StreamMeta {
+                    config: m.config.clone(),
+                    created: m.created,
+                    uid: uid.clone(),
+                };
+                if let Err(e) = write_json(&dir.join("meta.json"), &meta) {
+                    tracing::warn!(account = %acc.name, "JetStream: {}: {e}", dir.display());
+                }
+            }
+            match self.open_stream(acc, m.config, m.created, uid, true) {
                 Ok(_) => {}
                 Err(e) => tracing::error!(
                     account = %acc.name,
@@ -353,6 +394,7 @@ impl Engine {
         acc: &Arc<Account>,
         cfg: StreamConfig,
         created: i64,
+        uid: String,
         recovering: bool,
     ) -> Result<Arc<StreamHandle>, api::errors::E> {
         use api::errors::E;
@@ -368,6 +410,7 @@ impl Engine {
                         &StreamMeta {
                             config: cfg.clone(),
                             created,
+                            uid: uid.clone(),
                         },
                     )
                     .map_err(|e| E::StreamCreate(e.to_string()))?;
@@ -397,6 +440,7 @@ impl Engine {
             acc.name.clone(),
             cfg.clone(),
             created,
+            uid,
             store,
             dir.clone(),
             self.host.clone(),
@@ -772,6 +816,12 @@ pub(crate) fn read_json<T: serde::de::DeserializeOwned>(p: &Path) -> Option<T> {
 
 /// Writes JSON atomically (temp file, fsync, rename).
 pub(crate) fn write_json<T: Serialize>(p: &Path, v: &T) -> std::io::Result<()> {
+    write_json_with(p, v, true)
+}
+
+/// [`write_json`], with the fsync left out when `!sync` (a process kill loses nothing;
+/// power loss may, as with the store under `sync_interval`).
+pub(crate) fn write_json_with<T: Serialize>(p: &Path, v: &T, sync: bool) -> std::io::Result<()> {
     use std::io::Write;
     if let Some(d) = p.parent() {
         std::fs::create_dir_all(d)?;
@@ -780,7 +830,9 @@ pub(crate) fn write_json<T: Serialize>(p: &Path, v: &T) -> std::io::Result<()> {
     let data = serde_json::to_vec(v).map_err(std::io::Error::other)?;
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(&data)?;
-    f.sync_all()?;
+    if sync {
+        f.sync_all()?;
+    }
     std::fs::rename(&tmp, p)?;
     Ok(())
 }

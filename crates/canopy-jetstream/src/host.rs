@@ -12,8 +12,12 @@
 //!   handler hands the message over and returns).
 //! - [`Host::publish`] delivers like any publish from inside the server (to local clients,
 //!   over routes and leaf links); the JetStream service never receives its own publishes.
+//! - [`Host::request`] is the exception: mirrors and sources ask `$JS.API` (this server's
+//!   or another domain's) through it, so it is sent by a sender the engine's own API
+//!   subscription hears, and the reply comes back on a host task.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 
@@ -64,6 +68,10 @@ pub enum Lane {
 
 /// A message handler. Cheap to clone; see the module contract.
 pub type Handler = Arc<dyn Fn(JsMsg) + Send + Sync>;
+
+/// What [`Host::request`] calls with the reply (`None`: no responders, a timeout, or a
+/// host without requests).
+pub type ReplyFn = Box<dyn FnOnce(Option<JsMsg>) + Send>;
 
 /// A subscription made through [`Host::subscribe`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -123,6 +131,23 @@ pub trait Host: Send + Sync + 'static {
         headers: Option<&[u8]>,
         payload: &[u8],
     ) -> u64;
+
+    /// Sends a request into `account` and calls `done` with the reply, from a sender that
+    /// the engine's own `$JS.API` subscriptions *do* hear (unlike [`Host::publish`]), so a
+    /// stream can ask this server's JetStream as well as another domain's. `done` runs on a
+    /// host task and must only hand the reply over. The default has no request facility.
+    fn request(
+        &self,
+        account: &str,
+        subject: &str,
+        headers: Option<&[u8]>,
+        payload: &[u8],
+        timeout: Duration,
+        done: ReplyFn,
+    ) {
+        let _ = (account, subject, headers, payload, timeout);
+        done(None);
+    }
 
     /// Is anyone (locally or over a link) interested in `subject` in `account`?
     fn has_interest(&self, account: &str, subject: &str) -> bool;

@@ -8,6 +8,7 @@
 //! - [`api`]: request routing and handlers, the error table ([`api::errors`]);
 //! - `stream`: a stream's thread (ingest with group commit, timers) and its store;
 //! - `consumer`: delivery, acks, pull requests, push delivery;
+//! - `source`: mirrors and sources (the sourcing consumer's state machine);
 //! - [`types`]: the JSON configuration types; `util`: time, headers, names.
 
 mod advisory;
@@ -15,6 +16,7 @@ pub mod api;
 mod consumer;
 pub mod engine;
 pub mod host;
+mod source;
 mod stream;
 pub mod types;
 mod util;

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use canopy_store::{MessageStore, NewMsg, PurgeOpts, StoreError};
@@ -66,6 +66,8 @@ pub(crate) struct StreamStats {
 /// The engine's handle on a running stream.
 pub(crate) struct StreamHandle {
     pub name: String,
+    /// The stream's identity ([`StreamCore::uid`]).
+    pub uid: String,
     pub cfg: RwLock<StreamConfig>,
     pub stats: Arc<StreamStats>,
     tx: Sender<Cmd>,
@@ -74,15 +76,17 @@ pub(crate) struct StreamHandle {
 
 impl StreamHandle {
     /// Starts the stream's thread over `core`.
-    pub fn spawn(core: StreamCore) -> std::io::Result<Arc<StreamHandle>> {
+    pub fn spawn(mut core: StreamCore) -> std::io::Result<Arc<StreamHandle>> {
         let (tx, rx) = mpsc::channel();
         let h = Arc::new(StreamHandle {
             name: core.name.clone(),
+            uid: core.uid.clone(),
             cfg: RwLock::new(core.cfg.clone()),
             stats: core.stats.clone(),
             tx,
             subs: parking_lot::Mutex::new(Vec::new()),
         });
+        core.me = Arc::downgrade(&h);
         std::thread::Builder::new()
             .name(format!("js-stream-{}", core.name))
             .spawn(move || run(core, rx))?;
@@ -118,7 +122,7 @@ impl StreamHandle {
 }
 
 /// A message being ingested, after its header checks.
-struct Prepared {
+pub(crate) struct Prepared {
     subject: String,
     hdr: Vec<u8>,
     payload: bytes::Bytes,
@@ -140,6 +144,8 @@ pub(crate) struct StreamCore {
     pub account: Arc<str>,
     pub cfg: StreamConfig,
     pub created: i64,
+    /// The stream's identity ([`crate::engine::StreamMeta::uid`]).
+    pub uid: String,
     pub store: Box<dyn MessageStore>,
     /// The stream directory (file storage), for consumer state and config.
     pub dir: Option<PathBuf>,
@@ -158,6 +164,10 @@ pub(crate) struct StreamCore {
     itr: Option<Transform>,
     /// The republish transform (`republish`) and whether it sends headers only.
     rtr: Option<(Transform, bool)>,
+    /// The mirror or the sources this stream copies ([`crate::source`]).
+    pub sources: Vec<crate::source::Source>,
+    /// The stream's own handle (replies and deliveries for the sources come back through it).
+    pub me: Weak<StreamHandle>,
 }
 
 impl StreamCore {
@@ -167,6 +177,7 @@ impl StreamCore {
         account: Arc<str>,
         cfg: StreamConfig,
         created: i64,
+        uid: String,
         store: Box<dyn MessageStore>,
         dir: Option<PathBuf>,
         host: Arc<dyn Host>,
@@ -179,6 +190,7 @@ impl StreamCore {
             account,
             cfg,
             created,
+            uid,
             store,
             dir,
             consumers: BTreeMap::new(),
@@ -194,7 +206,10 @@ impl StreamCore {
             closed: false,
             itr: None,
             rtr: None,
+            sources: Vec::new(),
+            me: Weak::new(),
         };
+        core.sources_configure();
         core.build_transforms();
         core.rebuild_dedupe();
         core.update_stats();
@@ -203,8 +218,12 @@ impl StreamCore {
 
     /// Takes a new configuration (stream update): rebuilds the transforms.
     pub fn set_config(&mut self, cfg: StreamConfig) {
+        let sources_changed = cfg.mirror != self.cfg.mirror || cfg.sources != self.cfg.sources;
         self.cfg = cfg;
         self.build_transforms();
+        if sources_changed {
+            self.sources_configure();
+        }
     }
 
     /// The transforms of `subject_transform` and `republish` (validated when the config
@@ -437,6 +456,28 @@ impl StreamCore {
         self.drive_consumers();
     }
 
+    /// Stores one message that needs no header checks (sourced messages).
+    pub(crate) fn commit_one(&mut self, subject: String, hdr: Vec<u8>, payload: bytes::Bytes) {
+        self.commit(vec![Prepared {
+            subject,
+            hdr,
+            payload,
+            reply: None,
+            ttl: None,
+            msg_id: None,
+            rollup: None,
+        }]);
+    }
+
+    /// After a mirrored message was stored under its own sequence: consumers hear of it.
+    pub(crate) fn stored_sourced(&mut self, subject: &str) {
+        for c in self.consumers.values() {
+            c.stored(subject);
+        }
+        self.update_stats();
+        self.drive_consumers();
+    }
+
     fn commit(&mut self, batch: Vec<Prepared>) {
         if batch.is_empty() {
             return;
@@ -603,6 +644,7 @@ impl StreamCore {
         if acked.is_empty() || self.cfg.retention == Retention::Limits {
             return;
         }
+        self.sources_save_before_removing(acked);
         let mut removed = false;
         for &s in acked {
             let remove = match self.cfg.retention {
@@ -666,6 +708,9 @@ impl StreamCore {
             let left = (t - now_ns()).max(0) as u64;
             at = at.min(now + Duration::from_nanos(left));
         }
+        if let Some(t) = self.sources_next(now) {
+            at = at.min(t.max(now));
+        }
         at
     }
 
@@ -722,6 +767,8 @@ impl StreamCore {
     /// Timers of the stream and its consumers.
     fn tick(&mut self) {
         let now = Instant::now();
+        self.sources_tick(now);
+        self.sources_save();
         let mut redeliver = false;
         if self.cfg.subject_delete_marker_ttl > 0 {
             // Markers are new messages: push consumers deliver them now, not on the next
@@ -856,8 +903,11 @@ impl StreamCore {
             "cluster": self.cluster,
             "ts": rfc3339(now_ns()),
         });
-        if let (Some(d), Some(o)) = (&self.domain, v.as_object_mut()) {
-            o.insert("domain".into(), json!(d));
+        if let Some(o) = v.as_object_mut() {
+            if let Some(d) = &self.domain {
+                o.insert("domain".into(), json!(d));
+            }
+            self.sources_info(o);
         }
         v
     }
@@ -867,6 +917,8 @@ impl StreamCore {
             return;
         }
         self.closed = true;
+        self.sources_stop();
+        self.sources_save();
         for c in self.consumers.values_mut() {
             c.close();
         }

@@ -133,7 +133,10 @@ fn check(cfg: &ConsumerConfig, stream: &StreamCore, acc_max_ack: i64) -> Result<
         }
         _ => {}
     }
-    if stream.cfg.retention == Retention::WorkQueue {
+    // Sourcing consumers (`direct`, or 2.14's `sourcing`) are exempt, as in nats-server: an
+    // ack-none sourcing consumer of a work queue removes what it sends.
+    let sourcing = cfg.direct || cfg.extra.get("sourcing").is_some_and(|v| v == true);
+    if stream.cfg.retention == Retention::WorkQueue && !sourcing {
         if cfg.ack_policy != AckPolicy::Explicit {
             return Err(E::ConsumerWqRequiresExplicitAck);
         }

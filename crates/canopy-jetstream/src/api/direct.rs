@@ -55,7 +55,7 @@ pub(crate) fn direct_get(acc: &Account, m: &JsMsg, rest: &str, host: &dyn Host) 
         Some((s, subj)) => (s, Some(subj.to_string())),
         None => (rest, None),
     };
-    let Some(h) = acc.stream(stream).filter(|h| h.cfg.read().allow_direct) else {
+    let Some(h) = acc.direct_stream(stream) else {
         let st = status(503, "", &[]);
         host.publish(&acc.name, &reply, None, Some(&st), &[]);
         return;

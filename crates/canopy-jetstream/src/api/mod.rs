@@ -98,10 +98,29 @@ pub(crate) fn handle(engine: &Engine, job: ApiJob) {
         account.api_errors.fetch_add(1, Ordering::Relaxed);
     }
     let response = v.to_string();
-    engine
-        .host
-        .publish(&account.name, &reply, None, None, response.as_bytes());
+    // A consumer create names the stream's identity (sources notice a recreated origin).
+    let hdr = (!is_err)
+        .then(|| created_on(&rest))
+        .flatten()
+        .and_then(|s| account.stream(s))
+        .map(|h| crate::util::add_headers(b"", &[("Nats-Stream-Identity", h.uid.clone())]));
+    engine.host.publish(
+        &account.name,
+        &reply,
+        None,
+        hdr.as_deref(),
+        response.as_bytes(),
+    );
     audit(engine, &account, &msg, &response);
+}
+
+/// The stream of a consumer create request (`CONSUMER.CREATE.<s>…`,
+/// `CONSUMER.DURABLE.CREATE.<s>.<c>`).
+fn created_on(rest: &str) -> Option<&str> {
+    let r = rest
+        .strip_prefix("CONSUMER.CREATE.")
+        .or_else(|| rest.strip_prefix("CONSUMER.DURABLE.CREATE."))?;
+    r.split('.').next()
 }
 
 /// The `api_audit` advisory on `$JS.EVENT.ADVISORY.API`, for each answered request.

@@ -11,9 +11,10 @@ use serde_json::{json, Value};
 use super::errors::E;
 use super::{on_stream, parse_body, PageReq};
 use crate::engine::{write_json, Account, Engine, StreamMeta};
+use crate::source;
 use crate::stream::StreamCore;
 use crate::types::{DiscardPolicy, StorageType, StreamConfig};
-use crate::util::{now_ns, rfc3339, valid_name};
+use crate::util::{now_ns, random_name, rfc3339, valid_name};
 
 const NAMES_LIMIT: usize = 1024;
 const LIST_LIMIT: usize = 256;
@@ -42,6 +43,19 @@ fn parse_config(name: Option<&str>, body: &[u8]) -> Result<StreamConfig, E> {
     }
     if !valid_name(&cfg.name) {
         return Err(invalid("invalid stream name"));
+    }
+    if cfg.mirror.as_ref().is_some_and(Value::is_null) {
+        cfg.mirror = None;
+    }
+    if cfg.sources.as_ref().is_some_and(Vec::is_empty) {
+        cfg.sources = None;
+    }
+    for v in cfg
+        .mirror
+        .iter_mut()
+        .chain(cfg.sources.iter_mut().flatten())
+    {
+        source::normalize(v).map_err(|e| invalid(&e))?;
     }
     cfg.normalize();
     check_config(&cfg)?;
@@ -125,9 +139,7 @@ fn check_config(cfg: &StreamConfig) -> Result<(), E> {
             return Err(E::MirrorWithFirstSeq);
         }
     }
-    if cfg.mirror.is_some() || cfg.sources.as_ref().is_some_and(|s| !s.is_empty()) {
-        return Err(invalid("stream mirrors and sources are not supported yet"));
-    }
+    check_sources(cfg)?;
     if cfg.max_age < 0 {
         return Err(invalid("max age needs to be >= 0"));
     }
@@ -164,6 +176,29 @@ fn check_config(cfg: &StreamConfig) -> Result<(), E> {
         {
             return Err(invalid("duplicate subjects detected"));
         }
+    }
+    Ok(())
+}
+
+/// The mirror and sources must parse, name other streams (when local), and be distinct.
+fn check_sources(cfg: &StreamConfig) -> Result<(), E> {
+    let list = cfg.sources.as_deref().unwrap_or(&[]);
+    if list.len() > source::MAX_SOURCES {
+        return Err(invalid(&format!(
+            "stream can have at most {} sources",
+            source::MAX_SOURCES
+        )));
+    }
+    let mut seen = Vec::new();
+    for v in cfg.mirror.iter().chain(list) {
+        let spec = source::Spec::parse(v).map_err(|e| invalid(&e))?;
+        if spec.name == cfg.name && !spec.is_external() {
+            return Err(invalid("stream can not source or mirror itself"));
+        }
+        if seen.contains(&spec.iname) {
+            return Err(invalid("duplicate source configuration detected"));
+        }
+        seen.push(spec.iname);
     }
     Ok(())
 }
@@ -252,7 +287,7 @@ pub(super) fn create(
     }
     check_limits(e, acc, &cfg, None)?;
     check_overlap(acc, &cfg)?;
-    let h = e.open_stream(acc, cfg, now_ns(), false)?;
+    let h = e.open_stream(acc, cfg, now_ns(), random_name(16), false)?;
     let v = h
         .call(|c: &mut StreamCore| c.info(None, false))
         .ok_or_else(|| E::StreamCreate("stream is not responding".into()))
@@ -319,6 +354,7 @@ pub(super) fn update(
                 &StreamMeta {
                     config: new.clone(),
                     created: c.created,
+                    uid: c.uid.clone(),
                 },
             )
             .map_err(|e| E::StreamUpdate(e.to_string()))?;
@@ -390,6 +426,7 @@ pub(super) fn delete(e: &Engine, acc: &Account, name: Option<&str>) -> Result<Va
     let name = name.ok_or(E::StreamNotFound)?;
     let h = acc.streams.write().remove(name).ok_or(E::StreamNotFound)?;
     let dir = h.call(|c: &mut StreamCore| {
+        c.sources_delete_remote();
         let names: Vec<String> = c.consumers.keys().cloned().collect();
         for n in names {
             c.delete_consumer(&n);
@@ -426,6 +463,8 @@ pub(super) fn purge(acc: &Account, name: Option<&str>, body: &[u8]) -> Result<Va
         if c.cfg.deny_purge {
             return Err(E::StreamPurgeFailed("stream purge not permitted".into()));
         }
+        // Sources' positions first: the headers that hold them are about to go.
+        c.sources_save();
         let opts = PurgeOpts {
             filter: req.filter.filter(|f| !f.is_empty() && f != ">"),
             up_to_seq: req.seq,
@@ -499,6 +538,7 @@ pub(super) fn msg_delete(acc: &Account, name: Option<&str>, body: &[u8]) -> Resu
                 "message delete not permitted".into(),
             ));
         }
+        c.sources_save();
         let removed = c
             .store
             .remove_msg(req.seq)

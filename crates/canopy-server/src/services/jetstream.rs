@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use canopy_conf::{Options, Pos, SyncInterval};
-use canopy_jetstream::host::{Handler, Host, HostInfo, JsMsg, Lane, Origin, SubId, Via};
+use canopy_jetstream::host::{Handler, Host, HostInfo, JsMsg, Lane, Origin, ReplyFn, SubId, Via};
 use canopy_jetstream::{AccountLimits, Config, Engine};
 use parking_lot::Mutex;
 
@@ -228,6 +228,8 @@ pub struct JsHost {
     lanes: HashMap<Lane, Arc<Service>>,
     subs: Mutex<HashMap<u64, SubHandle>>,
     next_sub: AtomicU64,
+    /// Where [`Host::request`] runs (engine threads are not tokio's).
+    rt: Option<tokio::runtime::Handle>,
 }
 
 impl JsHost {
@@ -246,6 +248,7 @@ impl JsHost {
             lanes,
             subs: Mutex::new(HashMap::new()),
             next_sub: AtomicU64::new(1),
+            rt: tokio::runtime::Handle::try_current().ok(),
         })
     }
 }
@@ -349,6 +352,37 @@ impl Host for JsHost {
         self.with_sender(account, |svc, acc| {
             svc.deliver(acc, deliver_to, subject, reply, headers, payload)
         })
+    }
+
+    /// Sent by the ack lane's service: the API lane (which publishes the answers and
+    /// subscribes `$JS.API.>`) hears it, so a stream can ask its own server.
+    fn request(
+        &self,
+        account: &str,
+        subject: &str,
+        headers: Option<&[u8]>,
+        payload: &[u8],
+        timeout: std::time::Duration,
+        done: ReplyFn,
+    ) {
+        let (Some(acc), Some(svc), Some(rt)) = (
+            self.server.account(account),
+            self.lanes.get(&Lane::Ack).cloned(),
+            self.rt.as_ref(),
+        ) else {
+            return done(None);
+        };
+        let (subject, headers, payload) = (
+            subject.to_string(),
+            headers.map(<[u8]>::to_vec),
+            payload.to_vec(),
+        );
+        rt.spawn(async move {
+            let r = svc
+                .request(&acc, &subject, headers.as_deref(), &payload, timeout)
+                .await;
+            done(r.ok().map(js_msg));
+        });
     }
 
     fn has_interest(&self, account: &str, subject: &str) -> bool {
