@@ -534,3 +534,52 @@ async fn prometheus_metrics_per_stream_and_consumer() {
         assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
     }
 }
+
+/// A push consumer's deliveries cross a stream import as JetStream deliveries: matched and
+/// mapped by their deliver subject, seen by the importer with the messages' own subjects.
+#[tokio::test]
+async fn push_deliveries_cross_a_stream_import() {
+    let store = tempfile::tempdir().unwrap();
+    let s = ServerProcess::canopy(&config(
+        store.path(),
+        "accounts {\n\
+           A: { jetstream: enabled, users: [ { user: a, password: a } ], exports: [ { stream: \"deliver.>\" } ] }\n\
+           B: { users: [ { user: b, password: b } ], imports: [ { stream: { account: A, subject: \"deliver.>\" }, to: \"from-a.>\" } ] }\n\
+         }\n",
+    ))
+    .unwrap();
+    let user =
+        |u: &'static str| async_nats::ConnectOptions::with_user_and_password(u.into(), u.into());
+    let a = user("a").connect(s.url()).await.unwrap();
+    let b = user("b").connect(s.url()).await.unwrap();
+    let mut sub = b.subscribe("from-a.b").await.unwrap();
+    b.flush().await.unwrap();
+    let js = jetstream::new(a.clone());
+    let st = orders(&js).await;
+    st.create_consumer(consumer::push::Config {
+        durable_name: Some("to-b".into()),
+        deliver_subject: "deliver.b".into(),
+        ack_policy: consumer::AckPolicy::None,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    for i in 0..3 {
+        js.publish(format!("orders.{i}"), "x".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let m = tokio::time::timeout(Duration::from_secs(5), sub.next())
+            .await
+            .expect("a delivery across the import")
+            .unwrap();
+        if m.status.is_none() {
+            got.push(m.subject.to_string());
+        }
+    }
+    assert_eq!(got, ["orders.0", "orders.1", "orders.2"]);
+}

@@ -424,7 +424,10 @@ fn offer_to_sink(
         origin.class,
         origin.peer,
     );
-    let m = InMsg::from_parts(msg.subject, msg.reply, msg.hdr_len, msg.payload, from);
+    let mut m = InMsg::from_parts(msg.subject, msg.reply, msg.hdr_len, msg.payload, from);
+    if let Some(l) = &msg.link {
+        m.deliver_to = Some(String::from_utf8_lossy(l.subject).into_owned());
+    }
     match sink.offer(m) {
         Offer::Accepted => {
             d.msgs += 1;

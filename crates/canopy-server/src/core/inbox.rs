@@ -63,6 +63,9 @@ pub struct InMsg {
     pub headers: Option<Bytes>,
     pub payload: Bytes,
     pub origin: MsgOrigin,
+    /// The subject the message was routed by when receivers see another one: a JetStream
+    /// delivery is routed by its deliver subject and seen with the stream message's own.
+    pub deliver_to: Option<String>,
 }
 
 impl InMsg {
@@ -87,6 +90,7 @@ impl InMsg {
             headers,
             payload: Bytes::copy_from_slice(body),
             origin,
+            deliver_to: None,
         }
     }
 

@@ -293,10 +293,14 @@ impl Service {
     /// Publishes the import agent's copy of a message that came from server `peer`
     /// (`None`: published here): delivered to local subscribers and to leaf servers below
     /// that do not import for themselves, never back to `peer` ([`Origin::imported`]).
+    /// A JetStream delivery (`seen` is the stream message's own subject) is imported as
+    /// one: routed by the mapped deliver subject `subject`, seen with `seen`.
+    #[allow(clippy::too_many_arguments)]
     pub fn publish_imported(
         &self,
         acc: &Account,
         subject: &str,
+        seen: Option<&str>,
         reply: Option<&str>,
         headers: Option<&[u8]>,
         peer: Option<&str>,
@@ -308,7 +312,7 @@ impl Service {
             ..own_origin(self.conn.cid)
         };
         self.server
-            .route_from(&origin, acc, subject, None, reply, headers, payload)
+            .route_from(&origin, acc, subject, seen, reply, headers, payload)
     }
 
     /// Delivers a JetStream message to `deliver_to`'s subscribers, who see `subject`

@@ -154,12 +154,19 @@ impl Agent {
         let hdr = m.headers.as_deref();
         match route {
             Route::Stream { to_account, map } => {
-                let Ok(mapped) = map.transform(&m.subject) else {
+                // A JetStream delivery matched the import by its deliver subject: that is
+                // what is mapped, and the importer's receivers see the message's own.
+                let (routed, seen) = match &m.deliver_to {
+                    Some(d) => (d.as_str(), Some(m.subject.as_str())),
+                    None => (m.subject.as_str(), None),
+                };
+                let Ok(mapped) = map.transform(routed) else {
                     return;
                 };
                 self.svc.publish_imported(
                     to_account,
                     &mapped,
+                    seen,
                     m.reply.as_deref(),
                     hdr,
                     m.origin.server.as_deref(),
