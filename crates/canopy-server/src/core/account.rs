@@ -118,6 +118,11 @@ pub struct Account {
     /// True when the server has leaf nodes configured: client interest is then tracked
     /// in `interest` for advertising.
     pub track_interest: bool,
+    /// Store-and-forward spools of the leaf remotes bound to this account.
+    pub spools: parking_lot::RwLock<Vec<Arc<crate::server::spool::Spool>>>,
+    /// True while one of them captures: [`crate::core::deliver::deliver`] then offers
+    /// every message to them (one relaxed load otherwise).
+    pub spooling: std::sync::atomic::AtomicBool,
 }
 
 impl Account {
@@ -125,6 +130,8 @@ impl Account {
         let lds = format!("$LDS.{}", crate::core::nuid());
         let acc = Arc::new(Account {
             track_interest,
+            spools: parking_lot::RwLock::new(Vec::new()),
+            spooling: std::sync::atomic::AtomicBool::new(false),
             lds,
             interest: parking_lot::Mutex::new(InterestMap::default()),
             links: parking_lot::RwLock::new(Vec::new()),

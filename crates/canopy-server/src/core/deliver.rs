@@ -141,6 +141,8 @@ pub struct LinkTarget {
 #[derive(Default)]
 pub struct Scratch {
     links: Vec<LinkTarget>,
+    /// Links held by a spool replay: the message went into the spool instead.
+    held: Vec<u64>,
 }
 
 #[inline]
@@ -205,6 +207,9 @@ pub fn deliver(
     flush: &mut FlushList,
 ) -> Delivered {
     let mut d = Delivered::default();
+    if acc.spooling.load(Ordering::Relaxed) {
+        crate::server::spool::capture(acc, msg, origin, &mut scratch.held);
+    }
     for sub in &result.psubs {
         match sub.conn.kind {
             ConnKind::Client => {
@@ -268,6 +273,12 @@ pub fn deliver(
         Some(l) => (l.subject, l.reply),
         None => (msg.subject, msg.reply),
     };
+    if !scratch.held.is_empty() {
+        let held = std::mem::take(&mut scratch.held);
+        scratch.links.retain(|t| !held.contains(&t.conn.cid));
+        scratch.held = held;
+        scratch.held.clear();
+    }
     for t in scratch.links.drain(..) {
         let queues = t.queues.iter().map(|q| q.as_bytes());
         let ok = t.conn.enqueue(|b| match t.conn.kind {

@@ -1,0 +1,287 @@
+//! Store-and-forward at the leaf (`reconnect_buffer_size`, issue 15), black box: a Canopy
+//! leaf whose hub is down publishes into its spool; the hub (Canopy or Debian's
+//! nats-server) comes up with a subscriber and receives what was spooled, once, in order.
+//!
+//! The leaf dials the hub through a [`Gate`], a loopback TCP forwarder that refuses
+//! connections until the test opens it: the hub's subscriber is in place before the leaf
+//! can connect, so the replay's interest check sees it (a subscriber that appears after
+//! the replay would not get the spooled messages, by design). Every wait is bounded.
+
+#![allow(clippy::unwrap_used)]
+
+use std::io::Read;
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::{Client, Subscriber};
+use bytes::Bytes;
+use canopy_testkit::{free_fixed_port, Impl, ServerProcess};
+use futures::StreamExt;
+use serde_json::Value;
+
+/// Upper bound for anything to happen (a connect, a replay, a delivery).
+const WAIT: Duration = Duration::from_secs(20);
+/// How long to keep listening after the last expected message, to catch duplicates.
+const QUIET: Duration = Duration::from_millis(500);
+
+/// A loopback forwarder to a hub's leafnode port, closed until [`Gate::open`].
+struct Gate {
+    port: u16,
+    target: Arc<Mutex<Option<u16>>>,
+}
+
+impl Gate {
+    fn new() -> Gate {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let target: Arc<Mutex<Option<u16>>> = Arc::new(Mutex::new(None));
+        let t = target.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(inbound) = conn else { continue };
+                let Some(to) = *t.lock().unwrap() else {
+                    drop(inbound);
+                    continue;
+                };
+                let Ok(outbound) = TcpStream::connect(("127.0.0.1", to)) else {
+                    continue;
+                };
+                pipe(&inbound, &outbound);
+                pipe(&outbound, &inbound);
+            }
+        });
+        Gate { port, target }
+    }
+
+    fn open(&self, to: u16) {
+        *self.target.lock().unwrap() = Some(to);
+    }
+}
+
+/// Copies `from` to `to` on a thread until either side closes.
+fn pipe(from: &TcpStream, to: &TcpStream) {
+    let (Ok(mut r), Ok(mut w)) = (from.try_clone(), to.try_clone()) else {
+        return;
+    };
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut r, &mut w);
+        let _ = w.shutdown(std::net::Shutdown::Both);
+        let mut rest = Vec::new();
+        let _ = r.read_to_end(&mut rest);
+    });
+}
+
+fn leaf_config(gate: &Gate, store: &Path, buffer: &str) -> String {
+    format!(
+        r#"
+server_name: leaf
+port: -1
+http: -1
+leafnodes {{
+  reconnect_buffer_size: {buffer}
+  store_dir: "{}"
+  remotes [ {{ url: "nats-leaf://127.0.0.1:{}", reconnect_interval: "200ms" }} ]
+}}
+"#,
+        store.display(),
+        gate.port
+    )
+}
+
+fn hub_config(leaf_port: u16) -> String {
+    format!("server_name: hub\nport: -1\nhttp: -1\nleafnodes {{ port: {leaf_port} }}\n")
+}
+
+async fn client(s: &ServerProcess) -> Client {
+    async_nats::ConnectOptions::new()
+        .connect(s.url())
+        .await
+        .unwrap_or_else(|e| panic!("connect to {}: {e}", s.url()))
+}
+
+/// Returns once the server processed everything `c` sent before.
+async fn sync(c: &Client) {
+    let subject = format!("sync.{}", rand_suffix());
+    let mut s = c.subscribe(subject.clone()).await.unwrap();
+    c.publish(subject, Bytes::new()).await.unwrap();
+    c.flush().await.unwrap();
+    assert!(
+        matches!(tokio::time::timeout(WAIT, s.next()).await, Ok(Some(_))),
+        "sync with the server failed"
+    );
+    let _ = s.unsubscribe().await;
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed) + u64::from(std::process::id()) * 1_000_000
+}
+
+/// The leaf's only remote's spool counters (`/leafz` `canopy_remotes[0].spool`).
+fn spool(leaf: &ServerProcess) -> Value {
+    leaf.monitor("/leafz").unwrap()["canopy_remotes"][0]["spool"].clone()
+}
+
+/// Polls the spool counters until `ok` holds (bounded).
+async fn wait_spool(leaf: &ServerProcess, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let s = spool(leaf);
+        if ok(&s) {
+            return s;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: spool is {s}\nleaf log:\n{}",
+            leaf.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Publishes `n` messages `saf.<i % 7>` with payload `i` (and `pad` bytes of padding),
+/// then one `sync.*` message (spooled too: the spool takes everything exportable, the
+/// replay drops it since the hub has no interest in it).
+async fn publish_n(leaf: &ServerProcess, n: usize, pad: usize) {
+    let c = client(leaf).await;
+    let padding = "x".repeat(pad);
+    for i in 0..n {
+        c.publish(
+            format!("saf.{}", i % 7),
+            Bytes::from(format!("{i} {padding}")),
+        )
+        .await
+        .unwrap();
+    }
+    sync(&c).await;
+}
+
+/// Receives until `expected` messages arrived, then listens for [`QUIET`] for more.
+async fn collect(sub: &mut Subscriber, expected: usize) -> Vec<usize> {
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while got.len() < expected {
+        match tokio::time::timeout_at(deadline, sub.next()).await {
+            Ok(Some(m)) => got.push(index(&m.payload)),
+            _ => break,
+        }
+    }
+    while let Ok(Some(m)) = tokio::time::timeout(QUIET, sub.next()).await {
+        got.push(index(&m.payload));
+    }
+    got
+}
+
+fn index(payload: &[u8]) -> usize {
+    let s = std::str::from_utf8(payload).unwrap();
+    s.split(' ').next().unwrap().parse().unwrap()
+}
+
+/// Starts the hub, subscribes `saf.>` there, then lets the leaf in.
+async fn hub_with_subscriber(kind: Impl, gate: &Gate) -> (ServerProcess, Client, Subscriber) {
+    let leaf_port = free_fixed_port();
+    let hub = ServerProcess::start(kind, &hub_config(leaf_port), &[]).unwrap();
+    let c = client(&hub).await;
+    let sub = c.subscribe("saf.>").await.unwrap();
+    sync(&c).await;
+    gate.open(leaf_port);
+    (hub, c, sub)
+}
+
+/// Every hub down at start-up; 1,000 messages published on the leaf (optionally a leaf
+/// restart during the outage); the hub comes up with a subscriber and gets all of them,
+/// once, in order; afterwards live traffic flows again.
+async fn outage(kind: Impl, restart_leaf: bool) {
+    if kind == Impl::NatsServer && canopy_testkit::nats_server_bin().is_none() {
+        eprintln!("nats-server not installed: skipped");
+        return;
+    }
+    let store = tempfile::tempdir().unwrap();
+    let gate = Gate::new();
+    let config = leaf_config(&gate, store.path(), "10MB");
+    let mut leaf = ServerProcess::canopy(&config).unwrap();
+    publish_n(&leaf, 1000, 0).await;
+    wait_spool(&leaf, "1,000 spooled", |s| s["msgs"] == 1001).await;
+    if restart_leaf {
+        leaf.kill();
+        leaf = ServerProcess::canopy(&config).unwrap();
+        wait_spool(&leaf, "the spool survives a restart", |s| s["msgs"] == 1001).await;
+    }
+    let (_hub, hub_c, mut sub) = hub_with_subscriber(kind, &gate).await;
+    let got = collect(&mut sub, 1000).await;
+    let want: Vec<usize> = (0..1000).collect();
+    assert!(
+        got == want,
+        "got {} messages, first out of place at {:?}\nleaf log:\n{}",
+        got.len(),
+        got.iter().zip(&want).position(|(a, b)| a != b),
+        leaf.log()
+    );
+    let s = wait_spool(&leaf, "replay done", |s| s["spooling"] == false).await;
+    assert_eq!(s["msgs"], 0, "{s}");
+    assert_eq!(s["replayed"], 1000, "{s}");
+    assert_eq!(s["unwanted"], 1, "{s}");
+    assert_eq!(s["dropped"], 0, "{s}");
+    assert!(leaf.log().contains("spool replayed"), "{}", leaf.log());
+    // Live traffic after the replay.
+    let c = client(&leaf).await;
+    c.publish("saf.live", Bytes::from("1000 live"))
+        .await
+        .unwrap();
+    sync(&c).await;
+    assert_eq!(collect(&mut sub, 1).await, vec![1000]);
+    drop(hub_c);
+}
+
+#[tokio::test]
+async fn outage_canopy_hub() {
+    outage(Impl::Canopy, false).await;
+}
+
+#[tokio::test]
+async fn outage_go_hub() {
+    outage(Impl::NatsServer, false).await;
+}
+
+#[tokio::test]
+async fn outage_leaf_restart_canopy_hub() {
+    outage(Impl::Canopy, true).await;
+}
+
+#[tokio::test]
+async fn outage_leaf_restart_go_hub() {
+    outage(Impl::NatsServer, true).await;
+}
+
+/// A spool smaller than the outage's traffic keeps the newest messages, counts the
+/// discarded ones, and replays what it kept in order.
+#[tokio::test]
+async fn small_buffer_keeps_newest() {
+    let store = tempfile::tempdir().unwrap();
+    let gate = Gate::new();
+    let leaf = ServerProcess::canopy(&leaf_config(&gate, store.path(), "20000")).unwrap();
+    publish_n(&leaf, 1000, 100).await;
+    let s = wait_spool(&leaf, "1,001 offered", |s| s["spooled"] == 1001).await;
+    let kept = s["msgs"].as_u64().unwrap() as usize;
+    let dropped = s["dropped"].as_u64().unwrap() as usize;
+    assert!(kept > 10 && kept < 1000, "{s}");
+    assert_eq!(kept + dropped, 1001, "{s}");
+    // The last one kept is the sync message, which the hub does not want.
+    let kept = kept - 1;
+    assert!(s["bytes"].as_u64().unwrap() <= 20000, "{s}");
+    assert!(leaf.log().contains("spool full"), "{}", leaf.log());
+    let (_, text) = canopy_testkit::http_get(leaf.http_port.unwrap(), "/metrics").unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("nats_leafnodes_buffer_dropped_msgs")
+                && l.ends_with(&format!(" {dropped}"))),
+        "{text}"
+    );
+    let (_hub, _c, mut sub) = hub_with_subscriber(Impl::Canopy, &gate).await;
+    let got = collect(&mut sub, kept).await;
+    let want: Vec<usize> = (1000 - kept..1000).collect();
+    assert_eq!(got, want, "the newest {kept} messages, in order");
+}
