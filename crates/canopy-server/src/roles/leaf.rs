@@ -345,11 +345,12 @@ fn open_spool(
 
 /// Binds a spool to its account (once): the account's deliveries are offered to it.
 fn attach_spool(acc: &Account, sp: &Arc<crate::server::spool::Spool>) {
-    let mut spools = acc.spools.write();
-    if !spools.iter().any(|s| Arc::ptr_eq(s, sp)) {
-        spools.push(sp.clone());
+    {
+        let mut spools = acc.spools.write();
+        if !spools.iter().any(|s| Arc::ptr_eq(s, sp)) {
+            spools.push(sp.clone());
+        }
     }
-    drop(spools);
     sp.link_down(acc);
 }
 

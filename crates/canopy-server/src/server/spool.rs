@@ -13,7 +13,7 @@
 //! never both.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -82,6 +82,8 @@ pub struct Spool {
     class: AtomicU8,
     /// The connection a replay holds (0: none).
     held: AtomicU64,
+    /// `Inner::capturing`, readable without the lock ([`refresh_spooling`]).
+    active: AtomicBool,
     inner: Mutex<Inner>,
     pub stats: SpoolStats,
 }
@@ -139,6 +141,7 @@ impl Spool {
             deny,
             class: AtomicU8::new(LinkClass::Uplink as u8),
             held: AtomicU64::new(0),
+            active: AtomicBool::new(true),
             inner: Mutex::new(Inner {
                 store,
                 capturing: true,
@@ -253,17 +256,20 @@ impl Spool {
 
     /// The link is down (or not up yet): capture again.
     pub fn link_down(&self, acc: &Account) {
-        let mut inner = self.inner.lock();
-        if !inner.capturing {
-            inner.capturing = true;
-            tracing::info!(
-                "{}: link down, spooling messages for the hub in {} (up to {} bytes)",
-                self.label,
-                self.dir.display(),
-                self.max_bytes
-            );
+        {
+            let mut inner = self.inner.lock();
+            if !inner.capturing {
+                inner.capturing = true;
+                self.active.store(true, Ordering::Relaxed);
+                tracing::info!(
+                    "{}: link down, spooling messages for the hub in {} (up to {} bytes)",
+                    self.label,
+                    self.dir.display(),
+                    self.max_bytes
+                );
+            }
         }
-        acc.spooling.store(true, Ordering::Relaxed);
+        refresh_spooling(acc);
     }
 
     /// A link came up: hold it (new messages keep going into the spool) until the replay
@@ -310,7 +316,9 @@ impl Spool {
                     return;
                 }
                 let Some(store) = inner.store.as_ref() else {
-                    self.finish(&mut inner, &acc);
+                    self.finish(&mut inner);
+                    drop(inner);
+                    refresh_spooling(&acc);
                     return;
                 };
                 next = next.max(store.totals().first_seq);
@@ -330,7 +338,9 @@ impl Spool {
                     }
                 }
                 if batch.is_empty() {
-                    self.finish(&mut inner, &acc);
+                    self.finish(&mut inner);
+                    drop(inner);
+                    refresh_spooling(&acc);
                     return;
                 }
                 let mut sent = 0;
@@ -364,8 +374,9 @@ impl Spool {
     }
 
     /// Capture stops: the link carries live traffic from now on.
-    fn finish(&self, inner: &mut Inner, acc: &Account) {
+    fn finish(&self, inner: &mut Inner) {
         inner.capturing = false;
+        self.active.store(false, Ordering::Relaxed);
         self.held.store(0, Ordering::Relaxed);
         if let Some(store) = inner.store.as_mut() {
             if let Err(e) = store.sync() {
@@ -389,12 +400,6 @@ impl Spool {
             o.stale,
             o.dropped
         );
-        let any = acc
-            .spools
-            .read()
-            .iter()
-            .any(|s| !std::ptr::eq(s.as_ref(), self) && s.inner.lock().capturing);
-        acc.spooling.store(any, Ordering::Relaxed);
     }
 
     /// Sends one spooled message if the hub has interest in it now.
@@ -475,6 +480,15 @@ enum Sent {
     Yes,
     Unwanted,
     StaleReply,
+}
+
+/// Sets [`Account::spooling`] from its spools' `active` flags. Called after a flag changed,
+/// with no spool lock held (the capture hook takes the account's list, then a spool's
+/// lock); the write lock serializes the recomputations, so the last one sees every flag.
+pub fn refresh_spooling(acc: &Account) {
+    let spools = acc.spools.write();
+    let any = spools.iter().any(|s| s.active.load(Ordering::Relaxed));
+    acc.spooling.store(any, Ordering::Relaxed);
 }
 
 /// The capture hook of [`crate::core::deliver::deliver`] (called only while
