@@ -48,6 +48,9 @@ impl Gate {
                 let Ok(outbound) = TcpStream::connect(("127.0.0.1", to)) else {
                     continue;
                 };
+                // Without it Nagle and delayed ACKs put 40 ms into every PING barrier.
+                let _ = inbound.set_nodelay(true);
+                let _ = outbound.set_nodelay(true);
                 pipe(&inbound, &outbound);
                 pipe(&outbound, &inbound);
             }
@@ -180,6 +183,18 @@ fn index(payload: &[u8]) -> usize {
     s.split(' ').next().unwrap().parse().unwrap()
 }
 
+/// Asserts that the payload indexes received are exactly `want`, in order.
+fn assert_indexes(got: &[usize], range: std::ops::Range<usize>, leaf: &ServerProcess) {
+    let want: Vec<usize> = range.clone().collect();
+    assert!(
+        got == want.as_slice(),
+        "got {} messages, want {range:?}, first out of place at {:?}\nleaf log:\n{}",
+        got.len(),
+        got.iter().zip(&want).position(|(a, b)| a != b),
+        leaf.log()
+    );
+}
+
 /// Starts the hub, subscribes `saf.>` there, then lets the leaf in.
 async fn hub_with_subscriber(kind: Impl, gate: &Gate) -> (ServerProcess, Client, Subscriber) {
     let leaf_port = free_fixed_port();
@@ -212,14 +227,7 @@ async fn outage(kind: Impl, restart_leaf: bool) {
     }
     let (_hub, hub_c, mut sub) = hub_with_subscriber(kind, &gate).await;
     let got = collect(&mut sub, 1000).await;
-    let want: Vec<usize> = (0..1000).collect();
-    assert!(
-        got == want,
-        "got {} messages, first out of place at {:?}\nleaf log:\n{}",
-        got.len(),
-        got.iter().zip(&want).position(|(a, b)| a != b),
-        leaf.log()
-    );
+    assert_indexes(&got, 0..1000, &leaf);
     let s = wait_spool(&leaf, "replay done", |s| s["spooling"] == false).await;
     assert_eq!(s["msgs"], 0, "{s}");
     assert_eq!(s["replayed"], 1000, "{s}");
@@ -282,8 +290,7 @@ async fn small_buffer_keeps_newest() {
     );
     let (_hub, _c, mut sub) = hub_with_subscriber(Impl::Canopy, &gate).await;
     let got = collect(&mut sub, kept).await;
-    let want: Vec<usize> = (1000 - kept..1000).collect();
-    assert_eq!(got, want, "the newest {kept} messages, in order");
+    assert_indexes(&got, 1000 - kept..1000, &leaf);
 }
 
 /// A publisher that keeps publishing while the hub comes back: nothing published during
@@ -316,20 +323,14 @@ async fn publishing_through_the_replay() {
     }
     sync(&c).await;
     let got = collect(&mut sub, total).await;
-    let want: Vec<usize> = (0..total).collect();
-    assert!(
-        got == want,
-        "got {} messages, first out of place at {:?}\nleaf log:\n{}",
-        got.len(),
-        got.iter().zip(&want).position(|(a, b)| a != b),
-        leaf.log()
-    );
+    assert_indexes(&got, 0..total, &leaf);
 }
 
 /// kill -9 of the leaf in the middle of a replay, then a restart on the same spool: the
 /// replay resumes after the last batch the hub acknowledged (its PONG). Nothing spooled is
-/// lost; what the hub got of the batch in flight at the kill comes again (at most one
-/// batch: the hub cannot tell a repeat, see docs/ARCHITECTURE.md), in order.
+/// lost; what the hub got of the batches in flight at the kill comes again (at most the
+/// replay's window of 4 batches: the hub cannot tell a repeat, see docs/ARCHITECTURE.md),
+/// in order.
 #[tokio::test]
 async fn kill_during_replay() {
     let store = tempfile::tempdir().unwrap();
@@ -374,15 +375,44 @@ async fn kill_during_replay() {
     assert!(k + 1 >= killed_at, "a gap before the kill point: {k}");
     let tail = &got[k + 1..];
     let c = tail.first().copied().unwrap_or(total);
-    let want_tail: Vec<usize> = (c..total).collect();
-    assert!(
-        tail == want_tail.as_slice(),
-        "after the restart: {} messages from {c}, first out of place at {:?}",
-        tail.len(),
-        tail.iter().zip(&want_tail).position(|(a, b)| a != b)
-    );
+    assert_indexes(tail, c..total, &leaf);
     assert!(c <= got[k] + 1, "lost {}..{c}", got[k] + 1);
     let repeated = got[k] + 1 - c;
-    assert!(repeated <= 1024, "{repeated} repeated: more than one batch");
+    assert!(
+        repeated <= 4 * 1024,
+        "{repeated} repeated: more than the replay's window"
+    );
     eprintln!("kill after {killed_at} received, {left} left in the spool, {repeated} repeated");
+}
+
+/// The replay rate after an outage of 1 M messages of 128 B (a benchmark, not run by
+/// default: `cargo test -p canopy-server --test spool replay_rate -- --ignored --nocapture`).
+#[tokio::test]
+#[ignore]
+async fn replay_rate_1m() {
+    let store = tempfile::tempdir().unwrap();
+    let gate = Gate::new();
+    let leaf = ServerProcess::canopy(&leaf_config(&gate, store.path(), "1GB")).unwrap();
+    let total = 1_000_000;
+    let started = std::time::Instant::now();
+    // 128-byte payloads: the index, a space and padding.
+    publish_n(&leaf, total, 120).await;
+    wait_spool(&leaf, "all spooled", |s| s["msgs"] == total + 1).await;
+    let spooled_in = started.elapsed();
+    let (_hub, _hc, mut sub) = hub_with_subscriber(Impl::Canopy, &gate).await;
+    let started = std::time::Instant::now();
+    let mut n = 0;
+    while n < total {
+        match tokio::time::timeout(WAIT, sub.next()).await {
+            Ok(Some(_)) => n += 1,
+            _ => panic!("replay stalled after {n}"),
+        }
+    }
+    let replayed_in = started.elapsed();
+    eprintln!(
+        "spooled {total} in {spooled_in:?} ({:.0} msgs/s, publisher included); replayed in \
+         {replayed_in:?} ({:.0} msgs/s, hub and subscriber included)",
+        total as f64 / spooled_in.as_secs_f64(),
+        total as f64 / replayed_in.as_secs_f64()
+    );
 }

@@ -330,15 +330,27 @@ impl ConnShared {
     /// Queues a PING after everything queued so far and waits for its PONG: the peer has
     /// then processed all of it. False when the connection closed or `within` passed.
     pub async fn ping_barrier(&self, within: Duration) -> bool {
+        match self.queue_ping() {
+            Some(n) => self.wait_pong(n, within).await,
+            None => false,
+        }
+    }
+
+    /// Queues a PING after everything queued so far; returns its number for
+    /// [`ConnShared::wait_pong`] (`None`: the connection is closed).
+    pub fn queue_ping(&self) -> Option<u64> {
         let mut n = 0;
         let queued = self.enqueue(|b| {
             n = self.pings_sent.fetch_add(1, Ordering::Relaxed) + 1;
             b.extend_from_slice(b"PING\r\n")
         });
         self.flush_signal();
-        if !queued {
-            return false;
-        }
+        queued.then_some(n)
+    }
+
+    /// Waits until PONG number `n` arrived. False when the connection closed or `within`
+    /// passed.
+    pub async fn wait_pong(&self, n: u64, within: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + within;
         loop {
             let woken = self.pong_wake.notified();

@@ -12,6 +12,7 @@
 //! lock once it has read everything, so each message is either spooled or forwarded live,
 //! never both.
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
@@ -29,6 +30,9 @@ use crate::core::interest::{msg_allowed, LinkClass};
 /// Messages and bytes sent between two PING barriers of a replay.
 const BATCH_MSGS: usize = 1024;
 const BATCH_BYTES: usize = 1 << 20;
+/// Batches in flight (sent, PONG not received yet): the replay's pipeline depth, and the
+/// most a crash in the middle of a replay can make the hub receive twice.
+const WINDOW: usize = 4;
 /// How long a replay waits for the hub's PONG before giving the link up.
 const BARRIER_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -301,76 +305,114 @@ impl Spool {
 
     /// Replays the spool over `conn` once the hub's interest is known: a PING barrier first
     /// (the hub sends its LS+ burst before answering it), then batches in sequence order,
-    /// each followed by a barrier after which the acknowledged prefix is compacted away.
-    /// When a read finds nothing left, capture stops under the lock and live traffic flows.
+    /// each followed by a PING; up to [`WINDOW`] batches are in flight, and when a batch's
+    /// PONG arrives the acknowledged prefix is compacted away. When a read finds nothing
+    /// left, capture stops under the lock and live traffic flows.
     pub async fn replay(self: Arc<Self>, acc: Arc<Account>, conn: Arc<ConnShared>) {
         if !conn.ping_barrier(BARRIER_TIMEOUT).await {
             return;
         }
+        // Never more than the link's outbound bound in flight (it would close the link).
+        let batch_bytes = (conn.max_pending() / (WINDOW + 1)).clamp(4096, BATCH_BYTES);
+        // Batches sent and not acknowledged yet: (PING number, first sequence after it).
+        let mut in_flight: VecDeque<(u64, u64)> = VecDeque::with_capacity(WINDOW);
         let mut batch: Vec<canopy_store::StoredMsg> = Vec::with_capacity(BATCH_MSGS);
         let mut next = 0u64;
         loop {
-            {
+            if in_flight.len() >= WINDOW {
+                if let Some((ping, upto)) = in_flight.pop_front() {
+                    if !self.acknowledged(&conn, ping, upto).await {
+                        return;
+                    }
+                }
+            }
+            let done = {
                 let mut inner = self.inner.lock();
                 if self.held.load(Ordering::Relaxed) != conn.cid || conn.is_closed() {
                     return;
                 }
-                let Some(store) = inner.store.as_ref() else {
-                    self.finish(&mut inner);
-                    drop(inner);
-                    refresh_spooling(&acc);
-                    return;
-                };
-                next = next.max(store.totals().first_seq);
-                let mut bytes = 0;
-                while batch.len() < BATCH_MSGS && bytes < BATCH_BYTES {
-                    match store.load_next_matching(">", next) {
-                        Ok(Some(m)) => {
-                            next = m.seq + 1;
-                            bytes += m.size() as usize;
-                            batch.push(m);
-                        }
-                        Ok(None) => break,
-                        Err(e) => {
-                            self.disk_error("read", &e);
-                            break;
-                        }
+                match inner.store.as_ref() {
+                    Some(store) => {
+                        next = next.max(store.totals().first_seq);
+                        self.read_batch(store, &mut next, batch_bytes, &mut batch);
                     }
+                    None => batch.clear(),
                 }
                 if batch.is_empty() {
                     self.finish(&mut inner);
-                    drop(inner);
-                    refresh_spooling(&acc);
-                    return;
-                }
-                let mut sent = 0;
-                for m in &batch {
-                    match self.send(&acc, &conn, m) {
-                        Sent::Yes => sent += 1,
-                        Sent::Unwanted => inner.outage.unwanted += 1,
-                        Sent::StaleReply => inner.outage.stale += 1,
+                    true
+                } else {
+                    for m in &batch {
+                        match self.send(&acc, &conn, m) {
+                            Sent::Yes => inner.outage.replayed += 1,
+                            Sent::Unwanted => inner.outage.unwanted += 1,
+                            Sent::StaleReply => inner.outage.stale += 1,
+                        }
                     }
+                    false
                 }
-                inner.outage.replayed += sent;
-                conn.flush_signal();
-            }
-            if !conn.ping_barrier(BARRIER_TIMEOUT).await {
-                if !conn.is_closed() {
-                    conn.close(CloseReason::Other(
-                        "no PONG from the hub during the spool replay".into(),
-                    ));
+            };
+            if done {
+                refresh_spooling(&acc);
+                for (ping, upto) in in_flight.drain(..) {
+                    if !self.acknowledged(&conn, ping, upto).await {
+                        return;
+                    }
                 }
                 return;
             }
-            let mut inner = self.inner.lock();
-            if let Some(store) = inner.store.as_mut() {
-                if let Err(e) = store.compact(next) {
-                    self.disk_error("compact", &e);
+            batch.clear();
+            let Some(ping) = conn.queue_ping() else {
+                return;
+            };
+            in_flight.push_back((ping, next));
+        }
+    }
+
+    /// Reads the next batch from `next` (at most [`BATCH_MSGS`] messages or `max_bytes`).
+    fn read_batch(
+        &self,
+        store: &FileStore,
+        next: &mut u64,
+        max_bytes: usize,
+        batch: &mut Vec<canopy_store::StoredMsg>,
+    ) {
+        let mut bytes = 0;
+        while batch.len() < BATCH_MSGS && bytes < max_bytes {
+            match store.load_next_matching(">", *next) {
+                Ok(Some(m)) => {
+                    *next = m.seq + 1;
+                    bytes += m.size() as usize;
+                    batch.push(m);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    self.disk_error("read", &e);
+                    break;
                 }
             }
-            batch.clear();
-            self.refresh(&inner);
         }
+    }
+
+    /// Waits for the PONG of a batch, then compacts the spool up to it. False when the
+    /// link is gone (or silent: it is then closed, and the next link replays again).
+    async fn acknowledged(&self, conn: &ConnShared, ping: u64, upto: u64) -> bool {
+        if !conn.wait_pong(ping, BARRIER_TIMEOUT).await {
+            if !conn.is_closed() {
+                conn.close(CloseReason::Other(
+                    "no PONG from the hub during the spool replay".into(),
+                ));
+            }
+            return false;
+        }
+        let mut inner = self.inner.lock();
+        if let Some(store) = inner.store.as_mut() {
+            if let Err(e) = store.compact(upto) {
+                self.disk_error("compact", &e);
+            }
+        }
+        self.refresh(&inner);
+        true
     }
 
     /// Capture stops: the link carries live traffic from now on.
@@ -450,10 +492,12 @@ impl Spool {
             }
         }
         let hdr = m.headers();
+        let joined;
         let (hdr_len, payload) = if hdr.is_empty() {
-            (None, body.to_vec())
+            (None, body)
         } else {
-            (Some(hdr.len()), [hdr, body].concat())
+            joined = [hdr, body].concat();
+            (Some(hdr.len()), &joined[..])
         };
         let queues = if plain { Vec::new() } else { queues };
         let ok = conn.enqueue(|b| {
@@ -463,7 +507,7 @@ impl Spool {
                 reply,
                 queues.iter().map(|q| q.as_bytes()),
                 hdr_len,
-                &payload,
+                payload,
             )
         });
         if ok {
