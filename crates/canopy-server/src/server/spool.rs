@@ -4,13 +4,13 @@
 //! the spool is replayed to the subjects the hub has interest in, in publish order, before
 //! new traffic, batch by batch behind a PING barrier.
 //!
-//! Capture is a hook at the top of [`crate::core::deliver::deliver`], taken only while an
-//! account has a spool capturing ([`Account::spooling`]): one relaxed load otherwise. While
-//! a replay runs the link is *held*: new messages go on into the spool (and not straight
-//! onto the link), so nothing overtakes what was spooled. The capture decision and the
-//! hold are taken under the spool's lock, and the replay switches capture off under that
-//! lock once it has read everything, so each message is either spooled or forwarded live,
-//! never both.
+//! Capture is a hook in [`crate::core::deliver::deliver`] (after local delivery, before the
+//! link copies go out), taken only while an account has a spool capturing
+//! ([`Account::spooling`]): one relaxed load otherwise. While a replay runs the link is
+//! *held*: new messages go on into the spool (and not straight onto the link), so nothing
+//! overtakes what was spooled. The capture decision and the hold are taken under the
+//! spool's lock, and the replay switches capture off under that lock once it has read
+//! everything, so each message is either spooled or forwarded live, never both.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -538,7 +538,6 @@ pub fn refresh_spooling(acc: &Account) {
 /// The capture hook of [`crate::core::deliver::deliver`] (called only while
 /// [`Account::spooling`]): offers the message to the account's spools and collects the
 /// connections held by replays in `held`.
-#[cold]
 pub fn capture(acc: &Account, msg: &Msg<'_>, origin: &Origin<'_>, held: &mut Vec<u64>) {
     for sp in acc.spools.read().iter() {
         if let Some(cid) = sp.capture(msg, origin) {
