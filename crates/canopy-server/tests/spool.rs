@@ -77,6 +77,11 @@ fn pipe(from: &TcpStream, to: &TcpStream) {
 }
 
 fn leaf_config(gate: &Gate, store: &Path, buffer: &str) -> String {
+    leaf_config_with(gate, store, buffer, "")
+}
+
+/// [`leaf_config`] with more keys in the remote (`extra`).
+fn leaf_config_with(gate: &Gate, store: &Path, buffer: &str, extra: &str) -> String {
     format!(
         r#"
 server_name: leaf
@@ -85,7 +90,7 @@ http: -1
 leafnodes {{
   reconnect_buffer_size: {buffer}
   store_dir: "{}"
-  remotes [ {{ url: "nats-leaf://127.0.0.1:{}", reconnect_interval: "200ms" }} ]
+  remotes [ {{ url: "nats-leaf://127.0.0.1:{}", reconnect_interval: "200ms" {extra} }} ]
 }}
 "#,
         store.display(),
@@ -414,5 +419,59 @@ async fn replay_rate_1m() {
          {replayed_in:?} ({:.0} msgs/s, hub and subscriber included)",
         total as f64 / spooled_in.as_secs_f64(),
         total as f64 / replayed_in.as_secs_f64()
+    );
+}
+
+/// What is not exportable is not spooled (`deny_exports`), and a request whose requester
+/// has gone is not replayed; one whose requester still waits is, with its reply subject.
+#[tokio::test]
+async fn deny_exports_and_stale_requests() {
+    let store = tempfile::tempdir().unwrap();
+    let gate = Gate::new();
+    let config = leaf_config_with(
+        &gate,
+        store.path(),
+        "1MB",
+        r#", deny_exports: ["saf.secret.>"]"#,
+    );
+    let leaf = ServerProcess::canopy(&config).unwrap();
+    let waiting = client(&leaf).await;
+    let mut replies = waiting.subscribe("reply.alive").await.unwrap();
+    sync(&waiting).await;
+    let c = client(&leaf).await;
+    c.publish("saf.secret.x", Bytes::from("0")).await.unwrap();
+    c.publish_with_reply("saf.req", "reply.alive", Bytes::from("1"))
+        .await
+        .unwrap();
+    c.publish_with_reply("saf.req", "reply.gone", Bytes::from("2"))
+        .await
+        .unwrap();
+    sync(&c).await;
+    // saf.req twice and the two sync messages; not the denied one.
+    let s = wait_spool(&leaf, "spooled", |s| s["spooled"] == 4).await;
+    assert_eq!(s["msgs"], 4, "{s}");
+    let (_hub, hc, mut sub) = hub_with_subscriber(Impl::Canopy, &gate).await;
+    let got = tokio::time::timeout(WAIT, sub.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.payload, Bytes::from("1"));
+    assert_eq!(got.reply.as_deref(), Some("reply.alive"));
+    // The hub side answers; the requester on the leaf gets it.
+    hc.publish("reply.alive", Bytes::from("answer"))
+        .await
+        .unwrap();
+    let r = tokio::time::timeout(WAIT, replies.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.payload, Bytes::from("answer"));
+    let s = wait_spool(&leaf, "replay done", |s| s["spooling"] == false).await;
+    assert_eq!(s["replayed"], 1, "{s}");
+    assert_eq!(s["stale_replies"], 1, "{s}");
+    assert_eq!(s["unwanted"], 2, "{s}");
+    assert!(
+        tokio::time::timeout(QUIET, sub.next()).await.is_err(),
+        "nothing else arrives"
     );
 }
