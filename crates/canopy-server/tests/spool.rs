@@ -475,3 +475,55 @@ async fn deny_exports_and_stale_requests() {
         "nothing else arrives"
     );
 }
+
+/// After a replay the link carries live traffic; when the hub goes away again the remote
+/// spools again, and the next hub gets that outage's messages.
+#[tokio::test]
+async fn second_outage() {
+    let store = tempfile::tempdir().unwrap();
+    let gate = Gate::new();
+    let leaf = ServerProcess::canopy(&leaf_config(&gate, store.path(), "10MB")).unwrap();
+    publish_n(&leaf, 10, 0).await;
+    let (mut hub, _hc, mut sub) = hub_with_subscriber(Impl::Canopy, &gate).await;
+    assert_indexes(&collect(&mut sub, 10).await, 0..10, &leaf);
+    wait_spool(&leaf, "first replay done", |s| s["spooling"] == false).await;
+    hub.kill();
+    wait_spool(&leaf, "spooling again", |s| s["spooling"] == true).await;
+    publish_n(&leaf, 100, 0).await;
+    let (_hub, _hc, mut sub) = hub_with_subscriber(Impl::Canopy, &gate).await;
+    assert_indexes(&collect(&mut sub, 100).await, 0..100, &leaf);
+    let s = wait_spool(&leaf, "second replay done", |s| s["spooling"] == false).await;
+    assert_eq!(s["replayed"], 110, "{s}");
+    assert!(leaf.log().contains("link down, spooling"), "{}", leaf.log());
+}
+
+/// A spool that cannot be opened is logged and counted; the leaf runs without it.
+#[tokio::test]
+async fn unusable_store_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, b"x").unwrap();
+    let gate = Gate::new();
+    let leaf = ServerProcess::canopy(&leaf_config(&gate, &file, "1MB")).unwrap();
+    publish_n(&leaf, 5, 0).await;
+    let s = spool(&leaf);
+    assert_eq!(s["errors"], 1, "{s}");
+    assert_eq!(s["msgs"], 0, "{s}");
+    assert!(
+        leaf.log().contains("cannot open the spool"),
+        "{}",
+        leaf.log()
+    );
+    let (_hub, _hc, mut sub) = hub_with_subscriber(Impl::Canopy, &gate).await;
+    let c = client(&leaf).await;
+    // Live traffic once the link is up (the hub's interest takes a moment to arrive).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        c.publish("saf.live", Bytes::from("7")).await.unwrap();
+        if let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(100), sub.next()).await {
+            assert_eq!(index(&m.payload), 7);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{}", leaf.log());
+    }
+}
