@@ -188,6 +188,14 @@ fn index(payload: &[u8]) -> usize {
     s.split(' ').next().unwrap().parse().unwrap()
 }
 
+/// A leaf with a spool of `buffer` in a fresh directory, dialling a closed [`Gate`].
+fn leaf_behind_gate(buffer: &str) -> (tempfile::TempDir, Gate, ServerProcess) {
+    let store = tempfile::tempdir().unwrap();
+    let gate = Gate::new();
+    let leaf = ServerProcess::canopy(&leaf_config(&gate, store.path(), buffer)).unwrap();
+    (store, gate, leaf)
+}
+
 /// Asserts that the payload indexes received are exactly `want`, in order.
 fn assert_indexes(got: &[usize], range: std::ops::Range<usize>, leaf: &ServerProcess) {
     let want: Vec<usize> = range.clone().collect();
@@ -273,9 +281,7 @@ async fn outage_leaf_restart_go_hub() {
 /// discarded ones, and replays what it kept in order.
 #[tokio::test]
 async fn small_buffer_keeps_newest() {
-    let store = tempfile::tempdir().unwrap();
-    let gate = Gate::new();
-    let leaf = ServerProcess::canopy(&leaf_config(&gate, store.path(), "20000")).unwrap();
+    let (_store, gate, leaf) = leaf_behind_gate("20000");
     publish_n(&leaf, 1000, 100).await;
     let s = wait_spool(&leaf, "1,001 offered", |s| s["spooled"] == 1001).await;
     let kept = s["msgs"].as_u64().unwrap() as usize;
@@ -303,9 +309,7 @@ async fn small_buffer_keeps_newest() {
 /// nothing is lost or repeated across the switch to live traffic.
 #[tokio::test]
 async fn publishing_through_the_replay() {
-    let store = tempfile::tempdir().unwrap();
-    let gate = Gate::new();
-    let leaf = ServerProcess::canopy(&leaf_config(&gate, store.path(), "10MB")).unwrap();
+    let (_store, gate, leaf) = leaf_behind_gate("10MB");
     let c = client(&leaf).await;
     let total = 20_000;
     for i in 0..total / 2 {
@@ -395,9 +399,7 @@ async fn kill_during_replay() {
 #[tokio::test]
 #[ignore]
 async fn replay_rate_1m() {
-    let store = tempfile::tempdir().unwrap();
-    let gate = Gate::new();
-    let leaf = ServerProcess::canopy(&leaf_config(&gate, store.path(), "1GB")).unwrap();
+    let (_store, gate, leaf) = leaf_behind_gate("1GB");
     let total = 1_000_000;
     let started = std::time::Instant::now();
     // 128-byte payloads: the index, a space and padding.
@@ -480,9 +482,7 @@ async fn deny_exports_and_stale_requests() {
 /// spools again, and the next hub gets that outage's messages.
 #[tokio::test]
 async fn second_outage() {
-    let store = tempfile::tempdir().unwrap();
-    let gate = Gate::new();
-    let leaf = ServerProcess::canopy(&leaf_config(&gate, store.path(), "10MB")).unwrap();
+    let (_store, gate, leaf) = leaf_behind_gate("10MB");
     publish_n(&leaf, 10, 0).await;
     let (mut hub, _hc, mut sub) = hub_with_subscriber(Impl::Canopy, &gate).await;
     assert_indexes(&collect(&mut sub, 10).await, 0..10, &leaf);
@@ -526,4 +526,41 @@ async fn unusable_store_dir() {
         }
         assert!(tokio::time::Instant::now() < deadline, "{}", leaf.log());
     }
+}
+
+/// A member of queue group `workers` on `subject`, known to the server when this returns.
+async fn workers(c: &Client, subject: &str) -> Subscriber {
+    let s = c
+        .queue_subscribe(subject.to_string(), "workers".to_string())
+        .await
+        .unwrap();
+    sync(c).await;
+    s
+}
+
+/// Queue groups: the hub's members of a group get the spooled messages, except those of a
+/// group that has a member on the leaf (it served them when they were published).
+#[tokio::test]
+async fn queue_groups_served_once() {
+    let (_store, gate, leaf) = leaf_behind_gate("1MB");
+    let lc = client(&leaf).await;
+    let mut local = workers(&lc, "saf.qa").await;
+    for i in 0..5 {
+        lc.publish("saf.qa", Bytes::from(format!("{i}")))
+            .await
+            .unwrap();
+        lc.publish("saf.qb", Bytes::from(format!("{}", 5 + i)))
+            .await
+            .unwrap();
+    }
+    sync(&lc).await;
+    assert_eq!(collect(&mut local, 5).await, vec![0, 1, 2, 3, 4]);
+    let leaf_port = free_fixed_port();
+    let hub = ServerProcess::canopy(&hub_config(leaf_port)).unwrap();
+    let hc = client(&hub).await;
+    let mut remote = workers(&hc, "saf.*").await;
+    gate.open(leaf_port);
+    assert_eq!(collect(&mut remote, 5).await, vec![5, 6, 7, 8, 9]);
+    let s = wait_spool(&leaf, "replay done", |s| s["spooling"] == false).await;
+    assert_eq!(s["replayed"], 5, "{s}");
 }

@@ -23,7 +23,7 @@ use parking_lot::Mutex;
 use serde_json::{json, Value};
 
 use crate::core::account::Account;
-use crate::core::conn::{CloseReason, ConnShared};
+use crate::core::conn::{CloseReason, ConnKind, ConnShared};
 use crate::core::deliver::{Msg, Origin};
 use crate::core::interest::{msg_allowed, LinkClass};
 
@@ -466,10 +466,15 @@ impl Spool {
         }
         let result = acc.sublist.matches(subject);
         let plain = result.psubs.iter().any(|s| s.conn.cid == conn.cid);
+        // A group with a member here served the message when it was published (local
+        // members are preferred): the hub's members of that group do not get it again.
         let queues: Vec<&str> = result
             .qsubs
             .iter()
-            .filter(|g| g.members.iter().any(|s| s.conn.cid == conn.cid))
+            .filter(|g| {
+                g.members.iter().any(|s| s.conn.cid == conn.cid)
+                    && !g.members.iter().any(|s| s.conn.kind == ConnKind::Client)
+            })
             .map(|g| g.name.as_ref())
             .collect();
         if !plain && queues.is_empty() {
