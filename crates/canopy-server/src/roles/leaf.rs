@@ -332,6 +332,7 @@ fn open_spool(
     let mut deny = r.deny_exports.clone();
     deny.extend(js_denies(server, account, false, "").both);
     let sp = crate::server::spool::Spool::open(label, dir, size, deny);
+    tokio::spawn(sp.clone().maintain(server.shutdown.clone()));
     if let Some(acc) = server.account(account) {
         attach_spool(&acc, &sp);
     }

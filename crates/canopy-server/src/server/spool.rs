@@ -18,7 +18,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use canopy_store::{Discard, FileStore, FileStoreOptions, MessageStore, NewMsg, StoreConfig};
+use canopy_store::{
+    Discard, FileStore, FileStoreOptions, MessageStore, NewMsg, StoreConfig, StoreError,
+};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 
@@ -33,6 +35,8 @@ const BATCH_BYTES: usize = 1 << 20;
 /// Batches in flight (sent, PONG not received yet): the replay's pipeline depth, and the
 /// most a crash in the middle of a replay can make the hub receive twice.
 const WINDOW: usize = 4;
+/// How often a spool is synced (when it took appends) or reopened (when it failed).
+const MAINTAIN_EVERY: Duration = Duration::from_secs(10);
 /// How long a replay waits for the hub's PONG before giving the link up.
 const BARRIER_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -69,6 +73,10 @@ struct Outage {
 
 struct Inner {
     store: Option<FileStore>,
+    /// A write failed: the store refuses work until reopened ([`Spool::maintain`]).
+    broken: bool,
+    /// Appends since the last `sync()`.
+    unsynced: u64,
     /// Messages are appended (the link is down, or held by a replay).
     capturing: bool,
     outage: Outage,
@@ -90,6 +98,35 @@ pub struct Spool {
     active: AtomicBool,
     inner: Mutex<Inner>,
     pub stats: SpoolStats,
+}
+
+/// Opens the FileStore of a spool (byte limit, discard old). A failure is logged and
+/// counted: the remote then has no spool until [`Spool::maintain`] opens it.
+fn open_store(label: &str, dir: &Path, max_bytes: u64, stats: &SpoolStats) -> Option<FileStore> {
+    let cfg = StoreConfig {
+        max_bytes,
+        discard: Discard::Old,
+        ..Default::default()
+    };
+    match FileStore::open(dir, cfg, FileStoreOptions::default()) {
+        Ok((store, report)) => {
+            if report != Default::default() {
+                tracing::warn!("{label}: spool {} recovered: {report:?}", dir.display());
+            }
+            Some(store)
+        }
+        Err(e) => {
+            let n = stats.errors.fetch_add(1, Ordering::Relaxed);
+            if n < 10 || n.is_power_of_two() {
+                tracing::error!(
+                    "{label}: cannot open the spool {}: {e}; messages published while the \
+                     link is down are not kept",
+                    dir.display()
+                );
+            }
+            None
+        }
+    }
 }
 
 /// The directory of one remote's spool: the account and URLs name it, so a restart with
@@ -116,28 +153,7 @@ impl Spool {
     /// remote then works without a spool. The spool starts capturing (no link yet).
     pub fn open(label: String, dir: PathBuf, max_bytes: u64, deny: Vec<String>) -> Arc<Spool> {
         let stats = SpoolStats::default();
-        let cfg = StoreConfig {
-            max_bytes,
-            discard: Discard::Old,
-            ..Default::default()
-        };
-        let store = match FileStore::open(&dir, cfg, FileStoreOptions::default()) {
-            Ok((store, report)) => {
-                if report != Default::default() {
-                    tracing::warn!("{label}: spool {} recovered: {report:?}", dir.display());
-                }
-                Some(store)
-            }
-            Err(e) => {
-                stats.errors.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(
-                    "{label}: cannot open the spool {}: {e}; messages published while the \
-                     link is down are not kept",
-                    dir.display()
-                );
-                None
-            }
-        };
+        let store = open_store(&label, &dir, max_bytes, &stats);
         let sp = Spool {
             label,
             dir,
@@ -147,7 +163,9 @@ impl Spool {
             held: AtomicU64::new(0),
             active: AtomicBool::new(true),
             inner: Mutex::new(Inner {
+                broken: store.is_none(),
                 store,
+                unsynced: 0,
                 capturing: true,
                 outage: Outage::default(),
             }),
@@ -211,6 +229,9 @@ impl Spool {
             return None;
         }
         let held = self.held.load(Ordering::Relaxed);
+        if inner.broken {
+            return Some(held);
+        }
         let Some(store) = inner.store.as_mut() else {
             return Some(held);
         };
@@ -251,9 +272,16 @@ impl Spool {
                         );
                     }
                 }
+                inner.unsynced += 1;
                 self.refresh(&inner);
             }
-            Err(e) => self.disk_error("append", &e),
+            Err(e) => {
+                self.disk_error("append", &e);
+                inner.broken |= matches!(
+                    e,
+                    StoreError::Io { .. } | StoreError::Failed(_) | StoreError::Corrupt { .. }
+                );
+            }
         }
         Some(held)
     }
@@ -282,6 +310,35 @@ impl Spool {
         let _inner = self.inner.lock();
         self.class.store(class as u8, Ordering::Relaxed);
         self.held.store(conn.cid, Ordering::Relaxed);
+    }
+
+    /// Runs until `stop`: every [`MAINTAIN_EVERY`], reopens a spool whose store failed (the
+    /// store refuses work after a failed write; reopening recovers its tail) and syncs one
+    /// that took appends (fsync, so a power loss loses at most that interval).
+    pub async fn maintain(self: Arc<Self>, stop: tokio_util::sync::CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(MAINTAIN_EVERY) => {}
+            }
+            let mut inner = self.inner.lock();
+            if inner.broken {
+                // Close what is left first: the directory lock is ours.
+                inner.store = None;
+                inner.store = open_store(&self.label, &self.dir, self.max_bytes, &self.stats);
+                inner.broken = inner.store.is_none();
+                if !inner.broken {
+                    tracing::info!("{}: spool {} reopened", self.label, self.dir.display());
+                    self.refresh(&inner);
+                }
+            } else if inner.unsynced > 0 {
+                inner.unsynced = 0;
+                if let Some(Err(e)) = inner.store.as_mut().map(|s| s.sync()) {
+                    self.disk_error("sync", &e);
+                    inner.broken = true;
+                }
+            }
+        }
     }
 
     /// `/leafz` `canopy_remotes[].spool`.
@@ -331,7 +388,7 @@ impl Spool {
                 if self.held.load(Ordering::Relaxed) != conn.cid || conn.is_closed() {
                     return;
                 }
-                match inner.store.as_ref() {
+                match inner.store.as_ref().filter(|_| !inner.broken) {
                     Some(store) => {
                         next = next.max(store.totals().first_seq);
                         self.read_batch(store, &mut next, batch_bytes, &mut batch);
@@ -409,6 +466,7 @@ impl Spool {
         if let Some(store) = inner.store.as_mut() {
             if let Err(e) = store.compact(upto) {
                 self.disk_error("compact", &e);
+                inner.broken = true;
             }
         }
         self.refresh(&inner);
@@ -420,6 +478,7 @@ impl Spool {
         inner.capturing = false;
         self.active.store(false, Ordering::Relaxed);
         self.held.store(0, Ordering::Relaxed);
+        inner.unsynced = 0;
         if let Some(store) = inner.store.as_mut() {
             if let Err(e) = store.sync() {
                 self.disk_error("sync", &e);
