@@ -60,6 +60,15 @@ pub struct SpoolStats {
     pub errors: AtomicU64,
 }
 
+impl SpoolStats {
+    /// Counts a disk error; true when it should be logged (the first ten, then at powers
+    /// of two: a failing disk must not flood the log).
+    fn count_error(&self) -> bool {
+        let n = self.errors.fetch_add(1, Ordering::Relaxed);
+        n < 10 || n.is_power_of_two()
+    }
+}
+
 /// What one outage did, for the log line at the end of its replay.
 #[derive(Default)]
 struct Outage {
@@ -110,14 +119,19 @@ fn open_store(label: &str, dir: &Path, max_bytes: u64, stats: &SpoolStats) -> Op
     };
     match FileStore::open(dir, cfg, FileStoreOptions::default()) {
         Ok((store, report)) => {
-            if report != Default::default() {
-                tracing::warn!("{label}: spool {} recovered: {report:?}", dir.display());
+            if report.truncated_bytes > 0 || !report.lost.is_empty() {
+                tracing::warn!(
+                    "{label}: spool {} recovered from damage: {} bytes of a torn write cut \
+                     off, lost ranges {:?}",
+                    dir.display(),
+                    report.truncated_bytes,
+                    report.lost
+                );
             }
             Some(store)
         }
         Err(e) => {
-            let n = stats.errors.fetch_add(1, Ordering::Relaxed);
-            if n < 10 || n.is_power_of_two() {
+            if stats.count_error() {
                 tracing::error!(
                     "{label}: cannot open the spool {}: {e}; messages published while the \
                      link is down are not kept",
@@ -195,9 +209,9 @@ impl Spool {
     }
 
     fn disk_error(&self, op: &str, e: &dyn std::fmt::Display) {
-        let n = self.stats.errors.fetch_add(1, Ordering::Relaxed);
-        if n < 10 || n.is_power_of_two() {
-            tracing::error!("{}: spool {op} failed ({} errors): {e}", self.label, n + 1);
+        if self.stats.count_error() {
+            let n = self.stats.errors.load(Ordering::Relaxed);
+            tracing::error!("{}: spool {op} failed ({n} errors): {e}", self.label);
         }
     }
 
