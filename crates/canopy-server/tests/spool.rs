@@ -564,3 +564,13 @@ async fn queue_groups_served_once() {
     let s = wait_spool(&leaf, "replay done", |s| s["spooling"] == false).await;
     assert_eq!(s["replayed"], 5, "{s}");
 }
+
+/// A message larger than the whole spool is discarded and counted, not an error.
+#[tokio::test]
+async fn oversized_message_is_dropped() {
+    let (_store, _gate, leaf) = leaf_behind_gate("1KB");
+    publish_n(&leaf, 1, 2048).await;
+    let s = wait_spool(&leaf, "sync spooled", |s| s["spooled"] == 1).await;
+    assert_eq!(s["dropped"], 1, "{s}");
+    assert_eq!(s["errors"], 0, "{s}");
+}

@@ -289,6 +289,11 @@ impl Spool {
                 inner.unsynced += 1;
                 self.refresh(&inner);
             }
+            Err(StoreError::MaxBytes | StoreError::MaxMsgSize { .. }) => {
+                // Larger than the whole spool: discarded like the oldest would be.
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                inner.outage.dropped += 1;
+            }
             Err(e) => {
                 self.disk_error("append", &e);
                 inner.broken |= matches!(
