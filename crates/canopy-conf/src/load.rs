@@ -1345,6 +1345,7 @@ fn leafnodes(cx: &mut Ctx, m: &Map, pos: &Pos) -> LeafNodeOpts {
                 set(&mut l.reconnect_interval, cx.seconds(&k, v))
             }
             "reconnect_buffer_size" => l.reconnect_buffer_size = cx.u64(&k, v),
+            "store_dir" => l.store_dir = cx.path(&k, v),
             "min_version" => l.min_version = cx.string(&k, v),
             "compression" => l.compression = compression(cx, &k, v),
             "isolate_leafnode_interest" | "isolate" => {
@@ -1448,6 +1449,8 @@ fn remote(cx: &mut Ctx, v: &Value) -> Option<RemoteLeafOpts> {
             "reconnect_interval" => r.reconnect_interval = cx.seconds(&k, v),
             "reconnect" => r.reconnect = cx.bool(&k, v),
             "connect_timeout" => r.connect_timeout = cx.seconds(&k, v),
+            "reconnect_buffer_size" => r.reconnect_buffer_size = cx.u64(&k, v),
+            "spool" => r.spool = cx.bool(&k, v),
             "account_mappings" => {
                 if let Some(mm) = cx.map(&k, v) {
                     r.account_mappings = account_mappings(cx, mm);

@@ -587,8 +587,12 @@ pub struct LeafNodeOpts {
     pub remotes: Vec<RemoteLeafOpts>,
     /// One interval for all remotes (`reconnect`/`reconnect_delay`/`reconnect_interval`).
     pub reconnect_interval: Duration,
-    /// Canopy extension (seed): bytes buffered per remote while disconnected.
+    /// Canopy extension (seed): bytes spooled on disk per remote while its link is down
+    /// (store-and-forward; docs/CONFIG.md, "Store-and-forward").
     pub reconnect_buffer_size: Option<u64>,
+    /// Canopy extension: the directory of the remotes' spools (default: `leaf_spool`
+    /// next to the JetStream store directory).
+    pub store_dir: Option<PathBuf>,
     pub min_version: Option<String>,
     pub compression: Option<Compression>,
     pub isolate_leafnode_interest: bool,
@@ -612,6 +616,7 @@ impl LeafNodeOpts {
             remotes: Vec::new(),
             reconnect_interval: DEFAULT_LEAF_RECONNECT_INTERVAL,
             reconnect_buffer_size: None,
+            store_dir: None,
             min_version: None,
             compression: None,
             isolate_leafnode_interest: false,
@@ -621,7 +626,23 @@ impl LeafNodeOpts {
             pos,
         }
     }
+
+    /// The spool size of remote `r` in bytes, `None` when it does not spool: its own
+    /// `reconnect_buffer_size`, else the block's; `spool: true` without either takes
+    /// [`DEFAULT_SPOOL_SIZE`], `spool: false` turns it off. A size of 0 is off.
+    pub fn spool_size(&self, r: &RemoteLeafOpts) -> Option<u64> {
+        let size = r.reconnect_buffer_size.or(self.reconnect_buffer_size);
+        match r.spool {
+            Some(false) => None,
+            Some(true) => Some(size.unwrap_or(DEFAULT_SPOOL_SIZE)),
+            None => size,
+        }
+        .filter(|&n| n > 0)
+    }
 }
+
+/// Spool size of a remote with `spool: true` and no `reconnect_buffer_size` (64 MiB).
+pub const DEFAULT_SPOOL_SIZE: u64 = 64 << 20;
 
 /// `leafnodes.authorization {}`.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -674,6 +695,11 @@ pub struct RemoteLeafOpts {
     pub connect_timeout: Option<Duration>,
     /// Canopy extension: subject mappings applied on this remote.
     pub account_mappings: Vec<Mapping>,
+    /// Canopy extension: this remote's spool size (overrides `leafnodes.reconnect_buffer_size`).
+    pub reconnect_buffer_size: Option<u64>,
+    /// Canopy extension: whether this remote spools while its link is down (default: when
+    /// a `reconnect_buffer_size` applies to it).
+    pub spool: Option<bool>,
     /// Where each key of the remote was written (lowercased key → position).
     pub key_pos: BTreeMap<String, Pos>,
     pub pos: Pos,
@@ -993,12 +1019,17 @@ impl Options {
                     .clone();
                 out.push((pos, "leafnodes.reconnect_buffer_size".to_string()));
             }
+            if let Some(pos) = l.key_pos.get("store_dir") {
+                out.push((pos.clone(), "leafnodes.store_dir".to_string()));
+            }
             for r in &l.remotes {
                 for key in [
                     "reconnect_interval",
                     "reconnect",
                     "connect_timeout",
                     "account_mappings",
+                    "reconnect_buffer_size",
+                    "spool",
                 ] {
                     if let Some(pos) = r.key_pos.get(key) {
                         out.push((pos.clone(), format!("leafnodes.remotes[].{key}")));

@@ -527,6 +527,39 @@ leafnodes {
 }
 
 #[test]
+fn store_and_forward_keys() {
+    let o = opts(
+        r#"leafnodes {
+  reconnect_buffer_size: 1MB
+  store_dir: "/var/spool/canopy"
+  remotes: [
+    { url: a }
+    { url: b, reconnect_buffer_size: 2KB }
+    { url: c, spool: false }
+  ]
+}"#,
+    );
+    let l = o.leafnodes.as_ref().unwrap();
+    assert_eq!(
+        l.store_dir.as_deref(),
+        Some(std::path::Path::new("/var/spool/canopy"))
+    );
+    let sizes: Vec<Option<u64>> = l.remotes.iter().map(|r| l.spool_size(r)).collect();
+    assert_eq!(sizes, vec![Some(1 << 20), Some(2048), None]);
+    let ext: Vec<String> = o.extensions_used().into_iter().map(|(_, s)| s).collect();
+    assert!(ext.contains(&"leafnodes.store_dir".to_string()), "{ext:?}");
+    assert!(
+        ext.contains(&"leafnodes.remotes[].spool".to_string()),
+        "{ext:?}"
+    );
+    // Without a size at either level a remote spools only when told to.
+    let o = opts("leafnodes { remotes: [ { url: a }, { url: b, spool: true } ] }");
+    let l = o.leafnodes.as_ref().unwrap();
+    let sizes: Vec<Option<u64>> = l.remotes.iter().map(|r| l.spool_size(r)).collect();
+    assert_eq!(sizes, vec![None, Some(canopy_conf::DEFAULT_SPOOL_SIZE)]);
+}
+
+#[test]
 fn canopy_extensions() {
     let o = opts(
         r#"leafnodes {

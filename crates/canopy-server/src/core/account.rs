@@ -121,6 +121,11 @@ pub struct Account {
     /// Subject mappings (`mappings {}`), set once at start; unset when there are none, so
     /// a publish in an account without mappings costs one branch.
     pub mappings: std::sync::OnceLock<crate::core::mapping::Mappings>,
+    /// Store-and-forward spools of the leaf remotes bound to this account.
+    pub spools: parking_lot::RwLock<Vec<Arc<crate::server::spool::Spool>>>,
+    /// True while one of them captures: [`crate::core::deliver::deliver`] then offers
+    /// every message to them (one relaxed load otherwise).
+    pub spooling: std::sync::atomic::AtomicBool,
 }
 
 impl Account {
@@ -129,6 +134,8 @@ impl Account {
         let acc = Arc::new(Account {
             track_interest,
             mappings: std::sync::OnceLock::new(),
+            spools: parking_lot::RwLock::new(Vec::new()),
+            spooling: std::sync::atomic::AtomicBool::new(false),
             lds,
             interest: parking_lot::Mutex::new(InterestMap::default()),
             links: parking_lot::RwLock::new(Vec::new()),

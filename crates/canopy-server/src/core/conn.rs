@@ -120,6 +120,12 @@ pub struct ConnShared {
     /// Round-trip time of the last server PING, in nanoseconds (0 = unknown).
     pub rtt_ns: AtomicU64,
     ping_sent_at: Mutex<Option<Instant>>,
+    /// PINGs queued and PONGs received since the connection started: a peer answers PINGs
+    /// in order, so PONG number n acknowledges everything sent before PING number n
+    /// ([`ConnShared::ping_barrier`]).
+    pub pings_sent: AtomicU64,
+    pub pongs_received: AtomicU64,
+    pong_wake: Notify,
     pub last_activity: Mutex<SystemTime>,
     pub num_subs: AtomicUsize,
     max_pending: usize,
@@ -197,6 +203,9 @@ impl ConnShared {
             pings_out: AtomicU32::new(0),
             rtt_ns: AtomicU64::new(0),
             ping_sent_at: Mutex::new(None),
+            pings_sent: AtomicU64::new(0),
+            pongs_received: AtomicU64::new(0),
+            pong_wake: Notify::new(),
             last_activity: Mutex::new(now),
             num_subs: AtomicUsize::new(0),
             max_pending,
@@ -322,6 +331,8 @@ impl ConnShared {
     /// Called when a PONG arrives.
     pub fn pong_received(&self) {
         self.pings_out.store(0, Ordering::Relaxed);
+        self.pongs_received.fetch_add(1, Ordering::Release);
+        self.pong_wake.notify_waiters();
         if let Some(at) = self.ping_sent_at.lock().take() {
             let rtt = at.elapsed();
             self.rtt_ns.store(rtt.as_nanos() as u64, Ordering::Relaxed);
@@ -337,8 +348,52 @@ impl ConnShared {
     /// Sends a PING to measure the round trip (`rtt` in monitoring).
     pub fn send_ping(&self) {
         *self.ping_sent_at.lock() = Some(Instant::now());
-        self.enqueue(|b| b.extend_from_slice(b"PING\r\n"));
+        self.enqueue(|b| {
+            self.pings_sent.fetch_add(1, Ordering::Relaxed);
+            b.extend_from_slice(b"PING\r\n")
+        });
         self.flush_signal();
+    }
+
+    /// Queues a PING after everything queued so far and waits for its PONG: the peer has
+    /// then processed all of it. False when the connection closed or `within` passed.
+    pub async fn ping_barrier(&self, within: Duration) -> bool {
+        match self.queue_ping() {
+            Some(n) => self.wait_pong(n, within).await,
+            None => false,
+        }
+    }
+
+    /// Queues a PING after everything queued so far; returns its number for
+    /// [`ConnShared::wait_pong`] (`None`: the connection is closed).
+    pub fn queue_ping(&self) -> Option<u64> {
+        let mut n = 0;
+        let queued = self.enqueue(|b| {
+            n = self.pings_sent.fetch_add(1, Ordering::Relaxed) + 1;
+            b.extend_from_slice(b"PING\r\n")
+        });
+        self.flush_signal();
+        queued.then_some(n)
+    }
+
+    /// Waits until PONG number `n` arrived. False when the connection closed or `within`
+    /// passed.
+    pub async fn wait_pong(&self, n: u64, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let woken = self.pong_wake.notified();
+            if self.pongs_received.load(Ordering::Acquire) >= n {
+                return true;
+            }
+            if self.is_closed() {
+                return false;
+            }
+            tokio::select! {
+                _ = woken => {}
+                _ = self.cancel.cancelled() => return false,
+                _ = tokio::time::sleep_until(deadline) => return false,
+            }
+        }
     }
 
     /// Remembers a reply subject delivered to a client with `allow_responses`.

@@ -143,6 +143,8 @@ pub struct LinkTarget {
 #[derive(Default)]
 pub struct Scratch {
     links: Vec<LinkTarget>,
+    /// Links held by a spool replay: the message went into the spool instead.
+    held: Vec<u64>,
 }
 
 #[inline]
@@ -295,6 +297,10 @@ pub fn deliver(
         Some(l) => (l.subject, l.reply),
         None => (msg.subject, msg.reply),
     };
+    if acc.spooling.load(Ordering::Relaxed) {
+        // Store-and-forward: the only cost on this path when no remote spools is the load.
+        hold_for_spools(acc, msg, origin, scratch);
+    }
     for t in scratch.links.drain(..) {
         let queues = t.queues.iter().map(|q| q.as_bytes());
         let remapped = match t.conn.remap.get() {
@@ -340,6 +346,19 @@ pub fn deliver(
         }
     }
     d
+}
+
+/// Offers the message to the account's spools (`server/spool.rs`) and leaves the links
+/// held by a replay out of its targets: it went into their spool instead.
+#[cold]
+fn hold_for_spools(acc: &Account, msg: &Msg<'_>, origin: &Origin<'_>, scratch: &mut Scratch) {
+    crate::server::spool::capture(acc, msg, origin, &mut scratch.held);
+    if !scratch.held.is_empty() {
+        let held = std::mem::take(&mut scratch.held);
+        scratch.links.retain(|t| !held.contains(&t.conn.cid));
+        scratch.held = held;
+        scratch.held.clear();
+    }
 }
 
 /// Encodes the message for one client subscription. Returns false if it was not

@@ -46,6 +46,21 @@ pub struct LeafMetric {
     pub rtt: Duration,
     /// How many times this remote reconnected after its first connection.
     pub reconnects: u64,
+    /// Store-and-forward: messages and bytes in the remote's spool, and the oldest
+    /// discarded because it was full.
+    pub buffered_msgs: u64,
+    pub buffered_bytes: u64,
+    pub buffer_dropped_msgs: u64,
+}
+
+impl LeafMetric {
+    fn set_spool(&mut self, r: &crate::server::links::RemoteState) {
+        if let Some(sp) = &r.spool {
+            self.buffered_msgs = sp.stats.msgs.load(Ordering::Relaxed);
+            self.buffered_bytes = sp.stats.bytes.load(Ordering::Relaxed);
+            self.buffer_dropped_msgs = sp.stats.dropped.load(Ordering::Relaxed);
+        }
+    }
 }
 
 /// The leaf series to export: one per live leaf link, plus one per configured remote
@@ -63,12 +78,13 @@ pub fn leaf_metrics(server: &Server) -> Vec<LeafMetric> {
                     && r.connected_url.lock().as_deref() == Some(l.remote_url.as_str())
             })
         });
-        let reconnects = match state.flatten() {
-            Some(i) => states.swap_remove(i).reconnects.load(Ordering::Relaxed),
+        let remote_state = state.flatten().map(|i| states.swap_remove(i));
+        let reconnects = match &remote_state {
+            Some(r) => r.reconnects.load(Ordering::Relaxed),
             None => l.reconnects.load(Ordering::Relaxed),
         };
         let st = &l.conn.stats;
-        out.push(LeafMetric {
+        let mut m = LeafMetric {
             name: l.peer_name.clone(),
             account,
             remote: l.remote_url.clone(),
@@ -79,7 +95,12 @@ pub fn leaf_metrics(server: &Server) -> Vec<LeafMetric> {
             recv_bytes: st.in_bytes.load(Ordering::Relaxed),
             rtt: Duration::from_nanos(l.conn.rtt_ns.load(Ordering::Relaxed)),
             reconnects,
-        });
+            ..LeafMetric::default()
+        };
+        if let Some(r) = &remote_state {
+            m.set_spool(r);
+        }
+        out.push(m);
     }
     for r in states {
         // Down (or between attempts): the peer's name is unknown; the remote is named
@@ -95,13 +116,15 @@ pub fn leaf_metrics(server: &Server) -> Vec<LeafMetric> {
                     .map(|u| u.hostport())
             })
             .unwrap_or_default();
-        out.push(LeafMetric {
+        let mut m = LeafMetric {
             account: r.account.clone(),
             remote,
             connected: false,
             reconnects: r.reconnects.load(Ordering::Relaxed),
             ..LeafMetric::default()
-        });
+        };
+        m.set_spool(&r);
+        out.push(m);
     }
     out
 }
@@ -558,7 +581,7 @@ pub fn leaf_series(e: &mut Exposition, leafs: &[LeafMetric]) {
         up as f64,
     );
     type Get = fn(&LeafMetric) -> f64;
-    let families: [(&str, Kind, &str, Get); 7] = [
+    let families: [(&str, Kind, &str, Get); 10] = [
         (
             "nats_leafnodes_up",
             Gauge,
@@ -600,6 +623,24 @@ pub fn leaf_series(e: &mut Exposition, leafs: &[LeafMetric]) {
             Counter,
             "Reconnections of the leaf remote since the server started",
             |l| l.reconnects as f64,
+        ),
+        (
+            "nats_leafnodes_buffered_msgs",
+            Gauge,
+            "Messages in the remote's store-and-forward spool",
+            |l| l.buffered_msgs as f64,
+        ),
+        (
+            "nats_leafnodes_buffered_bytes",
+            Gauge,
+            "Bytes (store records) in the remote's store-and-forward spool",
+            |l| l.buffered_bytes as f64,
+        ),
+        (
+            "nats_leafnodes_buffer_dropped_msgs",
+            Counter,
+            "Oldest messages discarded because the remote's spool was full",
+            |l| l.buffer_dropped_msgs as f64,
         ),
     ];
     for (name, kind, help, get) in families {

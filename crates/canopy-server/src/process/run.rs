@@ -246,12 +246,6 @@ pub fn main() -> i32 {
     let mut unsupported = opts.unsupported();
     unsupported.extend(crate::services::jetstream::unsupported(&opts));
     if let Some(lo) = &opts.leafnodes {
-        if lo.reconnect_buffer_size.is_some() {
-            unsupported.push((
-                lo.pos.clone(),
-                "leafnodes.reconnect_buffer_size (store-and-forward) is not supported yet".into(),
-            ));
-        }
         unsupported.extend(leaf_keys_not_implemented(lo));
     }
     if let Some(canopy_conf::ResolverOpts::Dir(d)) = &opts.resolver {

@@ -380,17 +380,65 @@ pub fn start_remotes(server: &Arc<Server>) {
             tracing::info!("leafnode remote {:?} is disabled", r.urls);
             continue;
         }
+        let account = r
+            .account
+            .clone()
+            .unwrap_or_else(|| GLOBAL_ACCOUNT.to_string());
+        let spool = lo
+            .spool_size(r)
+            .map(|size| open_spool(server, &o, lo, r, &account, size));
         let state = Arc::new(RemoteState {
             urls: r.urls.clone(),
-            account: r
-                .account
-                .clone()
-                .unwrap_or_else(|| GLOBAL_ACCOUNT.to_string()),
+            account,
+            spool,
             ..Default::default()
         });
         server.add_remote_state(state.clone());
         tokio::spawn(run_remote(server.clone(), r.clone(), state));
     }
+}
+
+/// Opens a remote's store-and-forward spool (under `leafnodes.store_dir`, else
+/// `leaf_spool` next to the JetStream store directory) and starts capturing: the link is
+/// not up yet.
+fn open_spool(
+    server: &Server,
+    o: &canopy_conf::Options,
+    lo: &canopy_conf::LeafNodeOpts,
+    r: &RemoteLeafOpts,
+    account: &str,
+    size: u64,
+) -> Arc<crate::server::spool::Spool> {
+    let base = lo.store_dir.clone().unwrap_or_else(|| {
+        let js = crate::services::jetstream::store_dir(o);
+        js.parent().unwrap_or(&js).join("leaf_spool")
+    });
+    let dir = crate::server::spool::spool_dir(&base, account, &r.urls);
+    let label = format!("Leafnode remote {:?} (account {account})", r.urls);
+    let mut deny = r.deny_exports.clone();
+    deny.extend(js_denies(server, account, false, "").both);
+    let sp = crate::server::spool::Spool::open(label, dir, size, deny);
+    tokio::spawn(sp.clone().maintain(server.shutdown.clone()));
+    if let Some(acc) = server.account(account) {
+        attach_spool(&acc, &sp);
+    }
+    tracing::info!(
+        "{}: spooling messages for the hub in {} until the link is up (up to {size} bytes)",
+        sp.label,
+        sp.dir.display()
+    );
+    sp
+}
+
+/// Binds a spool to its account (once): the account's deliveries are offered to it.
+fn attach_spool(acc: &Account, sp: &Arc<crate::server::spool::Spool>) {
+    {
+        let mut spools = acc.spools.write();
+        if !spools.iter().any(|s| Arc::ptr_eq(s, sp)) {
+            spools.push(sp.clone());
+        }
+    }
+    sp.link_down(acc);
 }
 
 /// What ended a link session.
@@ -1506,6 +1554,7 @@ async fn solicit(
         let mut first = BytesMut::new();
         canopy_proto::encode_connect(&mut first, &c);
         first.extend_from_slice(b"PING\r\n");
+        conn.pings_sent.fetch_add(1, Ordering::Relaxed);
         rd =
             remote_tls_upgrade(server, remote, url, plain, Some((&first, &info, &mut buf))).await?;
     } else {
@@ -1537,6 +1586,10 @@ async fn solicit(
         info.server_name.clone()
     };
     js.log(&conn);
+    if let Some(sp) = &state.spool {
+        attach_spool(&acc, sp);
+        sp.link_up(&conn, class);
+    }
     let mut deny_imports = remote.deny_imports.clone();
     deny_imports.extend(js.both);
     let mut link = Link::new(
@@ -1561,12 +1614,15 @@ async fn solicit(
         batch: BatchCounters::default(),
         ended: Ended::Closed,
     };
-    s.establish(link, acc, class);
+    s.establish(link, acc.clone(), class);
     tracing::info!(
         "Connected leafnode to {:?} at {} (account {account_name})",
         peer_name,
         url.hostport()
     );
+    if let Some(sp) = &state.spool {
+        tokio::spawn(sp.clone().replay(acc.clone(), conn.clone()));
+    }
     state.connected.store(true, Ordering::Relaxed);
     state.ever_connected.store(true, Ordering::Relaxed);
     *state.connected_url.lock() = Some(url.hostport());
@@ -1602,6 +1658,9 @@ async fn solicit(
                 s.read_loop(rd, Duration::from_secs(3600)).await
             }
         }
+    }
+    if let Some(sp) = &state.spool {
+        sp.link_down(&acc);
     }
     conn.close(CloseReason::ClientClosed);
     let _ = writer.await;
@@ -1659,6 +1718,7 @@ pub fn leafz(server: &Server, subs: bool, acc_filter: Option<&str>) -> Value {
                 "last_error": r.last_error.lock().clone(),
                 "attempts": r.attempts.load(Ordering::Relaxed),
                 "reconnects": r.reconnects.load(Ordering::Relaxed),
+                "spool": r.spool.as_ref().map(|sp| sp.to_json()),
             })
         })
         .collect();

@@ -70,7 +70,7 @@ pub struct Cluster {
 }
 
 /// Live state of one configured remote, for `/leafz` (Canopy extension) and metrics.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct RemoteState {
     pub urls: Vec<String>,
     pub account: String,
@@ -81,4 +81,6 @@ pub struct RemoteState {
     pub last_error: Mutex<Option<String>>,
     pub attempts: AtomicU64,
     pub reconnects: AtomicU64,
+    /// Store-and-forward spool (`reconnect_buffer_size`), when this remote spools.
+    pub spool: Option<Arc<crate::server::spool::Spool>>,
 }

@@ -18,6 +18,7 @@ pub mod events;
 pub mod links;
 pub mod logging;
 pub mod service;
+pub mod spool;
 pub mod version;
 
 use crate::auth::users::ClientAuth;
