@@ -140,6 +140,11 @@ impl<S> WsStream<S> {
         self
     }
 
+    /// The socket below the frames.
+    pub fn get_ref(&self) -> &S {
+        &self.io
+    }
+
     /// Whether permessage-deflate is in use.
     pub fn compressed(&self) -> bool {
         self.compress

@@ -18,8 +18,9 @@ use canopy_proto::{LeafConnect, Op, Parser, ParserLimits, Role, ServerInfo};
 use rand::seq::SliceRandom;
 use rand::Rng;
 use serde_json::{json, Value};
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_util::either::Either;
 
 use crate::core::account::{Account, GLOBAL_ACCOUNT};
 use crate::core::conn::{
@@ -46,18 +47,25 @@ pub struct LeafUrl {
     pub port: u16,
     pub user: Option<String>,
     pub pass: Option<String>,
+    /// TLS before anything else is said: `tls://`, or `wss://` (before the upgrade).
     pub tls: bool,
+    /// `ws://` or `wss://`: through the hub's websocket port.
+    pub ws: bool,
+    /// The URL's path (a websocket upgrade asks for it followed by `leafnode`).
+    pub path: String,
 }
 
 impl LeafUrl {
     pub fn parse(url: &str) -> Result<LeafUrl, String> {
         let u = ServerUrl::parse(
             url,
-            &["nats-leaf", "nats", "tls", "leaf"],
+            &["nats-leaf", "nats", "tls", "leaf", "ws", "wss"],
             Some(DEFAULT_LEAF_PORT),
         )?;
         Ok(LeafUrl {
-            tls: u.scheme == "tls",
+            tls: u.scheme == "tls" || u.scheme == "wss",
+            ws: u.scheme == "ws" || u.scheme == "wss",
+            path: u.path,
             host: u.host,
             port: u.port,
             user: u.user,
@@ -345,12 +353,12 @@ struct Session {
     ended: Ended,
 }
 
-async fn serve_accepted(
-    server: Arc<Server>,
-    stream: TcpStream,
+/// An accepted leaf connection's record, nonce and INFO.
+fn accepted_conn(
+    server: &Server,
     addr: SocketAddr,
     listen: SocketAddr,
-) {
+) -> (Arc<ConnShared>, String, ServerInfo) {
     let cid = server.next_cid();
     let conn = Arc::new(ConnShared::new(
         cid,
@@ -359,7 +367,17 @@ async fn serve_accepted(
         server.link_max_pending(),
     ));
     let nonce = crate::auth::users::new_nonce();
-    let info = leaf_info(&server, cid, &nonce, listen);
+    let info = leaf_info(server, cid, &nonce, listen);
+    (conn, nonce, info)
+}
+
+async fn serve_accepted(
+    server: Arc<Server>,
+    stream: TcpStream,
+    addr: SocketAddr,
+    listen: SocketAddr,
+) {
+    let (conn, nonce, info) = accepted_conn(&server, addr, listen);
     // INFO goes out here (plaintext before a TLS handshake, or queued).
     let tls = server.tls().leaf.clone();
     let listener = format!("leafnode listener {listen}");
@@ -376,6 +394,30 @@ async fn serve_accepted(
     else {
         return;
     };
+    serve_session(server, conn, nonce, stream).await;
+}
+
+/// A leaf that dialled the websocket port (`/leafnode`): the leafnode protocol in its
+/// frames, authorized by the `leafnodes {}` block. TLS, if any, was the websocket
+/// listener's, so INFO asks for none.
+pub async fn serve_websocket<S>(server: Arc<Server>, stream: S, addr: SocketAddr)
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let listen = (*server.leaf_addr.lock()).unwrap_or(addr);
+    let (conn, nonce, mut info) = accepted_conn(&server, addr, listen);
+    info.tls_required = false;
+    info.tls_verify = false;
+    conn.enqueue(|b| canopy_proto::encode_info(b, &info));
+    conn.flush_signal();
+    serve_session(server, conn, nonce, stream).await;
+}
+
+/// Serves an accepted leaf connection whose INFO is out or queued.
+async fn serve_session<S>(server: Arc<Server>, conn: Arc<ConnShared>, nonce: String, stream: S)
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
     let (rd, wr) = tokio::io::split(stream);
     server.register_conn(&conn);
     let writer = tokio::spawn(writer_loop(conn.clone(), wr, server.liveness()));
@@ -1066,6 +1108,19 @@ async fn remote_tls_upgrade(
     Ok(s)
 }
 
+/// A solicited connection: TCP (maybe TLS), or a websocket over either.
+type LeafIo = Either<
+    crate::auth::tls::MaybeTls<TcpStream>,
+    crate::auth::websocket::WsStream<crate::auth::tls::MaybeTls<TcpStream>>,
+>;
+
+fn leaf_io_is_tls(io: &LeafIo) -> bool {
+    match io {
+        Either::Left(s) => s.is_tls(),
+        Either::Right(ws) => ws.get_ref().is_tls(),
+    }
+}
+
 /// One solicited session: read INFO, send CONNECT, serve until it ends.
 async fn solicit(
     server: &Arc<Server>,
@@ -1076,20 +1131,41 @@ async fn solicit(
     state: &Arc<RemoteState>,
 ) -> Result<Ended, String> {
     let addr = stream.peer_addr().map_err(|e| e.to_string())?;
-    // `handshake_first` on the remote: TLS before the hub's INFO.
-    let mut rd = if remote
-        .tls
-        .as_ref()
-        .is_some_and(|t| t.handshake_first == Some(canopy_conf::HandshakeFirst::Always))
-    {
+    let first_info = remote.first_info_timeout.unwrap_or(Duration::from_secs(2));
+    let max_payload = server.opts().max_payload as usize;
+    // `handshake_first` on the remote: TLS before the hub's INFO. Through a websocket
+    // port TLS (`wss://`, or a tls block) comes before the upgrade, and the leaf
+    // protocol's own TLS upgrade is skipped.
+    let tls_first = if url.ws {
+        url.tls || remote.tls.is_some()
+    } else {
+        remote
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.handshake_first == Some(canopy_conf::HandshakeFirst::Always))
+    };
+    let base = if tls_first {
         remote_tls_upgrade(server, remote, url, stream, None).await?
     } else {
         crate::auth::tls::MaybeTls::plain(stream)
     };
+    let mut rd: LeafIo = if url.ws {
+        let up = crate::auth::websocket::ClientUpgrade {
+            host: url.hostport(),
+            url_path: url.path.clone(),
+            compression: remote.ws_compression,
+            no_masking: remote.ws_no_masking,
+            max_message: max_payload.saturating_add(server.opts().max_control_line as usize * 4),
+        };
+        let ws = crate::auth::websocket::connect(base, &up, first_info)
+            .await
+            .map_err(|e| format!("Error soliciting websocket connection: {e}"))?;
+        Either::Right(ws)
+    } else {
+        Either::Left(base)
+    };
     // The first INFO tells us the peer is a leafnode listener and gives the nonce.
-    let first_info = remote.first_info_timeout.unwrap_or(Duration::from_secs(2));
     let mut buf = BytesMut::with_capacity(32 * 1024);
-    let max_payload = server.opts().max_payload as usize;
     let mut parser = Parser::new(Role::Leaf, ParserLimits::link(max_payload));
     let info: ServerInfo = tokio::time::timeout(first_info, async {
         loop {
@@ -1114,8 +1190,8 @@ async fn solicit(
     if !info.info_on_connect && info.leafnode_urls.is_empty() {
         return Err("attempted to connect to wrong port (not a leafnode port)".into());
     }
-    let wants_tls = info.tls_required || remote.tls.is_some() || url.tls;
-    if wants_tls && !buf.is_empty() && !rd.is_tls() {
+    let wants_tls = !url.ws && (info.tls_required || remote.tls.is_some() || url.tls);
+    if wants_tls && !buf.is_empty() && !leaf_io_is_tls(&rd) {
         return Err("unexpected data from the hub between INFO and the TLS handshake".into());
     }
     let mut c = LeafConnect {
@@ -1173,7 +1249,7 @@ async fn solicit(
             "cannot find local account {account_name:?} specified in leafnode remote"
         ));
     };
-    c.tls_required = wants_tls;
+    c.tls_required = wants_tls || leaf_io_is_tls(&rd);
     let cid = server.next_cid();
     let conn = Arc::new(ConnShared::new(
         cid,
@@ -1181,19 +1257,28 @@ async fn solicit(
         addr,
         server.link_max_pending(),
     ));
-    if wants_tls && !rd.is_tls() {
-        // Upgrade, send CONNECT and PING, and read the first answer: with TLS 1.3 a hub
-        // that rejects our certificate says so only now, and that is a handshake failure.
-        let plain = rd.into_plain().ok_or("TLS upgrade of a non-plain stream")?;
-        let mut first = BytesMut::new();
-        canopy_proto::encode_connect(&mut first, &c);
-        first.extend_from_slice(b"PING\r\n");
-        rd =
-            remote_tls_upgrade(server, remote, url, plain, Some((&first, &info, &mut buf))).await?;
-    } else {
-        conn.enqueue(|b| canopy_proto::encode_connect(b, &c));
+    match rd {
+        Either::Left(tcp) if wants_tls && !tcp.is_tls() => {
+            // Upgrade, send CONNECT and PING, and read the first answer: with TLS 1.3 a
+            // hub that rejects our certificate says so only now, and that is a handshake
+            // failure.
+            let plain = tcp
+                .into_plain()
+                .ok_or("TLS upgrade of a non-plain stream")?;
+            let mut first = BytesMut::new();
+            canopy_proto::encode_connect(&mut first, &c);
+            first.extend_from_slice(b"PING\r\n");
+            let probe = Some((&first[..], &info, &mut buf));
+            rd = Either::Left(remote_tls_upgrade(server, remote, url, plain, probe).await?);
+        }
+        _ => {
+            conn.enqueue(|b| canopy_proto::encode_connect(b, &c));
+        }
     }
-    crate::auth::tls::note_established(&conn, &rd);
+    match &rd {
+        Either::Left(s) => crate::auth::tls::note_established(&conn, s),
+        Either::Right(ws) => crate::auth::tls::note_established(&conn, ws.get_ref()),
+    }
     let (rd, wr) = tokio::io::split(rd);
     server.register_conn(&conn);
     let js = js_denies(server, &acc.name, info.jetstream, &info.domain);
@@ -1357,6 +1442,12 @@ mod tests {
         );
         assert!(LeafUrl::parse("http://h:1").is_err());
         assert!(LeafUrl::parse("nats-leaf://:1").is_err());
+        let w = LeafUrl::parse("wss://hub/ws").unwrap();
+        assert!(w.ws && w.tls);
+        assert_eq!((w.port, w.path.as_str()), (443, "/ws"));
+        let w = LeafUrl::parse("ws://hub:8080").unwrap();
+        assert!(w.ws && !w.tls);
+        assert_eq!(w.port, 8080);
     }
 
     #[test]
