@@ -568,33 +568,40 @@ mod tests {
         assert_eq!(leaf_request_path("/nats/"), "/nats/leafnode");
     }
 
-    /// Our client upgrade against our server upgrade: deflate and no masking agreed.
+    /// Our client upgrade against our server upgrade, with and without deflate and no
+    /// masking: both sides agree (frames written by the client are read by the server).
     #[tokio::test]
     async fn client_and_server_upgrades_agree() {
-        let (a, b) = tokio::io::duplex(64 * 1024);
-        let rules = Upgrade {
-            compression: true,
-            leafnodes: true,
-            max_message: 1 << 20,
-            ..Default::default()
-        };
-        let server = tokio::spawn(async move {
-            accept(b, &rules, false, Duration::from_secs(2))
-                .await
-                .map(|a| (a.kind, a.stream.compressed()))
-        });
-        let up = ClientUpgrade {
-            host: "hub:8080".into(),
-            url_path: "/".into(),
-            compression: true,
-            no_masking: true,
-            max_message: 1 << 20,
-        };
-        let client = connect(a, &up, Duration::from_secs(2)).await.unwrap();
-        assert!(client.compressed());
-        let (kind, compressed) = server.await.unwrap().unwrap();
-        assert_eq!(kind, PeerKind::Leaf);
-        assert!(compressed);
+        for (compression, no_masking) in [(true, true), (false, false), (true, false)] {
+            let (a, b) = tokio::io::duplex(64 * 1024);
+            let rules = Upgrade {
+                compression: true,
+                leafnodes: true,
+                max_message: 1 << 20,
+                ..Default::default()
+            };
+            let server = tokio::spawn(async move {
+                let mut up = accept(b, &rules, false, Duration::from_secs(2)).await?;
+                let mut got = vec![0u8; 200];
+                up.stream.read_exact(&mut got).await?;
+                Ok::<_, UpgradeError>((up.kind, up.stream.compressed(), got))
+            });
+            let up = ClientUpgrade {
+                host: "hub:8080".into(),
+                url_path: "/".into(),
+                compression,
+                no_masking,
+                max_message: 1 << 20,
+            };
+            let mut client = connect(a, &up, Duration::from_secs(2)).await.unwrap();
+            assert_eq!(client.compressed(), compression);
+            client.write_all(&[b'x'; 200]).await.unwrap();
+            client.flush().await.unwrap();
+            let (kind, compressed, got) = server.await.unwrap().unwrap();
+            assert_eq!(kind, PeerKind::Leaf);
+            assert_eq!(compressed, compression);
+            assert_eq!(got, vec![b'x'; 200]);
+        }
     }
 
     /// A hub answering something else than 101 is refused with its status.
