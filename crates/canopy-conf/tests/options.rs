@@ -641,18 +641,13 @@ fn websocket_mqtt_gateway_are_kept_for_refusal() {
     );
     assert_eq!(w.token_cookie.as_deref(), Some("tk"));
     assert_eq!(w.headers, vec![("X-A".to_string(), "1".to_string())]);
-    // Leaf remotes over websocket are implemented; mixing them with other URLs is not
-    // valid (as in nats-server).
+    // Leaf remotes over websocket are implemented (mixing them with other URLs is
+    // invalid, see `leafnodes_block`).
     let o = opts(
         "leafnodes {\n remotes: [\n  { url: \"ws://127.0.0.1:8080\", ws_compression: true }\n ]\n}",
     );
     assert!(o.unsupported().is_empty(), "{:?}", o.unsupported());
     assert!(o.validate().is_ok());
-    let o = opts(
-        "leafnodes {\n remotes: [\n  { urls: [\"ws://127.0.0.1:8080\", \"nats://127.0.0.1:7422\"] }\n ]\n}",
-    );
-    let e = o.validate().unwrap_err().to_string();
-    assert!(e.contains("mixes websocket"), "{e}");
 }
 
 #[test]
