@@ -706,6 +706,19 @@ fn wait_leafs(s: &ServerProcess, n: u64) {
     }
 }
 
+/// Waits (10 s at most) until `s`'s log contains `text`.
+fn wait_log(s: &ServerProcess, text: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !s.log().contains(text) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{text:?} not logged\n{}",
+            s.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Publishes `payload` on `subject` from `from` until `sub` (on the other side of a leaf
 /// link) receives it: interest crosses the link asynchronously. 10 s at most.
 async fn cross(
@@ -838,6 +851,25 @@ async fn canopy_leaf_over_wss() {
     leaf_traffic(&hub, &leaf).await;
 }
 
+/// A leaf arriving on the websocket port is authorized by `leafnodes { authorization }`
+/// (user and password from the `ws://` URL), not by the websocket block's: the websocket
+/// user is refused as a leaf, the leafnode user gets the link.
+#[tokio::test]
+async fn websocket_leafs_use_the_leafnodes_authorization() {
+    let hub = ServerProcess::canopy(
+        "listen: 127.0.0.1:-1\nhttp: 127.0.0.1:-1\nwebsocket {\n  listen: 127.0.0.1:-1\n  no_tls: true\n  authorization { user: wsu, password: wsp }\n}\nleafnodes {\n  listen: 127.0.0.1:-1\n  authorization { user: lu, password: lp }\n}\n",
+    )
+    .unwrap();
+    let port = ws_port(&hub);
+    let wrong = ws_leaf(Impl::Canopy, &format!("ws://wsu:wsp@127.0.0.1:{port}"), "");
+    wait_log(&hub, "rejected: authorization violation");
+    wait_leafs(&hub, 0);
+    drop(wrong);
+    let leaf = ws_leaf(Impl::Canopy, &format!("ws://lu:lp@127.0.0.1:{port}"), "");
+    wait_leafs(&hub, 1);
+    leaf_traffic(&hub, &leaf).await;
+}
+
 /// Without a leafnode listener the `/leafnode` path is refused (400) and the leaf keeps
 /// trying; the hub's log says why.
 #[tokio::test]
@@ -854,11 +886,7 @@ async fn leafnode_upgrades_need_a_leafnode_listener() {
         .to_string();
     assert!(refused.contains("400"), "{refused}");
     let leaf = ws_leaf(Impl::Canopy, &format!("ws://127.0.0.1:{port}"), "");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !leaf.log().contains("HTTP 400") {
-        assert!(std::time::Instant::now() < deadline, "{}", leaf.log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_log(&leaf, "HTTP 400");
     assert!(hub
         .log()
         .contains("not configured to accept leaf node connections"));
