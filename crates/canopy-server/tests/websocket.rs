@@ -222,9 +222,9 @@ async fn origin_checks_refuse_foreign_pages() {
         .is_err());
 }
 
-/// A Canopy server whose websocket listener is `wss://` (a self-signed certificate for
+/// A server whose websocket listener is `wss://` (a self-signed certificate for
 /// `localhost`, its PEM at `cert.pem` in the returned directory), plus `extra` config.
-fn wss_server(extra: &str) -> (ServerProcess, rcgen::Certificate, tempfile::TempDir) {
+fn wss_server(kind: Impl, extra: &str) -> (ServerProcess, rcgen::Certificate, tempfile::TempDir) {
     let key = rcgen::KeyPair::generate().unwrap();
     let params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
     let cert = params.self_signed(&key).unwrap();
@@ -233,18 +233,18 @@ fn wss_server(extra: &str) -> (ServerProcess, rcgen::Certificate, tempfile::Temp
     let key_path = dir.path().join("key.pem");
     std::fs::write(&cert_path, cert.pem()).unwrap();
     std::fs::write(&key_path, key.serialize_pem()).unwrap();
-    let s = ServerProcess::canopy(&format!(
+    let conf = format!(
         "listen: 127.0.0.1:-1\nhttp: 127.0.0.1:-1\nwebsocket {{\n  listen: 127.0.0.1:-1\n  tls {{ cert_file: \"{}\", key_file: \"{}\" }}\n}}\n{extra}",
         cert_path.display(),
         key_path.display()
-    ))
-    .unwrap();
+    );
+    let s = ServerProcess::start(kind, &conf, &[]).unwrap();
     (s, cert, dir)
 }
 
 #[tokio::test]
 async fn wss_uses_the_websocket_tls_block() {
-    let (s, cert, _dir) = wss_server("");
+    let (s, cert, _dir) = wss_server(Impl::Canopy, "");
     let port = ws_port(&s);
     assert!(s.log().contains(&format!(
         "Listening for websocket clients on wss://127.0.0.1:{port}"
@@ -838,17 +838,27 @@ async fn canopy_leaf_and_nats_server_hub_over_websocket() {
 }
 
 /// `wss://`: the leaf does TLS with its remote's tls block (CA, SNI `localhost`) before
-/// the upgrade, on a hub whose websocket block has TLS.
+/// the upgrade, on a hub whose websocket block has TLS; Canopy on both sides, and with
+/// Debian's nats-server as either side where installed.
 #[tokio::test]
-async fn canopy_leaf_over_wss() {
-    let (hub, _cert, dir) = wss_server("leafnodes { listen: 127.0.0.1:-1 }\n");
-    let cert_path = dir.path().join("cert.pem");
-    let url = format!("wss://localhost:{}", ws_port(&hub));
-    let tls = format!(", tls {{ ca_file: \"{}\" }}", cert_path.display());
-    let leaf = ws_leaf(Impl::Canopy, &url, &tls);
-    wait_leafs(&hub, 1);
-    wait_leafs(&leaf, 1);
-    leaf_traffic(&hub, &leaf).await;
+async fn leaf_over_wss() {
+    let mut pairs = vec![(Impl::Canopy, Impl::Canopy)];
+    if nats_server_bin().is_some() {
+        pairs.push((Impl::NatsServer, Impl::Canopy));
+        pairs.push((Impl::Canopy, Impl::NatsServer));
+    }
+    for (hub_kind, leaf_kind) in pairs {
+        let (hub, _cert, dir) = wss_server(hub_kind, "leafnodes { listen: 127.0.0.1:-1 }\n");
+        let url = format!("wss://localhost:{}", ws_port(&hub));
+        let tls = format!(
+            ", tls {{ ca_file: \"{}\" }}",
+            dir.path().join("cert.pem").display()
+        );
+        let leaf = ws_leaf(leaf_kind, &url, &tls);
+        wait_leafs(&hub, 1);
+        wait_leafs(&leaf, 1);
+        leaf_traffic(&hub, &leaf).await;
+    }
 }
 
 /// A leaf arriving on the websocket port is authorized by `leafnodes { authorization }`
