@@ -975,33 +975,11 @@ impl Options {
     /// Set-but-not-yet-implemented features (those in [`NOT_IMPLEMENTED`]), as
     /// `(where, what)`. The server decides at start whether to refuse them.
     pub fn unsupported(&self) -> Vec<(Pos, String)> {
-        let mut out: Vec<(Pos, String)> = self
-            .features_used()
+        self.features_used()
             .into_iter()
             .filter(|u| NOT_IMPLEMENTED.contains(&u.feature))
             .map(|u| (u.pos, format!("{} is not supported yet", u.what)))
-            .collect();
-        if let Some(l) = &self.leafnodes {
-            for r in &l.remotes {
-                if r.urls.iter().any(|u| {
-                    let u = u.trim().to_ascii_lowercase();
-                    u.starts_with("ws://") || u.starts_with("wss://")
-                }) {
-                    let pos = r
-                        .key_pos
-                        .get("urls")
-                        .or(r.key_pos.get("url"))
-                        .unwrap_or(&r.pos)
-                        .clone();
-                    out.push((
-                        pos,
-                        "leafnode remotes over websocket (ws://, wss://) are not supported yet"
-                            .into(),
-                    ));
-                }
-            }
-        }
-        out
+            .collect()
     }
 
     /// Canopy extensions (keys nats-server would reject) used by this configuration.

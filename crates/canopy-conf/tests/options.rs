@@ -674,14 +674,13 @@ fn websocket_mqtt_gateway_are_kept_for_refusal() {
     );
     assert_eq!(w.token_cookie.as_deref(), Some("tk"));
     assert_eq!(w.headers, vec![("X-A".to_string(), "1".to_string())]);
-    // Leaf remotes over websocket are refused at start, where they are written.
-    let u =
-        opts("leafnodes {\n remotes: [\n  { url: \"ws://127.0.0.1:8080\" }\n ]\n}").unsupported();
-    assert!(
-        u.iter()
-            .any(|(p, s)| p.line == 3 && s.contains("over websocket")),
-        "{u:?}"
+    // Leaf remotes over websocket are implemented (mixing them with other URLs is
+    // invalid, see `leafnodes_block`).
+    let o = opts(
+        "leafnodes {\n remotes: [\n  { url: \"ws://127.0.0.1:8080\", ws_compression: true }\n ]\n}",
     );
+    assert!(o.unsupported().is_empty(), "{:?}", o.unsupported());
+    assert!(o.validate().is_ok());
 }
 
 #[test]

@@ -1,15 +1,16 @@
 //! WebSocket clients, black box: the HTTP upgrade, the client protocol in binary frames,
 //! messages between WebSocket and TCP clients, TLS (wss), origin checks, `/varz` and
 //! `/connz`, the log line, the websocket auth override (cookies, headers),
-//! permessage-deflate (a raw-frame client) and what is refused at start (leaf remotes
-//! over websocket). The same client scripts run against Debian's nats-server 2.9.10.
+//! permessage-deflate (a raw-frame client) and leaf nodes over websocket (Canopy and
+//! Debian's nats-server on either side). The same client scripts run against Debian's
+//! nats-server 2.9.10.
 
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use canopy_testkit::{canopy_bin, nats_server_bin, Impl, ServerProcess};
+use canopy_testkit::{canopy_bin, free_fixed_port, nats_server_bin, Impl, ServerProcess};
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -221,8 +222,9 @@ async fn origin_checks_refuse_foreign_pages() {
         .is_err());
 }
 
-#[tokio::test]
-async fn wss_uses_the_websocket_tls_block() {
+/// A server whose websocket listener is `wss://` (a self-signed certificate for
+/// `localhost`, its PEM at `cert.pem` in the returned directory), plus `extra` config.
+fn wss_server(kind: Impl, extra: &str) -> (ServerProcess, rcgen::Certificate, tempfile::TempDir) {
     let key = rcgen::KeyPair::generate().unwrap();
     let params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
     let cert = params.self_signed(&key).unwrap();
@@ -231,12 +233,18 @@ async fn wss_uses_the_websocket_tls_block() {
     let key_path = dir.path().join("key.pem");
     std::fs::write(&cert_path, cert.pem()).unwrap();
     std::fs::write(&key_path, key.serialize_pem()).unwrap();
-    let s = ServerProcess::canopy(&format!(
-        "listen: 127.0.0.1:-1\nhttp: 127.0.0.1:-1\nwebsocket {{\n  listen: 127.0.0.1:-1\n  tls {{ cert_file: \"{}\", key_file: \"{}\" }}\n}}\n",
+    let conf = format!(
+        "listen: 127.0.0.1:-1\nhttp: 127.0.0.1:-1\nwebsocket {{\n  listen: 127.0.0.1:-1\n  tls {{ cert_file: \"{}\", key_file: \"{}\" }}\n}}\n{extra}",
         cert_path.display(),
         key_path.display()
-    ))
-    .unwrap();
+    );
+    let s = ServerProcess::start(kind, &conf, &[]).unwrap();
+    (s, cert, dir)
+}
+
+#[tokio::test]
+async fn wss_uses_the_websocket_tls_block() {
+    let (s, cert, _dir) = wss_server(Impl::Canopy, "");
     let port = ws_port(&s);
     assert!(s.log().contains(&format!(
         "Listening for websocket clients on wss://127.0.0.1:{port}"
@@ -274,29 +282,6 @@ fn run_with_conf(args: &[&str], conf: &str) -> std::process::Output {
         .arg(&p)
         .output()
         .unwrap()
-}
-
-fn refused_at_start(conf: &str, what: &str, line: usize) {
-    let out = run_with_conf(&[], conf);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains(&format!("ws.conf:{line}:")), "{err}");
-    assert!(err.contains(what), "{err}");
-    // `-t` names it too (and still accepts the file, as nats-server would).
-    let out = run_with_conf(&["-t"], conf);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains(what), "{text}");
-}
-
-/// Leaf remotes over websocket are refused at start, never accepted and left to fail
-/// when dialled.
-#[test]
-fn unsupported_websocket_options_are_refused_at_start() {
-    refused_at_start(
-        "listen: 127.0.0.1:-1\nleafnodes {\n  remotes: [\n    { url: \"ws://127.0.0.1:8080\" }\n  ]\n}\n",
-        "over websocket",
-        4,
-    );
 }
 
 /// `websocket { authorization {} }` overrides the client authorization for websocket
@@ -699,4 +684,220 @@ async fn a_decompression_bomb_is_refused_with_a_close() {
     assert!(ws.frame().await.is_none());
     let (mut again, _) = RawWs::open(port, true).await;
     assert!(again.op().await.starts_with("INFO"));
+}
+
+/// Waits (10 s at most) until `s` lists `n` leaf connections in `/leafz`.
+fn wait_leafs(s: &ServerProcess, n: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let count = s
+            .monitor("/leafz")
+            .map(|v| v["leafnodes"].as_u64().unwrap_or(0))
+            .unwrap_or(0);
+        if count == n {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{n} leaf connection(s) expected, {count} listed\n{}",
+            s.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits (10 s at most) until `s`'s log contains `text`.
+fn wait_log(s: &ServerProcess, text: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !s.log().contains(text) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{text:?} not logged\n{}",
+            s.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Publishes `payload` on `subject` from `from` until `sub` (on the other side of a leaf
+/// link) receives it: interest crosses the link asynchronously. 10 s at most.
+async fn cross(
+    from: &async_nats::Client,
+    sub: &mut async_nats::Subscriber,
+    subject: &str,
+    payload: &[u8],
+) {
+    let got = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            from.publish(subject.to_string(), payload.to_vec().into())
+                .await
+                .unwrap();
+            from.flush().await.unwrap();
+            if let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(200), sub.next()).await
+            {
+                return m;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("nothing crossed the leaf link on {subject}"));
+    assert_eq!(&got.payload[..], payload, "{subject}");
+}
+
+/// Messages both ways across a leaf link (a small one and a compressible 20 KB one), and
+/// a request from the leaf side answered on the hub side.
+async fn leaf_traffic(hub: &ServerProcess, leaf: &ServerProcess) {
+    let hc = async_nats::connect(hub.url()).await.unwrap();
+    let lc = async_nats::connect(leaf.url()).await.unwrap();
+    let big = b"leaf over websocket ".repeat(1000);
+    for (from, to, subject) in [(&hc, &lc, "to.leaf"), (&lc, &hc, "to.hub")] {
+        let mut sub = to.subscribe(subject.to_string()).await.unwrap();
+        to.flush().await.unwrap();
+        cross(from, &mut sub, subject, b"hello").await;
+        cross(from, &mut sub, subject, &big).await;
+    }
+    let mut svc = hc.subscribe("svc.echo").await.unwrap();
+    hc.flush().await.unwrap();
+    let responder = hc.clone();
+    tokio::spawn(async move {
+        while let Some(m) = svc.next().await {
+            if let Some(reply) = m.reply {
+                let mut answer = b"echo: ".to_vec();
+                answer.extend_from_slice(&m.payload);
+                let _ = responder.publish(reply, answer.into()).await;
+            }
+        }
+    });
+    let answer = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let req = lc.request("svc.echo", "ping".into());
+            if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_millis(500), req).await {
+                return m;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("no answer across the leaf link");
+    assert_eq!(&answer.payload[..], b"echo: ping");
+}
+
+/// A hub whose websocket port takes leaf nodes (it has a leafnode listener); `-D`: the
+/// debug lines of both implementations say whether deflate was agreed
+/// (`Leafnode compression=`).
+fn ws_hub(kind: Impl, compression: bool) -> ServerProcess {
+    let conf = format!(
+        "listen: 127.0.0.1:-1\nhttp: 127.0.0.1:-1\nwebsocket {{\n  host: 127.0.0.1\n  port: {}\n  no_tls: true\n  compression: {compression}\n}}\nleafnodes {{\n  host: 127.0.0.1\n  port: -1\n}}\n",
+        free_fixed_port()
+    );
+    ServerProcess::start(kind, &conf, &["-D"]).unwrap()
+}
+
+/// A leaf whose one remote dials `url` with the given websocket options.
+fn ws_leaf(kind: Impl, url: &str, remote_opts: &str) -> ServerProcess {
+    let conf = format!(
+        "listen: 127.0.0.1:-1\nhttp: 127.0.0.1:-1\nleafnodes {{\n  remotes: [\n    {{ url: \"{url}\"{remote_opts} }}\n  ]\n}}\n"
+    );
+    ServerProcess::start(kind, &conf, &["-D"]).unwrap()
+}
+
+/// A `leaf_kind` leaf dials a `hub_kind` hub's websocket port (`ws://`): the link comes up
+/// on the hub's `/leafnode` path and carries messages both ways and request/reply; once
+/// plain, once with `ws_compression` (the hub allows it) and `ws_no_masking`. The hub's
+/// debug line says whether deflate was agreed (`compression=`, both implementations);
+/// the hub lists the leaf in `/leafz`, and its `/connz` only the test's own client.
+async fn leaf_over_websocket(hub_kind: Impl, leaf_kind: Impl) {
+    for remote_opts in ["", ", ws_compression: true, ws_no_masking: true"] {
+        let hub = ws_hub(hub_kind, true);
+        let url = format!("ws://127.0.0.1:{}", ws_port(&hub));
+        let leaf = ws_leaf(leaf_kind, &url, remote_opts);
+        wait_leafs(&hub, 1);
+        wait_leafs(&leaf, 1);
+        leaf_traffic(&hub, &leaf).await;
+        let agreed = format!("compression={}", !remote_opts.is_empty());
+        assert!(hub.log().contains(&agreed), "{agreed}: {}", hub.log());
+        let connz = hub.monitor("/connz").unwrap();
+        assert_eq!(connz["num_connections"], 1, "{remote_opts}: {connz}");
+    }
+}
+
+#[tokio::test]
+async fn canopy_leaf_to_canopy_hub_over_websocket() {
+    leaf_over_websocket(Impl::Canopy, Impl::Canopy).await;
+}
+
+/// Against Debian's nats-server (2.9.10) on either side, where installed.
+#[tokio::test]
+async fn canopy_leaf_and_nats_server_hub_over_websocket() {
+    if nats_server_bin().is_none() {
+        eprintln!("nats-server not installed; skipped");
+        return;
+    }
+    leaf_over_websocket(Impl::NatsServer, Impl::Canopy).await;
+    leaf_over_websocket(Impl::Canopy, Impl::NatsServer).await;
+}
+
+/// `wss://`: the leaf does TLS with its remote's tls block (CA, SNI `localhost`) before
+/// the upgrade, on a hub whose websocket block has TLS; Canopy on both sides, and with
+/// Debian's nats-server as either side where installed.
+#[tokio::test]
+async fn leaf_over_wss() {
+    let mut pairs = vec![(Impl::Canopy, Impl::Canopy)];
+    if nats_server_bin().is_some() {
+        pairs.push((Impl::NatsServer, Impl::Canopy));
+        pairs.push((Impl::Canopy, Impl::NatsServer));
+    }
+    for (hub_kind, leaf_kind) in pairs {
+        let (hub, _cert, dir) = wss_server(hub_kind, "leafnodes { listen: 127.0.0.1:-1 }\n");
+        let url = format!("wss://localhost:{}", ws_port(&hub));
+        let tls = format!(
+            ", tls {{ ca_file: \"{}\" }}",
+            dir.path().join("cert.pem").display()
+        );
+        let leaf = ws_leaf(leaf_kind, &url, &tls);
+        wait_leafs(&hub, 1);
+        wait_leafs(&leaf, 1);
+        leaf_traffic(&hub, &leaf).await;
+    }
+}
+
+/// A leaf arriving on the websocket port is authorized by `leafnodes { authorization }`
+/// (user and password from the `ws://` URL), not by the websocket block's: the websocket
+/// user is refused as a leaf, the leafnode user gets the link.
+#[tokio::test]
+async fn websocket_leafs_use_the_leafnodes_authorization() {
+    let hub = ServerProcess::canopy(
+        "listen: 127.0.0.1:-1\nhttp: 127.0.0.1:-1\nwebsocket {\n  listen: 127.0.0.1:-1\n  no_tls: true\n  authorization { user: wsu, password: wsp }\n}\nleafnodes {\n  listen: 127.0.0.1:-1\n  authorization { user: lu, password: lp }\n}\n",
+    )
+    .unwrap();
+    let port = ws_port(&hub);
+    let wrong = ws_leaf(Impl::Canopy, &format!("ws://wsu:wsp@127.0.0.1:{port}"), "");
+    wait_log(&hub, "rejected: authorization violation");
+    wait_leafs(&hub, 0);
+    drop(wrong);
+    let leaf = ws_leaf(Impl::Canopy, &format!("ws://lu:lp@127.0.0.1:{port}"), "");
+    wait_leafs(&hub, 1);
+    leaf_traffic(&hub, &leaf).await;
+}
+
+/// Without a leafnode listener the `/leafnode` path is refused (400) and the leaf keeps
+/// trying; the hub's log says why.
+#[tokio::test]
+async fn leafnode_upgrades_need_a_leafnode_listener() {
+    let hub = ServerProcess::canopy(WS_CONF).unwrap();
+    let port = ws_port(&hub);
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let refused = tokio_tungstenite::client_async(format!("ws://127.0.0.1:{port}/leafnode"), tcp)
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(refused.contains("400"), "{refused}");
+    let leaf = ws_leaf(Impl::Canopy, &format!("ws://127.0.0.1:{port}"), "");
+    wait_log(&leaf, "HTTP 400");
+    assert!(hub
+        .log()
+        .contains("not configured to accept leaf node connections"));
 }

@@ -242,12 +242,16 @@ impl HttpRequest {
 
     /// Whether `Sec-WebSocket-Extensions` offers permessage-deflate.
     fn offers_deflate(&self) -> bool {
+        self.deflate_params().is_some()
+    }
+
+    /// The parameters of the first permessage-deflate extension named, lower case.
+    fn deflate_params(&self) -> Option<Vec<String>> {
         self.headers_named("sec-websocket-extensions")
             .flat_map(|v| v.split(','))
-            .any(|ext| {
-                ext.split(';')
-                    .next()
-                    .is_some_and(|n| n.trim().eq_ignore_ascii_case(DEFLATE))
+            .find_map(|ext| {
+                let mut parts = ext.split(';').map(|p| p.trim().to_ascii_lowercase());
+                (parts.next()? == DEFLATE).then(|| parts.collect())
             })
     }
 }
@@ -346,7 +350,7 @@ fn check_request(
     if kind == PeerKind::Leaf && !rules.leafnodes {
         return Err((
             400,
-            "leafnode connections over websocket need a leafnodes listener".into(),
+            "not configured to accept leaf node connections (no leafnodes listener)".into(),
         ));
     }
     Ok((kind, key.trim().to_string()))
@@ -424,6 +428,122 @@ where
     })
 }
 
+/// What a leaf remote asks for in its upgrade request (`ws://` and `wss://` URLs).
+#[derive(Debug, Clone)]
+pub struct ClientUpgrade {
+    /// The `Host` header: the URL's `host:port`.
+    pub host: String,
+    /// The URL's path; the request asks for it followed by `leafnode`.
+    pub url_path: String,
+    /// `ws_compression`: offer permessage-deflate.
+    pub compression: bool,
+    /// `ws_no_masking`: ask the hub to take unmasked frames.
+    pub no_masking: bool,
+    /// The largest compressed or inflated message taken from the hub.
+    pub max_message: usize,
+}
+
+/// The request path of a leaf's upgrade: the URL's path followed by `leafnode`
+/// (`/leafnode` without one), as nats-server builds it.
+pub fn leaf_request_path(url_path: &str) -> String {
+    let base = url_path.trim_matches('/');
+    if base.is_empty() {
+        LEAF_PATH.to_string()
+    } else {
+        format!("/{base}{LEAF_PATH}")
+    }
+}
+
+/// The client side of the upgrade on `io` (TCP, or TLS for `wss://`) within `timeout`:
+/// the request to the leafnode path, then the response checked (status 101, `Upgrade`,
+/// `Connection`, `Sec-WebSocket-Accept`). Compression is used when offered and the hub
+/// agreed with no context takeover both ways (a hub that agreed to deflate with context
+/// takeover is refused, a hub that did not answer it means none); writes stay masked
+/// unless the hub echoed `Nats-No-Masking: true`.
+pub async fn connect<S>(
+    mut io: S,
+    up: &ClientUpgrade,
+    timeout: Duration,
+) -> Result<WsStream<S>, UpgradeError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    use base64::Engine as _;
+    let key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 16]>());
+    let mut req = format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n",
+        leaf_request_path(&up.url_path),
+        up.host
+    );
+    if up.compression {
+        req.push_str(&format!("Sec-WebSocket-Extensions: {DEFLATE_RESPONSE}\r\n"));
+    }
+    if up.no_masking {
+        req.push_str(&format!("{NO_MASKING}: true\r\n"));
+    }
+    req.push_str("\r\n");
+    let mut buf = BytesMut::with_capacity(4096);
+    let head = tokio::time::timeout(timeout, async {
+        io.write_all(req.as_bytes()).await?;
+        io.flush().await?;
+        read_head(&mut io, &mut buf).await
+    })
+    .await
+    .map_err(|_| UpgradeError::Timeout)??;
+    let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut hs);
+    let (status, resp) = match parsed.parse(&buf[..head]) {
+        Ok(httparse::Status::Complete(_)) => (
+            parsed.code.unwrap_or(0),
+            HttpRequest {
+                method: String::new(),
+                path: String::new(),
+                headers: collect_headers(parsed.headers),
+            },
+        ),
+        Ok(httparse::Status::Partial) | Err(_) => {
+            return Err(UpgradeError::Handshake("malformed HTTP response".into()));
+        }
+    };
+    let _ = buf.split_to(head);
+    if status != 101 {
+        return Err(UpgradeError::Handshake(format!(
+            "invalid websocket connection: the hub answered HTTP {status}"
+        )));
+    }
+    let accept_ok = resp
+        .header("sec-websocket-accept")
+        .is_some_and(|a| a.trim() == derive_accept_key(key.as_bytes()));
+    if !resp.has_token("upgrade", "websocket")
+        || !resp.has_token("connection", "upgrade")
+        || !accept_ok
+    {
+        return Err(UpgradeError::Handshake(
+            "invalid websocket connection (Upgrade, Connection or Sec-WebSocket-Accept)".into(),
+        ));
+    }
+    let compress = match resp.deflate_params() {
+        Some(p) if up.compression => {
+            let has = |name: &str| p.iter().any(|x| x == name);
+            if !has("server_no_context_takeover") || !has("client_no_context_takeover") {
+                return Err(UpgradeError::Handshake(
+                    "compression negotiation error: no context takeover not agreed".into(),
+                ));
+            }
+            true
+        }
+        _ => false,
+    };
+    let no_masking = up.no_masking && resp.header(NO_MASKING).is_some_and(|v| v.trim() == "true");
+    Ok(WsStream::new(
+        io,
+        buf,
+        FrameRole::client(no_masking),
+        compress,
+        up.max_message,
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -439,5 +559,69 @@ mod tests {
             Some(("https".into(), "a.b".into(), 8443))
         );
         assert_eq!(normalize_origin("not a url"), None);
+    }
+
+    #[test]
+    fn leaf_paths_follow_the_url_path() {
+        assert_eq!(leaf_request_path("/"), "/leafnode");
+        assert_eq!(leaf_request_path(""), "/leafnode");
+        assert_eq!(leaf_request_path("/nats/"), "/nats/leafnode");
+    }
+
+    /// Our client upgrade against our server upgrade, with and without deflate and no
+    /// masking: both sides agree (frames written by the client are read by the server).
+    #[tokio::test]
+    async fn client_and_server_upgrades_agree() {
+        for (compression, no_masking) in [(true, true), (false, false), (true, false)] {
+            let (a, b) = tokio::io::duplex(64 * 1024);
+            let rules = Upgrade {
+                compression: true,
+                leafnodes: true,
+                max_message: 1 << 20,
+                ..Default::default()
+            };
+            let server = tokio::spawn(async move {
+                let mut up = accept(b, &rules, false, Duration::from_secs(2)).await?;
+                let mut got = vec![0u8; 200];
+                up.stream.read_exact(&mut got).await?;
+                Ok::<_, UpgradeError>((up.kind, up.stream.compressed(), got))
+            });
+            let up = ClientUpgrade {
+                host: "hub:8080".into(),
+                url_path: "/".into(),
+                compression,
+                no_masking,
+                max_message: 1 << 20,
+            };
+            let mut client = connect(a, &up, Duration::from_secs(2)).await.unwrap();
+            assert_eq!(client.compressed(), compression);
+            client.write_all(&[b'x'; 200]).await.unwrap();
+            client.flush().await.unwrap();
+            let (kind, compressed, got) = server.await.unwrap().unwrap();
+            assert_eq!(kind, PeerKind::Leaf);
+            assert_eq!(compressed, compression);
+            assert_eq!(got, vec![b'x'; 200]);
+        }
+    }
+
+    /// A hub answering something else than 101 is refused with its status.
+    #[tokio::test]
+    async fn a_refused_upgrade_names_the_status() {
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let server = tokio::spawn(async move {
+            accept(b, &Upgrade::default(), false, Duration::from_secs(2))
+                .await
+                .err()
+        });
+        let up = ClientUpgrade {
+            host: "hub:8080".into(),
+            url_path: "/".into(),
+            compression: false,
+            no_masking: false,
+            max_message: 1 << 20,
+        };
+        let err = connect(a, &up, Duration::from_secs(2)).await.err().unwrap();
+        assert!(err.to_string().contains("400"), "{err}");
+        assert!(server.await.unwrap().is_some());
     }
 }

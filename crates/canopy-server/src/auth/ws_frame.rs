@@ -9,9 +9,9 @@
 //! status 1009 and is reported through `on_too_big`. Pings are answered, a close is
 //! echoed and ends the stream. Protocol errors send close status 1002.
 //!
-//! Writing: each write (one outbound batch of the connection's writer) becomes one binary
-//! frame, deflated when compression was negotiated and the batch is over 64 bytes (as
-//! nats-server does), masked when this side is a client.
+//! Writing: each write (one outbound batch of the connection's writer, cut at 64 KiB)
+//! becomes one binary frame, deflated when compression was negotiated and the piece is
+//! over 64 bytes (as nats-server does), masked when this side is a client.
 //!
 //! Both sides use no context takeover (nats-server negotiates
 //! `server_no_context_takeover; client_no_context_takeover`): each message is deflated
@@ -43,6 +43,10 @@ const COMPRESS_THRESHOLD: usize = 64;
 /// What a sync flush ends with; stripped on write, appended on read (RFC 7692 7.2.1).
 const SYNC_TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
 const READ_CHUNK: usize = 16 * 1024;
+/// The most of a write that goes into one frame. The peer bounds each (compressed)
+/// message by its max payload, while an outbound batch may hold many messages: a burst
+/// across a compressed leaf link must not exceed the peer's bound.
+const MAX_FRAME: usize = 64 * 1024;
 
 /// Which end of the connection this is: a server reads masked frames (unless the peer
 /// asked for no masking) and writes unmasked ones; a client masks what it writes.
@@ -138,6 +142,11 @@ impl<S> WsStream<S> {
     pub fn on_too_big(mut self, f: Arc<dyn Fn() + Send + Sync>) -> Self {
         self.on_too_big = Some(f);
         self
+    }
+
+    /// The socket below the frames.
+    pub fn get_ref(&self) -> &S {
+        &self.io
     }
 
     /// Whether permessage-deflate is in use.
@@ -545,6 +554,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsStream<S> {
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
+        let buf = &buf[..buf.len().min(MAX_FRAME)];
         if this.compress && buf.len() > COMPRESS_THRESHOLD {
             let z = this.deflate(buf)?;
             this.frame_into_wbuf(OP_BINARY, true, &z);
@@ -619,6 +629,30 @@ mod tests {
         let got = read_all(frames, true, 1 << 20).await.unwrap();
         assert_eq!(&got[..text.len()], &text[..]);
         assert_eq!(&got[text.len()..], b"PING\r\n");
+    }
+
+    /// A batch far larger than the reader's message bound (many messages queued at
+    /// once) crosses a compressed, masked link in frames the reader takes.
+    #[tokio::test]
+    async fn large_batches_are_cut_into_frames_the_peer_takes() {
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let batch = b"LMSG a 5\r\nhello\r\n".repeat(30_000);
+        let expect = batch.clone();
+        let writer = tokio::spawn(async move {
+            let mut w = WsStream::new(a, BytesMut::new(), FrameRole::client(false), true, 1 << 20);
+            w.write_all(&batch).await.unwrap();
+            w.shutdown().await.unwrap();
+            // Keep the socket open until the reader is done (its close echo).
+            let mut rest = Vec::new();
+            let _ = w.read_to_end(&mut rest).await;
+        });
+        let mut r = WsStream::new(b, BytesMut::new(), FrameRole::server(false), true, 100_000);
+        let mut got = Vec::new();
+        r.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got.len(), expect.len());
+        assert!(got == expect);
+        drop(r);
+        writer.await.unwrap();
     }
 
     #[tokio::test]

@@ -1,5 +1,5 @@
 //! The one parser for the URLs servers dial: leaf remotes (`nats-leaf://`, `nats://`,
-//! `tls://`, `leaf://`) and cluster routes (`nats-route://`, `nats://`, `tls://`), built
+//! `tls://`, `leaf://`, and `ws://`/`wss://` through a websocket port) and cluster routes (`nats-route://`, `nats://`, `tls://`), built
 //! on the `url` crate. A URL without a scheme takes the caller's default; user and
 //! password are percent-decoded; IPv6 hosts are written in brackets.
 
@@ -15,6 +15,9 @@ pub struct ServerUrl {
     pub port: u16,
     pub user: Option<String>,
     pub pass: Option<String>,
+    /// The path (`/` when there is none); a websocket leaf remote's upgrade path starts
+    /// with it.
+    pub path: String,
 }
 
 impl ServerUrl {
@@ -43,7 +46,8 @@ impl ServerUrl {
             Some(url::Host::Domain(d)) if !d.is_empty() => d.to_string(),
             _ => return Err(format!("missing host in {raw:?}")),
         };
-        let port = match (u.port(), default_port) {
+        // `port_or_known_default`: `ws://h:80` has no explicit port for the `url` crate.
+        let port = match (u.port_or_known_default(), default_port) {
             (Some(p), _) => p,
             (None, Some(p)) => p,
             (None, None) => return Err(format!("URL {raw:?} has no port")),
@@ -57,6 +61,7 @@ impl ServerUrl {
             port,
             user,
             pass,
+            path: u.path().to_string(),
         })
     }
 
@@ -99,6 +104,19 @@ mod tests {
         );
         let p = ServerUrl::parse("nats://u:p%40ss@h:1/", LEAF, None).unwrap();
         assert_eq!(p.pass.as_deref(), Some("p@ss"));
+        let ws = &["ws", "wss"];
+        assert_eq!(
+            ServerUrl::parse("ws://h:80", ws, Some(7422)).unwrap().port,
+            80
+        );
+        assert_eq!(
+            ServerUrl::parse("wss://h", ws, Some(7422)).unwrap().port,
+            443
+        );
+        assert_eq!(
+            ServerUrl::parse("ws://h:1/a/b", ws, None).unwrap().path,
+            "/a/b"
+        );
     }
 
     #[test]

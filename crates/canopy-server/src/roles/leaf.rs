@@ -18,8 +18,9 @@ use canopy_proto::{LeafConnect, Op, Parser, ParserLimits, Role, ServerInfo};
 use rand::seq::SliceRandom;
 use rand::Rng;
 use serde_json::{json, Value};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_util::either::Either;
 
 use crate::auth::s2::{Level, S2Decoder, S2Read, S2Write};
 use crate::core::account::{Account, GLOBAL_ACCOUNT};
@@ -48,18 +49,25 @@ pub struct LeafUrl {
     pub port: u16,
     pub user: Option<String>,
     pub pass: Option<String>,
+    /// TLS before anything else is said: `tls://`, or `wss://` (before the upgrade).
     pub tls: bool,
+    /// `ws://` or `wss://`: through the hub's websocket port.
+    pub ws: bool,
+    /// The URL's path (a websocket upgrade asks for it followed by `leafnode`).
+    pub path: String,
 }
 
 impl LeafUrl {
     pub fn parse(url: &str) -> Result<LeafUrl, String> {
         let u = ServerUrl::parse(
             url,
-            &["nats-leaf", "nats", "tls", "leaf"],
+            &["nats-leaf", "nats", "tls", "leaf", "ws", "wss"],
             Some(DEFAULT_LEAF_PORT),
         )?;
         Ok(LeafUrl {
-            tls: u.scheme == "tls",
+            tls: u.scheme == "tls" || u.scheme == "wss",
+            ws: u.scheme == "ws" || u.scheme == "wss",
+            path: u.path,
             host: u.host,
             port: u.port,
             user: u.user,
@@ -460,12 +468,12 @@ struct Session {
     ended: Ended,
 }
 
-async fn serve_accepted(
-    server: Arc<Server>,
-    stream: TcpStream,
+/// An accepted leaf connection's record, nonce and INFO.
+fn accepted_conn(
+    server: &Server,
     addr: SocketAddr,
     listen: SocketAddr,
-) {
+) -> (Arc<ConnShared>, String, ServerInfo) {
     let cid = server.next_cid();
     let conn = Arc::new(ConnShared::new(
         cid,
@@ -474,7 +482,17 @@ async fn serve_accepted(
         server.link_max_pending(),
     ));
     let nonce = crate::auth::users::new_nonce();
-    let info = leaf_info(&server, cid, &nonce, listen);
+    let info = leaf_info(server, cid, &nonce, listen);
+    (conn, nonce, info)
+}
+
+async fn serve_accepted(
+    server: Arc<Server>,
+    stream: TcpStream,
+    addr: SocketAddr,
+    listen: SocketAddr,
+) {
+    let (conn, nonce, info) = accepted_conn(&server, addr, listen);
     // INFO goes out here (plaintext before a TLS handshake, or queued).
     let tls = server.tls().leaf.clone();
     let listener = format!("leafnode listener {listen}");
@@ -492,6 +510,43 @@ async fn serve_accepted(
         return;
     };
     let started = tokio::time::Instant::now();
+    let co = server
+        .opts()
+        .leafnodes
+        .as_ref()
+        .and_then(|l| wants_compression(l.compression.as_ref()).cloned());
+    serve_session(server, conn, nonce, stream, co.map(|c| (c, listen, started))).await;
+}
+
+/// A leaf that dialled the websocket port (`/leafnode`): the leafnode protocol in its
+/// frames, authorized by the `leafnodes {}` block. TLS, if any, was the websocket
+/// listener's, so INFO asks for none; the websocket's own compression applies, not S2
+/// (as in nats-server).
+pub async fn serve_websocket<S>(server: Arc<Server>, stream: S, addr: SocketAddr)
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let listen = (*server.leaf_addr.lock()).unwrap_or(addr);
+    let (conn, nonce, mut info) = accepted_conn(&server, addr, listen);
+    info.tls_required = false;
+    info.tls_verify = false;
+    info.compression = String::new();
+    conn.enqueue(|b| canopy_proto::encode_info(b, &info));
+    conn.flush_signal();
+    serve_session(server, conn, nonce, stream, None).await;
+}
+
+/// Serves an accepted leaf connection whose INFO is out or queued; `compress`: the
+/// listener's compression, its address and when the connection started, to negotiate S2.
+async fn serve_session<S>(
+    server: Arc<Server>,
+    conn: Arc<ConnShared>,
+    nonce: String,
+    stream: S,
+    compress: Option<(Compression, SocketAddr, tokio::time::Instant)>,
+) where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
     let (rd, wr) = tokio::io::split(stream);
     server.register_conn(&conn);
     let wr = S2Write::new(wr, conn.clone());
@@ -515,15 +570,10 @@ async fn serve_accepted(
         .and_then(|l| l.authorization.as_ref())
         .and_then(|a| a.timeout)
         .unwrap_or(Duration::from_secs(2));
-    let co = server
-        .opts()
-        .leafnodes
-        .as_ref()
-        .and_then(|l| wants_compression(l.compression.as_ref()).cloned());
-    match co {
+    match compress {
         None => s.read_loop(rd, timeout).await,
-        Some(co) => {
-            let second = leaf_info(&server, cid, &s.nonce, listen);
+        Some((co, listen, started)) => {
+            let second = leaf_info(&server, conn.cid, &s.nonce, listen);
             s.read_negotiating(rd, timeout, &co, second, started).await
         }
     }
@@ -1405,6 +1455,19 @@ async fn read_hub_info<R: AsyncRead + Unpin>(
     }
 }
 
+/// A solicited connection: TCP (maybe TLS), or a websocket over either.
+type LeafIo = Either<
+    crate::auth::tls::MaybeTls<TcpStream>,
+    crate::auth::websocket::WsStream<crate::auth::tls::MaybeTls<TcpStream>>,
+>;
+
+fn leaf_io_is_tls(io: &LeafIo) -> bool {
+    match io {
+        Either::Left(s) => s.is_tls(),
+        Either::Right(ws) => ws.get_ref().is_tls(),
+    }
+}
+
 /// One solicited session: read INFO, send CONNECT, serve until it ends.
 async fn solicit(
     server: &Arc<Server>,
@@ -1416,20 +1479,41 @@ async fn solicit(
 ) -> Result<Ended, String> {
     let addr = stream.peer_addr().map_err(|e| e.to_string())?;
     let started = tokio::time::Instant::now();
-    // `handshake_first` on the remote: TLS before the hub's INFO.
-    let mut rd = if remote
-        .tls
-        .as_ref()
-        .is_some_and(|t| t.handshake_first == Some(canopy_conf::HandshakeFirst::Always))
-    {
+    let first_info = remote.first_info_timeout.unwrap_or(Duration::from_secs(2));
+    let max_payload = server.opts().max_payload as usize;
+    // `handshake_first` on the remote: TLS before the hub's INFO. Through a websocket
+    // port TLS (`wss://`, or a tls block) comes before the upgrade, and the leaf
+    // protocol's own TLS upgrade is skipped.
+    let tls_first = if url.ws {
+        url.tls || remote.tls.is_some()
+    } else {
+        remote
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.handshake_first == Some(canopy_conf::HandshakeFirst::Always))
+    };
+    let base = if tls_first {
         remote_tls_upgrade(server, remote, url, stream, None).await?
     } else {
         crate::auth::tls::MaybeTls::plain(stream)
     };
+    let mut rd: LeafIo = if url.ws {
+        let up = crate::auth::websocket::ClientUpgrade {
+            host: url.hostport(),
+            url_path: url.path.clone(),
+            compression: remote.ws_compression,
+            no_masking: remote.ws_no_masking,
+            max_message: max_payload.saturating_add(server.opts().max_control_line as usize * 4),
+        };
+        let ws = crate::auth::websocket::connect(base, &up, first_info)
+            .await
+            .map_err(|e| format!("Error soliciting websocket connection: {e}"))?;
+        Either::Right(ws)
+    } else {
+        Either::Left(base)
+    };
     // The first INFO tells us the peer is a leafnode listener and gives the nonce.
-    let first_info = remote.first_info_timeout.unwrap_or(Duration::from_secs(2));
     let mut buf = BytesMut::with_capacity(32 * 1024);
-    let max_payload = server.opts().max_payload as usize;
     let mut parser = Parser::new(Role::Leaf, ParserLimits::link(max_payload));
     let mut info = tokio::time::timeout(
         first_info,
@@ -1440,14 +1524,20 @@ async fn solicit(
     if !info.info_on_connect && info.leafnode_urls.is_empty() {
         return Err("attempted to connect to wrong port (not a leafnode port)".into());
     }
-    let wants_tls = info.tls_required || remote.tls.is_some() || url.tls;
+    let wants_tls = !url.ws && (info.tls_required || remote.tls.is_some() || url.tls);
     // Compression is negotiated before CONNECT (nats-server 2.10): our INFO goes out
     // plain, the hub's answer (a second INFO) and everything after it is compressed. Not
     // over a TLS upgrade still to come (left uncompressed), nor with a 2.9 hub, whose
     // INFO announces no compression.
     let mut s2: Option<(Level, BytesMut, S2Decoder)> = None;
-    if let Some(co) = wants_compression(remote.compression.as_ref()) {
-        let tls_later = wants_tls && !rd.is_tls();
+    // Over a websocket the websocket's own compression applies (as in nats-server).
+    let s2_wanted = if url.ws {
+        None
+    } else {
+        wants_compression(remote.compression.as_ref())
+    };
+    if let Some(co) = s2_wanted {
+        let tls_later = wants_tls && !leaf_io_is_tls(&rd);
         let level = select_compression(co, &info.compression, started.elapsed());
         if let Some(level) = level.filter(|_| !tls_later) {
             let ours = ServerInfo {
@@ -1475,7 +1565,7 @@ async fn solicit(
             s2 = Some((level, raw, dec));
         }
     }
-    if wants_tls && !buf.is_empty() && !rd.is_tls() {
+    if wants_tls && !buf.is_empty() && !leaf_io_is_tls(&rd) {
         return Err("unexpected data from the hub between INFO and the TLS handshake".into());
     }
     let mut c = LeafConnect {
@@ -1533,7 +1623,7 @@ async fn solicit(
             "cannot find local account {account_name:?} specified in leafnode remote"
         ));
     };
-    c.tls_required = wants_tls;
+    c.tls_required = wants_tls || leaf_io_is_tls(&rd);
     let cid = server.next_cid();
     let conn = Arc::new(ConnShared::new(
         cid,
@@ -1547,20 +1637,29 @@ async fn solicit(
             follow_rtt(&conn, co);
         }
     }
-    if wants_tls && !rd.is_tls() {
-        // Upgrade, send CONNECT and PING, and read the first answer: with TLS 1.3 a hub
-        // that rejects our certificate says so only now, and that is a handshake failure.
-        let plain = rd.into_plain().ok_or("TLS upgrade of a non-plain stream")?;
-        let mut first = BytesMut::new();
-        canopy_proto::encode_connect(&mut first, &c);
-        first.extend_from_slice(b"PING\r\n");
-        conn.pings_sent.fetch_add(1, Ordering::Relaxed);
-        rd =
-            remote_tls_upgrade(server, remote, url, plain, Some((&first, &info, &mut buf))).await?;
-    } else {
-        conn.enqueue(|b| canopy_proto::encode_connect(b, &c));
+    match rd {
+        Either::Left(tcp) if wants_tls && !tcp.is_tls() => {
+            // Upgrade, send CONNECT and PING, and read the first answer: with TLS 1.3 a
+            // hub that rejects our certificate says so only now, and that is a handshake
+            // failure.
+            let plain = tcp
+                .into_plain()
+                .ok_or("TLS upgrade of a non-plain stream")?;
+            let mut first = BytesMut::new();
+            canopy_proto::encode_connect(&mut first, &c);
+            first.extend_from_slice(b"PING\r\n");
+            conn.pings_sent.fetch_add(1, Ordering::Relaxed);
+            let probe = Some((&first[..], &info, &mut buf));
+            rd = Either::Left(remote_tls_upgrade(server, remote, url, plain, probe).await?);
+        }
+        _ => {
+            conn.enqueue(|b| canopy_proto::encode_connect(b, &c));
+        }
     }
-    crate::auth::tls::note_established(&conn, &rd);
+    match &rd {
+        Either::Left(s) => crate::auth::tls::note_established(&conn, s),
+        Either::Right(ws) => crate::auth::tls::note_established(&conn, ws.get_ref()),
+    }
     let (rd, wr) = tokio::io::split(rd);
     server.register_conn(&conn);
     let js = js_denies(server, &acc.name, info.jetstream, &info.domain);
@@ -1780,6 +1879,12 @@ mod tests {
         );
         assert!(LeafUrl::parse("http://h:1").is_err());
         assert!(LeafUrl::parse("nats-leaf://:1").is_err());
+        let w = LeafUrl::parse("wss://hub/ws").unwrap();
+        assert!(w.ws && w.tls);
+        assert_eq!((w.port, w.path.as_str()), (443, "/ws"));
+        let w = LeafUrl::parse("ws://hub:8080").unwrap();
+        assert!(w.ws && !w.tls);
+        assert_eq!(w.port, 8080);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The WebSocket listener (`websocket {}`): each accepted connection gets its TLS
 //! (`wss://`, with `websocket { tls {} }`) and HTTP upgrade
 //! ([`crate::auth::websocket`]), then is served as an ordinary client over the
-//! [`crate::auth::websocket::WsStream`] adapter.
+//! [`crate::auth::websocket::WsStream`] adapter; a leaf node's upgrade (path
+//! `/leafnode`) is served by the leaf role instead, when a leafnode listener exists.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -10,7 +11,7 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::auth::websocket::{self, Accepted, Upgrade, WsClient};
+use crate::auth::websocket::{self, Accepted, PeerKind, Upgrade, WsClient};
 use crate::server::Server;
 
 /// nats-server's default `handshake_timeout` (TLS and upgrade).
@@ -39,7 +40,8 @@ async fn serve(server: Arc<Server>, stream: TcpStream, addr: SocketAddr) {
         compression: w.compression,
         cookies: websocket::CookieNames::from_options(w),
         headers: w.headers.clone(),
-        leafnodes: false,
+        // nats-server: a leafnode port is configured.
+        leafnodes: o.leafnodes.as_ref().is_some_and(|l| l.port != 0),
     };
     drop(o);
     let tls = server.tls().websocket.clone();
@@ -90,6 +92,7 @@ async fn serve_accepted<S>(
 {
     // A message over the bound (compressed, or inflated: a decompression bomb) counts as
     // a max payload violation, as in nats-server.
+    let compressed = up.stream.compressed();
     let counted = server.clone();
     let stream = up.stream.on_too_big(Arc::new(move || {
         counted
@@ -97,6 +100,11 @@ async fn serve_accepted<S>(
             .max_payload_violations
             .fetch_add(1, Ordering::Relaxed);
     }));
+    if up.kind == PeerKind::Leaf {
+        tracing::debug!("{addr} - Leafnode connection over websocket, compression={compressed}");
+        crate::roles::leaf::serve_websocket(server, stream, addr).await;
+        return;
+    }
     let ws = WsClient {
         credentials: up.credentials,
         peer_cert,
