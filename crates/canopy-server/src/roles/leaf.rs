@@ -515,7 +515,14 @@ async fn serve_accepted(
         .leafnodes
         .as_ref()
         .and_then(|l| wants_compression(l.compression.as_ref()).cloned());
-    serve_session(server, conn, nonce, stream, co.map(|c| (c, listen, started))).await;
+    serve_session(
+        server,
+        conn,
+        nonce,
+        stream,
+        co.map(|c| (c, listen, started)),
+    )
+    .await;
 }
 
 /// A leaf that dialled the websocket port (`/leafnode`): the leafnode protocol in its
