@@ -444,6 +444,17 @@ async fn domains_across_a_leaf_link_with(hub_kind: canopy_testkit::Impl) {
     assert_eq!(local.get("t1").await.unwrap().unwrap(), "21.5");
     local.put("t2", "19.0".into()).await.unwrap();
     assert_eq!(kv.get("t2").await.unwrap().unwrap(), "19.0");
+    // Watched from the hub: updates written on the edge arrive across the link.
+    let mut watch = kv.watch("w.>").await.unwrap();
+    for v in ["1", "2"] {
+        local.put("w.k", v.into()).await.unwrap();
+        let e = tokio::time::timeout(Duration::from_secs(5), watch.next())
+            .await
+            .expect("a watch update across the link")
+            .unwrap()
+            .unwrap();
+        assert_eq!((e.key.as_str(), &e.value[..]), ("w.k", v.as_bytes()));
+    }
     assert!(jetstream::new(hub_nc.clone())
         .get_key_value("SENSORS")
         .await

@@ -234,6 +234,9 @@ pub fn deliver(
     flush: &mut FlushList,
 ) -> Delivered {
     let mut d = Delivered::default();
+    // Links filter (deny rules) on what crosses them: a JetStream delivery crosses as its
+    // deliver subject, not as the stream message's own subject.
+    let wire_subject = msg.link.as_ref().map_or(msg.subject, |l| l.subject);
     for sub in &result.psubs {
         match sub.conn.kind {
             ConnKind::Client => {
@@ -243,7 +246,7 @@ pub fn deliver(
                 deliver_one(acc, sub, msg, origin, flush, &mut d);
             }
             _ => {
-                if link_may_receive(&sub.conn, origin, msg.subject) {
+                if link_may_receive(&sub.conn, origin, wire_subject) {
                     add_target(scratch, &sub.conn, None);
                 }
             }
@@ -286,7 +289,7 @@ pub fn deliver(
             let sub = &group.members[(start + i) % n];
             if sub.conn.kind != ConnKind::Client
                 && !sub.conn.is_closed()
-                && link_may_receive(&sub.conn, origin, msg.subject)
+                && link_may_receive(&sub.conn, origin, wire_subject)
             {
                 add_target(scratch, &sub.conn, Some(&group.name));
                 break;
