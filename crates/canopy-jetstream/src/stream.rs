@@ -289,18 +289,24 @@ impl StreamCore {
             .store(self.consumers.len() as u64, Ordering::Relaxed);
     }
 
+    /// The publish acknowledgement, `{"stream":…,"seq":N[,"domain":…][,"duplicate":true]}`,
+    /// written straight into a buffer (one per ack; no JSON value is built).
     fn ack_reply(&self, reply: &str, seq: u64, duplicate: bool) {
-        let mut v = json!({"stream": self.name, "seq": seq});
-        if let (Some(d), Some(o)) = (&self.domain, v.as_object_mut()) {
-            o.insert("domain".into(), Value::String(d.clone()));
+        let mut b = String::with_capacity(48 + self.name.len());
+        b.push_str("{\"stream\":");
+        push_json_str(&mut b, &self.name);
+        b.push_str(",\"seq\":");
+        b.push_str(itoa::Buffer::new().format(seq));
+        if let Some(d) = &self.domain {
+            b.push_str(",\"domain\":");
+            push_json_str(&mut b, d);
         }
         if duplicate {
-            if let Some(o) = v.as_object_mut() {
-                o.insert("duplicate".into(), Value::Bool(true));
-            }
+            b.push_str(",\"duplicate\":true");
         }
+        b.push('}');
         self.host
-            .publish(&self.account, reply, None, None, v.to_string().as_bytes());
+            .publish(&self.account, reply, None, None, b.as_bytes());
     }
 
     fn err_reply(&self, reply: Option<&str>, e: E) {
@@ -1037,4 +1043,28 @@ fn handle(core: &mut StreamCore, cmd: Cmd) -> Option<mpsc::Sender<()>> {
         Cmd::Stop(done) => return Some(done),
     }
     None
+}
+
+/// Appends `v` as a JSON string (quoted and escaped).
+fn push_json_str(out: &mut String, v: &str) {
+    if v.bytes().all(|c| c >= 0x20 && c != b'"' && c != b'\\') {
+        out.push('"');
+        out.push_str(v);
+        out.push('"');
+    } else {
+        out.push_str(&Value::String(v.to_string()).to_string());
+    }
+}
+
+#[cfg(test)]
+mod ack_json_tests {
+    use super::push_json_str;
+
+    #[test]
+    fn strings_are_quoted_and_escaped() {
+        let mut s = String::new();
+        push_json_str(&mut s, "ORDERS");
+        push_json_str(&mut s, "a\"b\\c");
+        assert_eq!(s, "\"ORDERS\"\"a\\\"b\\\\c\"");
+    }
 }
