@@ -239,9 +239,12 @@ impl ConnShared {
             }
             f(&mut out.buf);
             let len = out.buf.len();
-            let stall_at = self.stall_at.load(Ordering::Relaxed);
-            if stall_at != 0 && len > stall_at {
-                self.stalled.store(true, Ordering::Relaxed);
+            // The stall mark is 75% of `max_pending` when set: below that, nothing to read.
+            if len > self.max_pending / 4 * 3 {
+                let stall_at = self.stall_at.load(Ordering::Relaxed);
+                if stall_at != 0 && len > stall_at {
+                    self.stalled.store(true, Ordering::Relaxed);
+                }
             }
             // Every kind is bounded, links too (as nats-server): a stopped or slow peer
             // must not grow our memory without limit.
