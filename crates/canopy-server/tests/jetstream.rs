@@ -37,6 +37,17 @@ async fn orders(js: &jetstream::Context) -> stream::Stream {
     .unwrap()
 }
 
+/// Publishes `orders.<i>` for each `i` and waits for each acknowledgement.
+async fn publish_orders(js: &jetstream::Context, range: std::ops::Range<u32>) {
+    for i in range {
+        js.publish(format!("orders.{i}"), "x".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+}
+
 #[tokio::test]
 async fn publish_acks_and_stream_info() {
     let store = tempfile::tempdir().unwrap();
@@ -120,13 +131,7 @@ async fn stream_and_consumer_survive_kill_9() {
     {
         let (_nc, js) = js(&s).await;
         let st = orders(&js).await;
-        for i in 0..50 {
-            js.publish(format!("orders.{i}"), "x".into())
-                .await
-                .unwrap()
-                .await
-                .unwrap();
-        }
+        publish_orders(&js, 0..50).await;
         let c: consumer::PullConsumer = st
             .create_consumer(consumer::pull::Config {
                 durable_name: Some("worker".into()),
@@ -310,13 +315,7 @@ async fn across_a_leaf_link(hub_kind: canopy_testkit::Impl) {
     }
     assert!(st.is_some(), "the leaf's JetStream never answered");
     let st = js.get_stream("ORDERS").await.unwrap();
-    for i in 0..5 {
-        js.publish(format!("orders.{i}"), "x".into())
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-    }
+    publish_orders(&js, 0..5).await;
     let c: consumer::PullConsumer = st
         .create_consumer(consumer::pull::Config {
             durable_name: Some("hubside".into()),
@@ -518,13 +517,7 @@ async fn prometheus_metrics_per_stream_and_consumer() {
     let s = start(store.path());
     let (_nc, js) = js(&s).await;
     let st = orders(&js).await;
-    for i in 0..3 {
-        js.publish(format!("orders.{i}"), "x".into())
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-    }
+    publish_orders(&js, 0..3).await;
     let _c: consumer::PullConsumer = st
         .create_consumer(consumer::pull::Config {
             durable_name: Some("billing".into()),
@@ -575,13 +568,7 @@ async fn push_deliveries_cross_a_stream_import() {
     })
     .await
     .unwrap();
-    for i in 0..3 {
-        js.publish(format!("orders.{i}"), "x".into())
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-    }
+    publish_orders(&js, 0..3).await;
     let mut got = Vec::new();
     while got.len() < 3 {
         let m = tokio::time::timeout(Duration::from_secs(5), sub.next())
