@@ -1002,6 +1002,35 @@ impl Session {
             })
     }
 
+    /// Store-and-forward control between Canopy servers (server/spool.rs): a hub records
+    /// how far a leaf's replay got and answers its question; a leaf takes the answer.
+    /// Never delivered.
+    fn on_spool_control(&self, ctl: &str, acc: &Arc<Account>) {
+        let mut it = ctl.split('.');
+        let (kind, epoch, seq) = (it.next(), it.next().unwrap_or(""), it.next());
+        let seq = seq.and_then(|s| s.parse::<u64>().ok());
+        if !crate::server::spool::valid_epoch(epoch) || it.next().is_some() {
+            return;
+        }
+        match (kind, seq) {
+            (Some("M"), Some(seq)) => {
+                self.server.spool_marks.record(epoch, seq);
+                crate::services::system::share_spool_mark(&self.server, epoch, seq);
+            }
+            (Some("Q"), None) => {
+                let seq = self.server.spool_marks.get(epoch);
+                let a = format!("{}A.{epoch}.{seq}", crate::server::spool::CONTROL_PREFIX);
+                crate::server::spool::send_control(&self.conn, &a);
+            }
+            (Some("A"), Some(seq)) => {
+                for sp in acc.spools.read().iter() {
+                    sp.hub_answered(self.conn.cid, epoch, seq);
+                }
+            }
+            _ => {}
+        }
+    }
+
     fn on_lmsg(
         &mut self,
         subject: Bytes,
@@ -1017,6 +1046,10 @@ impl Session {
         let Ok(subj) = std::str::from_utf8(&subject) else {
             return;
         };
+        if let Some(ctl) = subj.strip_prefix(crate::server::spool::CONTROL_PREFIX) {
+            self.on_spool_control(ctl, acc);
+            return;
+        }
         // A remapped link: deny rules in the hub's names, then the local names.
         let (subject, reply) = match self.conn.remap.get() {
             None => (subject, reply),
@@ -1694,7 +1727,7 @@ async fn solicit(
     js.log(&conn);
     if let Some(sp) = &state.spool {
         attach_spool(&acc, sp);
-        sp.link_up(&conn, class);
+        sp.link_up(&conn, class, !info.canopy_version.is_empty());
     }
     let mut deny_imports = remote.deny_imports.clone();
     deny_imports.extend(js.both);

@@ -47,6 +47,8 @@ pub struct Server {
     pub accepting: CancellationToken,
     /// Cancelled when the server is shutting down.
     pub shutdown: CancellationToken,
+    /// How far leaves' store-and-forward replays got here (see [`spool::Marks`]).
+    pub spool_marks: spool::Marks,
     pub ldm: AtomicBool,
     pub client_addr: Mutex<Option<SocketAddr>>,
     pub http_addr: Mutex<Option<SocketAddr>>,
@@ -139,6 +141,7 @@ impl Server {
             stats: ServerStats::default(),
             accepting: CancellationToken::new(),
             shutdown: CancellationToken::new(),
+            spool_marks: spool::Marks::default(),
             ldm: AtomicBool::new(false),
             client_addr: Mutex::new(None),
             http_addr: Mutex::new(None),

@@ -32,9 +32,18 @@ use crate::core::interest::{msg_allowed, LinkClass};
 /// Messages and bytes sent between two PING barriers of a replay.
 const BATCH_MSGS: usize = 1024;
 const BATCH_BYTES: usize = 1 << 20;
-/// Batches in flight (sent, PONG not received yet): the replay's pipeline depth, and the
-/// most a crash in the middle of a replay can make the hub receive twice.
+/// Batches in flight (sent, PONG not received yet): the replay's pipeline depth. A Canopy
+/// hub records how far it got ([`Marks`]), so a replay that was cut off resumes exactly
+/// there; a Go hub cannot, and gets one batch in flight (the most it can receive twice).
 const WINDOW: usize = 4;
+const WINDOW_GO_HUB: usize = 1;
+/// Control subjects between a Canopy leaf and a Canopy hub (never delivered, never sent to
+/// a Go hub): `$LSPOOL.M.<epoch>.<seq>` (leaf → hub: the replay sent everything up to
+/// `seq`), `$LSPOOL.Q.<epoch>` (leaf → hub: how far did you get?) and
+/// `$LSPOOL.A.<epoch>.<seq>` (hub → leaf: the answer, 0 when unknown).
+pub const CONTROL_PREFIX: &str = "$LSPOOL.";
+/// Marks a hub server keeps (oldest forgotten first).
+const MAX_MARKS: usize = 65_536;
 /// How often a spool is synced (when it took appends) or reopened (when it failed).
 const MAINTAIN_EVERY: Duration = Duration::from_secs(10);
 /// How long a replay waits for the hub's PONG before giving the link up.
@@ -58,6 +67,9 @@ pub struct SpoolStats {
     pub stale_replies: AtomicU64,
     /// Disk errors (open, append, compact).
     pub errors: AtomicU64,
+    /// Messages a replay skipped because the hub had them already (a replay cut off after
+    /// the hub got a batch and before its PONG reached us).
+    pub resumed_skipped: AtomicU64,
 }
 
 impl SpoolStats {
@@ -86,6 +98,10 @@ struct Inner {
     broken: bool,
     /// Appends since the last `sync()`.
     unsynced: u64,
+    /// The spool's epoch: a random id naming its sequence space in hub marks. A new one is
+    /// drawn whenever the store is (re)opened empty, since only then could sequences start
+    /// over.
+    epoch: String,
     /// Messages are appended (the link is down, or held by a replay).
     capturing: bool,
     outage: Outage,
@@ -105,6 +121,10 @@ pub struct Spool {
     held: AtomicU64,
     /// `Inner::capturing`, readable without the lock ([`refresh_spooling`]).
     active: AtomicBool,
+    /// The hub's answer to `$LSPOOL.Q`: (connection, sequence).
+    hub_mark: Mutex<Option<(u64, u64)>>,
+    /// The link's peer is a Canopy server (it keeps marks).
+    canopy_hub: AtomicBool,
     inner: Mutex<Inner>,
     pub stats: SpoolStats,
 }
@@ -162,12 +182,90 @@ pub fn spool_dir(base: &Path, account: &str, urls: &[String]) -> PathBuf {
     base.join(format!("{safe}-{h:016x}"))
 }
 
+/// The epoch of a freshly opened store: the one on disk while the store holds messages
+/// (their sequences go on), a new one (written before use) when it is empty.
+fn load_epoch(label: &str, dir: &Path, store: Option<&FileStore>) -> String {
+    let path = dir.with_extension("epoch");
+    let empty = store.is_none_or(|s| s.totals().msgs == 0);
+    if !empty {
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            let id = text.trim();
+            if valid_epoch(id) {
+                return id.to_string();
+            }
+        }
+    }
+    let id = format!("{:032x}", rand::random::<u128>());
+    if let Err(e) = write_epoch(&path, &id) {
+        // Without the file a restart draws a new epoch: only dedupe is lost, not data.
+        tracing::warn!("{label}: cannot write {}: {e}", path.display());
+    }
+    id
+}
+
+fn write_epoch(path: &Path, id: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension("epoch.tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut f, id.as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
+}
+
+/// An epoch as [`load_epoch`] draws it: 32 lowercase hex digits.
+pub fn valid_epoch(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// What a hub server knows of the replays it received: per spool epoch, the last sequence
+/// a leaf's replay marked as sent (`$LSPOOL.M`). Shared with the other members of the
+/// hub's cluster through the system account, so a leaf that reconnects elsewhere in the
+/// cluster resumes as precisely. Bounded: the oldest mark goes first.
+#[derive(Default)]
+pub struct Marks {
+    inner: Mutex<std::collections::HashMap<String, (u64, std::time::Instant)>>,
+}
+
+impl Marks {
+    /// Records `seq` for `epoch` (marks only move forward).
+    pub fn record(&self, epoch: &str, seq: u64) {
+        if !valid_epoch(epoch) {
+            return;
+        }
+        let mut m = self.inner.lock();
+        if m.len() >= MAX_MARKS && !m.contains_key(epoch) {
+            if let Some(oldest) = m.iter().min_by_key(|(_, v)| v.1).map(|(k, _)| k.clone()) {
+                m.remove(&oldest);
+            }
+        }
+        let e = m
+            .entry(epoch.to_string())
+            .or_insert((0, std::time::Instant::now()));
+        e.0 = e.0.max(seq);
+        e.1 = std::time::Instant::now();
+    }
+
+    pub fn get(&self, epoch: &str) -> u64 {
+        self.inner.lock().get(epoch).map_or(0, |v| v.0)
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 impl Spool {
     /// Opens (or creates) the spool in `dir`. A disk error is logged and counted: the
     /// remote then works without a spool. The spool starts capturing (no link yet).
     pub fn open(label: String, dir: PathBuf, max_bytes: u64, deny: Vec<String>) -> Arc<Spool> {
         let stats = SpoolStats::default();
         let store = open_store(&label, &dir, max_bytes, &stats);
+        let epoch = load_epoch(&label, &dir, store.as_ref());
         let sp = Spool {
             label,
             dir,
@@ -176,9 +274,12 @@ impl Spool {
             class: AtomicU8::new(LinkClass::Uplink as u8),
             held: AtomicU64::new(0),
             active: AtomicBool::new(true),
+            hub_mark: Mutex::new(None),
+            canopy_hub: AtomicBool::new(false),
             inner: Mutex::new(Inner {
                 broken: store.is_none(),
                 store,
+                epoch,
                 unsynced: 0,
                 capturing: true,
                 outage: Outage::default(),
@@ -218,7 +319,11 @@ impl Spool {
     /// Would this remote have forwarded the message (its class, its deny list)?
     fn exportable(&self, subject: &[u8], origin: &Origin<'_>) -> bool {
         let class = LinkClass::from_u8(self.class.load(Ordering::Relaxed));
-        if origin.imported || !msg_allowed(origin.class, class) || subject.starts_with(b"$LDS.") {
+        if origin.imported
+            || !msg_allowed(origin.class, class)
+            || subject.starts_with(b"$LDS.")
+            || subject.starts_with(CONTROL_PREFIX.as_bytes())
+        {
             return false;
         }
         let s = std::str::from_utf8(subject).unwrap_or("");
@@ -325,9 +430,11 @@ impl Spool {
 
     /// A link came up: hold it (new messages keep going into the spool) until the replay
     /// has sent what was spooled.
-    pub fn link_up(&self, conn: &ConnShared, class: LinkClass) {
+    pub fn link_up(&self, conn: &ConnShared, class: LinkClass, canopy_hub: bool) {
         let _inner = self.inner.lock();
         self.class.store(class as u8, Ordering::Relaxed);
+        self.canopy_hub.store(canopy_hub, Ordering::Relaxed);
+        *self.hub_mark.lock() = None;
         self.held.store(conn.cid, Ordering::Relaxed);
     }
 
@@ -345,6 +452,7 @@ impl Spool {
                 // Close what is left first: the directory lock is ours.
                 inner.store = None;
                 inner.store = open_store(&self.label, &self.dir, self.max_bytes, &self.stats);
+                inner.epoch = load_epoch(&self.label, &self.dir, inner.store.as_ref());
                 inner.broken = inner.store.is_none();
                 if !inner.broken {
                     tracing::info!("{}: spool {} reopened", self.label, self.dir.display());
@@ -376,6 +484,7 @@ impl Spool {
             "unwanted": s.unwanted.load(Ordering::Relaxed),
             "stale_replies": s.stale_replies.load(Ordering::Relaxed),
             "errors": s.errors.load(Ordering::Relaxed),
+            "resumed_skipped": s.resumed_skipped.load(Ordering::Relaxed),
         })
     }
 
@@ -388,14 +497,32 @@ impl Spool {
         if !conn.ping_barrier(BARRIER_TIMEOUT).await {
             return;
         }
-        // Never more than the link's outbound bound in flight (it would close the link).
-        let batch_bytes = (conn.max_pending() / (WINDOW + 1)).clamp(4096, BATCH_BYTES);
-        // Batches sent and not acknowledged yet: (PING number, first sequence after it).
-        let mut in_flight: VecDeque<(u64, u64)> = VecDeque::with_capacity(WINDOW);
-        let mut batch: Vec<canopy_store::StoredMsg> = Vec::with_capacity(BATCH_MSGS);
+        let canopy_hub = self.canopy_hub.load(Ordering::Relaxed);
+        let epoch = self.inner.lock().epoch.clone();
         let mut next = 0u64;
+        if canopy_hub {
+            // Ask the hub how far an earlier replay of this epoch got; its answer comes
+            // before the PONG of the next barrier.
+            let q = format!("{CONTROL_PREFIX}Q.{epoch}");
+            if !send_control(&conn, &q) || !conn.ping_barrier(BARRIER_TIMEOUT).await {
+                return;
+            }
+            let mark = match *self.hub_mark.lock() {
+                Some((cid, seq)) if cid == conn.cid => seq,
+                _ => 0,
+            };
+            if mark > 0 {
+                next = self.skip_delivered(mark);
+            }
+        }
+        let window = if canopy_hub { WINDOW } else { WINDOW_GO_HUB };
+        // Never more than the link's outbound bound in flight (it would close the link).
+        let batch_bytes = (conn.max_pending() / (window + 1)).clamp(4096, BATCH_BYTES);
+        // Batches sent and not acknowledged yet: (PING number, first sequence after it).
+        let mut in_flight: VecDeque<(u64, u64)> = VecDeque::with_capacity(window);
+        let mut batch: Vec<canopy_store::StoredMsg> = Vec::with_capacity(BATCH_MSGS);
         loop {
-            if in_flight.len() >= WINDOW {
+            if in_flight.len() >= window {
                 if let Some((ping, upto)) = in_flight.pop_front() {
                     if !self.acknowledged(&conn, ping, upto).await {
                         return;
@@ -438,10 +565,53 @@ impl Spool {
                 return;
             }
             batch.clear();
+            if canopy_hub {
+                let m = format!("{CONTROL_PREFIX}M.{epoch}.{}", next.saturating_sub(1));
+                if !send_control(&conn, &m) {
+                    return;
+                }
+            }
             let Some(ping) = conn.queue_ping() else {
                 return;
             };
             in_flight.push_back((ping, next));
+        }
+    }
+
+    /// The hub has everything up to `mark` (an earlier replay of this epoch was cut off
+    /// after the hub got it): drops it from the spool and returns where to go on.
+    fn skip_delivered(&self, mark: u64) -> u64 {
+        let mut inner = self.inner.lock();
+        let Some(store) = inner.store.as_mut() else {
+            return 0;
+        };
+        let t = store.totals();
+        if mark < t.first_seq || mark > t.last_seq {
+            return 0;
+        }
+        let before = t.msgs;
+        if let Err(e) = store.compact(mark + 1) {
+            self.disk_error("compact", &e);
+            inner.broken = true;
+            return 0;
+        }
+        let skipped = before.saturating_sub(store.totals().msgs);
+        self.stats
+            .resumed_skipped
+            .fetch_add(skipped, Ordering::Relaxed);
+        tracing::info!(
+            "{}: the hub had the spool up to sequence {mark} already: {skipped} messages not \
+             sent again",
+            self.label
+        );
+        self.refresh(&inner);
+        mark + 1
+    }
+
+    /// The hub answered `$LSPOOL.Q` on connection `cid`.
+    pub fn hub_answered(&self, cid: u64, epoch: &str, seq: u64) {
+        if self.inner.lock().epoch == epoch {
+            *self.hub_mark.lock() = Some((cid, seq));
         }
     }
 
@@ -601,6 +771,20 @@ impl Spool {
         }
         Sent::Yes
     }
+}
+
+/// Queues a control message (no payload) on a leaf link.
+pub fn send_control(conn: &ConnShared, subject: &str) -> bool {
+    conn.enqueue(|b| {
+        canopy_proto::encode_lmsg(
+            b,
+            subject.as_bytes(),
+            None,
+            std::iter::empty::<&[u8]>(),
+            None,
+            b"",
+        )
+    })
 }
 
 enum Sent {

@@ -195,6 +195,21 @@ pub fn start(server: Arc<Server>) {
     if let Err(e) = svc.subscribe(&acc, "$SYS.SERVER.*.TOPOLOGY", None, handler) {
         tracing::error!("system service: cannot subscribe to topology events: {e}");
     }
+    // Store-and-forward marks recorded by the other members of the cluster.
+    let s = server.clone();
+    let handler = sync_handler(move |m| {
+        let epoch = m.subject.rsplit('.').next().unwrap_or("");
+        if let Some(seq) = std::str::from_utf8(&m.payload)
+            .ok()
+            .and_then(|p| p.parse::<u64>().ok())
+        {
+            s.spool_marks.record(epoch, seq);
+        }
+        Ok(())
+    });
+    if let Err(e) = svc.subscribe(&acc, SPOOL_MARKS_SUBJECT, None, handler) {
+        tracing::error!("system service: cannot subscribe to spool marks: {e}");
+    }
     // Published by the service itself, which never hears its own publishes: the view goes
     // to the other servers only, and a server alone counts no message for it.
     let (s, topo_svc, topo_acc) = (server.clone(), svc.clone(), acc.clone());
@@ -224,6 +239,20 @@ pub fn start(server: Arc<Server>) {
             }
         }
     });
+}
+
+/// Where hub servers share store-and-forward marks (server/spool.rs `Marks`).
+const SPOOL_MARKS_SUBJECT: &str = "$SYS.CANOPY.LSPOOL.*";
+
+/// Tells the other members of the cluster how far a leaf's replay got here, so the leaf
+/// resumes as precisely when it reconnects to one of them.
+pub fn share_spool_mark(server: &Server, epoch: &str, seq: u64) {
+    if let Some(acc) = server.account(&server.system_account) {
+        let subject = format!("$SYS.CANOPY.LSPOOL.{epoch}");
+        if acc.sublist.has_interest(&subject) {
+            server.publish_internal(&acc, &subject, None, seq.to_string().as_bytes());
+        }
+    }
 }
 
 /// Operator mode: answers the account resolver's requests (`$SYS.REQ.CLAIMS.UPDATE|LIST`,
