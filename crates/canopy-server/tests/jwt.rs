@@ -886,3 +886,50 @@ async fn v1_operator_and_account_jwts() {
     assert_ne!(out.status.code(), Some(0), "{err}");
     assert!(err.contains("signature does not verify"), "{err}");
 }
+
+/// Mappings in an account JWT (`nsc add mapping`) apply to the account's publishes, as in
+/// nats-server: a plain mapping with a wildcard, and a weighted split whose weights add up
+/// to 100 (absent weight: 100).
+#[tokio::test]
+async fn jwt_account_mappings() {
+    let pki = Pki::new();
+    let app_jwt = pki.account_jwt(
+        &pki.app,
+        "APP",
+        json!({"mappings": {
+            "orders.*": [{"subject": "orders.{{wildcard(1)}}.eu"}],
+            "split": [{"subject": "split.a", "weight": 50}, {"subject": "split.b", "weight": 50}],
+        }}),
+    );
+    let conf = format!("listen: 127.0.0.1:-1\n{}", pki.memory_conf(&app_jwt));
+    let s = ServerProcess::canopy(&conf).unwrap();
+    let user = KeyPair::new_user();
+    let ujwt = pki.user_jwt(&pki.app, &user, now() - 10, json!({}));
+    let nc = connect_creds(&s.url(), &creds(&ujwt, &user)).await;
+    let mut eu = nc.subscribe("orders.*.eu").await.unwrap();
+    let mut split = nc.subscribe("split.*").await.unwrap();
+    sync(&nc).await;
+    nc.publish("orders.42", "o".into()).await.unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(5), eu.next())
+        .await
+        .expect("mapped message")
+        .unwrap();
+    assert_eq!(m.subject.as_str(), "orders.42.eu");
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..200 {
+        nc.publish("split", "s".into()).await.unwrap();
+    }
+    nc.flush().await.unwrap();
+    for _ in 0..200 {
+        let m = tokio::time::timeout(Duration::from_secs(5), split.next())
+            .await
+            .expect("split message")
+            .unwrap();
+        seen.insert(m.subject.to_string());
+    }
+    assert_eq!(
+        seen.len(),
+        2,
+        "both destinations of the split get messages: {seen:?}"
+    );
+}

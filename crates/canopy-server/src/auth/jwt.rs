@@ -271,6 +271,46 @@ pub struct AccountNats {
     pub revocations: HashMap<String, i64>,
     #[serde(default)]
     pub default_permissions: JwtPermissions,
+    /// Subject mappings (`nsc add mapping`): source → weighted destinations.
+    #[serde(default)]
+    pub mappings: BTreeMap<String, Vec<JwtWeightedMapping>>,
+}
+
+/// One destination of an account JWT's mapping.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct JwtWeightedMapping {
+    pub subject: String,
+    /// Percent; 0 (absent) means 100, as in nats-io/jwt.
+    #[serde(default)]
+    pub weight: u8,
+    #[serde(default)]
+    pub cluster: String,
+}
+
+/// An account JWT's mappings in the configuration's form (checked with the configured
+/// ones: `mapping::validate` at start, `Mappings::new` when an account appears later).
+pub fn jwt_mappings(a: &AccountJwt) -> Vec<canopy_conf::Mapping> {
+    a.claims
+        .nats
+        .mappings
+        .iter()
+        .map(|(source, dests)| canopy_conf::Mapping {
+            source: source.clone(),
+            destinations: dests
+                .iter()
+                .map(|d| canopy_conf::MapDest {
+                    subject: d.subject.clone(),
+                    weight: if d.weight == 0 {
+                        100
+                    } else {
+                        d.weight.min(100)
+                    },
+                    cluster: (!d.cluster.is_empty()).then(|| d.cluster.clone()),
+                })
+                .collect(),
+            pos: Default::default(),
+        })
+        .collect()
 }
 
 fn b64(part: &str) -> Result<Vec<u8>, JwtError> {
@@ -883,7 +923,7 @@ pub fn authenticate(
     }
 }
 
-/// Operator mode: turns the imports and exports of the known account JWTs into
+/// Operator mode: turns the imports, exports and mappings of the known account JWTs into
 /// configured accounts (named by their public keys), so that the import agent
 /// ([`crate::services::imports`]) serves them. Private exports (`token_req`) are granted only to
 /// importers presenting a valid activation token. Imports from unknown accounts are
@@ -897,15 +937,18 @@ pub fn accounts_from_jwts(o: &mut Options) -> Result<(), Vec<String>> {
     let keys = trust.account_keys();
     let mut accounts: BTreeMap<String, canopy_conf::AccountConfig> = BTreeMap::new();
     let all: Vec<Arc<AccountJwt>> = keys.iter().filter_map(|k| trust.account(k)).collect();
-    let uses_imports = all
-        .iter()
-        .any(|a| !a.claims.nats.imports.is_empty() || !a.claims.nats.exports.is_empty());
+    let uses_imports = all.iter().any(|a| {
+        !a.claims.nats.imports.is_empty()
+            || !a.claims.nats.exports.is_empty()
+            || !a.claims.nats.mappings.is_empty()
+    });
     if !uses_imports {
         return Ok(());
     }
     for a in &all {
         let mut cfg = canopy_conf::AccountConfig {
             name: a.key.clone(),
+            mappings: jwt_mappings(a),
             ..Default::default()
         };
         for e in &a.claims.nats.exports {

@@ -80,7 +80,19 @@ impl Server {
         let o = self.opts();
         let cache = !o.disable_sublist_cache;
         let track = o.leafnodes.is_some() || o.cluster.is_some();
-        self.insert_account(Account::new(key, cache, track))
+        let acc = Account::new(key, cache, track);
+        // An account whose JWT arrived after start-up: its mappings apply from now on.
+        let jwt = self.trust().and_then(|t| t.account(key));
+        if let Some(ms) = jwt.map(|j| crate::auth::jwt::jwt_mappings(&j)) {
+            if !ms.is_empty() {
+                let cluster = o.cluster.as_ref().and_then(|c| c.name.as_deref());
+                match crate::core::mapping::Mappings::new(&ms, cluster) {
+                    Ok(m) => acc.set_mappings(m),
+                    Err(e) => tracing::error!("account {key}: mappings of its JWT: {e}"),
+                }
+            }
+        }
+        self.insert_account(acc)
     }
 
     /// Operator mode: authenticates a leaf CONNECT with a user JWT and binds the leaf to
@@ -164,6 +176,12 @@ impl Server {
                 if has_links && self.account(&acc.key).is_some() {
                     tracing::warn!(
                         "resolver: imports/exports of account {} change at the next restart",
+                        acc.key
+                    );
+                }
+                if !acc.claims.nats.mappings.is_empty() && self.account(&acc.key).is_some() {
+                    tracing::warn!(
+                        "resolver: mappings of account {} change at the next restart",
                         acc.key
                     );
                 }
