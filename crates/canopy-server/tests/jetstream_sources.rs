@@ -687,3 +687,97 @@ async fn drained_work_queue_aggregate_survives_a_restart() {
         .collect();
     assert_eq!(got, ["20", "21", "22", "23", "24"]);
 }
+
+/// Cross-account sourcing as nats-server documents it: account ORIG exports its JetStream
+/// API, the deliver subjects and the flow-control and ack replies; account AGG imports them
+/// (the API under `$JS.ORIG.API`) and sources ORIG's streams with `external { api, deliver }`
+/// — a limits stream and a work-queue stream (whose durable sourcing consumer acks across
+/// the accounts, so ORIG's work queue is drained). Run against Canopy and, for the same
+/// config, nats-server 2.9.10.
+async fn cross_account(kind: Impl) {
+    if kind == Impl::NatsServer && canopy_testkit::nats_server_bin().is_none() {
+        eprintln!("nats-server not installed: skipped");
+        return;
+    }
+    let store = tempfile::tempdir().unwrap();
+    let accounts = r#"
+accounts {
+  ORIG {
+    jetstream: enabled
+    users: [{ user: orig, password: orig }]
+    exports: [
+      { service: "$JS.API.>" }
+      { service: "$JS.FC.>" }
+      { service: "$JS.ACK.>" }
+      { stream: "deliver.agg.>", accounts: [AGG] }
+    ]
+  }
+  AGG {
+    jetstream: enabled
+    users: [{ user: agg, password: agg }]
+    imports: [
+      { service: { account: ORIG, subject: "$JS.API.>" }, to: "$JS.ORIG.API.>" }
+      { service: { account: ORIG, subject: "$JS.FC.>" } }
+      { service: { account: ORIG, subject: "$JS.ACK.>" } }
+      { stream: { account: ORIG, subject: "deliver.agg.>" } }
+    ]
+  }
+}
+"#;
+    let conf = js_config(store.path(), accounts);
+    let s = ServerProcess::start(kind, &conf, &[]).unwrap();
+    let orig = async_nats::ConnectOptions::with_user_and_password("orig".into(), "orig".into())
+        .connect(s.url())
+        .await
+        .unwrap();
+    let agg = async_nats::ConnectOptions::with_user_and_password("agg".into(), "agg".into())
+        .connect(s.url())
+        .await
+        .unwrap();
+    let p = "$JS.API";
+    create(&orig, p, json!({"name": "L", "subjects": ["l.>"]})).await;
+    create(
+        &orig,
+        p,
+        json!({"name": "W", "subjects": ["w.>"], "retention": "workqueue"}),
+    )
+    .await;
+    for i in 0..20 {
+        publish(&orig, format!("l.{i}"), i.to_string()).await;
+        publish(&orig, format!("w.{i}"), i.to_string()).await;
+    }
+    let ext = |deliver: &str| json!({"api": "$JS.ORIG.API", "deliver": deliver});
+    let sources = json!([
+        {"name": "L", "external": ext("deliver.agg.l")},
+        {"name": "W", "external": ext("deliver.agg.w")},
+    ]);
+    create(&agg, p, json!({"name": "AGG", "sources": sources})).await;
+    wait_count(&agg, p, "AGG", 40, &[&s]).await;
+    for i in 20..30 {
+        publish(&orig, format!("l.{i}"), i.to_string()).await;
+        publish(&orig, format!("w.{i}"), i.to_string()).await;
+    }
+    wait_count(&agg, p, "AGG", 60, &[&s]).await;
+    check_each_once_in_order(&contents(&agg, p, "AGG").await, &[("l", 30), ("w", 30)]);
+    // The work queue was drained by the acks that crossed the accounts.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while count(&orig, p, "W").await != 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "W not drained: {}\n{}",
+            api(&orig, format!("{p}.STREAM.INFO.W"), json!({})).await,
+            s.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn cross_account_sources() {
+    cross_account(Impl::Canopy).await;
+}
+
+#[tokio::test]
+async fn cross_account_sources_go() {
+    cross_account(Impl::NatsServer).await;
+}
