@@ -781,3 +781,91 @@ async fn cross_account_sources() {
 async fn cross_account_sources_go() {
     cross_account(Impl::NatsServer).await;
 }
+
+/// The `$JS.API` requests an edge has served so far (its `/jsz` `api.total`).
+fn api_total(s: &ServerProcess) -> u64 {
+    s.monitor("/jsz").unwrap()["api"]["total"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+/// A hundred edges, each with its own domain and stream, sourced into one hub stream. The
+/// hub is killed (-9) and restarted while the edges keep publishing: all hundred leaf links
+/// come back at once, the hub's hundred sources resume, and each edge serves only a few
+/// API requests for it (the sourcing consumer's recreation), not a storm of retries.
+#[tokio::test]
+async fn hundred_edges_reconnect_at_once() {
+    const EDGES: usize = 100;
+    let stores = tempfile::tempdir().unwrap();
+    let lp = canopy_testkit::free_fixed_port();
+    let hub_conf = format!(
+        "listen: 127.0.0.1:-1\nhttp: 127.0.0.1:-1\njetstream {{ store_dir: \"{}\", domain: hub }}\n\
+         leafnodes {{ listen: 127.0.0.1:{lp} }}\n",
+        stores.path().join("hub").display()
+    );
+    let mut hub = ServerProcess::canopy(&hub_conf).unwrap();
+    let mut edges = Vec::with_capacity(EDGES);
+    let mut clients = Vec::with_capacity(EDGES);
+    for i in 0..EDGES {
+        let conf = format!(
+            "listen: 127.0.0.1:-1\nhttp: 127.0.0.1:-1\n\
+             jetstream {{ store_dir: \"{}\", domain: edge{i}, max_mem: 1MB, max_file: 16MB }}\n\
+             leafnodes {{ remotes: [{{ url: \"nats-leaf://127.0.0.1:{lp}\" }}], reconnect: 1 }}\n",
+            stores.path().join(format!("e{i}")).display()
+        );
+        let e = ServerProcess::canopy(&conf).unwrap();
+        let nc = async_nats::connect(e.url()).await.unwrap();
+        create(
+            &nc,
+            "$JS.API",
+            json!({"name": format!("E{i}"), "subjects": [format!("e{i}.>")]}),
+        )
+        .await;
+        publish(&nc, format!("e{i}.0"), "0".into()).await;
+        edges.push(e);
+        clients.push(nc);
+    }
+    let sources: Vec<Value> = (0..EDGES)
+        .map(|i| json!({"name": format!("E{i}"), "domain": format!("edge{i}")}))
+        .collect();
+    let hnc = async_nats::connect(hub.url()).await.unwrap();
+    create(&hnc, "$JS.API", json!({"name": "AGG", "sources": sources})).await;
+    wait_count(&hnc, "$JS.API", "AGG", EDGES as u64, &[&hub]).await;
+
+    drop(hnc);
+    hub.kill();
+    let before: Vec<u64> = edges.iter().map(api_total).collect();
+    for (i, nc) in clients.iter().enumerate() {
+        publish(nc, format!("e{i}.1"), "1".into()).await;
+    }
+    let hub = ServerProcess::canopy(&hub_conf).unwrap();
+    let hnc = async_nats::connect(hub.url()).await.unwrap();
+    wait_count(&hnc, "$JS.API", "AGG", 2 * EDGES as u64, &[&hub]).await;
+    // Settled: more messages arrive promptly, and nothing else is being retried.
+    for (i, nc) in clients.iter().enumerate() {
+        publish(nc, format!("e{i}.2"), "2".into()).await;
+    }
+    wait_count(&hnc, "$JS.API", "AGG", 3 * EDGES as u64, &[&hub]).await;
+    let served: Vec<u64> = edges
+        .iter()
+        .zip(&before)
+        .map(|(e, b)| api_total(e) - b)
+        .collect();
+    let total: u64 = served.iter().sum();
+    let max = served.iter().copied().max().unwrap_or(0);
+    eprintln!("API requests served per edge for the reconnect: total {total}, max {max}");
+    assert!(
+        max <= 4,
+        "an edge served {max} API requests for one source's reconnect: {served:?}"
+    );
+    let msgs: Vec<(String, String)> = contents(&hnc, "$JS.API", "AGG").await;
+    let mut per_edge: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (subject, data) in msgs {
+        let head = subject.split('.').next().unwrap().to_string();
+        per_edge.entry(head).or_default().push(data);
+    }
+    assert_eq!(per_edge.len(), EDGES);
+    for (edge, got) in per_edge {
+        assert_eq!(got, ["0", "1", "2"], "messages of {edge}");
+    }
+}
