@@ -57,7 +57,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use canopy_raft::{Group, GroupConfig, Peer, ProposeError, StateMachine, Transport};
@@ -97,6 +97,9 @@ pub struct GroupSpec {
     pub peers: Vec<Peer>,
     /// A new stream: initialise the group with `peers` when it has no state yet.
     pub bootstrap: bool,
+    /// Raft timings (heartbeat, election timeouts, snapshot interval, RPC timeout) instead
+    /// of [`GroupConfig::new`]'s; its name, dir and member are taken from this spec.
+    pub tuning: Option<GroupConfig>,
 }
 
 /// Why a replicated stream could not be opened or changed.
@@ -139,7 +142,6 @@ pub(crate) struct Repl {
     admin: Vec<Op>,
     queue: Vec<JsMsg>,
     inflight: Option<Inflight>,
-    next_info: Instant,
 }
 
 impl Repl {
@@ -257,7 +259,6 @@ fn needs_applied_state(m: &JsMsg) -> bool {
 /// The leader's proposal loop: when nothing is in flight, proposes what accumulated (the
 /// leadership's no-op first). Runs after every batch of commands on the stream's thread.
 pub(crate) fn pump(core: &mut StreamCore) {
-    refresh_cluster(core);
     let Some(r) = core.repl.as_mut() else {
         return;
     };
@@ -468,11 +469,13 @@ fn become_ready(core: &mut StreamCore) {
         c.resume();
     }
     tracing::info!(stream = %core.name, account = %core.account, "JetStream: now the stream leader");
-    refresh_cluster_now(core);
 }
 
-/// The group's leader changed (from the group's leader watch).
-fn on_leader(core: &mut StreamCore, leader: Option<Peer>) {
+/// The group's leader changed (from the group's leader watch, with the new `cluster`
+/// object: the group's status is never read on the stream's thread, which the group may be
+/// waiting for in `apply`).
+fn on_leader(core: &mut StreamCore, leader: Option<Peer>, cluster: Value) {
+    core.cluster = cluster;
     let Some(r) = core.repl.as_mut() else {
         return;
     };
@@ -484,7 +487,6 @@ fn on_leader(core: &mut StreamCore, leader: Option<Peer>) {
     } else if !mine && r.leading {
         lose_leadership(core);
     }
-    refresh_cluster_now(core);
     pump(core);
 }
 
@@ -523,26 +525,6 @@ pub(crate) fn delete_inactive(core: &mut StreamCore, name: &str) {
         None => {
             core.delete_consumer(name);
         }
-    }
-}
-
-fn refresh_cluster(core: &mut StreamCore) {
-    if core
-        .repl
-        .as_ref()
-        .is_some_and(|r| Instant::now() >= r.next_info)
-    {
-        refresh_cluster_now(core);
-    }
-}
-
-fn refresh_cluster_now(core: &mut StreamCore) {
-    let Some(r) = core.repl.as_mut() else {
-        return;
-    };
-    r.next_info = Instant::now() + Duration::from_millis(500);
-    if let Some(g) = &r.group {
-        core.cluster = cluster_json(g, core.host.info().cluster.as_deref());
     }
 }
 
@@ -1269,7 +1251,6 @@ impl Engine {
             admin: Vec::new(),
             queue: Vec::new(),
             inflight: None,
-            next_info: Instant::now(),
         };
         for c in core.consumers.values_mut() {
             repl.wrap(c);
@@ -1281,7 +1262,13 @@ impl Engine {
         let sm = Arc::new(StreamSm {
             h: Arc::downgrade(&h),
         });
-        let gcfg = GroupConfig::new(&group.name, group.dir.clone(), group.me.clone());
+        let mut gcfg = group
+            .tuning
+            .clone()
+            .unwrap_or_else(|| GroupConfig::new(&group.name, group.dir.clone(), group.me.clone()));
+        gcfg.name.clone_from(&group.name);
+        gcfg.dir.clone_from(&group.dir);
+        gcfg.me = group.me.clone();
         let g = match Group::open(gcfg, sm, transport).await {
             Ok(g) => g,
             Err(e) => {
@@ -1289,13 +1276,6 @@ impl Engine {
                 return Err(ReplicaError::Open(e.to_string()));
             }
         };
-        if group.bootstrap && !g.initialized() {
-            if let Err(e) = g.bootstrap(group.peers.clone()).await {
-                g.shutdown().await;
-                self.drop_stream(&acc, &name);
-                return Err(e.into());
-            }
-        }
         *h.raft.lock() = Some(g.clone());
         let g2 = g.clone();
         h.call(move |c| {
@@ -1303,18 +1283,37 @@ impl Engine {
                 r.group = Some(g2);
             }
         });
+        if group.bootstrap && !g.initialized() {
+            if let Err(e) = g.bootstrap(group.peers.clone()).await {
+                h.raft.lock().take();
+                g.shutdown().await;
+                self.drop_stream(&acc, &name);
+                return Err(e.into());
+            }
+        }
+        // Leadership changes, and the `cluster` object refreshed twice a second.
         let mut rx = g.leader_watch();
         let weak = Arc::downgrade(&h);
+        let cluster = self.host.info().cluster;
         tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            let mut last: Option<Option<Peer>> = None;
             loop {
                 let leader = rx.borrow_and_update().clone();
                 let Some(h) = weak.upgrade() else {
                     break;
                 };
-                h.send(Cmd::Call(Box::new(move |c| on_leader(c, leader))));
+                let info = cluster_json(&g, cluster.as_deref());
+                if last.as_ref() != Some(&leader) {
+                    last = Some(leader.clone());
+                    h.send(Cmd::Call(Box::new(move |c| on_leader(c, leader, info))));
+                } else {
+                    h.send(Cmd::Call(Box::new(move |c| c.cluster = info)));
+                }
                 drop(h);
-                if rx.changed().await.is_err() {
-                    break;
+                tokio::select! {
+                    r = rx.changed() => if r.is_err() { break },
+                    _ = tick.tick() => {}
                 }
             }
         });
