@@ -193,6 +193,8 @@ struct Cluster {
     net: Arc<Net>,
     nodes: Mutex<HashMap<String, Node>>,
     inbox: AtomicU64,
+    /// Raft snapshot interval (entries).
+    snapshot_every: u64,
 }
 
 fn stream_cfg() -> StreamConfig {
@@ -214,11 +216,22 @@ fn peers() -> Vec<Peer> {
 
 impl Cluster {
     async fn start() -> Cluster {
+        Cluster::start_with(8_192).await
+    }
+
+    async fn start_with(snapshot_every: u64) -> Cluster {
+        if std::env::var_os("JS_TEST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt()
+                .with_max_level(tracing::Level::DEBUG)
+                .with_test_writer()
+                .try_init();
+        }
         let c = Cluster {
             dir: tempfile::tempdir().unwrap(),
             net: Arc::new(Net::default()),
             nodes: Mutex::new(HashMap::new()),
             inbox: AtomicU64::new(0),
+            snapshot_every,
         };
         for n in NODES {
             c.open(n, true).await;
@@ -257,6 +270,7 @@ impl Cluster {
         tuning.election_timeout_min = Duration::from_millis(300);
         tuning.election_timeout_max = Duration::from_millis(600);
         tuning.rpc_timeout = Duration::from_millis(500);
+        tuning.snapshot_every = self.snapshot_every;
         let spec = GroupSpec {
             name: STREAM.into(),
             dir: self.node_dir(n).join("raft").join(STREAM),
@@ -526,10 +540,21 @@ async fn r3_consumer_resumes_on_the_new_leader() {
     for inbox in &confirms {
         assert_eq!(c.wait_for(inbox, 1, 10).await.len(), 1, "ack confirmed");
     }
-    // A pull waiting on the leader when it steps down ends with 409 Leadership Change.
+    // A pull waiting on the leader when it steps down ends with 409 Leadership Change
+    // (on a consumer with nothing to deliver, so that nothing else answers it first).
+    let r = c
+        .api(
+            &leader,
+            &format!("CONSUMER.CREATE.{STREAM}.E"),
+            json!({"stream_name": STREAM, "config": {
+                "durable_name": "E", "ack_policy": "explicit", "deliver_policy": "new",
+            }}),
+        )
+        .await;
+    assert!(r.get("error").is_none(), "{r}");
     let waiting = c.inbox();
     c.host(&leader).inject(
-        &format!("$JS.API.CONSUMER.MSG.NEXT.{STREAM}.C"),
+        &format!("$JS.API.CONSUMER.MSG.NEXT.{STREAM}.E"),
         Some(&waiting),
         None,
         b"{\"batch\":1,\"expires\":30000000000}",
@@ -610,4 +635,53 @@ async fn r3_dedupe_survives_a_leader_change() {
     assert_eq!(v["duplicate"], json!(true), "{v}");
     let info = c.wait_last(&second, 1).await;
     assert_eq!(info["state"]["messages"], json!(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r3_wiped_member_catches_up_from_a_snapshot() {
+    // Snapshots every 8 entries: the leader's log no longer holds what a member that lost
+    // its directory needs, so it is sent the snapshot (messages and consumer states).
+    let c = Cluster::start_with(8).await;
+    let leader = c.leader().await;
+    c.publish_acked(0, 30).await;
+    let r = c
+        .api(
+            &leader,
+            &format!("CONSUMER.CREATE.{STREAM}.D"),
+            json!({"stream_name": STREAM, "config": {
+                "durable_name": "D", "ack_policy": "explicit", "deliver_policy": "all",
+            }}),
+        )
+        .await;
+    assert!(r.get("error").is_none(), "{r}");
+    let pull = c.inbox();
+    c.host(&leader).inject(
+        &format!("$JS.API.CONSUMER.MSG.NEXT.{STREAM}.D"),
+        Some(&pull),
+        None,
+        b"{\"batch\":4}",
+    );
+    let got = c.wait_for(&pull, 4, 10).await;
+    for o in &got[..3] {
+        let inbox = c.inbox();
+        c.host(&leader)
+            .inject(o.reply.as_deref().unwrap(), Some(&inbox), None, b"+ACK");
+        assert_eq!(c.wait_for(&inbox, 1, 10).await.len(), 1);
+    }
+    let follower = NODES.iter().find(|n| **n != leader).unwrap().to_string();
+    c.kill(&follower).await;
+    std::fs::remove_dir_all(c.node_dir(&follower)).unwrap();
+    c.publish_acked(30, 12).await;
+    c.net.cut.lock().remove(&follower);
+    c.open(&follower, false).await;
+    c.wait_last(&follower, 42).await;
+    assert_eq!(
+        c.contents(&follower, 42).await,
+        c.contents(&leader, 42).await
+    );
+    let info = c
+        .api(&follower, &format!("CONSUMER.INFO.{STREAM}.D"), Value::Null)
+        .await;
+    assert_eq!(info["ack_floor"]["stream_seq"], json!(3), "{info}");
+    assert_eq!(info["num_ack_pending"], json!(1), "{info}");
 }
