@@ -594,6 +594,7 @@ impl Engine {
         for id in h.subs.lock().drain(..) {
             self.host.unsubscribe(id);
         }
+        crate::replica::stop_member(h);
         h.stop();
     }
 

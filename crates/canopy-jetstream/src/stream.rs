@@ -73,7 +73,7 @@ pub(crate) struct StreamHandle {
     tx: Sender<Cmd>,
     pub subs: parking_lot::Mutex<Vec<crate::host::SubId>>,
     /// A replicated stream's Raft member (readable without asking the thread).
-    pub(crate) raft: parking_lot::Mutex<Option<canopy_raft::Group>>,
+    pub(crate) raft: parking_lot::Mutex<Option<crate::replica::Member>>,
 }
 
 impl StreamHandle {

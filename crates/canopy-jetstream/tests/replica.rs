@@ -299,6 +299,10 @@ impl Cluster {
         node.engine.shutdown();
     }
 
+    fn engine(&self, n: &str) -> Arc<Engine> {
+        self.nodes.lock()[n].engine.clone()
+    }
+
     fn host(&self, n: &str) -> Arc<FakeHost> {
         self.nodes.lock()[n].host.clone()
     }
@@ -560,8 +564,7 @@ async fn r3_consumer_resumes_on_the_new_leader() {
         b"{\"batch\":1,\"expires\":30000000000}",
     );
     tokio::time::sleep(Duration::from_millis(100)).await;
-    c.nodes.lock()[&leader]
-        .engine
+    c.engine(&leader)
         .stream_step_down(ACC, STREAM, None)
         .await
         .unwrap();
@@ -612,8 +615,7 @@ async fn r3_dedupe_survives_a_leader_change() {
     let ack = c.wait_for(&a, 1, 10).await;
     let v: Value = serde_json::from_slice(&ack[0].payload).unwrap();
     assert_eq!(v["seq"], json!(1), "{v}");
-    c.nodes.lock()[&leader]
-        .engine
+    c.engine(&leader)
         .stream_step_down(ACC, STREAM, None)
         .await
         .unwrap();

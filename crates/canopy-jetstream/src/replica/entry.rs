@@ -183,35 +183,38 @@ impl<'a> R<'a> {
     }
 }
 
-/// Encodes one message (also used directly by the leader, from its prepared batch).
-pub(crate) fn put_msg(
-    w: &mut W,
-    seq: u64,
-    ts: i64,
-    ttl: Option<i64>,
-    rollup: Option<bool>,
-    subject: &str,
-    hdr: &[u8],
-    payload: &[u8],
-) {
-    w.u64(seq);
-    w.i64(ts);
-    let flags = u8::from(ttl.is_some())
-        | match rollup {
+/// A message to encode, borrowed (the leader encodes its prepared batch directly).
+pub(crate) struct MsgRef<'a> {
+    pub seq: u64,
+    pub ts: i64,
+    pub ttl: Option<i64>,
+    pub rollup: Option<bool>,
+    pub subject: &'a str,
+    pub hdr: &'a [u8],
+    pub payload: &'a [u8],
+}
+
+/// Encodes one message.
+pub(crate) fn put_msg(w: &mut W, m: &MsgRef<'_>) {
+    w.u64(m.seq);
+    w.i64(m.ts);
+    let flags = u8::from(m.ttl.is_some())
+        | match m.rollup {
             Some(false) => 2,
             Some(true) => 4,
             None => 0,
         };
     w.u8(flags);
-    if let Some(t) = ttl {
+    if let Some(t) = m.ttl {
         w.i64(t);
     }
-    w.bytes(subject.as_bytes());
-    w.bytes(hdr);
-    w.bytes(payload);
+    w.bytes(m.subject.as_bytes());
+    w.bytes(m.hdr);
+    w.bytes(m.payload);
 }
 
-fn get_msg(r: &mut R<'_>) -> Result<RMsg, Malformed> {
+/// Decodes one message.
+pub(crate) fn get_msg(r: &mut R<'_>) -> Result<RMsg, Malformed> {
     let seq = r.u64()?;
     let ts = r.i64()?;
     let flags = r.u8()?;
@@ -252,7 +255,16 @@ pub(crate) fn put_op(w: &mut W, op: &Op) {
             w.len(msgs.len());
             for m in msgs {
                 put_msg(
-                    w, m.seq, m.ts, m.ttl, m.rollup, &m.subject, &m.hdr, &m.payload,
+                    w,
+                    &MsgRef {
+                        seq: m.seq,
+                        ts: m.ts,
+                        ttl: m.ttl,
+                        rollup: m.rollup,
+                        subject: &m.subject,
+                        hdr: &m.hdr,
+                        payload: &m.payload,
+                    },
                 );
             }
         }

@@ -222,6 +222,28 @@ impl ConsumerStore for RecStore {
     }
 }
 
+/// A replicated stream's Raft member and the runtime it runs on (in its
+/// [`StreamHandle`]).
+pub(crate) struct Member {
+    pub group: Group,
+    pub rt: tokio::runtime::Handle,
+}
+
+/// Shuts a replicated stream's Raft member down before its thread stops: the group must
+/// not apply entries to a stopped stream (it would count them applied). Blocks until done.
+pub(crate) fn stop_member(h: &StreamHandle) {
+    let Some(m) = h.raft.lock().take() else {
+        return;
+    };
+    let Member { group, rt } = m;
+    let t = std::thread::Builder::new()
+        .name("js-raft-stop".into())
+        .spawn(move || rt.block_on(group.shutdown()));
+    if let Ok(t) = t {
+        let _ = t.join();
+    }
+}
+
 /// Does this stream run its consumers here (a local stream, or the ready leader)?
 pub(crate) fn delivers(core: &StreamCore) -> bool {
     core.repl.as_ref().is_none_or(|r| r.ready)
@@ -352,7 +374,16 @@ pub(crate) fn pump(core: &mut StreamCore) {
         w.len(batch.len());
         for (seq, p) in &batch {
             entry::put_msg(
-                &mut w, *seq, ts, p.ttl, p.rollup, &p.subject, &p.hdr, &p.payload,
+                &mut w,
+                &entry::MsgRef {
+                    seq: *seq,
+                    ts,
+                    ttl: p.ttl,
+                    rollup: p.rollup,
+                    subject: &p.subject,
+                    hdr: &p.hdr,
+                    payload: &p.payload,
+                },
             );
         }
     }
@@ -796,9 +827,6 @@ fn consumer_upsert_apply(
         if let Some(r) = core.repl.as_mut() {
             r.wrap(&mut k);
         }
-        if leader {
-            k.resume();
-        }
         core.consumers.insert(name.clone(), k);
         core.update_stats();
         if leader {
@@ -886,13 +914,15 @@ fn snapshot(core: &mut StreamCore) -> Result<Bytes, String> {
     while let Ok(Some(m)) = core.store.load_next_matching(">", seq) {
         entry::put_msg(
             &mut msgs,
-            m.seq,
-            m.ts,
-            m.ttl,
-            None,
-            m.subject(),
-            m.headers(),
-            m.payload(),
+            &entry::MsgRef {
+                seq: m.seq,
+                ts: m.ts,
+                ttl: m.ttl,
+                rollup: None,
+                subject: m.subject(),
+                hdr: m.headers(),
+                payload: m.payload(),
+            },
         );
         n += 1;
         seq = m.seq + 1;
@@ -907,7 +937,7 @@ struct Snap {
     first: u64,
     last: u64,
     consumers: Vec<(String, i64, Vec<u8>, ConsumerState)>,
-    msgs: Vec<(u64, i64, Option<i64>, String, Vec<u8>, Vec<u8>)>,
+    msgs: Vec<entry::RMsg>,
 }
 
 fn decode_snapshot(b: &[u8]) -> Result<Snap, entry::Malformed> {
@@ -932,18 +962,7 @@ fn decode_snapshot(b: &[u8]) -> Result<Snap, entry::Malformed> {
     let nm = r.count(29)?;
     let mut msgs = Vec::with_capacity(nm);
     for _ in 0..nm {
-        let seq = r.u64()?;
-        let ts = r.i64()?;
-        let flags = r.u8()?;
-        let ttl = if flags & 1 != 0 { Some(r.i64()?) } else { None };
-        msgs.push((
-            seq,
-            ts,
-            ttl,
-            r.string()?,
-            r.bytes()?.to_vec(),
-            r.bytes()?.to_vec(),
-        ));
+        msgs.push(entry::get_msg(&mut r)?);
     }
     r.done()?;
     Ok(Snap {
@@ -971,7 +990,7 @@ fn restore(core: &mut StreamCore, index: u64, data: &[u8]) -> Result<(), String>
     if s.first > local.first_seq {
         core.store.compact(s.first).map_err(|e| e.to_string())?;
     }
-    let have: BTreeSet<u64> = s.msgs.iter().map(|m| m.0).collect();
+    let have: BTreeSet<u64> = s.msgs.iter().map(|m| m.seq).collect();
     let mut seq = s.first.max(1);
     let mut gone = Vec::new();
     while let Ok(Some(m)) = core.store.load_next_matching(">", seq) {
@@ -986,24 +1005,24 @@ fn restore(core: &mut StreamCore, index: u64, data: &[u8]) -> Result<(), String>
     for g in gone {
         let _ = core.store.remove_msg(g);
     }
-    for (seq, ts, ttl, subject, hdr, payload) in &s.msgs {
+    for m in &s.msgs {
         let last = core.store.totals().last_seq;
-        if *seq <= last {
+        if m.seq <= last {
             continue;
         }
-        if *seq > last + 1 {
+        if m.seq > last + 1 {
             core.store
-                .skip_msgs(last + 1, seq - last - 1)
+                .skip_msgs(last + 1, m.seq - last - 1)
                 .map_err(|e| e.to_string())?;
         }
-        let m = NewMsg {
-            subject,
-            hdr,
-            payload,
-            ttl: *ttl,
+        let n = NewMsg {
+            subject: &m.subject,
+            hdr: &m.hdr,
+            payload: &m.payload,
+            ttl: m.ttl,
         };
         core.store
-            .store_raw(*seq, *ts, m)
+            .store_raw(m.seq, m.ts, n)
             .map_err(|e| e.to_string())?;
     }
     let last = core.store.totals().last_seq;
@@ -1073,7 +1092,7 @@ impl StateMachine for StreamSm {
 /// The handle and group of `stream` when it is replicated.
 pub(crate) fn group_of(acc: &Account, stream: &str) -> Option<(Arc<StreamHandle>, Group)> {
     let h = acc.stream(stream)?;
-    let g = h.raft.lock().clone()?;
+    let g = h.raft.lock().as_ref()?.group.clone();
     Some((h, g))
 }
 
@@ -1276,7 +1295,10 @@ impl Engine {
                 return Err(ReplicaError::Open(e.to_string()));
             }
         };
-        *h.raft.lock() = Some(g.clone());
+        *h.raft.lock() = Some(Member {
+            group: g.clone(),
+            rt: tokio::runtime::Handle::current(),
+        });
         let g2 = g.clone();
         h.call(move |c| {
             if let Some(r) = c.repl.as_mut() {
@@ -1330,7 +1352,7 @@ impl Engine {
     pub fn raft_group(&self, account: &str, stream: &str) -> Option<Group> {
         let acc = self.accounts.read().get(account).cloned()?;
         let h = acc.stream(stream)?;
-        let g = h.raft.lock().clone();
+        let g = h.raft.lock().as_ref().map(|m| m.group.clone());
         g
     }
 
@@ -1416,9 +1438,9 @@ impl Engine {
         let Some(h) = acc.stream(stream) else {
             return;
         };
-        let g = h.raft.lock().take();
-        if let Some(g) = g {
-            g.shutdown().await;
+        let m = h.raft.lock().take();
+        if let Some(m) = m {
+            m.group.shutdown().await;
         }
         self.drop_stream(&acc, stream);
     }
