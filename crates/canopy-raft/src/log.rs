@@ -518,6 +518,10 @@ impl LogStore {
         g.vote.is_some() || g.last_log_id().is_some()
     }
 
+    pub(crate) fn last_log_index(&self) -> Option<u64> {
+        self.inner.lock().last_log_id().map(|l| l.index)
+    }
+
     pub(crate) fn committed(&self) -> Option<u64> {
         self.inner.lock().committed.map(|l| l.index)
     }

@@ -95,6 +95,8 @@ impl Transport for MemTransport {
 pub struct MemSm {
     pub applied: Mutex<Vec<(u64, Vec<u8>)>>,
     pub restores: AtomicUsize,
+    /// State lost on restart (`durable() == false`).
+    pub volatile: bool,
 }
 
 impl MemSm {
@@ -121,6 +123,9 @@ impl StateMachine for MemSm {
         *self.applied.lock() = v;
         self.restores.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+    fn durable(&self) -> bool {
+        !self.volatile
     }
 }
 
