@@ -26,8 +26,10 @@ use crate::{
 };
 
 /// How long a proposal or a leadership check may wait for a quorum before it fails with
-/// [`ProposeError::NoQuorum`].
-const QUORUM_WAIT: Duration = Duration::from_secs(5);
+/// [`ProposeError::NoQuorum`]: five maximum election timeouts, within 1..=5 s.
+fn quorum_wait(cfg: &GroupConfig) -> Duration {
+    (cfg.election_timeout_max * 5).clamp(Duration::from_secs(1), Duration::from_secs(5))
+}
 /// How long a membership change may wait to commit.
 const MEMBERSHIP_WAIT: Duration = Duration::from_secs(30);
 
@@ -152,6 +154,13 @@ impl Group {
         )
         .await
         .map_err(|e| storage(e.to_string()))?;
+        // The core publishes its loaded state (last index, membership) once it runs: wait for
+        // it so that status() is right as soon as open returns.
+        let last = log.last_log_index();
+        let _ = raft
+            .wait(Some(Duration::from_secs(2)))
+            .metrics(|m| m.last_log_index == last, "log loaded")
+            .await;
         let (leader_tx, _) = watch::channel(None);
         let inner = Arc::new(Inner {
             cfg,
@@ -295,13 +304,18 @@ impl Group {
 
     /// Replicates `entry`; returns its log index and `apply`'s answer on this member.
     ///
-    /// Fails with [`ProposeError::NoQuorum`] when no quorum answered within 5 s (or at once
+    /// Fails with [`ProposeError::NoQuorum`] when no quorum answered within five election
+    /// timeouts (bounded to 1..=5 s; 5 s with the defaults), or at once
     /// when this leader has not heard from a quorum for three election timeouts). A proposal
     /// that timed out may still commit later, if a quorum comes back before another leader
     /// replaces the entry.
     pub async fn propose(&self, entry: Bytes) -> Result<(u64, Bytes), ProposeError> {
         self.check_quorum()?;
-        match tokio::time::timeout(QUORUM_WAIT, self.inner.raft.client_write(Payload(entry))).await
+        match tokio::time::timeout(
+            quorum_wait(&self.inner.cfg),
+            self.inner.raft.client_write(Payload(entry)),
+        )
+        .await
         {
             Ok(Ok(resp)) => Ok((resp.log_id.index, resp.data.0)),
             Ok(Err(e)) => Err(write_err(e)),
@@ -310,9 +324,15 @@ impl Group {
     }
 
     /// Confirms with a quorum that this member is still the leader (linearizable reads).
+    /// Bounded like [`Group::propose`].
     pub async fn ensure_leader(&self) -> Result<(), ProposeError> {
         self.check_quorum()?;
-        match tokio::time::timeout(QUORUM_WAIT, self.inner.raft.ensure_linearizable()).await {
+        match tokio::time::timeout(
+            quorum_wait(&self.inner.cfg),
+            self.inner.raft.ensure_linearizable(),
+        )
+        .await
+        {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
                 Err(not_leader(&f))

@@ -13,7 +13,12 @@
 //! - **State machine** is the application's: [`StateMachine::apply`] is called for each
 //!   committed entry in log order. After a crash an entry may be applied again (the crate
 //!   records the applied index after the application applied it), so `apply` must be
-//!   idempotent by index. Snapshots are the application's bytes ([`StateMachine::snapshot`],
+//!   idempotent by index (an application without durable state says so with
+//!   [`StateMachine::durable`] and is rebuilt from the snapshot and the log on open).
+//!   `apply`, `snapshot` and `restore` may block on disk I/O: the group calls them through
+//!   `tokio::task::block_in_place` (so a multi-threaded runtime is expected), one at a time,
+//!   never concurrently with each other. They must not wait for this group's own proposals
+//!   (a proposal waits for its `apply`). Snapshots are the application's bytes ([`StateMachine::snapshot`],
 //!   [`StateMachine::restore`]); a stream's snapshot is its state plus what a follower needs
 //!   to fetch the data from the leader's store, not the whole Raft log.
 //! - **Durability**: the log, the vote and the applied index live under [`GroupConfig::dir`]
@@ -128,6 +133,13 @@ pub trait StateMachine: Send + Sync + 'static {
     fn snapshot(&self) -> Result<Bytes, String>;
     /// Replaces the state with a snapshot taken by a peer at log `index`.
     fn restore(&self, index: u64, data: &[u8]) -> Result<(), String>;
+    /// Does the application keep its applied state across a restart (the default)? Then
+    /// [`Group::open`] resumes after the recorded applied index. An application whose state
+    /// lives in memory returns `false`: on open the group hands it the last snapshot
+    /// ([`StateMachine::restore`], when there is one) and applies the log after it again.
+    fn durable(&self) -> bool {
+        true
+    }
 }
 
 /// A group's tuning.
@@ -220,6 +232,7 @@ mod codec;
 mod fsutil;
 mod group;
 mod log;
+pub mod mem;
 mod net;
 mod sm;
 mod types;

@@ -12,6 +12,7 @@
 
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -44,6 +45,9 @@ pub(crate) struct SmShared {
     /// Held while the application applies, snapshots or restores, so a snapshot's metadata
     /// always matches the state it was taken from.
     state: Mutex<State>,
+    /// The applied index + 1 (0: nothing), readable without the lock (status() from
+    /// inside `apply` must not deadlock).
+    applied_next: AtomicU64,
 }
 
 /// The adaptor openraft drives.
@@ -83,8 +87,14 @@ fn write_snapshot_file(dir: &Path, meta: &SnapshotMeta, data: &[u8]) -> Result<(
     atomic_write(&dir.join("snapshot.bin"), &b, true).map_err(|e| e.to_string())
 }
 
+fn next_of(l: Option<LogId>) -> u64 {
+    l.map(|l| l.index + 1).unwrap_or(0)
+}
+
 impl SmShared {
     fn persist_applied(&self, a: &Applied) -> Result<(), String> {
+        self.applied_next
+            .store(next_of(a.last_applied), Ordering::Relaxed);
         let j = serde_json::to_vec(a).map_err(|e| e.to_string())?;
         atomic_write(&self.dir.join("applied.json"), &j, false).map_err(|e| e.to_string())
     }
@@ -101,7 +111,17 @@ impl SmStore {
             Ok(None) => Applied::default(),
             Err(e) => return Err(format!("{}: {e}", dir.display())),
         };
-        if let Some((meta, _)) = read_snapshot_file(dir)? {
+        let snap = read_snapshot_file(dir)?;
+        if !app.durable() {
+            // The application starts empty: give it the snapshot, then the log after it.
+            applied = Applied::default();
+            if let Some((meta, data)) = &snap {
+                let index = meta.last_log_id.map(|l| l.index).unwrap_or(0);
+                app.restore(index, data)
+                    .map_err(|e| format!("restoring the snapshot at {index}: {e}"))?;
+            }
+        }
+        if let Some((meta, _)) = snap {
             if meta.last_log_id > applied.last_applied {
                 applied.last_applied = meta.last_log_id;
                 applied.membership = meta.last_membership.clone();
@@ -111,6 +131,7 @@ impl SmStore {
             shared: Arc::new(SmShared {
                 app,
                 dir: dir.to_path_buf(),
+                applied_next: AtomicU64::new(next_of(applied.last_applied)),
                 state: Mutex::new(State {
                     applied,
                     snapshot_seq: 0,
