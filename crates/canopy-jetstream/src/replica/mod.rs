@@ -1062,9 +1062,16 @@ fn restore(core: &mut StreamCore, index: u64, data: &[u8]) -> Result<(), String>
 /// The group's state machine: every call runs on the stream's thread.
 struct StreamSm {
     h: std::sync::Weak<StreamHandle>,
+    /// File storage (the state survives a restart); memory streams are rebuilt from the
+    /// group's snapshot and log on open.
+    durable: bool,
 }
 
 impl StateMachine for StreamSm {
+    fn durable(&self) -> bool {
+        self.durable
+    }
+
     fn apply(&self, index: u64, entry: &[u8]) -> Bytes {
         let Some(h) = self.h.upgrade() else {
             return Bytes::new();
@@ -1251,6 +1258,7 @@ impl Engine {
             return Err(ReplicaError::Exists(cfg.name.clone()));
         }
         let name = cfg.name.clone();
+        let storage = cfg.storage;
         let mut core = self
             .stream_core(&acc, cfg, created, group.name.clone(), Some("replica.json"))
             .map_err(|e| ReplicaError::Open(ApiError::from(e).description))?;
@@ -1280,6 +1288,7 @@ impl Engine {
             .map_err(|e| ReplicaError::Open(ApiError::from(e).description))?;
         let sm = Arc::new(StreamSm {
             h: Arc::downgrade(&h),
+            durable: storage == crate::types::StorageType::File,
         });
         let mut gcfg = group
             .tuning
