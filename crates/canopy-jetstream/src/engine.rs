@@ -523,7 +523,7 @@ impl Engine {
 /// Consumer-store settings, sent into a stream's thread.
 #[derive(Clone, Copy)]
 pub(crate) struct StoreSettings {
-    sync: SyncPolicy,
+    pub(crate) sync: SyncPolicy,
 }
 
 impl StoreSettings {

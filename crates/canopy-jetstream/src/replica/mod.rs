@@ -52,6 +52,8 @@
 //!   old leader committed is in the store, and delivery resumes from the replicated state.
 
 mod entry;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -145,6 +147,33 @@ pub(crate) struct Repl {
 }
 
 impl Repl {
+    /// A member that does not lead (yet) and has no group (yet).
+    fn new(
+        me: Peer,
+        account: Arc<Account>,
+        engine: std::sync::Weak<Engine>,
+        settings: StoreSettings,
+        rt: tokio::runtime::Handle,
+    ) -> Repl {
+        Repl {
+            group: None,
+            rt,
+            me,
+            account,
+            engine,
+            settings,
+            leading: false,
+            ready: false,
+            epoch: 0,
+            recording: Arc::new(AtomicBool::new(false)),
+            consumer_ops: HashMap::new(),
+            ack_replies: Vec::new(),
+            admin: Vec::new(),
+            queue: Vec::new(),
+            inflight: None,
+        }
+    }
+
     /// Queues a double-ack reply: sent once the consumer's ack state is committed.
     pub(crate) fn defer_ack_reply(&mut self, _consumer: &str, reply: &str) {
         self.ack_replies.push(reply.to_string());
@@ -1262,23 +1291,13 @@ impl Engine {
         let mut core = self
             .stream_core(&acc, cfg, created, group.name.clone(), Some("replica.json"))
             .map_err(|e| ReplicaError::Open(ApiError::from(e).description))?;
-        let mut repl = Repl {
-            group: None,
-            rt: tokio::runtime::Handle::current(),
-            me: group.me.clone(),
-            account: acc.clone(),
-            engine: Arc::downgrade(self),
-            settings: self.store_settings(),
-            leading: false,
-            ready: false,
-            epoch: 0,
-            recording: Arc::new(AtomicBool::new(false)),
-            consumer_ops: HashMap::new(),
-            ack_replies: Vec::new(),
-            admin: Vec::new(),
-            queue: Vec::new(),
-            inflight: None,
-        };
+        let mut repl = Repl::new(
+            group.me.clone(),
+            acc.clone(),
+            Arc::downgrade(self),
+            self.store_settings(),
+            tokio::runtime::Handle::current(),
+        );
         for c in core.consumers.values_mut() {
             repl.wrap(c);
         }
