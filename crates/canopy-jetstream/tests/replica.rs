@@ -245,6 +245,10 @@ impl Cluster {
 
     /// Starts `n`'s engine and opens its member of the stream.
     async fn open(&self, n: &str, bootstrap: bool) {
+        self.open_with(n, bootstrap, peers()).await;
+    }
+
+    async fn open_with(&self, n: &str, bootstrap: bool, peers: Vec<Peer>) {
         let host = Arc::new(FakeHost {
             name: n.to_string(),
             subs: Mutex::new(Vec::new()),
@@ -275,7 +279,7 @@ impl Cluster {
             name: STREAM.into(),
             dir: self.node_dir(n).join("raft").join(STREAM),
             me: Peer::new(n),
-            peers: peers(),
+            peers,
             bootstrap,
             tuning: Some(tuning),
         };
@@ -686,4 +690,43 @@ async fn r3_wiped_member_catches_up_from_a_snapshot() {
         .await;
     assert_eq!(info["ack_floor"]["stream_seq"], json!(3), "{info}");
     assert_eq!(info["num_ack_pending"], json!(1), "{info}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_r1_to_r3_and_back() {
+    let c = Cluster {
+        dir: tempfile::tempdir().unwrap(),
+        net: Arc::new(Net::default()),
+        nodes: Mutex::new(HashMap::new()),
+        inbox: AtomicU64::new(0),
+        snapshot_every: 8_192,
+    };
+    c.open_with("n1", true, vec![Peer::new("n1")]).await;
+    assert_eq!(c.leader().await, "n1");
+    c.publish_acked(0, 10).await;
+    // Two members join (the meta layer opens them first), then the voters change.
+    c.open_with("n2", false, peers()).await;
+    c.open_with("n3", false, peers()).await;
+    c.engine("n1")
+        .set_stream_peers(ACC, STREAM, peers())
+        .await
+        .unwrap();
+    for n in ["n2", "n3"] {
+        c.wait_last(n, 10).await;
+    }
+    assert_eq!(c.contents("n3", 10).await, c.contents("n1", 10).await);
+    let seqs = c.publish_acked(10, 5).await;
+    assert_eq!(seqs, (11..=15).collect::<Vec<u64>>());
+    let info = c.engine("n1").stream_cluster_info(ACC, STREAM).unwrap();
+    assert_eq!(info["replicas"].as_array().map(Vec::len), Some(2), "{info}");
+    // Back to one: the others leave the group and are closed.
+    c.engine("n1")
+        .set_stream_peers(ACC, STREAM, vec![Peer::new("n1")])
+        .await
+        .unwrap();
+    for n in ["n2", "n3"] {
+        c.kill(n).await;
+    }
+    let seqs = c.publish_acked(15, 5).await;
+    assert_eq!(seqs, (16..=20).collect::<Vec<u64>>());
 }
