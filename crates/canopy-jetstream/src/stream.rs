@@ -74,6 +74,8 @@ pub(crate) struct StreamHandle {
     pub subs: parking_lot::Mutex<Vec<crate::host::SubId>>,
     /// A replicated stream's Raft member (readable without asking the thread).
     pub(crate) raft: parking_lot::Mutex<Option<crate::replica::Member>>,
+    /// A replicated stream's member leads and ingests (readable without asking the thread).
+    pub(crate) leader: std::sync::atomic::AtomicBool,
 }
 
 impl StreamHandle {
@@ -88,6 +90,7 @@ impl StreamHandle {
             tx,
             subs: parking_lot::Mutex::new(Vec::new()),
             raft: parking_lot::Mutex::new(None),
+            leader: std::sync::atomic::AtomicBool::new(false),
         });
         core.me = Arc::downgrade(&h);
         std::thread::Builder::new()

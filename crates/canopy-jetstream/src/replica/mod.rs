@@ -521,6 +521,9 @@ fn become_ready(core: &mut StreamCore) {
         return;
     };
     r.ready = true;
+    if let Some(h) = core.me.upgrade() {
+        h.leader.store(true, Ordering::SeqCst);
+    }
     for ops in r.consumer_ops.values() {
         ops.lock().clear();
     }
@@ -559,6 +562,9 @@ fn lose_leadership(core: &mut StreamCore) {
     };
     r.leading = false;
     r.ready = false;
+    if let Some(h) = core.me.upgrade() {
+        h.leader.store(false, Ordering::SeqCst);
+    }
     r.recording.store(false, Ordering::SeqCst);
     r.queue.clear();
     r.ack_replies.clear();
@@ -655,6 +661,9 @@ fn apply(core: &mut StreamCore, index: u64, bytes: &[u8]) -> Bytes {
     recording.store(ready, Ordering::SeqCst);
     core.prune_dedupe(now_ns());
     core.update_stats();
+    // The leader delivers what an entry made deliverable (a consumer created through
+    // the API, messages of an entry it did not propose).
+    core.drive_consumers();
     Bytes::from(entry::encode_answers(&answers))
 }
 
@@ -1390,8 +1399,7 @@ impl Engine {
             return false;
         };
         acc.stream(stream)
-            .and_then(|h| h.call(|c| c.repl.as_ref().is_some_and(|r| r.ready)))
-            .unwrap_or(false)
+            .is_some_and(|h| h.leader.load(Ordering::SeqCst))
     }
 
     /// nats-server's `cluster` object for a replicated stream (and its consumers).
