@@ -233,7 +233,17 @@ async fn idle(groups: usize, secs: u64) {
     let (rss1, cpu1, threads) = proc_stats();
     let calls1 = net.calls.load(Ordering::Relaxed);
     let t1 = Instant::now();
-    tokio::time::sleep(Duration::from_secs(secs)).await;
+    for i in 1..=secs {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if i % 10 == 0 {
+            let (rss, cpu, _) = proc_stats();
+            println!(
+                "  after {i}s: RSS {} MiB, CPU {:.1}s",
+                rss / 1024,
+                cpu - cpu1
+            );
+        }
+    }
     let (rss2, cpu2, _) = proc_stats();
     let calls2 = net.calls.load(Ordering::Relaxed);
     let el = t1.elapsed().as_secs_f64();
