@@ -105,37 +105,55 @@ async fn propose(n: usize, conc: usize) {
     let seq = (n / 10).max(100);
     let mut lat = Vec::with_capacity(seq);
     let t0 = Instant::now();
+    let mut leader = leader;
+    let mut seq_failed = 0;
     for _ in 0..seq {
         let t = Instant::now();
-        if let Err(e) = leader.propose(payload.clone()).await {
-            panic!("propose: {e}");
+        match leader.propose(payload.clone()).await {
+            Ok(_) => lat.push(t.elapsed()),
+            Err(_) => {
+                seq_failed += 1;
+                match leader_of(&gs, Duration::from_secs(10)).await {
+                    Some(l) => leader = l,
+                    None => panic!("no leader"),
+                }
+            }
         }
-        lat.push(t.elapsed());
     }
     let el = t0.elapsed();
     lat.sort();
     println!(
-        "sequential: {seq} proposals in {:.2?}: {:.0}/s, p50 {:.2?}, p99 {:.2?}",
+        "sequential: {} proposals in {:.2?}: {:.0}/s, p50 {:.2?}, p99 {:.2?} ({seq_failed} failed on a leader change)",
+        lat.len(),
         el,
-        seq as f64 / el.as_secs_f64(),
+        lat.len() as f64 / el.as_secs_f64(),
         pct(&lat, 0.5),
         pct(&lat, 0.99)
     );
 
     let t0 = Instant::now();
     let mut tasks = Vec::new();
+    let failed = Arc::new(AtomicU64::new(0));
+    let gs = Arc::new(gs);
     for _ in 0..conc {
-        let g = leader.clone();
+        let gs = gs.clone();
         let p = payload.clone();
         let per = n / conc;
+        let failed = failed.clone();
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::with_capacity(per);
+            let mut g = leader_of(&gs, Duration::from_secs(10)).await;
             for _ in 0..per {
+                let Some(l) = &g else { break };
                 let t = Instant::now();
-                if let Err(e) = g.propose(p.clone()).await {
-                    panic!("propose: {e}");
+                match l.propose(p.clone()).await {
+                    Ok(_) => lat.push(t.elapsed()),
+                    Err(_) => {
+                        // A leader change (slow disks under load): find the new one.
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        g = leader_of(&gs, Duration::from_secs(10)).await;
+                    }
                 }
-                lat.push(t.elapsed());
             }
             lat
         }));
@@ -157,8 +175,12 @@ async fn propose(n: usize, conc: usize) {
         pct(&lat, 0.5),
         pct(&lat, 0.99)
     );
-    println!("RPCs: {}", net.calls.load(Ordering::Relaxed));
-    for g in &gs {
+    println!(
+        "RPCs: {}, failed proposals (leader changes): {}",
+        net.calls.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed)
+    );
+    for g in gs.iter() {
         g.shutdown().await;
     }
 }
@@ -211,7 +233,17 @@ async fn idle(groups: usize, secs: u64) {
     let (rss1, cpu1, threads) = proc_stats();
     let calls1 = net.calls.load(Ordering::Relaxed);
     let t1 = Instant::now();
-    tokio::time::sleep(Duration::from_secs(secs)).await;
+    for i in 1..=secs {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if i % 10 == 0 {
+            let (rss, cpu, _) = proc_stats();
+            println!(
+                "  after {i}s: RSS {} MiB, CPU {:.1}s",
+                rss / 1024,
+                cpu - cpu1
+            );
+        }
+    }
     let (rss2, cpu2, _) = proc_stats();
     let calls2 = net.calls.load(Ordering::Relaxed);
     let el = t1.elapsed().as_secs_f64();

@@ -429,7 +429,7 @@ impl Group {
     /// openraft 0.9 has no leader transfer, so this is: wait (bounded) for the target to hold
     /// the whole log, pause this leader's heartbeats (so the other voters' leader leases
     /// lapse), and ask the target ([`RpcKind::TimeoutNow`]) to start an election, repeating
-    /// until another member leads (at most about three election timeouts). Returns `Ok` once
+    /// until another member leads (at most six election timeouts plus an RPC timeout). Returns `Ok` once
     /// another member leads; with more than three voters an other voter than `to` may win.
     pub async fn step_down(&self, to: Option<Peer>) -> Result<(), ProposeError> {
         let me = self.inner.cfg.me.id;
@@ -481,15 +481,22 @@ impl Group {
         }
         let raft = &self.inner.raft;
         raft.runtime_config().heartbeat(false);
-        let deadline = Instant::now() + cfg.election_timeout_max * 3 + cfg.rpc_timeout;
+        let deadline = Instant::now() + cfg.election_timeout_max * 6 + cfg.rpc_timeout;
         let mut watch = self.leader_watch();
         let moved = loop {
             let m = self.metrics();
-            if m.current_leader.is_some_and(|l| l != me) || !self.is_leader(&m) {
+            // Done once another member is known to lead (not merely when this one stopped
+            // leading: an election in between may bring it back).
+            if m.current_leader.is_some_and(|l| l != me) {
                 break true;
             }
             if Instant::now() > deadline {
                 break false;
+            }
+            if !self.is_leader(&m) {
+                // Between leaders: wait for the election's outcome.
+                let _ = tokio::time::timeout(cfg.election_timeout_min, watch.changed()).await;
+                continue;
             }
             let body = codec::to_json(&TimeoutNow {
                 from: me,

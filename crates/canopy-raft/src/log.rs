@@ -709,6 +709,7 @@ struct Batch {
 impl Batch {
     /// Makes the batch's writes durable and acknowledges them.
     fn finish(&mut self, inner: &Arc<Mutex<LogInner>>, dir: &Path) {
+        let t = std::time::Instant::now();
         if self.failed.is_none() {
             for f in &self.files {
                 if let Err(e) = f.sync_data() {
@@ -716,6 +717,9 @@ impl Batch {
                     break;
                 }
             }
+        }
+        if t.elapsed() > std::time::Duration::from_secs(1) {
+            tracing::warn!(dir = %dir.display(), "raft log fsync took {:?}", t.elapsed());
         }
         if self.failed.is_none() && self.new_seg {
             if let Err(e) = sync_dir(dir) {

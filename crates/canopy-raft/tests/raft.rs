@@ -414,3 +414,23 @@ async fn volatile_state_machine_is_rebuilt_on_open() {
     assert_eq!(fresh.restores.load(std::sync::atomic::Ordering::Relaxed), 1);
     c.shutdown_all().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn step_down_with_five_voters() {
+    let all = ["a", "b", "c", "d", "e"];
+    let c = Cluster::start(&all, 1000).await;
+    let l = c.leader(&all).await;
+    c.group(&l)
+        .propose(Bytes::from(entry(0)))
+        .await
+        .expect("propose");
+    c.group(&l).step_down(None).await.expect("step down");
+    let l2 = c.leader(&all).await;
+    assert_ne!(l2, l);
+    c.group(&l2)
+        .propose(Bytes::from(entry(1)))
+        .await
+        .expect("propose after");
+    c.wait_applied(&all, &[entry(0), entry(1)]).await;
+    c.shutdown_all().await;
+}
