@@ -423,8 +423,8 @@ impl Cluster {
         }
     }
 
-    /// (seq, subject, payload) of every message `n` stores.
-    async fn contents(&self, n: &str, last: u64) -> Vec<(u64, String, String)> {
+    /// (seq, subject, payload, time) of every message `n` stores.
+    async fn contents(&self, n: &str, last: u64) -> Vec<(u64, String, String, String)> {
         let mut v = Vec::new();
         for seq in 1..=last {
             let r = self
@@ -439,6 +439,7 @@ impl Cluster {
                 m["seq"].as_u64().unwrap_or(0),
                 m["subject"].as_str().unwrap_or("").to_string(),
                 String::from_utf8(data).unwrap(),
+                m["time"].as_str().unwrap_or("").to_string(),
             ));
         }
         v
@@ -455,7 +456,10 @@ async fn r3_stream_replicates_survives_leader_loss_and_catches_up() {
         c.wait_last(n, 40).await;
     }
     let want = c.contents(&leader, 40).await;
-    assert_eq!(want[7], (8, "orders.1".to_string(), "m7".to_string()));
+    assert_eq!(
+        (want[7].0, want[7].1.as_str(), want[7].2.as_str()),
+        (8, "orders.1", "m7")
+    );
     for n in NODES {
         assert_eq!(c.contents(n, 40).await, want, "replica {n}");
     }

@@ -1269,6 +1269,17 @@ pub(crate) fn msg_delete(
 
 // ---- the entry points ----
 
+/// What a replicated stream cannot do yet.
+fn supported(cfg: &StreamConfig) -> Result<(), ReplicaError> {
+    if cfg.mirror.is_some() || cfg.sources.is_some() {
+        return Err(ReplicaError::Unsupported("mirrors and sources"));
+    }
+    if cfg.subject_delete_marker_ttl > 0 {
+        return Err(ReplicaError::Unsupported("subject delete markers"));
+    }
+    Ok(())
+}
+
 impl Engine {
     /// Opens (or recovers) this member's copy of a replicated stream and its Raft member;
     /// see the module documentation.
@@ -1286,12 +1297,7 @@ impl Engine {
             .get(account)
             .cloned()
             .ok_or_else(|| ReplicaError::NoAccount(account.to_string()))?;
-        if cfg.mirror.is_some() || cfg.sources.is_some() {
-            return Err(ReplicaError::Unsupported("mirrors and sources"));
-        }
-        if cfg.subject_delete_marker_ttl > 0 {
-            return Err(ReplicaError::Unsupported("subject delete markers"));
-        }
+        supported(&cfg)?;
         if acc.stream(&cfg.name).is_some() {
             return Err(ReplicaError::Exists(cfg.name.clone()));
         }
@@ -1450,6 +1456,7 @@ impl Engine {
         account: &str,
         cfg: StreamConfig,
     ) -> Result<(), ReplicaError> {
+        supported(&cfg)?;
         let name = cfg.name.clone();
         let g = self
             .raft_group(account, &name)
