@@ -23,6 +23,8 @@ pub enum E {
     NotEnabled,
     NotEnabledForAccount,
     ClusterRequired,
+    /// 10008: no quorum, or no leader yet (`JSClusterNotAvailErr`).
+    ClusterNotAvail,
     InsufficientResources,
     AccountResourcesExceeded,
     StorageResourcesExceeded,
@@ -139,6 +141,7 @@ impl E {
             MemoryResourcesExceeded => (500, 10028, s("insufficient memory resources available")),
             MaximumStreams => (400, 10027, s("maximum number of streams reached")),
             MaximumConsumers => (400, 10026, s("maximum consumers limit reached")),
+            ClusterNotAvail => (503, 10008, s("JetStream system temporarily unavailable")),
             StreamNotFound => (404, 10059, s("stream not found")),
             StreamNameExist => (
                 400,

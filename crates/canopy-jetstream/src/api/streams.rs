@@ -456,20 +456,27 @@ pub(super) fn purge(acc: &Account, name: Option<&str>, body: &[u8]) -> Result<Va
     if req.seq.is_some() && req.keep.is_some() {
         return Err(E::BadRequest);
     }
-    on_stream(acc, name, move |c| {
+    let check = |c: &StreamCore| {
         if c.cfg.sealed {
             return Err(E::StreamSealed);
         }
         if c.cfg.deny_purge {
             return Err(E::StreamPurgeFailed("stream purge not permitted".into()));
         }
+        Ok(())
+    };
+    let opts = PurgeOpts {
+        filter: req.filter.filter(|f| !f.is_empty() && f != ">"),
+        up_to_seq: req.seq,
+        keep: req.keep,
+    };
+    if let Some((h, g)) = name.and_then(|n| crate::replica::group_of(acc, n)) {
+        return crate::replica::purge(&h, g, opts, check);
+    }
+    on_stream(acc, name, move |c| {
+        check(c)?;
         // Sources' positions first: the headers that hold them are about to go.
         c.sources_save();
-        let opts = PurgeOpts {
-            filter: req.filter.filter(|f| !f.is_empty() && f != ">"),
-            up_to_seq: req.seq,
-            keep: req.keep,
-        };
         let n = c
             .store
             .purge(&opts)
@@ -529,7 +536,7 @@ struct MsgDeleteReq {
 pub(super) fn msg_delete(acc: &Account, name: Option<&str>, body: &[u8]) -> Result<Value, E> {
     let req: MsgDeleteReq = parse_body(body)?;
     let _ = req.no_erase;
-    on_stream(acc, name, move |c| {
+    let check = |c: &StreamCore| {
         if c.cfg.sealed {
             return Err(E::StreamSealed);
         }
@@ -538,6 +545,13 @@ pub(super) fn msg_delete(acc: &Account, name: Option<&str>, body: &[u8]) -> Resu
                 "message delete not permitted".into(),
             ));
         }
+        Ok(())
+    };
+    if let Some((h, g)) = name.and_then(|n| crate::replica::group_of(acc, n)) {
+        return crate::replica::msg_delete(&h, g, req.seq, check);
+    }
+    on_stream(acc, name, move |c| {
+        check(c)?;
         c.sources_save();
         let removed = c
             .store
