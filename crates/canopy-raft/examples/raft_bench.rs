@@ -37,6 +37,14 @@ impl StateMachine for CountSm {
 
 const MEMBERS: [&str; 3] = ["s1", "s2", "s3"];
 
+/// Members per group (1 or 3): `RAFT_BENCH_MEMBERS`.
+fn members() -> &'static [&'static str] {
+    match std::env::var("RAFT_BENCH_MEMBERS").as_deref() {
+        Ok("1") => &MEMBERS[..1],
+        _ => &MEMBERS[..],
+    }
+}
+
 async fn open_group(
     net: &Arc<MemNet>,
     root: &std::path::Path,
@@ -44,7 +52,7 @@ async fn open_group(
     tune: impl Fn(&mut GroupConfig),
 ) -> Vec<Group> {
     let mut gs = Vec::new();
-    for m in MEMBERS {
+    for m in members() {
         let mut cfg = GroupConfig::new(name, root.join(m).join(name), Peer::new(m));
         tune(&mut cfg);
         let t = Arc::new(MemTransport {
@@ -58,7 +66,7 @@ async fn open_group(
         net.register(m, name, g.clone());
         gs.push(g);
     }
-    let members: Vec<Peer> = MEMBERS.iter().map(|m| Peer::new(m)).collect();
+    let members: Vec<Peer> = members().iter().map(|m| Peer::new(m)).collect();
     for g in &gs {
         if let Err(e) = g.bootstrap(members.clone()).await {
             panic!("bootstrap: {e}");
@@ -247,7 +255,7 @@ async fn idle(groups: usize, secs: u64) {
     let (rss2, cpu2, _) = proc_stats();
     let calls2 = net.calls.load(Ordering::Relaxed);
     let el = t1.elapsed().as_secs_f64();
-    let members = (groups * 3) as f64;
+    let members = (groups * members().len()) as f64;
     println!(
         "idle: RSS {} MiB ({:.1} KiB per member, {} before), threads {threads}",
         rss2 / 1024,

@@ -481,6 +481,14 @@ impl Group {
         }
         let raft = &self.inner.raft;
         raft.runtime_config().heartbeat(false);
+        // Heartbeats come back however this ends (also when the caller drops the future).
+        struct Resume<'a>(&'a Raft<TC>);
+        impl Drop for Resume<'_> {
+            fn drop(&mut self) {
+                self.0.runtime_config().heartbeat(true);
+            }
+        }
+        let resume = Resume(raft);
         let deadline = Instant::now() + cfg.election_timeout_max * 6 + cfg.rpc_timeout;
         let mut watch = self.leader_watch();
         let moved = loop {
@@ -513,7 +521,7 @@ impl Group {
             }
             let _ = tokio::time::timeout(cfg.election_timeout_min, watch.changed()).await;
         };
-        raft.runtime_config().heartbeat(true);
+        drop(resume);
         if moved {
             Ok(())
         } else {

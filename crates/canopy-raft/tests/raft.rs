@@ -434,3 +434,33 @@ async fn step_down_with_five_voters() {
     c.wait_applied(&all, &[entry(0), entry(1)]).await;
     c.shutdown_all().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_rpc_bodies_are_errors() {
+    let c = Cluster::start(&["a"], 1000).await;
+    c.leader(&["a"]).await;
+    let g = c.group("a");
+    let bodies: [&[u8]; 5] = [
+        b"",
+        b"\xff\xff\xff\xff",
+        b"\x05\x00\x00\x00{}{}{",
+        b"{\"vote\":1}",
+        &[0u8; 64],
+    ];
+    for kind in [
+        canopy_raft::RpcKind::AppendEntries,
+        canopy_raft::RpcKind::Vote,
+        canopy_raft::RpcKind::InstallSnapshot,
+        canopy_raft::RpcKind::TimeoutNow,
+    ] {
+        for b in bodies {
+            assert!(
+                g.handle_rpc(kind, Bytes::copy_from_slice(b)).await.is_err(),
+                "{kind:?} accepted {b:?}"
+            );
+        }
+    }
+    // Still healthy.
+    g.propose(Bytes::from_static(b"ok")).await.expect("propose");
+    c.shutdown_all().await;
+}
