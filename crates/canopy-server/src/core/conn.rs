@@ -151,6 +151,9 @@ pub struct ConnShared {
     /// Leaf links of a remote with `account_mappings`: how subjects are translated on it
     /// (messages, replies and interest both ways; see `core/remap.rs`).
     pub remap: OnceLock<Arc<crate::core::remap::Remap>>,
+    /// A route dedicated to one account (`cluster { accounts }`): the messages it carries
+    /// name no account (`RMSG subj ...`).
+    pub route_dedicated: AtomicBool,
     /// Leaf and route links: the S2 level this side writes with once negotiated (0: none;
     /// the codes of `auth::s2::Level`). Set once, between two writer batches.
     pub compression: AtomicU8,
@@ -219,6 +222,7 @@ impl ConnShared {
             deny_send: OnceLock::new(),
             peer_id: OnceLock::new(),
             remap: OnceLock::new(),
+            route_dedicated: AtomicBool::new(false),
             compression: AtomicU8::new(0),
             s2_auto: OnceLock::new(),
             stall_at: AtomicUsize::new(0),
