@@ -18,7 +18,7 @@ use serde_json::Value;
 
 const SETTLE: Duration = Duration::from_secs(15);
 
-const ACCOUNTS: &str = "accounts {\n A { users [{user: a, password: a}] }\n B { users [{user: b, password: b}] }\n C { users [{user: c, password: c}] }\n}\n";
+const ACCOUNTS: &str = "system_account: SYS\naccounts {\n A { users [{user: a, password: a}] }\n B { users [{user: b, password: b}] }\n C { users [{user: c, password: c}] }\n SYS { users [{user: sys, password: sys}] }\n}\n";
 
 /// A cluster member: `extra` goes inside `cluster {}`.
 fn member(kind: Impl, name: &str, port: u16, extra: &str) -> ServerProcess {
@@ -155,7 +155,7 @@ async fn pooled_compressed_cluster_keeps_each_accounts_order() {
     );
     let mut dedicated: Vec<&str> = to_s1.iter().filter_map(|r| r["account"].as_str()).collect();
     dedicated.sort();
-    assert_eq!(dedicated, ["$SYS", "A"]);
+    assert_eq!(dedicated, ["A", "SYS"]);
     // s2_auto with a 0ms first threshold: S3 writes s2_fast on loopback, S1 its own level.
     assert!(routes_to(&s3, "S1")
         .iter()
@@ -203,6 +203,28 @@ async fn pooled_compressed_cluster_keeps_each_accounts_order() {
         .collect();
     assert_eq!(with_a.len(), 1, "{with_a:#?}");
     assert_eq!(with_a[0]["account"], "A");
+
+    // The system account travels on its own dedicated routes: a server ping from S2 is
+    // answered by every member.
+    let sys = client(&s2, "sys").await;
+    let inbox = sys.new_inbox();
+    let mut replies = sys.subscribe(inbox.clone()).await.unwrap();
+    sys.publish_with_reply("$SYS.REQ.SERVER.PING", inbox, Bytes::new())
+        .await
+        .unwrap();
+    sys.flush().await.unwrap();
+    let mut names = Vec::new();
+    while names.len() < 3 {
+        let m = tokio::time::timeout(SETTLE, replies.next())
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| panic!("server ping answered by {names:?} only"));
+        let v: Value = serde_json::from_slice(&m.payload).unwrap();
+        names.push(v["server"]["name"].as_str().unwrap_or_default().to_string());
+    }
+    names.sort();
+    assert_eq!(names, ["S1", "S2", "S3"]);
 
     // The bytes on the wire are in the metrics next to the payload bytes.
     let (status, metrics) = canopy_testkit::http_get(s2.http_port.unwrap(), "/metrics").unwrap();
