@@ -549,7 +549,7 @@ start_topology() {
             echo "leafnodes { remotes: [ { url: \"nats-leaf://127.0.0.1:$xb\", tls { cert_file: \"$WORK/client.pem\", key_file: \"$WORK/client.key\", ca_file: \"$WORK/ca.pem\" } } ] }" >>"$base-a.conf"
         else
             local extra=
-            [ "$kind" = canopy ] && extra=${CANOPY_CLUSTER_EXTRA:-}
+            [ "$kind" = canopy ] && [ -n "${CANOPY_CLUSTER_EXTRA:-}" ] && extra=", $CANOPY_CLUSTER_EXTRA"
             echo "cluster { name: bench, listen: \"127.0.0.1:$xa\", routes: [\"nats-route://127.0.0.1:$xb\"] $extra }" >>"$base-a.conf"
             echo "cluster { name: bench, listen: \"127.0.0.1:$xb\", routes: [\"nats-route://127.0.0.1:$xa\"] $extra }" >>"$base-b.conf"
         fi
