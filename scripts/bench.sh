@@ -81,6 +81,9 @@
 #   CANOPY         canopy CLI (default target/release/canopy; built with cargo if missing)
 #   CANOPY_EXTRA_CONF  config lines appended to Canopy's config in the TLS pub/sub scenario
 #                  (e.g. 'producer_backoff: true' to measure the fast-producer stall)
+#   CANOPY_CLUSTER_EXTRA  keys added inside Canopy's `cluster {}` blocks in the route scenario
+#                  (e.g. 'compression: s2_fast' or 'pool_size: 3'; nats-server 2.9 gets none)
+#   HOP_SIZE       payload bytes of the leaf and route pub/sub scenarios (default 128)
 #   The two-server scenarios also need python3 and curl, the TLS ones also openssl
 #   (skipped with a note otherwise).
 #
@@ -545,8 +548,10 @@ start_topology() {
             echo "leafnodes { listen: \"127.0.0.1:$xb\", tls { cert_file: \"$WORK/server.pem\", key_file: \"$WORK/server.key\", ca_file: \"$WORK/ca.pem\", verify: true } }" >>"$base-b.conf"
             echo "leafnodes { remotes: [ { url: \"nats-leaf://127.0.0.1:$xb\", tls { cert_file: \"$WORK/client.pem\", key_file: \"$WORK/client.key\", ca_file: \"$WORK/ca.pem\" } } ] }" >>"$base-a.conf"
         else
-            echo "cluster { name: bench, listen: \"127.0.0.1:$xa\", routes: [\"nats-route://127.0.0.1:$xb\"] }" >>"$base-a.conf"
-            echo "cluster { name: bench, listen: \"127.0.0.1:$xb\", routes: [\"nats-route://127.0.0.1:$xa\"] }" >>"$base-b.conf"
+            local extra=
+            [ "$kind" = canopy ] && [ -n "${CANOPY_CLUSTER_EXTRA:-}" ] && extra=", $CANOPY_CLUSTER_EXTRA"
+            echo "cluster { name: bench, listen: \"127.0.0.1:$xa\", routes: [\"nats-route://127.0.0.1:$xb\"] $extra }" >>"$base-a.conf"
+            echo "cluster { name: bench, listen: \"127.0.0.1:$xb\", routes: [\"nats-route://127.0.0.1:$xa\"] $extra }" >>"$base-b.conf"
         fi
         if [ -n "$auth" ]; then
             echo 'authorization { users: [ { user: bench, password: bench, permissions: { subscribe: { deny: ["canopy.hop.req"] } } } ] }' >>"$base-a.conf"
@@ -604,14 +609,14 @@ hop_fail() { echo "  round $3 $1 on $2 FAILED: $4" >&2; record "$1" fail "$2" 1;
 # Publisher (`canopy bench --raw --sub 0`) on A, hop subscriber on B.
 hop_pubsub() {
     local name=$1 kind=$2 round=$3 subj=canopy.hop.pub sub_pid t0 t1 json sub v cpu f="$WORK/$kind-$name-$round"
-    python3 "$WORK/hopsub.py" 127.0.0.1 "${B_URL##*:}" "$subj" "$MSGS" 5 128 >"$f.sub.json" 2>"$f.sub.err" &
+    python3 "$WORK/hopsub.py" 127.0.0.1 "${B_URL##*:}" "$subj" "$MSGS" 5 "${HOP_SIZE:-128}" >"$f.sub.json" 2>"$f.sub.err" &
     sub_pid=$!; HOP_PIDS="$sub_pid $HOP_PIDS"
     if ! warm_up "$A_URL" "$subj"; then
         hop_fail "$name" "$kind" "$round" "no reply from the subscriber across the hop ($(head -c 300 "$f.sub.json" "$f.sub.err"))"
         return
     fi
     t0=$(proc_ticks "$A_PID" "$B_PID")
-    if ! json=$("$CANOPY" -s "$A_URL" bench "$subj" --pub 1 --sub 0 --msgs "$MSGS" --size 128 --raw --json 2>"$f.err"); then
+    if ! json=$("$CANOPY" -s "$A_URL" bench "$subj" --pub 1 --sub 0 --msgs "$MSGS" --size "${HOP_SIZE:-128}" --raw --json 2>"$f.err"); then
         hop_fail "$name" "$kind" "$round" "publisher: $(tail -n 3 "$f.err")"
         return
     fi

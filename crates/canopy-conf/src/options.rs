@@ -521,6 +521,9 @@ pub struct Compression {
     pub pos: Pos,
 }
 
+/// nats-server's default route pool size (`cluster { pool_size }`).
+pub const DEFAULT_ROUTE_POOL_SIZE: usize = 3;
+
 /// `cluster {}`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClusterOpts {
@@ -545,6 +548,20 @@ pub struct ClusterOpts {
 }
 
 impl ClusterOpts {
+    /// The route pool size in effect: `pool_size` as written (0 means nats-server's
+    /// default, 3); unset, no pooling (one route per peer, as 2.9 and nats-server's
+    /// `pool_size: -1`) unless per-account routes are configured, which need the pooled
+    /// protocol and then get nats-server's default. `None`: no pooling.
+    pub fn effective_pool_size(&self) -> Option<usize> {
+        match self.pool_size {
+            Some(p) if p < 0 => None,
+            Some(0) => Some(DEFAULT_ROUTE_POOL_SIZE),
+            Some(p) => Some(p as usize),
+            None if !self.accounts.is_empty() => Some(DEFAULT_ROUTE_POOL_SIZE),
+            None => None,
+        }
+    }
+
     pub fn new(pos: Pos) -> Self {
         ClusterOpts {
             name: None,

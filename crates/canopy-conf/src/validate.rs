@@ -410,6 +410,25 @@ pub(crate) fn validate(o: &Options, errs: &mut Vec<ConfError>) {
         if let Some(t) = &c.tls {
             check_tls(t, &mut err);
         }
+        // nats-server's rules for per-account routes.
+        if !c.accounts.is_empty() && c.pool_size.is_some_and(|p| p < 0) {
+            err(
+                &c.pos,
+                "pool_size cannot be negative if pinned accounts are specified".into(),
+            );
+        }
+        let mut pinned = HashSet::new();
+        for a in &c.accounts {
+            if !pinned.insert(a.as_str()) {
+                err(
+                    &c.pos,
+                    format!(
+                        "found duplicate account name {a:?} in pinned accounts list {:?}",
+                        c.accounts
+                    ),
+                );
+            }
+        }
     }
     if let Some(w) = &o.websocket {
         if let Some(t) = &w.tls {

@@ -437,6 +437,24 @@ fn cluster_block() {
     assert!(c.permissions.as_ref().unwrap().import.is_some());
     assert_eq!(opts("cluster { name: x }").cluster.unwrap().port, 0);
     assert!(errs("cluster { name: \"a b\" }").contains("spaces"));
+    // Pool size in effect: as written, 0 = nats-server's 3, -1 = none; unset: none unless
+    // pinned accounts need the pooled protocol.
+    let pool = |src: &str| opts(src).cluster.unwrap().effective_pool_size();
+    assert_eq!(c.effective_pool_size(), Some(4));
+    assert_eq!(pool("cluster { pool_size: 0 }"), Some(3));
+    assert_eq!(pool("cluster { pool_size: -1 }"), None);
+    assert_eq!(pool("cluster { name: x }"), None);
+    assert_eq!(
+        pool("accounts { A {} }\ncluster { accounts: [A] }"),
+        Some(3)
+    );
+    // nats-server's rules for pinned accounts.
+    assert!(
+        invalid("accounts { A {} }\ncluster { pool_size: -1, accounts: [A] }")
+            .contains("pool_size cannot be negative if pinned accounts are specified")
+    );
+    assert!(invalid("accounts { A {} }\ncluster { accounts: [A, A] }")
+        .contains("found duplicate account name \"A\" in pinned accounts list"));
 }
 
 #[test]

@@ -33,6 +33,14 @@ fn put_tok(buf: &mut BytesMut, t: &[u8]) {
     buf.put_u8(b' ');
 }
 
+/// The account token of a route op; none on a route dedicated to one account (empty
+/// `account`, nats-server 2.10 `route_account`).
+fn put_account(buf: &mut BytesMut, account: &[u8]) {
+    if !account.is_empty() {
+        put_tok(buf, account);
+    }
+}
+
 /// `[reply | + reply q.. | | q..] ` — the optional reply/queue part of RMSG/LMSG,
 /// including the trailing space.
 fn put_reply_queues<I, T>(buf: &mut BytesMut, reply: Option<&[u8]>, queues: I)
@@ -130,7 +138,7 @@ pub fn encode_lmsg<I, T>(
 }
 
 /// On a route: `RMSG account subject [..] size`, or `HMSG account subject [..] hdr size`
-/// with headers.
+/// with headers (no account token when `account` is empty: a per-account route).
 pub fn encode_rmsg<I, T>(
     buf: &mut BytesMut,
     account: &[u8],
@@ -148,7 +156,7 @@ pub fn encode_rmsg<I, T>(
     } else {
         b"RMSG "
     });
-    put_tok(buf, account);
+    put_account(buf, account);
     put_tok(buf, subject);
     put_reply_queues(buf, reply, queues);
     put_sizes_payload(buf, header_len, payload);
@@ -173,7 +181,7 @@ pub fn encode_route_lmsg<I, T>(
 {
     buf.extend_from_slice(b"LMSG ");
     put_tok(buf, origin);
-    put_tok(buf, account);
+    put_account(buf, account);
     put_tok(buf, subject);
     put_reply_queues(buf, reply, queues);
     put_sizes_payload(buf, Some(header_len.unwrap_or(0)), payload);
@@ -220,7 +228,7 @@ pub fn encode_rs_plus(
     queue: Option<(&[u8], u32)>,
 ) {
     buf.extend_from_slice(b"RS+ ");
-    put_tok(buf, account);
+    put_account(buf, account);
     buf.extend_from_slice(subject);
     put_queue_weight(buf, queue);
     buf.extend_from_slice(CRLF);
@@ -229,7 +237,7 @@ pub fn encode_rs_plus(
 /// Route: `RS- account subject [queue]`.
 pub fn encode_rs_minus(buf: &mut BytesMut, account: &[u8], subject: &[u8], queue: Option<&[u8]>) {
     buf.extend_from_slice(b"RS- ");
-    put_tok(buf, account);
+    put_account(buf, account);
     buf.extend_from_slice(subject);
     put_queue(buf, queue);
     buf.extend_from_slice(CRLF);
@@ -245,7 +253,7 @@ pub fn encode_route_ls_plus(
 ) {
     buf.extend_from_slice(b"LS+ ");
     put_tok(buf, origin);
-    put_tok(buf, account);
+    put_account(buf, account);
     buf.extend_from_slice(subject);
     put_queue_weight(buf, queue);
     buf.extend_from_slice(CRLF);
@@ -264,7 +272,7 @@ pub fn encode_route_ls_minus(
     if let Some(o) = origin {
         put_tok(buf, o);
     }
-    put_tok(buf, account);
+    put_account(buf, account);
     buf.extend_from_slice(subject);
     put_queue(buf, queue);
     buf.extend_from_slice(CRLF);

@@ -76,7 +76,7 @@ pub fn parse(
     limits: &ParserLimits,
 ) -> Result<Option<Op>, ProtoError> {
     let mut hint = Hint::default();
-    parse_core(buf, role, limits, false, &mut hint)
+    parse_core(buf, role, limits, RouteForm::default(), &mut hint)
 }
 
 /// A per-connection decoder: role, limits and the progress made on a partially
@@ -88,7 +88,7 @@ pub fn parse(
 pub struct Parser {
     role: Role,
     limits: ParserLimits,
-    route_lnocu: bool,
+    route_form: RouteForm,
     hint: Hint,
 }
 
@@ -97,7 +97,7 @@ impl Parser {
         Parser {
             role,
             limits,
-            route_lnocu: false,
+            route_form: RouteForm::default(),
             hint: Hint::default(),
         }
     }
@@ -120,7 +120,14 @@ impl Parser {
     /// origin cluster first; without it `LS- acc subj q` and `LS- origin acc subj`
     /// would be indistinguishable.
     pub fn set_route_lnocu(&mut self, on: bool) {
-        self.route_lnocu = on;
+        self.route_form.lnocu = on;
+    }
+
+    /// A route dedicated to one account (nats-server 2.10 `route_account`): RS+, RS-,
+    /// RMSG, HMSG, LS+, LS- and LMSG carry no account token; the ops come with an empty
+    /// `account`.
+    pub fn set_route_no_account(&mut self, on: bool) {
+        self.route_form.no_account = on;
     }
 
     /// Decode the next op; see [`parse`] for the return convention.
@@ -129,7 +136,7 @@ impl Parser {
             buf,
             self.role,
             &self.limits,
-            self.route_lnocu,
+            self.route_form,
             &mut self.hint,
         )
     }
@@ -146,7 +153,7 @@ impl Parser {
             buf,
             self.role,
             &self.limits,
-            self.route_lnocu,
+            self.route_form,
             &mut self.hint,
         )?
         else {
@@ -520,6 +527,23 @@ fn routed_tail(
     Ok((Routed { reply, queues, hdr }, size))
 }
 
+/// How a route peer lays out its interest and message ops (see [`Parser::set_route_lnocu`]
+/// and [`Parser::set_route_no_account`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct RouteForm {
+    lnocu: bool,
+    no_account: bool,
+}
+
+/// The account token at `i`, or an empty one on a route dedicated to one account.
+fn account_tok(t: &Toks<'_>, form: RouteForm, i: usize, op: &'static str) -> Result<R, ProtoError> {
+    if form.no_account {
+        Ok((0, 0))
+    } else {
+        tok(t, i, op)
+    }
+}
+
 fn queue_weight(
     t: &Toks<'_>,
     subj_idx: usize,
@@ -610,7 +634,7 @@ fn size_of(data: &[u8], r: R) -> Option<usize> {
 fn parse_head(
     verb: Verb,
     role: Role,
-    lnocu: bool,
+    form: RouteForm,
     data: &[u8],
     start: usize,
     end: usize,
@@ -732,24 +756,26 @@ fn parse_head(
             return Ok((head, Some(size)));
         }
         Verb::RMsgV | Verb::HMsg if role == Role::Route => {
-            let (routed, size) = routed_tail(&t, 2, verb == Verb::HMsg, op)?;
+            let a = usize::from(!form.no_account);
+            let (routed, size) = routed_tail(&t, 1 + a, verb == Verb::HMsg, op)?;
             let head = Head::RMsg {
                 origin: None,
-                account: tok(&t, 0, op)?,
-                subject: tok(&t, 1, op)?,
+                account: account_tok(&t, form, 0, op)?,
+                subject: tok(&t, a, op)?,
                 routed,
             };
             return Ok((head, Some(size)));
         }
         Verb::LMsgV if role == Role::Route => {
-            let (mut routed, size) = routed_tail(&t, 3, true, op)?;
+            let a = usize::from(!form.no_account);
+            let (mut routed, size) = routed_tail(&t, 2 + a, true, op)?;
             if routed.hdr == Some(0) {
                 routed.hdr = None;
             }
             let head = Head::RMsg {
                 origin: Some(tok(&t, 0, op)?),
-                account: tok(&t, 1, op)?,
-                subject: tok(&t, 2, op)?,
+                account: account_tok(&t, form, 1, op)?,
+                subject: tok(&t, 1 + a, op)?,
                 routed,
             };
             return Ok((head, Some(size)));
@@ -763,38 +789,48 @@ fn parse_head(
             return Ok((head, Some(size)));
         }
         Verb::RSubV => {
-            if n < 2 {
+            let a = usize::from(!form.no_account);
+            if n < 1 + a {
                 return Err(bad(op, "wrong number of arguments"));
             }
             Head::RSub {
-                account: tok(&t, 0, op)?,
-                subject: tok(&t, 1, op)?,
-                queue: queue_weight(&t, 1, op)?,
+                account: account_tok(&t, form, 0, op)?,
+                subject: tok(&t, a, op)?,
+                queue: queue_weight(&t, a, op)?,
             }
         }
-        Verb::RUnsubV => Head::RUnsub {
-            account: tok(&t, 0, op)?,
-            subject: tok(&t, 1, op)?,
-            queue: opt_queue(&t, 1, op)?,
-        },
+        Verb::RUnsubV => {
+            let a = usize::from(!form.no_account);
+            Head::RUnsub {
+                account: account_tok(&t, form, 0, op)?,
+                subject: tok(&t, a, op)?,
+                queue: opt_queue(&t, a, op)?,
+            }
+        }
         Verb::LSubV if role == Role::Route => {
-            if n < 3 {
+            let a = usize::from(!form.no_account);
+            if n < 2 + a {
                 return Err(bad(op, "wrong number of arguments"));
             }
             Head::RLSub {
                 origin: tok(&t, 0, op)?,
-                account: tok(&t, 1, op)?,
-                subject: tok(&t, 2, op)?,
-                queue: queue_weight(&t, 2, op)?,
+                account: account_tok(&t, form, 1, op)?,
+                subject: tok(&t, 1 + a, op)?,
+                queue: queue_weight(&t, 1 + a, op)?,
             }
         }
         Verb::LUnsubV if role == Role::Route => {
-            let o = usize::from(lnocu);
+            let o = usize::from(form.lnocu);
+            let a = usize::from(!form.no_account);
             Head::RLUnsub {
-                origin: if lnocu { Some(tok(&t, 0, op)?) } else { None },
-                account: tok(&t, o, op)?,
-                subject: tok(&t, o + 1, op)?,
-                queue: opt_queue(&t, o + 1, op)?,
+                origin: if form.lnocu {
+                    Some(tok(&t, 0, op)?)
+                } else {
+                    None
+                },
+                account: account_tok(&t, form, o, op)?,
+                subject: tok(&t, o + a, op)?,
+                queue: opt_queue(&t, o + a, op)?,
             }
         }
         Verb::LSubV => {
@@ -830,10 +866,10 @@ fn parse_core(
     buf: &mut BytesMut,
     role: Role,
     limits: &ParserLimits,
-    lnocu: bool,
+    form: RouteForm,
     hint: &mut Hint,
 ) -> Result<Option<Op>, ProtoError> {
-    let Some(d) = decode(buf, role, limits, lnocu, hint)? else {
+    let Some(d) = decode(buf, role, limits, form, hint)? else {
         return Ok(None);
     };
     let frame = buf.split_to(d.total).freeze();
@@ -850,7 +886,7 @@ fn decode(
     data: &[u8],
     role: Role,
     limits: &ParserLimits,
-    lnocu: bool,
+    form: RouteForm,
     hint: &mut Hint,
 ) -> Result<Option<Decoded>, ProtoError> {
     // Fast path while a large payload trickles in.
@@ -916,14 +952,7 @@ fn decode(
             max: limits.max_control_line,
         });
     }
-    let (head, size) = parse_head(
-        verb,
-        role,
-        lnocu,
-        data,
-        args_start,
-        line_end.max(args_start),
-    )?;
+    let (head, size) = parse_head(verb, role, form, data, args_start, line_end.max(args_start))?;
     let total = match size {
         None => nl + 1,
         Some(size) => {

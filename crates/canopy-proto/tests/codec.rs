@@ -1021,3 +1021,63 @@ fn info_json_decodes() {
     assert!(info.info_on_connect && info.auth_required);
     assert_eq!(info.leafnode_urls, vec!["x:7422".to_string()]);
 }
+
+/// A route dedicated to one account (nats-server 2.10 `route_account`) omits the account
+/// in every interest and message op: our encoders write that form for an empty account,
+/// and the parser told so reads it back (an empty account), queues and headers included.
+#[test]
+fn per_account_route_ops_carry_no_account() {
+    let mut wire = BytesMut::new();
+    let no_q: [&[u8]; 0] = [];
+    encode_rs_plus(&mut wire, b"", b"foo", Some((b"q", 2)));
+    encode_rs_minus(&mut wire, b"", b"foo", None);
+    encode_rmsg(&mut wire, b"", b"foo", Some(b"r"), no_q, None, b"hi");
+    encode_rmsg(
+        &mut wire,
+        b"",
+        b"foo",
+        None,
+        [b"q".as_slice()],
+        Some(2),
+        b"\r\nab",
+    );
+    encode_route_ls_plus(&mut wire, b"C1", b"", b"bar", None);
+    assert!(wire.starts_with(b"RS+ foo q 2\r\nRS- foo\r\nRMSG foo r 2\r\nhi\r\n"));
+    let mut p = Parser::new(Role::Route, limits());
+    p.set_route_no_account(true);
+    let mut ops = Vec::new();
+    while let Some(op) = p.next(&mut wire).unwrap() {
+        ops.push(op);
+    }
+    assert_eq!(ops.len(), 5);
+    assert_eq!(
+        ops[0],
+        Op::RSub {
+            account: Bytes::new(),
+            subject: b("foo"),
+            queue: ob("q"),
+            weight: Some(2),
+        }
+    );
+    assert_eq!(
+        ops[2],
+        Op::RMsg {
+            origin: None,
+            account: Bytes::new(),
+            subject: b("foo"),
+            reply: ob("r"),
+            queues: vec![],
+            header_len: None,
+            payload: b("hi"),
+        }
+    );
+    assert!(
+        matches!(&ops[3], Op::RMsg { queues, header_len: Some(2), .. } if queues == &vec![b("q")])
+    );
+    assert!(
+        matches!(&ops[4], Op::RLSub { origin, subject, .. } if origin == &b("C1") && subject == &b("bar"))
+    );
+    // The same bytes on an ordinary route: the subject would be read as the account.
+    let mut wire = BytesMut::from(&b"RS+ foo\r\n"[..]);
+    assert!(Parser::new(Role::Route, limits()).next(&mut wire).is_err());
+}

@@ -6,77 +6,17 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::{Client, Subscriber};
 use bytes::Bytes;
-use canopy_testkit::{free_fixed_port, hub_and_leaf, nats_server_bin, Impl, ServerProcess};
+use canopy_testkit::{
+    free_fixed_port, hub_and_leaf, nats_server_bin, CountingProxy as Proxy, Impl, ServerProcess,
+};
 use futures::StreamExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SETTLE: Duration = Duration::from_secs(10);
 const PROBE: Duration = Duration::from_millis(150);
-
-/// A TCP proxy on a fixed port that counts the bytes it forwards each way.
-struct Proxy {
-    port: u16,
-    /// Leaf to hub.
-    up: Arc<AtomicU64>,
-    /// Hub to leaf.
-    down: Arc<AtomicU64>,
-}
-
-async fn pipe(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    n: Arc<AtomicU64>,
-) {
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        match from.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(k) => {
-                n.fetch_add(k as u64, Ordering::Relaxed);
-                if to.write_all(&buf[..k]).await.is_err() {
-                    break;
-                }
-            }
-        }
-    }
-    let _ = to.shutdown().await;
-}
-
-impl Proxy {
-    async fn start(target: u16) -> Proxy {
-        let port = free_fixed_port();
-        let l = tokio::net::TcpListener::bind(("127.0.0.1", port))
-            .await
-            .unwrap();
-        let (up, down) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-        let (u, d) = (up.clone(), down.clone());
-        tokio::spawn(async move {
-            while let Ok((leaf, _)) = l.accept().await {
-                let Ok(hub) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else {
-                    continue;
-                };
-                let (lr, lw) = leaf.into_split();
-                let (hr, hw) = hub.into_split();
-                tokio::spawn(pipe(lr, hw, u.clone()));
-                tokio::spawn(pipe(hr, lw, d.clone()));
-            }
-        });
-        Proxy { port, up, down }
-    }
-
-    fn counts(&self) -> (u64, u64) {
-        (
-            self.up.load(Ordering::Relaxed),
-            self.down.load(Ordering::Relaxed),
-        )
-    }
-}
 
 async fn client(s: &ServerProcess) -> Client {
     async_nats::connect(s.url()).await.unwrap()
@@ -155,7 +95,7 @@ async fn compressed_link(hub_mode: &str, leaf_mode: &str) -> (ServerProcess, Ser
         "listen: 127.0.0.1:-1\nhttp: 127.0.0.1:-1\nleafnodes {{ listen: \"127.0.0.1:{lp}\"\n compression: {hub_mode} }}\n"
     ))
     .unwrap();
-    let proxy = Proxy::start(lp).await;
+    let proxy = Proxy::start(lp).unwrap();
     let leaf = ServerProcess::canopy(&format!(
         "listen: 127.0.0.1:-1\nhttp: 127.0.0.1:-1\nleafnodes {{ reconnect_interval: 1\n remotes: [ {{ urls: [\"nats-leaf://127.0.0.1:{}\"]\n compression: {leaf_mode} }} ] }}\n",
         proxy.port

@@ -391,3 +391,67 @@ pub fn hub_and_leaf(
     )?;
     Ok((hub, leaf))
 }
+
+/// A TCP proxy on a fixed loopback port that forwards every connection to `target` and
+/// counts the bytes it forwards each way: `up` from the dialling side to `target`, `down`
+/// back. Compression tests compare these with the payload bytes. Plain threads; it lives
+/// until the test process ends.
+pub struct CountingProxy {
+    pub port: u16,
+    up: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    down: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl CountingProxy {
+    pub fn start(target: u16) -> Result<CountingProxy> {
+        use std::sync::atomic::AtomicU64;
+        use std::sync::Arc;
+        let port = free_fixed_port();
+        let l = TcpListener::bind(("127.0.0.1", port))?;
+        let (up, down) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let (u, d) = (up.clone(), down.clone());
+        std::thread::spawn(move || {
+            for client in l.incoming() {
+                let Ok(client) = client else { continue };
+                let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                let _ = client.set_nodelay(true);
+                let _ = server.set_nodelay(true);
+                let (Ok(c2), Ok(s2)) = (client.try_clone(), server.try_clone()) else {
+                    continue;
+                };
+                let (u, d) = (u.clone(), d.clone());
+                std::thread::spawn(move || pipe(client, server, &u));
+                std::thread::spawn(move || pipe(s2, c2, &d));
+            }
+        });
+        Ok(CountingProxy { port, up, down })
+    }
+
+    /// Bytes forwarded so far: (up, down).
+    pub fn counts(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering;
+        (
+            self.up.load(Ordering::Relaxed),
+            self.down.load(Ordering::Relaxed),
+        )
+    }
+}
+
+fn pipe(mut from: TcpStream, mut to: TcpStream, n: &std::sync::atomic::AtomicU64) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => {
+                n.fetch_add(k as u64, std::sync::atomic::Ordering::Relaxed);
+                if to.write_all(&buf[..k]).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Both);
+    let _ = from.shutdown(std::net::Shutdown::Both);
+}

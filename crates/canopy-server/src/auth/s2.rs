@@ -1,9 +1,12 @@
-//! S2 compression of leaf links, as nats-server 2.10 puts it on the wire: every flush of
-//! the writer is one complete S2 framed stream (the `S2sTwO` identifier, then blocks of at
-//! most 1 MiB, each with the masked CRC-32C of its uncompressed bytes), and the reader
+//! S2 compression of leaf and route links, as nats-server 2.10 puts it on the wire: every
+//! flush of the writer is one complete S2 framed stream (the `S2sTwO` identifier, then blocks
+//! of at most 1 MiB, each with the masked CRC-32C of its uncompressed bytes), and the reader
 //! accepts any concatenation of such streams. The block codec is `minlz` (byte-compatible
 //! with klauspost's S2); the framing and the bounds are ours (see
-//! `../shared/reference/s2-notes.md`).
+//! `../shared/reference/s2-notes.md`). Also here, shared by both link roles: nats-server's
+//! negotiation (`selectCompressionMode`, `s2_auto` by RTT, what INFO announces), the
+//! handshake reader that decodes once compression is on, and the counts of bytes on the
+//! wire (`ConnStats::wire_in_bytes`/`wire_out_bytes`) next to the message bytes.
 //!
 //! The decoder runs before the peer has authenticated, so nothing it allocates is decided
 //! by the peer beyond fixed bounds: a chunk's length is checked before it is buffered and a
@@ -13,8 +16,15 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use canopy_conf::{Compression, CompressionMode};
+use canopy_proto::{Op, Parser, ServerInfo};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+
+use crate::core::conn::ConnShared;
 
 /// The writer's level (each side picks its own; every reader accepts all of them).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,6 +64,145 @@ impl Level {
             Level::Better => "s2_better",
             Level::Best => "s2_best",
         }
+    }
+}
+
+/// What we say in INFO `compression`: the configured mode before negotiation, then the
+/// level chosen (`s2_auto` stays `s2_auto`, as nats-server says it).
+pub fn announced(c: &Compression, chosen: Option<Level>) -> String {
+    match (c.mode, chosen) {
+        (CompressionMode::S2Auto | CompressionMode::On, _) => "s2_auto".into(),
+        (_, Some(l)) => l.as_str().into(),
+        (m, None) => m.as_str().into(),
+    }
+}
+
+/// nats-server's `selectCompressionMode` and `s2_auto` level choice: the level this side
+/// writes with, or `None` for no compression (a 2.9 peer announces nothing).
+pub fn select_compression(ours: &Compression, theirs: &str, rtt: Duration) -> Option<Level> {
+    use CompressionMode as M;
+    let level_of = |m: M| match m {
+        M::S2Uncompressed => Some(Level::Uncompressed),
+        M::S2Fast => Some(Level::Fast),
+        M::S2Better => Some(Level::Better),
+        M::S2Best => Some(Level::Best),
+        M::S2Auto | M::On => {
+            Level::from_code(crate::core::conn::s2_auto_code(rtt, &auto_thresholds(ours)))
+        }
+        M::Off | M::Accept => None,
+    };
+    let theirs = match theirs {
+        "" | "not supported" | "off" | "disabled" | "false" => return None,
+        t => M::parse(t)?,
+    };
+    match (ours.mode, theirs) {
+        (M::Off, _) | (M::Accept, M::Accept | M::Off) => None,
+        (M::Accept, M::S2Auto | M::On) => level_of(M::S2Fast),
+        (M::Accept, t) => level_of(t),
+        (o, _) => level_of(o),
+    }
+}
+
+/// `s2_auto`'s RTT thresholds: the configured ones, nats-server's defaults for the rest.
+pub fn auto_thresholds(c: &Compression) -> [Duration; 3] {
+    let at = |i: usize, ms: u64| {
+        c.rtt_thresholds
+            .get(i)
+            .copied()
+            .unwrap_or(Duration::from_millis(ms))
+    };
+    [at(0, 10), at(1, 50), at(2, 100)]
+}
+
+/// Our writer follows the RTT when our own mode is `s2_auto` (not when `accept` took
+/// the peer's `s2_auto`: that becomes `s2_fast`, as in nats-server).
+pub fn follow_rtt(conn: &ConnShared, c: &Compression) {
+    if matches!(c.mode, CompressionMode::S2Auto | CompressionMode::On) {
+        let _ = conn.s2_auto.set(auto_thresholds(c));
+    }
+}
+
+/// True when our configuration asks for compression (so we take part in negotiating it).
+pub fn wants_compression(c: Option<&Compression>) -> Option<&Compression> {
+    c.filter(|c| c.mode != CompressionMode::Off)
+}
+
+/// Reads the next op of a handshake. With `s2` (once compression was negotiated) the
+/// bytes read are compressed and decoded into `buf` first; what follows the op stays in
+/// `buf` (decoded) and in the `s2` buffer (not yet decoded).
+pub async fn read_op<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    buf: &mut BytesMut,
+    parser: &mut Parser,
+    mut s2: Option<(&mut BytesMut, &mut S2Decoder)>,
+) -> Result<Op, String> {
+    loop {
+        if let Some((raw, dec)) = s2.as_mut() {
+            while let Some(block) = dec.decode(raw).map_err(|e| e.to_string())? {
+                buf.extend_from_slice(&block);
+            }
+        }
+        match parser.next(buf) {
+            Ok(Some(op)) => return Ok(op),
+            Ok(None) => {}
+            Err(e) => return Err(format!("protocol error: {e}")),
+        }
+        let read = match s2.as_mut() {
+            Some((raw, _)) => rd.read_buf(*raw).await,
+            None => rd.read_buf(buf).await,
+        };
+        match read {
+            Ok(0) => return Err("connection closed".into()),
+            Ok(_) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+/// Reads until the parser yields the peer's INFO (anything else first is an error).
+pub async fn read_hub_info<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    buf: &mut BytesMut,
+    parser: &mut Parser,
+    s2: Option<(&mut BytesMut, &mut S2Decoder)>,
+) -> Result<ServerInfo, String> {
+    match read_op(rd, buf, parser, s2).await {
+        Ok(Op::Info(json)) => {
+            serde_json::from_slice::<ServerInfo>(&json).map_err(|e| format!("invalid INFO: {e}"))
+        }
+        Ok(op) => Err(format!("expected INFO, got {}", op.verb())),
+        Err(e) => Err(format!("{e} before INFO")),
+    }
+}
+
+/// A reader that counts what it reads from the socket (`wire_in_bytes`).
+pub struct CountRead<R> {
+    inner: R,
+    conn: std::sync::Arc<ConnShared>,
+}
+
+impl<R> CountRead<R> {
+    pub fn new(inner: R, conn: std::sync::Arc<ConnShared>) -> CountRead<R> {
+        CountRead { inner, conn }
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for CountRead<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len().saturating_sub(before);
+        if n > 0 {
+            self.conn
+                .stats
+                .wire_in_bytes
+                .fetch_add(n as u64, Ordering::Relaxed);
+        }
+        r
     }
 }
 
@@ -259,16 +408,17 @@ impl<R: AsyncRead + Unpin> AsyncRead for S2Read<R> {
 
 /// A writer that, once the connection's `compression` is set, writes each `write` call (the
 /// writer task writes one batch per call) as one complete S2 stream. Before that it passes
-/// bytes through: the switch happens between batches, at the INFO exchange.
+/// bytes through: the switch happens between batches, at the INFO exchange. Either way it
+/// counts the bytes the socket took (`wire_out_bytes`).
 pub struct S2Write<W> {
     inner: W,
-    conn: std::sync::Arc<crate::core::conn::ConnShared>,
+    conn: std::sync::Arc<ConnShared>,
     enc: Option<minlz::Encoder>,
     pending: BytesMut,
 }
 
 impl<W> S2Write<W> {
-    pub fn new(inner: W, conn: std::sync::Arc<crate::core::conn::ConnShared>) -> S2Write<W> {
+    pub fn new(inner: W, conn: std::sync::Arc<ConnShared>) -> S2Write<W> {
         S2Write {
             inner,
             conn,
@@ -287,7 +437,13 @@ impl<W: AsyncWrite + Unpin> S2Write<W> {
                 Poll::Ready(Ok(0)) => {
                     return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero)))
                 }
-                Poll::Ready(Ok(n)) => self.pending.advance(n),
+                Poll::Ready(Ok(n)) => {
+                    self.conn
+                        .stats
+                        .wire_out_bytes
+                        .fetch_add(n as u64, Ordering::Relaxed);
+                    self.pending.advance(n)
+                }
             }
         }
         Poll::Ready(Ok(()))
@@ -304,12 +460,16 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for S2Write<W> {
         if this.drain(cx)?.is_pending() {
             return Poll::Pending;
         }
-        let code = this
-            .conn
-            .compression
-            .load(std::sync::atomic::Ordering::Relaxed);
+        let code = this.conn.compression.load(Ordering::Relaxed);
         let Some(level) = Level::from_code(code) else {
-            return Pin::new(&mut this.inner).poll_write(cx, buf);
+            let r = Pin::new(&mut this.inner).poll_write(cx, buf);
+            if let Poll::Ready(Ok(n)) = &r {
+                this.conn
+                    .stats
+                    .wire_out_bytes
+                    .fetch_add(*n as u64, Ordering::Relaxed);
+            }
+            return r;
         };
         let enc = this.enc.get_or_insert_with(minlz::Encoder::new);
         encode_flush(enc, level, buf, &mut this.pending);
@@ -338,6 +498,38 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for S2Write<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn compression_negotiation_follows_nats_server() {
+        let c = |mode, t: &[u64]| Compression {
+            mode,
+            rtt_thresholds: t.iter().map(|ms| Duration::from_millis(*ms)).collect(),
+            pos: Default::default(),
+        };
+        use CompressionMode as M;
+        let ms = Duration::from_millis;
+        let sel = |ours: &Compression, theirs: &str, rtt: u64| {
+            select_compression(ours, theirs, ms(rtt)).map(Level::as_str)
+        };
+        // A 2.9 peer announces nothing; `off` anywhere; `accept` on both sides.
+        assert_eq!(sel(&c(M::S2Fast, &[]), "", 1), None);
+        assert_eq!(sel(&c(M::S2Fast, &[]), "off", 1), None);
+        assert_eq!(sel(&c(M::Accept, &[]), "accept", 1), None);
+        // `accept` takes the peer's level (its s2_auto as s2_fast); otherwise our own.
+        assert_eq!(sel(&c(M::Accept, &[]), "s2_best", 1), Some("s2_best"));
+        assert_eq!(sel(&c(M::Accept, &[]), "s2_auto", 1), Some("s2_fast"));
+        assert_eq!(sel(&c(M::S2Better, &[]), "accept", 1), Some("s2_better"));
+        assert_eq!(sel(&c(M::S2Better, &[]), "s2_fast", 1), Some("s2_better"));
+        // s2_auto by RTT, default thresholds 10/50/100ms, or configured ones.
+        let auto = c(M::S2Auto, &[]);
+        assert_eq!(sel(&auto, "s2_auto", 5), Some("s2_uncompressed"));
+        assert_eq!(sel(&auto, "s2_auto", 30), Some("s2_fast"));
+        assert_eq!(sel(&auto, "s2_auto", 80), Some("s2_better"));
+        assert_eq!(sel(&auto, "s2_auto", 500), Some("s2_best"));
+        assert_eq!(sel(&c(M::S2Auto, &[0, 1000]), "accept", 5), Some("s2_fast"));
+        assert_eq!(announced(&auto, Some(Level::Fast)), "s2_auto");
+        assert_eq!(announced(&c(M::Accept, &[]), None), "accept");
+    }
 
     fn roundtrip(level: Level, data: &[u8]) {
         let mut enc = minlz::Encoder::new();

@@ -73,6 +73,10 @@ pub struct ConnStats {
     pub in_bytes: AtomicU64,
     pub out_msgs: AtomicU64,
     pub out_bytes: AtomicU64,
+    /// Link connections (routes, leafs): bytes read from and written to the socket, to
+    /// compare with the message bytes when the link is compressed.
+    pub wire_in_bytes: AtomicU64,
+    pub wire_out_bytes: AtomicU64,
 }
 
 /// Descriptive fields filled in after CONNECT (for `/connz` and logs).
@@ -147,10 +151,13 @@ pub struct ConnShared {
     /// Leaf links of a remote with `account_mappings`: how subjects are translated on it
     /// (messages, replies and interest both ways; see `core/remap.rs`).
     pub remap: OnceLock<Arc<crate::core::remap::Remap>>,
-    /// Leaf links: the S2 level this side writes with once negotiated (0: none; the
-    /// codes of `auth::s2::Level`). Set once, between two writer batches.
+    /// A route dedicated to one account (`cluster { accounts }`): the messages it carries
+    /// name no account (`RMSG subj ...`).
+    pub route_dedicated: AtomicBool,
+    /// Leaf and route links: the S2 level this side writes with once negotiated (0: none;
+    /// the codes of `auth::s2::Level`). Set once, between two writer batches.
     pub compression: AtomicU8,
-    /// Leaf links writing with `s2_auto`: its RTT thresholds; each new RTT measurement
+    /// Links writing with `s2_auto`: its RTT thresholds; each new RTT measurement
     /// re-picks `compression` (see [`s2_auto_code`]).
     pub s2_auto: OnceLock<[Duration; 3]>,
     /// `producer_backoff`: past this many pending bytes (75% of `max_pending`) the
@@ -215,6 +222,7 @@ impl ConnShared {
             deny_send: OnceLock::new(),
             peer_id: OnceLock::new(),
             remap: OnceLock::new(),
+            route_dedicated: AtomicBool::new(false),
             compression: AtomicU8::new(0),
             s2_auto: OnceLock::new(),
             stall_at: AtomicUsize::new(0),

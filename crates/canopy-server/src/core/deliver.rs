@@ -320,7 +320,11 @@ pub fn deliver(
         let ok = t.conn.enqueue(|b| match t.conn.kind {
             ConnKind::Route => canopy_proto::encode_rmsg(
                 b,
-                acc.name.as_bytes(),
+                if t.conn.route_dedicated.load(Ordering::Relaxed) {
+                    b""
+                } else {
+                    acc.name.as_bytes()
+                },
                 link_subject,
                 link_reply,
                 queues,

@@ -42,6 +42,10 @@ pub struct LeafMetric {
     /// Messages and bytes received from the leaf.
     pub recv_msgs: u64,
     pub recv_bytes: u64,
+    /// Bytes that crossed the socket each way (compressed, framing included): with S2
+    /// on, compare with the payload bytes above.
+    pub wire_sent_bytes: u64,
+    pub wire_recv_bytes: u64,
     /// Last measured round-trip time (zero when unknown).
     pub rtt: Duration,
     /// How many times this remote reconnected after its first connection.
@@ -93,6 +97,8 @@ pub fn leaf_metrics(server: &Server) -> Vec<LeafMetric> {
             sent_bytes: st.out_bytes.load(Ordering::Relaxed),
             recv_msgs: st.in_msgs.load(Ordering::Relaxed),
             recv_bytes: st.in_bytes.load(Ordering::Relaxed),
+            wire_sent_bytes: st.wire_out_bytes.load(Ordering::Relaxed),
+            wire_recv_bytes: st.wire_in_bytes.load(Ordering::Relaxed),
             rtt: Duration::from_nanos(l.conn.rtt_ns.load(Ordering::Relaxed)),
             reconnects,
             ..LeafMetric::default()
@@ -560,13 +566,64 @@ fn account_series(e: &mut Exposition, s: &Server) {
     }
 }
 
+/// The `nats_routes_*` series: a connection count plus per-connection series labelled by
+/// the peer's `name`, and `pool` (the pool index, or `account:<name>` for a dedicated
+/// route), with `compression` (what `/routez` shows).
 fn route_series(e: &mut Exposition, s: &Server) {
+    use Kind::Counter;
+    let routes = s.routes();
     e.single(
         "nats_routes_connections",
         Kind::Gauge,
         "Route connections currently open (varz routes)",
-        s.routes().len() as f64,
+        routes.len() as f64,
     );
+    type Get = fn(&crate::core::conn::ConnStats) -> u64;
+    let families: [(&str, &str, Get); 6] = [
+        ("nats_routes_sent_msgs", "Messages sent on the route connection", |c| {
+            c.out_msgs.load(Ordering::Relaxed)
+        }),
+        ("nats_routes_recv_msgs", "Messages received on the route connection", |c| {
+            c.in_msgs.load(Ordering::Relaxed)
+        }),
+        ("nats_routes_sent_bytes", "Payload bytes sent on the route connection", |c| {
+            c.out_bytes.load(Ordering::Relaxed)
+        }),
+        ("nats_routes_recv_bytes", "Payload bytes received on the route connection", |c| {
+            c.in_bytes.load(Ordering::Relaxed)
+        }),
+        (
+            "nats_routes_wire_sent_bytes",
+            "Bytes written to the route connection's socket (after S2 compression, framing included)",
+            |c| c.wire_out_bytes.load(Ordering::Relaxed),
+        ),
+        (
+            "nats_routes_wire_recv_bytes",
+            "Bytes read from the route connection's socket (before S2 decompression, framing included)",
+            |c| c.wire_in_bytes.load(Ordering::Relaxed),
+        ),
+    ];
+    let labels: Vec<(String, String)> = routes
+        .iter()
+        .map(|r| {
+            let pool = match &r.account {
+                Some(a) => format!("account:{a}"),
+                None => r.pool_idx.to_string(),
+            };
+            (pool, r.compression_shown())
+        })
+        .collect();
+    for (name, help, get) in families {
+        e.family(name, Counter, help);
+        for (r, (pool, compression)) in routes.iter().zip(&labels) {
+            let l = [
+                ("name", r.remote_name.as_str()),
+                ("pool", pool.as_str()),
+                ("compression", compression.as_str()),
+            ];
+            e.sample(name, &l, get(&r.conn.stats) as f64);
+        }
+    }
 }
 
 /// The `nats_leafnodes_*` series: a connection count plus per-leaf series labelled by
@@ -581,7 +638,7 @@ pub fn leaf_series(e: &mut Exposition, leafs: &[LeafMetric]) {
         up as f64,
     );
     type Get = fn(&LeafMetric) -> f64;
-    let families: [(&str, Kind, &str, Get); 10] = [
+    let families: [(&str, Kind, &str, Get); 12] = [
         (
             "nats_leafnodes_up",
             Gauge,
@@ -611,6 +668,18 @@ pub fn leaf_series(e: &mut Exposition, leafs: &[LeafMetric]) {
             Counter,
             "Payload bytes received from the leaf node",
             |l| l.recv_bytes as f64,
+        ),
+        (
+            "nats_leafnodes_wire_sent_bytes",
+            Counter,
+            "Bytes written to the leaf connection's socket (after S2 compression, framing included)",
+            |l| l.wire_sent_bytes as f64,
+        ),
+        (
+            "nats_leafnodes_wire_recv_bytes",
+            Counter,
+            "Bytes read from the leaf connection's socket (before S2 decompression, framing included)",
+            |l| l.wire_recv_bytes as f64,
         ),
         (
             "nats_leafnodes_rtt_seconds",

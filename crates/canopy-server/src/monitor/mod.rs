@@ -430,6 +430,10 @@ fn varz_cluster(s: &Server, o: &canopy_conf::Options) -> Value {
     if !urls.is_empty() {
         v.insert("urls".into(), json!(urls));
     }
+    // nats-server shows the pool size in effect (omitted when pooling is off).
+    if let Some(p) = co.effective_pool_size() {
+        v.insert("pool_size".into(), json!(p));
+    }
     let tls_timeout = co
         .tls
         .as_ref()
@@ -588,7 +592,12 @@ pub fn varz(s: &Arc<Server>) -> Value {
         "connections": clients,
         "total_connections": st.total_connections.load(Ordering::Relaxed),
         "routes": s.routes().len(),
-        "remotes": s.routes().len(),
+        "remotes": s
+            .routes()
+            .iter()
+            .map(|r| r.remote_id.as_str())
+            .collect::<std::collections::HashSet<_>>()
+            .len(),
         "leafnodes": s.leaf_links().len(),
         "in_msgs": st.in_msgs.load(Ordering::Relaxed),
         "out_msgs": st.out_msgs.load(Ordering::Relaxed),

@@ -340,22 +340,6 @@ pub fn main() -> i32 {
     for w in &tls_warnings {
         tracing::warn!("{w}");
     }
-    if let Some(c) = opts.cluster.as_ref().and_then(|c| c.compression.as_ref()) {
-        tracing::warn!(
-            "{}: cluster compression requested: Canopy does not compress routes yet; routes run uncompressed (\"not supported\" to peers)",
-            c.pos
-        );
-    }
-    if opts
-        .cluster
-        .as_ref()
-        .and_then(|c| c.pool_size)
-        .is_some_and(|p| p > 0)
-    {
-        tracing::warn!(
-            "cluster pool_size: Canopy speaks the 2.9 route protocol without pooling; one route per peer carries every account"
-        );
-    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use canopy_conf::{Compression, CompressionMode, RemoteLeafOpts};
+use canopy_conf::{Compression, RemoteLeafOpts};
 use canopy_proto::{LeafConnect, Op, Parser, ParserLimits, Role, ServerInfo};
 use rand::seq::SliceRandom;
 use rand::Rng;
@@ -22,7 +22,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::either::Either;
 
-use crate::auth::s2::{Level, S2Decoder, S2Read, S2Write};
+use crate::auth::s2::{
+    announced, follow_rtt, read_hub_info, select_compression, wants_compression, CountRead, Level,
+    S2Decoder, S2Read, S2Write,
+};
 use crate::core::account::{Account, GLOBAL_ACCOUNT};
 use crate::core::conn::{
     conn_label, read_ops, writer_loop, BatchCounters, CloseReason, ConnKind, ConnShared, FlushList,
@@ -215,66 +218,6 @@ pub(crate) fn leaf_info(server: &Server, cid: u64, nonce: &str, listen: SocketAd
             .unwrap_or_default(),
         ..Default::default()
     }
-}
-
-/// What we say in INFO `compression`: the configured mode before negotiation, then the
-/// level chosen (`s2_auto` stays `s2_auto`, as nats-server says it).
-fn announced(c: &Compression, chosen: Option<Level>) -> String {
-    match (c.mode, chosen) {
-        (CompressionMode::S2Auto | CompressionMode::On, _) => "s2_auto".into(),
-        (_, Some(l)) => l.as_str().into(),
-        (m, None) => m.as_str().into(),
-    }
-}
-
-/// nats-server's `selectCompressionMode` and `s2_auto` level choice: the level this side
-/// writes with, or `None` for no compression (a 2.9 peer announces nothing).
-fn select_compression(ours: &Compression, theirs: &str, rtt: Duration) -> Option<Level> {
-    use CompressionMode as M;
-    let level_of = |m: M| match m {
-        M::S2Uncompressed => Some(Level::Uncompressed),
-        M::S2Fast => Some(Level::Fast),
-        M::S2Better => Some(Level::Better),
-        M::S2Best => Some(Level::Best),
-        M::S2Auto | M::On => {
-            Level::from_code(crate::core::conn::s2_auto_code(rtt, &auto_thresholds(ours)))
-        }
-        M::Off | M::Accept => None,
-    };
-    let theirs = match theirs {
-        "" | "not supported" | "off" | "disabled" | "false" => return None,
-        t => M::parse(t)?,
-    };
-    match (ours.mode, theirs) {
-        (M::Off, _) | (M::Accept, M::Accept | M::Off) => None,
-        (M::Accept, M::S2Auto | M::On) => level_of(M::S2Fast),
-        (M::Accept, t) => level_of(t),
-        (o, _) => level_of(o),
-    }
-}
-
-/// `s2_auto`'s RTT thresholds: the configured ones, nats-server's defaults for the rest.
-fn auto_thresholds(c: &Compression) -> [Duration; 3] {
-    let at = |i: usize, ms: u64| {
-        c.rtt_thresholds
-            .get(i)
-            .copied()
-            .unwrap_or(Duration::from_millis(ms))
-    };
-    [at(0, 10), at(1, 50), at(2, 100)]
-}
-
-/// Our writer follows the RTT when our own mode is `s2_auto` (not when `accept` took
-/// the peer's `s2_auto`: that becomes `s2_fast`, as in nats-server).
-fn follow_rtt(conn: &ConnShared, c: &Compression) {
-    if matches!(c.mode, CompressionMode::S2Auto | CompressionMode::On) {
-        let _ = conn.s2_auto.set(auto_thresholds(c));
-    }
-}
-
-/// True when our configuration asks for compression (so we take part in negotiating it).
-fn wants_compression(c: Option<&Compression>) -> Option<&Compression> {
-    c.filter(|c| c.mode != CompressionMode::Off)
 }
 
 /// The JetStream subjects kept off one leaf link, as nats-server decides per link
@@ -555,6 +498,7 @@ async fn serve_session<S>(
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     let (rd, wr) = tokio::io::split(stream);
+    let rd = CountRead::new(rd, conn.clone());
     server.register_conn(&conn);
     let wr = S2Write::new(wr, conn.clone());
     let writer = tokio::spawn(writer_loop(conn.clone(), wr, server.liveness()));
@@ -1460,41 +1404,6 @@ async fn remote_tls_upgrade(
     Ok(s)
 }
 
-/// Reads until the parser yields the hub's INFO. With `s2` (after compression was
-/// negotiated) the bytes read are compressed and decoded into `buf` first.
-async fn read_hub_info<R: AsyncRead + Unpin>(
-    rd: &mut R,
-    buf: &mut BytesMut,
-    parser: &mut Parser,
-    mut s2: Option<(&mut BytesMut, &mut S2Decoder)>,
-) -> Result<ServerInfo, String> {
-    loop {
-        if let Some((raw, dec)) = s2.as_mut() {
-            while let Some(block) = dec.decode(raw).map_err(|e| e.to_string())? {
-                buf.extend_from_slice(&block);
-            }
-        }
-        match parser.next(buf) {
-            Ok(Some(Op::Info(json))) => {
-                return serde_json::from_slice::<ServerInfo>(&json)
-                    .map_err(|e| format!("invalid INFO: {e}"));
-            }
-            Ok(Some(op)) => return Err(format!("expected INFO, got {}", op.verb())),
-            Ok(None) => {}
-            Err(e) => return Err(format!("protocol error before INFO: {e}")),
-        }
-        let read = match s2.as_mut() {
-            Some((raw, _)) => rd.read_buf(*raw).await,
-            None => rd.read_buf(buf).await,
-        };
-        match read {
-            Ok(0) => return Err("connection closed before INFO".into()),
-            Ok(_) => {}
-            Err(e) => return Err(e.to_string()),
-        }
-    }
-}
-
 /// A solicited connection: TCP (maybe TLS), or a websocket over either.
 type LeafIo = Either<
     crate::auth::tls::MaybeTls<TcpStream>,
@@ -1701,6 +1610,7 @@ async fn solicit(
         Either::Right(ws) => crate::auth::tls::note_established(&conn, ws.get_ref()),
     }
     let (rd, wr) = tokio::io::split(rd);
+    let rd = CountRead::new(rd, conn.clone());
     server.register_conn(&conn);
     let js = js_denies(server, &acc.name, info.jetstream, &info.domain);
     let mut deny_send = remote.deny_exports.clone();
@@ -1873,38 +1783,6 @@ pub fn leafz(server: &Server, subs: bool, acc_filter: Option<&str>) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn compression_negotiation_follows_nats_server() {
-        let c = |mode, t: &[u64]| Compression {
-            mode,
-            rtt_thresholds: t.iter().map(|ms| Duration::from_millis(*ms)).collect(),
-            pos: Default::default(),
-        };
-        use CompressionMode as M;
-        let ms = Duration::from_millis;
-        let sel = |ours: &Compression, theirs: &str, rtt: u64| {
-            select_compression(ours, theirs, ms(rtt)).map(Level::as_str)
-        };
-        // A 2.9 peer announces nothing; `off` anywhere; `accept` on both sides.
-        assert_eq!(sel(&c(M::S2Fast, &[]), "", 1), None);
-        assert_eq!(sel(&c(M::S2Fast, &[]), "off", 1), None);
-        assert_eq!(sel(&c(M::Accept, &[]), "accept", 1), None);
-        // `accept` takes the peer's level (its s2_auto as s2_fast); otherwise our own.
-        assert_eq!(sel(&c(M::Accept, &[]), "s2_best", 1), Some("s2_best"));
-        assert_eq!(sel(&c(M::Accept, &[]), "s2_auto", 1), Some("s2_fast"));
-        assert_eq!(sel(&c(M::S2Better, &[]), "accept", 1), Some("s2_better"));
-        assert_eq!(sel(&c(M::S2Better, &[]), "s2_fast", 1), Some("s2_better"));
-        // s2_auto by RTT, default thresholds 10/50/100ms, or configured ones.
-        let auto = c(M::S2Auto, &[]);
-        assert_eq!(sel(&auto, "s2_auto", 5), Some("s2_uncompressed"));
-        assert_eq!(sel(&auto, "s2_auto", 30), Some("s2_fast"));
-        assert_eq!(sel(&auto, "s2_auto", 80), Some("s2_better"));
-        assert_eq!(sel(&auto, "s2_auto", 500), Some("s2_best"));
-        assert_eq!(sel(&c(M::S2Auto, &[0, 1000]), "accept", 5), Some("s2_fast"));
-        assert_eq!(announced(&auto, Some(Level::Fast)), "s2_auto");
-        assert_eq!(announced(&c(M::Accept, &[]), None), "accept");
-    }
 
     #[test]
     fn leaf_urls() {

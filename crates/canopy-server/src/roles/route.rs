@@ -1,23 +1,35 @@
-//! Cluster routes, wire compatible with nats-server 2.9 (no pooling, no compression): route
-//! INFO/CONNECT, RS+/RS- with queue weights, RMSG/HMSG, gossip of new members (implicit
-//! routes), duplicate resolution, cluster-name checks and reconnects.
+//! Cluster routes, wire compatible with nats-server 2.10 and 2.9: route INFO/CONNECT,
+//! RS+/RS- with queue weights, RMSG/HMSG, gossip of new members (implicit routes),
+//! duplicate resolution, cluster-name checks and reconnects; and nats-server 2.10's
+//! additions, each negotiated in the INFO exchange and absent with a 2.9 peer: S2
+//! compression (`cluster { compression }`), route pooling (`pool_size`: several
+//! connections per peer, each account pinned to one of them by the hash of its name) and
+//! per-account routes (`accounts`: a dedicated connection whose ops name no account).
 //!
-//! A route carries every account, so it appears as one [`Link`] per account in the
-//! interest model, with class [`LinkClass::Route`]: a cluster is a full mesh, one hop, and
-//! the forwarding table in `interest.rs` never sends a routed message to another route.
+//! A route connection appears in the interest model as one [`Link`] per account it
+//! carries, with class [`LinkClass::Route`]: a cluster is a full mesh, one hop, and the
+//! forwarding table in `interest.rs` never sends a routed message to another route. An
+//! account's interest and messages all travel on the one connection it is pinned to, so
+//! its messages keep their order.
 
+use std::io::Cursor;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use canopy_conf::{Compression, CompressionMode};
 use canopy_proto::{Op, Parser, ParserLimits, Role, RouteConnect, ServerInfo};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
-use tokio::io::AsyncRead;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::auth::s2::{
+    announced, encode_flush, follow_rtt, read_op, select_compression, CountRead, Level, S2Decoder,
+    S2Read, S2Write,
+};
 use crate::core::account::Account;
 use crate::core::conn::{
     conn_label, read_ops, writer_loop, BatchCounters, CloseReason, ConnKind, ConnShared, FlushList,
@@ -31,6 +43,13 @@ pub use crate::server::links::Cluster;
 use crate::server::links::{Route, RoutePerms};
 use crate::server::version;
 use crate::server::Server;
+
+/// Writes handshake bytes straight to the socket (the writer task starts after the
+/// handshake).
+async fn write_out<S: AsyncWrite + Unpin>(io: &mut S, out: &[u8]) -> Result<(), String> {
+    io.write_all(out).await.map_err(|e| e.to_string())?;
+    io.flush().await.map_err(|e| e.to_string())
+}
 
 /// Route protocol version announced in INFO (2.9 uses 2 on routes).
 const ROUTE_PROTO: i32 = 2;
@@ -125,7 +144,49 @@ impl Server {
         urls
     }
 
-    fn route_info(&self) -> ServerInfo {
+    /// The route layout from `cluster {}`: the pool size (`None`: no pooling) and the
+    /// accounts pinned to dedicated routes, with the system account added when pooling
+    /// (as nats-server does, unless `no_system_account`).
+    pub fn route_pool(&self) -> (Option<usize>, Vec<String>) {
+        let o = self.opts();
+        let Some(c) = o.cluster.as_ref() else {
+            return (None, Vec::new());
+        };
+        let pool = c.effective_pool_size();
+        let mut pinned = c.accounts.clone();
+        if pool.is_some() && !o.no_system_account && !pinned.contains(&self.system_account) {
+            pinned.push(self.system_account.clone());
+        }
+        (pool, pinned)
+    }
+
+    /// `cluster { compression }` for routes: nats-server's default `accept`, and `on`
+    /// meaning `s2_fast` on routes.
+    pub fn route_compression(&self) -> Compression {
+        let o = self.opts();
+        let mut c = o
+            .cluster
+            .as_ref()
+            .and_then(|c| c.compression.clone())
+            .unwrap_or(Compression {
+                mode: CompressionMode::Accept,
+                rtt_thresholds: Vec::new(),
+                pos: Default::default(),
+            });
+        if c.mode == CompressionMode::On {
+            c.mode = CompressionMode::S2Fast;
+        }
+        c
+    }
+
+    /// Our route INFO: `account` for a dedicated route, `compression` as negotiated so
+    /// far, `pool_idx` the slot a solicited pooled connection took.
+    fn route_info(
+        &self,
+        account: Option<&str>,
+        compression: String,
+        pool_idx: usize,
+    ) -> ServerInfo {
         let o = self.opts();
         let c = o.cluster.clone();
         let port = c.as_ref().map(|c| c.port.max(0) as u16).unwrap_or(0);
@@ -136,6 +197,7 @@ impl Server {
             .map(|u| vec![u.trim_start_matches("nats-leaf://").to_string()])
             .unwrap_or_default();
         let client_url = self.cluster_client_urls().into_iter().next();
+        let (pool, _) = self.route_pool();
         ServerInfo {
             server_id: self.id.clone(),
             server_name: self.name.clone(),
@@ -157,6 +219,10 @@ impl Server {
             tls_required: c.as_ref().is_some_and(|c| c.tls.is_some()),
             tls_verify: c.as_ref().is_some_and(|c| c.tls.is_some()),
             canopy_version: version::CANOPY_VERSION.to_string(),
+            compression,
+            route_pool_size: pool.unwrap_or(0) as i64,
+            route_pool_idx: pool_idx as i64,
+            route_account: account.unwrap_or_default().to_string(),
             ..Default::default()
         }
     }
@@ -175,31 +241,62 @@ impl Server {
             };
             if event == crate::server::AccountEvent::Created {
                 for route in server.routes() {
-                    add_route_link(&route, acc);
+                    add_route_link(&server, &route, acc);
                 }
             }
         }));
         for url in &c.routes {
-            let s = self.clone();
-            let url = url.clone();
-            tokio::spawn(async move { s.dial_route(url, None, true).await });
+            self.clone().dial_all(url.clone(), None, true);
         }
     }
 
-    /// Dials a route until it is established (explicit routes: forever, reconnecting
-    /// after drops; implicit ones: `connect_retries` attempts, as nats-server gives up
-    /// on implicit routes).
-    async fn dial_route(self: Arc<Self>, url: String, expect_id: Option<String>, explicit: bool) {
+    /// Starts the dials one peer's URL needs: its first connection, the rest of the
+    /// pool once that one is up (and pooled), and each pinned account's route.
+    fn dial_all(self: Arc<Self>, url: String, expect_id: Option<String>, explicit: bool) {
+        let (pool, pinned) = self.route_pool();
+        let mut slots = vec![DialSlot::First];
+        slots.extend((1..pool.unwrap_or(1)).map(|_| DialSlot::Pool));
+        slots.extend(pinned.into_iter().map(DialSlot::Account));
+        // The peer's id once a connection to this URL registered: the URL it advertises
+        // may not be the one we dial (a proxy, NAT), so its routes are found by id.
+        let peer_id = Arc::new(Mutex::new(expect_id.clone()));
+        for slot in slots {
+            let s = self.clone();
+            tokio::spawn(s.dial_route(
+                url.clone(),
+                expect_id.clone(),
+                explicit,
+                slot,
+                peer_id.clone(),
+            ));
+        }
+    }
+
+    /// Dials one route connection of a peer until it is established, and again after it
+    /// drops (explicit routes: forever; implicit ones: `connect_retries` attempts, as
+    /// nats-server gives up on implicit routes). `slot` says which connection: the first
+    /// one, another of the pool (only once the first is up and pooled, as nats-server
+    /// fills the pool after the first connection), or a pinned account's.
+    async fn dial_route(
+        self: Arc<Self>,
+        url: String,
+        expect_id: Option<String>,
+        explicit: bool,
+        slot: DialSlot,
+        peer_id: Arc<Mutex<Option<String>>>,
+    ) {
         // However this returns, the peer's id leaves `dialing`, so gossip can start
         // another dial later.
         let _dialing = DialingGuard {
             server: self.clone(),
-            id: expect_id.clone(),
+            id: expect_id.clone().filter(|_| slot == DialSlot::First),
         };
         let (hostport, user, pass) = match parse_route_url(&url) {
             Ok(x) => x,
             Err(e) => {
-                tracing::error!("Route {e}");
+                if slot == DialSlot::First {
+                    tracing::error!("Route {e}");
+                }
                 return;
             }
         };
@@ -209,15 +306,12 @@ impl Server {
             .as_ref()
             .map(|c| c.connect_retries)
             .unwrap_or(0);
+        let (pool, _) = self.route_pool();
         let mut attempt: u32 = 0;
+        let mut idle: u32 = 0;
         loop {
             if self.shutdown.is_cancelled() || self.accepting.is_cancelled() {
                 return;
-            }
-            if let Some(id) = &expect_id {
-                if self.routes().iter().any(|r| &r.remote_id == id) {
-                    return;
-                }
             }
             if self.cluster.self_urls.lock().contains(&hostport)
                 || url_hostport(&self.cluster.url.lock()) == hostport
@@ -225,22 +319,42 @@ impl Server {
                 tracing::debug!("Route URL {url} is this server; not dialling it");
                 return;
             }
-            // An explicit route whose server already connected to us (or was learned by
-            // gossip) is not dialled again: a second connection would only be dropped as
-            // a duplicate, possibly the one carrying traffic. We check again after it
-            // drops.
-            if explicit
-                && self
-                    .routes()
-                    .iter()
-                    .any(|r| url_hostport(&r.url) == hostport)
-            {
+            // What we hold to this peer already (connected to us, or learned by gossip):
+            // a connection that would only be dropped as a duplicate, possibly the one
+            // carrying traffic, is not dialled. We check again after it drops.
+            let peer: Vec<Arc<Route>> = self
+                .routes()
+                .into_iter()
+                .filter(|r| {
+                    url_hostport(&r.url) == hostport
+                        || peer_id.lock().as_ref().is_some_and(|id| &r.remote_id == id)
+                })
+                .collect();
+            let pooled = peer.iter().filter(|r| r.account.is_none()).count();
+            let no_pool = peer.iter().any(|r| r.no_pool);
+            let wait = match &slot {
+                DialSlot::First => pooled >= 1,
+                DialSlot::Pool => pooled == 0 || no_pool || pooled >= pool.unwrap_or(1),
+                DialSlot::Account(a) => {
+                    pooled == 0
+                        || no_pool
+                        || peer
+                            .iter()
+                            .any(|r| r.account.as_deref() == Some(a.as_str()))
+                }
+            };
+            if wait {
+                if !explicit && (slot == DialSlot::First || idle > 30) {
+                    return;
+                }
+                idle += 1;
                 tokio::select! {
                     _ = self.shutdown.cancelled() => return,
                     _ = tokio::time::sleep(ROUTE_RECONNECT) => {}
                 }
                 continue;
             }
+            idle = 0;
             attempt += 1;
             let failed =
                 match tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(&hostport))
@@ -264,14 +378,18 @@ impl Server {
                             tls_required: self.tls().route_dial.is_some(),
                             ..Default::default()
                         };
-                        serve_route(
-                            self.clone(),
-                            stream,
-                            addr,
-                            Some((connect, url.clone(), explicit)),
-                        )
-                        .await;
-                        if !explicit {
+                        let dial = Dial {
+                            connect,
+                            url: url.clone(),
+                            explicit,
+                            account: match &slot {
+                                DialSlot::Account(a) => Some(a.clone()),
+                                _ => None,
+                            },
+                            peer_id: peer_id.clone(),
+                        };
+                        serve_route(self.clone(), stream, addr, Some(dial)).await;
+                        if !explicit && slot == DialSlot::First {
                             // Implicit routes are redialled only by the smaller id (as
                             // nats-server does), and only while no other route to the peer
                             // exists; `connect_retries` (at least 3) bounds the attempts.
@@ -289,7 +407,7 @@ impl Server {
                     Err(_) => Some("i/o timeout".to_string()),
                 };
             if let Some(e) = failed {
-                if attempt == 1 || attempt.is_multiple_of(30) {
+                if slot == DialSlot::First && (attempt == 1 || attempt.is_multiple_of(30)) {
                     tracing::error!(
                         "Error trying to connect to route (attempt {attempt}): dial tcp {hostport}: {e}"
                     );
@@ -307,6 +425,28 @@ impl Server {
     }
 }
 
+/// Which of a peer's route connections a dial task keeps up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum DialSlot {
+    /// The first connection (the only one without pooling).
+    First,
+    /// One more connection of the pool, dialled once the first is up and pooled.
+    Pool,
+    /// The route dedicated to a pinned account.
+    Account(String),
+}
+
+/// How we dialled a route connection.
+struct Dial {
+    connect: RouteConnect,
+    url: String,
+    explicit: bool,
+    /// The account of a dedicated route.
+    account: Option<String>,
+    /// Shared by the dials of one URL: the peer's id, set when a connection registers.
+    peer_id: Arc<Mutex<Option<String>>>,
+}
+
 /// Removes a server id from the cluster's `dialing` set when the dial that added it ends.
 struct DialingGuard {
     server: Arc<Server>,
@@ -321,9 +461,19 @@ impl Drop for DialingGuard {
     }
 }
 
-/// Gives `route` its link for `acc` unless it has one (`register` and the account hook
-/// may both see a new account). The link's creation sends our interest in `acc` as RS+.
-fn add_route_link(route: &Arc<Route>, acc: &Arc<Account>) {
+/// Gives `route` its link for `acc` if the account travels on it (see [`Route::serves`])
+/// and it has none yet (`register` and the account hook may both see a new account). The
+/// link's creation sends our interest in `acc` as RS+.
+fn add_route_link(server: &Server, route: &Arc<Route>, acc: &Arc<Account>) {
+    let (pool, pinned) = server.route_pool();
+    if !route.serves(&acc.name, pool, &pinned) {
+        return;
+    }
+    force_route_link(route, acc);
+}
+
+/// Gives `route` its link for `acc` unless it has one, whatever the pool layout says.
+fn force_route_link(route: &Arc<Route>, acc: &Arc<Account>) {
     let link = {
         let mut links = route.links.lock();
         if route.conn.is_closed() || links.iter().any(|(a, _)| Arc::ptr_eq(a, acc)) {
@@ -338,7 +488,12 @@ fn add_route_link(route: &Arc<Route>, acc: &Arc<Account>) {
             Vec::new(),
             Vec::new(),
         );
-        link.route_account = Some(Bytes::copy_from_slice(acc.name.as_bytes()));
+        // A dedicated route's ops name no account (the empty name encodes that form).
+        link.route_account = Some(if route.account.is_some() {
+            Bytes::new()
+        } else {
+            Bytes::copy_from_slice(acc.name.as_bytes())
+        });
         link.import = route.perms.import.clone();
         let link = Arc::new(link);
         links.push((acc.clone(), link.clone()));
@@ -372,6 +527,15 @@ struct RouteSession {
     route: Option<Arc<Route>>,
     connected: bool,
     solicit: Option<(String, bool)>,
+    /// The account of a dedicated route we dialled.
+    dial_account: Option<String>,
+    /// The peer id slot of the dials of this URL (see [`Dial::peer_id`]).
+    dial_peer: Option<Arc<Mutex<Option<String>>>>,
+    /// The level we write with, once compression was negotiated.
+    level: Option<Level>,
+    /// What `/routez` shows when we do not compress (`off`, `not supported`).
+    compression: String,
+    started: tokio::time::Instant,
     flush: FlushList,
     scratch: Scratch,
     batch: BatchCounters,
@@ -379,14 +543,17 @@ struct RouteSession {
     last_link: Option<(Arc<Account>, Arc<Link>)>,
 }
 
-/// Serves one route connection. `solicit` carries our CONNECT, the URL and whether it
-/// was configured, when we dialled.
-async fn serve_route(
-    server: Arc<Server>,
-    stream: TcpStream,
-    addr: SocketAddr,
-    solicit: Option<(RouteConnect, String, bool)>,
-) {
+/// What the handshake leaves to the read loop: the INFO that registers the route, the
+/// decoded bytes read past it, and on a compressed link the raw bytes not yet decoded
+/// with their decoder.
+struct Handshook {
+    info: ServerInfo,
+    rest: BytesMut,
+    s2: Option<(BytesMut, S2Decoder)>,
+}
+
+/// Serves one route connection; `dial` when we dialled it.
+async fn serve_route(server: Arc<Server>, stream: TcpStream, addr: SocketAddr, dial: Option<Dial>) {
     let cid = server.next_cid();
     let conn = Arc::new(ConnShared::new(
         cid,
@@ -402,33 +569,31 @@ async fn serve_route(
         let _ = conn.deny_send.set(export.deny.clone());
     }
     // Cluster TLS: the handshake comes first on both sides, before CONNECT and INFO.
-    let dial = solicit.as_ref().map(|(_, u, _)| {
-        let hp = url_hostport(u);
+    let tls_dial = dial.as_ref().map(|d| {
+        let hp = url_hostport(&d.url);
         let host = hp
             .rsplit_once(':')
             .map(|(h, _)| h.to_string())
             .unwrap_or(hp);
-        (u.clone(), host)
+        (d.url.clone(), host)
     });
-    let dial = dial.as_ref().map(|(u, h)| (u.as_str(), h.as_str()));
-    let Some(stream) =
-        crate::auth::tls::route_handshake(&server.tls(), &server.stats, stream, dial, &conn).await
+    let tls_dial = tls_dial.as_ref().map(|(u, h)| (u.as_str(), h.as_str()));
+    let Some(mut stream) =
+        crate::auth::tls::route_handshake(&server.tls(), &server.stats, stream, tls_dial, &conn)
+            .await
     else {
         return;
     };
-    let info = server.route_info();
-    if let Some((connect, _, _)) = &solicit {
-        conn.enqueue(|b| canopy_proto::encode_connect(b, connect));
-    }
-    conn.enqueue(|b| canopy_proto::encode_info(b, &info));
-    conn.flush_signal();
     server.register_conn(&conn);
-    let (rd, wr) = tokio::io::split(stream);
-    let writer = tokio::spawn(writer_loop(conn.clone(), wr, server.liveness()));
     let mut s = RouteSession {
         server: server.clone(),
-        connected: solicit.is_some(),
-        solicit: solicit.map(|(_, u, e)| (u, e)),
+        connected: dial.is_some(),
+        solicit: dial.as_ref().map(|d| (d.url.clone(), d.explicit)),
+        dial_account: dial.as_ref().and_then(|d| d.account.clone()),
+        dial_peer: dial.as_ref().map(|d| d.peer_id.clone()),
+        level: None,
+        compression: String::new(),
+        started: tokio::time::Instant::now(),
         conn: conn.clone(),
         route: None,
         flush: FlushList::default(),
@@ -436,7 +601,49 @@ async fn serve_route(
         batch: BatchCounters::default(),
         last_link: None,
     };
-    s.read_loop(rd).await;
+    let timeout = s.auth_timeout();
+    let hs = tokio::select! {
+        _ = conn.cancel.cancelled() => None,
+        r = tokio::time::timeout(timeout, s.handshake(&mut stream, dial.as_ref())) => match r {
+            Ok(Ok(hs)) => Some(hs),
+            Ok(Err(e)) => {
+                if !conn.is_closed() {
+                    tracing::error!("{} - Route handshake failed: {e}", conn_label(&conn));
+                    conn.close(CloseReason::ProtocolViolation(e));
+                }
+                None
+            }
+            Err(_) => {
+                tracing::error!("{} - Route handshake timed out (Authentication Timeout)", conn_label(&conn));
+                conn.error_and_close(errors::AUTH_TIMEOUT, CloseReason::AuthTimeout);
+                None
+            }
+        },
+    };
+    let (rd, wr) = tokio::io::split(stream);
+    // The writer starts after the handshake, which wrote its own bytes: from here on it
+    // compresses if the handshake switched the connection to S2.
+    let writer = tokio::spawn(writer_loop(
+        conn.clone(),
+        S2Write::new(wr, conn.clone()),
+        server.liveness(),
+    ));
+    if let Some(hs) = hs {
+        if s.register(hs.info) {
+            let max_payload = server.opts().max_payload as usize;
+            let mut parser = Parser::new(Role::Route, ParserLimits::link(max_payload));
+            parser.set_route_no_account(s.route.as_ref().is_some_and(|r| r.account.is_some()));
+            let rd = CountRead::new(rd, conn.clone());
+            let rest = Cursor::new(hs.rest.freeze());
+            match hs.s2 {
+                Some((raw, dec)) => {
+                    let rd = rest.chain(S2Read::new(rd, raw, dec));
+                    read_ops(&conn, rd, parser, timeout, "Route", &mut s).await
+                }
+                None => read_ops(&conn, rest.chain(rd), parser, timeout, "Route", &mut s).await,
+            }
+        }
+    }
     conn.close(CloseReason::ClientClosed);
     let _ = writer.await;
     s.teardown();
@@ -457,19 +664,155 @@ impl OpHandler for RouteSession {
 }
 
 impl RouteSession {
-    async fn read_loop<R: AsyncRead + Unpin>(&mut self, rd: R) {
-        let max_payload = self.server.opts().max_payload as usize;
-        let parser = Parser::new(Role::Route, ParserLimits::link(max_payload));
-        let auth_timeout = self
-            .server
+    fn auth_timeout(&self) -> Duration {
+        self.server
             .opts()
             .cluster
             .as_ref()
             .and_then(|c| c.authorization.as_ref())
             .and_then(|a| a.timeout)
-            .unwrap_or(Duration::from_secs(2));
-        let conn = self.conn.clone();
-        read_ops(&conn, rd, parser, auth_timeout, "Route", self).await;
+            .unwrap_or(Duration::from_secs(2))
+    }
+
+    /// The INFO exchange, as nats-server 2.10 runs it, up to the INFO that registers the
+    /// route. The acceptor sends its INFO first. The solicitor sends CONNECT and holds its
+    /// INFO back when compression is to be negotiated or the connection is pooled (its
+    /// INFO then names the pool slot it took). Whoever wants compression negotiates on
+    /// the first INFO it gets (`select_compression`): the solicitor answers with a plain
+    /// INFO and switches, the acceptor switches and answers with a compressed INFO, and
+    /// the solicitor's next INFO (compressed) registers the route. A 2.9 peer announces no
+    /// compression and no pool, and the exchange is 2.9's.
+    async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut S,
+        dial: Option<&Dial>,
+    ) -> Result<Handshook, String> {
+        let server = self.server.clone();
+        let co = server.route_compression();
+        let (pool, _) = server.route_pool();
+        let account = dial.and_then(|d| d.account.clone());
+        let negotiate = co.mode != CompressionMode::Off;
+        let max_payload = server.opts().max_payload as usize;
+        let mut parser = Parser::new(Role::Route, ParserLimits::link(max_payload));
+        let mut buf = BytesMut::with_capacity(4096);
+        let mut out = BytesMut::new();
+        // A pooled solicitor's INFO waits for `register`, which picks its slot.
+        let info_at_register = dial.is_some() && pool.is_some() && account.is_none();
+        match dial {
+            Some(d) => {
+                canopy_proto::encode_connect(&mut out, &d.connect);
+                if !negotiate && !info_at_register {
+                    let info = server.route_info(account.as_deref(), co.mode.as_str().into(), 0);
+                    canopy_proto::encode_info(&mut out, &info);
+                }
+            }
+            None => {
+                let info = server.route_info(None, announced(&co, None), 0);
+                canopy_proto::encode_info(&mut out, &info);
+            }
+        }
+        write_out(io, &out).await?;
+        let first = self.read_info(io, &mut buf, &mut parser, None).await?;
+        self.compression = if first.compression.is_empty() {
+            "not supported".into()
+        } else {
+            "off".into()
+        };
+        if !negotiate {
+            return Ok(Handshook {
+                info: first,
+                rest: buf,
+                s2: None,
+            });
+        }
+        let Some(level) = select_compression(&co, &first.compression, self.started.elapsed())
+        else {
+            if dial.is_some() && !info_at_register {
+                let info = server.route_info(account.as_deref(), "off".into(), 0);
+                out.clear();
+                canopy_proto::encode_info(&mut out, &info);
+                write_out(io, &out).await?;
+            }
+            return Ok(Handshook {
+                info: first,
+                rest: buf,
+                s2: None,
+            });
+        };
+        let info = server.route_info(account.as_deref(), announced(&co, Some(level)), 0);
+        out.clear();
+        canopy_proto::encode_info(&mut out, &info);
+        if dial.is_some() {
+            write_out(io, &out).await?;
+        } else {
+            let mut z = BytesMut::new();
+            encode_flush(&mut minlz::Encoder::new(), level, &out, &mut z);
+            write_out(io, &z).await?;
+        }
+        self.conn.compression.store(level.code(), Ordering::Relaxed);
+        follow_rtt(&self.conn, &co);
+        self.level = Some(level);
+        tracing::debug!(
+            "{} - Route compression: {}",
+            conn_label(&self.conn),
+            level.as_str()
+        );
+        let mut raw = buf.split();
+        let mut dec = S2Decoder::default();
+        let info = self
+            .read_info(io, &mut buf, &mut parser, Some((&mut raw, &mut dec)))
+            .await?;
+        Ok(Handshook {
+            info,
+            rest: buf,
+            s2: Some((raw, dec)),
+        })
+    }
+
+    /// Reads handshake ops up to the next INFO: the acceptor authenticates the CONNECT
+    /// that comes first; PING/PONG wait for the link (the peer pings again).
+    async fn read_info<S: AsyncRead + Unpin>(
+        &mut self,
+        io: &mut S,
+        buf: &mut BytesMut,
+        parser: &mut Parser,
+        mut s2: Option<(&mut BytesMut, &mut S2Decoder)>,
+    ) -> Result<ServerInfo, String> {
+        loop {
+            let s2_now = s2.as_mut().map(|(r, d)| (&mut **r, &mut **d));
+            let op = read_op(io, buf, parser, s2_now).await?;
+            if crate::server::logging::trace_enabled() {
+                crate::server::logging::trace_in(&conn_label(&self.conn), &op);
+            }
+            match op {
+                Op::Info(json) => {
+                    if !self.connected {
+                        self.conn
+                            .error_and_close(errors::AUTH_VIOLATION, CloseReason::AuthViolation);
+                        return Err("route sent INFO before CONNECT".into());
+                    }
+                    return serde_json::from_slice(&json).map_err(|e| format!("invalid INFO: {e}"));
+                }
+                Op::Connect(json) if !self.connected => {
+                    if !self.on_connect(&json) {
+                        return Err("CONNECT rejected".into());
+                    }
+                }
+                Op::Ping | Op::Pong => {}
+                Op::Err(text) => {
+                    let t = String::from_utf8_lossy(&text).to_string();
+                    tracing::error!("{} - Route Error '{t}'", conn_label(&self.conn));
+                    self.conn
+                        .close(CloseReason::Other(format!("peer error: {t}")));
+                    return Err(format!("peer error: {t}"));
+                }
+                other => {
+                    self.conn
+                        .error_and_close(errors::AUTH_VIOLATION, CloseReason::AuthViolation);
+                    return Err(format!("route sent {} before INFO", other.verb()));
+                }
+            }
+        }
     }
 
     fn handle(&mut self, op: Op) -> bool {
@@ -653,7 +996,60 @@ impl RouteSession {
             );
         }
         let solicited = self.solicit.is_some();
-        let route = Arc::new(Route {
+        // nats-server 2.10's `addRoute` rules for pools and dedicated routes.
+        let (pool, pinned) = server.route_pool();
+        let account = if solicited {
+            self.dial_account.clone()
+        } else {
+            Some(info.route_account.clone()).filter(|a| !a.is_empty())
+        };
+        let no_pool = pool.is_none() || info.route_pool_size <= 0;
+        let refuse = if no_pool {
+            account.as_ref().map(|a| {
+                format!(
+                    "Not possible to have a dedicate route for account {a:?} between those servers"
+                )
+            })
+        } else if pool != Some(info.route_pool_size as usize) {
+            Some(format!(
+                "Mismatch route pool size: {} vs {}",
+                pool.unwrap_or(0),
+                info.route_pool_size
+            ))
+        } else if solicited && info.route_pool_idx != 0 {
+            Some(format!(
+                "Route pool index should not be set but is set to {}",
+                info.route_pool_idx
+            ))
+        } else if !solicited
+            && account.is_none()
+            && (info.route_pool_idx < 0 || info.route_pool_idx >= info.route_pool_size)
+        {
+            Some(format!(
+                "Invalid route pool index: {} - pool size is {}",
+                info.route_pool_idx, info.route_pool_size
+            ))
+        } else {
+            account
+                .as_ref()
+                .filter(|a| !pinned.contains(a))
+                .map(|a| format!("No route for account {a:?}"))
+        };
+        if let Some(e) = refuse {
+            tracing::error!(
+                "{} - Rejecting route from {:?}: {e}",
+                conn_label(&self.conn),
+                info.server_name
+            );
+            self.conn
+                .error_and_close(&e, CloseReason::ProtocolViolation(e.clone()));
+            return false;
+        }
+        let canopy_peer = !info.canopy_version.is_empty();
+        if let Some(p) = &self.dial_peer {
+            *p.lock() = Some(info.server_id.clone());
+        }
+        let mut route = Route {
             conn: self.conn.clone(),
             remote_id: info.server_id.clone(),
             remote_name: info.server_name.clone(),
@@ -662,24 +1058,82 @@ impl RouteSession {
             url: info.ip.clone(),
             connect_urls: info.connect_urls.clone(),
             leafnode_urls: info.leafnode_urls.clone(),
+            pool_idx: 0,
+            account: account.clone(),
+            no_pool,
+            compression: self
+                .level
+                .map(|l| l.as_str().to_string())
+                .unwrap_or_else(|| self.compression.clone()),
             links: Mutex::new(Vec::new()),
             perms: RoutePerms::from_options(&server.opts()),
-        });
-        {
+        };
+        let first_to_peer;
+        let route = {
             let mut routes = server.cluster.routes.lock();
-            if let Some(old) = routes
+            let peer: Vec<Arc<Route>> = routes
                 .iter()
-                .find(|r| r.remote_id == route.remote_id)
+                .filter(|r| r.remote_id == route.remote_id)
                 .cloned()
-            {
-                // Between Canopy servers both sides keep the connection solicited by the
-                // server with the smaller id. nats-server keeps the first one registered
-                // and drops the newcomer (the smaller id redials if both get dropped), so
-                // with a Go peer we do the same.
-                let keep_new = !info.canopy_version.is_empty()
-                    && old.solicited != route.solicited
-                    && route.solicited == (server.id < route.remote_id);
-                if keep_new {
+                .collect();
+            first_to_peer = peer.is_empty();
+            // Between Canopy servers both sides keep, for each slot, the connection
+            // solicited by the server with the smaller id. nats-server keeps the first one
+            // registered and drops the newcomer (the smaller id redials if both get
+            // dropped), so with a Go peer we do the same.
+            let wins = |old: &Route| {
+                canopy_peer
+                    && old.solicited != solicited
+                    && solicited == (server.id < route.remote_id)
+            };
+            let holder = match (&account, no_pool) {
+                (Some(a), _) => peer
+                    .iter()
+                    .find(|r| r.account.as_deref() == Some(a.as_str()))
+                    .cloned(),
+                (None, true) => peer.iter().find(|r| r.account.is_none()).cloned(),
+                (None, false) if solicited => {
+                    // A solicited pooled connection takes the first free slot (its INFO
+                    // tells the peer which), else one it wins.
+                    let size = pool.unwrap_or(1);
+                    let taken = |i: usize| {
+                        peer.iter()
+                            .find(|r| r.account.is_none() && r.pool_idx == i)
+                            .cloned()
+                    };
+                    match (0..size).find(|i| taken(*i).is_none()) {
+                        Some(i) => {
+                            route.pool_idx = i;
+                            None
+                        }
+                        None => match (0..size).find(|i| taken(*i).is_some_and(|r| wins(&r))) {
+                            Some(i) => {
+                                route.pool_idx = i;
+                                taken(i)
+                            }
+                            None => {
+                                drop(routes);
+                                tracing::debug!(
+                                    "{} - Route pool size reached, closing extra connection to {:?}",
+                                    conn_label(&self.conn),
+                                    route.remote_name
+                                );
+                                self.conn
+                                    .close(CloseReason::Other("duplicate route".into()));
+                                return false;
+                            }
+                        },
+                    }
+                }
+                (None, false) => {
+                    route.pool_idx = info.route_pool_idx as usize;
+                    peer.iter()
+                        .find(|r| r.account.is_none() && r.pool_idx == route.pool_idx)
+                        .cloned()
+                }
+            };
+            if let Some(old) = holder {
+                if wins(&old) {
                     old.conn.close(CloseReason::Other("duplicate route".into()));
                     routes.retain(|r| !Arc::ptr_eq(r, &old));
                 } else {
@@ -694,8 +1148,13 @@ impl RouteSession {
                     return false;
                 }
             }
+            self.conn
+                .route_dedicated
+                .store(route.account.is_some(), Ordering::Relaxed);
+            let route = Arc::new(route);
             routes.push(route.clone());
-        }
+            route
+        };
         {
             let mut m = self.conn.meta.lock();
             m.name = route.remote_name.clone();
@@ -703,24 +1162,56 @@ impl RouteSession {
         let _ = self.conn.peer_id.set(Arc::from(route.remote_id.as_str()));
         // One link per account: our interest (clients and downlinks) goes out as RS+.
         // Accounts created later get theirs from the hook `start_routes` installs.
+        // The solicitor's held-back INFO: a pooled connection's names its slot; after a
+        // compressed handshake it is the one the acceptor registers us with.
+        if solicited && ((pool.is_some() && account.is_none()) || self.level.is_some()) {
+            let co = server.route_compression();
+            let mode = match self.level {
+                Some(l) => announced(&co, Some(l)),
+                None if co.mode == CompressionMode::Off => "off".into(),
+                None => self.compression.clone(),
+            };
+            let ours = server.route_info(account.as_deref(), mode, route.pool_idx);
+            self.conn.enqueue(|b| canopy_proto::encode_info(b, &ours));
+        }
+        // One link per account this connection carries: our interest (clients and
+        // downlinks) goes out as RS+. Accounts created later get theirs from the hook
+        // `start_routes` installs.
         for acc in server.accounts() {
-            add_route_link(&route, &acc);
+            add_route_link(&server, &route, &acc);
         }
         self.conn.registered.store(true, Ordering::Relaxed);
         self.conn.send_ping();
         tracing::info!(
-            "{} - Route connection created to {:?} ({})",
+            "{} - Route connection created to {:?} ({}{})",
             conn_label(&self.conn),
             route.remote_name,
-            if solicited { "solicited" } else { "accepted" }
+            if solicited { "solicited" } else { "accepted" },
+            match (&route.account, route.no_pool) {
+                (Some(a), _) => format!(", account {a:?}"),
+                (None, true) => String::new(),
+                (None, false) => format!(", pool index {}", route.pool_idx),
+            }
         );
+        if !first_to_peer {
+            self.conn.flush_signal();
+            self.route = Some(route);
+            return true;
+        }
         // Gossip: tell the other members about the new one, and the new one about them.
+        let mut told = std::collections::HashSet::new();
         for other in server.routes() {
-            if Arc::ptr_eq(&other, &route) {
+            // One connection per member (the first registered), not per pool slot.
+            if other.remote_id == route.remote_id || !told.insert(other.remote_id.clone()) {
                 continue;
             }
             if !info.ip.is_empty() {
-                let fwd = info.clone();
+                // What is about this connection stays out of the gossip.
+                let mut fwd = info.clone();
+                fwd.route_account.clear();
+                fwd.route_pool_idx = 0;
+                fwd.compression.clear();
+                fwd.nonce.clear();
                 other.conn.enqueue(|b| canopy_proto::encode_info(b, &fwd));
                 other.conn.flush_signal();
             }
@@ -750,6 +1241,12 @@ impl RouteSession {
     /// back with `self.last_link = Some(..)`). Routed messages for one account usually come
     /// in runs, so a hit costs no lock and no reference counting.
     fn take_link(&mut self, account: &[u8]) -> Option<(Arc<Account>, Arc<Link>)> {
+        let route = self.route.clone()?;
+        // A dedicated route's ops name no account: they are its own.
+        let account: &[u8] = match (&route.account, account.is_empty()) {
+            (Some(a), true) => a.as_bytes(),
+            _ => account,
+        };
         if self
             .last_link
             .as_ref()
@@ -757,32 +1254,30 @@ impl RouteSession {
         {
             return self.last_link.take();
         }
-        let route = self.route.as_ref()?;
-        let found = route
-            .links
-            .lock()
-            .iter()
-            .find(|(a, _)| a.name.as_bytes() == account)
-            .cloned();
-        if found.is_some() {
-            return found;
+        if let Some(found) = find_link(&self.server, &route, account) {
+            return Some(found);
         }
-        // Operator mode: an account the peer uses but we have not needed yet. nats-server
-        // looks it up in its resolver here; ours holds the JWTs in memory, so creating
-        // it costs no I/O. Its creation hook gives this route its link.
         let name = std::str::from_utf8(account).ok()?;
-        let trust = self.server.trust()?;
-        trust.account(name)?;
-        let acc = self.server.account_for_jwt(name);
-        let route = self.route.as_ref()?;
-        add_route_link(route, &acc);
-        let found = route
-            .links
-            .lock()
-            .iter()
-            .find(|(a, _)| Arc::ptr_eq(a, &acc))
-            .cloned();
-        found
+        let acc = match self.server.account(name) {
+            Some(acc) => acc,
+            None => {
+                // Operator mode: an account the peer uses but we have not needed yet.
+                // nats-server looks it up in its resolver here; ours holds the JWTs in
+                // memory, so creating it costs no I/O. Its creation hook gives the route
+                // that carries it its link.
+                let trust = self.server.trust()?;
+                trust.account(name)?;
+                self.server.account_for_jwt(name)
+            }
+        };
+        if let Some(found) = find_link(&self.server, &route, account) {
+            return Some(found);
+        }
+        // The peer sends this account on a connection our layout does not pin it to (a
+        // peer configured otherwise, or a dedicated route not up yet): the interest it
+        // gives on this connection is kept here.
+        force_route_link(&route, &acc);
+        find_link(&self.server, &route, account)
     }
 
     fn on_rsub(&mut self, account: &[u8], subject: &[u8], queue: Option<Bytes>, weight: u32) {
@@ -903,6 +1398,30 @@ impl RouteSession {
     }
 }
 
+/// The link of `account` on `route`, or on another connection to the same peer (with a
+/// pool, each account has its own connection; a peer may still send on another).
+fn find_link(
+    server: &Server,
+    route: &Arc<Route>,
+    account: &[u8],
+) -> Option<(Arc<Account>, Arc<Link>)> {
+    let mine = |r: &Route| {
+        r.links
+            .lock()
+            .iter()
+            .find(|(a, _)| a.name.as_bytes() == account)
+            .cloned()
+    };
+    if let Some(found) = mine(route) {
+        return Some(found);
+    }
+    server
+        .routes()
+        .iter()
+        .filter(|r| r.remote_id == route.remote_id && !Arc::ptr_eq(r, route))
+        .find_map(|r| mine(r))
+}
+
 impl Server {
     /// Gossip: connect to a member we heard of, unless we know it or are dialling it.
     fn learn_route(self: Arc<Self>, info: &ServerInfo) {
@@ -920,7 +1439,7 @@ impl Server {
         tracing::debug!("Learned route {:?} at {}", info.server_name, info.ip);
         let url = info.ip.clone();
         let id = info.server_id.clone();
-        tokio::spawn(self.dial_route(url, Some(id), false));
+        self.dial_all(url, Some(id), false);
     }
 }
 
@@ -957,7 +1476,11 @@ pub fn routez(server: &Server, subs: bool) -> Value {
                 "in_bytes": c.stats.in_bytes.load(Ordering::Relaxed),
                 "out_bytes": c.stats.out_bytes.load(Ordering::Relaxed),
                 "subscriptions": subs_list.len(),
+                "compression": r.compression_shown(),
             });
+            if let Some(a) = &r.account {
+                v["account"] = json!(a);
+            }
             if subs {
                 v["subscriptions_list"] = json!(subs_list);
             }
