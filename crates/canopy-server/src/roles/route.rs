@@ -157,6 +157,9 @@ impl Server {
             tls_required: c.as_ref().is_some_and(|c| c.tls.is_some()),
             tls_verify: c.as_ref().is_some_and(|c| c.tls.is_some()),
             canopy_version: version::CANOPY_VERSION.to_string(),
+            // nats-server announces JetStream on routes too; clustered JetStream finds its
+            // peers by it.
+            jetstream: o.jetstream.as_ref().is_some_and(|j| j.enabled),
             ..Default::default()
         }
     }
@@ -662,6 +665,8 @@ impl RouteSession {
             url: info.ip.clone(),
             connect_urls: info.connect_urls.clone(),
             leafnode_urls: info.leafnode_urls.clone(),
+            jetstream: info.jetstream,
+            canopy: !info.canopy_version.is_empty(),
             links: Mutex::new(Vec::new()),
             perms: RoutePerms::from_options(&server.opts()),
         });

@@ -26,6 +26,10 @@ pub struct Route {
     pub connect_urls: Vec<String>,
     /// The peer's leafnode URLs (its INFO `leafnode_urls`), passed on to our leafs.
     pub leafnode_urls: Vec<String>,
+    /// Its INFO says `jetstream: true` (clustered JetStream's peers).
+    pub jetstream: bool,
+    /// It is a Canopy server (INFO `canopy_version`), so it speaks Canopy's Raft transport.
+    pub canopy: bool,
     pub(crate) links: Mutex<Vec<(Arc<Account>, Arc<Link>)>>,
     /// `cluster.permissions`: `import` limits the interest we advertise and the messages
     /// we accept, `export` the interest we accept (and, its deny list, what we send).
