@@ -13,7 +13,12 @@
 //! - **State machine** is the application's: [`StateMachine::apply`] is called for each
 //!   committed entry in log order. After a crash an entry may be applied again (the crate
 //!   records the applied index after the application applied it), so `apply` must be
-//!   idempotent by index. Snapshots are the application's bytes ([`StateMachine::snapshot`],
+//!   idempotent by index (an application without durable state says so with
+//!   [`StateMachine::durable`] and is rebuilt from the snapshot and the log on open).
+//!   `apply`, `snapshot` and `restore` may block on disk I/O: the group calls them through
+//!   `tokio::task::block_in_place` (so a multi-threaded runtime is expected), one at a time,
+//!   never concurrently with each other. They must not wait for this group's own proposals
+//!   (a proposal waits for its `apply`). Snapshots are the application's bytes ([`StateMachine::snapshot`],
 //!   [`StateMachine::restore`]); a stream's snapshot is its state plus what a follower needs
 //!   to fetch the data from the leader's store, not the whole Raft log.
 //! - **Durability**: the log, the vote and the applied index live under [`GroupConfig::dir`]
@@ -25,7 +30,6 @@
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -69,15 +73,19 @@ pub enum RpcKind {
     AppendEntries,
     Vote,
     InstallSnapshot,
+    /// Leadership transfer: the leader asks a voter to start an election now
+    /// ([`Group::step_down`]).
+    TimeoutNow,
 }
 
 impl RpcKind {
-    /// A short token for subjects (`AE`, `V`, `IS`).
+    /// A short token for subjects (`AE`, `V`, `IS`, `TN`).
     pub fn token(self) -> &'static str {
         match self {
             RpcKind::AppendEntries => "AE",
             RpcKind::Vote => "V",
             RpcKind::InstallSnapshot => "IS",
+            RpcKind::TimeoutNow => "TN",
         }
     }
 
@@ -86,6 +94,7 @@ impl RpcKind {
             "AE" => Some(RpcKind::AppendEntries),
             "V" => Some(RpcKind::Vote),
             "IS" => Some(RpcKind::InstallSnapshot),
+            "TN" => Some(RpcKind::TimeoutNow),
             _ => None,
         }
     }
@@ -124,6 +133,13 @@ pub trait StateMachine: Send + Sync + 'static {
     fn snapshot(&self) -> Result<Bytes, String>;
     /// Replaces the state with a snapshot taken by a peer at log `index`.
     fn restore(&self, index: u64, data: &[u8]) -> Result<(), String>;
+    /// Does the application keep its applied state across a restart (the default)? Then
+    /// [`Group::open`] resumes after the recorded applied index. An application whose state
+    /// lives in memory returns `false`: on open the group hands it the last snapshot
+    /// ([`StateMachine::restore`], when there is one) and applies the log after it again.
+    fn durable(&self) -> bool {
+        true
+    }
 }
 
 /// A group's tuning.
@@ -212,77 +228,12 @@ pub enum OpenError {
     Storage { group: String, reason: String },
 }
 
-/// A member of one Raft group. Cheap to clone.
-#[derive(Clone)]
-pub struct Group {
-    inner: Arc<()>,
-}
+mod codec;
+mod fsutil;
+mod group;
+mod log;
+mod net;
+mod sm;
+mod types;
 
-#[allow(unused_variables, clippy::unused_async)]
-impl Group {
-    /// Opens (or resumes, when `cfg.dir` holds state) this member of the group.
-    pub async fn open(
-        cfg: GroupConfig,
-        sm: Arc<dyn StateMachine>,
-        transport: Arc<dyn Transport>,
-    ) -> Result<Group, OpenError> {
-        unimplemented!("canopy-raft: implementation in progress")
-    }
-
-    /// Has this member ever been part of an initialised group (state on disk)?
-    pub fn initialized(&self) -> bool {
-        unimplemented!()
-    }
-
-    /// Initialises a fresh group with `members` (this member among them). A no-op error-free
-    /// call when the group is already initialised.
-    pub async fn bootstrap(&self, members: Vec<Peer>) -> Result<(), ProposeError> {
-        unimplemented!()
-    }
-
-    /// Handles an RPC a peer sent through its [`Transport`]; the result is the reply body.
-    pub async fn handle_rpc(&self, kind: RpcKind, body: Bytes) -> Result<Bytes, String> {
-        unimplemented!()
-    }
-
-    /// Replicates `entry`; returns its log index and `apply`'s answer on this member.
-    pub async fn propose(&self, entry: Bytes) -> Result<(u64, Bytes), ProposeError> {
-        unimplemented!()
-    }
-
-    /// Confirms with a quorum that this member is still the leader (linearizable reads).
-    pub async fn ensure_leader(&self) -> Result<(), ProposeError> {
-        unimplemented!()
-    }
-
-    /// Adds `peer` as a learner (it catches up without voting).
-    pub async fn add_learner(&self, peer: Peer) -> Result<(), ProposeError> {
-        unimplemented!()
-    }
-
-    /// Sets the voters to exactly `voters` (learners among them are promoted; members not
-    /// listed are removed). Returns once the change is committed.
-    pub async fn set_voters(&self, voters: Vec<Peer>) -> Result<(), ProposeError> {
-        unimplemented!()
-    }
-
-    /// Asks the leader (this member) to hand leadership to another voter; `to` picks one.
-    pub async fn step_down(&self, to: Option<Peer>) -> Result<(), ProposeError> {
-        unimplemented!()
-    }
-
-    /// The group's current state.
-    pub fn status(&self) -> Status {
-        unimplemented!()
-    }
-
-    /// Watches the leader: the receiver changes whenever the known leader does.
-    pub fn leader_watch(&self) -> tokio::sync::watch::Receiver<Option<Peer>> {
-        unimplemented!()
-    }
-
-    /// Stops the member (the state stays on disk).
-    pub async fn shutdown(&self) {
-        unimplemented!()
-    }
-}
+pub use group::Group;

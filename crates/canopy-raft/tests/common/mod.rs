@@ -1,0 +1,287 @@
+//! An in-process cluster: an in-memory transport over a registry of groups (with nodes that
+//! can be cut off) and a state machine that records what it applied.
+#![allow(dead_code)]
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use canopy_raft::{
+    BoxFuture, Group, GroupConfig, Peer, RpcKind, StateMachine, Transport, TransportError,
+};
+use parking_lot::Mutex;
+
+/// The network: who is registered, who is cut off.
+#[derive(Default)]
+pub struct MemNet {
+    groups: Mutex<HashMap<(String, String), Group>>,
+    cut: Mutex<HashSet<String>>,
+    pub calls: AtomicUsize,
+}
+
+impl MemNet {
+    pub fn register(&self, node: &str, group: &str, g: Group) {
+        self.groups
+            .lock()
+            .insert((node.to_string(), group.to_string()), g);
+    }
+    pub fn unregister(&self, node: &str, group: &str) {
+        self.groups
+            .lock()
+            .remove(&(node.to_string(), group.to_string()));
+    }
+    pub fn cut(&self, node: &str) {
+        self.cut.lock().insert(node.to_string());
+    }
+    pub fn heal(&self, node: &str) {
+        self.cut.lock().remove(node);
+    }
+}
+
+/// One node's transport.
+pub struct MemTransport {
+    pub from: String,
+    pub net: Arc<MemNet>,
+}
+
+impl Transport for MemTransport {
+    fn call(
+        &self,
+        to: &Peer,
+        group: &str,
+        kind: RpcKind,
+        body: Bytes,
+        timeout: Duration,
+    ) -> BoxFuture<Result<Bytes, TransportError>> {
+        let net = self.net.clone();
+        let from = self.from.clone();
+        let to = to.name.clone();
+        let group = group.to_string();
+        Box::pin(async move {
+            net.calls.fetch_add(1, Ordering::Relaxed);
+            let blocked = {
+                let cut = net.cut.lock();
+                cut.contains(&from) || cut.contains(&to)
+            };
+            if blocked {
+                // A cut link looks like a peer that does not answer.
+                tokio::time::sleep(timeout.min(Duration::from_millis(20))).await;
+                return Err(TransportError::Unreachable(to));
+            }
+            let g = net.groups.lock().get(&(to.clone(), group)).cloned();
+            let Some(g) = g else {
+                return Err(TransportError::Unreachable(to));
+            };
+            match tokio::time::timeout(timeout, g.handle_rpc(kind, body)).await {
+                Ok(Ok(b)) => {
+                    // The reply is lost if the caller was cut off meanwhile.
+                    if net.cut.lock().contains(&from) {
+                        return Err(TransportError::Unreachable(to));
+                    }
+                    Ok(b)
+                }
+                Ok(Err(reason)) => Err(TransportError::Remote { peer: to, reason }),
+                Err(_) => Err(TransportError::Timeout(to)),
+            }
+        })
+    }
+}
+
+/// Records applied entries; `apply` is idempotent by index.
+#[derive(Default)]
+pub struct MemSm {
+    pub applied: Mutex<Vec<(u64, Vec<u8>)>>,
+    pub restores: AtomicUsize,
+    /// State lost on restart (`durable() == false`).
+    pub volatile: bool,
+}
+
+impl MemSm {
+    pub fn entries(&self) -> Vec<Vec<u8>> {
+        self.applied.lock().iter().map(|(_, e)| e.clone()).collect()
+    }
+}
+
+impl StateMachine for MemSm {
+    fn apply(&self, index: u64, entry: &[u8]) -> Bytes {
+        let mut a = self.applied.lock();
+        if a.last().is_none_or(|(i, _)| *i < index) {
+            a.push((index, entry.to_vec()));
+        }
+        Bytes::from(format!("ok{index}"))
+    }
+    fn snapshot(&self) -> Result<Bytes, String> {
+        serde_json::to_vec(&*self.applied.lock())
+            .map(Bytes::from)
+            .map_err(|e| e.to_string())
+    }
+    fn restore(&self, _index: u64, data: &[u8]) -> Result<(), String> {
+        let v: Vec<(u64, Vec<u8>)> = serde_json::from_slice(data).map_err(|e| e.to_string())?;
+        *self.applied.lock() = v;
+        self.restores.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+    fn durable(&self) -> bool {
+        !self.volatile
+    }
+}
+
+pub struct Node {
+    pub group: Group,
+    pub sm: Arc<MemSm>,
+}
+
+pub struct Cluster {
+    pub net: Arc<MemNet>,
+    pub dir: tempfile::TempDir,
+    pub name: String,
+    pub snapshot_every: u64,
+    pub nodes: Mutex<HashMap<String, Node>>,
+}
+
+pub fn cfg(name: &str, dir: PathBuf, me: &str, snapshot_every: u64) -> GroupConfig {
+    let mut c = GroupConfig::new(name, dir, Peer::new(me));
+    c.heartbeat = Duration::from_millis(50);
+    c.election_timeout_min = Duration::from_millis(150);
+    c.election_timeout_max = Duration::from_millis(300);
+    c.rpc_timeout = Duration::from_millis(500);
+    c.snapshot_every = snapshot_every;
+    c
+}
+
+impl Cluster {
+    pub fn new(snapshot_every: u64) -> Cluster {
+        Cluster {
+            net: Arc::new(MemNet::default()),
+            dir: tempfile::tempdir().expect("tempdir"),
+            name: "G".into(),
+            snapshot_every,
+            nodes: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn dir_of(&self, node: &str) -> PathBuf {
+        self.dir.path().join(node)
+    }
+
+    /// Opens (or reopens) `node` with `sm` (a fresh one when None).
+    pub async fn open(&self, node: &str, sm: Option<Arc<MemSm>>) -> Group {
+        let sm = sm.unwrap_or_default();
+        let t = Arc::new(MemTransport {
+            from: node.to_string(),
+            net: self.net.clone(),
+        });
+        let g = Group::open(
+            cfg(&self.name, self.dir_of(node), node, self.snapshot_every),
+            sm.clone(),
+            t,
+        )
+        .await
+        .expect("open group");
+        self.net.register(node, &self.name, g.clone());
+        self.nodes.lock().insert(
+            node.to_string(),
+            Node {
+                group: g.clone(),
+                sm,
+            },
+        );
+        g
+    }
+
+    /// Opens every node and bootstraps each with the same member list.
+    pub async fn start(names: &[&str], snapshot_every: u64) -> Cluster {
+        let c = Cluster::new(snapshot_every);
+        let members: Vec<Peer> = names.iter().map(|n| Peer::new(n)).collect();
+        for n in names {
+            c.open(n, None).await;
+        }
+        for n in names {
+            c.group(n)
+                .bootstrap(members.clone())
+                .await
+                .expect("bootstrap");
+        }
+        c
+    }
+
+    pub fn group(&self, node: &str) -> Group {
+        self.nodes.lock()[node].group.clone()
+    }
+
+    pub fn sm(&self, node: &str) -> Arc<MemSm> {
+        self.nodes.lock()[node].sm.clone()
+    }
+
+    /// Shuts `node` down and takes it off the network; returns its state machine.
+    pub async fn stop(&self, node: &str) -> Arc<MemSm> {
+        self.net.unregister(node, &self.name);
+        let n = self.nodes.lock().remove(node).expect("node");
+        n.group.shutdown().await;
+        n.sm
+    }
+
+    /// Waits until `among` agree on one leader among them; returns its name.
+    pub async fn leader(&self, among: &[&str]) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut leaders = HashSet::new();
+            let mut leading = Vec::new();
+            for n in among {
+                let s = self.group(n).status();
+                leaders.insert(s.leader.map(|p| p.name));
+                if s.is_leader {
+                    leading.push(n.to_string());
+                }
+            }
+            if leaders.len() == 1 && leading.len() == 1 {
+                let l = leading.remove(0);
+                if leaders.contains(&Some(l.clone())) {
+                    return l;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no agreed leader among {among:?}: {leaders:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until each of `nodes` applied exactly `want`.
+    pub async fn wait_applied(&self, nodes: &[&str], want: &[Vec<u8>]) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let ok = nodes.iter().all(|n| self.sm(n).entries() == want);
+            if ok {
+                return;
+            }
+            if Instant::now() > deadline {
+                for n in nodes {
+                    eprintln!("{n}: {:?}", self.sm(n).entries().len());
+                }
+                panic!("not applied everywhere: want {} entries", want.len());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn shutdown_all(&self) {
+        let all: Vec<Group> = self
+            .nodes
+            .lock()
+            .values()
+            .map(|n| n.group.clone())
+            .collect();
+        for g in all {
+            g.shutdown().await;
+        }
+    }
+}
+
+pub fn entry(i: usize) -> Vec<u8> {
+    format!("entry-{i}").into_bytes()
+}
