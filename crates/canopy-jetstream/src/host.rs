@@ -96,8 +96,8 @@ pub struct HostInfo {
     pub tags: Vec<String>,
     /// Is a `cluster {}` with routes configured (clustered JetStream)?
     pub clustered: bool,
-    /// How many route URLs the configuration lists (this server's own address included
-    /// when it is listed, as the official Helm chart renders them).
+    /// How many other servers the configured routes name (distinct addresses, minus those
+    /// found to be this server's own: the Helm chart lists every member, itself included).
     pub configured_routes: usize,
 }
 

@@ -76,7 +76,7 @@ fn cluster(n: usize) -> Vec<Member> {
 }
 
 fn wait_formed(ms: &[Member], n: usize) -> String {
-    let mut leader = String::new();
+    let mut leader;
     assert_eventually!(
         Duration::from_secs(30),
         {

@@ -117,7 +117,7 @@ pub enum Job {
     /// `reply` when set.
     Ensure {
         action: Action,
-        stream: StreamAssignment,
+        stream: Box<StreamAssignment>,
         reply: Option<String>,
     },
     /// Remove the local copy, answering `reply` when set.
@@ -162,7 +162,7 @@ impl MetaMachine {
             if before.is_none_or(|b| b.stream(&sa.account, sa.name()) != Some(sa)) {
                 let _ = self.jobs.send(Job::Ensure {
                     action: Action::Create,
-                    stream: sa.clone(),
+                    stream: Box::new(sa.clone()),
                     reply: None,
                 });
             }
@@ -214,7 +214,7 @@ impl canopy_raft::StateMachine for MetaMachine {
         let job = match e.action {
             Action::Create | Action::Update if mine => Some(Job::Ensure {
                 action: e.action,
-                stream: e.stream,
+                stream: Box::new(e.stream),
                 reply: e.reply,
             }),
             Action::Delete if mine || was_mine => Some(Job::Remove {

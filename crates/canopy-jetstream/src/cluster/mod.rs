@@ -10,7 +10,8 @@
 //! `server_name` (as nats-server requires).
 //!
 //! **Forming the group.** A member with Raft state on disk resumes. A fresh member waits up
-//! to [`BOOTSTRAP_GRACE`] for the routes it has configured, then asks each peer for its
+//! to [`BOOTSTRAP_GRACE`] for the other servers its configured routes name (a route to
+//! itself does not count once it is recognised), then asks each peer for its
 //! status (`$CRG.<node>._meta_.ST`). If any peer is already in a meta group it waits to be
 //! admitted; otherwise the fresh member with the lowest server name bootstraps the group
 //! with every fresh peer that answered. A member started alone (routes to servers that are
@@ -85,10 +86,8 @@ pub struct Cluster {
     pub(crate) host: Arc<dyn Host>,
     pub(crate) me: Peer,
     pub(crate) system_account: String,
-    pub(crate) cluster_name: Option<String>,
     pub(crate) tags: Vec<String>,
     pub(crate) unique_tag: Option<String>,
-    configured_routes: usize,
     dir: PathBuf,
     pub(crate) meta: OnceLock<Group>,
     leader_rx: OnceLock<tokio::sync::watch::Receiver<Option<Peer>>>,
@@ -140,10 +139,8 @@ impl Engine {
             host: self.host.clone(),
             me: me.clone(),
             system_account: system_account.clone(),
-            cluster_name: info.cluster.clone(),
             tags: info.tags.clone(),
             unique_tag: opts.unique_tag,
-            configured_routes: info.configured_routes,
             dir,
             meta: OnceLock::new(),
             leader_rx: OnceLock::new(),
@@ -189,10 +186,9 @@ impl Engine {
                 source,
             })?;
         tracing::info!(
-            "JetStream cluster: server {:?} (node {:016x}) in cluster {:?}",
+            "JetStream cluster: server {:?} (node {:016x})",
             me.name,
-            me.id,
-            info.cluster.as_deref().unwrap_or("")
+            me.id
         );
         rt.spawn(cluster.run());
         Ok(())
@@ -208,6 +204,11 @@ impl Cluster {
     /// The Raft transport, for the groups of replicated streams.
     pub fn transport(&self) -> Arc<dyn canopy_raft::Transport> {
         self.transport.clone()
+    }
+
+    /// The cluster's name (learned from the routes when not configured).
+    pub(crate) fn cluster_name(&self) -> Option<String> {
+        self.host.info().cluster
     }
 
     /// This member.
@@ -373,8 +374,8 @@ impl Cluster {
 
     async fn try_bootstrap(&self, group: &Group) {
         let peers = self.js_peers();
-        let expected = self.configured_routes.max(1);
-        if self.started.elapsed() < BOOTSTRAP_GRACE && peers.len() + 1 < expected {
+        let expected = self.host.info().configured_routes;
+        if self.started.elapsed() < BOOTSTRAP_GRACE && peers.len() < expected {
             return;
         }
         let mut fresh = vec![self.me.name.clone()];
@@ -475,7 +476,7 @@ impl Cluster {
     pub fn meta_json(&self) -> Value {
         let online = self.js_peers();
         let Some(g) = self.meta.get() else {
-            return json!({"name": self.cluster_name, "cluster_size": 0, "pending": 0});
+            return json!({"name": self.cluster_name(), "cluster_size": 0, "pending": 0});
         };
         let st = g.status();
         let replicas: Vec<Value> = st
@@ -499,7 +500,7 @@ impl Cluster {
             })
             .collect();
         let mut v = json!({
-            "name": self.cluster_name,
+            "name": self.cluster_name(),
             "peer": short_hash(&self.me.name),
             "replicas": replicas,
             "cluster_size": st.replicas.len(),

@@ -127,7 +127,7 @@ impl Cluster {
             .collect();
         select(
             cfg,
-            self.cluster_name.as_deref(),
+            self.cluster_name().as_deref(),
             self.unique_tag.as_deref(),
             candidates,
         )

@@ -58,6 +58,24 @@ impl Server {
         self.cluster.name.lock().clone()
     }
 
+    /// How many distinct configured route addresses are not known to be this server's own
+    /// (the Helm chart lists every member, this one included; the route to self is found
+    /// out when it connects).
+    pub fn configured_route_peers(&self) -> usize {
+        let o = self.opts();
+        let mut own = self.cluster.self_urls.lock().clone();
+        own.insert(url_hostport(&self.cluster.url.lock()));
+        let mut seen = std::collections::HashSet::new();
+        o.cluster
+            .as_ref()
+            .map(|c| c.routes.as_slice())
+            .unwrap_or_default()
+            .iter()
+            .map(|u| url_hostport(u))
+            .filter(|hp| !own.contains(hp) && seen.insert(hp.clone()))
+            .count()
+    }
+
     pub fn routes(&self) -> Vec<Arc<Route>> {
         self.cluster.routes.lock().clone()
     }

@@ -427,7 +427,7 @@ impl Host for JsHost {
             system_account: Some(self.server.system_account.clone()),
             tags: o.server_tags.clone(),
             clustered: clustered(&o),
-            configured_routes: o.cluster.as_ref().map_or(0, |c| c.routes.len()),
+            configured_routes: self.server.configured_route_peers(),
         }
     }
 
