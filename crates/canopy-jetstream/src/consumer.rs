@@ -233,6 +233,66 @@ impl Consumer {
         c
     }
 
+    /// The state store (a replicated stream's follower applies the leader's updates to it).
+    pub(crate) fn store_mut(&mut self) -> &mut dyn ConsumerStore {
+        self.st.as_mut()
+    }
+
+    /// Replaces the state store with `f(old)` (a replicated stream wraps it to record the
+    /// leader's updates).
+    pub(crate) fn map_store(
+        &mut self,
+        f: impl FnOnce(Box<dyn ConsumerStore>) -> Box<dyn ConsumerStore>,
+    ) {
+        let old = std::mem::replace(
+            &mut self.st,
+            Box::new(canopy_store::MemConsumerStore::new()),
+        );
+        self.st = f(old);
+    }
+
+    /// After the state changed underneath (a follower applied updates, a snapshot was
+    /// restored): the next new message follows the last delivered one.
+    pub(crate) fn resync(&mut self) {
+        self.sseq = self.st.state().delivered.stream + 1;
+        self.lss.clear();
+        self.recount();
+    }
+
+    /// This member became the leader of a replicated stream: delivery resumes from the
+    /// replicated state (pending messages come due from their last delivery).
+    pub(crate) fn resume(&mut self) {
+        self.resync();
+        self.rdq.clear();
+        self.deadlines.clear();
+        self.deadline_of.clear();
+        self.fc = None;
+        self.fc_bytes = 0;
+        let now = Instant::now();
+        self.last_activity = now;
+        let s = self.st.state().clone();
+        let now_ns = now_ns();
+        for (&sseq, p) in &s.pending {
+            let dc = 1 + s.redelivered.get(&sseq).copied().unwrap_or(0);
+            let left = (p.ts + self.ack_wait_for(dc) - now_ns).max(0);
+            self.set_deadline(sseq, now + Duration::from_nanos(left as u64));
+        }
+    }
+
+    /// This member stopped leading a replicated stream: waiting pulls end with nats-server's
+    /// `409 Leadership Change` (clients pull again from the new leader).
+    pub(crate) fn leadership_lost(&mut self, ctx: &Ctx<'_>) {
+        for r in self.waiting.drain(..) {
+            let h = status(409, "Leadership Change", &r.pending_hdrs());
+            ctx.host.publish(ctx.account, &r.reply, None, Some(&h), &[]);
+        }
+        self.rdq.clear();
+        self.deadlines.clear();
+        self.deadline_of.clear();
+        self.pin = None;
+        self.fc = None;
+    }
+
     fn filter_iter(&self) -> Vec<&str> {
         if self.filters.is_empty() {
             vec![">"]

@@ -405,6 +405,21 @@ impl Engine {
         uid: String,
         recovering: bool,
     ) -> Result<Arc<StreamHandle>, api::errors::E> {
+        let meta = (!recovering).then_some("meta.json");
+        let core = self.stream_core(acc, cfg, created, uid, meta)?;
+        self.start_stream(acc, core)
+    }
+
+    /// A stream's store and consumers, ready for its thread; the metadata is written to
+    /// `meta_file` (file storage) when given.
+    pub(crate) fn stream_core(
+        &self,
+        acc: &Arc<Account>,
+        cfg: StreamConfig,
+        created: i64,
+        uid: String,
+        meta_file: Option<&str>,
+    ) -> Result<StreamCore, api::errors::E> {
         use api::errors::E;
         let name = cfg.name.clone();
         let (store, dir): (Box<dyn canopy_store::MessageStore>, Option<PathBuf>) = match cfg.storage
@@ -412,9 +427,9 @@ impl Engine {
             StorageType::Memory => (Box::new(MemStore::new(cfg.store_config())), None),
             StorageType::File => {
                 let dir = acc.dir.join(&name);
-                if !recovering {
+                if let Some(meta_file) = meta_file {
                     write_json(
-                        &dir.join("meta.json"),
+                        &dir.join(meta_file),
                         &StreamMeta {
                             config: cfg.clone(),
                             created,
@@ -459,7 +474,18 @@ impl Engine {
             self.recover_consumers(&mut core, d);
         }
         core.update_stats();
-        let h = StreamHandle::spawn(core).map_err(|e| E::StreamCreate(e.to_string()))?;
+        Ok(core)
+    }
+
+    /// Starts a stream's thread over `core` and subscribes its subjects.
+    pub(crate) fn start_stream(
+        &self,
+        acc: &Arc<Account>,
+        core: StreamCore,
+    ) -> Result<Arc<StreamHandle>, api::errors::E> {
+        let name = core.name.clone();
+        let h =
+            StreamHandle::spawn(core).map_err(|e| api::errors::E::StreamCreate(e.to_string()))?;
         acc.streams.write().insert(name, h.clone());
         if let Err(e) = self.subscribe_stream(acc, &h) {
             tracing::error!(account = %acc.name, stream = %h.name, "{e}");
@@ -505,7 +531,7 @@ impl Engine {
 /// Consumer-store settings, sent into a stream's thread.
 #[derive(Clone, Copy)]
 pub(crate) struct StoreSettings {
-    sync: SyncPolicy,
+    pub(crate) sync: SyncPolicy,
 }
 
 impl StoreSettings {
@@ -576,6 +602,7 @@ impl Engine {
         for id in h.subs.lock().drain(..) {
             self.host.unsubscribe(id);
         }
+        crate::replica::stop_member(h);
         h.stop();
     }
 

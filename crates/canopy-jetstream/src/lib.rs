@@ -11,6 +11,7 @@
 //! - `stream`: a stream's thread (ingest with group commit, timers) and its store;
 //! - `consumer`: delivery, acks, pull requests, push delivery;
 //! - `source`: mirrors and sources (the sourcing consumer's state machine);
+//! - [`replica`]: replicated (R>1) streams: a Raft group per stream, its entry points;
 //! - [`types`]: the JSON configuration types; `util`: time, headers, names.
 
 mod advisory;
@@ -19,9 +20,11 @@ pub mod cluster;
 mod consumer;
 pub mod engine;
 pub mod host;
+pub mod replica;
 mod source;
 mod stream;
 pub mod types;
 mod util;
 
 pub use engine::{AccountLimits, Config, Engine, EngineError};
+pub use replica::{GroupSpec, ReplicaError};

@@ -72,6 +72,8 @@ pub(crate) struct StreamHandle {
     pub stats: Arc<StreamStats>,
     tx: Sender<Cmd>,
     pub subs: parking_lot::Mutex<Vec<crate::host::SubId>>,
+    /// A replicated stream's Raft member (readable without asking the thread).
+    pub(crate) raft: parking_lot::Mutex<Option<crate::replica::Member>>,
 }
 
 impl StreamHandle {
@@ -85,6 +87,7 @@ impl StreamHandle {
             stats: core.stats.clone(),
             tx,
             subs: parking_lot::Mutex::new(Vec::new()),
+            raft: parking_lot::Mutex::new(None),
         });
         core.me = Arc::downgrade(&h);
         std::thread::Builder::new()
@@ -123,17 +126,18 @@ impl StreamHandle {
 
 /// A message being ingested, after its header checks.
 pub(crate) struct Prepared {
-    subject: String,
-    hdr: Vec<u8>,
-    payload: bytes::Bytes,
-    reply: Option<String>,
-    ttl: Option<i64>,
-    msg_id: Option<String>,
-    rollup: Option<bool>,
+    pub(crate) subject: String,
+    pub(crate) hdr: Vec<u8>,
+    pub(crate) payload: bytes::Bytes,
+    pub(crate) reply: Option<String>,
+    pub(crate) ttl: Option<i64>,
+    pub(crate) msg_id: Option<String>,
+    /// `Nats-Rollup`: `Some(true)` all, `Some(false)` the subject.
+    pub(crate) rollup: Option<bool>,
 }
 
 /// Where a batch's messages are republished, and each subject's last sequence so far.
-struct RepublishPlan {
+pub(crate) struct RepublishPlan {
     to: Vec<Option<String>>,
     last: HashMap<String, u64>,
 }
@@ -155,9 +159,9 @@ pub(crate) struct StreamCore {
     pub stats: Arc<StreamStats>,
     pub sync_every: Option<Duration>,
     pub cluster: Value,
-    dedupe: HashMap<String, (u64, i64)>,
-    dedupe_q: VecDeque<(i64, String)>,
-    last_msg_id: Option<String>,
+    pub(crate) dedupe: HashMap<String, (u64, i64)>,
+    pub(crate) dedupe_q: VecDeque<(i64, String)>,
+    pub(crate) last_msg_id: Option<String>,
     next_sync: Instant,
     closed: bool,
     /// The input subject transform (`subject_transform`).
@@ -168,6 +172,8 @@ pub(crate) struct StreamCore {
     pub sources: Vec<crate::source::Source>,
     /// The stream's own handle (replies and deliveries for the sources come back through it).
     pub me: Weak<StreamHandle>,
+    /// A replicated (R>1) stream's Raft side ([`crate::replica`]); `None`: a local stream.
+    pub(crate) repl: Option<Box<crate::replica::Repl>>,
 }
 
 impl StreamCore {
@@ -208,6 +214,7 @@ impl StreamCore {
             rtr: None,
             sources: Vec::new(),
             me: Weak::new(),
+            repl: None,
         };
         core.sources_configure();
         core.build_transforms();
@@ -250,7 +257,7 @@ impl StreamCore {
     }
 
     /// Rebuilds the duplicate window from the newest messages after a restart.
-    fn rebuild_dedupe(&mut self) {
+    pub(crate) fn rebuild_dedupe(&mut self) {
         let window = self.cfg.duplicate_window;
         if window <= 0 {
             return;
@@ -291,7 +298,7 @@ impl StreamCore {
 
     /// The publish acknowledgement, `{"stream":…,"seq":N[,"domain":…][,"duplicate":true]}`,
     /// written straight into a buffer (one per ack; no JSON value is built).
-    fn ack_reply(&self, reply: &str, seq: u64, duplicate: bool) {
+    pub(crate) fn ack_reply(&self, reply: &str, seq: u64, duplicate: bool) {
         let mut b = String::with_capacity(48 + self.name.len());
         b.push_str("{\"stream\":");
         push_json_str(&mut b, &self.name);
@@ -309,7 +316,7 @@ impl StreamCore {
             .publish(&self.account, reply, None, None, b.as_bytes());
     }
 
-    fn err_reply(&self, reply: Option<&str>, e: E) {
+    pub(crate) fn err_reply(&self, reply: Option<&str>, e: E) {
         let Some(reply) = reply else {
             return;
         };
@@ -323,7 +330,11 @@ impl StreamCore {
     }
 
     /// Header checks of one publish (nats-server's order); `Err` is the reply to send.
-    fn prepare(&mut self, m: JsMsg, pending_last: u64) -> Result<Prepared, (Option<String>, E)> {
+    pub(crate) fn prepare(
+        &mut self,
+        m: JsMsg,
+        pending_last: u64,
+    ) -> Result<Prepared, (Option<String>, E)> {
         let reply = m.reply.clone();
         let fail = |e: E| Err((reply.clone(), e));
         // The input transform applies before anything else; a subject it does not match
@@ -435,6 +446,11 @@ impl StreamCore {
 
     /// Appends publishes (group commit for the plain ones) and acknowledges them.
     fn ingest(&mut self, msgs: Vec<JsMsg>) {
+        if self.repl.is_some() {
+            // Replicated: only the leader takes publishes, proposed to the group in batches.
+            crate::replica::queue_pubs(self, msgs);
+            return;
+        }
         if self.cfg.subject_delete_marker_ttl > 0 {
             // Before the store expires messages itself on append.
             self.expire_with_markers();
@@ -521,33 +537,7 @@ impl StreamCore {
         for (i, (p, r)) in batch.iter().zip(results).enumerate() {
             match r {
                 Ok((seq, ts)) => {
-                    for c in self.consumers.values() {
-                        c.stored(&p.subject);
-                    }
-                    if let Some(plan) = republish.as_mut() {
-                        self.republish(plan, i, p, seq, ts);
-                    }
-                    if let Some(id) = &p.msg_id {
-                        self.dedupe.insert(id.clone(), (seq, ts));
-                        self.dedupe_q.push_back((ts, id.clone()));
-                        self.last_msg_id = Some(id.clone());
-                    }
-                    if let Some(all) = p.rollup {
-                        let opts = PurgeOpts {
-                            filter: (!all).then(|| p.subject.clone()),
-                            up_to_seq: Some(seq),
-                            keep: None,
-                        };
-                        if let Err(e) = self.store.purge(&opts) {
-                            tracing::warn!(stream = %self.name, "rollup purge failed: {e}");
-                        }
-                        self.consumers_purged();
-                    }
-                    if self.cfg.retention == Retention::Interest
-                        && !self.consumers.values().any(|c| c.matches(&p.subject))
-                    {
-                        let _ = self.store.remove_msg(seq);
-                    }
+                    self.stored_effects(p, i, seq, ts, republish.as_mut());
                     if let (Some(r), false) = (&p.reply, self.cfg.no_ack) {
                         self.ack_reply(r, seq, false);
                     }
@@ -564,9 +554,55 @@ impl StreamCore {
         self.prune_dedupe(now);
     }
 
+    /// What follows the store of message `i` of a batch at `seq`: consumers count it, its
+    /// republish, the duplicate window, a rollup's purge, interest retention without
+    /// interest. Deterministic (replicas run it in the same order), apart from the republish.
+    pub(crate) fn stored_effects(
+        &mut self,
+        p: &Prepared,
+        i: usize,
+        seq: u64,
+        ts: i64,
+        republish: Option<&mut RepublishPlan>,
+    ) {
+        for c in self.consumers.values() {
+            c.stored(&p.subject);
+        }
+        if let Some(plan) = republish {
+            self.republish(plan, i, p, seq, ts);
+        }
+        if let Some(id) = &p.msg_id {
+            self.dedupe.insert(id.clone(), (seq, ts));
+            self.dedupe_q.push_back((ts, id.clone()));
+            self.last_msg_id = Some(id.clone());
+        }
+        if let Some(all) = p.rollup {
+            self.rollup(p, all, seq);
+        }
+        if self.cfg.retention == Retention::Interest
+            && !self.consumers.values().any(|c| c.matches(&p.subject))
+        {
+            let _ = self.store.remove_msg(seq);
+        }
+    }
+
+    /// `Nats-Rollup` of the message at `seq`: everything before it (on its subject, or
+    /// in the stream) goes.
+    pub(crate) fn rollup(&mut self, p: &Prepared, all: bool, seq: u64) {
+        let opts = PurgeOpts {
+            filter: (!all).then(|| p.subject.clone()),
+            up_to_seq: Some(seq),
+            keep: None,
+        };
+        if let Err(e) = self.store.purge(&opts) {
+            tracing::warn!(stream = %self.name, "rollup purge failed: {e}");
+        }
+        self.consumers_purged();
+    }
+
     /// For a batch about to be stored: each message's republish subject (when `republish`
     /// matches it), and the last sequence of each such subject before the batch.
-    fn republish_plan(&self, batch: &[Prepared]) -> Option<RepublishPlan> {
+    pub(crate) fn republish_plan(&self, batch: &[Prepared]) -> Option<RepublishPlan> {
         let (tr, _) = self.rtr.as_ref()?;
         let mut plan = RepublishPlan {
             to: Vec::with_capacity(batch.len()),
@@ -616,7 +652,7 @@ impl StreamCore {
             .publish(&self.account, to, None, Some(&hdr), payload);
     }
 
-    fn prune_dedupe(&mut self, now: i64) {
+    pub(crate) fn prune_dedupe(&mut self, now: i64) {
         let cutoff = now - self.cfg.duplicate_window;
         while let Some((ts, _)) = self.dedupe_q.front() {
             if *ts >= cutoff {
@@ -632,6 +668,9 @@ impl StreamCore {
 
     /// Lets every consumer deliver what it can; applies retention to what got acked.
     pub fn drive_consumers(&mut self) {
+        if !crate::replica::delivers(self) {
+            return;
+        }
         let names: Vec<String> = self.consumers.keys().cloned().collect();
         for n in names {
             let acked = match self.consumers.get_mut(&n) {
@@ -646,7 +685,7 @@ impl StreamCore {
     }
 
     /// Work-queue and interest retention: remove messages every consumer is done with.
-    fn retain(&mut self, acked: &[u64]) {
+    pub(crate) fn retain(&mut self, acked: &[u64]) {
         if acked.is_empty() || self.cfg.retention == Retention::Limits {
             return;
         }
@@ -687,6 +726,14 @@ impl StreamCore {
     ) {
         let Some(c) = self.consumers.get_mut(consumer) else {
             return;
+        };
+        // Replicated: a double ack (AckSync) is answered once the ack state is committed.
+        let reply = match (&mut self.repl, reply) {
+            (Some(r), Some(to)) if !body.trim_ascii_start().starts_with(b"+NXT") => {
+                r.defer_ack_reply(consumer, to);
+                None
+            }
+            (_, reply) => reply,
         };
         let ctx = ctx!(self);
         let out = c.ack(&ctx, sseq, dseq, body, reply);
@@ -788,6 +835,11 @@ impl StreamCore {
                 }
             }
         }
+        if !crate::replica::delivers(self) {
+            // A follower: the leader runs the consumers.
+            self.sync_tick(now);
+            return;
+        }
         let mut gone = Vec::new();
         for (n, c) in self.consumers.iter_mut() {
             let ctx = ctx!(self);
@@ -798,11 +850,16 @@ impl StreamCore {
         }
         for n in gone {
             tracing::debug!(stream = %self.name, consumer = %n, "deleting inactive consumer");
-            self.delete_consumer(&n);
+            crate::replica::delete_inactive(self, &n);
         }
         if redeliver || self.consumers.values().any(Consumer::is_pull) {
             self.drive_consumers();
         }
+        self.sync_tick(now);
+    }
+
+    /// The periodic store sync (`sync_interval`).
+    fn sync_tick(&mut self, now: Instant) {
         if let Some(every) = self.sync_every {
             if now >= self.next_sync {
                 if let Err(e) = self.store.sync() {
@@ -1005,6 +1062,9 @@ fn run(mut core: StreamCore, rx: Receiver<Cmd>) {
         if Instant::now() >= next {
             core.tick();
         }
+        if core.repl.is_some() {
+            crate::replica::pump(&mut core);
+        }
         next = core.next_at();
     }
     core.close();
@@ -1012,6 +1072,12 @@ fn run(mut core: StreamCore, rx: Receiver<Cmd>) {
 
 /// Handles one non-publish command; `Some` when the stream must stop.
 fn handle(core: &mut StreamCore, cmd: Cmd) -> Option<mpsc::Sender<()>> {
+    if matches!(cmd, Cmd::Ack { .. } | Cmd::Next { .. } | Cmd::Fc { .. })
+        && !crate::replica::delivers(core)
+    {
+        // A replicated stream's follower: its leader answers consumer traffic.
+        return None;
+    }
     match cmd {
         Cmd::Pub(m) => core.ingest(vec![m]),
         Cmd::Ack {

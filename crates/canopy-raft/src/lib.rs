@@ -232,6 +232,7 @@ mod codec;
 mod fsutil;
 mod group;
 mod log;
+pub mod mem;
 mod net;
 mod sm;
 mod types;

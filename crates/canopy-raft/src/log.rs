@@ -27,6 +27,7 @@ use std::sync::Arc;
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{CommittedLeaderId, ErrorVerb, LogState, OptionalSend, RaftLogReader};
 use parking_lot::Mutex;
+use tokio::sync::oneshot;
 
 use crate::codec::{decode_entry, encode_entry, Reader, MIN_ENTRY};
 use crate::fsutil::{atomic_write, blocking, read_opt, sync_dir};
@@ -52,8 +53,33 @@ struct Loc {
 }
 
 struct Segment {
-    file: File,
+    file: Arc<File>,
+    /// Its size once the queued writes are done.
     size: u64,
+}
+
+/// File work run by the writer, in queue order.
+type FileWork = Box<dyn FnOnce() -> io::Result<()> + Send>;
+
+/// The writer's queue: writes (fsynced together per drained batch, then acknowledged) and
+/// other file work (run after the writes queued before it are durable).
+enum Op {
+    Write {
+        file: Arc<File>,
+        buf: Vec<u8>,
+        new_seg: bool,
+        /// The last index this write makes durable.
+        upto: Option<u64>,
+        cb: Option<LogFlushed<TC>>,
+    },
+    Run(FileWork, oneshot::Sender<io::Result<()>>),
+}
+
+fn remove_if_exists(p: &Path) -> io::Result<()> {
+    match fs::remove_file(p) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
 }
 
 struct LogInner {
@@ -68,6 +94,15 @@ struct LogInner {
     committed: Option<LogId>,
     cache: VecDeque<Entry>,
     cache_bytes: usize,
+    /// The writer's pending work, and whether a writer is draining it.
+    queue: VecDeque<Op>,
+    writing: bool,
+    /// The last index known fsynced.
+    durable: Option<u64>,
+    /// A failed write: the log refuses further work (openraft stops the group).
+    failed: Option<String>,
+    /// Roll segments past this size ([`SEGMENT_MAX`]; smaller in tests).
+    seg_max: u64,
 }
 
 /// The log store (and, cloned, its reader).
@@ -115,141 +150,165 @@ impl LogInner {
             .open(seg_path(dir, first))
     }
 
-    fn append(&mut self, entries: Vec<Entry>) -> io::Result<()> {
-        let mut buf: Vec<u8> = Vec::new();
+    /// Encodes `entries` and queues their write; positions and the cache are updated at
+    /// once (reads of entries not yet on disk are served from the cache, which never drops
+    /// them before they are durable). Returns the write operations to queue.
+    fn append(&mut self, entries: Vec<Entry>, cb: Option<LogFlushed<TC>>) -> io::Result<()> {
         let mut body: Vec<u8> = Vec::new();
+        let mut ops: Vec<Op> = Vec::new();
+        let mut buf: Vec<u8> = Vec::new();
         let mut active: Option<u64> = self.segs.keys().next_back().copied();
-        let mut new_locs = Vec::with_capacity(entries.len());
-        for e in &entries {
+        let mut new_seg = false;
+        let mut upto = None;
+        for e in entries {
             body.clear();
-            encode_entry(e, &mut body);
+            encode_entry(&e, &mut body);
             let rec_len = 8 + body.len() as u64;
-            let size = active
-                .and_then(|a| self.segs.get(&a))
-                .map(|s| s.size + buf.len() as u64);
+            let size = active.and_then(|a| self.segs.get(&a)).map(|s| s.size);
             let roll = match size {
                 None => true,
-                Some(sz) => sz > 0 && sz + rec_len > SEGMENT_MAX,
+                Some(sz) => sz > 0 && sz + rec_len > self.seg_max,
             };
             if roll {
                 if let Some(a) = active {
-                    self.flush_into(a, &mut buf)?;
+                    if let Some(seg) = self.segs.get(&a) {
+                        if !buf.is_empty() {
+                            ops.push(Op::Write {
+                                file: seg.file.clone(),
+                                buf: std::mem::take(&mut buf),
+                                new_seg,
+                                upto: None,
+                                cb: None,
+                            });
+                        }
+                    }
                 }
                 let first = e.log_id.index;
-                let file = Self::open_seg(&self.dir, first)?;
-                sync_dir(&self.dir)?;
+                let file = Arc::new(Self::open_seg(&self.dir, first)?);
                 self.segs.insert(first, Segment { file, size: 0 });
                 active = Some(first);
+                new_seg = true;
             }
             let seg = active.unwrap_or(0);
-            let off = self.segs.get(&seg).map(|s| s.size).unwrap_or(0) + buf.len() as u64;
+            let Some(s) = self.segs.get_mut(&seg) else {
+                return Err(io::Error::other("active segment missing"));
+            };
+            let off = s.size;
+            s.size += rec_len;
             buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
             buf.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
             buf.extend_from_slice(&body);
-            new_locs.push(Loc {
+            if self.locs.is_empty() {
+                self.first = e.log_id.index;
+                self.cache.clear();
+                self.cache_bytes = 0;
+            }
+            self.locs.push_back(Loc {
                 seg,
                 off,
                 len: rec_len as u32,
                 term: e.log_id.leader_id.term,
                 node: e.log_id.leader_id.node_id,
             });
-        }
-        if let Some(a) = active {
-            self.flush_into(a, &mut buf)?;
-            if let Some(s) = self.segs.get(&a) {
-                s.file.sync_data()?;
-            }
-        }
-        for (e, loc) in entries.into_iter().zip(new_locs) {
-            if self.locs.is_empty() {
-                self.first = e.log_id.index;
-                self.cache.clear();
-                self.cache_bytes = 0;
-            }
-            self.locs.push_back(loc);
+            upto = Some(e.log_id.index);
             self.cache_bytes += entry_bytes(&e);
             self.cache.push_back(e);
         }
+        match active.and_then(|a| self.segs.get(&a)) {
+            Some(seg) => ops.push(Op::Write {
+                file: seg.file.clone(),
+                buf,
+                new_seg,
+                upto,
+                cb,
+            }),
+            // Nothing to write (an empty append): durable already.
+            None => {
+                if let Some(cb) = cb {
+                    cb.log_io_completed(Ok(()));
+                }
+            }
+        }
+        self.queue.extend(ops);
+        Ok(())
+    }
+
+    /// Drops cached entries beyond the cache's bounds, never one not yet durable.
+    fn evict(&mut self) {
         while self.cache.len() > CACHE_ENTRIES || self.cache_bytes > CACHE_BYTES {
-            match self.cache.pop_front() {
-                Some(e) => self.cache_bytes -= entry_bytes(&e),
-                None => break,
+            let front_durable = match (self.cache.front(), self.durable) {
+                (Some(e), Some(d)) => e.log_id.index <= d,
+                _ => false,
+            };
+            if !front_durable {
+                break;
+            }
+            if let Some(e) = self.cache.pop_front() {
+                self.cache_bytes -= entry_bytes(&e);
             }
         }
-        Ok(())
     }
 
-    /// Writes `buf` to segment `seg` (syncing it when it is not the last one written).
-    fn flush_into(&mut self, seg: u64, buf: &mut Vec<u8>) -> io::Result<()> {
-        let last = self.segs.keys().next_back().copied();
-        if let Some(s) = self.segs.get_mut(&seg) {
-            if !buf.is_empty() {
-                s.file.write_all(buf)?;
-                s.size += buf.len() as u64;
-                buf.clear();
-            }
-            if Some(seg) != last {
-                s.file.sync_data()?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Drops the entries from `index` on.
-    fn truncate(&mut self, index: u64) -> io::Result<()> {
-        let Some(last) = self.last_index() else {
-            return Ok(());
-        };
+    /// Drops the entries from `index` on (in memory now); returns the file work.
+    fn truncate(&mut self, index: u64) -> Option<FileWork> {
+        let last = self.last_index()?;
         if index > last {
-            return Ok(());
+            return None;
         }
         let keep = index.saturating_sub(self.first) as usize;
-        let (seg, off) = match self.locs.get(keep) {
-            Some(l) => (l.seg, l.off),
-            None => return Ok(()),
-        };
+        let (seg, off) = self.locs.get(keep).map(|l| (l.seg, l.off))?;
+        let mut remove: Vec<PathBuf> = Vec::new();
         let later: Vec<u64> = self.segs.range(seg + 1..).map(|(k, _)| *k).collect();
         for k in later {
             self.segs.remove(&k);
-            fs::remove_file(seg_path(&self.dir, k))?;
+            remove.push(seg_path(&self.dir, k));
         }
+        let mut cut = None;
         if off == 0 {
             self.segs.remove(&seg);
-            fs::remove_file(seg_path(&self.dir, seg))?;
+            remove.push(seg_path(&self.dir, seg));
         } else if let Some(s) = self.segs.get_mut(&seg) {
-            s.file.set_len(off)?;
-            s.file.sync_all()?;
             s.size = off;
+            cut = Some((s.file.clone(), off));
         }
-        sync_dir(&self.dir)?;
         self.locs.truncate(keep);
         while self.cache.back().is_some_and(|e| e.log_id.index >= index) {
             if let Some(e) = self.cache.pop_back() {
                 self.cache_bytes -= entry_bytes(&e);
             }
         }
-        Ok(())
+        if self.durable.is_some_and(|d| d >= index) {
+            self.durable = index.checked_sub(1);
+        }
+        let dir = self.dir.clone();
+        Some(Box::new(move || {
+            for p in &remove {
+                remove_if_exists(p)?;
+            }
+            if let Some((f, off)) = cut {
+                f.set_len(off)?;
+                f.sync_all()?;
+            }
+            sync_dir(&dir)
+        }))
     }
 
-    /// Drops the entries up to `upto` (inclusive) after recording it.
-    fn purge(&mut self, upto: LogId, group_dir: &Path) -> io::Result<()> {
+    /// Drops the entries up to `upto` (inclusive) in memory; returns the file work, which
+    /// records `upto` durably before deleting anything.
+    fn purge(&mut self, upto: LogId, group_dir: &Path) -> io::Result<Option<FileWork>> {
         if self.purged.is_some_and(|p| p.index >= upto.index) {
-            return Ok(());
+            return Ok(None);
         }
         let j = serde_json::to_vec(&upto).map_err(io::Error::other)?;
-        atomic_write(&group_dir.join("purged.json"), &j, true)?;
         self.purged = Some(upto);
         match self.last_index() {
             Some(last) if upto.index < last => {
                 let n = (upto.index + 1).saturating_sub(self.first) as usize;
                 self.locs.drain(..n.min(self.locs.len()));
-                self.first = upto.index + 1;
             }
-            _ => {
-                self.locs.clear();
-                self.first = upto.index + 1;
-            }
+            _ => self.locs.clear(),
         }
+        self.first = upto.index + 1;
         while self
             .cache
             .front()
@@ -261,14 +320,23 @@ impl LogInner {
         }
         let min_live = self.locs.front().map(|l| l.seg).unwrap_or(u64::MAX);
         let dead: Vec<u64> = self.segs.range(..min_live).map(|(k, _)| *k).collect();
-        for k in &dead {
-            self.segs.remove(k);
-            fs::remove_file(seg_path(&self.dir, *k))?;
+        let mut remove = Vec::new();
+        for k in dead {
+            self.segs.remove(&k);
+            remove.push(seg_path(&self.dir, k));
         }
-        if !dead.is_empty() {
-            sync_dir(&self.dir)?;
-        }
-        Ok(())
+        let dir = self.dir.clone();
+        let purged_path = group_dir.join("purged.json");
+        Ok(Some(Box::new(move || {
+            atomic_write(&purged_path, &j, true)?;
+            for p in &remove {
+                remove_if_exists(p)?;
+            }
+            if !remove.is_empty() {
+                sync_dir(&dir)?;
+            }
+            Ok(())
+        })))
     }
 
     fn read(&self, start: u64, end: u64) -> Result<Vec<Entry>, String> {
@@ -414,6 +482,11 @@ impl LogStore {
             committed: None,
             cache: VecDeque::new(),
             cache_bytes: 0,
+            queue: VecDeque::new(),
+            writing: false,
+            durable: None,
+            failed: None,
+            seg_max: SEGMENT_MAX,
         };
         let mut torn_at: Option<(u64, u64)> = None;
         let mut body = Vec::new();
@@ -502,11 +575,18 @@ impl LogStore {
             let file =
                 LogInner::open_seg(&dir, name).map_err(|e| format!("{}: {e}", path.display()))?;
             let size = file.metadata().map_err(|e| e.to_string())?.len();
-            inner.segs.insert(name, Segment { file, size });
+            inner.segs.insert(
+                name,
+                Segment {
+                    file: Arc::new(file),
+                    size,
+                },
+            );
         }
         if changed {
             sync_dir(&dir).map_err(|e| e.to_string())?;
         }
+        inner.durable = inner.last_index();
         Ok(LogStore {
             inner: Arc::new(Mutex::new(inner)),
             group_dir: group_dir.to_path_buf(),
@@ -524,6 +604,148 @@ impl LogStore {
 
     pub(crate) fn committed(&self) -> Option<u64> {
         self.inner.lock().committed.map(|l| l.index)
+    }
+}
+
+impl LogStore {
+    /// Starts a writer for the queue unless one is draining it.
+    fn kick(&self) {
+        {
+            let mut g = self.inner.lock();
+            if g.writing || g.queue.is_empty() {
+                return;
+            }
+            g.writing = true;
+        }
+        let inner = self.inner.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) => {
+                h.spawn_blocking(move || drain(&inner));
+            }
+            Err(_) => drain(&inner),
+        }
+    }
+
+    /// Queues file work behind the pending writes and waits for it.
+    async fn run(&self, work: FileWork) -> io::Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.inner.lock().queue.push_back(Op::Run(work, tx));
+        self.kick();
+        rx.await
+            .unwrap_or_else(|_| Err(io::Error::other("raft log writer stopped")))
+    }
+}
+
+/// The writer: drains the queue in order. Writes queued together share one fsync per
+/// segment (group commit across appends), after which their callbacks are called.
+fn drain(inner: &Arc<Mutex<LogInner>>) {
+    loop {
+        let (ops, dir, failed) = {
+            let mut g = inner.lock();
+            if g.queue.is_empty() {
+                g.writing = false;
+                return;
+            }
+            (
+                std::mem::take(&mut g.queue),
+                g.dir.clone(),
+                g.failed.clone(),
+            )
+        };
+        let mut batch = Batch {
+            failed,
+            ..Default::default()
+        };
+        for op in ops {
+            match op {
+                Op::Write {
+                    file,
+                    buf,
+                    new_seg,
+                    upto,
+                    cb,
+                } => {
+                    if batch.failed.is_none() {
+                        if let Err(e) = (&*file).write_all(&buf) {
+                            batch.failed = Some(e.to_string());
+                        }
+                    }
+                    if !batch.files.iter().any(|f| Arc::ptr_eq(f, &file)) {
+                        batch.files.push(file);
+                    }
+                    batch.new_seg |= new_seg;
+                    if upto.is_some() {
+                        batch.upto = upto;
+                    }
+                    batch.cbs.extend(cb);
+                }
+                Op::Run(work, tx) => {
+                    batch.finish(inner, &dir);
+                    let r = match &batch.failed {
+                        Some(f) => Err(io::Error::other(f.clone())),
+                        None => work(),
+                    };
+                    if let Err(e) = &r {
+                        batch.failed = Some(e.to_string());
+                        inner.lock().failed = Some(e.to_string());
+                    }
+                    let _ = tx.send(r);
+                }
+            }
+        }
+        batch.finish(inner, &dir);
+    }
+}
+
+#[derive(Default)]
+struct Batch {
+    files: Vec<Arc<File>>,
+    new_seg: bool,
+    upto: Option<u64>,
+    cbs: Vec<LogFlushed<TC>>,
+    failed: Option<String>,
+}
+
+impl Batch {
+    /// Makes the batch's writes durable and acknowledges them.
+    fn finish(&mut self, inner: &Arc<Mutex<LogInner>>, dir: &Path) {
+        if self.failed.is_none() {
+            for f in &self.files {
+                if let Err(e) = f.sync_data() {
+                    self.failed = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        if self.failed.is_none() && self.new_seg {
+            if let Err(e) = sync_dir(dir) {
+                self.failed = Some(e.to_string());
+            }
+        }
+        {
+            let mut g = inner.lock();
+            match &self.failed {
+                Some(f) => {
+                    tracing::error!(dir = %dir.display(), "raft log write failed: {f}");
+                    g.failed = Some(f.clone());
+                }
+                None => {
+                    if self.upto.is_some() && self.upto > g.durable {
+                        g.durable = self.upto;
+                    }
+                    g.evict();
+                }
+            }
+        }
+        for cb in self.cbs.drain(..) {
+            match &self.failed {
+                None => cb.log_io_completed(Ok(())),
+                Some(f) => cb.log_io_completed(Err(io::Error::other(f.clone()))),
+            }
+        }
+        self.files.clear();
+        self.new_seg = false;
+        self.upto = None;
     }
 }
 
@@ -590,30 +812,113 @@ impl RaftLogStorage<TC> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
-        let inner = self.inner.clone();
-        match blocking(move || inner.lock().append(entries)) {
-            Ok(()) => {
-                callback.log_io_completed(Ok(()));
-                Ok(())
+        {
+            let mut g = self.inner.lock();
+            if let Some(f) = &g.failed {
+                let f = f.clone();
+                callback.log_io_completed(Err(io::Error::other(f.clone())));
+                return Err(sto_err(ErrorVerb::Write, f));
             }
-            Err(e) => {
-                let msg = e.to_string();
-                callback.log_io_completed(Err(e));
-                Err(sto_err(ErrorVerb::Write, msg))
-            }
+            g.append(entries, Some(callback))
+                .map_err(|e| sto_err(ErrorVerb::Write, e))?;
         }
+        self.kick();
+        Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let inner = self.inner.clone();
-        blocking(move || inner.lock().truncate(log_id.index))
-            .map_err(|e| sto_err(ErrorVerb::Delete, e))
+        let work = self.inner.lock().truncate(log_id.index);
+        match work {
+            Some(w) => self.run(w).await.map_err(|e| sto_err(ErrorVerb::Delete, e)),
+            None => Ok(()),
+        }
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let inner = self.inner.clone();
-        let dir = self.group_dir.clone();
-        blocking(move || inner.lock().purge(log_id, &dir))
-            .map_err(|e| sto_err(ErrorVerb::Delete, e))
+        let work = self
+            .inner
+            .lock()
+            .purge(log_id, &self.group_dir)
+            .map_err(|e| sto_err(ErrorVerb::Delete, e))?;
+        match work {
+            Some(w) => self.run(w).await.map_err(|e| sto_err(ErrorVerb::Delete, e)),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::Payload;
+    use bytes::Bytes;
+    use openraft::EntryPayload;
+    use std::time::{Duration, Instant};
+
+    fn ent(term: u64, index: u64) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
+            payload: EntryPayload::Normal(Payload(Bytes::from(format!("payload {term}/{index}")))),
+        }
+    }
+
+    async fn append(st: &LogStore, es: Vec<Entry>) {
+        let last = es.last().map(|e| e.log_id.index);
+        st.inner.lock().append(es, None).expect("append");
+        st.kick();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while st.inner.lock().durable < last {
+            assert!(Instant::now() < deadline, "not durable");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    fn read_all(st: &LogStore) -> Vec<Entry> {
+        st.inner.lock().read(0, u64::MAX).expect("read")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn segments_truncate_purge_and_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let st = LogStore::open(dir.path()).expect("open");
+        st.inner.lock().seg_max = 300;
+        let mut want: Vec<Entry> = (0..40).map(|i| ent(1, i)).collect();
+        for chunk in want.chunks(7) {
+            append(&st, chunk.to_vec()).await;
+        }
+        assert_eq!(read_all(&st), want);
+        let segs = fs::read_dir(dir.path().join("log")).expect("dir").count();
+        assert!(segs > 3, "segments rolled: {segs}");
+
+        // A conflicting suffix from index 25 is replaced by term 2 entries.
+        let w = st.inner.lock().truncate(25).expect("work");
+        st.run(w).await.expect("truncate");
+        want.truncate(25);
+        let more: Vec<Entry> = (25..45).map(|i| ent(2, i)).collect();
+        append(&st, more.clone()).await;
+        want.extend(more);
+        assert_eq!(read_all(&st), want);
+
+        // Drop everything up to 30 after a snapshot.
+        let upto = want[30].log_id;
+        let w = st
+            .inner
+            .lock()
+            .purge(upto, dir.path())
+            .expect("purge")
+            .expect("work");
+        st.run(w).await.expect("purge");
+        want.drain(..31);
+        assert_eq!(read_all(&st), want);
+        // Reads beyond the cache come from the segments.
+        st.inner.lock().cache.clear();
+        st.inner.lock().cache_bytes = 0;
+        assert_eq!(read_all(&st), want);
+
+        let st2 = LogStore::open(dir.path()).expect("reopen");
+        assert_eq!(read_all(&st2), want);
+        let g = st2.inner.lock();
+        assert_eq!(g.purged, Some(upto));
+        assert_eq!(g.last_log_id(), want.last().map(|e| e.log_id));
     }
 }

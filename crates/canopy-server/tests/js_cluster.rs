@@ -316,3 +316,75 @@ fn clustered_jetstream_needs_server_names() {
         .to_string();
     assert!(err.contains("server_name"), "{err}");
 }
+
+#[tokio::test]
+async fn r3_stream_survives_the_kill_of_its_leader_and_the_meta_leader_steps_down() {
+    let mut ms = cluster(3);
+    let (nc_a, js_a) = js(ms[0].server()).await;
+    let st = js_a
+        .create_stream(stream::Config {
+            name: "R3".into(),
+            subjects: vec!["r3.>".into()],
+            num_replicas: 3,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let cl = st.cached_info().cluster.clone().unwrap();
+    assert!(cl.leader.is_some(), "{cl:?}");
+    for i in 0..5 {
+        js_a.publish(format!("r3.{i}"), "x".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let got = answers(&nc_a, "$JS.API.STREAM.INFO.R3", "").await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["state"]["messages"], 5, "{got:?}");
+    assert_eq!(
+        got[0]["cluster"]["replicas"].as_array().map(Vec::len),
+        Some(2),
+        "{got:?}"
+    );
+    // kill -9 the stream's leader; a new one takes publishes and has every acked message.
+    let leader = got[0]["cluster"]["leader"].as_str().unwrap().to_string();
+    let li = ms.iter().position(|m| m.name == leader).unwrap();
+    ms[li].proc.as_mut().unwrap().kill();
+    ms[li].proc = None;
+    let other = ms.iter().find(|m| m.proc.is_some()).unwrap();
+    let (nc, js_o) = js(other.server()).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(f) = js_o.publish("r3.after", "y".into()).await {
+            if f.await.is_ok() {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "no new stream leader");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let info = answers(&nc, "$JS.API.STREAM.INFO.R3", "").await;
+        if info.len() == 1 && info[0]["state"]["messages"].as_u64() >= Some(6) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stream info after failover: {info:?}"
+        );
+    }
+    // The meta leader hands over on request, answering once.
+    let before = wait_formed(&ms, 3);
+    let down = answers(&nc, "$JS.API.META.LEADER.STEPDOWN", "").await;
+    assert_eq!(down.len(), 1, "{down:?}");
+    if down[0]["success"] == true {
+        assert_eventually!(
+            Duration::from_secs(15),
+            other.meta()["leader"].as_str().is_some_and(|l| l != before),
+            "meta leader did not change: {}",
+            other.meta()
+        );
+    }
+}

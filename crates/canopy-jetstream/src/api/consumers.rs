@@ -301,39 +301,24 @@ pub(super) fn create(
     let acc_consumers = acc.consumer_count() as i64;
     let action = req.action;
     let settings = e.store_settings();
+    let precheck = move |c: &StreamCore, cfg: &ConsumerConfig, cname: &str| {
+        precheck(c, cfg, cname, &action, &limits, acc_consumers)
+    };
+    if let Some((h, g)) = crate::replica::group_of(acc, stream) {
+        let n = cname.clone();
+        return crate::replica::consumer_upsert(&h, g, cname, cfg, move |c, cfg| {
+            precheck(c, cfg, &n)
+        });
+    }
     on_stream(acc, Some(stream), move |c| {
-        check(&cfg, c, limits.max_ack_pending)?;
+        if let Some(v) = precheck(c, &cfg, &cname)? {
+            return Ok(v);
+        }
         if let Some(existing) = c.consumers.get_mut(&cname) {
-            if existing.cfg == cfg {
-                return Ok(info_of(c, &c.consumers[&cname]));
-            }
-            if action == "create" {
-                return Err(E::ConsumerAlreadyExists);
-            }
-            if existing.cfg.deliver_policy != cfg.deliver_policy
-                || existing.cfg.opt_start_seq != cfg.opt_start_seq
-                || existing.cfg.ack_policy != cfg.ack_policy
-                || existing.cfg.is_pull() != cfg.is_pull()
-                || existing.cfg.priority_groups != cfg.priority_groups
-                || existing.cfg.priority_policy != cfg.priority_policy
-            {
-                return Err(E::ConsumerCreate(
-                    "consumer configuration can not be updated".into(),
-                ));
-            }
             let ctx = ctx!(c);
             existing.set_config(&ctx, cfg);
             c.persist_consumer(&cname)?;
             return Ok(info_of(c, &c.consumers[&cname]));
-        }
-        if action == "update" {
-            return Err(E::ConsumerDoesNotExist);
-        }
-        if limits.max_consumers >= 0 && acc_consumers >= limits.max_consumers {
-            return Err(E::MaximumConsumers);
-        }
-        if c.cfg.max_consumers >= 0 && c.consumers.len() as i64 >= c.cfg.max_consumers {
-            return Err(E::MaximumConsumers);
         }
         let meta = ConsumerMeta {
             name: cname.clone(),
@@ -358,6 +343,49 @@ pub(super) fn create(
         c.drive_consumers();
         Ok(v)
     })
+}
+
+/// The checks of a consumer create or update against its stream: `Some(info)` when the
+/// consumer exists with this configuration already (nothing to do), `None` to go ahead.
+fn precheck(
+    c: &StreamCore,
+    cfg: &ConsumerConfig,
+    cname: &str,
+    action: &str,
+    limits: &crate::engine::AccountLimits,
+    acc_consumers: i64,
+) -> Result<Option<Value>, E> {
+    check(cfg, c, limits.max_ack_pending)?;
+    if let Some(existing) = c.consumers.get(cname) {
+        if existing.cfg == *cfg {
+            return Ok(Some(info_of(c, existing)));
+        }
+        if action == "create" {
+            return Err(E::ConsumerAlreadyExists);
+        }
+        if existing.cfg.deliver_policy != cfg.deliver_policy
+            || existing.cfg.opt_start_seq != cfg.opt_start_seq
+            || existing.cfg.ack_policy != cfg.ack_policy
+            || existing.cfg.is_pull() != cfg.is_pull()
+            || existing.cfg.priority_groups != cfg.priority_groups
+            || existing.cfg.priority_policy != cfg.priority_policy
+        {
+            return Err(E::ConsumerCreate(
+                "consumer configuration can not be updated".into(),
+            ));
+        }
+        return Ok(None);
+    }
+    if action == "update" {
+        return Err(E::ConsumerDoesNotExist);
+    }
+    if limits.max_consumers >= 0 && acc_consumers >= limits.max_consumers {
+        return Err(E::MaximumConsumers);
+    }
+    if c.cfg.max_consumers >= 0 && c.consumers.len() as i64 >= c.cfg.max_consumers {
+        return Err(E::MaximumConsumers);
+    }
+    Ok(None)
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -433,6 +461,9 @@ pub(super) fn info(acc: &Account, stream: &str, name: &str) -> Result<Value, E> 
 
 pub(super) fn delete(acc: &Account, stream: &str, name: &str) -> Result<Value, E> {
     let name = name.to_string();
+    if let Some((h, g)) = crate::replica::group_of(acc, stream) {
+        return crate::replica::consumer_delete(&h, g, name);
+    }
     on_stream(acc, Some(stream), move |c| {
         if !c.delete_consumer(&name) {
             return Err(E::ConsumerNotFound);

@@ -23,7 +23,8 @@ pub enum E {
     NotEnabled,
     NotEnabledForAccount,
     ClusterRequired,
-    ClusterNotAvailable,
+    /// 10008: no quorum, or no leader yet (`JSClusterNotAvailErr`).
+    ClusterNotAvail,
     ClusterNoPeers(String),
     ClusteredReplicasNotAvailable,
     InsufficientResources,
@@ -136,12 +137,11 @@ impl E {
             NotEnabled => (503, 10076, s("JetStream not enabled")),
             NotEnabledForAccount => (503, 10039, s("JetStream not enabled for account")),
             ClusterRequired => (503, 10010, s("JetStream clustering support required")),
-            ClusterNotAvailable => (503, 10008, s("JetStream system temporarily unavailable")),
             ClusterNoPeers(e) => (400, 10005, e.clone()),
             ClusteredReplicasNotAvailable => (
                 500,
                 10074,
-                s("replicas > 1 not supported yet in a Canopy cluster"),
+                s("replicated streams with mirrors or sources are not supported yet"),
             ),
             InsufficientResources => (503, 10023, s("insufficient resources")),
             AccountResourcesExceeded => (400, 10002, s("resource limits exceeded for account")),
@@ -149,6 +149,7 @@ impl E {
             MemoryResourcesExceeded => (500, 10028, s("insufficient memory resources available")),
             MaximumStreams => (400, 10027, s("maximum number of streams reached")),
             MaximumConsumers => (400, 10026, s("maximum consumers limit reached")),
+            ClusterNotAvail => (503, 10008, s("JetStream system temporarily unavailable")),
             StreamNotFound => (404, 10059, s("stream not found")),
             StreamNameExist => (
                 400,

@@ -117,9 +117,6 @@ fn check_transforms(cfg: &mut StreamConfig) -> Result<(), E> {
 
 /// nats-server's `checkStreamCfg` checks that apply to one server.
 fn check_config(cfg: &StreamConfig) -> Result<(), E> {
-    if cfg.num_replicas > 1 {
-        return Err(E::StreamReplicasNotSupported);
-    }
     if cfg.num_replicas < 0 || cfg.num_replicas > 5 {
         return Err(invalid("replicas > 5 not supported"));
     }
@@ -277,6 +274,10 @@ pub(crate) fn create(
     body: &[u8],
 ) -> Result<Value, E> {
     let cfg = parse_config(name, body)?;
+    // Replicas live in a cluster (cluster/); this is the single-server create.
+    if cfg.num_replicas > 1 {
+        return Err(E::StreamReplicasNotSupported);
+    }
     let _g = acc.admin.lock();
     if let Some(h) = acc.stream(&cfg.name) {
         if !same_config(&h.cfg.read(), &cfg) {
@@ -343,6 +344,9 @@ pub(crate) fn update(
     body: &[u8],
 ) -> Result<Value, E> {
     let cfg = parse_config(name, body)?;
+    if cfg.num_replicas > 1 {
+        return Err(E::StreamReplicasNotSupported);
+    }
     let _g = acc.admin.lock();
     let h = acc.stream(&cfg.name).ok_or(E::StreamNotFound)?;
     let old = h.cfg.read().clone();
@@ -462,20 +466,27 @@ pub(super) fn purge(acc: &Account, name: Option<&str>, body: &[u8]) -> Result<Va
     if req.seq.is_some() && req.keep.is_some() {
         return Err(E::BadRequest);
     }
-    on_stream(acc, name, move |c| {
+    let check = |c: &StreamCore| {
         if c.cfg.sealed {
             return Err(E::StreamSealed);
         }
         if c.cfg.deny_purge {
             return Err(E::StreamPurgeFailed("stream purge not permitted".into()));
         }
+        Ok(())
+    };
+    let opts = PurgeOpts {
+        filter: req.filter.filter(|f| !f.is_empty() && f != ">"),
+        up_to_seq: req.seq,
+        keep: req.keep,
+    };
+    if let Some((h, g)) = name.and_then(|n| crate::replica::group_of(acc, n)) {
+        return crate::replica::purge(&h, g, opts, check);
+    }
+    on_stream(acc, name, move |c| {
+        check(c)?;
         // Sources' positions first: the headers that hold them are about to go.
         c.sources_save();
-        let opts = PurgeOpts {
-            filter: req.filter.filter(|f| !f.is_empty() && f != ">"),
-            up_to_seq: req.seq,
-            keep: req.keep,
-        };
         let n = c
             .store
             .purge(&opts)
@@ -535,7 +546,7 @@ struct MsgDeleteReq {
 pub(super) fn msg_delete(acc: &Account, name: Option<&str>, body: &[u8]) -> Result<Value, E> {
     let req: MsgDeleteReq = parse_body(body)?;
     let _ = req.no_erase;
-    on_stream(acc, name, move |c| {
+    let check = |c: &StreamCore| {
         if c.cfg.sealed {
             return Err(E::StreamSealed);
         }
@@ -544,6 +555,13 @@ pub(super) fn msg_delete(acc: &Account, name: Option<&str>, body: &[u8]) -> Resu
                 "message delete not permitted".into(),
             ));
         }
+        Ok(())
+    };
+    if let Some((h, g)) = name.and_then(|n| crate::replica::group_of(acc, n)) {
+        return crate::replica::msg_delete(&h, g, req.seq, check);
+    }
+    on_stream(acc, name, move |c| {
+        check(c)?;
         c.sources_save();
         let removed = c
             .store

@@ -134,7 +134,13 @@ impl Cluster {
                     acc.stream(name).is_some()
                 };
                 if local {
-                    return true;
+                    // A replicated stream: its leader answers, not the followers.
+                    return match self.engine.upgrade() {
+                        Some(e) if e.raft_group(&acc.name, name).is_some() => {
+                            e.is_stream_leader(&acc.name, name)
+                        }
+                        _ => true,
+                    };
                 }
                 let known = self.machine.state.lock().stream(&acc.name, name).is_some();
                 if known {
@@ -172,7 +178,7 @@ impl Cluster {
         self.rt.spawn(async move {
             tokio::time::sleep(UNAVAILABLE_DELAY).await;
             if let Some(e) = me.engine.upgrade() {
-                crate::api::reply_to(&e, &acc, &reply, kind, Err(E::ClusterNotAvailable));
+                crate::api::reply_to(&e, &acc, &reply, kind, Err(E::ClusterNotAvail));
             }
         });
     }
@@ -197,7 +203,7 @@ impl Cluster {
                 Class::Meta(MetaOp::Info) => Ok(me.account_info(&engine, &acc).await),
                 Class::Meta(MetaOp::Names) => me.names(&acc, &body),
                 Class::Meta(MetaOp::List) => me.list(&acc, &body).await,
-                Class::Meta(MetaOp::Stepdown) => me.stepdown().await,
+                Class::Meta(MetaOp::Stepdown) => me.stepdown(),
                 Class::Meta(MetaOp::Create(n)) => {
                     match me.propose_create(&engine, &acc, n, &body, &reply).await {
                         Ok(()) => return,
@@ -221,11 +227,11 @@ impl Cluster {
     }
 
     async fn propose(&self, e: Entry) -> Result<(), E> {
-        let g = self.meta.get().ok_or(E::ClusterNotAvailable)?;
+        let g = self.meta.get().ok_or(E::ClusterNotAvail)?;
         let body = serde_json::to_vec(&e).map_err(|err| E::StreamGeneral(err.to_string()))?;
         g.propose(bytes::Bytes::from(body)).await.map_err(|err| {
             tracing::warn!("JetStream meta proposal failed: {err}");
-            E::ClusterNotAvailable
+            E::ClusterNotAvail
         })?;
         Ok(())
     }
@@ -238,14 +244,10 @@ impl Cluster {
         body: &[u8],
         reply: &str,
     ) -> Result<(), E> {
-        let replicas = serde_json::from_slice::<Value>(body)
-            .ok()
-            .and_then(|v| v["num_replicas"].as_i64())
-            .unwrap_or(1);
-        if replicas > 1 {
+        let cfg = streams::parse_config(Some(name), body)?;
+        if cfg.num_replicas > 1 && (cfg.mirror.is_some() || cfg.sources.is_some()) {
             return Err(E::ClusteredReplicasNotAvailable);
         }
-        let cfg = streams::parse_config(Some(name), body)?;
         let existing = self.machine.state.lock().stream(&acc.name, name).cloned();
         let sa = match existing {
             Some(sa) if streams::same_config(&sa.config, &cfg) => sa,
@@ -253,11 +255,16 @@ impl Cluster {
             None => {
                 self.check_cluster_limits(acc, &cfg, None)?;
                 let peers = self.place(&cfg, engine)?;
+                let group = if cfg.num_replicas > 1 {
+                    format!("S-R{}-{}", cfg.num_replicas, crate::util::random_name(10))
+                } else {
+                    String::new()
+                };
                 StreamAssignment {
                     account: acc.name.to_string(),
                     config: cfg,
                     peers,
-                    group: String::new(),
+                    group,
                     created: now_ns(),
                 }
             }
@@ -484,11 +491,20 @@ impl Cluster {
         v
     }
 
-    async fn stepdown(&self) -> Result<Value, E> {
-        let g = self.meta.get().ok_or(E::ClusterNotAvailable)?;
-        g.step_down(None)
-            .await
-            .map_err(|e| E::StreamGeneral(format!("leader stepdown failed: {e}")))?;
+    /// Hands the meta leadership over: answered at once, the transfer runs on its own
+    /// (it takes an election).
+    fn stepdown(&self) -> Result<Value, E> {
+        let g = self.meta.get().cloned().ok_or(E::ClusterNotAvail)?;
+        if g.status().replicas.iter().filter(|r| r.voter).count() < 2 {
+            return Err(E::StreamGeneral(
+                "no other meta group member to take over".into(),
+            ));
+        }
+        self.rt.spawn(async move {
+            if let Err(e) = g.step_down(None).await {
+                tracing::warn!("JetStream cluster: meta leader stepdown failed: {e}");
+            }
+        });
         Ok(json!({"success": true}))
     }
 }

@@ -124,6 +124,8 @@ pub enum Job {
     Remove {
         account: String,
         name: String,
+        /// The stream's Raft group (R>1), empty for R1.
+        group: String,
         reply: Option<String>,
     },
 }
@@ -175,6 +177,7 @@ impl MetaMachine {
                 let _ = self.jobs.send(Job::Remove {
                     account: sa.account.clone(),
                     name: sa.name().to_string(),
+                    group: sa.group.clone(),
                     reply: None,
                 });
             }
@@ -211,16 +214,22 @@ impl canopy_raft::StateMachine for MetaMachine {
         self.persist(&st);
         drop(st);
         let mine = e.stream.peers.contains(&self.me);
+        // One member answers: the first of the stream's peers (an update of a replicated
+        // stream: its leader, which applies it).
+        let first = e.stream.peers.first() == Some(&self.me);
         let job = match e.action {
             Action::Create | Action::Update if mine => Some(Job::Ensure {
                 action: e.action,
+                reply: e.reply.filter(|_| {
+                    first || (e.action == Action::Update && !e.stream.group.is_empty())
+                }),
                 stream: Box::new(e.stream),
-                reply: e.reply,
             }),
             Action::Delete if mine || was_mine => Some(Job::Remove {
                 account: e.stream.account,
                 name: e.stream.config.name,
-                reply: e.reply.filter(|_| mine),
+                group: e.stream.group,
+                reply: e.reply.filter(|_| first),
             }),
             _ => None,
         };

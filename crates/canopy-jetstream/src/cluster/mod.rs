@@ -534,10 +534,17 @@ fn short_hash(name: &str) -> String {
 /// the clients of create, update and delete.
 fn reconciler(rx: mpsc::Receiver<Job>, engine: Weak<Engine>, cluster: Weak<Cluster>) {
     while let Ok(job) = rx.recv() {
-        let (Some(e), Some(_c)) = (engine.upgrade(), cluster.upgrade()) else {
+        let (Some(e), Some(c)) = (engine.upgrade(), cluster.upgrade()) else {
             return;
         };
         match job {
+            Job::Ensure {
+                action,
+                stream,
+                reply,
+            } if !stream.group.is_empty() => {
+                ensure_replicated(&e, &c, action, &stream, reply.as_deref());
+            }
             Job::Ensure {
                 action,
                 stream,
@@ -546,8 +553,21 @@ fn reconciler(rx: mpsc::Receiver<Job>, engine: Weak<Engine>, cluster: Weak<Clust
             Job::Remove {
                 account,
                 name,
+                group,
                 reply,
-            } => remove(&e, &account, &name, reply.as_deref()),
+            } => {
+                if !group.is_empty() {
+                    c.rt.block_on(e.delete_replicated_stream(&account, &name));
+                    c.unregister_group(&group);
+                    let dir = c.dir.join(&group);
+                    if let Err(err) = std::fs::remove_dir_all(&dir) {
+                        if err.kind() != std::io::ErrorKind::NotFound {
+                            tracing::warn!("JetStream cluster: removing {}: {err}", dir.display());
+                        }
+                    }
+                }
+                remove(&e, &account, &name, reply.as_deref());
+            }
         }
     }
 }
@@ -600,6 +620,93 @@ fn ensure(e: &Engine, action: Action, sa: &StreamAssignment, reply: Option<&str>
             }
         }
     }
+}
+
+/// A replicated stream assigned here: this member's copy and Raft member are opened (the
+/// group bootstrapped by its peers together), or, for an update, the stream's leader
+/// replicates the new configuration. The answer comes once the group has a leader.
+fn ensure_replicated(
+    e: &Arc<Engine>,
+    c: &Cluster,
+    action: Action,
+    sa: &StreamAssignment,
+    reply: Option<&str>,
+) {
+    let (account, name) = (sa.account.as_str(), sa.name());
+    let Some(acc) = e.accounts.read().get(account).cloned() else {
+        return;
+    };
+    let opened = e.raft_group(account, name).is_some();
+    let res = if !opened {
+        let spec = crate::replica::GroupSpec {
+            name: sa.group.clone(),
+            dir: c.dir.join(&sa.group),
+            me: c.me.clone(),
+            peers: sa.peers.iter().map(|p| Peer::new(p)).collect(),
+            bootstrap: true,
+            tuning: None,
+        };
+        let r = c.rt.block_on(e.open_replicated_stream(
+            account,
+            sa.config.clone(),
+            sa.created,
+            spec,
+            c.transport(),
+        ));
+        if let Some(g) = e.raft_group(account, name) {
+            c.register_group(g, &sa.group);
+        }
+        r.map_err(|err| E::StreamCreate(err.to_string()))
+    } else if action == Action::Update {
+        if !e.is_stream_leader(account, name) {
+            return;
+        }
+        let current = acc.stream(name).map(|h| h.cfg.read().clone());
+        if let Some(old) = current {
+            if let Err(err) = crate::api::streams::check_update(&old, &sa.config) {
+                if let Some(r) = reply {
+                    crate::api::reply_to(e, &acc, r, "stream_update_response", Err(err));
+                }
+                return;
+            }
+        }
+        c.rt.block_on(e.update_replicated_stream(account, sa.config.clone()))
+            .map_err(|err| E::StreamUpdate(err.to_string()))
+    } else {
+        Ok(())
+    };
+    let Some(r) = reply else {
+        if let Err(err) = res {
+            tracing::error!(
+                "JetStream cluster: replicated stream {account:?} > {name:?}: {}",
+                crate::api::errors::ApiError::from(err)
+            );
+        }
+        return;
+    };
+    let kind = if action == Action::Update {
+        "stream_update_response"
+    } else {
+        "stream_create_response"
+    };
+    let res = res.and_then(|()| {
+        // Answer once the stream can take publishes (bounded: the client times out anyway).
+        if let Some(g) = e.raft_group(account, name) {
+            let mut rx = g.leader_watch();
+            let _ = c.rt.block_on(async {
+                tokio::time::timeout(Duration::from_secs(10), rx.wait_for(Option::is_some)).await
+            });
+        }
+        let info = crate::api::on_stream(&acc, Some(name), |core| Ok(core.info(None, false)))?;
+        Ok(if action == Action::Create {
+            let mut v = info;
+            v["did_create"] = json!(true);
+            v
+        } else {
+            info
+        })
+    });
+    crate::api::reply_to(e, &acc, r, kind, res);
 }
 
 fn remove(e: &Engine, account: &str, name: &str, reply: Option<&str>) {

@@ -1,5 +1,5 @@
-//! An in-process cluster: an in-memory transport over a registry of groups (with nodes that
-//! can be cut off) and a state machine that records what it applied.
+//! An in-process cluster on canopy_raft::mem's transport, and a state machine that records
+//! what it applied.
 #![allow(dead_code)]
 
 use std::collections::{HashMap, HashSet};
@@ -9,86 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use canopy_raft::{
-    BoxFuture, Group, GroupConfig, Peer, RpcKind, StateMachine, Transport, TransportError,
-};
+pub use canopy_raft::mem::{MemNet, MemTransport};
+use canopy_raft::{Group, GroupConfig, Peer, StateMachine};
 use parking_lot::Mutex;
-
-/// The network: who is registered, who is cut off.
-#[derive(Default)]
-pub struct MemNet {
-    groups: Mutex<HashMap<(String, String), Group>>,
-    cut: Mutex<HashSet<String>>,
-    pub calls: AtomicUsize,
-}
-
-impl MemNet {
-    pub fn register(&self, node: &str, group: &str, g: Group) {
-        self.groups
-            .lock()
-            .insert((node.to_string(), group.to_string()), g);
-    }
-    pub fn unregister(&self, node: &str, group: &str) {
-        self.groups
-            .lock()
-            .remove(&(node.to_string(), group.to_string()));
-    }
-    pub fn cut(&self, node: &str) {
-        self.cut.lock().insert(node.to_string());
-    }
-    pub fn heal(&self, node: &str) {
-        self.cut.lock().remove(node);
-    }
-}
-
-/// One node's transport.
-pub struct MemTransport {
-    pub from: String,
-    pub net: Arc<MemNet>,
-}
-
-impl Transport for MemTransport {
-    fn call(
-        &self,
-        to: &Peer,
-        group: &str,
-        kind: RpcKind,
-        body: Bytes,
-        timeout: Duration,
-    ) -> BoxFuture<Result<Bytes, TransportError>> {
-        let net = self.net.clone();
-        let from = self.from.clone();
-        let to = to.name.clone();
-        let group = group.to_string();
-        Box::pin(async move {
-            net.calls.fetch_add(1, Ordering::Relaxed);
-            let blocked = {
-                let cut = net.cut.lock();
-                cut.contains(&from) || cut.contains(&to)
-            };
-            if blocked {
-                // A cut link looks like a peer that does not answer.
-                tokio::time::sleep(timeout.min(Duration::from_millis(20))).await;
-                return Err(TransportError::Unreachable(to));
-            }
-            let g = net.groups.lock().get(&(to.clone(), group)).cloned();
-            let Some(g) = g else {
-                return Err(TransportError::Unreachable(to));
-            };
-            match tokio::time::timeout(timeout, g.handle_rpc(kind, body)).await {
-                Ok(Ok(b)) => {
-                    // The reply is lost if the caller was cut off meanwhile.
-                    if net.cut.lock().contains(&from) {
-                        return Err(TransportError::Unreachable(to));
-                    }
-                    Ok(b)
-                }
-                Ok(Err(reason)) => Err(TransportError::Remote { peer: to, reason }),
-                Err(_) => Err(TransportError::Timeout(to)),
-            }
-        })
-    }
-}
 
 /// Records applied entries; `apply` is idempotent by index.
 #[derive(Default)]

@@ -1,0 +1,1489 @@
+//! Replicated (R>1) streams: one Raft group ([`canopy_raft::Group`]) per stream; the
+//! stream's consumers are replicated through the same group (consumer leader = stream
+//! leader). See docs/ARCHITECTURE.md, "Replicated streams".
+//!
+//! # Entry points (for the meta layer, `crate::cluster`, and the server)
+//!
+//! - [`Engine::open_replicated_stream`]`(account, cfg, created, GroupSpec, transport)`
+//!   (async): opens or recovers this member's copy of the stream (its store under
+//!   `<store_dir>/<account>/streams/<name>/`, metadata in `replica.json` there, which the
+//!   single-server recovery skips) and its Raft member (log under `GroupSpec::dir`). With
+//!   `GroupSpec::bootstrap` (a new stream: every member calls it with the same `peers`) an
+//!   uninitialised group is initialised; a member added by a scale-up or a restarted
+//!   member passes `bootstrap: false` and is brought in by the leader. Leadership changes
+//!   are wired inside: the leader ingests publishes, runs the consumers and answers acks and
+//!   pulls; followers ignore them.
+//! - [`Engine::raft_group`]`(account, stream)`: the member's group, so the server hands
+//!   incoming RPCs (`$NRG`-like subjects carrying the group name) to
+//!   [`canopy_raft::Group::handle_rpc`].
+//! - [`Engine::set_stream_peers`]`(account, stream, peers)` (async, on the leader): scale
+//!   (R1→R3→R1): new peers join as learners, then the voters become exactly `peers`. The
+//!   meta layer opens the stream on an added member first (`bootstrap: false`) and closes
+//!   it on a removed one after the change committed.
+//! - [`Engine::stream_step_down`]`(account, stream, to)` (async, on the leader).
+//! - [`Engine::update_replicated_stream`]`(account, cfg)` (async, on the leader): a config
+//!   change replicated to every member.
+//! - [`Engine::stream_cluster_info`]`(account, stream)`: nats-server's `cluster` object
+//!   (`{name, leader, leader_since, replicas:[{name, current, active, lag, offline}]}`); the
+//!   same object is in this member's stream and consumer info.
+//! - [`Engine::is_stream_leader`]`(account, stream)`: whether this member answers for the
+//!   stream (API routing).
+//! - [`Engine::close_replicated_stream`] / [`Engine::delete_replicated_stream`] (async):
+//!   stops the member (data stays) / and removes the stream's store directory (the group
+//!   directory is the caller's).
+//!
+//! The `$JS.API` handlers for consumer create/update/delete, purge and message delete
+//! propose through the group when the stream is replicated (hooks in `api/`); they must run
+//! on the leader (elsewhere they answer 10008).
+//!
+//! # How it works
+//!
+//! Everything a stream does to its state is an [`entry::Op`] applied in log order by every
+//! member on the stream's own thread (the Raft state machine hands each committed entry to
+//! it and waits). The leader:
+//! - queues publishes while one proposal is in flight; when it committed, it prepares the
+//!   queued ones against the applied state (dedupe, `Nats-Expected-*`, limits), assigns
+//!   sequences after the last one and one timestamp, and proposes them as one entry with its
+//!   consumers' recorded delivery/ack updates and the double-ack replies waiting for them.
+//!   The pub acks go out once `propose` returned (quorum commit, applied here).
+//! - runs the consumers; their state changes are recorded ([`RecStore`]) and replicated
+//!   with the next entry; a follower applies them to its copy. The leader skips its own.
+//! - after winning an election, proposes a no-op first: once it is applied, everything the
+//!   old leader committed is in the store, and delivery resumes from the replicated state.
+
+mod entry;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use canopy_raft::{Group, GroupConfig, Peer, ProposeError, StateMachine, Transport};
+use canopy_store::{ConsumerState, ConsumerStore, NewMsg, PurgeOpts};
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+
+use crate::api::errors::{ApiError, E};
+use crate::consumer::Consumer;
+use crate::engine::{Account, ConsumerMeta, Engine, StoreSettings, StreamMeta};
+use crate::host::JsMsg;
+use crate::stream::{ctx, Cmd, Prepared, StreamCore, StreamHandle};
+use crate::types::{ConsumerConfig, StreamConfig};
+use crate::util::{header, now_ns, rfc3339};
+use entry::{COp, Entry, Op, OpAnswer, W};
+
+/// Most publishes in one entry.
+const MAX_BATCH: usize = 1024;
+/// Publishes queued on the leader beyond this are refused (10008).
+const MAX_QUEUE: usize = 65_536;
+/// Most stream bytes a snapshot carries (see docs/ARCHITECTURE.md: catch-up limits).
+const MAX_SNAPSHOT_BYTES: u64 = 256 << 20;
+/// How long an API request waits for its proposal.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// A replica not heard from for this long is `offline` in the cluster info.
+const OFFLINE_AFTER: Duration = Duration::from_secs(10);
+
+/// The Raft group of one stream, as the meta layer assigns it.
+#[derive(Clone, Debug)]
+pub struct GroupSpec {
+    /// The group's name (cluster-unique; also the stream's identity, `Nats-Stream-Identity`).
+    pub name: String,
+    /// Where this member's log, vote and applied index live.
+    pub dir: PathBuf,
+    pub me: Peer,
+    /// The voters (this member among them).
+    pub peers: Vec<Peer>,
+    /// A new stream: initialise the group with `peers` when it has no state yet.
+    pub bootstrap: bool,
+    /// Raft timings (heartbeat, election timeouts, snapshot interval, RPC timeout) instead
+    /// of [`GroupConfig::new`]'s; its name, dir and member are taken from this spec.
+    pub tuning: Option<GroupConfig>,
+}
+
+/// Why a replicated stream could not be opened or changed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    #[error("JetStream is not enabled for account {0}")]
+    NoAccount(String),
+    #[error("stream {0} is already open on this server")]
+    Exists(String),
+    #[error("no replicated stream {0}")]
+    NotFound(String),
+    #[error("not supported on a replicated stream yet: {0}")]
+    Unsupported(&'static str),
+    #[error("{0}")]
+    Open(String),
+    #[error(transparent)]
+    Raft(#[from] ProposeError),
+}
+
+/// The replicated side of a [`StreamCore`] (its `repl` field).
+pub(crate) struct Repl {
+    group: Option<Group>,
+    rt: tokio::runtime::Handle,
+    me: Peer,
+    account: Arc<Account>,
+    engine: std::sync::Weak<Engine>,
+    settings: StoreSettings,
+    /// Raft says this member leads.
+    leading: bool,
+    /// Leading, and the leadership's no-op is applied: ingest and deliver.
+    ready: bool,
+    /// This leadership's identity (entries carry it).
+    epoch: u64,
+    /// Consumer state changes are recorded (leader, outside apply).
+    recording: Arc<AtomicBool>,
+    consumer_ops: HashMap<String, Arc<Mutex<Vec<COp>>>>,
+    /// Double-ack replies waiting for the next entry.
+    ack_replies: Vec<String>,
+    /// Ops the leader decided on its own (inactive consumers deleted).
+    admin: Vec<Op>,
+    queue: Vec<JsMsg>,
+    inflight: Option<Inflight>,
+}
+
+impl Repl {
+    /// A member that does not lead (yet) and has no group (yet).
+    fn new(
+        me: Peer,
+        account: Arc<Account>,
+        engine: std::sync::Weak<Engine>,
+        settings: StoreSettings,
+        rt: tokio::runtime::Handle,
+    ) -> Repl {
+        Repl {
+            group: None,
+            rt,
+            me,
+            account,
+            engine,
+            settings,
+            leading: false,
+            ready: false,
+            epoch: 0,
+            recording: Arc::new(AtomicBool::new(false)),
+            consumer_ops: HashMap::new(),
+            ack_replies: Vec::new(),
+            admin: Vec::new(),
+            queue: Vec::new(),
+            inflight: None,
+        }
+    }
+
+    /// Queues a double-ack reply: sent once the consumer's ack state is committed.
+    pub(crate) fn defer_ack_reply(&mut self, _consumer: &str, reply: &str) {
+        self.ack_replies.push(reply.to_string());
+    }
+
+    /// Records `c`'s state changes from now on (when leading).
+    fn wrap(&mut self, c: &mut Consumer) {
+        let ops = Arc::new(Mutex::new(Vec::new()));
+        self.consumer_ops.insert(c.name.clone(), ops.clone());
+        let on = self.recording.clone();
+        c.map_store(|inner| Box::new(RecStore { inner, on, ops }));
+    }
+}
+
+/// A proposal in flight and who waits for it.
+struct Inflight {
+    /// The leadership's no-op.
+    start: bool,
+    /// Which op of the entry holds the messages.
+    msgs_op: Option<usize>,
+    pubs: Vec<PubWaiter>,
+    acks: Vec<String>,
+}
+
+enum PubWaiter {
+    /// Message `i` of the entry, stored at `seq`.
+    Stored {
+        i: usize,
+        seq: u64,
+        reply: Option<String>,
+    },
+    /// A duplicate (`Nats-Msg-Id`) of message `seq` of the same entry.
+    Dup { seq: u64, reply: Option<String> },
+}
+
+/// A consumer store that records every change the leader makes, for replication.
+struct RecStore {
+    inner: Box<dyn ConsumerStore>,
+    on: Arc<AtomicBool>,
+    ops: Arc<Mutex<Vec<COp>>>,
+}
+
+impl RecStore {
+    fn rec(&self, op: COp) {
+        if self.on.load(Ordering::Relaxed) {
+            self.ops.lock().push(op);
+        }
+    }
+}
+
+impl ConsumerStore for RecStore {
+    fn state(&self) -> &ConsumerState {
+        self.inner.state()
+    }
+    fn set_state(&mut self, st: ConsumerState) {
+        self.rec(COp::Set(st.clone()));
+        self.inner.set_state(st);
+    }
+    fn update_delivered(&mut self, dseq: u64, sseq: u64, dc: u64, ts: i64) {
+        self.rec(COp::Delivered { dseq, sseq, dc, ts });
+        self.inner.update_delivered(dseq, sseq, dc, ts);
+    }
+    fn update_ack(&mut self, dseq: u64, sseq: u64) -> bool {
+        self.rec(COp::Acked { dseq, sseq });
+        self.inner.update_ack(dseq, sseq)
+    }
+    fn flush(&mut self) -> canopy_store::Result<()> {
+        self.inner.flush()
+    }
+    fn sync(&mut self) -> canopy_store::Result<()> {
+        self.inner.sync()
+    }
+    fn delete(&mut self) -> canopy_store::Result<()> {
+        self.inner.delete()
+    }
+}
+
+/// A replicated stream's Raft member and the runtime it runs on (in its
+/// [`StreamHandle`]).
+pub(crate) struct Member {
+    pub group: Group,
+    pub rt: tokio::runtime::Handle,
+}
+
+/// Shuts a replicated stream's Raft member down before its thread stops: the group must
+/// not apply entries to a stopped stream (it would count them applied). Blocks until done.
+pub(crate) fn stop_member(h: &StreamHandle) {
+    let Some(m) = h.raft.lock().take() else {
+        return;
+    };
+    let Member { group, rt } = m;
+    let t = std::thread::Builder::new()
+        .name("js-raft-stop".into())
+        .spawn(move || rt.block_on(group.shutdown()));
+    if let Ok(t) = t {
+        let _ = t.join();
+    }
+}
+
+/// Does this stream run its consumers here (a local stream, or the ready leader)?
+pub(crate) fn delivers(core: &StreamCore) -> bool {
+    core.repl.as_ref().is_none_or(|r| r.ready)
+}
+
+/// Publishes reached a replicated stream: the leader queues them; followers ignore them.
+pub(crate) fn queue_pubs(core: &mut StreamCore, msgs: Vec<JsMsg>) {
+    let Some(r) = core.repl.as_mut() else {
+        return;
+    };
+    if !r.leading {
+        return;
+    }
+    let room = MAX_QUEUE.saturating_sub(r.queue.len());
+    let mut msgs = msgs;
+    let over = if msgs.len() > room {
+        msgs.split_off(room)
+    } else {
+        Vec::new()
+    };
+    r.queue.extend(msgs);
+    for m in over {
+        core.err_reply(m.reply.as_deref(), E::ClusterNotAvail);
+    }
+}
+
+/// A publish whose checks read the stream's last state: it starts a new entry.
+fn needs_applied_state(m: &JsMsg) -> bool {
+    m.headers.as_deref().is_some_and(|h| {
+        header(h, "Nats-Expected-Last-Subject-Sequence").is_some()
+            || header(h, "Nats-Expected-Last-Msg-Id").is_some()
+    })
+}
+
+/// The leader's proposal loop: when nothing is in flight, proposes what accumulated (the
+/// leadership's no-op first). Runs after every batch of commands on the stream's thread.
+pub(crate) fn pump(core: &mut StreamCore) {
+    let Some(r) = core.repl.as_mut() else {
+        return;
+    };
+    if !r.leading || r.inflight.is_some() || r.group.is_none() {
+        return;
+    }
+    if !r.ready {
+        let e = Entry {
+            origin: r.me.id,
+            epoch: r.epoch,
+            ops: vec![Op::Noop],
+        };
+        propose(
+            core,
+            e.encode(),
+            Inflight {
+                start: true,
+                msgs_op: None,
+                pubs: Vec::new(),
+                acks: Vec::new(),
+            },
+        );
+        return;
+    }
+    let queue = std::mem::take(&mut r.queue);
+    let (origin, epoch) = (r.me.id, r.epoch);
+    // Messages: prepared against the applied state, sequences after the last one.
+    let last = core.store.totals().last_seq;
+    let ts = now_ns();
+    let mut batch: Vec<(u64, Prepared)> = Vec::new();
+    let mut pubs = Vec::new();
+    let mut ids: HashMap<String, u64> = HashMap::new();
+    let mut rest = Vec::new();
+    for m in queue {
+        if !rest.is_empty()
+            || batch.len() >= MAX_BATCH
+            || (!batch.is_empty() && needs_applied_state(&m))
+        {
+            rest.push(m);
+            continue;
+        }
+        let pending_last = last + batch.len() as u64;
+        match core.prepare(m, pending_last) {
+            Ok(p) => {
+                if let Some(&seq) = p.msg_id.as_ref().and_then(|id| ids.get(id)) {
+                    pubs.push(PubWaiter::Dup {
+                        seq,
+                        reply: p.reply.clone(),
+                    });
+                    continue;
+                }
+                let seq = pending_last + 1;
+                if let Some(id) = &p.msg_id {
+                    ids.insert(id.clone(), seq);
+                }
+                pubs.push(PubWaiter::Stored {
+                    i: batch.len(),
+                    seq,
+                    reply: p.reply.clone(),
+                });
+                batch.push((seq, p));
+            }
+            Err((reply, e)) => core.err_reply(reply.as_deref(), e),
+        }
+    }
+    let Some(r) = core.repl.as_mut() else {
+        return;
+    };
+    r.queue = rest;
+    let mut cops: Vec<(String, Vec<COp>)> = Vec::new();
+    for (name, ops) in &r.consumer_ops {
+        let v = std::mem::take(&mut *ops.lock());
+        if !v.is_empty() {
+            cops.push((name.clone(), v));
+        }
+    }
+    let admin = std::mem::take(&mut r.admin);
+    let acks = std::mem::take(&mut r.ack_replies);
+    let nops = usize::from(!batch.is_empty()) + cops.len() + admin.len();
+    if nops == 0 {
+        // Nothing in flight and nothing recorded: every earlier ack is committed.
+        for a in acks {
+            core.host.publish(&core.account, &a, None, None, &[]);
+        }
+        return;
+    }
+    let mut w = entry::begin(origin, epoch, nops);
+    let msgs_op = (!batch.is_empty()).then_some(0);
+    if !batch.is_empty() {
+        w.u8(1);
+        w.len(batch.len());
+        for (seq, p) in &batch {
+            entry::put_msg(
+                &mut w,
+                &entry::MsgRef {
+                    seq: *seq,
+                    ts,
+                    ttl: p.ttl,
+                    rollup: p.rollup,
+                    subject: &p.subject,
+                    hdr: &p.hdr,
+                    payload: &p.payload,
+                },
+            );
+        }
+    }
+    for (name, ops) in &cops {
+        w.u8(6);
+        w.bytes(name.as_bytes());
+        entry::put_cops(&mut w, ops);
+    }
+    for op in &admin {
+        entry::put_op(&mut w, op);
+    }
+    propose(
+        core,
+        w.0,
+        Inflight {
+            start: false,
+            msgs_op,
+            pubs,
+            acks,
+        },
+    );
+}
+
+/// Proposes `bytes` on the group; the result comes back to the stream's thread.
+fn propose(core: &mut StreamCore, bytes: Vec<u8>, inflight: Inflight) {
+    let Some(r) = core.repl.as_mut() else {
+        return;
+    };
+    let Some(g) = r.group.clone() else {
+        return;
+    };
+    r.inflight = Some(inflight);
+    let h = core.me.clone();
+    r.rt.spawn(async move {
+        let res = g.propose(Bytes::from(bytes)).await;
+        if let Some(h) = h.upgrade() {
+            h.send(Cmd::Call(Box::new(move |c| committed(c, res))));
+        }
+    });
+}
+
+/// The in-flight proposal's result: acks for what is committed (even when leadership was
+/// lost meanwhile: it is committed), errors or silence for the rest.
+fn committed(core: &mut StreamCore, res: Result<(u64, Bytes), ProposeError>) {
+    let Some(r) = core.repl.as_mut() else {
+        return;
+    };
+    let Some(inf) = r.inflight.take() else {
+        return;
+    };
+    match res {
+        Ok((_, answer)) => {
+            if inf.start && r.leading && !r.ready {
+                become_ready(core);
+            }
+            let answers = entry::decode_answers(&answer).unwrap_or_default();
+            let results = inf
+                .msgs_op
+                .and_then(|i| answers.get(i))
+                .and_then(|a| a.as_ref().ok())
+                .and_then(|b| entry::decode_msg_results(b).ok())
+                .unwrap_or_default();
+            for w in inf.pubs {
+                match w {
+                    PubWaiter::Stored { i, seq, reply } => {
+                        let Some(reply) = reply else { continue };
+                        match results.get(i) {
+                            Some(None) if !core.cfg.no_ack => core.ack_reply(&reply, seq, false),
+                            Some(Some(e)) => {
+                                core.err_reply(Some(&reply), E::StreamStoreFailed(e.clone()));
+                            }
+                            _ => {}
+                        }
+                    }
+                    PubWaiter::Dup { seq, reply } => {
+                        if let (Some(reply), false) = (reply, core.cfg.no_ack) {
+                            core.ack_reply(&reply, seq, true);
+                        }
+                    }
+                }
+            }
+            for a in inf.acks {
+                core.host.publish(&core.account, &a, None, None, &[]);
+            }
+        }
+        Err(e) => {
+            tracing::debug!(stream = %core.name, "JetStream proposal failed: {e}");
+            // Not the leader (any more) or shut down: no answer, the clients retry.
+            if matches!(e, ProposeError::NoQuorum | ProposeError::Fatal(_)) {
+                for w in inf.pubs {
+                    let (PubWaiter::Stored { reply, .. } | PubWaiter::Dup { reply, .. }) = w;
+                    core.err_reply(reply.as_deref(), E::ClusterNotAvail);
+                }
+            }
+        }
+    }
+    core.update_stats();
+    core.drive_consumers();
+    pump(core);
+}
+
+/// The leadership's no-op is applied: the store holds everything committed before; the
+/// consumers resume from the replicated state.
+fn become_ready(core: &mut StreamCore) {
+    let Some(r) = core.repl.as_mut() else {
+        return;
+    };
+    r.ready = true;
+    for ops in r.consumer_ops.values() {
+        ops.lock().clear();
+    }
+    r.recording.store(true, Ordering::SeqCst);
+    for c in core.consumers.values_mut() {
+        c.resume();
+    }
+    tracing::info!(stream = %core.name, account = %core.account, "JetStream: now the stream leader");
+}
+
+/// The group's leader changed (from the group's leader watch, with the new `cluster`
+/// object: the group's status is never read on the stream's thread, which the group may be
+/// waiting for in `apply`).
+fn on_leader(core: &mut StreamCore, leader: Option<Peer>, cluster: Value) {
+    core.cluster = cluster;
+    let Some(r) = core.repl.as_mut() else {
+        return;
+    };
+    let mine = leader.as_ref().is_some_and(|l| l.id == r.me.id);
+    if mine && !r.leading {
+        r.leading = true;
+        r.ready = false;
+        r.epoch = rand::random::<u64>() | 1;
+    } else if !mine && r.leading {
+        lose_leadership(core);
+    }
+    pump(core);
+}
+
+/// Stops ingesting and delivering: queued publishes are dropped unanswered (clients
+/// retry), waiting pulls get `409 Leadership Change`, unreplicated consumer changes are
+/// forgotten (the new leader redelivers what they covered).
+fn lose_leadership(core: &mut StreamCore) {
+    let Some(r) = core.repl.as_mut() else {
+        return;
+    };
+    r.leading = false;
+    r.ready = false;
+    r.recording.store(false, Ordering::SeqCst);
+    r.queue.clear();
+    r.ack_replies.clear();
+    r.admin.clear();
+    for ops in r.consumer_ops.values() {
+        ops.lock().clear();
+    }
+    let names: Vec<String> = core.consumers.keys().cloned().collect();
+    for n in names {
+        let ctx = ctx!(core);
+        if let Some(c) = core.consumers.get_mut(&n) {
+            c.leadership_lost(&ctx);
+        }
+    }
+    tracing::info!(stream = %core.name, account = %core.account, "JetStream: no longer the stream leader");
+}
+
+/// An inactive consumer's deletion: replicated when the stream is.
+pub(crate) fn delete_inactive(core: &mut StreamCore, name: &str) {
+    match core.repl.as_mut() {
+        Some(r) => r.admin.push(Op::ConsumerDelete {
+            name: name.to_string(),
+        }),
+        None => {
+            core.delete_consumer(name);
+        }
+    }
+}
+
+/// nats-server's `cluster` object of stream and consumer info, from the group's status.
+fn cluster_json(g: &Group, cluster: Option<&str>) -> Value {
+    let st = g.status();
+    let mut v = serde_json::Map::new();
+    if let Some(c) = cluster {
+        v.insert("name".into(), json!(c));
+    }
+    if let Some(l) = &st.leader {
+        v.insert("leader".into(), json!(l.name));
+    }
+    if let Some(t) = st.leader_since {
+        if let Ok(d) = t.duration_since(std::time::UNIX_EPOCH) {
+            v.insert("leader_since".into(), json!(rfc3339(d.as_nanos() as i64)));
+        }
+    }
+    let reps: Vec<Value> = st
+        .replicas
+        .iter()
+        .filter(|x| Some(&x.peer) != st.leader.as_ref())
+        .map(|x| {
+            let offline = st.is_leader && x.last_seen.is_none_or(|d| d > OFFLINE_AFTER);
+            let mut r = json!({
+                "name": x.peer.name,
+                "current": st.is_leader && !offline && x.lag == 0,
+                "active": x.last_seen.map_or(0, |d| d.as_nanos() as u64),
+                "lag": x.lag,
+            });
+            if offline {
+                r["offline"] = json!(true);
+            }
+            if !x.voter {
+                r["observer"] = json!(true);
+            }
+            r
+        })
+        .collect();
+    if !reps.is_empty() {
+        v.insert("replicas".into(), Value::Array(reps));
+    }
+    Value::Object(v)
+}
+
+// ---- apply (every member, on the stream's thread) ----
+
+/// Applies a committed entry; the answer is one [`OpAnswer`] per op.
+fn apply(core: &mut StreamCore, index: u64, bytes: &[u8]) -> Bytes {
+    let e = match Entry::decode(bytes) {
+        Ok(e) => e,
+        Err(err) => {
+            tracing::error!(stream = %core.name, index, "JetStream: {err}; entry skipped");
+            return Bytes::new();
+        }
+    };
+    let Some(r) = core.repl.as_ref() else {
+        return Bytes::new();
+    };
+    let own = r.leading && e.origin == r.me.id && e.epoch == r.epoch;
+    let recording = r.recording.clone();
+    recording.store(false, Ordering::SeqCst);
+    let mut answers = Vec::with_capacity(e.ops.len());
+    for op in e.ops {
+        answers.push(apply_op(core, op, own));
+    }
+    let ready = core.repl.as_ref().is_some_and(|r| r.ready);
+    recording.store(ready, Ordering::SeqCst);
+    core.prune_dedupe(now_ns());
+    core.update_stats();
+    Bytes::from(entry::encode_answers(&answers))
+}
+
+fn apply_op(core: &mut StreamCore, op: Op, own: bool) -> OpAnswer {
+    match op {
+        Op::Noop => Ok(Vec::new()),
+        Op::Msgs(msgs) => Ok(apply_msgs(core, msgs)),
+        Op::DeleteMsg { seq } => {
+            let removed = core.store.remove_msg(seq).unwrap_or(false);
+            core.consumers_purged();
+            Ok(vec![u8::from(removed)])
+        }
+        Op::Purge {
+            filter,
+            seq,
+            keep,
+            bound,
+        } => {
+            // Bounded by what existed when it was asked: applied again, it spares later
+            // messages (a `keep` purge counts from the newest and is not bounded).
+            let up_to = if keep.is_some() {
+                seq
+            } else {
+                Some(seq.unwrap_or(u64::MAX).min(bound.saturating_add(1)))
+            };
+            let opts = PurgeOpts {
+                filter,
+                up_to_seq: up_to,
+                keep,
+            };
+            let n = core.store.purge(&opts).map_err(|e| e.to_string())?;
+            core.consumers_purged();
+            Ok(n.to_le_bytes().to_vec())
+        }
+        Op::ConsumerUpsert {
+            name,
+            created,
+            config,
+        } => consumer_upsert_apply(core, name, created, &config),
+        Op::ConsumerDelete { name } => {
+            let gone = core.delete_consumer(&name);
+            if let Some(r) = core.repl.as_mut() {
+                r.consumer_ops.remove(&name);
+            }
+            Ok(vec![u8::from(gone)])
+        }
+        Op::ConsumerOps { name, ops } => {
+            if !own {
+                apply_cops(core, &name, ops);
+            }
+            Ok(Vec::new())
+        }
+        Op::Config(c) => {
+            let cfg: StreamConfig = serde_json::from_slice(&c).map_err(|e| e.to_string())?;
+            set_config(core, cfg);
+            Ok(Vec::new())
+        }
+    }
+}
+
+/// Stores messages at the leader's sequences; one already stored (a replay after a crash)
+/// is skipped; one the store refuses (discard-new limits) leaves its sequence skipped, so
+/// that every member ends with the same sequences.
+fn apply_msgs(core: &mut StreamCore, msgs: Vec<entry::RMsg>) -> Vec<u8> {
+    let leader = core.repl.as_ref().is_some_and(|r| r.ready);
+    let prepared: Vec<(u64, i64, Prepared)> = msgs
+        .into_iter()
+        .map(|m| {
+            let msg_id = header(&m.hdr, "Nats-Msg-Id").map(str::to_string);
+            (
+                m.seq,
+                m.ts,
+                Prepared {
+                    subject: m.subject,
+                    hdr: m.hdr,
+                    payload: Bytes::from(m.payload),
+                    reply: None,
+                    ttl: m.ttl,
+                    msg_id,
+                    rollup: m.rollup,
+                },
+            )
+        })
+        .collect();
+    let mut plan = if leader {
+        // Republishing is the leader's.
+        let ps: Vec<Prepared> = prepared
+            .iter()
+            .map(|(_, _, p)| Prepared {
+                subject: p.subject.clone(),
+                hdr: Vec::new(),
+                payload: Bytes::new(),
+                reply: None,
+                ttl: None,
+                msg_id: None,
+                rollup: None,
+            })
+            .collect();
+        core.republish_plan(&ps)
+    } else {
+        None
+    };
+    let before = core.store.totals().msgs;
+    let mut stored = 0u64;
+    let mut results = Vec::with_capacity(prepared.len());
+    for (i, (seq, ts, p)) in prepared.iter().enumerate() {
+        let last = core.store.totals().last_seq;
+        if *seq <= last {
+            if let Some(all) = p.rollup {
+                core.rollup(p, all, *seq);
+            }
+            results.push(None);
+            continue;
+        }
+        if *seq > last + 1 {
+            let _ = core.store.skip_msgs(last + 1, seq - last - 1);
+        }
+        let m = NewMsg {
+            subject: &p.subject,
+            hdr: &p.hdr,
+            payload: &p.payload,
+            ttl: p.ttl,
+        };
+        match core.store.store_raw(*seq, *ts, m) {
+            Ok(()) => {
+                stored += 1;
+                core.stored_effects(p, i, *seq, *ts, plan.as_mut());
+                results.push(None);
+            }
+            Err(e) => {
+                if let Err(e2) = core.store.skip_msgs(*seq, 1) {
+                    tracing::error!(stream = %core.name, "JetStream: skipping {seq}: {e2}");
+                }
+                results.push(Some(e.to_string()));
+            }
+        }
+    }
+    if core.store.totals().msgs != before + stored {
+        for c in core.consumers.values() {
+            c.recount();
+        }
+    }
+    entry::encode_msg_results(&results)
+}
+
+fn apply_cops(core: &mut StreamCore, name: &str, ops: Vec<COp>) {
+    let Some(c) = core.consumers.get_mut(name) else {
+        return;
+    };
+    let mut acked = Vec::new();
+    {
+        let st = c.store_mut();
+        for o in ops {
+            match o {
+                COp::Delivered { dseq, sseq, dc, ts } => st.update_delivered(dseq, sseq, dc, ts),
+                COp::Acked { dseq, sseq } => {
+                    if st.update_ack(dseq, sseq) {
+                        acked.push(sseq);
+                    }
+                }
+                COp::Set(s) => st.set_state(s),
+            }
+        }
+        if let Err(e) = st.flush() {
+            tracing::error!(consumer = %name, "JetStream: consumer state not written: {e}");
+        }
+    }
+    c.resync();
+    core.retain(&acked);
+}
+
+fn consumer_upsert_apply(
+    core: &mut StreamCore,
+    name: String,
+    created: i64,
+    config: &[u8],
+) -> OpAnswer {
+    let cfg: ConsumerConfig = serde_json::from_slice(config).map_err(|e| e.to_string())?;
+    let leader = core.repl.as_ref().is_some_and(|r| r.ready);
+    if let Some(existing) = core.consumers.get_mut(&name) {
+        let ctx = ctx!(core);
+        existing.set_config(&ctx, cfg);
+        core.persist_consumer(&name)
+            .map_err(|e| ApiError::from(e).description)?;
+    } else {
+        let Some(r) = core.repl.as_ref() else {
+            return Err("not replicated".into());
+        };
+        let durable = cfg.durable_name.as_ref().is_some_and(|d| !d.is_empty());
+        let meta = ConsumerMeta {
+            name: name.clone(),
+            config: cfg.clone(),
+            created,
+        };
+        let st = r
+            .settings
+            .consumer_store(core.dir.as_deref(), &meta, durable)?;
+        let mut k = Consumer::new(name.clone(), cfg, created, st, core.store.as_ref(), true);
+        if let Some(r) = core.repl.as_mut() {
+            r.wrap(&mut k);
+        }
+        core.consumers.insert(name.clone(), k);
+        core.update_stats();
+        if leader {
+            crate::advisory::consumer_action(
+                core.host.as_ref(),
+                &core.account,
+                core.domain.as_deref(),
+                &core.name,
+                &name,
+                "create",
+            );
+        }
+    }
+    let info = core
+        .consumers
+        .get(&name)
+        .map(|k| {
+            let ctx = ctx!(core);
+            k.info(&ctx, &core.cluster)
+        })
+        .unwrap_or(Value::Null);
+    Ok(info.to_string().into_bytes())
+}
+
+/// A new configuration on every member: the core, the store's limits, the handle, the
+/// metadata file and (subjects may have changed) the subscriptions.
+fn set_config(core: &mut StreamCore, cfg: StreamConfig) {
+    core.set_config(cfg.clone());
+    if let Err(e) = core.store.update_config(cfg.store_config()) {
+        tracing::error!(stream = %core.name, "JetStream: stream limits: {e}");
+    }
+    core.consumers_purged();
+    if let Some(d) = &core.dir {
+        let meta = StreamMeta {
+            config: cfg.clone(),
+            created: core.created,
+            uid: core.uid.clone(),
+        };
+        if let Err(e) = crate::engine::write_json(&d.join("replica.json"), &meta) {
+            tracing::error!(stream = %core.name, "JetStream: {}: {e}", d.display());
+        }
+    }
+    let Some(h) = core.me.upgrade() else {
+        return;
+    };
+    *h.cfg.write() = cfg;
+    if let Some(r) = &core.repl {
+        if let Some(e) = r.engine.upgrade() {
+            if let Err(err) = e.subscribe_stream(&r.account, &h) {
+                tracing::error!(stream = %core.name, "{err}");
+            }
+        }
+    }
+}
+
+// ---- snapshots ----
+
+const SNAP_VERSION: u8 = 1;
+
+/// The stream as of the last applied entry: its configuration, consumers (configuration
+/// and state) and every live message, so that a follower that lacks them can restore.
+fn snapshot(core: &mut StreamCore) -> Result<Bytes, String> {
+    let st = core.store.totals();
+    if st.bytes > MAX_SNAPSHOT_BYTES {
+        return Err(format!(
+            "stream {} holds {} bytes, more than a snapshot carries ({MAX_SNAPSHOT_BYTES})",
+            core.name, st.bytes
+        ));
+    }
+    let mut w = W::default();
+    w.u8(SNAP_VERSION);
+    w.bytes(&serde_json::to_vec(&core.cfg).map_err(|e| e.to_string())?);
+    w.u64(st.first_seq);
+    w.u64(st.last_seq);
+    w.len(core.consumers.len());
+    for (name, c) in core.consumers.iter_mut() {
+        w.bytes(name.as_bytes());
+        w.i64(c.created);
+        w.bytes(&serde_json::to_vec(&c.cfg).map_err(|e| e.to_string())?);
+        w.bytes(&c.store_mut().state().encode());
+    }
+    let mut msgs = W::default();
+    let mut n = 0usize;
+    let mut seq = st.first_seq.max(1);
+    while let Ok(Some(m)) = core.store.load_next_matching(">", seq) {
+        entry::put_msg(
+            &mut msgs,
+            &entry::MsgRef {
+                seq: m.seq,
+                ts: m.ts,
+                ttl: m.ttl,
+                rollup: None,
+                subject: m.subject(),
+                hdr: m.headers(),
+                payload: m.payload(),
+            },
+        );
+        n += 1;
+        seq = m.seq + 1;
+    }
+    w.len(n);
+    w.0.extend_from_slice(&msgs.0);
+    Ok(Bytes::from(w.0))
+}
+
+struct Snap {
+    cfg: StreamConfig,
+    first: u64,
+    last: u64,
+    consumers: Vec<(String, i64, Vec<u8>, ConsumerState)>,
+    msgs: Vec<entry::RMsg>,
+}
+
+fn decode_snapshot(b: &[u8]) -> Result<Snap, entry::Malformed> {
+    let mut r = entry::R::new(b);
+    if r.u8()? != SNAP_VERSION {
+        return Err(entry::Malformed("unknown snapshot version"));
+    }
+    let cfg =
+        serde_json::from_slice(r.bytes()?).map_err(|_| entry::Malformed("bad stream config"))?;
+    let first = r.u64()?;
+    let last = r.u64()?;
+    let nc = r.count(20)?;
+    let mut consumers = Vec::with_capacity(nc);
+    for _ in 0..nc {
+        let name = r.string()?;
+        let created = r.i64()?;
+        let cfg = r.bytes()?.to_vec();
+        let st = ConsumerState::decode(r.bytes()?)
+            .map_err(|_| entry::Malformed("bad consumer state"))?;
+        consumers.push((name, created, cfg, st));
+    }
+    let nm = r.count(29)?;
+    let mut msgs = Vec::with_capacity(nm);
+    for _ in 0..nm {
+        msgs.push(entry::get_msg(&mut r)?);
+    }
+    r.done()?;
+    Ok(Snap {
+        cfg,
+        first,
+        last,
+        consumers,
+        msgs,
+    })
+}
+
+/// Makes this member's stream what the snapshot describes: messages it lacks are stored
+/// at their sequences, messages the snapshot no longer has are removed, consumers are
+/// replaced.
+fn restore(core: &mut StreamCore, index: u64, data: &[u8]) -> Result<(), String> {
+    let s = decode_snapshot(data).map_err(|e| e.to_string())?;
+    tracing::info!(stream = %core.name, index, msgs = s.msgs.len(), "JetStream: restoring a snapshot");
+    if s.cfg != core.cfg {
+        set_config(core, s.cfg);
+    }
+    let local = core.store.totals();
+    if local.last_seq > s.last {
+        tracing::warn!(stream = %core.name, "JetStream: local stream is ahead of the snapshot ({} > {})", local.last_seq, s.last);
+    }
+    if s.first > local.first_seq {
+        core.store.compact(s.first).map_err(|e| e.to_string())?;
+    }
+    let have: BTreeSet<u64> = s.msgs.iter().map(|m| m.seq).collect();
+    let mut seq = s.first.max(1);
+    let mut gone = Vec::new();
+    while let Ok(Some(m)) = core.store.load_next_matching(">", seq) {
+        if m.seq > s.last {
+            break;
+        }
+        if !have.contains(&m.seq) {
+            gone.push(m.seq);
+        }
+        seq = m.seq + 1;
+    }
+    for g in gone {
+        let _ = core.store.remove_msg(g);
+    }
+    for m in &s.msgs {
+        let last = core.store.totals().last_seq;
+        if m.seq <= last {
+            continue;
+        }
+        if m.seq > last + 1 {
+            core.store
+                .skip_msgs(last + 1, m.seq - last - 1)
+                .map_err(|e| e.to_string())?;
+        }
+        let n = NewMsg {
+            subject: &m.subject,
+            hdr: &m.hdr,
+            payload: &m.payload,
+            ttl: m.ttl,
+        };
+        core.store
+            .store_raw(m.seq, m.ts, n)
+            .map_err(|e| e.to_string())?;
+    }
+    let last = core.store.totals().last_seq;
+    if s.last > last {
+        core.store
+            .skip_msgs(last + 1, s.last - last)
+            .map_err(|e| e.to_string())?;
+    }
+    // Consumers.
+    let keep: BTreeSet<&str> = s.consumers.iter().map(|c| c.0.as_str()).collect();
+    let drop: Vec<String> = core
+        .consumers
+        .keys()
+        .filter(|k| !keep.contains(k.as_str()))
+        .cloned()
+        .collect();
+    for d in drop {
+        core.delete_consumer(&d);
+    }
+    for (name, created, cfg, st) in s.consumers {
+        consumer_upsert_apply(core, name.clone(), created, &cfg)?;
+        if let Some(c) = core.consumers.get_mut(&name) {
+            c.store_mut().set_state(st);
+            let _ = c.store_mut().flush();
+            c.resync();
+        }
+    }
+    core.dedupe.clear();
+    core.dedupe_q.clear();
+    core.last_msg_id = None;
+    core.rebuild_dedupe();
+    core.consumers_purged();
+    core.update_stats();
+    Ok(())
+}
+
+/// The group's state machine: every call runs on the stream's thread.
+struct StreamSm {
+    h: std::sync::Weak<StreamHandle>,
+    /// File storage (the state survives a restart); memory streams are rebuilt from the
+    /// group's snapshot and log on open.
+    durable: bool,
+}
+
+impl StateMachine for StreamSm {
+    fn durable(&self) -> bool {
+        self.durable
+    }
+
+    fn apply(&self, index: u64, entry: &[u8]) -> Bytes {
+        let Some(h) = self.h.upgrade() else {
+            return Bytes::new();
+        };
+        let e = entry.to_vec();
+        h.call(move |c| apply(c, index, &e)).unwrap_or_default()
+    }
+
+    fn snapshot(&self) -> Result<Bytes, String> {
+        let h = self.h.upgrade().ok_or("stream stopped")?;
+        h.call(snapshot)
+            .unwrap_or_else(|| Err("stream not responding".into()))
+    }
+
+    fn restore(&self, index: u64, data: &[u8]) -> Result<(), String> {
+        let h = self.h.upgrade().ok_or("stream stopped")?;
+        let d = data.to_vec();
+        h.call(move |c| restore(c, index, &d))
+            .unwrap_or_else(|| Err("stream not responding".into()))
+    }
+}
+
+// ---- the API side (API worker threads) ----
+
+/// The handle and group of `stream` when it is replicated.
+pub(crate) fn group_of(acc: &Account, stream: &str) -> Option<(Arc<StreamHandle>, Group)> {
+    let h = acc.stream(stream)?;
+    let g = h.raft.lock().as_ref()?.group.clone();
+    Some((h, g))
+}
+
+/// Proposes one op built (and checked) on the stream's thread by `build`, waits for its
+/// commit and returns its answer. `build` answering `Ok(Err(v))` needs no proposal.
+pub(crate) fn propose_admin(
+    h: &StreamHandle,
+    g: Group,
+    build: impl FnOnce(&mut StreamCore) -> Result<Result<Op, Value>, E> + Send + 'static,
+) -> Result<Result<Vec<u8>, Value>, E> {
+    let built = h
+        .call(move |c| {
+            let Some(r) = c.repl.as_ref() else {
+                return Err(E::ClusterNotAvail);
+            };
+            if !r.ready {
+                return Err(E::ClusterNotAvail);
+            }
+            let (origin, epoch, rt) = (r.me.id, r.epoch, r.rt.clone());
+            Ok(build(c)?.map(|op| {
+                let e = Entry {
+                    origin,
+                    epoch,
+                    ops: vec![op],
+                };
+                (e.encode(), rt)
+            }))
+        })
+        .unwrap_or_else(|| Err(E::StreamGeneral("stream is not responding".into())))?;
+    let (bytes, rt) = match built {
+        Ok(x) => x,
+        Err(v) => return Ok(Err(v)),
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    rt.spawn(async move {
+        let _ = tx.send(g.propose(Bytes::from(bytes)).await);
+    });
+    let (_, answer) = rx
+        .recv_timeout(ADMIN_TIMEOUT)
+        .map_err(|_| E::ClusterNotAvail)?
+        .map_err(|_| E::ClusterNotAvail)?;
+    let first = entry::decode_answers(&answer)
+        .ok()
+        .and_then(|mut v| (!v.is_empty()).then(|| v.swap_remove(0)))
+        .ok_or_else(|| E::StreamGeneral("no answer from the stream".into()))?;
+    first.map(Ok).map_err(E::StreamGeneral)
+}
+
+/// Consumer create/update on a replicated stream. `check` runs on the stream's thread:
+/// `Some(info)` means the consumer exists with this configuration (no proposal).
+pub(crate) fn consumer_upsert(
+    h: &StreamHandle,
+    g: Group,
+    name: String,
+    cfg: ConsumerConfig,
+    check: impl FnOnce(&StreamCore, &ConsumerConfig) -> Result<Option<Value>, E> + Send + 'static,
+) -> Result<Value, E> {
+    let config = serde_json::to_vec(&cfg).map_err(|e| E::StreamGeneral(e.to_string()))?;
+    let r = propose_admin(h, g, move |c| {
+        if let Some(v) = check(c, &cfg)? {
+            return Ok(Err(v));
+        }
+        let created = c.consumers.get(&name).map_or_else(now_ns, |k| k.created);
+        Ok(Ok(Op::ConsumerUpsert {
+            name,
+            created,
+            config,
+        }))
+    })?;
+    match r {
+        Ok(b) => serde_json::from_slice(&b).map_err(|e| E::StreamGeneral(e.to_string())),
+        Err(v) => Ok(v),
+    }
+}
+
+/// Consumer delete on a replicated stream.
+pub(crate) fn consumer_delete(h: &StreamHandle, g: Group, name: String) -> Result<Value, E> {
+    let _answer = propose_admin(h, g, move |c| {
+        if !c.consumers.contains_key(&name) {
+            return Err(E::ConsumerNotFound);
+        }
+        Ok(Ok(Op::ConsumerDelete { name }))
+    })?;
+    Ok(json!({"success": true}))
+}
+
+/// Purge on a replicated stream; `check` refuses what the stream does not permit.
+pub(crate) fn purge(
+    h: &StreamHandle,
+    g: Group,
+    opts: PurgeOpts,
+    check: impl FnOnce(&StreamCore) -> Result<(), E> + Send + 'static,
+) -> Result<Value, E> {
+    let r = propose_admin(h, g, move |c| {
+        check(c)?;
+        Ok(Ok(Op::Purge {
+            filter: opts.filter,
+            seq: opts.up_to_seq,
+            keep: opts.keep,
+            bound: c.store.totals().last_seq,
+        }))
+    })?;
+    let n = r
+        .ok()
+        .and_then(|b| b.get(..8).and_then(|x| x.try_into().ok()))
+        .map_or(0, u64::from_le_bytes);
+    Ok(json!({"success": true, "purged": n}))
+}
+
+/// Message delete on a replicated stream.
+pub(crate) fn msg_delete(
+    h: &StreamHandle,
+    g: Group,
+    seq: u64,
+    check: impl FnOnce(&StreamCore) -> Result<(), E> + Send + 'static,
+) -> Result<Value, E> {
+    let r = propose_admin(h, g, move |c| {
+        check(c)?;
+        if c.store.load_msg(seq).is_err() {
+            return Err(E::StreamMsgDeleteFailed("no message found".into()));
+        }
+        Ok(Ok(Op::DeleteMsg { seq }))
+    })?;
+    match r {
+        Ok(b) if b.first() == Some(&1) => Ok(json!({"success": true})),
+        _ => Err(E::StreamMsgDeleteFailed("no message found".into())),
+    }
+}
+
+// ---- the entry points ----
+
+impl Engine {
+    /// Opens (or recovers) this member's copy of a replicated stream and its Raft member;
+    /// see the module documentation.
+    pub async fn open_replicated_stream(
+        self: &Arc<Self>,
+        account: &str,
+        cfg: StreamConfig,
+        created: i64,
+        group: GroupSpec,
+        transport: Arc<dyn Transport>,
+    ) -> Result<(), ReplicaError> {
+        let acc = self
+            .accounts
+            .read()
+            .get(account)
+            .cloned()
+            .ok_or_else(|| ReplicaError::NoAccount(account.to_string()))?;
+        if cfg.mirror.is_some() || cfg.sources.is_some() {
+            return Err(ReplicaError::Unsupported("mirrors and sources"));
+        }
+        if cfg.subject_delete_marker_ttl > 0 {
+            return Err(ReplicaError::Unsupported("subject delete markers"));
+        }
+        if acc.stream(&cfg.name).is_some() {
+            return Err(ReplicaError::Exists(cfg.name.clone()));
+        }
+        let name = cfg.name.clone();
+        let storage = cfg.storage;
+        let mut core = self
+            .stream_core(&acc, cfg, created, group.name.clone(), Some("replica.json"))
+            .map_err(|e| ReplicaError::Open(ApiError::from(e).description))?;
+        let mut repl = Repl::new(
+            group.me.clone(),
+            acc.clone(),
+            Arc::downgrade(self),
+            self.store_settings(),
+            tokio::runtime::Handle::current(),
+        );
+        for c in core.consumers.values_mut() {
+            repl.wrap(c);
+        }
+        core.repl = Some(Box::new(repl));
+        let h = self
+            .start_stream(&acc, core)
+            .map_err(|e| ReplicaError::Open(ApiError::from(e).description))?;
+        let sm = Arc::new(StreamSm {
+            h: Arc::downgrade(&h),
+            durable: storage == crate::types::StorageType::File,
+        });
+        let mut gcfg = group
+            .tuning
+            .clone()
+            .unwrap_or_else(|| GroupConfig::new(&group.name, group.dir.clone(), group.me.clone()));
+        gcfg.name.clone_from(&group.name);
+        gcfg.dir.clone_from(&group.dir);
+        gcfg.me = group.me.clone();
+        let g = match Group::open(gcfg, sm, transport).await {
+            Ok(g) => g,
+            Err(e) => {
+                self.drop_stream(&acc, &name);
+                return Err(ReplicaError::Open(e.to_string()));
+            }
+        };
+        *h.raft.lock() = Some(Member {
+            group: g.clone(),
+            rt: tokio::runtime::Handle::current(),
+        });
+        let g2 = g.clone();
+        h.call(move |c| {
+            if let Some(r) = c.repl.as_mut() {
+                r.group = Some(g2);
+            }
+        });
+        if group.bootstrap && !g.initialized() {
+            if let Err(e) = g.bootstrap(group.peers.clone()).await {
+                h.raft.lock().take();
+                g.shutdown().await;
+                self.drop_stream(&acc, &name);
+                return Err(e.into());
+            }
+        }
+        // Leadership changes, and the `cluster` object refreshed twice a second.
+        let mut rx = g.leader_watch();
+        let weak = Arc::downgrade(&h);
+        let cluster = self.host.info().cluster;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            let mut last: Option<Option<Peer>> = None;
+            loop {
+                let leader = rx.borrow_and_update().clone();
+                let Some(h) = weak.upgrade() else {
+                    break;
+                };
+                let info = cluster_json(&g, cluster.as_deref());
+                if last.as_ref() != Some(&leader) {
+                    last = Some(leader.clone());
+                    h.send(Cmd::Call(Box::new(move |c| on_leader(c, leader, info))));
+                } else {
+                    h.send(Cmd::Call(Box::new(move |c| c.cluster = info)));
+                }
+                drop(h);
+                tokio::select! {
+                    r = rx.changed() => if r.is_err() { break },
+                    _ = tick.tick() => {}
+                }
+            }
+        });
+        Ok(())
+    }
+
+    fn drop_stream(&self, acc: &Account, name: &str) {
+        if let Some(h) = acc.streams.write().remove(name) {
+            self.stop_stream(&h);
+        }
+    }
+
+    /// The Raft member of a replicated stream (incoming RPCs go to its `handle_rpc`).
+    pub fn raft_group(&self, account: &str, stream: &str) -> Option<Group> {
+        let acc = self.accounts.read().get(account).cloned()?;
+        let h = acc.stream(stream)?;
+        let g = h.raft.lock().as_ref().map(|m| m.group.clone());
+        g
+    }
+
+    /// Is this member the ready leader of `stream` (it ingests and answers its API)?
+    pub fn is_stream_leader(&self, account: &str, stream: &str) -> bool {
+        let Some(acc) = self.accounts.read().get(account).cloned() else {
+            return false;
+        };
+        acc.stream(stream)
+            .and_then(|h| h.call(|c| c.repl.as_ref().is_some_and(|r| r.ready)))
+            .unwrap_or(false)
+    }
+
+    /// nats-server's `cluster` object for a replicated stream (and its consumers).
+    pub fn stream_cluster_info(&self, account: &str, stream: &str) -> Option<Value> {
+        let g = self.raft_group(account, stream)?;
+        Some(cluster_json(&g, self.host.info().cluster.as_deref()))
+    }
+
+    /// Scales a replicated stream to exactly `peers` (on its leader): new ones join as
+    /// learners and catch up, then the voters change.
+    pub async fn set_stream_peers(
+        &self,
+        account: &str,
+        stream: &str,
+        peers: Vec<Peer>,
+    ) -> Result<(), ReplicaError> {
+        let g = self
+            .raft_group(account, stream)
+            .ok_or_else(|| ReplicaError::NotFound(stream.to_string()))?;
+        let known: BTreeSet<u64> = g.status().replicas.iter().map(|r| r.peer.id).collect();
+        for p in &peers {
+            if !known.contains(&p.id) {
+                g.add_learner(p.clone()).await?;
+            }
+        }
+        g.set_voters(peers).await?;
+        Ok(())
+    }
+
+    /// Hands the leadership of a replicated stream to another member (`to`, or any).
+    pub async fn stream_step_down(
+        &self,
+        account: &str,
+        stream: &str,
+        to: Option<Peer>,
+    ) -> Result<(), ReplicaError> {
+        let g = self
+            .raft_group(account, stream)
+            .ok_or_else(|| ReplicaError::NotFound(stream.to_string()))?;
+        g.step_down(to).await?;
+        Ok(())
+    }
+
+    /// Replicates a new configuration of a stream (on its leader). The caller validated it
+    /// as a stream update.
+    pub async fn update_replicated_stream(
+        &self,
+        account: &str,
+        cfg: StreamConfig,
+    ) -> Result<(), ReplicaError> {
+        let name = cfg.name.clone();
+        let g = self
+            .raft_group(account, &name)
+            .ok_or_else(|| ReplicaError::NotFound(name.clone()))?;
+        let c = serde_json::to_vec(&cfg).map_err(|e| ReplicaError::Open(e.to_string()))?;
+        let me = g.status().me.id;
+        let e = Entry {
+            origin: me,
+            epoch: 0,
+            ops: vec![Op::Config(c)],
+        };
+        g.propose(Bytes::from(e.encode())).await?;
+        Ok(())
+    }
+
+    /// Stops this member of a replicated stream (its group first, then the stream); the
+    /// data and the log stay.
+    pub async fn close_replicated_stream(&self, account: &str, stream: &str) {
+        let Some(acc) = self.accounts.read().get(account).cloned() else {
+            return;
+        };
+        let Some(h) = acc.stream(stream) else {
+            return;
+        };
+        let m = h.raft.lock().take();
+        if let Some(m) = m {
+            m.group.shutdown().await;
+        }
+        self.drop_stream(&acc, stream);
+    }
+
+    /// [`Engine::close_replicated_stream`], then removes the stream's store directory.
+    pub async fn delete_replicated_stream(&self, account: &str, stream: &str) {
+        self.close_replicated_stream(account, stream).await;
+        let Some(acc) = self.accounts.read().get(account).cloned() else {
+            return;
+        };
+        let dir = acc.dir.join(stream);
+        if dir.join("replica.json").exists() {
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                tracing::warn!("JetStream: removing {}: {e}", dir.display());
+            }
+        }
+    }
+}
