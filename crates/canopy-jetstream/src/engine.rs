@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 
 use canopy_store::{
     FileConsumerStore, FileStore, FileStoreOptions, LockGuard, MemConsumerStore, MemStore, StdFs,
@@ -221,6 +221,8 @@ pub struct Engine {
     pub(crate) api_errors: AtomicU64,
     me: Weak<Engine>,
     shut: AtomicBool,
+    /// Clustered JetStream's meta layer (`cluster/`), when the server runs in a cluster.
+    pub(crate) cluster: OnceLock<Arc<crate::cluster::Cluster>>,
 }
 
 impl Engine {
@@ -248,6 +250,7 @@ impl Engine {
             api_errors: AtomicU64::new(0),
             me: me.clone(),
             shut: AtomicBool::new(false),
+            cluster: OnceLock::new(),
         });
         for i in 0..API_WORKERS {
             let (rx, me) = (rx.clone(), Arc::downgrade(&engine));
@@ -304,6 +307,11 @@ impl Engine {
                     // (`$JS.<d>.API.$KV.>` → `$KV.>`): clients of a domain put KV
                     // values that way. They are published as written, for the streams.
                     if domain && (rest.starts_with("$KV.") || rest.starts_with("$OBJ.")) {
+                        // In a cluster every member hears it: the one the client is on
+                        // republishes (not the ones it reached over a route).
+                        if e.cluster.get().is_some() && m.origin.via == crate::host::Via::Route {
+                            return;
+                        }
                         e.host.publish(
                             &m.account,
                             &rest,
@@ -620,6 +628,9 @@ impl Engine {
             return;
         }
         self.api_tx.lock().take();
+        if let Some(c) = self.cluster.get() {
+            c.shutdown();
+        }
         let names: Vec<String> = self.accounts.read().keys().cloned().collect();
         for n in names {
             self.disable_account(&n);
@@ -628,6 +639,12 @@ impl Engine {
 
     /// Queues an API request for the workers (MSG.NEXT goes straight to its stream).
     fn api_request(&self, acc: Arc<Account>, msg: JsMsg, rest: String) {
+        // Clustered: one member answers (cluster/api.rs).
+        if let Some(c) = self.cluster.get() {
+            if !c.admit_api(&acc, &msg, &rest) {
+                return;
+            }
+        }
         if let Some(r) = rest.strip_prefix("CONSUMER.MSG.NEXT.") {
             api::msg_next(&acc, &msg, r, self.host.as_ref());
             return;
@@ -664,7 +681,7 @@ impl Engine {
             rmem += rm;
             rfile += rf;
         }
-        json!({
+        let mut v = json!({
             "config": self.config_json(),
             "stats": {
                 "memory": mem, "storage": file,
@@ -672,7 +689,11 @@ impl Engine {
                 "accounts": accounts.len(), "ha_assets": 0,
                 "api": {"total": self.api_total.load(Ordering::Relaxed), "errors": self.api_errors.load(Ordering::Relaxed)},
             }
-        })
+        });
+        if let Some(c) = self.cluster.get() {
+            v["meta"] = c.meta_json();
+        }
+        v
     }
 
     fn config_json(&self) -> Value {
@@ -751,6 +772,9 @@ impl Engine {
             if let Some(o) = v.as_object_mut() {
                 o.insert("account_details".into(), Value::Array(details));
             }
+        }
+        if let Some(c) = self.cluster.get() {
+            v["meta_cluster"] = c.meta_json();
         }
         v
     }

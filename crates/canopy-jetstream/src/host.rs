@@ -64,6 +64,9 @@ pub enum Lane {
     Ingest,
     /// Acks, flow control replies and other consumer traffic (`$JS.ACK.>`, `$JS.FC.>`).
     Ack,
+    /// Raft RPCs between the members of a JetStream cluster (`$CRG.>` in the system
+    /// account): their own queue, so that API floods and ingest cannot starve heartbeats.
+    Cluster,
 }
 
 /// A message handler. Cheap to clone; see the module contract.
@@ -86,6 +89,27 @@ pub struct HostInfo {
     pub cluster: Option<String>,
     /// The nats-server version the server claims.
     pub version: String,
+    /// The system account, where clustered JetStream's internal traffic (Raft RPCs) lives.
+    /// `None`: no system account, hence no clustered JetStream.
+    pub system_account: Option<String>,
+    /// `server_tags` (placement tags).
+    pub tags: Vec<String>,
+    /// Is a `cluster {}` with routes configured (clustered JetStream)?
+    pub clustered: bool,
+    /// How many other servers the configured routes name (distinct addresses, minus those
+    /// found to be this server's own: the Helm chart lists every member, itself included).
+    pub configured_routes: usize,
+}
+
+/// A server this one has a route to, as clustered JetStream sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoutePeer {
+    /// Its server name.
+    pub name: String,
+    /// Its route INFO says `jetstream: true`.
+    pub jetstream: bool,
+    /// It is a Canopy server (speaks Canopy's Raft transport); a Go nats-server is not.
+    pub canopy: bool,
 }
 
 /// What the server provides to JetStream.
@@ -154,4 +178,9 @@ pub trait Host: Send + Sync + 'static {
 
     /// The server's identity.
     fn info(&self) -> HostInfo;
+
+    /// The servers this one currently has a route to (clustered JetStream's peers).
+    fn route_peers(&self) -> Vec<RoutePeer> {
+        Vec::new()
+    }
 }

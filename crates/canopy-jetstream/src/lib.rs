@@ -6,6 +6,8 @@
 //! - [`engine`]: configuration, accounts, API workers, monitoring views;
 //! - `advisory`: the `$JS.EVENT.ADVISORY.*` events;
 //! - [`api`]: request routing and handlers, the error table ([`api::errors`]);
+//! - [`cluster`]: clustered JetStream's meta layer (meta group, Raft transport over routes,
+//!   placement, which member answers which request);
 //! - `stream`: a stream's thread (ingest with group commit, timers) and its store;
 //! - `consumer`: delivery, acks, pull requests, push delivery;
 //! - `source`: mirrors and sources (the sourcing consumer's state machine);
@@ -14,6 +16,7 @@
 
 mod advisory;
 pub mod api;
+pub mod cluster;
 mod consumer;
 pub mod engine;
 pub mod host;

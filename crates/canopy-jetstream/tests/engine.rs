@@ -85,6 +85,7 @@ impl Host for FakeHost {
             server_name: "srv".into(),
             cluster: None,
             version: "2.10.0".into(),
+            ..Default::default()
         }
     }
 }

@@ -94,6 +94,7 @@ impl Host for FakeHost {
             server_name: self.name.clone(),
             cluster: Some("C".into()),
             version: "2.10.0".into(),
+            ..Default::default()
         }
     }
 }

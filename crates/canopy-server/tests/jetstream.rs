@@ -215,20 +215,6 @@ async fn an_account_without_jetstream_gets_10039() {
 }
 
 #[test]
-fn jetstream_with_cluster_routes_is_refused() {
-    let store = tempfile::tempdir().unwrap();
-    let cfg = config(
-        store.path(),
-        "cluster { name: c, listen: 127.0.0.1:-1, routes: [nats-route://127.0.0.1:1] }",
-    );
-    let err = ServerProcess::canopy(&cfg)
-        .err()
-        .expect("refused")
-        .to_string();
-    assert!(err.contains("clustered JetStream"), "{err}");
-}
-
-#[test]
 fn monitoring_shows_jetstream() {
     let store = tempfile::tempdir().unwrap();
     let s = start(store.path());
@@ -250,8 +236,8 @@ fn monitoring_shows_jetstream() {
 }
 
 /// The seed's leaf configs with `jetstream {}` and no cluster start and serve JetStream
-/// (the hub they dial is not there; JetStream does not need it); the one with a cluster is
-/// refused with the clustered-JetStream message.
+/// (the hub they dial is not there; JetStream does not need it), and so does the regional
+/// hub with `cluster {}` (routes to itself only: a meta group of one, tests/js_cluster.rs).
 #[tokio::test]
 async fn seed_jetstream_configs_start() {
     let seed = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/seed");
@@ -269,12 +255,51 @@ async fn seed_jetstream_configs_start() {
         let info = jetstream::new(nc).query_account().await.unwrap();
         assert_eq!(info.streams, 0, "{name}");
     }
-    let text = std::fs::read_to_string(seed.join("us-regional-hub.conf")).unwrap();
-    let err = ServerProcess::start(canopy_testkit::Impl::Canopy, &text, &["-p", "-1"])
-        .err()
-        .expect("refused")
-        .to_string();
-    assert!(err.contains("clustered JetStream"), "{err}");
+    // Its fixed ports moved to free ones.
+    let (cp, lp) = (
+        canopy_testkit::free_fixed_port(),
+        canopy_testkit::free_fixed_port(),
+    );
+    let text = std::fs::read_to_string(seed.join("us-regional-hub.conf"))
+        .unwrap()
+        .replace("6222", &cp.to_string())
+        .replace("port: 7422", &format!("port: {lp}"));
+    let store = tempfile::tempdir().unwrap();
+    let sd = store.path().display().to_string();
+    let s = ServerProcess::start(
+        canopy_testkit::Impl::Canopy,
+        &text,
+        &["-p", "-1", "-m", "-1", "-sd", &sd],
+    )
+    .unwrap();
+    // A meta group of one, formed at once (the only route leads to itself).
+    canopy_testkit::assert_eventually!(
+        Duration::from_secs(10),
+        s.monitor("/jsz").unwrap()["meta_cluster"]["leader"] == "us-hub-1",
+        "no meta leader: {}",
+        s.monitor("/jsz").unwrap()
+    );
+    let nc = async_nats::connect(s.url()).await.unwrap();
+    let js = jetstream::new(nc);
+    let mut st = js
+        .create_stream(stream::Config {
+            name: "REGION".into(),
+            subjects: vec!["region.>".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    js.publish("region.a", "x".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(st.info().await.unwrap().state.messages, 1);
+    let info = js.query_account().await.unwrap();
+    assert_eq!(info.domain.as_deref(), Some("us"));
+    let meta = s.monitor("/jsz").unwrap()["meta_cluster"].clone();
+    assert_eq!(meta["name"], "us-cluster", "{meta}");
+    assert_eq!(meta["cluster_size"], 1, "{meta}");
 }
 
 /// A hub client uses a leaf's JetStream over the leaf link: API requests, publishes and

@@ -25,6 +25,8 @@ pub enum E {
     ClusterRequired,
     /// 10008: no quorum, or no leader yet (`JSClusterNotAvailErr`).
     ClusterNotAvail,
+    ClusterNoPeers(String),
+    ClusteredReplicasNotAvailable,
     InsufficientResources,
     AccountResourcesExceeded,
     StorageResourcesExceeded,
@@ -135,6 +137,12 @@ impl E {
             NotEnabled => (503, 10076, s("JetStream not enabled")),
             NotEnabledForAccount => (503, 10039, s("JetStream not enabled for account")),
             ClusterRequired => (503, 10010, s("JetStream clustering support required")),
+            ClusterNoPeers(e) => (400, 10005, e.clone()),
+            ClusteredReplicasNotAvailable => (
+                500,
+                10074,
+                s("replicated streams with mirrors or sources are not supported yet"),
+            ),
             InsufficientResources => (503, 10023, s("insufficient resources")),
             AccountResourcesExceeded => (400, 10002, s("resource limits exceeded for account")),
             StorageResourcesExceeded => (500, 10047, s("insufficient storage resources available")),

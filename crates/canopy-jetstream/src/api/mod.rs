@@ -6,7 +6,7 @@
 mod consumers;
 mod direct;
 pub mod errors;
-mod streams;
+pub(crate) mod streams;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -112,6 +112,27 @@ pub(crate) fn handle(engine: &Engine, job: ApiJob) {
         response.as_bytes(),
     );
     audit(engine, &account, &msg, &response);
+}
+
+/// Answers `reply` with a response of `kind` (counted like any answered request); for
+/// answers the cluster layer makes outside [`handle`].
+pub(crate) fn reply_to(
+    engine: &Engine,
+    account: &Account,
+    reply: &str,
+    kind: &str,
+    res: Result<Value, E>,
+) {
+    let (v, is_err) = envelope(kind, res);
+    engine.api_total.fetch_add(1, Ordering::Relaxed);
+    account.api_total.fetch_add(1, Ordering::Relaxed);
+    if is_err {
+        engine.api_errors.fetch_add(1, Ordering::Relaxed);
+        account.api_errors.fetch_add(1, Ordering::Relaxed);
+    }
+    engine
+        .host
+        .publish(&account.name, reply, None, None, v.to_string().as_bytes());
 }
 
 /// The stream of a consumer create request (`CONSUMER.CREATE.<s>…`,
@@ -258,7 +279,7 @@ fn split_last_name(rest: &str) -> (&str, Option<&str>) {
 }
 
 /// `$JS.API.INFO`.
-fn account_info(e: &Engine, acc: &Account) -> Value {
+pub(crate) fn account_info(e: &Engine, acc: &Account) -> Value {
     let (mem, file, rmem, rfile) = acc.usage();
     let limits = acc.limits.read().to_json();
     let mut v = json!({

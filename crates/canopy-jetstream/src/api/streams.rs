@@ -24,7 +24,7 @@ fn invalid(s: &str) -> E {
 }
 
 /// Parses and normalises a stream config from a create/update body.
-fn parse_config(name: Option<&str>, body: &[u8]) -> Result<StreamConfig, E> {
+pub(crate) fn parse_config(name: Option<&str>, body: &[u8]) -> Result<StreamConfig, E> {
     let name = name.ok_or(E::BadRequest)?;
     // A create or update needs a config: an empty body is invalid JSON, as in nats-server
     // (not a default config).
@@ -117,9 +117,6 @@ fn check_transforms(cfg: &mut StreamConfig) -> Result<(), E> {
 
 /// nats-server's `checkStreamCfg` checks that apply to one server.
 fn check_config(cfg: &StreamConfig) -> Result<(), E> {
-    if cfg.num_replicas > 1 {
-        return Err(E::StreamReplicasNotSupported);
-    }
     if cfg.num_replicas < 0 || cfg.num_replicas > 5 {
         return Err(invalid("replicas > 5 not supported"));
     }
@@ -204,7 +201,7 @@ fn check_sources(cfg: &StreamConfig) -> Result<(), E> {
 }
 
 /// The stream's config as comparable (server metadata ignored).
-fn same_config(a: &StreamConfig, b: &StreamConfig) -> bool {
+pub(crate) fn same_config(a: &StreamConfig, b: &StreamConfig) -> bool {
     let mut a = a.clone();
     let mut b = b.clone();
     a.pedantic = false;
@@ -270,13 +267,17 @@ fn check_overlap(acc: &Account, cfg: &StreamConfig) -> Result<(), E> {
     Ok(())
 }
 
-pub(super) fn create(
+pub(crate) fn create(
     e: &Engine,
     acc: &Arc<Account>,
     name: Option<&str>,
     body: &[u8],
 ) -> Result<Value, E> {
     let cfg = parse_config(name, body)?;
+    // Replicas live in a cluster (cluster/); this is the single-server create.
+    if cfg.num_replicas > 1 {
+        return Err(E::StreamReplicasNotSupported);
+    }
     let _g = acc.admin.lock();
     if let Some(h) = acc.stream(&cfg.name) {
         if !same_config(&h.cfg.read(), &cfg) {
@@ -303,16 +304,8 @@ fn created(mut v: Value) -> Value {
     v
 }
 
-pub(super) fn update(
-    e: &Engine,
-    acc: &Arc<Account>,
-    name: Option<&str>,
-    body: &[u8],
-) -> Result<Value, E> {
-    let cfg = parse_config(name, body)?;
-    let _g = acc.admin.lock();
-    let h = acc.stream(&cfg.name).ok_or(E::StreamNotFound)?;
-    let old = h.cfg.read().clone();
+/// nats-server's rules for what an update may change.
+pub(crate) fn check_update(old: &StreamConfig, cfg: &StreamConfig) -> Result<(), E> {
     if cfg.storage != old.storage {
         return Err(invalid(
             "stream configuration update can not change storage type",
@@ -341,6 +334,23 @@ pub(super) fn update(
             "stream configuration update can not cancel deny purge",
         ));
     }
+    Ok(())
+}
+
+pub(crate) fn update(
+    e: &Engine,
+    acc: &Arc<Account>,
+    name: Option<&str>,
+    body: &[u8],
+) -> Result<Value, E> {
+    let cfg = parse_config(name, body)?;
+    if cfg.num_replicas > 1 {
+        return Err(E::StreamReplicasNotSupported);
+    }
+    let _g = acc.admin.lock();
+    let h = acc.stream(&cfg.name).ok_or(E::StreamNotFound)?;
+    let old = h.cfg.read().clone();
+    check_update(&old, &cfg)?;
     check_limits(e, acc, &cfg, Some(&old))?;
     check_overlap(acc, &cfg)?;
     let new = cfg.clone();
@@ -421,7 +431,7 @@ pub(super) fn info(acc: &Account, name: Option<&str>, body: &[u8]) -> Result<Val
 /// Most subjects one stream info page lists (nats-server's `JSMaxSubjectDetails`).
 const SUBJECTS_LIMIT: usize = 100_000;
 
-pub(super) fn delete(e: &Engine, acc: &Account, name: Option<&str>) -> Result<Value, E> {
+pub(crate) fn delete(e: &Engine, acc: &Account, name: Option<&str>) -> Result<Value, E> {
     let _g = acc.admin.lock();
     let name = name.ok_or(E::StreamNotFound)?;
     let h = acc.streams.write().remove(name).ok_or(E::StreamNotFound)?;

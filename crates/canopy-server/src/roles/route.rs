@@ -77,6 +77,24 @@ impl Server {
         self.cluster.name.lock().clone()
     }
 
+    /// How many distinct configured route addresses are not known to be this server's own
+    /// (the Helm chart lists every member, this one included; the route to self is found
+    /// out when it connects).
+    pub fn configured_route_peers(&self) -> usize {
+        let o = self.opts();
+        let mut own = self.cluster.self_urls.lock().clone();
+        own.insert(url_hostport(&self.cluster.url.lock()));
+        let mut seen = std::collections::HashSet::new();
+        o.cluster
+            .as_ref()
+            .map(|c| c.routes.as_slice())
+            .unwrap_or_default()
+            .iter()
+            .map(|u| url_hostport(u))
+            .filter(|hp| !own.contains(hp) && seen.insert(hp.clone()))
+            .count()
+    }
+
     pub fn routes(&self) -> Vec<Arc<Route>> {
         self.cluster.routes.lock().clone()
     }
@@ -223,6 +241,9 @@ impl Server {
             route_pool_size: pool.unwrap_or(0) as i64,
             route_pool_idx: pool_idx as i64,
             route_account: account.unwrap_or_default().to_string(),
+            // nats-server announces JetStream on routes too; clustered JetStream finds its
+            // peers by it.
+            jetstream: o.jetstream.as_ref().is_some_and(|j| j.enabled),
             ..Default::default()
         }
     }
@@ -1065,6 +1086,8 @@ impl RouteSession {
                 .level
                 .map(|l| l.as_str().to_string())
                 .unwrap_or_else(|| self.compression.clone()),
+            jetstream: info.jetstream,
+            canopy: !info.canopy_version.is_empty(),
             links: Mutex::new(Vec::new()),
             perms: RoutePerms::from_options(&server.opts()),
         };

@@ -38,6 +38,10 @@ pub struct Route {
     /// What was negotiated, as `/routez` `compression` shows it when the link does not
     /// compress (`off`, `not supported`); the level in use otherwise.
     pub compression: String,
+    /// Its INFO says `jetstream: true` (clustered JetStream's peers).
+    pub jetstream: bool,
+    /// It is a Canopy server (INFO `canopy_version`), so it speaks Canopy's Raft transport.
+    pub canopy: bool,
     pub(crate) links: Mutex<Vec<(Arc<Account>, Arc<Link>)>>,
     /// `cluster.permissions`: `import` limits the interest we advertise and the messages
     /// we accept, `export` the interest we accept (and, its deny list, what we send).

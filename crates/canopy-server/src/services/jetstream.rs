@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use canopy_conf::{Options, Pos, SyncInterval};
-use canopy_jetstream::host::{Handler, Host, HostInfo, JsMsg, Lane, Origin, ReplyFn, SubId, Via};
+use canopy_jetstream::host::{
+    Handler, Host, HostInfo, JsMsg, Lane, Origin, ReplyFn, RoutePeer, SubId, Via,
+};
 use canopy_jetstream::{AccountLimits, Config, Engine};
 use parking_lot::Mutex;
 
@@ -28,6 +30,8 @@ const DEFAULT_REQUEST_QUEUE: usize = 10_000;
 const DEFAULT_INGEST_QUEUE: usize = 10_000;
 /// Acks and flow control replies waiting for the engine.
 const ACK_QUEUE: usize = 65_536;
+/// Raft RPCs waiting for the cluster layer (it hands each to its group at once).
+const CLUSTER_QUEUE: usize = 8_192;
 
 /// Options of a `jetstream {}` block the server does not act on, refused at start.
 pub fn unsupported(o: &Options) -> Vec<(Pos, String)> {
@@ -35,23 +39,28 @@ pub fn unsupported(o: &Options) -> Vec<(Pos, String)> {
     let Some(j) = o.jetstream.as_ref().filter(|j| j.enabled) else {
         return out;
     };
-    let routes = o
-        .cluster
-        .as_ref()
-        .is_some_and(|c| c.port != 0 || !c.routes.is_empty());
-    if routes {
-        out.push((
-            j.pos.clone(),
-            "clustered JetStream (jetstream together with cluster routes) is not implemented \
-             yet; run JetStream on servers without a cluster block"
-                .into(),
-        ));
+    // nats-server's requirements for clustered JetStream: members are named.
+    if clustered(o) {
+        if o.server_name.as_deref().is_none_or(str::is_empty) {
+            out.push((
+                j.pos.clone(),
+                "jetstream cluster requires `server_name` to be set".into(),
+            ));
+        }
+        if o.cluster
+            .as_ref()
+            .is_none_or(|c| c.name.as_deref().is_none_or(str::is_empty))
+        {
+            out.push((
+                j.pos.clone(),
+                "jetstream cluster requires `cluster.name` to be set".into(),
+            ));
+        }
     }
     let refused = [
         ("cipher", j.cipher.is_some()),
         ("key", j.key.is_some()),
         ("limits", j.limits.is_some()),
-        ("unique_tag", j.unique_tag.is_some()),
         ("extension_hint", j.extension_hint.is_some()),
         ("max_buffered_size", j.max_buffered_size.is_some()),
         (
@@ -68,6 +77,13 @@ pub fn unsupported(o: &Options) -> Vec<(Pos, String)> {
         }
     }
     out
+}
+
+/// Does JetStream run clustered (a `cluster {}` that listens or has routes)?
+fn clustered(o: &Options) -> bool {
+    o.cluster
+        .as_ref()
+        .is_some_and(|c| c.port != 0 || !c.routes.is_empty())
 }
 
 /// The engine's configuration from the options.
@@ -137,6 +153,14 @@ pub fn start(server: &Arc<Server>) -> anyhow::Result<Option<Arc<Engine>>> {
             AccountEvent::Removed => e.disable_account(&acc.name),
         }
     }));
+    if clustered(&o) {
+        let opts = canopy_jetstream::cluster::ClusterOptions {
+            unique_tag: j.unique_tag.clone().filter(|t| !t.is_empty()),
+        };
+        engine
+            .start_cluster(opts)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
     tracing::info!("JetStream started");
     Ok(Some(engine))
 }
@@ -242,6 +266,7 @@ impl JsHost {
             (Lane::Api, lane("jetstream.api", api_queue, 1)),
             (Lane::Ingest, lane("jetstream.ingest", ingest_queue, 1)),
             (Lane::Ack, lane("jetstream.ack", ACK_QUEUE, 1)),
+            (Lane::Cluster, lane("jetstream.cluster", CLUSTER_QUEUE, 1)),
         ]);
         Arc::new(JsHost {
             server: server.clone(),
@@ -393,12 +418,33 @@ impl Host for JsHost {
 
     fn info(&self) -> HostInfo {
         let cluster = self.server.cluster_name();
+        let o = self.server.opts();
         HostInfo {
             server_id: self.server.id.clone(),
             server_name: self.server.name.clone(),
             cluster: (!cluster.is_empty()).then_some(cluster),
             version: version::NATS_COMPAT_VERSION.to_string(),
+            system_account: Some(self.server.system_account.clone()),
+            tags: o.server_tags.clone(),
+            clustered: clustered(&o),
+            configured_routes: self.server.configured_route_peers(),
         }
+    }
+
+    fn route_peers(&self) -> Vec<RoutePeer> {
+        // A pooled peer has several route connections (pool slots, pinned accounts): one
+        // entry per server.
+        let mut seen = std::collections::HashSet::new();
+        self.server
+            .routes()
+            .iter()
+            .filter(|r| seen.insert(r.remote_id.clone()))
+            .map(|r| RoutePeer {
+                name: r.remote_name.clone(),
+                jetstream: r.jetstream,
+                canopy: r.canopy,
+            })
+            .collect()
     }
 }
 

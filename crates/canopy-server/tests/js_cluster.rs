@@ -1,0 +1,390 @@
+//! Clustered JetStream: the meta group over the routes, R1 streams placed on one member and
+//! served from every member, exactly one answer per API request, meta leader failover, a
+//! member that starts alone and admits a later one.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer, stream};
+use canopy_testkit::{assert_eventually, free_fixed_port, ServerProcess};
+use futures::StreamExt;
+use serde_json::Value;
+
+/// One member's config: routes to every member, itself included (as the official Helm
+/// chart renders them).
+fn member_config(name: &str, port: u16, all: &[u16], store: &std::path::Path) -> String {
+    let routes: Vec<String> = all
+        .iter()
+        .map(|p| format!("nats-route://127.0.0.1:{p}"))
+        .collect();
+    format!(
+        "server_name: {name}\nlisten: 127.0.0.1:-1\nhttp: 127.0.0.1:-1\n\
+         cluster {{ name: c1, listen: 127.0.0.1:{port}, routes: [{}] }}\n\
+         jetstream {{ store_dir: \"{}\" }}\n",
+        routes.join(", "),
+        store.display()
+    )
+}
+
+struct Member {
+    name: String,
+    port: u16,
+    store: tempfile::TempDir,
+    proc: Option<ServerProcess>,
+}
+
+impl Member {
+    fn server(&self) -> &ServerProcess {
+        self.proc.as_ref().unwrap()
+    }
+
+    fn meta(&self) -> Value {
+        self.server()
+            .monitor("/jsz")
+            .map(|v| v["meta_cluster"].clone())
+            .unwrap_or(Value::Null)
+    }
+}
+
+fn members(n: usize) -> (Vec<Member>, Vec<u16>) {
+    let ports: Vec<u16> = (0..n).map(|_| free_fixed_port()).collect();
+    let ms = (0..n)
+        .map(|i| Member {
+            name: format!("m{i}"),
+            port: ports[i],
+            store: tempfile::tempdir().unwrap(),
+            proc: None,
+        })
+        .collect();
+    (ms, ports)
+}
+
+fn start(m: &mut Member, all: &[u16]) {
+    let cfg = member_config(&m.name, m.port, all, m.store.path());
+    m.proc = Some(ServerProcess::canopy(&cfg).expect("start"));
+}
+
+/// Starts `n` members and waits until all agree on a meta leader of a group of `n`.
+fn cluster(n: usize) -> Vec<Member> {
+    let (mut ms, ports) = members(n);
+    for m in &mut ms {
+        start(m, &ports);
+    }
+    wait_formed(&ms, n);
+    ms
+}
+
+fn wait_formed(ms: &[Member], n: usize) -> String {
+    let mut leader;
+    assert_eventually!(
+        Duration::from_secs(30),
+        {
+            let metas: Vec<Value> = ms
+                .iter()
+                .filter(|m| m.proc.is_some())
+                .map(Member::meta)
+                .collect();
+            let l = metas[0]["leader"].as_str().unwrap_or("").to_string();
+            let ok = !l.is_empty()
+                && metas
+                    .iter()
+                    .all(|v| v["leader"] == l.as_str() && v["cluster_size"] == n as u64);
+            leader = l;
+            ok
+        },
+        "the meta group did not form: {:?}",
+        ms.iter()
+            .filter(|m| m.proc.is_some())
+            .map(Member::meta)
+            .collect::<Vec<_>>()
+    );
+    leader
+}
+
+async fn js(s: &ServerProcess) -> (async_nats::Client, jetstream::Context) {
+    let nc = async_nats::connect(s.url()).await.unwrap();
+    (nc.clone(), jetstream::new(nc))
+}
+
+/// Sends a request with a reply inbox of our own and counts the answers within a second.
+async fn answers(nc: &async_nats::Client, subject: &str, body: &str) -> Vec<Value> {
+    let inbox = nc.new_inbox();
+    let mut sub = nc.subscribe(inbox.clone()).await.unwrap();
+    nc.flush().await.unwrap();
+    nc.publish_with_reply(subject.to_string(), inbox, body.to_string().into())
+        .await
+        .unwrap();
+    nc.flush().await.unwrap();
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(1500);
+    while let Ok(Some(m)) = tokio::time::timeout_at(deadline, sub.next()).await {
+        out.push(serde_json::from_slice(&m.payload).unwrap_or(Value::Null));
+    }
+    out
+}
+
+#[tokio::test]
+async fn r1_streams_in_a_three_member_cluster() {
+    let ms = cluster(3);
+    let (nc_a, js_a) = js(ms[0].server()).await;
+    let st = js_a
+        .create_stream(stream::Config {
+            name: "ORDERS".into(),
+            subjects: vec!["orders.>".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let host = st
+        .cached_info()
+        .cluster
+        .as_ref()
+        .and_then(|c| c.leader.clone());
+    assert!(
+        host.as_deref()
+            .is_some_and(|h| ms.iter().any(|m| m.name == h)),
+        "{host:?}"
+    );
+    // Publishes from clients on every member are stored once.
+    for m in &ms {
+        let (_nc, js) = js(m.server()).await;
+        for i in 0..3 {
+            js.publish(format!("orders.{}.{i}", m.name), "x".into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+    }
+    // Stream info and a pull consumer from any member.
+    for m in &ms {
+        let (_nc, js) = js(m.server()).await;
+        let mut s = js.get_stream("ORDERS").await.unwrap();
+        assert_eq!(s.info().await.unwrap().state.messages, 9, "from {}", m.name);
+    }
+    let (_nc_c, js_c) = js(ms[2].server()).await;
+    let s = js_c.get_stream("ORDERS").await.unwrap();
+    let c: consumer::PullConsumer = s
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("C".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut msgs = c.fetch().max_messages(20).messages().await.unwrap();
+    let mut n = 0;
+    while let Some(m) = msgs.next().await {
+        m.unwrap().ack().await.unwrap();
+        n += 1;
+    }
+    assert_eq!(n, 9);
+    // Exactly one answer per request, whichever member the client is on.
+    let (nc_b, _) = js(ms[1].server()).await;
+    for (nc, subject) in [
+        (&nc_a, "$JS.API.INFO"),
+        (&nc_b, "$JS.API.STREAM.INFO.ORDERS"),
+        (&nc_b, "$JS.API.STREAM.NAMES"),
+        (&nc_a, "$JS.API.STREAM.LIST"),
+        (&nc_b, "$JS.API.CONSUMER.INFO.ORDERS.C"),
+        (&nc_a, "$JS.API.CONSUMER.NAMES.ORDERS"),
+        (&nc_b, "$JS.API.STREAM.INFO.NOPE"),
+    ] {
+        let got = answers(nc, subject, "").await;
+        assert_eq!(got.len(), 1, "{subject}: {got:?}");
+        if subject.ends_with("NOPE") {
+            assert_eq!(got[0]["error"]["err_code"], 10059, "{got:?}");
+        } else {
+            assert!(got[0].get("error").is_none(), "{subject}: {got:?}");
+        }
+    }
+    let info = answers(&nc_b, "$JS.API.INFO", "").await;
+    assert_eq!(info[0]["streams"], 1, "{info:?}");
+    assert_eq!(info[0]["consumers"], 1, "{info:?}");
+    let list = answers(&nc_b, "$JS.API.STREAM.LIST", "").await;
+    assert_eq!(list[0]["streams"][0]["state"]["messages"], 9, "{list:?}");
+    // A create with a different config is refused once; an identical one is idempotent.
+    let dup = answers(
+        &nc_b,
+        "$JS.API.STREAM.CREATE.ORDERS",
+        r#"{"name":"ORDERS","subjects":["other.>"]}"#,
+    )
+    .await;
+    assert_eq!(dup.len(), 1, "{dup:?}");
+    assert_eq!(dup[0]["error"]["err_code"], 10058, "{dup:?}");
+    let overlap = answers(
+        &nc_a,
+        "$JS.API.STREAM.CREATE.OTHER",
+        r#"{"name":"OTHER","subjects":["orders.x.>"]}"#,
+    )
+    .await;
+    assert_eq!(overlap[0]["error"]["err_code"], 10065, "{overlap:?}");
+    let r3 = answers(
+        &nc_a,
+        "$JS.API.STREAM.CREATE.R3",
+        r#"{"name":"R3","subjects":["r3"],"num_replicas":5}"#,
+    )
+    .await;
+    assert_eq!(r3.len(), 1, "{r3:?}");
+    assert!(r3[0]["error"]["err_code"].as_u64().is_some(), "{r3:?}");
+    // Delete from another member: gone everywhere, answered once.
+    let del = answers(&nc_b, "$JS.API.STREAM.DELETE.ORDERS", "").await;
+    assert_eq!(del.len(), 1, "{del:?}");
+    assert_eq!(del[0]["success"], true, "{del:?}");
+    let gone = answers(&nc_a, "$JS.API.STREAM.INFO.ORDERS", "").await;
+    assert_eq!(gone.len(), 1, "{gone:?}");
+    assert_eq!(gone[0]["error"]["err_code"], 10059, "{gone:?}");
+}
+
+#[tokio::test]
+async fn a_new_meta_leader_serves_after_the_old_one_is_killed() {
+    let mut ms = cluster(3);
+    let leader = wait_formed(&ms, 3);
+    let li = ms.iter().position(|m| m.name == leader).unwrap();
+    ms[li].proc.as_mut().unwrap().kill();
+    ms[li].proc = None;
+    let other = ms.iter().find(|m| m.proc.is_some()).unwrap();
+    let started = Instant::now();
+    assert_eventually!(
+        Duration::from_secs(30),
+        {
+            let l = other.meta()["leader"].as_str().unwrap_or("").to_string();
+            !l.is_empty() && l != leader
+        },
+        "no new meta leader: {}",
+        other.meta()
+    );
+    let (nc, _js) = js(other.server()).await;
+    // The first creates may meet the election; one answer each, then success.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = answers(
+            &nc,
+            "$JS.API.STREAM.CREATE.AFTER",
+            r#"{"name":"AFTER","subjects":["after"]}"#,
+        )
+        .await;
+        assert!(got.len() <= 1, "{got:?}");
+        if got.first().is_some_and(|v| v.get("error").is_none()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "stream create failed: {got:?}");
+    }
+    eprintln!("failover and create took {:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn a_member_alone_serves_and_admits_a_later_one() {
+    let (mut ms, ports) = members(2);
+    start(&mut ms[0], &ports);
+    let alone = wait_formed(&ms[..1], 1);
+    assert_eq!(alone, "m0");
+    let (_nc, js0) = js(ms[0].server()).await;
+    js0.create_stream(stream::Config {
+        name: "EARLY".into(),
+        subjects: vec!["early".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    js0.publish("early", "x".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    start(&mut ms[1], &ports);
+    wait_formed(&ms, 2);
+    let (_nc1, js1) = js(ms[1].server()).await;
+    let mut s = js1.get_stream("EARLY").await.unwrap();
+    assert_eq!(s.info().await.unwrap().state.messages, 1);
+    let names: Vec<String> = js1.stream_names().map(|n| n.unwrap()).collect().await;
+    assert_eq!(names, vec!["EARLY".to_string()]);
+}
+
+#[test]
+fn clustered_jetstream_needs_server_names() {
+    let store = tempfile::tempdir().unwrap();
+    let p = free_fixed_port();
+    let cfg = format!(
+        "listen: 127.0.0.1:-1\ncluster {{ name: c, listen: 127.0.0.1:{p} }}\n\
+         jetstream {{ store_dir: \"{}\" }}\n",
+        store.path().display()
+    );
+    let err = ServerProcess::canopy(&cfg)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains("server_name"), "{err}");
+}
+
+#[tokio::test]
+async fn r3_stream_survives_the_kill_of_its_leader_and_the_meta_leader_steps_down() {
+    let mut ms = cluster(3);
+    let (nc_a, js_a) = js(ms[0].server()).await;
+    let st = js_a
+        .create_stream(stream::Config {
+            name: "R3".into(),
+            subjects: vec!["r3.>".into()],
+            num_replicas: 3,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let cl = st.cached_info().cluster.clone().unwrap();
+    assert!(cl.leader.is_some(), "{cl:?}");
+    for i in 0..5 {
+        js_a.publish(format!("r3.{i}"), "x".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let got = answers(&nc_a, "$JS.API.STREAM.INFO.R3", "").await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["state"]["messages"], 5, "{got:?}");
+    assert_eq!(
+        got[0]["cluster"]["replicas"].as_array().map(Vec::len),
+        Some(2),
+        "{got:?}"
+    );
+    // kill -9 the stream's leader; a new one takes publishes and has every acked message.
+    let leader = got[0]["cluster"]["leader"].as_str().unwrap().to_string();
+    let li = ms.iter().position(|m| m.name == leader).unwrap();
+    ms[li].proc.as_mut().unwrap().kill();
+    ms[li].proc = None;
+    let other = ms.iter().find(|m| m.proc.is_some()).unwrap();
+    let (nc, js_o) = js(other.server()).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(f) = js_o.publish("r3.after", "y".into()).await {
+            if f.await.is_ok() {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "no new stream leader");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let info = answers(&nc, "$JS.API.STREAM.INFO.R3", "").await;
+        if info.len() == 1 && info[0]["state"]["messages"].as_u64() >= Some(6) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stream info after failover: {info:?}"
+        );
+    }
+    // The meta leader hands over on request, answering once.
+    let before = wait_formed(&ms, 3);
+    let down = answers(&nc, "$JS.API.META.LEADER.STEPDOWN", "").await;
+    assert_eq!(down.len(), 1, "{down:?}");
+    if down[0]["success"] == true {
+        assert_eventually!(
+            Duration::from_secs(15),
+            other.meta()["leader"].as_str().is_some_and(|l| l != before),
+            "meta leader did not change: {}",
+            other.meta()
+        );
+    }
+}
