@@ -195,7 +195,18 @@ fn assert_probes_and_exporter(name: &str, s: &ServerProcess) {
 /// joining it with a `.creds` secret; traffic crosses the leaf link and a route.
 async fn hub_and_leaf_scenario(hub_jetstream: bool) {
     let pki = Pki::new();
-    let app_jwt = pki.account_jwt(&pki.app, "APP", json!({}));
+    // In operator mode JetStream is per account: the account JWT grants storage.
+    let app_jwt = if hub_jetstream {
+        pki.account_jwt(
+            &pki.app,
+            "APP",
+            json!({"limits": {"subs": -1, "conn": -1, "leaf": -1, "imports": -1,
+                "exports": -1, "data": -1, "payload": -1, "wildcards": true,
+                "mem_storage": -1, "disk_storage": -1, "streams": -1, "consumer": -1}}),
+        )
+    } else {
+        pki.account_jwt(&pki.app, "APP", json!({}))
+    };
     let accounts = pki.accounts_conf(&app_jwt);
     let pods: Vec<Pod> = (0..3).map(|_| Pod::new()).collect();
     let hub: Vec<ServerProcess> = (0..3)

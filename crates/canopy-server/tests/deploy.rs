@@ -286,3 +286,50 @@ fn image_scripts_parse() {
         assert!(st.success(), "{name}");
     }
 }
+
+/// Under systemd (stderr is the journal stream `JOURNAL_STREAM` names), each log line
+/// starts with its syslog priority so `journalctl -u nats-leaf -p err` filters; the
+/// units' `-T=false` drops the server's own timestamp, journald has one.
+#[test]
+fn journald_stream_gets_priority_prefixes() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("leaf.conf");
+    std::fs::write(
+        &conf,
+        "listen: 127.0.0.1:-1\nleafnodes { remotes: [ { url: \"nats-leaf://127.0.0.1:1\" } ] }\n",
+    )
+    .unwrap();
+    let log = dir.path().join("journal");
+    let file = std::fs::File::create(&log).unwrap();
+    let meta = file.metadata().unwrap();
+    let mut child = Command::new(canopy_bin())
+        .args(["-c", conf.to_str().unwrap(), "-T=false"])
+        .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))
+        .stderr(file)
+        .spawn()
+        .unwrap();
+    let text = || std::fs::read_to_string(&log).unwrap_or_default();
+    canopy_testkit::assert_eventually!(
+        std::time::Duration::from_secs(10),
+        text().contains("Server is ready") && text().contains("[ERR]"),
+        "{}",
+        text()
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    let pid = child.id();
+    let t = text();
+    assert!(
+        t.contains(&format!("<6>[{pid}] [INF] Server is ready\n")),
+        "{t}"
+    );
+    assert!(
+        t.contains(&format!(
+            "<3>[{pid}] [ERR] Error trying to connect as leafnode"
+        )),
+        "{t}"
+    );
+    // Every line carries a priority (the default stream keeps nats-server's plain lines).
+    assert!(t.lines().all(|l| l.starts_with('<')), "{t}");
+}
