@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # deploy/build-image.sh — builds the Canopy server image with Debian's buildah (or podman).
 #
-#   deploy/build-image.sh [--stage-only] [--tag <name:tag>]
+#   deploy/build-image.sh [--stage-only] [--tag <name:tag>] [--bin-dir <dir>]
 #
 # 1. Compiles canopy-server and canopy in release mode, static for
 #    x86_64-unknown-linux-musl when that target is installed (`rustup target add
@@ -14,6 +14,9 @@
 #
 # --stage-only stops after step 2 (no buildah/podman needed); deploy/check-image.sh checks
 # the staged tree and, when an image tool is present, the built image.
+# --bin-dir skips step 1 and takes canopy-server (and canopy, when there) from <dir>, e.g.
+# the bin/ of `cargo install --target x86_64-unknown-linux-musl --root <root> --path …`.
+# Binaries are stripped when staged (the release profile keeps line tables).
 # Environment: TARGET (Rust target triple), CARGO (cargo binary), BUILDER (buildah|podman).
 set -euo pipefail
 
@@ -22,11 +25,13 @@ cd "$root"
 
 stage_only=0
 tag=""
+bin_dir=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --stage-only) stage_only=1 ;;
         --tag) tag="$2"; shift ;;
-        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+        --bin-dir) bin_dir="$2"; shift ;;
+        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
     shift
@@ -36,24 +41,33 @@ version="$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)"
 tag="${tag:-localhost/canopy-server:${version}}"
 cargo="${CARGO:-cargo}"
 
-if [ -z "${TARGET:-}" ]; then
-    if rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-musl; then
-        TARGET=x86_64-unknown-linux-musl
-    else
-        TARGET="$(rustc -vV | sed -n 's/^host: //p')"
-        echo "note: x86_64-unknown-linux-musl is not installed; building for $TARGET (dynamic)" >&2
+if [ -n "$bin_dir" ]; then
+    bin="$bin_dir"
+    TARGET="prebuilt ($bin_dir)"
+else
+    if [ -z "${TARGET:-}" ]; then
+        if rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-musl; then
+            TARGET=x86_64-unknown-linux-musl
+        else
+            TARGET="$(rustc -vV | sed -n 's/^host: //p')"
+            echo "note: x86_64-unknown-linux-musl is not installed; building for $TARGET (dynamic)" >&2
+        fi
     fi
+    "$cargo" build --release --locked --target "$TARGET" -p canopy-server -p canopy-cli
+    bin="target/$TARGET/release"
 fi
-
-"$cargo" build --release --locked --target "$TARGET" -p canopy-server -p canopy-cli
-bin="target/$TARGET/release"
 
 img="target/image"
 rm -rf "$img"
 mkdir -p "$img/rootfs/usr/local/bin" "$img/rootfs/etc/nats" "$img/rootfs/etc/ssl/certs" \
     "$img/rootfs/tmp" "$img/rootfs-writable/data" "$img/rootfs-writable/var/run/nats"
 chmod 1777 "$img/rootfs/tmp"
-install -m 0755 "$bin/canopy-server" "$bin/canopy" "$img/rootfs/usr/local/bin/"
+install -s -m 0755 "$bin/canopy-server" "$img/rootfs/usr/local/bin/"
+if [ -x "$bin/canopy" ]; then
+    install -s -m 0755 "$bin/canopy" "$img/rootfs/usr/local/bin/"
+else
+    echo "warning: no $bin/canopy: the image has no canopy CLI" >&2
+fi
 ln -s canopy-server "$img/rootfs/usr/local/bin/nats-server"
 install -m 0644 deploy/nats-server.conf "$img/rootfs/etc/nats/nats-server.conf"
 printf 'root:x:0:0:root:/:/sbin/nologin\nnats:x:1000:1000:nats:/data:/sbin/nologin\n' \
@@ -65,14 +79,15 @@ else
     echo "warning: /etc/ssl/certs/ca-certificates.crt missing: the image has no CA roots" >&2
 fi
 
-# A dynamic binary brings its loader and libraries (as ldd resolves them on this host).
+# A dynamic binary brings its loader and libraries (as ldd resolves them on this host);
+# ldd names no paths for a static one.
 for b in canopy-server canopy; do
-    if ldd "$img/rootfs/usr/local/bin/$b" >/dev/null 2>&1; then
-        ldd "$img/rootfs/usr/local/bin/$b" | grep -o '/[^ ]*' | sort -u | while read -r lib; do
-            mkdir -p "$img/rootfs$(dirname "$lib")"
-            cp -L "$lib" "$img/rootfs$lib"
-        done
-    fi
+    f="$img/rootfs/usr/local/bin/$b"
+    [ -e "$f" ] || continue
+    for lib in $(ldd "$f" 2>/dev/null | grep -o '/[^ ]*' || true); do
+        mkdir -p "$img/rootfs$(dirname "$lib")"
+        cp -L "$lib" "$img/rootfs$lib"
+    done
 done
 cp deploy/Containerfile "$img/Containerfile"
 echo "staged $img (binaries for $TARGET)"
