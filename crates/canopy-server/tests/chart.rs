@@ -310,26 +310,29 @@ async fn hub_and_leaf_scenario(hub_jetstream: bool) {
     roundtrip(&on_hub1, &on_leaf, "orders.to.leaf").await;
 
     if hub_jetstream {
-        // A replicated stream on the hub cluster, written through another member.
+        // Streams on the hub cluster (R1 placed on one member, then R3), created through
+        // one member and written through another.
         let js = async_nats::jetstream::new(on_hub1.clone());
-        js.create_stream(async_nats::jetstream::stream::Config {
-            name: "ORDERS".into(),
-            subjects: vec!["hub.orders.>".into()],
-            num_replicas: 3,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
         let js2 = async_nats::jetstream::new(on_hub2.clone());
-        for n in 0..3 {
-            js2.publish(format!("hub.orders.{n}"), "o".into())
-                .await
-                .unwrap()
-                .await
-                .unwrap();
+        for (name, replicas) in [("ORDERS", 1), ("ORDERS_R3", 3)] {
+            js.create_stream(async_nats::jetstream::stream::Config {
+                name: name.into(),
+                subjects: vec![format!("hub.{name}.>")],
+                num_replicas: replicas,
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{name} (R{replicas}): {e}"));
+            for n in 0..3 {
+                js2.publish(format!("hub.{name}.{n}"), "o".into())
+                    .await
+                    .unwrap()
+                    .await
+                    .unwrap();
+            }
+            let mut stream = js.get_stream(name).await.unwrap();
+            assert_eq!(stream.info().await.unwrap().state.messages, 3, "{name}");
         }
-        let mut stream = js.get_stream("ORDERS").await.unwrap();
-        assert_eq!(stream.info().await.unwrap().state.messages, 3);
         for (i, s) in hub.iter().enumerate() {
             let (status, body) =
                 http_get(s.http_port.unwrap(), "/healthz?js-server-only=true").unwrap();
