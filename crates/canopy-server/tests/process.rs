@@ -22,6 +22,8 @@ fn version_and_help() {
     let (code, out, _) = run(&["-v"]);
     assert_eq!(code, 0);
     assert!(out.starts_with("canopy-server: v2."), "{out}");
+    assert!(out.contains("\ncanopy v"), "{out}");
+    assert!(out.contains("(implements nats-server v2."), "{out}");
     let (code, out, _) = run(&["--help"]);
     assert_eq!(code, 0);
     assert!(out.contains("--ports_file_dir"));

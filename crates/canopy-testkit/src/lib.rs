@@ -66,6 +66,14 @@ pub fn free_port() -> u16 {
         .unwrap_or(0)
 }
 
+/// What [`ServerProcess::start_with`] prepares besides the config: environment variables
+/// for the process, and files (path relative to the config's directory → contents).
+#[derive(Clone, Debug, Default)]
+pub struct Setup {
+    pub env: Vec<(String, String)>,
+    pub files: Vec<(String, String)>,
+}
+
 /// A running server process.
 pub struct ServerProcess {
     child: Option<Child>,
@@ -91,6 +99,12 @@ impl ServerProcess {
 
     /// Starts a server; `extra` flags come after `-c`.
     pub fn start(kind: Impl, config: &str, extra: &[&str]) -> Result<Self> {
+        Self::start_with(kind, config, extra, &Setup::default())
+    }
+
+    /// Starts a server as [`ServerProcess::start`] does, with extra environment variables
+    /// and extra files written next to the config first (for `include`s and `$VAR`s).
+    pub fn start_with(kind: Impl, config: &str, extra: &[&str], setup: &Setup) -> Result<Self> {
         let bin = match kind {
             Impl::Canopy => canopy_bin(),
             Impl::NatsServer => {
@@ -100,6 +114,13 @@ impl ServerProcess {
         let dir = tempfile::tempdir()?;
         let config_path = dir.path().join("server.conf");
         std::fs::write(&config_path, config)?;
+        for (name, text) in &setup.files {
+            let path = dir.path().join(name);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::write(path, text)?;
+        }
         let log_path = dir.path().join("server.log");
         let ports_dir = dir.path().join("ports");
         std::fs::create_dir_all(&ports_dir)?;
@@ -111,6 +132,7 @@ impl ServerProcess {
             .arg("-l")
             .arg(&log_path)
             .args(extra)
+            .envs(setup.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());

@@ -313,6 +313,7 @@ fn handle(server: &Arc<Server>, uri: &hyper::Uri, which: Endpoints) -> Response<
             if ok {
                 json_response(&body, &q)
             } else {
+                tracing::warn!("Healthcheck failed: {}", body["error"]);
                 let text = serde_json::to_string(&body).unwrap_or_default();
                 text_response(StatusCode::SERVICE_UNAVAILABLE, "application/json", text)
             }
@@ -1127,17 +1128,22 @@ pub fn accountz(s: &Arc<Server>, q: &Query) -> Value {
 }
 
 /// `/accstatz`: per-account counters for accounts with connections.
-/// `/healthz`: `{"status":"ok"}`, or 503 with `"unavailable"` when `js-enabled-only`
-/// (or `js-server-only`, or 2.9's `js-enabled`) asks for JetStream and it is off or
-/// unhealthy. Returns whether the server is healthy, and the body.
+/// `/healthz`, as nats-server decides it: a server without JetStream in its config is
+/// healthy whatever the query asks (the Helm chart probes `js-server-only` and
+/// `js-enabled-only` on every pod, leaves without JetStream included). With JetStream
+/// configured, `js-enabled-only` (2.9's `js-enabled`) asks only that it runs; plain
+/// `/healthz` and `js-server-only` also ask that every stream answers (503 `unavailable`
+/// otherwise). Returns whether the server is healthy, and the body.
 pub fn healthz(s: &Arc<Server>, q: &Query) -> (bool, Value) {
-    let wants_js = ["js-enabled-only", "js-server-only", "js-enabled"]
+    let enabled_only = ["js-enabled-only", "js-enabled"]
         .iter()
         .any(|k| q_bool(q, k).unwrap_or(false));
+    let configured = s.opts().jetstream.as_ref().is_some_and(|j| j.enabled);
     let err = match s.jetstream() {
-        Some(js) if wants_js => js.healthy().err(),
-        None if wants_js => Some("JetStream not enabled".to_string()),
-        _ => None,
+        _ if !configured => None,
+        None => Some("JetStream not enabled".to_string()),
+        Some(_) if enabled_only => None,
+        Some(js) => js.healthy().err(),
     };
     match err {
         None => (true, json!({"status": "ok"})),

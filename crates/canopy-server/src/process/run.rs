@@ -191,8 +191,14 @@ pub fn main() -> i32 {
         return 0;
     }
     if f.bool("version") == Some(true) {
+        // First line as nats-server prints it (launchers parse it to gate features on
+        // the server version); then what this binary really is.
         println!("{prog}: v{}", version::NATS_COMPAT_VERSION);
-        println!("canopy v{}", version::CANOPY_VERSION);
+        println!(
+            "canopy v{} (implements nats-server v{})",
+            version::CANOPY_VERSION,
+            version::NATS_COMPAT_VERSION
+        );
         return 0;
     }
     if let Some(sig) = f.get("signal") {

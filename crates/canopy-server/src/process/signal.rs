@@ -217,14 +217,30 @@ fn kill(pid: i32, sig: i32) -> Result<(), String> {
 }
 
 /// Finds the single running process with our executable name (as nats-server does with
-/// pgrep when no pid is given).
+/// pgrep when no pid is given). Both the name we were started under (`nats-server`, the
+/// image's alias) and the real executable's name (`canopy-server`) count.
 fn find_pid() -> Result<String, String> {
     let me = std::process::id();
+    let base = |p: &std::path::Path| {
+        p.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let name = exe
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let mut names = vec![base(&exe)];
+    if let Some(arg0) = std::env::args_os().next() {
+        let n = base(std::path::Path::new(&arg0));
+        if !n.is_empty() && !names.contains(&n) {
+            names.push(n);
+        }
+    }
+    // /proc/<pid>/comm holds at most 15 bytes of the name.
+    let matches = |comm: &str| {
+        names
+            .iter()
+            .any(|n| comm == n || (comm.len() == 15 && n.starts_with(comm)))
+    };
+    let name = names.join(" or ");
     let mut found = Vec::new();
     let dir = std::fs::read_dir("/proc").map_err(|e| e.to_string())?;
     for ent in dir.flatten() {
@@ -236,7 +252,7 @@ fn find_pid() -> Result<String, String> {
             continue;
         }
         if let Ok(comm) = std::fs::read_to_string(format!("/proc/{pid}/comm")) {
-            if comm.trim() == name || name.starts_with(comm.trim()) && comm.trim().len() == 15 {
+            if matches(comm.trim()) {
                 found.push(pid.to_string());
             }
         }

@@ -27,6 +27,10 @@ pub struct LogSettings {
 
 enum Sink {
     Stderr,
+    /// stderr is systemd-journald's stream (`JOURNAL_STREAM` names it): each line starts
+    /// with its syslog priority, `<3>` for `[ERR]`/`[FTL]`, `<4>` `[WRN]`, `<6>` `[INF]`,
+    /// `<7>` debug and trace, so `journalctl -p warning` filters (a Canopy extension).
+    Journal,
     File {
         path: PathBuf,
         file: File,
@@ -104,6 +108,7 @@ pub fn init(
                 written,
             }
         }
+        None if stderr_is_journal() => Sink::Journal,
         None => Sink::Stderr,
     };
     if let Some((s, k)) = GLOBAL.get() {
@@ -252,9 +257,44 @@ fn format_line(pid: u32, settings: Option<&LogSettings>, tag: &str, msg: &str) -
     line
 }
 
+/// True when systemd connected our stderr to the journal: `JOURNAL_STREAM` is
+/// `<device>:<inode>` of that stream, and fd 2 is still it (not redirected since).
+fn stderr_is_journal() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(v) = std::env::var("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = v.split_once(':') else {
+        return false;
+    };
+    let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else {
+        return false;
+    };
+    std::fs::metadata("/proc/self/fd/2").is_ok_and(|m| m.dev() == dev && m.ino() == ino)
+}
+
+/// The syslog priority prefix for a formatted line, from its level tag (the first
+/// bracketed tag after the pid and date).
+fn journal_priority(line: &str) -> &'static str {
+    let tag = line
+        .match_indices(" [")
+        .map(|(i, _)| &line[i + 1..])
+        .find(|t| t.len() >= 5 && t.as_bytes()[4] == b']');
+    match tag.map(|t| &t[..5]) {
+        Some("[ERR]" | "[FTL]") => "<3>",
+        Some("[WRN]") => "<4>",
+        Some("[INF]") => "<6>",
+        _ => "<7>",
+    }
+}
+
 fn write_line(sink: &mut Sink, line: &str, pid: u32) {
     match sink {
         Sink::Stderr => {
+            let _ = std::io::stderr().write_all(line.as_bytes());
+        }
+        Sink::Journal => {
+            let line = format!("{}{line}", journal_priority(line));
             let _ = std::io::stderr().write_all(line.as_bytes());
         }
         Sink::File {
@@ -450,5 +490,21 @@ pub fn trace_in<B: AsRef<[u8]>>(label: &str, op: &canopy_proto::Op<B>) {
             "{label} - \"<<- MSG_PAYLOAD: [{:?}{more}]\"",
             String::from_utf8_lossy(shown)
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn journal_priorities_follow_the_level_tag() {
+        let l = |tag: &str, msg: &str| format_line(42, None, tag, msg);
+        assert_eq!(journal_priority(&l("[ERR]", "x")), "<3>");
+        assert_eq!(journal_priority(&l("[FTL]", "x")), "<3>");
+        assert_eq!(journal_priority(&l("[WRN]", "a [ERR] b")), "<4>");
+        assert_eq!(journal_priority(&l("[INF]", "x")), "<6>");
+        assert_eq!(journal_priority(&l("[DBG]", "x")), "<7>");
+        assert_eq!(journal_priority("[42] [INF] no date\n"), "<6>");
     }
 }
