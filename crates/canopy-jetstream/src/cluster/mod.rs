@@ -697,7 +697,13 @@ fn ensure_replicated(
                 tokio::time::timeout(Duration::from_secs(10), rx.wait_for(Option::is_some)).await
             });
         }
-        let info = crate::api::on_stream(&acc, Some(name), |core| Ok(core.info(None, false)))?;
+        let mut info =
+            crate::api::on_stream(&acc, Some(name), |core| Ok(core.info(None, false)))?;
+        // The stream's own `cluster` object is refreshed twice a second: the group's state
+        // now, with the leader just elected.
+        if let Some(cl) = e.stream_cluster_info(account, name) {
+            info["cluster"] = cl;
+        }
         Ok(if action == Action::Create {
             let mut v = info;
             v["did_create"] = json!(true);
