@@ -388,3 +388,30 @@ async fn r3_stream_survives_the_kill_of_its_leader_and_the_meta_leader_steps_dow
         );
     }
 }
+
+/// A server that formed its meta group alone (here: its routes name only itself, as when
+/// its peers' routes were slow to come up) and never held a stream joins the group it
+/// meets instead of splitting the cluster in two; the cluster then serves one stream
+/// list.
+#[tokio::test]
+async fn a_lone_empty_meta_group_joins_the_one_it_meets() {
+    let (mut ms, ports) = members(2);
+    // m0 names both routes; m1 names only itself and forms a group of one at once.
+    start(&mut ms[0], &ports);
+    assert_eq!(wait_formed(&ms[..1], 1), "m0");
+    let cfg = member_config("m1", ms[1].port, &ports[1..], ms[1].store.path());
+    ms[1].proc = Some(ServerProcess::canopy(&cfg).expect("start"));
+    // m0 dials m1: the two groups meet, and m1's (lone, empty, higher name) gives way.
+    assert_eq!(wait_formed(&ms, 2), "m0");
+    let (_nc, js1) = js(ms[1].server()).await;
+    js1.create_stream(stream::Config {
+        name: "ONE".into(),
+        subjects: vec!["one".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let (_nc0, js0) = js(ms[0].server()).await;
+    let names: Vec<String> = js0.stream_names().map(|n| n.unwrap()).collect().await;
+    assert_eq!(names, vec!["ONE".to_string()]);
+}

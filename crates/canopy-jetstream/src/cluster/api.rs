@@ -227,7 +227,7 @@ impl Cluster {
     }
 
     async fn propose(&self, e: Entry) -> Result<(), E> {
-        let g = self.meta.get().ok_or(E::ClusterNotAvail)?;
+        let g = self.meta_group().ok_or(E::ClusterNotAvail)?;
         let body = serde_json::to_vec(&e).map_err(|err| E::StreamGeneral(err.to_string()))?;
         g.propose(bytes::Bytes::from(body)).await.map_err(|err| {
             tracing::warn!("JetStream meta proposal failed: {err}");
@@ -494,7 +494,7 @@ impl Cluster {
     /// Hands the meta leadership over: answered at once, the transfer runs on its own
     /// (it takes an election).
     fn stepdown(&self) -> Result<Value, E> {
-        let g = self.meta.get().cloned().ok_or(E::ClusterNotAvail)?;
+        let g = self.meta_group().ok_or(E::ClusterNotAvail)?;
         if g.status().replicas.iter().filter(|r| r.voter).count() < 2 {
             return Err(E::StreamGeneral(
                 "no other meta group member to take over".into(),

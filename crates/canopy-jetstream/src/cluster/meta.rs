@@ -139,6 +139,13 @@ pub struct MetaMachine {
 }
 
 impl MetaMachine {
+    /// Forgets the state (its group was left; a new one brings the state again).
+    pub fn reset(&self) {
+        let mut st = self.state.lock();
+        *st = MetaState::default();
+        self.persist(&st);
+    }
+
     /// Loads the persisted state under `file` (empty when there is none).
     pub fn open(me: &str, file: PathBuf, jobs: Sender<Job>) -> MetaMachine {
         let state = crate::engine::read_json::<MetaState>(&file).unwrap_or_default();

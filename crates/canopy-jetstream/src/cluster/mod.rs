@@ -37,7 +37,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use canopy_raft::{Group, GroupConfig, Peer};
@@ -78,6 +78,9 @@ pub struct PeerStatus {
     pub members: Vec<String>,
     #[serde(default)]
     pub tags: Vec<String>,
+    /// Stream assignments in its meta state.
+    #[serde(default)]
+    pub streams: usize,
 }
 
 /// The cluster layer of one server.
@@ -89,8 +92,9 @@ pub struct Cluster {
     pub(crate) tags: Vec<String>,
     pub(crate) unique_tag: Option<String>,
     dir: PathBuf,
-    pub(crate) meta: OnceLock<Group>,
-    leader_rx: OnceLock<tokio::sync::watch::Receiver<Option<Peer>>>,
+    /// The meta group member (replaced when a lone, empty group yields to another).
+    meta: RwLock<Option<Group>>,
+    leader_rx: RwLock<Option<tokio::sync::watch::Receiver<Option<Peer>>>>,
     pub(crate) machine: Arc<MetaMachine>,
     groups: RwLock<HashMap<String, Group>>,
     pub(crate) peer_status: Mutex<HashMap<String, PeerStatus>>,
@@ -142,8 +146,8 @@ impl Engine {
             tags: info.tags.clone(),
             unique_tag: opts.unique_tag,
             dir,
-            meta: OnceLock::new(),
-            leader_rx: OnceLock::new(),
+            meta: RwLock::new(None),
+            leader_rx: RwLock::new(None),
             machine,
             groups: RwLock::new(HashMap::new()),
             peer_status: Mutex::new(HashMap::new()),
@@ -228,15 +232,21 @@ impl Cluster {
     /// The group an RPC names.
     pub(crate) fn group(&self, name: &str) -> Option<Group> {
         if name == META_GROUP {
-            return self.meta.get().cloned();
+            return self.meta_group();
         }
         self.groups.read().get(name).cloned()
+    }
+
+    /// This server's member of the meta group, once opened.
+    pub(crate) fn meta_group(&self) -> Option<Group> {
+        self.meta.read().clone()
     }
 
     /// The meta leader's server name, when there is one.
     pub fn meta_leader(&self) -> Option<String> {
         self.leader_rx
-            .get()
+            .read()
+            .as_ref()
             .and_then(|rx| rx.borrow().as_ref().map(|p| p.name.clone()))
     }
 
@@ -287,7 +297,7 @@ impl Cluster {
 
     /// This member's answer to a status probe.
     pub(crate) fn status_probe(&self) -> Value {
-        let (initialized, leader, members) = match self.meta.get() {
+        let (initialized, leader, members) = match self.meta_group() {
             Some(g) => {
                 let st = g.status();
                 (
@@ -304,6 +314,7 @@ impl Cluster {
             leader,
             members,
             tags: self.tags.clone(),
+            streams: self.assignments().len(),
         })
     }
 
@@ -324,19 +335,52 @@ impl Cluster {
         Some(st)
     }
 
-    /// Opens the meta group and keeps its membership: bootstrap, then admission.
+    /// Opens the meta group and keeps its membership: bootstrap, then admission. A group
+    /// this member formed alone that never held a stream yields to another group it meets
+    /// (see [`Cluster::should_yield`]): it is destroyed and opened fresh, to be admitted.
     async fn run(self: Arc<Self>) {
+        loop {
+            let Some(group) = self.open_meta().await else {
+                return;
+            };
+            if !self.serve_meta(&group).await {
+                return;
+            }
+            tracing::warn!(
+                "JetStream cluster: this server formed a meta group alone and another one is \
+                 up; leaving its own (it held no stream) to join the other"
+            );
+            *self.meta.write() = None;
+            *self.leader_rx.write() = None;
+            if let Err(e) = group.destroy().await {
+                tracing::error!(
+                    "JetStream cluster: cannot remove this server's meta group to join the \
+                     other: {e}; clustered JetStream stays unavailable here"
+                );
+                return;
+            }
+            self.machine.reset();
+        }
+    }
+
+    async fn open_meta(&self) -> Option<Group> {
         let mut cfg = GroupConfig::new(META_GROUP, self.dir.join(META_GROUP), self.me.clone());
         cfg.snapshot_every = 1024;
         let group = match Group::open(cfg, self.machine.clone(), self.transport.clone()).await {
             Ok(g) => g,
             Err(e) => {
                 tracing::error!("JetStream cluster: the meta group could not open: {e}");
-                return;
+                return None;
             }
         };
-        let _ = self.leader_rx.set(group.leader_watch());
-        let _ = self.meta.set(group.clone());
+        *self.leader_rx.write() = Some(group.leader_watch());
+        *self.meta.write() = Some(group.clone());
+        Some(group)
+    }
+
+    /// Runs the meta group's membership until shutdown (false) or until it should yield
+    /// to another group (true).
+    async fn serve_meta(&self, group: &Group) -> bool {
         // Streams assigned here that a crash left uncreated.
         let st = self.machine.state.lock().clone();
         self.machine.reconcile(None, &st);
@@ -344,7 +388,7 @@ impl Cluster {
         let mut last_leader: Option<String> = None;
         loop {
             if self.shut.load(Ordering::Relaxed) {
-                return;
+                return false;
             }
             let leader = leader_rx
                 .borrow_and_update()
@@ -361,15 +405,41 @@ impl Cluster {
                 last_leader = leader.clone();
             }
             if !group.initialized() {
-                self.try_bootstrap(&group).await;
+                self.try_bootstrap(group).await;
             } else if leader.as_deref() == Some(self.me.name.as_str()) {
-                self.admit(&group).await;
+                if self.should_yield(group).await {
+                    return true;
+                }
+                self.admit(group).await;
             }
             tokio::select! {
                 _ = tokio::time::sleep(TICK) => {}
                 _ = leader_rx.changed() => {}
             }
         }
+    }
+
+    /// Two groups met. This member's gives way when it is alone in it, it never held a
+    /// stream, and the other group is larger, holds streams, or (both alone and empty)
+    /// its leader has the lower name: a server that formed its group alone because its
+    /// routes were slow to come up then joins the cluster instead of splitting it.
+    async fn should_yield(&self, group: &Group) -> bool {
+        let st = group.status();
+        if st.replicas.len() > 1 || !self.assignments().is_empty() {
+            return false;
+        }
+        for p in self.js_peers() {
+            let Some(other) = self.probe(&p).await else {
+                continue;
+            };
+            if !other.initialized || other.members.contains(&self.me.name) {
+                continue;
+            }
+            if other.members.len() > 1 || other.streams > 0 || p < self.me.name {
+                return true;
+            }
+        }
+        false
     }
 
     async fn try_bootstrap(&self, group: &Group) {
@@ -461,9 +531,7 @@ impl Cluster {
             return;
         }
         let groups: Vec<Group> = self
-            .meta
-            .get()
-            .cloned()
+            .meta_group()
             .into_iter()
             .chain(self.groups.read().values().cloned())
             .collect();
@@ -475,7 +543,7 @@ impl Cluster {
     /// nats-server's `meta_cluster` (`/jsz`) and `/varz` `jetstream.meta`.
     pub fn meta_json(&self) -> Value {
         let online = self.js_peers();
-        let Some(g) = self.meta.get() else {
+        let Some(g) = self.meta_group() else {
             return json!({"name": self.cluster_name(), "cluster_size": 0, "pending": 0});
         };
         let st = g.status();
@@ -697,8 +765,7 @@ fn ensure_replicated(
                 tokio::time::timeout(Duration::from_secs(10), rx.wait_for(Option::is_some)).await
             });
         }
-        let mut info =
-            crate::api::on_stream(&acc, Some(name), |core| Ok(core.info(None, false)))?;
+        let mut info = crate::api::on_stream(&acc, Some(name), |core| Ok(core.info(None, false)))?;
         // The stream's own `cluster` object is refreshed twice a second: the group's state
         // now, with the leader just elected.
         if let Some(cl) = e.stream_cluster_info(account, name) {

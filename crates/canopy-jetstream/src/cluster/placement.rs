@@ -99,7 +99,7 @@ impl Cluster {
     ) -> Result<Vec<String>, E> {
         let load = self.machine.state.lock().load();
         let online = self.js_peers();
-        let members: Vec<String> = match self.meta.get() {
+        let members: Vec<String> = match self.meta_group() {
             Some(g) => g
                 .status()
                 .replicas
