@@ -212,8 +212,9 @@ impl<S: Subscriber> Layer<S> for NatsLayer {
                 "[TRC]"
             }
         };
-        // Only our own crates log below INFO; dependencies stay quiet.
-        if level > Level::INFO && !event.metadata().target().starts_with("canopy") {
+        // Only our own crates log below WARN; dependencies (openraft narrates every
+        // election and start-up at INFO) stay quiet unless something is wrong.
+        if level > Level::WARN && !event.metadata().target().starts_with("canopy") {
             return;
         }
         let mut v = MsgVisitor(String::new());
