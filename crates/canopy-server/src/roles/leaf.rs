@@ -409,6 +409,18 @@ struct Session {
     scratch: Scratch,
     batch: BatchCounters,
     ended: Ended,
+    /// A spool replay this hub is counting off (`$LSPOOL.B`, server/spool.rs).
+    replay: Option<ReplayCount>,
+}
+
+/// The batch list of a leaf's spool replay, counted off as its messages arrive.
+struct ReplayCount {
+    epoch: String,
+    /// (spool sequence, fingerprint) of the messages still to come, in order.
+    pending: std::collections::VecDeque<(u64, u32)>,
+    /// The last sequence counted, and the last one shared with the cluster.
+    last: u64,
+    shared: u64,
 }
 
 /// An accepted leaf connection's record, nonce and INFO.
@@ -513,6 +525,7 @@ async fn serve_session<S>(
         scratch: Scratch::default(),
         batch: BatchCounters::default(),
         ended: Ended::Closed,
+        replay: None,
     };
     let timeout = server
         .opts()
@@ -949,29 +962,83 @@ impl Session {
     /// Store-and-forward control between Canopy servers (server/spool.rs): a hub records
     /// how far a leaf's replay got and answers its question; a leaf takes the answer.
     /// Never delivered.
-    fn on_spool_control(&self, ctl: &str, acc: &Arc<Account>) {
+    fn on_spool_control(&mut self, ctl: &str, payload: &[u8]) {
+        use crate::server::spool;
         let mut it = ctl.split('.');
         let (kind, epoch, seq) = (it.next(), it.next().unwrap_or(""), it.next());
         let seq = seq.and_then(|s| s.parse::<u64>().ok());
-        if !crate::server::spool::valid_epoch(epoch) || it.next().is_some() {
+        if !spool::valid_epoch(epoch) || it.next().is_some() {
             return;
         }
         match (kind, seq) {
-            (Some("M"), Some(seq)) => {
-                self.server.spool_marks.record(epoch, seq);
+            (Some("B"), None) => {
+                // A malformed list counts nothing: the batch is then covered by its `M`.
+                self.replay = spool::parse_batch_list(payload).map(|pending| {
+                    let (last, shared) = match self.replay.take() {
+                        Some(r) if r.epoch == epoch => (r.last, r.shared),
+                        _ => (0, 0),
+                    };
+                    ReplayCount {
+                        epoch: epoch.to_string(),
+                        pending,
+                        last,
+                        shared,
+                    }
+                });
+            }
+            (Some("M"), Some(seq))
+                if self.server.spool_marks.advance(epoch, self.conn.cid, seq) =>
+            {
                 crate::services::system::share_spool_mark(&self.server, epoch, seq);
+                if let Some(r) = self.replay.as_mut().filter(|r| r.epoch == epoch) {
+                    r.shared = r.shared.max(seq);
+                    r.last = r.last.max(seq);
+                }
             }
             (Some("Q"), None) => {
-                let seq = self.server.spool_marks.get(epoch);
-                let a = format!("{}A.{epoch}.{seq}", crate::server::spool::CONTROL_PREFIX);
-                crate::server::spool::send_control(&self.conn, &a);
+                let seq = self.server.spool_marks.take_over(epoch, self.conn.cid);
+                let a = format!("{}A.{epoch}.{seq}", spool::CONTROL_PREFIX);
+                spool::send_control(&self.conn, &a);
             }
             (Some("A"), Some(seq)) => {
+                let Some(acc) = self.account.as_ref() else {
+                    return;
+                };
                 for sp in acc.spools.read().iter() {
                     sp.hub_answered(self.conn.cid, epoch, seq);
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Counts a message off the replay's batch list when it is the next one there; false
+    /// when it must be dropped (a newer link of the same spool took the replay over).
+    fn count_replayed(&mut self, subject: &[u8], payload: &[u8]) -> bool {
+        let Some(r) = self.replay.as_mut() else {
+            return true;
+        };
+        let Some(&(seq, fp)) = r.pending.front() else {
+            return true;
+        };
+        if crate::server::spool::fingerprint(subject, payload) != fp {
+            // Not part of the replay.
+            return true;
+        }
+        r.pending.pop_front();
+        if self
+            .server
+            .spool_marks
+            .advance(&r.epoch, self.conn.cid, seq)
+        {
+            r.last = r.last.max(seq);
+            true
+        } else {
+            self.server
+                .spool_marks
+                .stale_dropped
+                .fetch_add(1, Ordering::Relaxed);
+            false
         }
     }
 
@@ -983,17 +1050,23 @@ impl Session {
         header_len: Option<usize>,
         payload: Bytes,
     ) {
-        let (Some(link), Some(acc)) = (self.link.as_ref(), self.account.as_ref()) else {
+        if self.link.is_none() {
             return;
-        };
+        }
         self.batch.received(payload.len());
         let Ok(subj) = std::str::from_utf8(&subject) else {
             return;
         };
         if let Some(ctl) = subj.strip_prefix(crate::server::spool::CONTROL_PREFIX) {
-            self.on_spool_control(ctl, acc);
+            self.on_spool_control(ctl, &payload);
             return;
         }
+        if self.replay.is_some() && !self.count_replayed(&subject, &payload) {
+            return;
+        }
+        let (Some(link), Some(acc)) = (self.link.as_ref(), self.account.as_ref()) else {
+            return;
+        };
         // A remapped link: deny rules in the hub's names, then the local names.
         let (subject, reply) = match self.conn.remap.get() {
             None => (subject, reply),
@@ -1070,6 +1143,11 @@ impl Session {
     }
 
     fn teardown(&mut self) {
+        // How far a cut replay got here, for the members of the cluster the leaf may come
+        // back to.
+        if let Some(r) = self.replay.take().filter(|r| r.last > r.shared) {
+            crate::services::system::share_spool_mark(&self.server, &r.epoch, r.last);
+        }
         let reason = self
             .conn
             .close_reason()
@@ -1662,6 +1740,7 @@ async fn solicit(
         scratch: Scratch::default(),
         batch: BatchCounters::default(),
         ended: Ended::Closed,
+        replay: None,
     };
     s.establish(link, acc.clone(), class);
     tracing::info!(
@@ -1777,6 +1856,10 @@ pub fn leafz(server: &Server, subs: bool, acc_filter: Option<&str>) -> Value {
         "leafnodes": leafs.len(),
         "leafs": leafs,
         "canopy_remotes": remotes,
+        "canopy_spool_marks": {
+            "spools": server.spool_marks.len(),
+            "stale_dropped": server.spool_marks.stale_dropped.load(Ordering::Relaxed),
+        },
     })
 }
 

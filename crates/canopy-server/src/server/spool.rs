@@ -219,35 +219,94 @@ pub fn valid_epoch(id: &str) -> bool {
 }
 
 /// What a hub server knows of the replays it received: per spool epoch, the last sequence
-/// a leaf's replay marked as sent (`$LSPOOL.M`). Shared with the other members of the
-/// hub's cluster through the system account, so a leaf that reconnects elsewhere in the
-/// cluster resumes as precisely. Bounded: the oldest mark goes first.
+/// of that spool the hub took in, and the leaf link counting it. Sequences come from the
+/// batch lists (`$LSPOOL.B`), counted off message by message as the link's reader hands
+/// each replayed message on, and from the end-of-batch marks (`$LSPOOL.M`). Shared with the
+/// other members of the hub's cluster through the system account, so a leaf that
+/// reconnects elsewhere in the cluster resumes as precisely. Bounded: the oldest mark goes
+/// first.
 #[derive(Default)]
 pub struct Marks {
-    inner: Mutex<std::collections::HashMap<String, (u64, std::time::Instant)>>,
+    inner: Mutex<std::collections::HashMap<String, Mark>>,
+    /// Replayed messages a stale link still carried after the leaf had come back on a new
+    /// one (dropped: the new replay sends them). Counted by the link's reader.
+    pub stale_dropped: AtomicU64,
+}
+
+struct Mark {
+    seq: u64,
+    /// The leaf link whose reader counts this spool's replay (0: none).
+    owner: u64,
+    used: std::time::Instant,
 }
 
 impl Marks {
+    /// The entry of `epoch`, made room for.
+    fn entry<'a>(m: &'a mut std::collections::HashMap<String, Mark>, epoch: &str) -> &'a mut Mark {
+        if m.len() >= MAX_MARKS && !m.contains_key(epoch) {
+            if let Some(oldest) = m.iter().min_by_key(|(_, v)| v.used).map(|(k, _)| k.clone()) {
+                m.remove(&oldest);
+            }
+        }
+        let e = m.entry(epoch.to_string()).or_insert(Mark {
+            seq: 0,
+            owner: 0,
+            used: std::time::Instant::now(),
+        });
+        e.used = std::time::Instant::now();
+        e
+    }
+
     /// Records `seq` for `epoch` (marks only move forward).
     pub fn record(&self, epoch: &str, seq: u64) {
         if !valid_epoch(epoch) {
             return;
         }
         let mut m = self.inner.lock();
-        if m.len() >= MAX_MARKS && !m.contains_key(epoch) {
-            if let Some(oldest) = m.iter().min_by_key(|(_, v)| v.1).map(|(k, _)| k.clone()) {
-                m.remove(&oldest);
-            }
+        let e = Self::entry(&mut m, epoch);
+        e.seq = e.seq.max(seq);
+    }
+
+    /// The leaf asked on link `cid` where to resume: that link counts the replay from now
+    /// on (an older link of the same spool still draining its socket counts no more: what
+    /// it holds is dropped and sent again by the new replay). Returns the mark.
+    pub fn take_over(&self, epoch: &str, cid: u64) -> u64 {
+        if !valid_epoch(epoch) {
+            return 0;
         }
-        let e = m
-            .entry(epoch.to_string())
-            .or_insert((0, std::time::Instant::now()));
-        e.0 = e.0.max(seq);
-        e.1 = std::time::Instant::now();
+        let mut m = self.inner.lock();
+        let e = Self::entry(&mut m, epoch);
+        e.owner = cid;
+        e.seq
+    }
+
+    /// The reader of link `cid` is about to hand on the replayed message `seq` (or, with
+    /// `$LSPOOL.M`, has handed on the batch up to `seq`): true when the link still counts
+    /// this spool. The mark then covers `seq` before the message is delivered, so a
+    /// question on a new link is never answered in between. False only when a newer link
+    /// took the spool over: what the old one still carries is dropped (and counted), and
+    /// the new replay sends it. A mark forgotten meanwhile (the bound) is made again.
+    pub fn advance(&self, epoch: &str, cid: u64, seq: u64) -> bool {
+        if !valid_epoch(epoch) {
+            return false;
+        }
+        let mut m = self.inner.lock();
+        if !m.contains_key(epoch) {
+            Self::entry(&mut m, epoch).owner = cid;
+        }
+        let Some(e) = m.get_mut(epoch) else {
+            return false;
+        };
+        if e.owner != cid && e.owner != 0 {
+            return false;
+        }
+        e.owner = cid;
+        e.seq = e.seq.max(seq);
+        true
     }
 
     pub fn get(&self, epoch: &str) -> u64 {
-        self.inner.lock().get(epoch).map_or(0, |v| v.0)
+        self.inner.lock().get(epoch).map_or(0, |v| v.seq)
     }
 
     pub fn len(&self) -> usize {
@@ -257,6 +316,36 @@ impl Marks {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// A replayed message's fingerprint in a batch list: CRC-32C of its subject and payload
+/// (headers included) as they cross the link. A hub counts a message off the list only
+/// when it matches, so a message that is not part of the replay (one that reached the
+/// link by another path while the replay ran) never advances the mark.
+pub fn fingerprint(subject: &[u8], payload: &[u8]) -> u32 {
+    // A space between (no subject holds one), so the split between them counts too.
+    let head = crc32c::crc32c_append(crc32c::crc32c(subject), b" ");
+    crc32c::crc32c_append(head, payload)
+}
+
+/// Bytes per entry of a batch list: the spool sequence (u64) and the fingerprint (u32),
+/// little-endian.
+const LIST_ENTRY: usize = 12;
+
+/// Parses a batch list (`$LSPOOL.B` payload); `None` when malformed or longer than a
+/// batch can be.
+pub fn parse_batch_list(payload: &[u8]) -> Option<VecDeque<(u64, u32)>> {
+    if !payload.len().is_multiple_of(LIST_ENTRY) || payload.len() / LIST_ENTRY > BATCH_MSGS {
+        return None;
+    }
+    let mut out = VecDeque::with_capacity(payload.len() / LIST_ENTRY);
+    for e in payload.chunks_exact(LIST_ENTRY) {
+        let (seq, fp) = e.split_at(8);
+        let seq = u64::from_le_bytes(seq.try_into().ok()?);
+        let fp = u32::from_le_bytes(fp.try_into().ok()?);
+        out.push_back((seq, fp));
+    }
+    Some(out)
 }
 
 impl Spool {
@@ -545,13 +634,27 @@ impl Spool {
                     self.finish(&mut inner);
                     true
                 } else {
+                    let mut out = Vec::with_capacity(batch.len());
                     for m in &batch {
-                        match self.send(&acc, &conn, m) {
-                            Sent::Yes => inner.outage.replayed += 1,
-                            Sent::Unwanted => inner.outage.unwanted += 1,
-                            Sent::StaleReply => inner.outage.stale += 1,
+                        match self.prepare(&acc, &conn, m) {
+                            Ok(p) => out.push(p),
+                            Err(Sent::Unwanted) => inner.outage.unwanted += 1,
+                            Err(Sent::StaleReply) => inner.outage.stale += 1,
                         }
                     }
+                    // A Canopy hub gets the batch's list first and counts each message
+                    // off it as it takes it in, so a cut inside the batch resumes after
+                    // the last message the hub handed on.
+                    if canopy_hub && !out.is_empty() {
+                        let b = format!("{CONTROL_PREFIX}B.{epoch}");
+                        if !send_control_with(&conn, &b, &batch_list(&out)) {
+                            return;
+                        }
+                    }
+                    for p in &out {
+                        self.emit(&conn, p);
+                    }
+                    inner.outage.replayed += out.len() as u64;
                     false
                 }
             };
@@ -692,16 +795,22 @@ impl Spool {
         );
     }
 
-    /// Sends one spooled message if the hub has interest in it now.
-    fn send(&self, acc: &Account, conn: &ConnShared, m: &canopy_store::StoredMsg) -> Sent {
+    /// Decides whether a spooled message goes to the hub now (the hub has interest in it,
+    /// and a request's requester still waits) and how it is framed.
+    fn prepare<'m>(
+        &self,
+        acc: &Account,
+        conn: &ConnShared,
+        m: &'m canopy_store::StoredMsg,
+    ) -> Result<Prepared<'m>, Sent> {
         let subject = m.subject();
         let raw = m.payload();
         let Some((len, rest)) = raw.split_first_chunk::<2>() else {
-            return Sent::Unwanted;
+            return Err(Sent::Unwanted);
         };
         let reply_len = usize::from(u16::from_le_bytes(*len));
         if rest.len() < reply_len {
-            return Sent::Unwanted;
+            return Err(Sent::Unwanted);
         }
         let (reply, body) = rest.split_at(reply_len);
         if let Some(deny) = conn.deny_send.get() {
@@ -709,24 +818,28 @@ impl Spool {
                 .iter()
                 .any(|d| canopy_subject::subject_matches(d, subject))
             {
-                return Sent::Unwanted;
+                return Err(Sent::Unwanted);
             }
         }
         let result = acc.sublist.matches(subject);
         let plain = result.psubs.iter().any(|s| s.conn.cid == conn.cid);
         // A group with a member here served the message when it was published (local
         // members are preferred): the hub's members of that group do not get it again.
-        let queues: Vec<&str> = result
-            .qsubs
-            .iter()
-            .filter(|g| {
-                g.members.iter().any(|s| s.conn.cid == conn.cid)
-                    && !g.members.iter().any(|s| s.conn.kind == ConnKind::Client)
-            })
-            .map(|g| g.name.as_ref())
-            .collect();
+        let queues: Vec<Arc<str>> = if plain {
+            Vec::new()
+        } else {
+            result
+                .qsubs
+                .iter()
+                .filter(|g| {
+                    g.members.iter().any(|s| s.conn.cid == conn.cid)
+                        && !g.members.iter().any(|s| s.conn.kind == ConnKind::Client)
+                })
+                .map(|g| g.name.clone())
+                .collect()
+        };
         if !plain && queues.is_empty() {
-            return Sent::Unwanted;
+            return Err(Sent::Unwanted);
         }
         let reply = (!reply.is_empty()).then_some(reply);
         if let Some(r) = reply {
@@ -741,40 +854,72 @@ impl Spool {
                         .any(|g| g.members.iter().any(|s| s.conn.cid != conn.cid))
             });
             if !alive {
-                return Sent::StaleReply;
+                return Err(Sent::StaleReply);
             }
         }
         let hdr = m.headers();
-        let joined;
         let (hdr_len, payload) = if hdr.is_empty() {
-            (None, body)
+            (None, std::borrow::Cow::Borrowed(body))
         } else {
-            joined = [hdr, body].concat();
-            (Some(hdr.len()), &joined[..])
+            (
+                Some(hdr.len()),
+                std::borrow::Cow::Owned([hdr, body].concat()),
+            )
         };
-        let queues = if plain { Vec::new() } else { queues };
+        Ok(Prepared {
+            seq: m.seq,
+            subject,
+            reply,
+            queues,
+            hdr_len,
+            payload,
+        })
+    }
+
+    /// Queues a prepared message on the link.
+    fn emit(&self, conn: &ConnShared, p: &Prepared<'_>) {
         let ok = conn.enqueue(|b| {
             canopy_proto::encode_lmsg(
                 b,
-                subject.as_bytes(),
-                reply,
-                queues.iter().map(|q| q.as_bytes()),
-                hdr_len,
-                payload,
+                p.subject.as_bytes(),
+                p.reply,
+                p.queues.iter().map(|q| q.as_bytes()),
+                p.hdr_len,
+                &p.payload,
             )
         });
         if ok {
             conn.stats.out_msgs.fetch_add(1, Ordering::Relaxed);
             conn.stats
                 .out_bytes
-                .fetch_add(payload.len() as u64, Ordering::Relaxed);
+                .fetch_add(p.payload.len() as u64, Ordering::Relaxed);
         }
-        Sent::Yes
     }
 }
 
-/// Queues a control message (no payload) on a leaf link.
-pub fn send_control(conn: &ConnShared, subject: &str) -> bool {
+/// A spooled message on its way to the hub.
+struct Prepared<'m> {
+    seq: u64,
+    subject: &'m str,
+    reply: Option<&'m [u8]>,
+    queues: Vec<Arc<str>>,
+    hdr_len: Option<usize>,
+    payload: std::borrow::Cow<'m, [u8]>,
+}
+
+/// A batch list (`$LSPOOL.B`): each message's spool sequence and fingerprint, in the order
+/// they are sent.
+fn batch_list(msgs: &[Prepared<'_>]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(msgs.len() * LIST_ENTRY);
+    for p in msgs {
+        out.extend_from_slice(&p.seq.to_le_bytes());
+        out.extend_from_slice(&fingerprint(p.subject.as_bytes(), &p.payload).to_le_bytes());
+    }
+    out
+}
+
+/// Queues a control message on a leaf link.
+pub fn send_control_with(conn: &ConnShared, subject: &str, payload: &[u8]) -> bool {
     conn.enqueue(|b| {
         canopy_proto::encode_lmsg(
             b,
@@ -782,13 +927,17 @@ pub fn send_control(conn: &ConnShared, subject: &str) -> bool {
             None,
             std::iter::empty::<&[u8]>(),
             None,
-            b"",
+            payload,
         )
     })
 }
 
+/// Queues a control message (no payload) on a leaf link.
+pub fn send_control(conn: &ConnShared, subject: &str) -> bool {
+    send_control_with(conn, subject, b"")
+}
+
 enum Sent {
-    Yes,
     Unwanted,
     StaleReply,
 }
@@ -812,5 +961,55 @@ pub fn capture(acc: &Account, msg: &Msg<'_>, origin: &Origin<'_>, held: &mut Vec
                 held.push(cid);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EPOCH: &str = "0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn a_newer_link_takes_the_count_over() {
+        let m = Marks::default();
+        assert_eq!(m.take_over(EPOCH, 1), 0);
+        assert!(m.advance(EPOCH, 1, 5));
+        // The leaf came back on link 2 while link 1 still drains its socket.
+        assert_eq!(m.take_over(EPOCH, 2), 5);
+        assert!(
+            !m.advance(EPOCH, 1, 6),
+            "the stale link must not move the mark"
+        );
+        assert_eq!(m.get(EPOCH), 5);
+        assert!(m.advance(EPOCH, 2, 6));
+        // Marks shared by another member only move forward and take no link.
+        m.record(EPOCH, 3);
+        assert_eq!(m.get(EPOCH), 6);
+        assert!(m.advance(EPOCH, 2, 7));
+    }
+
+    #[test]
+    fn a_forgotten_mark_is_made_again() {
+        let m = Marks::default();
+        assert!(m.advance(EPOCH, 9, 40));
+        assert_eq!(m.get(EPOCH), 40);
+        assert!(!m.advance("not-an-epoch", 9, 1));
+    }
+
+    #[test]
+    fn batch_lists_are_bounded() {
+        let mut list = Vec::new();
+        for seq in 1..=3u64 {
+            list.extend_from_slice(&seq.to_le_bytes());
+            list.extend_from_slice(&fingerprint(b"a.b", &seq.to_le_bytes()).to_le_bytes());
+        }
+        let parsed = parse_batch_list(&list).unwrap();
+        assert_eq!(parsed.len(), 3);
+        assert_eq!(parsed[2].0, 3);
+        assert_eq!(parsed[2].1, fingerprint(b"a.b", &3u64.to_le_bytes()));
+        assert!(parse_batch_list(&list[..list.len() - 1]).is_none());
+        assert!(parse_batch_list(&vec![0; LIST_ENTRY * (BATCH_MSGS + 1)]).is_none());
+        assert_ne!(fingerprint(b"a.b", b"x"), fingerprint(b"a.bx", b""));
     }
 }
