@@ -162,9 +162,9 @@ impl StreamConfig {
         if self.compression.is_none() {
             self.compression = Some("none".into());
         }
-        if self.metadata.as_ref().is_some_and(|m| m.is_empty()) {
-            self.metadata = None;
-        }
+        // Per-message TTLs and delete markers came with API level 1 (2.11).
+        let level = u32::from(self.allow_msg_ttl || self.subject_delete_marker_ttl > 0);
+        set_static_metadata(&mut self.metadata, level);
     }
 
     /// The store limits this configuration asks for.
@@ -303,6 +303,47 @@ pub struct ConsumerConfig {
     pub extra: Map<String, Value>,
 }
 
+/// nats-server 2.11's versioning metadata (ADR-44): the API level a stream or consumer
+/// needs is stored with its configuration; the server's version and level are added to
+/// every configuration a response carries, never stored.
+pub const META_REQ_LEVEL: &str = "_nats.req.level";
+pub const META_VERSION: &str = "_nats.ver";
+pub const META_LEVEL: &str = "_nats.level";
+
+/// Stores the required API level, dropping any response-only keys a client sent back.
+fn set_static_metadata(md: &mut Option<Map<String, Value>>, level: u32) {
+    let m = md.get_or_insert_with(Map::new);
+    m.remove(META_VERSION);
+    m.remove(META_LEVEL);
+    m.insert(META_REQ_LEVEL.into(), Value::String(level.to_string()));
+}
+
+/// Removes every versioning key (for comparisons); an emptied map becomes absent.
+pub fn strip_versioning(md: &mut Option<Map<String, Value>>) {
+    if let Some(m) = md {
+        for k in [META_REQ_LEVEL, META_VERSION, META_LEVEL] {
+            m.remove(k);
+        }
+        if m.is_empty() {
+            *md = None;
+        }
+    }
+}
+
+/// Adds the server's version and API level to a configuration on its way out.
+pub fn add_dynamic_metadata(config: &mut Value, version: &str, level: u32) {
+    let Some(c) = config.as_object_mut() else {
+        return;
+    };
+    let md = c
+        .entry("metadata")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if let Some(m) = md.as_object_mut() {
+        m.insert(META_VERSION.into(), Value::String(version.into()));
+        m.insert(META_LEVEL.into(), Value::String(level.to_string()));
+    }
+}
+
 /// `priority_policy` values.
 pub const PRIORITY_OVERFLOW: &str = "overflow";
 pub const PRIORITY_PINNED: &str = "pinned_client";
@@ -370,9 +411,23 @@ impl ConsumerConfig {
         if ephemeral && self.inactive_threshold == 0 {
             self.inactive_threshold = DEFAULT_INACTIVE_THRESHOLD;
         }
-        if self.metadata.as_ref().is_some_and(|m| m.is_empty()) {
-            self.metadata = None;
-        }
+        // Pause and priority groups came with API level 1 (2.11).
+        let level = u32::from(
+            self.pause_end().is_some()
+                || self.priority_policy.is_some()
+                || self.priority_timeout != 0
+                || !self.priority_groups.is_empty(),
+        );
+        set_static_metadata(&mut self.metadata, level);
+    }
+
+    /// Equal configurations, the server's versioning metadata aside (a consumer stored
+    /// before it was stamped compares equal to the same request now).
+    pub fn same_as(&self, other: &ConsumerConfig) -> bool {
+        let (mut a, mut b) = (self.clone(), other.clone());
+        strip_versioning(&mut a.metadata);
+        strip_versioning(&mut b.metadata);
+        a == b
     }
 }
 
@@ -393,4 +448,46 @@ pub struct SequenceInfo {
     pub stream_seq: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_active: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versioning_metadata_is_stored_and_stamped() {
+        let mut c: StreamConfig =
+            serde_json::from_str(r#"{"name":"S","metadata":{"_nats.ver":"9.9.9","k":"v"}}"#)
+                .unwrap();
+        c.normalize();
+        let md = c.metadata.clone().unwrap();
+        assert_eq!(md["_nats.req.level"], "0");
+        assert_eq!(md["k"], "v");
+        assert!(
+            !md.contains_key("_nats.ver"),
+            "response-only keys are not stored"
+        );
+        c.allow_msg_ttl = true;
+        c.normalize();
+        assert_eq!(c.metadata.as_ref().unwrap()["_nats.req.level"], "1");
+        let mut v = serde_json::to_value(&c).unwrap();
+        add_dynamic_metadata(&mut v, "2.11.0", 1);
+        assert_eq!(v["metadata"]["_nats.ver"], "2.11.0");
+        assert_eq!(v["metadata"]["_nats.level"], "1");
+
+        let mut a: ConsumerConfig = serde_json::from_str(r#"{"durable_name":"d"}"#).unwrap();
+        a.normalize(false);
+        assert_eq!(a.metadata.as_ref().unwrap()["_nats.req.level"], "0");
+        let mut p = a.clone();
+        p.priority_groups = vec!["g".into()];
+        p.priority_policy = Some(PRIORITY_OVERFLOW.into());
+        p.normalize(false);
+        assert_eq!(p.metadata.as_ref().unwrap()["_nats.req.level"], "1");
+        let mut stored = a.clone();
+        stored.metadata = None;
+        assert!(
+            stored.same_as(&a),
+            "a consumer stored unstamped is the same"
+        );
+    }
 }

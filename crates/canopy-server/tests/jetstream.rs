@@ -608,3 +608,58 @@ async fn push_deliveries_cross_a_stream_import() {
     }
     assert_eq!(got, ["orders.0", "orders.1", "orders.2"]);
 }
+
+/// nats-server 2.11's versioning metadata: the required API level is stored with each
+/// stream and consumer, the server's version and level are added to every configuration
+/// a response carries; sending a configuration back as it came (what `create_or_update`
+/// style clients do) is still the same configuration, before and after a restart.
+#[tokio::test]
+async fn versioning_metadata() {
+    let store = tempfile::tempdir().unwrap();
+    let mut s = start(store.path());
+    let (nc, js) = js(&s).await;
+    let version = nc.server_info().version;
+    let cfg = stream::Config {
+        name: "META".into(),
+        subjects: vec!["meta.>".into()],
+        metadata: [("owner".to_string(), "me".to_string())].into(),
+        ..Default::default()
+    };
+    let mut st = js.create_stream(cfg.clone()).await.unwrap();
+    let info = st.info().await.unwrap();
+    let md = &info.config.metadata;
+    assert_eq!(md.get("owner").map(String::as_str), Some("me"));
+    assert_eq!(md.get("_nats.req.level").map(String::as_str), Some("0"));
+    assert_eq!(md.get("_nats.ver"), Some(&version));
+    assert_eq!(md.get("_nats.level").map(String::as_str), Some("1"));
+    let ttl = js
+        .create_stream(stream::Config {
+            name: "META_TTL".into(),
+            subjects: vec!["ttl.>".into()],
+            allow_message_ttl: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let md = &ttl.cached_info().config.metadata;
+    assert_eq!(md.get("_nats.req.level").map(String::as_str), Some("1"));
+    // The configuration as the server returned it is the same configuration.
+    js.create_stream(info.config.clone()).await.unwrap();
+    let ccfg = consumer::pull::Config {
+        durable_name: Some("d".into()),
+        ..Default::default()
+    };
+    let c: consumer::PullConsumer = st.create_consumer(ccfg.clone()).await.unwrap();
+    let md = &c.cached_info().config.metadata;
+    assert_eq!(md.get("_nats.req.level").map(String::as_str), Some("0"));
+    assert_eq!(md.get("_nats.ver"), Some(&version));
+    drop(nc);
+    s.kill();
+    s = start(store.path());
+    let (_nc, js) = crate::js(&s).await;
+    let st = js.get_stream("META").await.unwrap();
+    js.create_stream(cfg).await.unwrap();
+    let c: consumer::PullConsumer = st.create_consumer(ccfg).await.unwrap();
+    let md = &c.cached_info().config.metadata;
+    assert_eq!(md.get("_nats.level").map(String::as_str), Some("1"));
+}

@@ -357,7 +357,7 @@ fn precheck(
 ) -> Result<Option<Value>, E> {
     check(cfg, c, limits.max_ack_pending)?;
     if let Some(existing) = c.consumers.get(cname) {
-        if existing.cfg == *cfg {
+        if existing.cfg.same_as(cfg) {
             return Ok(Some(info_of(c, existing)));
         }
         if action == "create" {

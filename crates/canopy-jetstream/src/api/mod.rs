@@ -60,6 +60,39 @@ fn envelope(kind: &str, r: Result<Value, E>) -> (Value, bool) {
     }
 }
 
+/// Adds the server's version and API level to the stream and consumer configurations a
+/// response carries (`_nats.ver`, `_nats.level`, as nats-server 2.11).
+fn stamped(engine: &Engine, kind: &str, mut r: Result<Value, E>) -> Result<Value, E> {
+    let list = match kind {
+        "stream_create_response"
+        | "stream_update_response"
+        | "stream_info_response"
+        | "consumer_create_response"
+        | "consumer_info_response" => None,
+        "stream_list_response" => Some("streams"),
+        "consumer_list_response" => Some("consumers"),
+        _ => return r,
+    };
+    let Ok(v) = r.as_mut() else {
+        return r;
+    };
+    let version = engine.host.info().version;
+    let stamp = |item: &mut Value| {
+        if let Some(c) = item.get_mut("config") {
+            crate::types::add_dynamic_metadata(c, &version, API_LEVEL);
+        }
+    };
+    match list {
+        None => stamp(v),
+        Some(l) => {
+            if let Some(items) = v.get_mut(l).and_then(Value::as_array_mut) {
+                items.iter_mut().for_each(stamp);
+            }
+        }
+    }
+    r
+}
+
 /// Response kinds with paging fields, and the list an error response still carries.
 const PAGED: &[(&str, Option<&str>)] = &[
     ("stream_info_response", None),
@@ -90,7 +123,7 @@ pub(crate) fn handle(engine: &Engine, job: ApiJob) {
         return;
     }
     let (kind, res) = route(engine, &account, &msg, &rest);
-    let (v, is_err) = envelope(kind, res);
+    let (v, is_err) = envelope(kind, stamped(engine, kind, res));
     engine.api_total.fetch_add(1, Ordering::Relaxed);
     account.api_total.fetch_add(1, Ordering::Relaxed);
     if is_err {
@@ -123,7 +156,7 @@ pub(crate) fn reply_to(
     kind: &str,
     res: Result<Value, E>,
 ) {
-    let (v, is_err) = envelope(kind, res);
+    let (v, is_err) = envelope(kind, stamped(engine, kind, res));
     engine.api_total.fetch_add(1, Ordering::Relaxed);
     account.api_total.fetch_add(1, Ordering::Relaxed);
     if is_err {

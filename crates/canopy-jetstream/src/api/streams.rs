@@ -206,6 +206,8 @@ pub(crate) fn same_config(a: &StreamConfig, b: &StreamConfig) -> bool {
     let mut b = b.clone();
     a.pedantic = false;
     b.pedantic = false;
+    crate::types::strip_versioning(&mut a.metadata);
+    crate::types::strip_versioning(&mut b.metadata);
     a == b
 }
 

@@ -32,6 +32,18 @@ const ALLOWED: &[(&str, Only, &str)] = &[
         Only::Canopy,
         "2.10 stream field",
     ),
+    // 2.11's versioning metadata (`_nats.req.level`, `_nats.ver`, `_nats.level`).
+    ("config.metadata", Only::Canopy, "2.11 versioning metadata"),
+    (
+        "streams.*.config.metadata",
+        Only::Canopy,
+        "2.11 versioning metadata",
+    ),
+    (
+        "consumers.*.config.metadata",
+        Only::Canopy,
+        "2.11 versioning metadata",
+    ),
     // Account info fields of 2.10 (reserved_*) and 2.11 (api.level, 0 = what Canopy has).
     ("reserved_memory", Only::Canopy, "2.10 account info field"),
     ("reserved_storage", Only::Canopy, "2.10 account info field"),
