@@ -663,3 +663,133 @@ async fn versioning_metadata() {
     let md = &c.cached_info().config.metadata;
     assert_eq!(md.get("_nats.level").map(String::as_str), Some("1"));
 }
+
+/// The seed's multi-region mesh with JetStream: three regional hubs, each a `cluster {}`
+/// (routes to itself: a meta group of one) with `jetstream { domain }`, each soliciting the
+/// other two as a leaf with `deny_imports/deny_exports: ["local.>"]`. Every region serves
+/// its own JetStream, and a client in one region reaches another region's JetStream by its
+/// domain across the mesh: streams, acknowledged publishes, KV.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_mesh_serves_jetstream_in_each_region() {
+    let regions = ["us", "eu", "ap"];
+    let lps: Vec<u16> = regions
+        .iter()
+        .map(|_| canopy_testkit::free_fixed_port())
+        .collect();
+    let stores: Vec<tempfile::TempDir> = regions
+        .iter()
+        .map(|_| tempfile::tempdir().unwrap())
+        .collect();
+    let mut hubs = Vec::new();
+    for (i, r) in regions.iter().enumerate() {
+        let cp = canopy_testkit::free_fixed_port();
+        let remotes: Vec<String> = lps
+            .iter()
+            .enumerate()
+            .filter(|&(j, _)| j != i)
+            .map(|(_, lp)| {
+                format!(
+                    "{{ urls: [\"nats-leaf://127.0.0.1:{lp}\"], deny_imports: [\"local.>\"], \
+                     deny_exports: [\"local.>\"] }}"
+                )
+            })
+            .collect();
+        let cfg = format!(
+            "server_name: {r}-hub-1\nlisten: 127.0.0.1:-1\nhttp: 127.0.0.1:-1\n\
+             cluster {{ name: {r}-cluster, listen: 127.0.0.1:{cp}, routes: [\"nats-route://127.0.0.1:{cp}\"] }}\n\
+             leafnodes {{ listen: 127.0.0.1:{}, remotes: [{}] }}\n\
+             jetstream {{ store_dir: \"{}\", domain: {r} }}\n",
+            lps[i],
+            remotes.join(", "),
+            stores[i].path().display()
+        );
+        hubs.push(ServerProcess::canopy(&cfg).unwrap_or_else(|e| panic!("{r}: {e}")));
+    }
+    for (h, r) in hubs.iter().zip(regions) {
+        canopy_testkit::assert_eventually!(
+            Duration::from_secs(20),
+            h.monitor("/jsz").unwrap()["meta_cluster"]["leader"] == format!("{r}-hub-1").as_str()
+                && h.monitor("/leafz").unwrap()["leafnodes"] == 4,
+            "{r}: no meta leader or mesh links: {} {}",
+            h.monitor("/jsz").unwrap()["meta_cluster"],
+            h.monitor("/leafz").unwrap()["leafnodes"]
+        );
+    }
+    // Each region's own JetStream, from its own clients.
+    let mut clients = Vec::new();
+    for (h, r) in hubs.iter().zip(regions) {
+        let nc = async_nats::connect(h.url()).await.unwrap();
+        let js = jetstream::new(nc.clone());
+        let info = js.query_account().await.unwrap();
+        assert_eq!(info.domain.as_deref(), Some(r));
+        js.create_stream(stream::Config {
+            name: format!("{}_EVENTS", r.to_uppercase()),
+            subjects: vec![format!("{r}.events.>")],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        clients.push(nc);
+    }
+    // From the US: the EU stream by its domain (the request crosses the mesh once its
+    // interest has), publishes acknowledged by the EU stream, and a KV bucket in APAC.
+    let us = clients[0].clone();
+    let eu = jetstream::with_domain(us.clone(), "eu");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut st = loop {
+        match eu.get_stream("EU_EVENTS").await {
+            Ok(s) => break s,
+            Err(e) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "EU's JetStream not reachable from the US: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let us_js = jetstream::new(us.clone());
+    for i in 0..10 {
+        let ack = us_js
+            .publish(format!("eu.events.{i}"), "x".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert_eq!(ack.stream, "EU_EVENTS");
+        assert_eq!(ack.domain, "eu");
+    }
+    assert_eq!(st.info().await.unwrap().state.messages, 10);
+    let ap = jetstream::with_domain(us, "ap");
+    let kv = loop {
+        match ap
+            .create_key_value(jetstream::kv::Config {
+                bucket: "settings".into(),
+                ..Default::default()
+            })
+            .await
+        {
+            Ok(kv) => break kv,
+            Err(e) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "APAC's JetStream not reachable from the US: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    kv.put("mode", "edge".into()).await.unwrap();
+    assert_eq!(kv.get("mode").await.unwrap().as_deref(), Some(&b"edge"[..]));
+    // The bucket lives in APAC only.
+    let ap_local = jetstream::new(clients[2].clone());
+    let local = ap_local.get_key_value("settings").await.unwrap();
+    assert_eq!(
+        local.get("mode").await.unwrap().as_deref(),
+        Some(&b"edge"[..])
+    );
+    assert!(jetstream::new(clients[0].clone())
+        .get_key_value("settings")
+        .await
+        .is_err());
+}
