@@ -37,7 +37,7 @@ use crate::util::now_ns;
 /// `errRespDelay`).
 const UNAVAILABLE_DELAY: Duration = Duration::from_millis(500);
 /// How long the meta leader waits for the stream infos of a list or account info.
-const GATHER_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const GATHER_TIMEOUT: Duration = Duration::from_secs(2);
 /// Stream list page size (as on one server).
 const LIST_LIMIT: usize = 256;
 const NAMES_LIMIT: usize = 1024;
@@ -60,6 +60,9 @@ enum MetaOp<'a> {
     Names,
     List,
     Stepdown,
+    PeerRemove(&'a str),
+    /// `SERVER.REMOVE`: served from the system account only (see [`Cluster::server_remove`]).
+    ServerRemove,
     /// Anything else: the leader runs the single-server handler (errors included).
     Local,
 }
@@ -77,6 +80,8 @@ fn classify(rest: &str) -> Class<'_> {
         ["INFO"] => Class::Meta(MetaOp::Info),
         ["STREAM", "CREATE", n] => Class::Meta(MetaOp::Create(n)),
         ["STREAM", "UPDATE", n] => Class::Meta(MetaOp::Update(n)),
+        ["STREAM", "PEER", "REMOVE", n] => Class::Meta(MetaOp::PeerRemove(n)),
+        ["SERVER", "REMOVE"] => Class::Meta(MetaOp::ServerRemove),
         ["STREAM", "DELETE", n] => Class::Meta(MetaOp::Delete(n)),
         ["STREAM", "NAMES"] => Class::Meta(MetaOp::Names),
         ["STREAM", "LIST"] => Class::Meta(MetaOp::List),
@@ -107,6 +112,13 @@ fn kind_of(rest: &str) -> &'static str {
         ("STREAM.MSG.GET.", "stream_msg_get_response"),
         ("STREAM.MSG.DELETE.", "stream_msg_delete_response"),
         ("META.LEADER.STEPDOWN", "meta_leader_stepdown_response"),
+        ("STREAM.LEADER.STEPDOWN.", "stream_leader_stepdown_response"),
+        (
+            "CONSUMER.LEADER.STEPDOWN.",
+            "consumer_leader_stepdown_response",
+        ),
+        ("STREAM.PEER.REMOVE.", "stream_remove_peer_response"),
+        ("SERVER.REMOVE", "meta_server_remove_response"),
         ("CONSUMER.CREATE.", "consumer_create_response"),
         ("CONSUMER.DURABLE.CREATE.", "consumer_create_response"),
         ("CONSUMER.INFO.", "consumer_info_response"),
@@ -142,8 +154,13 @@ impl Cluster {
                         _ => true,
                     };
                 }
-                let known = self.machine.state.lock().stream(&acc.name, name).is_some();
-                if known {
+                let assigned = self.machine.state.lock().stream(&acc.name, name).cloned();
+                if let Some(sa) = assigned {
+                    // Its hosts answer; when all of them are down, the meta leader does.
+                    let pull = rest.starts_with("CONSUMER.MSG.NEXT.");
+                    if is_leader && !direct && !pull && self.offline(&sa) {
+                        self.answer_later(acc, msg, rest, E::StreamOffline);
+                    }
                     return false;
                 }
                 if is_leader {
@@ -151,10 +168,13 @@ impl Cluster {
                     return true;
                 }
                 if leader.is_none() && self.is_fallback() {
-                    self.unavailable(acc, msg, rest);
+                    self.answer_later(acc, msg, rest, E::ClusterNotAvail);
                 }
                 false
             }
+            // Not from an account: the system account's own subscription serves it
+            // (nats-server ignores it from other accounts).
+            Class::Meta(MetaOp::ServerRemove) => false,
             Class::Meta(op) => {
                 if is_leader {
                     if op == MetaOp::Local {
@@ -162,15 +182,16 @@ impl Cluster {
                     }
                     self.meta_request(acc, msg, rest);
                 } else if leader.is_none() && self.is_fallback() {
-                    self.unavailable(acc, msg, rest);
+                    self.answer_later(acc, msg, rest, E::ClusterNotAvail);
                 }
                 false
             }
         }
     }
 
-    /// `10008`, after [`UNAVAILABLE_DELAY`].
-    fn unavailable(self: &Arc<Self>, acc: &Arc<Account>, msg: &JsMsg, rest: &str) {
+    /// An error answer (`10008`, `10118`) after [`UNAVAILABLE_DELAY`] (nats-server delays
+    /// them too, giving a member that can answer properly the chance to be first).
+    fn answer_later(self: &Arc<Self>, acc: &Arc<Account>, msg: &JsMsg, rest: &str, err: E) {
         let Some(reply) = msg.reply.clone() else {
             return;
         };
@@ -178,7 +199,30 @@ impl Cluster {
         self.rt.spawn(async move {
             tokio::time::sleep(UNAVAILABLE_DELAY).await;
             if let Some(e) = me.engine.upgrade() {
-                crate::api::reply_to(&e, &acc, &reply, kind, Err(E::ClusterNotAvail));
+                crate::api::reply_to(&e, &acc, &reply, kind, Err(err));
+            }
+        });
+    }
+
+    /// `$JS.API.SERVER.REMOVE` heard in the system account: the meta leader answers.
+    pub(crate) fn server_remove_request(self: &Arc<Self>, msg: JsMsg) {
+        let Some(reply) = msg.reply.clone() else {
+            return;
+        };
+        if !self.is_meta_leader() {
+            return;
+        }
+        let me = self.clone();
+        self.rt.spawn(async move {
+            let res = me.server_remove(&msg.payload).await;
+            if let Some(e) = me.engine.upgrade() {
+                crate::api::reply_in(
+                    &e,
+                    &me.system_account,
+                    &reply,
+                    "meta_server_remove_response",
+                    res,
+                );
             }
         });
     }
@@ -210,8 +254,9 @@ impl Cluster {
                         Err(e) => Err(e),
                     }
                 }
+                Class::Meta(MetaOp::PeerRemove(n)) => me.peer_remove(&acc, n, &body).await,
                 Class::Meta(MetaOp::Update(n)) => {
-                    match me.propose_update(&acc, n, &body, &reply).await {
+                    match me.propose_update(&engine, &acc, n, &body, &reply).await {
                         Ok(()) => return,
                         Err(e) => Err(e),
                     }
@@ -220,13 +265,13 @@ impl Cluster {
                     Ok(()) => return,
                     Err(e) => Err(e),
                 },
-                Class::Meta(MetaOp::Local) | Class::Stream { .. } => return,
+                Class::Meta(MetaOp::Local | MetaOp::ServerRemove) | Class::Stream { .. } => return,
             };
             crate::api::reply_to(&engine, &acc, &reply, kind, res);
         });
     }
 
-    async fn propose(&self, e: Entry) -> Result<(), E> {
+    pub(super) async fn propose(&self, e: Entry) -> Result<(), E> {
         let g = self.meta_group().ok_or(E::ClusterNotAvail)?;
         let body = serde_json::to_vec(&e).map_err(|err| E::StreamGeneral(err.to_string()))?;
         g.propose(bytes::Bytes::from(body)).await.map_err(|err| {
@@ -266,6 +311,7 @@ impl Cluster {
                     peers,
                     group,
                     created: now_ns(),
+                    founders: Vec::new(),
                 }
             }
         };
@@ -279,24 +325,19 @@ impl Cluster {
 
     async fn propose_update(
         &self,
-        acc: &Account,
+        engine: &Arc<Engine>,
+        acc: &Arc<Account>,
         name: &str,
         body: &[u8],
         reply: &str,
     ) -> Result<(), E> {
         let cfg = streams::parse_config(Some(name), body)?;
-        let old = self
-            .machine
-            .state
-            .lock()
-            .stream(&acc.name, name)
-            .cloned()
-            .ok_or(E::StreamNotFound)?;
-        if cfg.num_replicas.max(1) != old.config.num_replicas.max(1) {
-            return Err(E::StreamReplicasNotUpdatable);
-        }
+        let old = self.assignment(acc, name)?;
         streams::check_update(&old.config, &cfg)?;
         self.check_cluster_limits(acc, &cfg, Some(&old.config))?;
+        if cfg.num_replicas.max(1) != old.config.num_replicas.max(1) {
+            return self.propose_scale(engine, acc, old, cfg, reply).await;
+        }
         self.propose(Entry {
             action: Action::Update,
             stream: StreamAssignment { config: cfg, ..old },
@@ -306,19 +347,23 @@ impl Cluster {
     }
 
     async fn propose_delete(&self, acc: &Account, name: &str, reply: &str) -> Result<(), E> {
-        let sa = self
-            .machine
-            .state
-            .lock()
-            .stream(&acc.name, name)
-            .cloned()
-            .ok_or(E::StreamNotFound)?;
+        let sa = self.assignment(acc, name)?;
         self.propose(Entry {
             action: Action::Delete,
             stream: sa,
             reply: Some(reply.to_string()),
         })
         .await
+    }
+
+    /// The assignment of stream `name` of the account (10059 without one).
+    pub(super) fn assignment(&self, acc: &Account, name: &str) -> Result<StreamAssignment, E> {
+        self.machine
+            .state
+            .lock()
+            .stream(&acc.name, name)
+            .cloned()
+            .ok_or(E::StreamNotFound)
     }
 
     /// Subject overlap and the stream count, across the cluster.
@@ -549,7 +594,16 @@ mod tests {
                 direct: true
             }
         );
-        assert_eq!(classify("SERVER.REMOVE"), Class::Meta(MetaOp::Local));
+        assert_eq!(classify("SERVER.REMOVE"), Class::Meta(MetaOp::ServerRemove));
+        assert_eq!(
+            classify("STREAM.PEER.REMOVE.S"),
+            Class::Meta(MetaOp::PeerRemove("S"))
+        );
+        assert_eq!(classify("SERVER.EVACUATE"), Class::Meta(MetaOp::Local));
+        assert_eq!(
+            kind_of("STREAM.LEADER.STEPDOWN.S"),
+            "stream_leader_stepdown_response"
+        );
         assert_eq!(classify("NOPE"), Class::Meta(MetaOp::Local));
         assert_eq!(kind_of("STREAM.CREATE.S"), "stream_create_response");
         assert_eq!(kind_of("INFO"), "account_info_response");

@@ -1385,7 +1385,7 @@ impl Engine {
         Ok(())
     }
 
-    fn drop_stream(&self, acc: &Account, name: &str) {
+    pub(crate) fn drop_stream(&self, acc: &Account, name: &str) {
         if let Some(h) = acc.streams.write().remove(name) {
             self.stop_stream(&h);
         }
