@@ -113,6 +113,26 @@ async fn stepdown(nc: &async_nats::Client, kind: &str, what: &str, info: &str) -
     .await
 }
 
+/// Waits until only the stream's current hosts (per `info`) hold its directory.
+async fn copies_only_on(ms: &[Member], stream: &str, info: &Value) {
+    let hosts: Vec<String> = replica_names(info)
+        .into_iter()
+        .chain([leader_of(info)])
+        .collect();
+    for m in ms {
+        let dir = m.store.path().join("jetstream/$G/streams").join(stream);
+        let host = hosts.contains(&m.name);
+        eventually(Duration::from_secs(10), "copies", || async {
+            if dir.exists() == host {
+                Ok(())
+            } else {
+                Err(format!("{}: {} exists: {}", m.name, dir.display(), !host))
+            }
+        })
+        .await;
+    }
+}
+
 fn leader_of(info: &Value) -> String {
     info["cluster"]["leader"].as_str().unwrap().to_string()
 }
@@ -204,6 +224,13 @@ async fn a_peer_remove_moves_the_copy_to_another_member() {
         .unwrap();
     // A follower leaves; the fourth member takes its place.
     let gone = replica_names(&info)[0].clone();
+    // An R1 stream's copy cannot move without its data: 10075.
+    let one = create(&nc, json!({"name": "ONE", "subjects": ["one"]})).await;
+    let body = json!({"peer": leader_of(&one)}).to_string();
+    let r = request(&nc, "$JS.API.STREAM.PEER.REMOVE.ONE", &body)
+        .await
+        .unwrap();
+    assert_eq!(r["error"]["err_code"], 10075, "{r}");
     let errs = [
         ("", 10003),
         (r#"{"peer":"nobody"}"#, 10040),
@@ -295,6 +322,7 @@ async fn scaling_r1_to_r3_and_back_keeps_every_message_and_the_ack_floor() {
     let info = settled(&nc, "SC", 0).await;
     assert_eq!(info["state"]["messages"], 21, "{info}");
     assert_eq!(info["config"]["num_replicas"], 1, "{info}");
+    copies_only_on(&ms, "SC", &info).await;
     let ci = request(&nc, "$JS.API.CONSUMER.INFO.SC.D", "")
         .await
         .unwrap();
@@ -309,6 +337,15 @@ async fn scaling_r1_to_r3_and_back_keeps_every_message_and_the_ack_floor() {
         n += 1;
     }
     assert_eq!(n, 16);
+    // A memory stream cannot cross between R1 and R>1 (its data would not survive).
+    let mem = json!({"name": "MEM", "subjects": ["mem"], "storage": "memory"});
+    create(&nc, mem.clone()).await;
+    let mut up = mem;
+    up["num_replicas"] = json!(3);
+    let r = request(&nc, "$JS.API.STREAM.UPDATE.MEM", &up.to_string())
+        .await
+        .unwrap();
+    assert_eq!(r["error"]["err_code"], 10061, "{r}");
 }
 
 #[tokio::test]
@@ -417,4 +454,33 @@ async fn a_stream_whose_only_host_is_down_is_answered_offline() {
         "{got:?}"
     );
     assert_eq!(got[0]["error"]["code"], 500, "{got:?}");
+}
+
+#[tokio::test]
+async fn scaling_r3_to_r5_and_back_keeps_every_message() {
+    let ms = cluster(5);
+    let (nc, js) = js(ms[3].server()).await;
+    let cfg = json!({"name": "FIVE", "subjects": ["five"], "num_replicas": 3});
+    create(&nc, cfg.clone()).await;
+    publish(&js, "five", 12).await;
+    settled(&nc, "FIVE", 2).await;
+    let up = request(
+        &nc,
+        "$JS.API.STREAM.UPDATE.FIVE",
+        &json!({"num_replicas": 5, "name": "FIVE", "subjects": ["five"]}).to_string(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(up["config"]["num_replicas"], 5, "{up}");
+    let info = settled(&nc, "FIVE", 4).await;
+    assert_eq!(info["state"]["messages"], 12, "{info}");
+    publish(&js, "five", 1).await;
+    let down = request(&nc, "$JS.API.STREAM.UPDATE.FIVE", &cfg.to_string())
+        .await
+        .unwrap();
+    assert_eq!(down["config"]["num_replicas"], 3, "{down}");
+    let info = settled(&nc, "FIVE", 2).await;
+    assert_eq!(info["state"]["messages"], 13, "{info}");
+    // The copies of the two members that left are gone from their stores.
+    copies_only_on(&ms, "FIVE", &info).await;
 }

@@ -344,6 +344,43 @@ mod tests {
     }
 
     #[test]
+    fn a_copy_moved_away_is_removed_with_the_new_peers() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let m = MetaMachine::open("a", dir.path().join("s.json"), tx);
+        let mut r3 = sa("S", "a");
+        r3.peers = vec!["a".into(), "b".into(), "c".into()];
+        r3.group = "S-R3-x".into();
+        m.apply(1, &entry(Action::Create, r3.clone(), None));
+        let _ = rx.try_iter().count();
+        // `a` is replaced by `d`: it hands over and removes its copy and group.
+        let mut moved = r3.clone();
+        moved.peers = vec!["b".into(), "c".into(), "d".into()];
+        moved.founders = r3.peers.clone();
+        m.apply(2, &entry(Action::Update, moved, None));
+        match rx.try_recv() {
+            Ok(Job::Remove { group, peers, .. }) => {
+                assert_eq!(group, "S-R3-x");
+                assert_eq!(peers, vec!["b", "c", "d"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        // Scaled down to R1 on `a`: it keeps its copy, leaving the group.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let m = MetaMachine::open("a", dir.path().join("u.json"), tx);
+        m.apply(1, &entry(Action::Create, r3.clone(), None));
+        let _ = rx.try_iter().count();
+        let mut r1 = r3;
+        r1.peers = vec!["a".into()];
+        r1.group = String::new();
+        m.apply(2, &entry(Action::Update, r1, None));
+        assert!(matches!(
+            rx.try_recv(),
+            Ok(Job::Ensure { prev_group, .. }) if prev_group == "S-R3-x"
+        ));
+    }
+
+    #[test]
     fn a_restored_snapshot_reconciles_the_streams_this_member_hosts() {
         let dir = tempfile::tempdir().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
