@@ -3,11 +3,13 @@
 //! Every member hears every request (each subscribes `$JS.API.>` in the account, and the
 //! routes carry the request to all of them). [`Cluster::admit_api`] decides on each:
 //! - **meta requests** (account `INFO`, `STREAM.CREATE/UPDATE/DELETE`, `STREAM.NAMES/LIST`,
-//!   `META.LEADER.STEPDOWN`, and anything unknown): the meta leader answers, here;
-//! - **stream requests** (stream info, purge, message get/delete, Direct Get, every
-//!   `CONSUMER.*` of the stream, `MSG.NEXT`): the member holding the stream answers with the
-//!   ordinary single-server handlers; the meta leader answers "stream not found" when the
-//!   cluster knows no such stream;
+//!   `STREAM.PEER.REMOVE`, `META.LEADER.STEPDOWN`, and anything unknown): the meta leader
+//!   answers, here; `SERVER.REMOVE` only from the system account ([`super::ops`]);
+//! - **stream requests** (stream info, purge, message get/delete, Direct Get, leader
+//!   step-downs, every `CONSUMER.*` of the stream, `MSG.NEXT`): the member holding the
+//!   stream answers with the ordinary single-server handlers; the meta leader answers
+//!   "stream not found" when the cluster knows no such stream, and "stream is offline"
+//!   (10118) when all its hosts are down;
 //! - with **no meta leader**, one member (the lowest server name among this server and its
 //!   routed JetStream peers) answers `10008` "JetStream system temporarily unavailable"
 //!   after half a second, for meta requests and for streams it knows nothing of (nats-server

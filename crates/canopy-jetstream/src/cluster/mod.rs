@@ -17,7 +17,8 @@
 //! with every fresh peer that answered. A member started alone (routes to servers that are
 //! not up, as the seed's regional hubs) therefore forms a group of one after the grace
 //! period and serves on its own. The leader admits every routed JetStream peer that is not
-//! a member yet: as a learner, then as a voter. Members are never removed automatically.
+//! a member yet: as a learner, then as a voter. Members are never removed automatically;
+//! `$JS.API.SERVER.REMOVE` removes one ([`ops`]).
 //!
 //! **Two groups meeting.** Two members bootstrapped apart (a network split during the very
 //! first start) each lead their own group. When the routes join them, the leader sees a
