@@ -16,24 +16,43 @@ use js_cluster_common::*;
 /// Creates a stream (`$JS.API.STREAM.CREATE`) and returns the answer.
 async fn create(nc: &async_nats::Client, cfg: Value) -> Value {
     let name = cfg["name"].as_str().unwrap().to_string();
-    let got = request(
-        nc,
-        &format!("$JS.API.STREAM.CREATE.{name}"),
-        &cfg.to_string(),
-    )
-    .await
-    .expect("stream create answered");
+    let subject = format!("$JS.API.STREAM.CREATE.{name}");
+    // Sent again when unanswered (a create of the same configuration is idempotent).
+    let got = eventually(Duration::from_secs(30), "stream create", || async {
+        request(nc, &subject, &cfg.to_string())
+            .await
+            .filter(|v| v["error"]["err_code"] != 10008)
+            .ok_or_else(|| "no answer".to_string())
+    })
+    .await;
     assert!(got.get("error").is_none(), "{got}");
     got
 }
 
+/// Publishes `n` messages, each acknowledged. A publish whose ack does not come (a busy
+/// machine, an election) is sent again with the same `Nats-Msg-Id`, so it is stored once.
 async fn publish(js: &async_nats::jetstream::Context, subject: &str, n: usize) {
+    use async_nats::jetstream::message::PublishMessage;
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     for i in 0..n {
-        js.publish(subject.to_string(), format!("m{i}").into())
-            .await
-            .unwrap()
-            .await
-            .unwrap();
+        let id = NEXT
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            .to_string();
+        eventually(
+            Duration::from_secs(30),
+            "publish not acknowledged",
+            || async {
+                let m = PublishMessage::build()
+                    .payload(format!("m{i}").into())
+                    .message_id(&id);
+                let ack = js
+                    .send_publish(subject.to_string(), m)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                ack.await.map(|_| ()).map_err(|e| e.to_string())
+            },
+        )
+        .await;
     }
 }
 

@@ -126,10 +126,10 @@ pub async fn answers(nc: &async_nats::Client, subject: &str, body: &str) -> Vec<
     out
 }
 
-/// One request, the first answer (`None`: none within 3 s).
+/// One request, the first answer (`None`: none within 5 s).
 pub async fn request(nc: &async_nats::Client, subject: &str, body: &str) -> Option<Value> {
     let r = tokio::time::timeout(
-        Duration::from_secs(3),
+        Duration::from_secs(5),
         nc.request(subject.to_string(), body.to_string().into()),
     )
     .await;
