@@ -472,31 +472,52 @@ fn convert_up(
     sa: &StreamAssignment,
 ) -> Result<(), E> {
     let name = sa.name();
+    let h = acc.stream(name).ok_or(E::StreamNotFound)?;
+    let (old, uid) = (h.cfg.read().clone(), h.uid.clone());
+    drop(h);
     e.drop_stream(acc, name);
     let dir = acc.dir.join(name);
     // From now on the metadata is `replica.json` (written by the open below): the
     // single-server recovery must not open the stream on its own again.
-    if let Err(err) = std::fs::remove_file(dir.join("meta.json")) {
-        if err.kind() != std::io::ErrorKind::NotFound {
-            return Err(E::StreamUpdate(format!("{}: {err}", dir.display())));
+    let opened = match std::fs::remove_file(dir.join("meta.json")) {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+            Err(E::StreamUpdate(format!("{}: {err}", dir.display())))
         }
-    }
-    let spec = crate::replica::GroupSpec {
-        name: sa.group.clone(),
-        dir: c.dir.join(&sa.group),
-        me: c.me.clone(),
-        peers: sa.founders().iter().map(|p| Peer::new(p)).collect(),
-        bootstrap: true,
-        tuning: None,
+        _ => {
+            let spec = crate::replica::GroupSpec {
+                name: sa.group.clone(),
+                dir: c.dir.join(&sa.group),
+                me: c.me.clone(),
+                peers: sa.founders().iter().map(|p| Peer::new(p)).collect(),
+                bootstrap: true,
+                tuning: None,
+            };
+            c.rt.block_on(e.open_replicated_stream(
+                &acc.name,
+                sa.config.clone(),
+                sa.created,
+                spec,
+                c.transport(),
+            ))
+            .map_err(|err| E::StreamUpdate(err.to_string()))
+        }
     };
-    c.rt.block_on(e.open_replicated_stream(
-        &acc.name,
-        sa.config.clone(),
-        sa.created,
-        spec,
-        c.transport(),
-    ))
-    .map_err(|err| E::StreamUpdate(err.to_string()))?;
+    if let Err(err) = opened {
+        // Serve the data as before rather than not at all.
+        tracing::error!(
+            "JetStream cluster: stream {:?} > {name:?} could not become replicated: {}",
+            acc.name,
+            crate::api::errors::ApiError::from(err.clone())
+        );
+        if let Err(e2) = e.open_stream(acc, old, sa.created, uid, false) {
+            tracing::error!(
+                "JetStream cluster: stream {:?} > {name:?} could not reopen either: {}",
+                acc.name,
+                crate::api::errors::ApiError::from(e2)
+            );
+        }
+        return Err(err);
+    }
     let g = e
         .raft_group(&acc.name, name)
         .ok_or_else(|| E::StreamUpdate("the stream's group did not open".into()))?;
