@@ -437,6 +437,14 @@ async fn a_stream_whose_only_host_is_down_is_answered_offline() {
     let mut ms = cluster(3);
     let (nc, _js) = js(ms[0].server()).await;
     let created = create(&nc, json!({"name": "OFF", "subjects": ["off"]})).await;
+    let c = request(
+        &nc,
+        "$JS.API.CONSUMER.DURABLE.CREATE.OFF.C",
+        r#"{"stream_name":"OFF","config":{"durable_name":"C","ack_policy":"explicit"}}"#,
+    )
+    .await
+    .unwrap();
+    assert!(c.get("error").is_none(), "{c}");
     let host = leader_of(&created);
     // The meta leader answers for it: make sure that is another member.
     if wait_formed(&ms, 3) == host {
@@ -473,6 +481,11 @@ async fn a_stream_whose_only_host_is_down_is_answered_offline() {
         "{got:?}"
     );
     assert_eq!(got[0]["error"]["code"], 500, "{got:?}");
+    // The consumers are not in the meta state (they live with the stream): whatever the
+    // consumer, its info is offline too.
+    let ci = answers(&nc, "$JS.API.CONSUMER.INFO.OFF.C", "").await;
+    assert_eq!(ci.len(), 1, "{ci:?}");
+    assert_eq!(ci[0]["error"]["err_code"], 10119, "{ci:?}");
 }
 
 #[tokio::test]

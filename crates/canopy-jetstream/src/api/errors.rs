@@ -38,6 +38,8 @@ pub enum E {
     RaftGeneral(String),
     /// 10118: every server holding the stream is down.
     StreamOffline,
+    /// 10119: every server holding the consumer (its stream's) is down.
+    ConsumerOffline,
     ClusteredReplicasNotAvailable,
     InsufficientResources,
     AccountResourcesExceeded,
@@ -158,6 +160,7 @@ impl E {
             PeerRemap => (503, 10075, s("peer remap failed")),
             RaftGeneral(e) => (500, 10041, e.clone()),
             StreamOffline => (500, 10118, s("stream is offline")),
+            ConsumerOffline => (500, 10119, s("consumer is offline")),
             ClusteredReplicasNotAvailable => (
                 500,
                 10074,

@@ -9,7 +9,7 @@
 //!   step-downs, every `CONSUMER.*` of the stream, `MSG.NEXT`): the member holding the
 //!   stream answers with the ordinary single-server handlers; the meta leader answers
 //!   "stream not found" when the cluster knows no such stream, and "stream is offline"
-//!   (10118) when all its hosts are down;
+//!   (10118; consumer info: 10119 "consumer is offline") when all its hosts are down;
 //! - with **no meta leader**, one member (the lowest server name among this server and its
 //!   routed JetStream peers) answers `10008` "JetStream system temporarily unavailable"
 //!   after half a second, for meta requests and for streams it knows nothing of (nats-server
@@ -158,10 +158,17 @@ impl Cluster {
                 }
                 let assigned = self.machine.state.lock().stream(&acc.name, name).cloned();
                 if let Some(sa) = assigned {
-                    // Its hosts answer; when all of them are down, the meta leader does.
-                    let pull = rest.starts_with("CONSUMER.MSG.NEXT.");
-                    if is_leader && !direct && !pull && self.offline(&sa) {
-                        self.answer_later(acc, msg, rest, E::StreamOffline);
+                    // Its hosts answer; when all of them are down, the meta leader answers
+                    // the info requests (as nats-server: the others stay unanswered).
+                    let offline = if rest.starts_with("STREAM.INFO.") {
+                        Some(E::StreamOffline)
+                    } else if rest.starts_with("CONSUMER.INFO.") {
+                        Some(E::ConsumerOffline)
+                    } else {
+                        None
+                    };
+                    if let Some(err) = offline.filter(|_| is_leader && self.offline(&sa)) {
+                        self.answer_later(acc, msg, rest, err);
                     }
                     return false;
                 }
