@@ -263,17 +263,7 @@ async fn a_peer_remove_moves_the_copy_to_another_member() {
     }
     let body = json!({"peer": gone}).to_string();
     succeeds(&nc, "STREAM.PEER.REMOVE.PR", &body, "stream_remove_peer").await;
-    let info = eventually(Duration::from_secs(30), "the copy did not move", || async {
-        let i = settled(&nc, "PR", 2).await;
-        let mut all = replica_names(&i);
-        all.push(leader_of(&i));
-        if all.contains(&spare) && !all.contains(&gone) {
-            Ok(i)
-        } else {
-            Err(i.to_string())
-        }
-    })
-    .await;
+    let info = moved(&nc, "PR", &gone, &spare).await;
     assert_eq!(info["state"]["messages"], 10, "{info}");
     // The new copy holds the data: it can lead.
     let to = json!({"placement": {"preferred": spare}}).to_string();
@@ -295,6 +285,29 @@ async fn a_peer_remove_moves_the_copy_to_another_member() {
     let i = settled(&nc, "PR", 2).await;
     assert_eq!(i["state"]["messages"], 10, "{i}");
     assert!(created["cluster"]["leader"].is_string());
+    // Removing the leader's copy: it hands the group over, then leaves.
+    let body = json!({"peer": spare}).to_string();
+    succeeds(&nc, "STREAM.PEER.REMOVE.PR", &body, "stream_remove_peer").await;
+    let info = moved(&nc, "PR", &spare, &gone).await;
+    assert_eq!(info["state"]["messages"], 10, "{info}");
+    publish(&js, "pr", 1).await;
+    let info = settled(&nc, "PR", 2).await;
+    assert_eq!(info["state"]["messages"], 11, "{info}");
+}
+
+/// Waits until `stream`'s copies (leader and current replicas) include `to` and not `from`.
+async fn moved(nc: &async_nats::Client, stream: &str, from: &str, to: &str) -> Value {
+    eventually(Duration::from_secs(30), "the copy did not move", || async {
+        let i = settled(nc, stream, 2).await;
+        let mut all = replica_names(&i);
+        all.push(leader_of(&i));
+        if all.iter().any(|n| n == to) && !all.iter().any(|n| n == from) {
+            Ok(i)
+        } else {
+            Err(i.to_string())
+        }
+    })
+    .await
 }
 
 #[tokio::test]
