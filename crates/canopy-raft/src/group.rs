@@ -532,6 +532,49 @@ impl Group {
         }
     }
 
+    /// Takes a snapshot of everything applied and drops the log it covers (bounded by
+    /// `within`). Members added afterwards then receive the snapshot instead of replaying
+    /// the log: needed when the state machine held data before the group existed (a
+    /// single-server stream turned replicated), which no log entry carries.
+    pub async fn compact(&self, within: Duration) -> Result<u64, ProposeError> {
+        let raft = &self.inner.raft;
+        let applied = self
+            .metrics()
+            .last_applied
+            .map(|l| l.index)
+            .ok_or_else(|| ProposeError::Fatal("nothing applied yet".into()))?;
+        raft.trigger()
+            .snapshot()
+            .await
+            .map_err(|_| ProposeError::Shutdown)?;
+        let snapshot = |m: &Metrics| m.snapshot.is_some_and(|s| s.index >= applied);
+        self.wait_for(within, snapshot, "snapshot taken").await?;
+        raft.trigger()
+            .purge_log(applied)
+            .await
+            .map_err(|_| ProposeError::Shutdown)?;
+        // A member added before the purge is done would be sent the log, not the snapshot.
+        let purged = |m: &Metrics| m.purged.is_some_and(|p| p.index >= applied);
+        self.wait_for(within, purged, "log purged").await?;
+        Ok(applied)
+    }
+
+    /// Waits (at most `within`) until the metrics satisfy `pred`.
+    async fn wait_for(
+        &self,
+        within: Duration,
+        pred: impl Fn(&Metrics) -> bool + Send,
+        what: &str,
+    ) -> Result<(), ProposeError> {
+        match self.inner.raft.wait(Some(within)).metrics(pred, what).await {
+            Ok(_) => Ok(()),
+            Err(_) => Err(ProposeError::Fatal(format!(
+                "group {}: not {what} within {within:?}",
+                self.inner.cfg.name
+            ))),
+        }
+    }
+
     /// The group's current state.
     pub fn status(&self) -> Status {
         let m = self.metrics();

@@ -6,123 +6,12 @@
 
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, consumer, stream};
+use async_nats::jetstream::{consumer, stream};
 use canopy_testkit::{assert_eventually, free_fixed_port, ServerProcess};
 use futures::StreamExt;
-use serde_json::Value;
 
-/// One member's config: routes to every member, itself included (as the official Helm
-/// chart renders them).
-fn member_config(name: &str, port: u16, all: &[u16], store: &std::path::Path) -> String {
-    let routes: Vec<String> = all
-        .iter()
-        .map(|p| format!("nats-route://127.0.0.1:{p}"))
-        .collect();
-    format!(
-        "server_name: {name}\nlisten: 127.0.0.1:-1\nhttp: 127.0.0.1:-1\n\
-         cluster {{ name: c1, listen: 127.0.0.1:{port}, routes: [{}] }}\n\
-         jetstream {{ store_dir: \"{}\" }}\n",
-        routes.join(", "),
-        store.display()
-    )
-}
-
-struct Member {
-    name: String,
-    port: u16,
-    store: tempfile::TempDir,
-    proc: Option<ServerProcess>,
-}
-
-impl Member {
-    fn server(&self) -> &ServerProcess {
-        self.proc.as_ref().unwrap()
-    }
-
-    fn meta(&self) -> Value {
-        self.server()
-            .monitor("/jsz")
-            .map(|v| v["meta_cluster"].clone())
-            .unwrap_or(Value::Null)
-    }
-}
-
-fn members(n: usize) -> (Vec<Member>, Vec<u16>) {
-    let ports: Vec<u16> = (0..n).map(|_| free_fixed_port()).collect();
-    let ms = (0..n)
-        .map(|i| Member {
-            name: format!("m{i}"),
-            port: ports[i],
-            store: tempfile::tempdir().unwrap(),
-            proc: None,
-        })
-        .collect();
-    (ms, ports)
-}
-
-fn start(m: &mut Member, all: &[u16]) {
-    let cfg = member_config(&m.name, m.port, all, m.store.path());
-    m.proc = Some(ServerProcess::canopy(&cfg).expect("start"));
-}
-
-/// Starts `n` members and waits until all agree on a meta leader of a group of `n`.
-fn cluster(n: usize) -> Vec<Member> {
-    let (mut ms, ports) = members(n);
-    for m in &mut ms {
-        start(m, &ports);
-    }
-    wait_formed(&ms, n);
-    ms
-}
-
-fn wait_formed(ms: &[Member], n: usize) -> String {
-    let mut leader;
-    assert_eventually!(
-        Duration::from_secs(30),
-        {
-            let metas: Vec<Value> = ms
-                .iter()
-                .filter(|m| m.proc.is_some())
-                .map(Member::meta)
-                .collect();
-            let l = metas[0]["leader"].as_str().unwrap_or("").to_string();
-            let ok = !l.is_empty()
-                && metas
-                    .iter()
-                    .all(|v| v["leader"] == l.as_str() && v["cluster_size"] == n as u64);
-            leader = l;
-            ok
-        },
-        "the meta group did not form: {:?}",
-        ms.iter()
-            .filter(|m| m.proc.is_some())
-            .map(Member::meta)
-            .collect::<Vec<_>>()
-    );
-    leader
-}
-
-async fn js(s: &ServerProcess) -> (async_nats::Client, jetstream::Context) {
-    let nc = async_nats::connect(s.url()).await.unwrap();
-    (nc.clone(), jetstream::new(nc))
-}
-
-/// Sends a request with a reply inbox of our own and counts the answers within a second.
-async fn answers(nc: &async_nats::Client, subject: &str, body: &str) -> Vec<Value> {
-    let inbox = nc.new_inbox();
-    let mut sub = nc.subscribe(inbox.clone()).await.unwrap();
-    nc.flush().await.unwrap();
-    nc.publish_with_reply(subject.to_string(), inbox, body.to_string().into())
-        .await
-        .unwrap();
-    nc.flush().await.unwrap();
-    let mut out = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(1500);
-    while let Ok(Some(m)) = tokio::time::timeout_at(deadline, sub.next()).await {
-        out.push(serde_json::from_slice(&m.payload).unwrap_or(Value::Null));
-    }
-    out
-}
+mod js_cluster_common;
+use js_cluster_common::*;
 
 #[tokio::test]
 async fn r1_streams_in_a_three_member_cluster() {

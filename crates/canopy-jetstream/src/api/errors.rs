@@ -26,6 +26,20 @@ pub enum E {
     /// 10008: no quorum, or no leader yet (`JSClusterNotAvailErr`).
     ClusterNotAvail,
     ClusterNoPeers(String),
+    /// 10040: `STREAM.PEER.REMOVE` names a server that holds no copy of the stream.
+    ClusterPeerNotMember,
+    /// 10044: `SERVER.REMOVE` names a server that is not in the meta group.
+    ClusterServerNotMember,
+    /// 10202: another member change of the meta group is still in progress.
+    ClusterServerMemberChangeInflight,
+    /// 10075: no replacement for a removed peer.
+    PeerRemap,
+    /// 10041: a Raft operation (a leader step-down) failed.
+    RaftGeneral(String),
+    /// 10118: every server holding the stream is down.
+    StreamOffline,
+    /// 10119: every server holding the consumer (its stream's) is down.
+    ConsumerOffline,
     ClusteredReplicasNotAvailable,
     InsufficientResources,
     AccountResourcesExceeded,
@@ -138,6 +152,15 @@ impl E {
             NotEnabledForAccount => (503, 10039, s("JetStream not enabled for account")),
             ClusterRequired => (503, 10010, s("JetStream clustering support required")),
             ClusterNoPeers(e) => (400, 10005, e.clone()),
+            ClusterPeerNotMember => (400, 10040, s("peer not a member")),
+            ClusterServerNotMember => (400, 10044, s("server is not a member of the cluster")),
+            ClusterServerMemberChangeInflight => {
+                (400, 10202, s("cluster member change is in progress"))
+            }
+            PeerRemap => (503, 10075, s("peer remap failed")),
+            RaftGeneral(e) => (500, 10041, e.clone()),
+            StreamOffline => (500, 10118, s("stream is offline")),
+            ConsumerOffline => (500, 10119, s("consumer is offline")),
             ClusteredReplicasNotAvailable => (
                 500,
                 10074,

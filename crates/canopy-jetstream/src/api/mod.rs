@@ -156,16 +156,30 @@ pub(crate) fn reply_to(
     kind: &str,
     res: Result<Value, E>,
 ) {
+    account.api_total.fetch_add(1, Ordering::Relaxed);
+    if res.is_err() {
+        account.api_errors.fetch_add(1, Ordering::Relaxed);
+    }
+    reply_in(engine, &account.name, reply, kind, res);
+}
+
+/// Answers `reply` in `account` (which need not have JetStream: the system account's
+/// `SERVER.REMOVE`), counted on the engine only.
+pub(crate) fn reply_in(
+    engine: &Engine,
+    account: &str,
+    reply: &str,
+    kind: &str,
+    res: Result<Value, E>,
+) {
     let (v, is_err) = envelope(kind, stamped(engine, kind, res));
     engine.api_total.fetch_add(1, Ordering::Relaxed);
-    account.api_total.fetch_add(1, Ordering::Relaxed);
     if is_err {
         engine.api_errors.fetch_add(1, Ordering::Relaxed);
-        account.api_errors.fetch_add(1, Ordering::Relaxed);
     }
     engine
         .host
-        .publish(&account.name, reply, None, None, v.to_string().as_bytes());
+        .publish(account, reply, None, None, v.to_string().as_bytes());
 }
 
 /// The stream of a consumer create request (`CONSUMER.CREATE.<s>…`,
@@ -260,6 +274,14 @@ fn route_more(e: &Engine, acc: &Arc<Account>, rest: &str, body: &[u8]) -> Reply 
             ("consumer_unpin_response", consumers::unpin(acc, s, c, body))
         }
         ["CONSUMER", "DELETE", s, c] => ("consumer_delete_response", consumers::delete(acc, s, c)),
+        ["CONSUMER", "LEADER", "STEPDOWN", s, c] => (
+            "consumer_leader_stepdown_response",
+            crate::cluster::ops::leader_stepdown(e, acc, s, Some(c), body),
+        ),
+        ["STREAM", "LEADER", "STEPDOWN", s] => (
+            "stream_leader_stepdown_response",
+            crate::cluster::ops::leader_stepdown(e, acc, s, None, body),
+        ),
         ["CONSUMER", "LEADER", "STEPDOWN", ..] => {
             ("consumer_leader_stepdown_response", Err(E::ClusterRequired))
         }

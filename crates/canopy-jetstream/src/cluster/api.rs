@@ -3,11 +3,13 @@
 //! Every member hears every request (each subscribes `$JS.API.>` in the account, and the
 //! routes carry the request to all of them). [`Cluster::admit_api`] decides on each:
 //! - **meta requests** (account `INFO`, `STREAM.CREATE/UPDATE/DELETE`, `STREAM.NAMES/LIST`,
-//!   `META.LEADER.STEPDOWN`, and anything unknown): the meta leader answers, here;
-//! - **stream requests** (stream info, purge, message get/delete, Direct Get, every
-//!   `CONSUMER.*` of the stream, `MSG.NEXT`): the member holding the stream answers with the
-//!   ordinary single-server handlers; the meta leader answers "stream not found" when the
-//!   cluster knows no such stream;
+//!   `STREAM.PEER.REMOVE`, `META.LEADER.STEPDOWN`, and anything unknown): the meta leader
+//!   answers, here; `SERVER.REMOVE` only from the system account ([`super::ops`]);
+//! - **stream requests** (stream info, purge, message get/delete, Direct Get, leader
+//!   step-downs, every `CONSUMER.*` of the stream, `MSG.NEXT`): the member holding the
+//!   stream answers with the ordinary single-server handlers; the meta leader answers
+//!   "stream not found" when the cluster knows no such stream, and "stream is offline"
+//!   (10118; consumer info: 10119 "consumer is offline") when all its hosts are down;
 //! - with **no meta leader**, one member (the lowest server name among this server and its
 //!   routed JetStream peers) answers `10008` "JetStream system temporarily unavailable"
 //!   after half a second, for meta requests and for streams it knows nothing of (nats-server
@@ -37,7 +39,7 @@ use crate::util::now_ns;
 /// `errRespDelay`).
 const UNAVAILABLE_DELAY: Duration = Duration::from_millis(500);
 /// How long the meta leader waits for the stream infos of a list or account info.
-const GATHER_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const GATHER_TIMEOUT: Duration = Duration::from_secs(2);
 /// Stream list page size (as on one server).
 const LIST_LIMIT: usize = 256;
 const NAMES_LIMIT: usize = 1024;
@@ -60,6 +62,9 @@ enum MetaOp<'a> {
     Names,
     List,
     Stepdown,
+    PeerRemove(&'a str),
+    /// `SERVER.REMOVE`: served from the system account only (see [`Cluster::server_remove`]).
+    ServerRemove,
     /// Anything else: the leader runs the single-server handler (errors included).
     Local,
 }
@@ -77,6 +82,8 @@ fn classify(rest: &str) -> Class<'_> {
         ["INFO"] => Class::Meta(MetaOp::Info),
         ["STREAM", "CREATE", n] => Class::Meta(MetaOp::Create(n)),
         ["STREAM", "UPDATE", n] => Class::Meta(MetaOp::Update(n)),
+        ["STREAM", "PEER", "REMOVE", n] => Class::Meta(MetaOp::PeerRemove(n)),
+        ["SERVER", "REMOVE"] => Class::Meta(MetaOp::ServerRemove),
         ["STREAM", "DELETE", n] => Class::Meta(MetaOp::Delete(n)),
         ["STREAM", "NAMES"] => Class::Meta(MetaOp::Names),
         ["STREAM", "LIST"] => Class::Meta(MetaOp::List),
@@ -107,6 +114,13 @@ fn kind_of(rest: &str) -> &'static str {
         ("STREAM.MSG.GET.", "stream_msg_get_response"),
         ("STREAM.MSG.DELETE.", "stream_msg_delete_response"),
         ("META.LEADER.STEPDOWN", "meta_leader_stepdown_response"),
+        ("STREAM.LEADER.STEPDOWN.", "stream_leader_stepdown_response"),
+        (
+            "CONSUMER.LEADER.STEPDOWN.",
+            "consumer_leader_stepdown_response",
+        ),
+        ("STREAM.PEER.REMOVE.", "stream_remove_peer_response"),
+        ("SERVER.REMOVE", "meta_server_remove_response"),
         ("CONSUMER.CREATE.", "consumer_create_response"),
         ("CONSUMER.DURABLE.CREATE.", "consumer_create_response"),
         ("CONSUMER.INFO.", "consumer_info_response"),
@@ -142,8 +156,20 @@ impl Cluster {
                         _ => true,
                     };
                 }
-                let known = self.machine.state.lock().stream(&acc.name, name).is_some();
-                if known {
+                let assigned = self.machine.state.lock().stream(&acc.name, name).cloned();
+                if let Some(sa) = assigned {
+                    // Its hosts answer; when all of them are down, the meta leader answers
+                    // the info requests (as nats-server: the others stay unanswered).
+                    let offline = if rest.starts_with("STREAM.INFO.") {
+                        Some(E::StreamOffline)
+                    } else if rest.starts_with("CONSUMER.INFO.") {
+                        Some(E::ConsumerOffline)
+                    } else {
+                        None
+                    };
+                    if let Some(err) = offline.filter(|_| is_leader && self.offline(&sa)) {
+                        self.answer_later(acc, msg, rest, err);
+                    }
                     return false;
                 }
                 if is_leader {
@@ -151,10 +177,13 @@ impl Cluster {
                     return true;
                 }
                 if leader.is_none() && self.is_fallback() {
-                    self.unavailable(acc, msg, rest);
+                    self.answer_later(acc, msg, rest, E::ClusterNotAvail);
                 }
                 false
             }
+            // Not from an account: the system account's own subscription serves it
+            // (nats-server ignores it from other accounts).
+            Class::Meta(MetaOp::ServerRemove) => false,
             Class::Meta(op) => {
                 if is_leader {
                     if op == MetaOp::Local {
@@ -162,15 +191,16 @@ impl Cluster {
                     }
                     self.meta_request(acc, msg, rest);
                 } else if leader.is_none() && self.is_fallback() {
-                    self.unavailable(acc, msg, rest);
+                    self.answer_later(acc, msg, rest, E::ClusterNotAvail);
                 }
                 false
             }
         }
     }
 
-    /// `10008`, after [`UNAVAILABLE_DELAY`].
-    fn unavailable(self: &Arc<Self>, acc: &Arc<Account>, msg: &JsMsg, rest: &str) {
+    /// An error answer (`10008`, `10118`) after [`UNAVAILABLE_DELAY`] (nats-server delays
+    /// them too, giving a member that can answer properly the chance to be first).
+    fn answer_later(self: &Arc<Self>, acc: &Arc<Account>, msg: &JsMsg, rest: &str, err: E) {
         let Some(reply) = msg.reply.clone() else {
             return;
         };
@@ -178,7 +208,30 @@ impl Cluster {
         self.rt.spawn(async move {
             tokio::time::sleep(UNAVAILABLE_DELAY).await;
             if let Some(e) = me.engine.upgrade() {
-                crate::api::reply_to(&e, &acc, &reply, kind, Err(E::ClusterNotAvail));
+                crate::api::reply_to(&e, &acc, &reply, kind, Err(err));
+            }
+        });
+    }
+
+    /// `$JS.API.SERVER.REMOVE` heard in the system account: the meta leader answers.
+    pub(crate) fn server_remove_request(self: &Arc<Self>, msg: JsMsg) {
+        let Some(reply) = msg.reply.clone() else {
+            return;
+        };
+        if !self.is_meta_leader() {
+            return;
+        }
+        let me = self.clone();
+        self.rt.spawn(async move {
+            let res = me.server_remove(&msg.payload).await;
+            if let Some(e) = me.engine.upgrade() {
+                crate::api::reply_in(
+                    &e,
+                    &me.system_account,
+                    &reply,
+                    "meta_server_remove_response",
+                    res,
+                );
             }
         });
     }
@@ -210,8 +263,9 @@ impl Cluster {
                         Err(e) => Err(e),
                     }
                 }
+                Class::Meta(MetaOp::PeerRemove(n)) => me.peer_remove(&acc, n, &body).await,
                 Class::Meta(MetaOp::Update(n)) => {
-                    match me.propose_update(&acc, n, &body, &reply).await {
+                    match me.propose_update(&engine, &acc, n, &body, &reply).await {
                         Ok(()) => return,
                         Err(e) => Err(e),
                     }
@@ -220,13 +274,13 @@ impl Cluster {
                     Ok(()) => return,
                     Err(e) => Err(e),
                 },
-                Class::Meta(MetaOp::Local) | Class::Stream { .. } => return,
+                Class::Meta(MetaOp::Local | MetaOp::ServerRemove) | Class::Stream { .. } => return,
             };
             crate::api::reply_to(&engine, &acc, &reply, kind, res);
         });
     }
 
-    async fn propose(&self, e: Entry) -> Result<(), E> {
+    pub(super) async fn propose(&self, e: Entry) -> Result<(), E> {
         let g = self.meta_group().ok_or(E::ClusterNotAvail)?;
         let body = serde_json::to_vec(&e).map_err(|err| E::StreamGeneral(err.to_string()))?;
         g.propose(bytes::Bytes::from(body)).await.map_err(|err| {
@@ -266,6 +320,7 @@ impl Cluster {
                     peers,
                     group,
                     created: now_ns(),
+                    founders: Vec::new(),
                 }
             }
         };
@@ -279,24 +334,19 @@ impl Cluster {
 
     async fn propose_update(
         &self,
-        acc: &Account,
+        engine: &Arc<Engine>,
+        acc: &Arc<Account>,
         name: &str,
         body: &[u8],
         reply: &str,
     ) -> Result<(), E> {
         let cfg = streams::parse_config(Some(name), body)?;
-        let old = self
-            .machine
-            .state
-            .lock()
-            .stream(&acc.name, name)
-            .cloned()
-            .ok_or(E::StreamNotFound)?;
-        if cfg.num_replicas.max(1) != old.config.num_replicas.max(1) {
-            return Err(E::StreamReplicasNotUpdatable);
-        }
+        let old = self.assignment(acc, name)?;
         streams::check_update(&old.config, &cfg)?;
         self.check_cluster_limits(acc, &cfg, Some(&old.config))?;
+        if cfg.num_replicas.max(1) != old.config.num_replicas.max(1) {
+            return self.propose_scale(engine, acc, old, cfg, reply).await;
+        }
         self.propose(Entry {
             action: Action::Update,
             stream: StreamAssignment { config: cfg, ..old },
@@ -306,19 +356,23 @@ impl Cluster {
     }
 
     async fn propose_delete(&self, acc: &Account, name: &str, reply: &str) -> Result<(), E> {
-        let sa = self
-            .machine
-            .state
-            .lock()
-            .stream(&acc.name, name)
-            .cloned()
-            .ok_or(E::StreamNotFound)?;
+        let sa = self.assignment(acc, name)?;
         self.propose(Entry {
             action: Action::Delete,
             stream: sa,
             reply: Some(reply.to_string()),
         })
         .await
+    }
+
+    /// The assignment of stream `name` of the account (10059 without one).
+    pub(super) fn assignment(&self, acc: &Account, name: &str) -> Result<StreamAssignment, E> {
+        self.machine
+            .state
+            .lock()
+            .stream(&acc.name, name)
+            .cloned()
+            .ok_or(E::StreamNotFound)
     }
 
     /// Subject overlap and the stream count, across the cluster.
@@ -549,7 +603,16 @@ mod tests {
                 direct: true
             }
         );
-        assert_eq!(classify("SERVER.REMOVE"), Class::Meta(MetaOp::Local));
+        assert_eq!(classify("SERVER.REMOVE"), Class::Meta(MetaOp::ServerRemove));
+        assert_eq!(
+            classify("STREAM.PEER.REMOVE.S"),
+            Class::Meta(MetaOp::PeerRemove("S"))
+        );
+        assert_eq!(classify("SERVER.EVACUATE"), Class::Meta(MetaOp::Local));
+        assert_eq!(
+            kind_of("STREAM.LEADER.STEPDOWN.S"),
+            "stream_leader_stepdown_response"
+        );
         assert_eq!(classify("NOPE"), Class::Meta(MetaOp::Local));
         assert_eq!(kind_of("STREAM.CREATE.S"), "stream_create_response");
         assert_eq!(kind_of("INFO"), "account_info_response");

@@ -32,11 +32,25 @@ pub struct StreamAssignment {
     pub group: String,
     /// When the assignment was made (ns since the epoch).
     pub created: i64,
+    /// The members that initialise the stream's Raft group (empty: every peer, a stream
+    /// created replicated; one server: a single-server stream turned replicated, whose
+    /// data only that server has). Members added later are brought in by the leader.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub founders: Vec<String>,
 }
 
 impl StreamAssignment {
     pub fn name(&self) -> &str {
         &self.config.name
+    }
+
+    /// The members that initialise the group (see [`StreamAssignment::founders`]).
+    pub fn founders(&self) -> &[String] {
+        if self.founders.is_empty() {
+            &self.peers
+        } else {
+            &self.founders
+        }
     }
 }
 
@@ -118,6 +132,8 @@ pub enum Job {
     Ensure {
         action: Action,
         stream: Box<StreamAssignment>,
+        /// The stream's Raft group before this entry (a scale between R1 and R>1 changes it).
+        prev_group: String,
         reply: Option<String>,
     },
     /// Remove the local copy, answering `reply` when set.
@@ -126,6 +142,9 @@ pub enum Job {
         name: String,
         /// The stream's Raft group (R>1), empty for R1.
         group: String,
+        /// The stream's peers from now on (empty: the stream is deleted). A member that
+        /// leads the group hands it to them before leaving.
+        peers: Vec<String>,
         reply: Option<String>,
     },
 }
@@ -171,20 +190,20 @@ impl MetaMachine {
             if before.is_none_or(|b| b.stream(&sa.account, sa.name()) != Some(sa)) {
                 let _ = self.jobs.send(Job::Ensure {
                     action: Action::Create,
+                    prev_group: sa.group.clone(),
                     stream: Box::new(sa.clone()),
                     reply: None,
                 });
             }
         }
         for sa in before.iter().flat_map(|b| b.hosted_by(&self.me)) {
-            let still = st
-                .stream(&sa.account, sa.name())
-                .is_some_and(|n| n.peers.contains(&self.me));
-            if !still {
+            let now = st.stream(&sa.account, sa.name());
+            if !now.is_some_and(|n| n.peers.contains(&self.me)) {
                 let _ = self.jobs.send(Job::Remove {
                     account: sa.account.clone(),
                     name: sa.name().to_string(),
                     group: sa.group.clone(),
+                    peers: now.map(|n| n.peers.clone()).unwrap_or_default(),
                     reply: None,
                 });
             }
@@ -213,9 +232,9 @@ impl canopy_raft::StateMachine for MetaMachine {
         if index <= st.applied {
             return Bytes::from_static(b"ok");
         }
-        let was_mine = st
-            .stream(&e.stream.account, e.stream.name())
-            .is_some_and(|sa| sa.peers.contains(&self.me));
+        let prev = st.stream(&e.stream.account, e.stream.name()).cloned();
+        let was_mine = prev.as_ref().is_some_and(|sa| sa.peers.contains(&self.me));
+        let prev_group = prev.map(|sa| sa.group).unwrap_or_default();
         st.apply(&e);
         st.applied = index;
         self.persist(&st);
@@ -231,11 +250,21 @@ impl canopy_raft::StateMachine for MetaMachine {
                     first || (e.action == Action::Update && !e.stream.group.is_empty())
                 }),
                 stream: Box::new(e.stream),
+                prev_group,
+            }),
+            // This member's copy moved elsewhere (peer removal, scale down).
+            Action::Update if was_mine => Some(Job::Remove {
+                account: e.stream.account,
+                name: e.stream.config.name,
+                group: prev_group,
+                peers: e.stream.peers,
+                reply: None,
             }),
             Action::Delete if mine || was_mine => Some(Job::Remove {
                 account: e.stream.account,
                 name: e.stream.config.name,
                 group: e.stream.group,
+                peers: Vec::new(),
                 reply: e.reply.filter(|_| first),
             }),
             _ => None,
@@ -275,6 +304,7 @@ mod tests {
             peers: vec![peer.into()],
             group: String::new(),
             created: 1,
+            founders: Vec::new(),
         }
     }
 
@@ -311,6 +341,43 @@ mod tests {
             Ok(Job::Remove { reply: Some(_), .. })
         ));
         assert!(m2.state.lock().stream("$G", "S").is_none());
+    }
+
+    #[test]
+    fn a_copy_moved_away_is_removed_with_the_new_peers() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let m = MetaMachine::open("a", dir.path().join("s.json"), tx);
+        let mut r3 = sa("S", "a");
+        r3.peers = vec!["a".into(), "b".into(), "c".into()];
+        r3.group = "S-R3-x".into();
+        m.apply(1, &entry(Action::Create, r3.clone(), None));
+        let _ = rx.try_iter().count();
+        // `a` is replaced by `d`: it hands over and removes its copy and group.
+        let mut moved = r3.clone();
+        moved.peers = vec!["b".into(), "c".into(), "d".into()];
+        moved.founders = r3.peers.clone();
+        m.apply(2, &entry(Action::Update, moved, None));
+        match rx.try_recv() {
+            Ok(Job::Remove { group, peers, .. }) => {
+                assert_eq!(group, "S-R3-x");
+                assert_eq!(peers, vec!["b", "c", "d"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        // Scaled down to R1 on `a`: it keeps its copy, leaving the group.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let m = MetaMachine::open("a", dir.path().join("u.json"), tx);
+        m.apply(1, &entry(Action::Create, r3.clone(), None));
+        let _ = rx.try_iter().count();
+        let mut r1 = r3;
+        r1.peers = vec!["a".into()];
+        r1.group = String::new();
+        m.apply(2, &entry(Action::Update, r1, None));
+        assert!(matches!(
+            rx.try_recv(),
+            Ok(Job::Ensure { prev_group, .. }) if prev_group == "S-R3-x"
+        ));
     }
 
     #[test]

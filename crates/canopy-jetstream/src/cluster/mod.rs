@@ -17,7 +17,8 @@
 //! with every fresh peer that answered. A member started alone (routes to servers that are
 //! not up, as the seed's regional hubs) therefore forms a group of one after the grace
 //! period and serves on its own. The leader admits every routed JetStream peer that is not
-//! a member yet: as a learner, then as a voter. Members are never removed automatically.
+//! a member yet: as a learner, then as a voter. Members are never removed automatically;
+//! `$JS.API.SERVER.REMOVE` removes one ([`ops`]).
 //!
 //! **Two groups meeting.** Two members bootstrapped apart (a network split during the very
 //! first start) each lead their own group. When the routes join them, the leader sees a
@@ -30,6 +31,7 @@
 
 pub mod api;
 pub mod meta;
+pub mod ops;
 pub mod placement;
 pub mod transport;
 
@@ -105,6 +107,13 @@ pub struct Cluster {
     warned: Mutex<HashSet<String>>,
     started: Instant,
     shut: AtomicBool,
+    /// Streams (`account\0name`) whose group membership is being changed here (or must
+    /// not be yet: a conversion to replicated before its snapshot).
+    pub(crate) busy: Arc<Mutex<HashSet<String>>>,
+    /// A `SERVER.REMOVE` is in progress (one at a time).
+    pub(crate) removing: AtomicBool,
+    /// Servers removed by `SERVER.REMOVE` on this leader: not admitted again.
+    pub(crate) removed: Mutex<HashSet<String>>,
 }
 
 impl Engine {
@@ -162,6 +171,9 @@ impl Engine {
             warned: Mutex::new(HashSet::new()),
             started: Instant::now(),
             shut: AtomicBool::new(false),
+            busy: Arc::new(Mutex::new(HashSet::new())),
+            removing: AtomicBool::new(false),
+            removed: Mutex::new(HashSet::new()),
         });
         if self.cluster.set(cluster.clone()).is_err() {
             return Ok(());
@@ -179,6 +191,25 @@ impl Engine {
             .map_err(|reason| EngineError::Subscribe {
                 account: system_account.clone(),
                 subject,
+                reason,
+            })?;
+        // `SERVER.REMOVE` is the system account's (which need not have JetStream itself).
+        let weak = Arc::downgrade(&cluster);
+        self.host
+            .subscribe(
+                &system_account,
+                "$JS.API.SERVER.REMOVE",
+                None,
+                Lane::Api,
+                Arc::new(move |m: JsMsg| {
+                    if let Some(c) = weak.upgrade() {
+                        c.server_remove_request(m);
+                    }
+                }),
+            )
+            .map_err(|reason| EngineError::Subscribe {
+                account: system_account.clone(),
+                subject: "$JS.API.SERVER.REMOVE".into(),
                 reason,
             })?;
         let (e, c) = (Arc::downgrade(self), Arc::downgrade(&cluster));
@@ -406,11 +437,14 @@ impl Cluster {
             }
             if !group.initialized() {
                 self.try_bootstrap(group).await;
-            } else if leader.as_deref() == Some(self.me.name.as_str()) {
-                if self.should_yield(group).await {
-                    return true;
+            } else {
+                self.sync_stream_peers();
+                if leader.as_deref() == Some(self.me.name.as_str()) {
+                    if self.should_yield(group).await {
+                        return true;
+                    }
+                    self.admit(group).await;
                 }
-                self.admit(group).await;
             }
             tokio::select! {
                 _ = tokio::time::sleep(TICK) => {}
@@ -484,6 +518,9 @@ impl Cluster {
             .map(|r| (r.peer.name.clone(), r.voter))
             .collect();
         for p in self.js_peers() {
+            if self.removed.lock().contains(&p) {
+                continue;
+            }
             let status = self.probe(&p).await;
             if members.get(&p) == Some(&true) {
                 continue;
@@ -511,13 +548,7 @@ impl Cluster {
                     continue;
                 }
             }
-            let mut voters: Vec<Peer> = group
-                .status()
-                .replicas
-                .into_iter()
-                .filter(|r| r.voter)
-                .map(|r| r.peer)
-                .collect();
+            let mut voters = voters(group);
             voters.push(Peer::new(&p));
             if let Err(e) = group.set_voters(voters).await {
                 tracing::warn!("JetStream cluster: promoting {p:?} to voter: {e}");
@@ -593,8 +624,18 @@ impl Cluster {
     }
 }
 
+/// A group's voters.
+pub(crate) fn voters(g: &Group) -> Vec<Peer> {
+    g.status()
+        .replicas
+        .into_iter()
+        .filter(|r| r.voter)
+        .map(|r| r.peer)
+        .collect()
+}
+
 /// nats-server's 8-character peer id of a server name (here: of its node id).
-fn short_hash(name: &str) -> String {
+pub(crate) fn short_hash(name: &str) -> String {
     format!("{:016x}", canopy_raft::node_id(name))[..8].to_string()
 }
 
@@ -609,33 +650,64 @@ fn reconciler(rx: mpsc::Receiver<Job>, engine: Weak<Engine>, cluster: Weak<Clust
             Job::Ensure {
                 action,
                 stream,
+                prev_group,
                 reply,
             } if !stream.group.is_empty() => {
-                ensure_replicated(&e, &c, action, &stream, reply.as_deref());
+                ensure_replicated(&e, &c, action, &stream, &prev_group, reply.as_deref());
             }
             Job::Ensure {
                 action,
                 stream,
+                prev_group,
                 reply,
-            } => ensure(&e, action, &stream, reply.as_deref()),
+            } => {
+                // Scaled down to R1 with this member's copy kept.
+                if !prev_group.is_empty() && e.raft_group(&stream.account, stream.name()).is_some()
+                {
+                    ops::to_single(&e, &c, &stream, &prev_group);
+                }
+                ensure(&e, action, &stream, reply.as_deref());
+            }
             Job::Remove {
                 account,
                 name,
                 group,
+                peers,
                 reply,
             } => {
                 if !group.is_empty() {
-                    c.rt.block_on(e.delete_replicated_stream(&account, &name));
-                    c.unregister_group(&group);
-                    let dir = c.dir.join(&group);
-                    if let Err(err) = std::fs::remove_dir_all(&dir) {
-                        if err.kind() != std::io::ErrorKind::NotFound {
-                            tracing::warn!("JetStream cluster: removing {}: {err}", dir.display());
+                    if !peers.is_empty() && e.is_stream_leader(&account, &name) {
+                        // Leaving the group it leads: the others take it over first.
+                        let to: Vec<Peer> = peers.iter().map(|p| Peer::new(p)).collect();
+                        let done = c.rt.block_on(async {
+                            tokio::time::timeout(
+                                Duration::from_secs(10),
+                                e.set_stream_peers(&account, &name, to),
+                            )
+                            .await
+                        });
+                        if !matches!(done, Ok(Ok(()))) {
+                            tracing::warn!(
+                                "JetStream cluster: stream {account:?} > {name:?}: handing the group over before leaving it failed"
+                            );
                         }
                     }
+                    c.rt.block_on(e.delete_replicated_stream(&account, &name));
+                    c.unregister_group(&group);
+                    remove_group_dir(&c, &group);
                 }
                 remove(&e, &account, &name, reply.as_deref());
             }
+        }
+    }
+}
+
+/// Removes a stream group's directory (its log and vote) from this member.
+pub(crate) fn remove_group_dir(c: &Cluster, group: &str) {
+    let dir = c.dir.join(group);
+    if let Err(err) = std::fs::remove_dir_all(&dir) {
+        if err.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!("JetStream cluster: removing {}: {err}", dir.display());
         }
     }
 }
@@ -698,6 +770,7 @@ fn ensure_replicated(
     c: &Cluster,
     action: Action,
     sa: &StreamAssignment,
+    prev_group: &str,
     reply: Option<&str>,
 ) {
     let (account, name) = (sa.account.as_str(), sa.name());
@@ -705,13 +778,20 @@ fn ensure_replicated(
         return;
     };
     let opened = e.raft_group(account, name).is_some();
-    let res = if !opened {
+    let res = if !opened && acc.stream(name).is_some() {
+        // A single-server stream scaled up: its store seeds the new group.
+        ops::to_replicated(e, c, sa)
+    } else if !opened {
+        // Only the founders initialise a group, and only when it is new (a create, a
+        // scale-up, or a restart before the first contact); a member added to a running
+        // group is brought in by its leader.
+        let new_group = action == Action::Create || prev_group != sa.group;
         let spec = crate::replica::GroupSpec {
             name: sa.group.clone(),
             dir: c.dir.join(&sa.group),
             me: c.me.clone(),
-            peers: sa.peers.iter().map(|p| Peer::new(p)).collect(),
-            bootstrap: true,
+            peers: sa.founders().iter().map(|p| Peer::new(p)).collect(),
+            bootstrap: new_group && sa.founders().contains(&c.me.name),
             tuning: None,
         };
         let r = c.rt.block_on(e.open_replicated_stream(

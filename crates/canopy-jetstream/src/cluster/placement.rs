@@ -24,14 +24,17 @@ pub(crate) struct Candidate {
     pub load: usize,
 }
 
-/// Picks `cfg.num_replicas` members among `candidates` (see the module doc).
+/// Picks `want` members among `candidates` (see the module doc); `kept_tags` are the tags
+/// of members the stream keeps (a replacement or a scale-up), whose `unique_tag` values
+/// are taken already.
 pub(crate) fn select(
     cfg: &StreamConfig,
+    want: usize,
     cluster: Option<&str>,
     unique_tag: Option<&str>,
     mut candidates: Vec<Candidate>,
+    kept_tags: &[Vec<String>],
 ) -> Result<Vec<String>, E> {
-    let want = cfg.num_replicas.max(1) as usize;
     let placement = cfg.placement.as_ref().filter(|p| !p.is_null());
     let p_cluster = placement
         .and_then(|p| p["cluster"].as_str())
@@ -62,19 +65,19 @@ pub(crate) fn select(
     candidates.shuffle(&mut rand::thread_rng());
     candidates.sort_by_key(|c| c.load);
     let mut chosen: Vec<String> = Vec::new();
-    let mut used: Vec<String> = Vec::new();
+    let unique = |tags: &[String]| {
+        let p = format!("{}:", unique_tag.unwrap_or_default().to_lowercase());
+        tags.iter()
+            .map(|t| t.to_lowercase())
+            .find(|t| t.starts_with(&p))
+    };
+    let mut used: Vec<String> = kept_tags.iter().filter_map(|t| unique(t)).collect();
     for c in candidates {
         if chosen.len() == want {
             break;
         }
-        if let Some(prefix) = unique_tag.filter(|u| !u.is_empty()) {
-            let p = format!("{}:", prefix.to_lowercase());
-            let Some(v) = c
-                .tags
-                .iter()
-                .map(|t| t.to_lowercase())
-                .find(|t| t.starts_with(&p))
-            else {
+        if unique_tag.is_some_and(|u| !u.is_empty()) {
+            let Some(v) = unique(&c.tags) else {
                 continue;
             };
             if used.contains(&v) {
@@ -97,6 +100,30 @@ impl Cluster {
         cfg: &StreamConfig,
         _engine: &crate::engine::Engine,
     ) -> Result<Vec<String>, E> {
+        self.place_more(cfg, cfg.num_replicas.max(1) as usize, &[], &[])
+    }
+
+    /// A server's tags as this member knows them (its own, or from its status probe).
+    pub(crate) fn tags_of(&self, name: &str) -> Vec<String> {
+        if name == self.me.name {
+            return self.tags.clone();
+        }
+        self.peer_status
+            .lock()
+            .get(name)
+            .map(|s| s.tags.clone())
+            .unwrap_or_default()
+    }
+
+    /// Chooses `want` more members for a stream that keeps `keep` (their `unique_tag`
+    /// values are taken) and must not use `exclude`.
+    pub(crate) fn place_more(
+        &self,
+        cfg: &StreamConfig,
+        want: usize,
+        keep: &[String],
+        exclude: &[String],
+    ) -> Result<Vec<String>, E> {
         let load = self.machine.state.lock().load();
         let online = self.js_peers();
         let members: Vec<String> = match self.meta_group() {
@@ -108,28 +135,24 @@ impl Cluster {
                 .collect(),
             None => vec![self.me.name.clone()],
         };
-        let statuses = self.peer_status.lock().clone();
         let candidates = members
             .into_iter()
             .filter(|m| *m == self.me.name || online.contains(m))
+            .filter(|m| !keep.contains(m) && !exclude.contains(m))
             .map(|name| Candidate {
-                tags: if name == self.me.name {
-                    self.tags.clone()
-                } else {
-                    statuses
-                        .get(&name)
-                        .map(|s| s.tags.clone())
-                        .unwrap_or_default()
-                },
+                tags: self.tags_of(&name),
                 load: load.get(&name).copied().unwrap_or(0),
                 name,
             })
             .collect();
+        let kept_tags: Vec<Vec<String>> = keep.iter().map(|k| self.tags_of(k)).collect();
         select(
             cfg,
+            want,
             self.cluster_name().as_deref(),
             self.unique_tag.as_deref(),
             candidates,
+            &kept_tags,
         )
     }
 }
@@ -159,29 +182,42 @@ mod tests {
         ];
         let r1 = cfg(serde_json::json!({"name": "S"}));
         assert_eq!(
-            select(&r1, Some("c1"), None, all.clone()).unwrap(),
+            select(&r1, 1, Some("c1"), None, all.clone(), &[]).unwrap(),
             vec!["b"]
         );
         let ssd = cfg(serde_json::json!({"name": "S", "placement": {"tags": ["ssd"]}}));
         assert_eq!(
-            select(&ssd, Some("c1"), None, all.clone()).unwrap(),
+            select(&ssd, 1, Some("c1"), None, all.clone(), &[]).unwrap(),
             vec!["c"]
         );
         let r3 = cfg(serde_json::json!({"name": "S", "num_replicas": 3}));
-        let mut got = select(&r3, Some("c1"), None, all.clone()).unwrap();
+        let mut got = select(&r3, 3, Some("c1"), None, all.clone(), &[]).unwrap();
         got.sort();
         assert_eq!(got, vec!["a", "b", "c"]);
         // unique_tag: two availability zones only.
-        let e = select(&r3, Some("c1"), Some("az"), all.clone()).unwrap_err();
+        let e = select(&r3, 3, Some("c1"), Some("az"), all.clone(), &[]).unwrap_err();
         assert!(matches!(e, E::ClusterNoPeers(ref d) if d == "no suitable peers for placement"));
         let r2 = cfg(serde_json::json!({"name": "S", "num_replicas": 2}));
-        let mut got = select(&r2, Some("c1"), Some("az"), all.clone()).unwrap();
+        let mut got = select(&r2, 2, Some("c1"), Some("az"), all.clone(), &[]).unwrap();
         got.sort();
         assert!(got == vec!["b", "c"] || got == vec!["a", "c"], "{got:?}");
         let other = cfg(serde_json::json!({"name": "S", "placement": {"cluster": "c2"}}));
-        assert!(select(&other, Some("c1"), None, all.clone()).is_err());
+        assert!(select(&other, 1, Some("c1"), None, all.clone(), &[]).is_err());
         let nope = cfg(serde_json::json!({"name": "S", "placement": {"tags": ["gpu"]}}));
-        match select(&nope, Some("c1"), None, all) {
+        // A replacement next to a kept member in zone 1 must come from zone 2.
+        assert_eq!(
+            select(
+                &r1,
+                1,
+                Some("c1"),
+                Some("az"),
+                vec![all[0].clone(), all[2].clone()],
+                &[vec!["az:1".into()]]
+            )
+            .unwrap(),
+            vec!["c"]
+        );
+        match select(&nope, 1, Some("c1"), None, all, &[]) {
             Err(E::ClusterNoPeers(d)) => assert!(d.contains("tags not matched"), "{d}"),
             other => panic!("{other:?}"),
         }

@@ -18,8 +18,8 @@
 //!   [`canopy_raft::Group::handle_rpc`].
 //! - [`Engine::set_stream_peers`]`(account, stream, peers)` (async, on the leader): scale
 //!   (R1→R3→R1): new peers join as learners, then the voters become exactly `peers`. The
-//!   meta layer opens the stream on an added member first (`bootstrap: false`) and closes
-//!   it on a removed one after the change committed.
+//!   meta layer opens the stream on an added member (`bootstrap: false`) and deletes it on
+//!   a removed one (which, when it leads, makes this call first to hand the group over).
 //! - [`Engine::stream_step_down`]`(account, stream, to)` (async, on the leader).
 //! - [`Engine::update_replicated_stream`]`(account, cfg)` (async, on the leader): a config
 //!   change replicated to every member.
@@ -1385,7 +1385,7 @@ impl Engine {
         Ok(())
     }
 
-    fn drop_stream(&self, acc: &Account, name: &str) {
+    pub(crate) fn drop_stream(&self, acc: &Account, name: &str) {
         if let Some(h) = acc.streams.write().remove(name) {
             self.stop_stream(&h);
         }
