@@ -304,3 +304,42 @@ async fn a_lone_empty_meta_group_joins_the_one_it_meets() {
     let names: Vec<String> = js0.stream_names().map(|n| n.unwrap()).collect().await;
     assert_eq!(names, vec!["ONE".to_string()]);
 }
+
+/// A new R3 stream takes publishes as soon as its create is answered: the answer comes
+/// from the group's leader once it ingests (it used to come once any member was elected,
+/// and a publish arriving before the leader knew it led was dropped unanswered — seen as
+/// an occasional pub-ack timeout on a loaded machine). Exactly one create answer.
+#[tokio::test]
+async fn an_r3_stream_takes_publishes_as_soon_as_its_create_is_answered() {
+    let ms = cluster(3);
+    let (nc, _) = js(ms[1].server()).await;
+    for i in 0..8 {
+        let inbox = nc.new_inbox();
+        let mut sub = nc.subscribe(inbox.clone()).await.unwrap();
+        nc.flush().await.unwrap();
+        let body = format!(r#"{{"name":"NEW{i}","subjects":["new{i}.>"],"num_replicas":3}}"#);
+        nc.publish_with_reply(format!("$JS.API.STREAM.CREATE.NEW{i}"), inbox, body.into())
+            .await
+            .unwrap();
+        let first = tokio::time::timeout(Duration::from_secs(15), sub.next())
+            .await
+            .expect("no create answer")
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&first.payload).unwrap();
+        assert!(v["error"].is_null(), "{v}");
+        // At once, no retry: the stream's leader must take it.
+        let ack = tokio::time::timeout(
+            Duration::from_secs(5),
+            nc.request(format!("new{i}.x"), "x".into()),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("publish right after the create of NEW{i} unanswered"))
+        .unwrap();
+        let a: serde_json::Value = serde_json::from_slice(&ack.payload).unwrap();
+        assert_eq!(a["seq"], 1, "{a}");
+        // No second create answer arrived meanwhile.
+        if let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(200), sub.next()).await {
+            panic!("a second create answer: {:?}", m.payload);
+        }
+    }
+}

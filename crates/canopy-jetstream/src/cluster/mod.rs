@@ -823,6 +823,8 @@ fn ensure_replicated(
     } else {
         Ok(())
     };
+    let first = sa.peers.first() == Some(&c.me.name);
+    let reply = reply.filter(|_| action == Action::Update || first || res.is_ok());
     let Some(r) = reply else {
         if let Err(err) = res {
             tracing::error!(
@@ -837,6 +839,15 @@ fn ensure_replicated(
     } else {
         "stream_create_response"
     };
+    if action == Action::Create
+        && res.is_ok()
+        && !c
+            .rt
+            .block_on(leads_when_ready(e, account, name, c.me.id, first))
+    {
+        // Another member leads the new group: it answers.
+        return;
+    }
     let res = res.and_then(|()| {
         // Answer once the stream can take publishes (bounded: the client times out anyway).
         if let Some(g) = e.raft_group(account, name) {
@@ -860,6 +871,38 @@ fn ensure_replicated(
         })
     });
     crate::api::reply_to(e, &acc, r, kind, res);
+}
+
+/// A new replicated stream: waits (at most 10 s) until its group has a leader and, when
+/// that is this member, until it takes publishes (its no-op applied). True when this
+/// member is then the leader that answers the create (`first`: the fallback answerer
+/// when no leader emerges). Answering as soon as some member was elected let the
+/// client's first publishes arrive before the leader knew it led: they were dropped
+/// unanswered.
+async fn leads_when_ready(e: &Engine, account: &str, name: &str, me: u64, first: bool) -> bool {
+    let Some(g) = e.raft_group(account, name) else {
+        return first;
+    };
+    let mut rx = g.leader_watch();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let leader = rx.borrow_and_update().as_ref().map(|p| p.id);
+        match leader {
+            Some(id) if id != me => return false,
+            Some(_) if e.is_stream_leader(account, name) => return true,
+            _ => {}
+        }
+        // The leader flag has no watch of its own: look again shortly.
+        let wait = tokio::time::sleep(Duration::from_millis(10));
+        tokio::select! {
+            _ = rx.changed() => {}
+            _ = wait => {}
+        }
+        if tokio::time::Instant::now() >= deadline {
+            // No ready leader in time: one member answers rather than none.
+            return leader.map_or(first, |id| id == me);
+        }
+    }
 }
 
 fn remove(e: &Engine, account: &str, name: &str, reply: Option<&str>) {
