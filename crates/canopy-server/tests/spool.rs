@@ -103,7 +103,11 @@ fn hub_config(leaf_port: u16) -> String {
 }
 
 async fn client(s: &ServerProcess) -> Client {
+    // A replay can outpace the test's reading loop: async-nats drops what overflows a
+    // subscription's channel (client side, the server sees no slow consumer), which would
+    // look like a lost message. Room for a whole 1 M replay.
     async_nats::ConnectOptions::new()
+        .subscription_capacity(1 << 20)
         .connect(s.url())
         .await
         .unwrap_or_else(|e| panic!("connect to {}: {e}", s.url()))
@@ -479,13 +483,18 @@ async fn replay_rate_1m() {
     publish_n(&leaf, total, 120).await;
     wait_spool(&leaf, "all spooled", |s| s["msgs"] == total + 1).await;
     let spooled_in = started.elapsed();
-    let (_hub, _hc, mut sub) = hub_with_subscriber(Impl::Canopy, &gate).await;
+    let (hub, _hc, mut sub) = hub_with_subscriber(Impl::Canopy, &gate).await;
     let started = std::time::Instant::now();
     let mut n = 0;
     while n < total {
         match tokio::time::timeout(WAIT, sub.next()).await {
             Ok(Some(_)) => n += 1,
-            _ => panic!("replay stalled after {n}"),
+            _ => panic!(
+                "replay stalled after {n}: leaf spool {}, hub slow consumers {}, leafz {}",
+                spool(&leaf),
+                hub.monitor("/varz").unwrap()["slow_consumers"],
+                hub.monitor("/leafz").unwrap()
+            ),
         }
     }
     let replayed_in = started.elapsed();
