@@ -19,8 +19,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use parking_lot::Mutex;
 use serde_json::{json, Value};
+use std::panic::AssertUnwindSafe;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::core::account::{Account, SubRef, Subscription};
@@ -199,18 +201,25 @@ impl Service {
                     let Some((handler, msg)) = item else {
                         return;
                     };
-                    let subject = msg.subject.clone();
-                    // Its own task (the call included: a sync handler runs when called),
-                    // so that a panic is contained and reported.
-                    match tokio::spawn(async move { handler(msg).await }).await {
+                    // A panic is contained and reported here (the call is inside the
+                    // future: a sync handler runs when called). Caught in place rather than
+                    // in a task of its own per message, whose allocation, registration and
+                    // join showed in the JetStream publish profile (docs/BENCHMARKS.md).
+                    let run = AssertUnwindSafe(async move { handler(msg).await });
+                    match run.catch_unwind().await {
                         Ok(Ok(())) => {}
                         Ok(Err(e)) => {
                             stats.errors.fetch_add(1, Ordering::Relaxed);
-                            tracing::warn!("service {name}: message on {subject:?} skipped: {e}");
+                            tracing::warn!("service {name}: message skipped: {e}");
                         }
-                        Err(e) => {
+                        Err(panic) => {
                             stats.errors.fetch_add(1, Ordering::Relaxed);
-                            tracing::error!("service {name}: handler for {subject:?} failed: {e}");
+                            let what = panic
+                                .downcast_ref::<&str>()
+                                .map(|s| s.to_string())
+                                .or_else(|| panic.downcast_ref::<String>().cloned())
+                                .unwrap_or_default();
+                            tracing::error!("service {name}: handler panicked: {what}");
                         }
                     }
                 }
