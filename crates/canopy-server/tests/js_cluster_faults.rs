@@ -112,6 +112,58 @@ impl Member {
     }
 }
 
+/// A member's own copy of stream `name`, from its `/jsz?consumers=true`: (last sequence,
+/// messages, ack floor of its first consumer).
+fn local_copy(jsz: &Value, name: &str) -> Option<(u64, u64, Option<u64>)> {
+    let s = jsz["account_details"]
+        .as_array()?
+        .iter()
+        .flat_map(|a| a["stream_detail"].as_array().cloned().unwrap_or_default())
+        .find(|s| s["name"] == name)?;
+    Some((
+        s["state"]["last_seq"].as_u64()?,
+        s["state"]["messages"].as_u64()?,
+        s["consumer_detail"][0]["ack_floor"]["stream_seq"].as_u64(),
+    ))
+}
+
+/// Waits until every copy (`jsz` of each peer) holds what the leader's info says.
+async fn wait_copies(nc: &async_nats::Client, name: &str, jsz: impl Fn() -> Vec<(String, Value)>) {
+    let info = wait_for(Duration::from_secs(20), "stream info", || {
+        stream_info(nc, name)
+    })
+    .await;
+    let want = (
+        info["state"]["last_seq"].as_u64().unwrap(),
+        info["state"]["messages"].as_u64().unwrap(),
+    );
+    let peers: Vec<String> = std::iter::once(&info["cluster"]["leader"])
+        .chain(
+            info["cluster"]["replicas"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|r| &r["name"]),
+        )
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect();
+    wait_for(
+        Duration::from_secs(30),
+        &format!("{name}: copies differ from {want:?}"),
+        || {
+            let all = jsz();
+            let ok = peers.iter().all(|p| {
+                all.iter()
+                    .find(|(n, _)| n == p)
+                    .and_then(|(_, v)| local_copy(v, name))
+                    .is_some_and(|c| (c.0, c.1) == want)
+            });
+            async move { ok.then_some(()) }
+        },
+    )
+    .await;
+}
+
 /// The last lines of a log, for a failing test's output.
 fn tail(log: &str) -> String {
     let lines: Vec<&str> = log.lines().collect();
@@ -594,6 +646,10 @@ async fn kill_two(
         );
     }
     check_stream(&js, &nc, stream, &attempts).await;
+    wait_copies(&nc, stream, || {
+        ms.iter().map(|m| (m.name.clone(), m.jsz())).collect()
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -660,18 +716,8 @@ fn read_copy(root: &Path, name: &str, durable: &str) -> (StoredCopy, u64) {
 
 /// This member's own view of a stream (`/jsz`): (last sequence, messages, ack floor of
 /// its first consumer).
-fn local_state(m: &Member, name: &str) -> Option<(u64, u64, u64)> {
-    let v = m.jsz();
-    let s = v["account_details"]
-        .as_array()?
-        .iter()
-        .flat_map(|a| a["stream_detail"].as_array().cloned().unwrap_or_default())
-        .find(|s| s["name"] == name)?;
-    Some((
-        s["state"]["last_seq"].as_u64()?,
-        s["state"]["messages"].as_u64()?,
-        s["consumer_detail"][0]["ack_floor"]["stream_seq"].as_u64()?,
-    ))
+fn local_state(m: &Member, name: &str) -> Option<(u64, u64, Option<u64>)> {
+    local_copy(&m.jsz(), name)
 }
 
 /// Fetches exactly `n` messages of a pull consumer (fetching again while fewer came).
@@ -699,6 +745,24 @@ async fn fetch_n(c: &consumer::PullConsumer, n: usize) -> Vec<jetstream::Message
 
 fn stream_seq(m: &jetstream::Message) -> u64 {
     m.info().unwrap().stream_sequence
+}
+
+/// The last log index a member's stream group dropped after a snapshot (its
+/// `purged.json`, outside the meta group's directory).
+fn purged(store: &Path) -> Option<u64> {
+    let mut todo = vec![store.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).ok()?.flatten() {
+            let p = e.path();
+            if p.is_dir() && !p.ends_with("_meta_") {
+                todo.push(p);
+            } else if p.ends_with("purged.json") {
+                let v: Value = serde_json::from_slice(&std::fs::read(&p).ok()?).ok()?;
+                return v["index"].as_u64();
+            }
+        }
+    }
+    None
 }
 
 /// Waits for a pipelined publish's ack; publishes again (same message id) if it failed.
@@ -751,11 +815,11 @@ async fn a_member_down_for_thousands_of_entries_catches_up_from_a_snapshot() {
         m.double_ack().await.unwrap();
     }
     // The group snapshots every 8,192 entries and keeps 1,000 before its snapshot, so
-    // after 8,500 entries the leader no longer holds `late`'s position in its log. Two
+    // after 8,300 entries the leader no longer needs `late`'s position in its log. Two
     // publishes in flight: while one entry is proposed the next message waits alone and
     // makes the next entry (a third would join it), and the client's round trip overlaps
     // the group's.
-    let n = 8_500u64;
+    let mut n = 8_300u64;
     let t = Instant::now();
     let mut inflight = std::collections::VecDeque::new();
     for i in 0..n {
@@ -771,7 +835,25 @@ async fn a_member_down_for_thousands_of_entries_catches_up_from_a_snapshot() {
     while let Some(p) = inflight.pop_front() {
         settle(&js, Some(p)).await;
     }
-    eprintln!("{n} publishes, two at a time, took {:?}", t.elapsed());
+    // The log is dropped once no replication to `late` is in flight (openraft): more
+    // publishes until the leader's `purged.json` says it was.
+    let li = index_of(&ms, &leader);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while purged(ms[li].store.path()).is_none_or(|i| i <= 1_000) {
+        assert!(
+            Instant::now() < deadline,
+            "the leader never dropped its log"
+        );
+        for _ in 0..20 {
+            publish_sure(&js, &format!("catch.{}", n % 50), &format!("m{n}")).await;
+            n += 1;
+        }
+    }
+    eprintln!(
+        "{n} publishes, two at a time, took {:?}; the leader dropped its log up to {:?}",
+        t.elapsed(),
+        purged(ms[li].store.path())
+    );
     let next = fetch_n(&c, 10).await;
     assert_eq!(
         next.iter().map(stream_seq).collect::<Vec<u64>>(),
@@ -800,7 +882,7 @@ async fn a_member_down_for_thousands_of_entries_catches_up_from_a_snapshot() {
         wait_for(
             Duration::from_secs(30),
             &format!("{} did not apply everything", m.name),
-            || async { (local_state(m, "CATCH") == Some((last, last, 20))).then_some(()) },
+            || async { (local_state(m, "CATCH") == Some((last, last, Some(20)))).then_some(()) },
         )
         .await;
     }
@@ -999,7 +1081,7 @@ impl NsMember {
             let addr: std::net::SocketAddr = format!("{}:8222", self.host).parse().ok()?;
             let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
             s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-            write!(s, "GET /jsz HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+            write!(s, "GET /jsz?consumers=true HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
             let mut resp = String::new();
             s.read_to_string(&mut resp).ok()?;
             serde_json::from_str(resp.split_once("\r\n\r\n")?.1).ok()
@@ -1115,6 +1197,10 @@ async fn a_partition_isolating_the_leader_loses_no_ack_and_stores_no_duplicate()
     let (_, js_maj) = connect(&ms[maj].url()).await;
     let stored = check_stream(&js_maj, &nc_maj, "PART", &attempts).await;
     assert!(stored.values().any(|p| p.starts_with("b.")));
+    wait_copies(&nc_maj, "PART", || {
+        ms.iter().map(|m| (m.name.clone(), m.jsz())).collect()
+    })
+    .await;
     eprintln!(
         "leader {leader} isolated, {new_leader} took over; took {:?}",
         started.elapsed()
