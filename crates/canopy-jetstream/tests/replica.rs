@@ -196,6 +196,8 @@ struct Cluster {
     inbox: AtomicU64,
     /// Raft snapshot interval (entries).
     snapshot_every: u64,
+    /// Raft election timeouts (min, max).
+    election: (Duration, Duration),
 }
 
 fn stream_cfg() -> StreamConfig {
@@ -221,6 +223,11 @@ impl Cluster {
     }
 
     async fn start_with(snapshot_every: u64) -> Cluster {
+        let e = (Duration::from_millis(300), Duration::from_millis(600));
+        Cluster::start_tuned(snapshot_every, e).await
+    }
+
+    async fn start_tuned(snapshot_every: u64, election: (Duration, Duration)) -> Cluster {
         if std::env::var_os("JS_TEST_LOG").is_some() {
             let _ = tracing_subscriber::fmt()
                 .with_max_level(tracing::Level::DEBUG)
@@ -233,6 +240,7 @@ impl Cluster {
             nodes: Mutex::new(HashMap::new()),
             inbox: AtomicU64::new(0),
             snapshot_every,
+            election,
         };
         for n in NODES {
             c.open(n, true).await;
@@ -272,8 +280,7 @@ impl Cluster {
         self.net.engines.lock().insert(n.into(), engine.clone());
         let mut tuning = GroupConfig::new(STREAM, PathBuf::new(), Peer::new(n));
         tuning.heartbeat = Duration::from_millis(50);
-        tuning.election_timeout_min = Duration::from_millis(300);
-        tuning.election_timeout_max = Duration::from_millis(600);
+        (tuning.election_timeout_min, tuning.election_timeout_max) = self.election;
         tuning.rpc_timeout = Duration::from_millis(500);
         tuning.snapshot_every = self.snapshot_every;
         let spec = GroupSpec {
@@ -660,6 +667,74 @@ async fn r3_dedupe_survives_a_leader_change() {
     assert_eq!(info["state"]["messages"], json!(1));
 }
 
+/// A proposal refused for lack of quorum stays in the leader's log and commits when the
+/// followers are back. The leader must not prepare the next publishes against a state
+/// without it: their sequences (and the duplicate window) would be reused, the entry
+/// applied later skipped as "already stored", and its publishers acknowledged for
+/// messages that are not there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r3_publishes_after_a_lost_quorum_do_not_reuse_sequences() {
+    // The defaults' proportions (election timeouts 1–2 s): a proposal fails after 5 s
+    // (five maximum timeouts, at most 5 s), before the leader refuses proposals at once
+    // (no quorum ack for three maximum timeouts, 6 s), so the next one is appended too.
+    let e = (Duration::from_millis(1_000), Duration::from_millis(2_000));
+    let c = Cluster::start_tuned(8_192, e).await;
+    let leader = c.leader().await;
+    assert_eq!(c.publish_acked(0, 5).await, (1..=5).collect::<Vec<u64>>());
+    // Both followers stop (cut off instead, they would campaign meanwhile and depose the
+    // leader when they are back, and its entries after the last commit with it).
+    let followers: Vec<String> = c.live().into_iter().filter(|n| *n != leader).collect();
+    for f in &followers {
+        c.kill(f).await;
+    }
+    // x is proposed and fails; y, queued behind it, reaches the group after that. y has
+    // a message id: sent again after a refusal, it is stored once.
+    let (x, y) = (c.inbox(), c.inbox());
+    let hdr = b"NATS/1.0\r\nNats-Msg-Id: y\r\n\r\n";
+    c.publish("orders.x", &x, None, b"x");
+    c.publish("orders.y", &y, Some(hdr), b"y");
+    let got = c.wait_for(&x, 1, 20).await;
+    assert_eq!(got.len(), 1, "no answer without quorum");
+    let v: Value = serde_json::from_slice(&got[0].payload).unwrap();
+    assert_eq!(v["error"]["err_code"], json!(10008), "{v}");
+    // The followers are back while y waits; if y was refused too, it is sent again.
+    for f in &followers {
+        c.net.cut.lock().remove(f);
+        c.open(f, false).await;
+    }
+    let end = Instant::now() + Duration::from_secs(30);
+    let mut y = y;
+    let seq = loop {
+        let got = c.wait_for(&y, 1, 10).await;
+        let v: Value = got
+            .first()
+            .and_then(|o| serde_json::from_slice(&o.payload).ok())
+            .unwrap_or(Value::Null);
+        if let Some(seq) = v["seq"].as_u64().filter(|s| *s > 0) {
+            break seq;
+        }
+        assert!(Instant::now() < end, "y never acknowledged: {v}");
+        y = c.inbox();
+        c.publish("orders.y", &y, Some(hdr), b"y");
+    };
+    // y is where its ack says; x (its 10008 said "unavailable", not "not stored") is
+    // at 6 if it committed after all; no hole, nothing twice.
+    let leader = c.leader().await;
+    let info = c.wait_last(&leader, seq).await;
+    assert_eq!(info["state"]["messages"], json!(seq), "{info}");
+    let stored: Vec<String> = c
+        .contents(&leader, seq)
+        .await
+        .into_iter()
+        .map(|m| m.2)
+        .collect();
+    let want: Vec<&str> = ["m0", "m1", "m2", "m3", "m4", "x", "y"]
+        .into_iter()
+        .filter(|p| seq == 7 || *p != "x")
+        .collect();
+    assert_eq!(stored, want, "y acknowledged at {seq}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn r3_wiped_member_catches_up_from_a_snapshot() {
     // Snapshots every 8 entries: the leader's log no longer holds what a member that lost
@@ -717,6 +792,7 @@ async fn scale_r1_to_r3_and_back() {
         nodes: Mutex::new(HashMap::new()),
         inbox: AtomicU64::new(0),
         snapshot_every: 8_192,
+        election: (Duration::from_millis(300), Duration::from_millis(600)),
     };
     c.open_with("n1", true, vec![Peer::new("n1")]).await;
     assert_eq!(c.leader().await, "n1");

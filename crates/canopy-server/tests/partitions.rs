@@ -11,86 +11,14 @@
 
 use std::collections::BTreeMap;
 use std::os::fd::AsRawFd;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use canopy_testkit::{RawClient, ServerProcess};
 
+mod netns;
+use netns::Lab;
+
 const NET: &str = "10.99.77";
-
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("ip: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-/// The namespaces and links this test made; removed on drop.
-struct Lab {
-    prefix: String,
-    names: Vec<String>,
-}
-
-impl Lab {
-    /// A bridge namespace and `n` server namespaces `<prefix>-<i>` with 10.99.77.<i+1>.
-    fn new(n: usize) -> Result<Lab, String> {
-        let prefix = format!("cy{}", std::process::id() % 100_000);
-        let mut lab = Lab {
-            prefix: prefix.clone(),
-            names: Vec::new(),
-        };
-        let br = format!("{prefix}-br");
-        ip(&["netns", "add", &br])?;
-        lab.names.push(br.clone());
-        ip(&["-n", &br, "link", "add", "br0", "type", "bridge"])?;
-        ip(&["-n", &br, "link", "set", "br0", "up"])?;
-        for i in 0..n {
-            let ns = format!("{prefix}-{i}");
-            ip(&["netns", "add", &ns])?;
-            lab.names.push(ns.clone());
-            let (a, b) = (format!("{prefix}a{i}"), format!("{prefix}b{i}"));
-            ip(&["link", "add", &a, "type", "veth", "peer", "name", &b])?;
-            ip(&["link", "set", &a, "netns", &ns])?;
-            ip(&["link", "set", &b, "netns", &br])?;
-            ip(&["-n", &br, "link", "set", &b, "master", "br0", "up"])?;
-            let addr = format!("{NET}.{}/24", i + 1);
-            ip(&["-n", &ns, "addr", "add", &addr, "dev", &a])?;
-            ip(&["-n", &ns, "link", "set", &a, "up"])?;
-            ip(&["-n", &ns, "link", "set", "lo", "up"])?;
-        }
-        Ok(lab)
-    }
-
-    fn ns(&self, i: usize) -> String {
-        format!("{}-{i}", self.prefix)
-    }
-
-    /// Cuts (or heals) both directions between servers `a` and `b`.
-    fn cut(&self, a: usize, b: usize, on: bool) {
-        let verb = if on { "add" } else { "del" };
-        for (x, y) in [(a, b), (b, a)] {
-            let to = format!("{NET}.{}/32", y + 1);
-            ip(&["-n", &self.ns(x), "route", verb, "blackhole", &to]).unwrap();
-        }
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for n in self.names.iter().rev() {
-            let _ = ip(&["netns", "del", n]);
-        }
-    }
-}
 
 /// Runs `f` on a thread that has entered network namespace `ns`: sockets it opens live
 /// there (and can be used from any thread afterwards).
@@ -230,14 +158,11 @@ fn round(pubs: &mut [RawClient], subs: &mut [RawClient], tag: &str) -> Result<()
 
 #[test]
 fn partitions_heal_to_exactly_once_delivery() {
-    // SAFETY: geteuid has no preconditions.
-    #[allow(unsafe_code)]
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
+    if !netns::root() {
         eprintln!("skipping: network namespaces need root");
         return;
     }
-    let lab = match Lab::new(7) {
+    let lab = match Lab::new("cy", NET, 7, false) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("skipping: cannot create network namespaces here: {e}");

@@ -84,6 +84,8 @@ const MAX_QUEUE: usize = 65_536;
 const MAX_SNAPSHOT_BYTES: u64 = 256 << 20;
 /// How long an API request waits for its proposal.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// After a no-op failed for lack of quorum, the next waits this long.
+const NOOP_RETRY: Duration = Duration::from_millis(200);
 /// A replica not heard from for this long is `offline` in the cluster info.
 const OFFLINE_AFTER: Duration = Duration::from_secs(10);
 
@@ -133,6 +135,16 @@ pub(crate) struct Repl {
     leading: bool,
     /// Leading, and the leadership's no-op is applied: ingest and deliver.
     ready: bool,
+    /// A proposal failed without a verdict (no quorum in time): it stays in this leader's
+    /// log and commits if a quorum comes back, so the applied state may lag what will be
+    /// committed. Until a no-op proposed after it is applied, nothing is prepared against
+    /// the applied state (sequences and the duplicate window would be reused: found by
+    /// tests/js_cluster_faults.rs as a message stored twice and acks for messages that
+    /// another entry's messages displaced).
+    unsure: bool,
+    /// A no-op failed for lack of quorum: the next is not proposed before this time (it
+    /// would fail at once, and pump runs after every command: a busy loop otherwise).
+    noop_retry: Option<std::time::Instant>,
     /// This leadership's identity (entries carry it).
     epoch: u64,
     /// Consumer state changes are recorded (leader, outside apply).
@@ -164,6 +176,8 @@ impl Repl {
             settings,
             leading: false,
             ready: false,
+            unsure: false,
+            noop_retry: None,
             epoch: 0,
             recording: Arc::new(AtomicBool::new(false)),
             consumer_ops: HashMap::new(),
@@ -190,7 +204,8 @@ impl Repl {
 
 /// A proposal in flight and who waits for it.
 struct Inflight {
-    /// The leadership's no-op.
+    /// A no-op: the leadership's first entry, or the one after a proposal that failed
+    /// without a verdict ([`Repl::unsure`]).
     start: bool,
     /// Which op of the entry holds the messages.
     msgs_op: Option<usize>,
@@ -316,7 +331,10 @@ pub(crate) fn pump(core: &mut StreamCore) {
     if !r.leading || r.inflight.is_some() || r.group.is_none() {
         return;
     }
-    if !r.ready {
+    if !r.ready || r.unsure {
+        if r.noop_retry.is_some_and(|t| std::time::Instant::now() < t) {
+            return;
+        }
         let e = Entry {
             origin: r.me.id,
             epoch: r.epoch,
@@ -465,8 +483,13 @@ fn committed(core: &mut StreamCore, res: Result<(u64, Bytes), ProposeError>) {
     };
     match res {
         Ok((_, answer)) => {
-            if inf.start && r.leading && !r.ready {
-                become_ready(core);
+            if inf.start {
+                // Everything this leader proposed before the no-op is applied now.
+                r.unsure = false;
+                r.noop_retry = None;
+                if r.leading && !r.ready {
+                    become_ready(core);
+                }
             }
             let answers = entry::decode_answers(&answer).unwrap_or_default();
             let results = inf
@@ -502,9 +525,21 @@ fn committed(core: &mut StreamCore, res: Result<(u64, Bytes), ProposeError>) {
             tracing::debug!(stream = %core.name, "JetStream proposal failed: {e}");
             // Not the leader (any more) or shut down: no answer, the clients retry.
             if matches!(e, ProposeError::NoQuorum | ProposeError::Fatal(_)) {
+                // The entry may still commit: a no-op comes next (see `Repl::unsure`).
+                r.unsure = true;
+                // A failed no-op: what waits for it would wait for the quorum too.
+                let queued = if inf.start {
+                    r.noop_retry = Some(std::time::Instant::now() + NOOP_RETRY);
+                    std::mem::take(&mut r.queue)
+                } else {
+                    Vec::new()
+                };
                 for w in inf.pubs {
                     let (PubWaiter::Stored { reply, .. } | PubWaiter::Dup { reply, .. }) = w;
                     core.err_reply(reply.as_deref(), E::ClusterNotAvail);
+                }
+                for m in queued {
+                    core.err_reply(m.reply.as_deref(), E::ClusterNotAvail);
                 }
             }
         }
@@ -546,6 +581,8 @@ fn on_leader(core: &mut StreamCore, leader: Option<Peer>, cluster: Value) {
     if mine && !r.leading {
         r.leading = true;
         r.ready = false;
+        r.unsure = false;
+        r.noop_retry = None;
         r.epoch = rand::random::<u64>() | 1;
     } else if !mine && r.leading {
         lose_leadership(core);
@@ -562,6 +599,7 @@ fn lose_leadership(core: &mut StreamCore) {
     };
     r.leading = false;
     r.ready = false;
+    r.unsure = false;
     if let Some(h) = core.me.upgrade() {
         h.leader.store(false, Ordering::SeqCst);
     }
