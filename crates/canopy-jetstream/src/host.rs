@@ -89,6 +89,8 @@ pub struct HostInfo {
     pub cluster: Option<String>,
     /// The nats-server version the server claims.
     pub version: String,
+    /// `max_payload` (bytes; 0: unknown). Raft RPCs over the routes are sized from it.
+    pub max_payload: usize,
     /// The system account, where clustered JetStream's internal traffic (Raft RPCs) lives.
     /// `None`: no system account, hence no clustered JetStream.
     pub system_account: Option<String>,

@@ -122,6 +122,7 @@ impl Group {
             Ok::<_, String>((LogStore::open(&dir)?, SmStore::open(&dir, app)?))
         })
         .map_err(storage)?;
+        let max_body = transport.max_body();
         let config = Config {
             cluster_name: cfg.name.clone(),
             heartbeat_interval: ms(cfg.heartbeat),
@@ -131,7 +132,9 @@ impl Group {
             install_snapshot_timeout: ms(cfg.rpc_timeout),
             snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_every.max(1)),
             max_in_snapshot_log_to_keep: cfg.snapshot_every.clamp(1, 1000),
-            snapshot_max_chunk_size: 1 << 20,
+            // Chunks well below what the transport carries (the chunk travels with its
+            // metadata; a route closes on a body over max_payload).
+            snapshot_max_chunk_size: (max_body / 4).clamp(4 << 10, 1 << 20) as u64,
             max_payload_entries: 1024,
             ..Default::default()
         };

@@ -122,6 +122,13 @@ pub trait Transport: Send + Sync + 'static {
         body: Bytes,
         timeout: Duration,
     ) -> BoxFuture<Result<Bytes, TransportError>>;
+
+    /// The largest RPC body the transport carries, in bytes: an AppendEntries whose
+    /// encoding is larger goes out in parts (a prefix of its entries at a time), snapshot
+    /// chunks stay well below it. An entry larger than this on its own is sent whole.
+    fn max_body(&self) -> usize {
+        usize::MAX
+    }
 }
 
 /// What a group replicates: supplied by the application.

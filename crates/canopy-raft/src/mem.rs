@@ -19,6 +19,9 @@ pub struct MemNet {
     cut: Mutex<HashSet<String>>,
     /// RPCs attempted.
     pub calls: AtomicUsize,
+    /// The largest RPC body carried (0: no limit); a larger one fails as unreachable, as a
+    /// route closes on a message over its `max_payload`.
+    pub max_body: AtomicUsize,
 }
 
 impl MemNet {
@@ -66,6 +69,10 @@ impl Transport for MemTransport {
         let group = group.to_string();
         Box::pin(async move {
             net.calls.fetch_add(1, Ordering::Relaxed);
+            let max = net.max_body.load(Ordering::Relaxed);
+            if max != 0 && body.len() > max {
+                return Err(TransportError::Unreachable(to));
+            }
             let blocked = {
                 let cut = net.cut.lock();
                 cut.contains(&from) || cut.contains(&to)
@@ -91,5 +98,12 @@ impl Transport for MemTransport {
                 Err(_) => Err(TransportError::Timeout(to)),
             }
         })
+    }
+
+    fn max_body(&self) -> usize {
+        match self.net.max_body.load(Ordering::Relaxed) {
+            0 => usize::MAX,
+            n => n,
+        }
     }
 }

@@ -123,14 +123,33 @@ impl RaftNetwork<TC> for Conn {
         rpc: AppendEntriesRequest<TC>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        let body = codec::encode_append(&rpc);
-        self.rpc(
-            RpcKind::AppendEntries,
-            RPCTypes::AppendEntries,
-            body,
-            &option,
-        )
-        .await
+        let mut rpc = rpc;
+        let mut body = codec::encode_append(&rpc);
+        // Too large for the transport (a follower catching up gets up to
+        // `max_payload_entries` entries at once, each possibly a batch of messages): send
+        // the largest halving of the entries that fits and report how far it got.
+        let mut part = None;
+        let max = self.shared.transport.max_body();
+        while matches!(&body, Ok(b) if b.len() > max) && rpc.entries.len() > 1 {
+            let n = rpc.entries.len() / 2;
+            rpc.entries.truncate(n);
+            part = rpc.entries.last().map(|e| e.log_id);
+            body = codec::encode_append(&rpc);
+        }
+        let resp = self
+            .rpc(
+                RpcKind::AppendEntries,
+                RPCTypes::AppendEntries,
+                body,
+                &option,
+            )
+            .await?;
+        Ok(match (resp, part) {
+            (AppendEntriesResponse::Success, Some(last)) => {
+                AppendEntriesResponse::PartialSuccess(Some(last))
+            }
+            (r, _) => r,
+        })
     }
 
     async fn install_snapshot(

@@ -167,6 +167,7 @@ impl Engine {
                 host: self.host.clone(),
                 system_account: system_account.clone(),
                 stats: rpc,
+                max_body: transport::max_body(self.host.info().max_payload),
             }),
             warned: Mutex::new(HashSet::new()),
             started: Instant::now(),

@@ -44,11 +44,31 @@ pub fn subject(node: u64, group: &str, kind: &str) -> String {
     format!("{PREFIX}.{node:016x}.{group}.{kind}")
 }
 
+/// How far a Raft RPC body may go past `max_payload`. A route between Canopy servers
+/// accepts [`ROUTE_HEADROOM`] more than `max_payload` (canopy-server's route parser), so an
+/// entry holding one message of the largest size travels with its framing and the
+/// consumer updates riding with it.
+pub const RPC_HEADROOM: usize = 128 << 10;
+/// What canopy-server's route parser accepts beyond `max_payload` (Raft traffic only ever
+/// comes from Canopy peers; a Go peer's messages stay within `max_payload`).
+pub const ROUTE_HEADROOM: usize = 256 << 10;
+
+/// The largest Raft RPC body for a server's `max_payload` (0: unknown, no bound).
+pub fn max_body(max_payload: usize) -> usize {
+    if max_payload == 0 {
+        usize::MAX
+    } else {
+        max_payload + RPC_HEADROOM
+    }
+}
+
 /// [`Transport`] over the routes.
 pub struct RouteTransport {
     pub(super) host: Arc<dyn Host>,
     pub(super) system_account: String,
     pub(super) stats: Arc<RpcStats>,
+    /// [`max_body`] of this server's `max_payload`.
+    pub(super) max_body: usize,
 }
 
 impl RouteTransport {
@@ -113,6 +133,10 @@ impl Transport for RouteTransport {
         timeout: Duration,
     ) -> BoxFuture<Result<Bytes, TransportError>> {
         self.send(to, group, kind.token(), body, timeout)
+    }
+
+    fn max_body(&self) -> usize {
+        self.max_body
     }
 }
 

@@ -78,6 +78,10 @@ use entry::{COp, Entry, Op, OpAnswer, W};
 
 /// Most publishes in one entry.
 const MAX_BATCH: usize = 1024;
+/// Message bytes in one entry (a message larger than this goes alone): an entry, and with
+/// it every Raft RPC, stays within what the routes carry (`max_payload` and the cluster
+/// transport's headroom); Raft splits AppendEntries by bytes, not inside an entry.
+const MAX_BATCH_BYTES: usize = 256 << 10;
 /// Publishes queued on the leader beyond this are refused (10008).
 const MAX_QUEUE: usize = 65_536;
 /// Most stream bytes a snapshot carries (see docs/ARCHITECTURE.md: catch-up limits).
@@ -361,10 +365,13 @@ pub(crate) fn pump(core: &mut StreamCore) {
     let mut pubs = Vec::new();
     let mut ids: HashMap<String, u64> = HashMap::new();
     let mut rest = Vec::new();
+    let mut bytes = 0usize;
     for m in queue {
+        let size = m.subject.len() + m.headers.as_ref().map_or(0, |h| h.len()) + m.payload.len();
         if !rest.is_empty()
             || batch.len() >= MAX_BATCH
             || (!batch.is_empty() && needs_applied_state(&m))
+            || (!batch.is_empty() && bytes + size > MAX_BATCH_BYTES)
         {
             rest.push(m);
             continue;
@@ -388,6 +395,7 @@ pub(crate) fn pump(core: &mut StreamCore) {
                     seq,
                     reply: p.reply.clone(),
                 });
+                bytes += size;
                 batch.push((seq, p));
             }
             Err((reply, e)) => core.err_reply(reply.as_deref(), e),

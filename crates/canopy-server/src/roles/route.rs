@@ -652,7 +652,10 @@ async fn serve_route(server: Arc<Server>, stream: TcpStream, addr: SocketAddr, d
     if let Some(hs) = hs {
         if s.register(hs.info) {
             let max_payload = server.opts().max_payload as usize;
-            let mut parser = Parser::new(Role::Route, ParserLimits::link(max_payload));
+            let mut parser = Parser::new(
+                Role::Route,
+                ParserLimits::link(route_payload_limit(max_payload)),
+            );
             parser.set_route_no_account(s.route.as_ref().is_some_and(|r| r.account.is_some()));
             let rd = CountRead::new(rd, conn.clone());
             let rest = Cursor::new(hs.rest.freeze());
@@ -714,7 +717,10 @@ impl RouteSession {
         let account = dial.and_then(|d| d.account.clone());
         let negotiate = co.mode != CompressionMode::Off;
         let max_payload = server.opts().max_payload as usize;
-        let mut parser = Parser::new(Role::Route, ParserLimits::link(max_payload));
+        let mut parser = Parser::new(
+            Role::Route,
+            ParserLimits::link(route_payload_limit(max_payload)),
+        );
         let mut buf = BytesMut::with_capacity(4096);
         let mut out = BytesMut::new();
         // A pooled solicitor's INFO waits for `register`, which picks its slot.
@@ -1517,4 +1523,11 @@ pub fn routez(server: &Server, subs: bool) -> Value {
         "num_routes": routes.len(),
         "routes": routes,
     })
+}
+
+/// What a route accepts as one message's payload: `max_payload` and clustered JetStream's
+/// headroom (a Raft entry can hold one message of the largest size plus its framing, see
+/// canopy-jetstream `cluster::transport::ROUTE_HEADROOM`).
+fn route_payload_limit(max_payload: usize) -> usize {
+    max_payload.saturating_add(canopy_jetstream::cluster::transport::ROUTE_HEADROOM)
 }

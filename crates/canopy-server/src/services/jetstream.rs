@@ -424,6 +424,7 @@ impl Host for JsHost {
             server_name: self.server.name.clone(),
             cluster: (!cluster.is_empty()).then_some(cluster),
             version: version::NATS_COMPAT_VERSION.to_string(),
+            max_payload: usize::try_from(o.max_payload).unwrap_or(usize::MAX),
             system_account: Some(self.server.system_account.clone()),
             tags: o.server_tags.clone(),
             clustered: clustered(&o),
