@@ -122,6 +122,7 @@ impl Group {
             Ok::<_, String>((LogStore::open(&dir)?, SmStore::open(&dir, app)?))
         })
         .map_err(storage)?;
+        log.set_sync(cfg.log_sync);
         let max_body = transport.max_body();
         let config = Config {
             cluster_name: cfg.name.clone(),

@@ -165,6 +165,11 @@ pub struct GroupConfig {
     pub snapshot_every: u64,
     /// The time an RPC may take before the peer counts as unreachable for it.
     pub rpc_timeout: Duration,
+    /// `None` (the default): log appends are fsynced (group commit) before openraft hears
+    /// they are durable. `Some(d)`: they count as durable once written (the OS holds them,
+    /// so a killed process loses nothing; a power loss on a majority can lose the last
+    /// `d`), fsynced at most every `d` while appends come — JetStream's `sync_interval`.
+    pub log_sync: Option<Duration>,
 }
 
 impl GroupConfig {
@@ -179,6 +184,7 @@ impl GroupConfig {
             election_timeout_max: Duration::from_millis(2_000),
             snapshot_every: 8_192,
             rpc_timeout: Duration::from_secs(2),
+            log_sync: None,
         }
     }
 }

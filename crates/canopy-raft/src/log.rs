@@ -103,6 +103,13 @@ struct LogInner {
     failed: Option<String>,
     /// Roll segments past this size ([`SEGMENT_MAX`]; smaller in tests).
     seg_max: u64,
+    /// [`crate::GroupConfig::log_sync`]: `None` fsyncs every batch before acknowledging it.
+    sync_every: Option<std::time::Duration>,
+    /// The last fsync, and files written since without one (interval mode).
+    last_sync: std::time::Instant,
+    dirty: Vec<Arc<File>>,
+    /// Batches fsynced (for tests and logs).
+    syncs: u64,
 }
 
 /// The log store (and, cloned, its reader).
@@ -451,6 +458,11 @@ fn scan_record(r: &mut BufReader<File>, body: &mut Vec<u8>) -> io::Result<Scan> 
 }
 
 impl LogStore {
+    /// Sets [`crate::GroupConfig::log_sync`].
+    pub(crate) fn set_sync(&self, every: Option<std::time::Duration>) {
+        self.inner.lock().sync_every = every;
+    }
+
     /// Opens (creating) the log under `group_dir`, recovering from a torn tail.
     pub(crate) fn open(group_dir: &Path) -> Result<LogStore, String> {
         let dir = group_dir.join("log");
@@ -494,6 +506,10 @@ impl LogStore {
             durable: None,
             failed: None,
             seg_max: SEGMENT_MAX,
+            sync_every: None,
+            last_sync: std::time::Instant::now(),
+            dirty: Vec::new(),
+            syncs: 0,
         };
         let mut torn_at: Option<(u64, u64)> = None;
         let mut body = Vec::new();
@@ -717,7 +733,29 @@ impl Batch {
     /// Makes the batch's writes durable and acknowledges them.
     fn finish(&mut self, inner: &Arc<Mutex<LogInner>>, dir: &Path) {
         let t = std::time::Instant::now();
-        if self.failed.is_none() {
+        // Interval mode: written is acknowledged (the OS holds it; a process kill loses
+        // nothing), and the files written meanwhile are fsynced once the interval is up.
+        let sync = {
+            let mut g = inner.lock();
+            let due = g.sync_every.is_none_or(|d| g.last_sync.elapsed() >= d);
+            if due {
+                g.last_sync = t;
+                g.syncs += 1;
+                for f in std::mem::take(&mut g.dirty) {
+                    if !self.files.iter().any(|x| Arc::ptr_eq(x, &f)) {
+                        self.files.push(f);
+                    }
+                }
+            } else {
+                for f in &self.files {
+                    if !g.dirty.iter().any(|x| Arc::ptr_eq(x, f)) {
+                        g.dirty.push(f.clone());
+                    }
+                }
+            }
+            due
+        };
+        if self.failed.is_none() && sync {
             for f in &self.files {
                 if let Err(e) = f.sync_data() {
                     self.failed = Some(e.to_string());
@@ -931,5 +969,36 @@ mod tests {
         let g = st2.inner.lock();
         assert_eq!(g.purged, Some(upto));
         assert_eq!(g.last_log_id(), want.last().map(|e| e.log_id));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn interval_mode_acknowledges_written_appends_and_syncs_when_due() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let st = LogStore::open(dir.path()).expect("open");
+        st.set_sync(Some(Duration::from_secs(3600)));
+        let want: Vec<Entry> = (0..20).map(|i| ent(1, i)).collect();
+        for e in &want {
+            append(&st, vec![e.clone()]).await;
+        }
+        assert_eq!(
+            st.inner.lock().syncs,
+            0,
+            "no fsync before the interval is up"
+        );
+        assert!(
+            !st.inner.lock().dirty.is_empty(),
+            "written files wait for their fsync"
+        );
+        // The interval is up: the next batch fsyncs what waited.
+        st.set_sync(Some(Duration::ZERO));
+        append(&st, vec![ent(1, 20)]).await;
+        assert_eq!(st.inner.lock().syncs, 1);
+        assert!(st.inner.lock().dirty.is_empty());
+        // The default fsyncs every batch.
+        st.set_sync(None);
+        append(&st, vec![ent(1, 21)]).await;
+        append(&st, vec![ent(1, 22)]).await;
+        assert_eq!(st.inner.lock().syncs, 3);
+        assert_eq!(read_all(&st).len(), 23);
     }
 }

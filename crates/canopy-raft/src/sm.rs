@@ -3,8 +3,9 @@
 //! last snapshot on disk.
 //!
 //! Files under the group's directory:
-//! - `applied.json`: the last applied log id and the membership, replaced (rename) after each
-//!   applied batch, *after* the application applied it. It is not fsynced: losing it to a
+//! - `applied.json`: the last applied log id and the membership, replaced (rename) at most
+//!   every 250 ms while entries are applied and with each membership change, *after* the
+//!   application applied them. It is not fsynced: losing it (or its lag) to a
 //!   crash only means re-applying entries (apply is idempotent by index), and the log, which
 //!   is fsynced, still holds them (it is only purged up to a snapshot, whose own record wins).
 //! - `snapshot.bin`: the last snapshot, `[meta length u32][meta JSON][data][crc32c u32]`,
@@ -37,7 +38,15 @@ struct Applied {
 struct State {
     applied: Applied,
     snapshot_seq: u64,
+    /// When `applied.json` was last written.
+    persisted: Option<std::time::Instant>,
 }
+
+/// How often `applied.json` is rewritten while entries are applied (and at once with a
+/// membership change). Writing it after every applied batch cost an open and a rename per
+/// replicated publish on every member; a stale record only means re-applying the entries
+/// after it at the next start (apply is idempotent by index, and the log holds them).
+const PERSIST_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
 pub(crate) struct SmShared {
     app: Arc<dyn StateMachine>,
@@ -135,6 +144,7 @@ impl SmStore {
                 state: Mutex::new(State {
                     applied,
                     snapshot_seq: 0,
+                    persisted: None,
                 }),
             }),
         })
@@ -199,11 +209,13 @@ impl RaftStateMachine<TC> for SmStore {
         blocking(move || {
             let mut st = shared.state.lock();
             let mut out = Vec::with_capacity(entries.len());
+            let mut membership = false;
             for e in entries {
                 let resp = match e.payload {
                     EntryPayload::Normal(p) => shared.app.apply(e.log_id.index, &p.0),
                     EntryPayload::Membership(m) => {
                         st.applied.membership = StoredMembership::new(Some(e.log_id), m);
+                        membership = true;
                         Bytes::new()
                     }
                     EntryPayload::Blank => Bytes::new(),
@@ -211,7 +223,14 @@ impl RaftStateMachine<TC> for SmStore {
                 st.applied.last_applied = Some(e.log_id);
                 out.push(Payload(resp));
             }
-            shared.persist_applied(&st.applied)?;
+            if membership || st.persisted.is_none_or(|t| t.elapsed() >= PERSIST_EVERY) {
+                shared.persist_applied(&st.applied)?;
+                st.persisted = Some(std::time::Instant::now());
+            } else {
+                shared
+                    .applied_next
+                    .store(next_of(st.applied.last_applied), Ordering::Relaxed);
+            }
             Ok::<_, String>(out)
         })
         .map_err(|e| sto_err(ErrorVerb::Write, e))
