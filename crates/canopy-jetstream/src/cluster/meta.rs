@@ -240,13 +240,15 @@ impl canopy_raft::StateMachine for MetaMachine {
         self.persist(&st);
         drop(st);
         let mine = e.stream.peers.contains(&self.me);
-        // One member answers: the first of the stream's peers; for a replicated stream
-        // every member gets the reply and its leader answers (once it takes publishes).
+        // One member answers: the first of the stream's peers (an update of a replicated
+        // stream: its leader, which applies it).
         let first = e.stream.peers.first() == Some(&self.me);
         let job = match e.action {
             Action::Create | Action::Update if mine => Some(Job::Ensure {
                 action: e.action,
-                reply: e.reply.filter(|_| first || !e.stream.group.is_empty()),
+                reply: e.reply.filter(|_| {
+                    first || (e.action == Action::Update && !e.stream.group.is_empty())
+                }),
                 stream: Box::new(e.stream),
                 prev_group,
             }),

@@ -825,7 +825,7 @@ fn ensure_replicated(
         Ok(())
     };
     let first = sa.peers.first() == Some(&c.me.name);
-    let reply = reply.filter(|_| action == Action::Update || first || res.is_ok());
+    let reply = reply.filter(|_| action == Action::Update || first);
     let Some(r) = reply else {
         if let Err(err) = res {
             tracing::error!(
@@ -840,13 +840,18 @@ fn ensure_replicated(
     } else {
         "stream_create_response"
     };
-    if action == Action::Create
-        && res.is_ok()
-        && !c
-            .rt
-            .block_on(leads_when_ready(e, account, name, c.me.id, first))
-    {
-        // Another member leads the new group: it answers.
+    if action == Action::Create && res.is_ok() {
+        // Answer once the stream takes publishes: its STREAM.INFO is answered only by a
+        // leader that ingests (its no-op applied), whichever member that is. Answering as
+        // soon as some member was elected let the client's first publishes (or its info
+        // request) arrive before the leader knew it led: they went unanswered.
+        let res =
+            c.rt.block_on(info_from_leader(e, account, name))
+                .map(|mut info| {
+                    info["did_create"] = json!(true);
+                    info
+                });
+        crate::api::reply_to(e, &acc, r, kind, res);
         return;
     }
     let res = res.and_then(|()| {
@@ -863,46 +868,43 @@ fn ensure_replicated(
         if let Some(cl) = e.stream_cluster_info(account, name) {
             info["cluster"] = cl;
         }
-        Ok(if action == Action::Create {
-            let mut v = info;
-            v["did_create"] = json!(true);
-            v
-        } else {
-            info
-        })
+        Ok(info)
     });
     crate::api::reply_to(e, &acc, r, kind, res);
 }
 
-/// A new replicated stream: waits (at most 10 s) until its group has a leader and, when
-/// that is this member, until it takes publishes (its no-op applied). True when this
-/// member is then the leader that answers the create (`first`: the fallback answerer
-/// when no leader emerges). Answering as soon as some member was elected let the
-/// client's first publishes arrive before the leader knew it led: they were dropped
-/// unanswered.
-async fn leads_when_ready(e: &Engine, account: &str, name: &str, me: u64, first: bool) -> bool {
-    let Some(g) = e.raft_group(account, name) else {
-        return first;
-    };
-    let mut rx = g.leader_watch();
+/// A new replicated stream's info as its ready leader answers it (`$JS.API.STREAM.INFO`
+/// through this server, asked again every 300 ms for at most 10 s: no member answers it
+/// until the leader ingests).
+async fn info_from_leader(e: &Engine, account: &str, name: &str) -> Result<Value, E> {
+    let subject = format!("$JS.API.STREAM.INFO.{name}");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let leader = rx.borrow_and_update().as_ref().map(|p| p.id);
-        match leader {
-            Some(id) if id != me => return false,
-            Some(_) if e.is_stream_leader(account, name) => return true,
-            _ => {}
-        }
-        // The leader flag has no watch of its own: look again shortly.
-        let wait = tokio::time::sleep(Duration::from_millis(10));
-        tokio::select! {
-            _ = rx.changed() => {}
-            _ = wait => {}
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        e.host.request(
+            account,
+            &subject,
+            None,
+            b"",
+            Duration::from_millis(300),
+            Box::new(move |m| {
+                let _ = tx.send(m);
+            }),
+        );
+        if let Ok(Some(m)) = rx.await {
+            if let Ok(mut v) = serde_json::from_slice::<Value>(&m.payload) {
+                if v.get("error").is_none() {
+                    if let Some(o) = v.as_object_mut() {
+                        o.remove("type");
+                    }
+                    return Ok(v);
+                }
+            }
         }
         if tokio::time::Instant::now() >= deadline {
-            // No ready leader in time: one member answers rather than none.
-            return leader.map_or(first, |id| id == me);
+            return Err(E::ClusterNotAvail);
         }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

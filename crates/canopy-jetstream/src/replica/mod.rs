@@ -1377,6 +1377,13 @@ impl Engine {
         gcfg.name.clone_from(&group.name);
         gcfg.dir.clone_from(&group.dir);
         gcfg.me = group.me.clone();
+        // The stream's log is as durable as a single-server stream: fsynced per append
+        // with `sync_interval: always`, else every `sync_interval` (a killed process loses
+        // nothing either way; the copies on the other members cover a lost machine).
+        gcfg.log_sync = match self.cfg.sync {
+            canopy_store::SyncPolicy::Always => None,
+            canopy_store::SyncPolicy::Interval(d) => Some(d),
+        };
         let g = match Group::open(gcfg, sm, transport).await {
             Ok(g) => g,
             Err(e) => {
