@@ -70,7 +70,7 @@ pub async fn run(conn: &ConnArgs, a: &BenchArgs, mode: JsMode) -> Result<Report>
                 .subscription_capacity(1 << 16)
         })
         .await?;
-    let js = jetstream::new(client.clone());
+    let js = jetstream::new(client);
     let payload = Bytes::from(
         (0..a.size)
             .map(|i| b'a' + (i % 26) as u8)
@@ -93,27 +93,16 @@ pub async fn run(conn: &ConnArgs, a: &BenchArgs, mode: JsMode) -> Result<Report>
         server_cpu: None,
         js_cluster: None,
     };
-    match mode {
-        JsMode::Pub | JsMode::Sync | JsMode::Fetch => {
-            let _ = js.delete_stream(NAME).await;
-            create_stream(
-                &client,
-                serde_json::json!({
-                    "name": NAME,
-                    "subjects": [a.subject],
-                    "storage": a.storage.as_str(),
-                    "num_replicas": a.replicas,
-                }),
-            )
-            .await?;
-            report.js_cluster = Some(ready(&client, NAME, a.replicas).await?);
-        }
-        JsMode::Kvput | JsMode::Kvget => {
-            let _ = js.delete_key_value(NAME).await;
-        }
-    }
+    remove(&js, mode).await;
     let result = measure(&js, conn, a, mode, &payload, storage, &mut report).await;
-    // Leave nothing behind on the server, whatever happened.
+    // Leave nothing behind on the server, whatever happened (creation included).
+    remove(&js, mode).await;
+    result?;
+    Ok(report)
+}
+
+/// Deletes the bench stream or bucket, if there is one.
+async fn remove(js: &jetstream::Context, mode: JsMode) {
     match mode {
         JsMode::Kvput | JsMode::Kvget => {
             let _ = js.delete_key_value(NAME).await;
@@ -122,8 +111,6 @@ pub async fn run(conn: &ConnArgs, a: &BenchArgs, mode: JsMode) -> Result<Report>
             let _ = js.delete_stream(NAME).await;
         }
     }
-    result?;
-    Ok(report)
 }
 
 async fn measure(
@@ -136,6 +123,19 @@ async fn measure(
     report: &mut Report,
 ) -> Result<()> {
     let subject = async_nats::Subject::from(a.subject.clone());
+    if matches!(mode, JsMode::Pub | JsMode::Sync | JsMode::Fetch) {
+        create_stream(
+            &js.client(),
+            serde_json::json!({
+                "name": NAME,
+                "subjects": [a.subject],
+                "storage": a.storage.as_str(),
+                "num_replicas": a.replicas,
+            }),
+        )
+        .await?;
+        report.js_cluster = Some(ready(&js.client(), NAME, a.replicas).await?);
+    }
     match mode {
         JsMode::Pub if a.raw => {
             let p = super::jsraw::RawJsPublisher::connect(
@@ -337,11 +337,16 @@ async fn create_stream_once(client: &async_nats::Client, config: serde_json::Val
     crate::js::check(&v).with_context(|| format!("creating stream {name}"))
 }
 
-/// `$JS.API.STREAM.INFO` of `name` as JSON.
-async fn stream_info(client: &async_nats::Client, name: &str) -> Result<serde_json::Value> {
-    let m = client
-        .request(format!("$JS.API.STREAM.INFO.{name}"), Bytes::new())
+/// `$JS.API.STREAM.INFO` of `name` as JSON, waiting at most `wait` for the answer.
+async fn stream_info(
+    client: &async_nats::Client,
+    name: &str,
+    wait: Duration,
+) -> Result<serde_json::Value> {
+    let req = client.request(format!("$JS.API.STREAM.INFO.{name}"), Bytes::new());
+    let m = tokio::time::timeout(wait, req)
         .await
+        .map_err(|_| anyhow!("stream info {name}: no answer within {wait:?}"))?
         .map_err(|e| anyhow!("stream info {name}: {e}"))?;
     let v: serde_json::Value =
         serde_json::from_slice(&m.payload).context("decoding the stream info reply")?;
@@ -350,8 +355,10 @@ async fn stream_info(client: &async_nats::Client, name: &str) -> Result<serde_js
 }
 
 /// With `replicas` above 1, waits (up to 20 s) until the stream has a leader and
-/// `replicas - 1` replicas that say they are current. Returns the server the client is
-/// connected to and the stream's `cluster` object as last seen.
+/// `replicas - 1` replicas that say they are current, asking again when an answer takes
+/// over a second (Canopy at 571a251 sometimes leaves a `STREAM.INFO` sent right after an
+/// R3 create unanswered). Returns the server the client is connected to and the stream's
+/// `cluster` object as last seen.
 async fn ready(
     client: &async_nats::Client,
     name: &str,
@@ -359,7 +366,7 @@ async fn ready(
 ) -> Result<serde_json::Value> {
     let deadline = Instant::now() + Duration::from_secs(20);
     let cluster = loop {
-        let info = match stream_info(client, name).await {
+        let info = match stream_info(client, name, Duration::from_secs(1)).await {
             // A new replicated stream answers once its group has a leader.
             Err(_) if replicas > 1 && Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(100)).await;
