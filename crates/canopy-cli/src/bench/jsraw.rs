@@ -9,8 +9,10 @@
 //! subscription `_INBOX.<token>.*`. At most `window` publishes are unacknowledged at a
 //! time. Every ack is checked: a negative PubAck (`"error"`), a duplicate, an ack for
 //! another stream, an ack with no sequence, a second ack for one message or a sequence seen
-//! twice or outside `1..=n` (the stream is fresh) fails the run; the run ends only when
-//! all `n` messages are acknowledged, and fails when no ack arrives for `timeout`.
+//! twice or outside `1..=n` (the stream is fresh) fails the run, and so does an empty reply
+//! or a status (the CONNECT asks for headers and no-responders statuses, so a publish
+//! nothing answers comes back as `HMSG … NATS/1.0 503`); the run ends only when all `n`
+//! messages are acknowledged, and fails when no ack arrives for `timeout`.
 
 use super::raw::RawConn;
 use super::ClientRun;
@@ -122,6 +124,31 @@ impl AckParser {
             let seq = self.ack_seq(index, payload)?;
             return Ok(Some((after + size + 2, Some(Op::Ack { index, seq }))));
         }
+        if let Some(args) = line.strip_prefix(b"HMSG ") {
+            // HMSG <subject> <sid> [reply] <hdr len> <total len>: a status (the publisher
+            // asks for no-responders statuses) or an ack with headers; either way not a
+            // plain PubAck, so the run fails, naming the status line.
+            let mut toks = args.split(|&b| b == b' ').filter(|t| !t.is_empty());
+            let subject = String::from_utf8_lossy(toks.next().unwrap_or_default()).into_owned();
+            let total = toks.next_back().and_then(number);
+            let hdr = toks.next_back().and_then(number);
+            let (Some(total), Some(hdr)) = (total, hdr) else {
+                bail!("bad HMSG line {:?}", String::from_utf8_lossy(line));
+            };
+            let (total, hdr) = (total as usize, hdr as usize);
+            if hdr > total || total > MAX_ACK {
+                bail!("bad HMSG sizes {hdr}/{total} on {subject}");
+            }
+            if rest.len() < after + total + 2 {
+                return Ok(None);
+            }
+            let head = &rest[after..after + hdr];
+            let status = head.split(|&b| b == b'\r').next().unwrap_or_default();
+            bail!(
+                "status reply on {subject} instead of a PubAck: {:?}",
+                String::from_utf8_lossy(status)
+            );
+        }
         let op = match line {
             b"PING" => Some(Op::Ping),
             b"PONG" | b"+OK" | b"" => None,
@@ -129,7 +156,6 @@ impl AckParser {
             l if l.starts_with(b"-ERR") => {
                 bail!("server said {}", String::from_utf8_lossy(l))
             }
-            // An HMSG here is a status (503 no responders) or an ack we cannot read.
             l => bail!("unexpected protocol line {:?}", String::from_utf8_lossy(l)),
         };
         Ok(Some((after, op)))
@@ -138,6 +164,9 @@ impl AckParser {
     /// The sequence of a positive PubAck for `index`; every other answer is an error.
     fn ack_seq(&self, index: u64, payload: &[u8]) -> Result<u64> {
         let text = || String::from_utf8_lossy(payload);
+        if payload.is_empty() {
+            bail!("empty reply for message {index} instead of a PubAck");
+        }
         if find(payload, b"\"error\"").is_some() {
             bail!("negative PubAck for message {index}: {}", text());
         }
@@ -213,7 +242,12 @@ pub struct RawJsPublisher {
 impl RawJsPublisher {
     /// Connect to `addr` and subscribe to the reply subjects of the acks for `stream`.
     pub async fn connect(addr: &str, connect_json: &str, stream: &str) -> Result<Self> {
-        let mut conn = RawConn::connect(addr, connect_json).await?;
+        // Ask for status replies (503 when nothing answers a publish) rather than silence.
+        let mut hello: serde_json::Value =
+            serde_json::from_str(connect_json).context("CONNECT JSON")?;
+        hello["headers"] = true.into();
+        hello["no_responders"] = true.into();
+        let mut conn = RawConn::connect(addr, &hello.to_string()).await?;
         let token = format!(
             "{:x}{:x}",
             std::process::id(),
@@ -382,7 +416,7 @@ mod tests {
             msg("_INBOX.t.0", r#"{"stream":"S"}"#),
             msg("other.0", r#"{"stream":"S","seq":1}"#),
             msg("_INBOX.t.x", r#"{"stream":"S","seq":1}"#),
-            b"HMSG _INBOX.t.0 1 16 16\r\nNATS/1.0 503\r\n\r\n\r\n".to_vec(),
+            msg("_INBOX.t.0", ""),
             b"-ERR 'Permissions Violation'\r\n".to_vec(),
             b"MSG _INBOX.t.0 1 x\r\n".to_vec(),
         ] {
@@ -392,6 +426,16 @@ mod tests {
                 String::from_utf8_lossy(&bad)
             );
         }
+    }
+
+    #[test]
+    fn status_replies_fail_with_their_status() {
+        let status = b"HMSG _INBOX.t.0 1 16 16\r\nNATS/1.0 503\r\n\r\n\r\n";
+        // Incomplete: waits for the rest.
+        assert!(parse_all(&[&status[..30]]).unwrap().is_empty());
+        let e = parse_all(&[status]).unwrap_err().to_string();
+        assert!(e.contains("NATS/1.0 503"), "{e}");
+        assert!(parse_all(&[b"HMSG _INBOX.t.0 1 17 16\r\n"]).is_err());
     }
 
     #[test]
