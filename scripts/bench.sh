@@ -58,6 +58,22 @@
 #                                                                  metric: msgs/s (higher)
 #   kv put p50/p99 sequential KV puts (1000 keys, history 1)       metric: latency us (lower)
 #   kv get p50/p99 sequential KV gets of 1000 stored keys          metric: latency us (lower)
+#   js rawpub 128  as js pub 128, but the publisher is `canopy bench --js pub --raw`: PUB
+#                  frames with a reply subject each on a raw socket, acks read and checked
+#                  by a minimal parser (async-nats needs more CPU per publish than Canopy)
+#   js rawpub 1k   the same with 1 KiB payloads                    metric: msgs/s (higher)
+# Clustered JetStream scenarios (issue 19; `--only jsr3` selects them all): a 3-member
+# cluster of each implementation (server_name, cluster { name, listen, routes to the other
+# two }, jetstream { store_dir }, http), fresh for every round; the script waits until
+# every member's /jsz names the same meta leader of a 3-member group and the route sets are
+# stable, then `canopy bench --js MODE --replicas 3`, connected to member 1, creates an R3
+# file stream and waits until it has a leader and two current replicas. The stream leader
+# is wherever the cluster puts it (each round prints it). Server ns/msg is the CPU of all
+# three members together (`--server-pid P1,P2,P3`).
+#   r3 pub 128     js pub 128 on the R3 stream                     metric: msgs/s (higher)
+#   r3 pub 1k      js pub 1k on the R3 stream                      metric: msgs/s (higher)
+#   r3 sync p50/p99 js sync on the R3 stream                       metric: latency us (lower)
+#   r3 rawpub 128  js rawpub 128 on the R3 stream                  metric: msgs/s (higher)
 #
 # Usage: scripts/bench.sh [--rounds N] [--msgs N] [--quick] [--only LIST] [--async-nats] [--keep-logs]
 #   --rounds N     rounds per scenario (default 5)
@@ -67,8 +83,10 @@
 #   --quick        2 rounds, 200000 msgs (smoke run)
 #   --only LIST    comma-separated scenarios to run: pubsub,fanout,pubonly,request,idle,
 #                  leafpub,leafreq,routepub,tlspub,tlsleaf,jspub,jspub1k,jssync,jsfetch,
-#                  kvput,kvget (default: all; tls-pubsub and tls-leaf are accepted as
-#                  aliases of tlspub and tlsleaf; `js` selects the six JetStream ones)
+#                  kvput,kvget,jsrawpub,jsrawpub1k,jsr3pub,jsr3pub1k,jsr3sync,jsr3rawpub
+#                  (default: all; tls-pubsub and tls-leaf are accepted as aliases of
+#                  tlspub and tlsleaf; `js` selects the eight single-server JetStream
+#                  ones, `jsr3` the four clustered ones)
 #   --async-nats   drive pub/sub with async-nats clients instead of the lean raw-protocol
 #                  clients (`canopy bench --raw`, the default: async-nats alone needs more CPU
 #                  per message than the servers do and would measure itself). The hop
@@ -112,9 +130,16 @@ while [ $# -gt 0 ]; do
     esac
 done
 case "$ROUNDS$MSGS" in *[!0-9]*) echo "bench.sh: --rounds and --msgs take integers" >&2; exit 2 ;; esac
-ALL_SCENARIOS="pubsub fanout pubonly request idle leafpub leafreq routepub tlspub tlsleaf jspub jspub1k jssync jsfetch kvput kvget"
+ALL_SCENARIOS="pubsub fanout pubonly request idle leafpub leafreq routepub tlspub tlsleaf jspub jspub1k jssync jsfetch kvput kvget jsrawpub jsrawpub1k jsr3pub jsr3pub1k jsr3sync jsr3rawpub"
 ONLY=${ONLY//tls-pubsub/tlspub}; ONLY=${ONLY//tls-leaf/tlsleaf}
-case ",$ONLY," in *,js,*) ONLY=${ONLY/#js,/}; ONLY=${ONLY/%,js/}; ONLY=${ONLY//,js,/,}; [ "$ONLY" = js ] && ONLY=; ONLY="${ONLY:+$ONLY,}jspub,jspub1k,jssync,jsfetch,kvput,kvget" ;; esac
+# expand_group NAME MEMBERS: replace the group name NAME in --only by its scenarios.
+expand_group() {
+    case ",$ONLY," in
+        *",$1,"*) ONLY=",$ONLY,"; ONLY=${ONLY//,$1,/,}; ONLY=${ONLY#,}; ONLY=${ONLY%,}; ONLY="${ONLY:+$ONLY,}$2" ;;
+    esac
+}
+expand_group js jspub,jspub1k,jssync,jsfetch,kvput,kvget,jsrawpub,jsrawpub1k
+expand_group jsr3 jsr3pub,jsr3pub1k,jsr3sync,jsr3rawpub
 for s in ${ONLY//,/ }; do
     case " $ALL_SCENARIOS " in *" $s "*) ;; *) echo "bench.sh: unknown scenario $s (one of: $ALL_SCENARIOS)" >&2; exit 2 ;; esac
 done
@@ -148,8 +173,8 @@ fi
 HOPS=1
 if ! command -v python3 >/dev/null || ! command -v curl >/dev/null; then
     HOPS=0
-    if want leafpub || want leafreq || want routepub || want tlspub || want tlsleaf; then
-        echo "NOTE: python3 or curl missing: skipping the leaf, route and TLS scenarios." >&2
+    if want leafpub || want leafreq || want routepub || want tlspub || want tlsleaf || want jsr3pub || want jsr3pub1k || want jsr3sync || want jsr3rawpub; then
+        echo "NOTE: python3 or curl missing: skipping the leaf, route, TLS and clustered JetStream scenarios." >&2
     fi
 fi
 TLS=$HOPS
@@ -277,7 +302,8 @@ extract() {
             record "${name}99" value "$kind" "$(jq -r '.request.p99_us' <<<"$json")"
             record "${name}99" cpu "$kind" "$(jq -r '.client_cpu.share * 100' <<<"$json")" ;;
         idle) v=$(jq -r '.idle.bytes_per_conn // empty' <<<"$json"); record "$name" value "$kind" "$v" ;;
-        jspub|jspub1k) v=$(jq -r '.pub.msgs_per_sec' <<<"$json"); record "$name" value "$kind" "$v" ;;
+        jspub|jspub1k|jsrawpub|jsrawpub1k|jsr3pub|jsr3pub1k|jsr3rawpub)
+            v=$(jq -r '.pub.msgs_per_sec' <<<"$json"); record "$name" value "$kind" "$v" ;;
         jsfetch)
             v=$(jq -r '.sub.msgs_per_sec' <<<"$json")
             if [ "$(jq -r '.sub.msgs < .sub.expected' <<<"$json")" = true ]; then
@@ -285,7 +311,7 @@ extract() {
                 record "$name" lost "$kind" 1
             fi
             record "$name" value "$kind" "$v" ;;
-        jssync|kvput|kvget)
+        jssync|kvput|kvget|jsr3sync)
             v=$(jq -r '.request.p50_us' <<<"$json"); record "$name" value "$kind" "$v"
             record "${name}99" value "$kind" "$(jq -r '.request.p99_us' <<<"$json")"
             record "${name}99" cpu "$kind" "$(jq -r '.client_cpu.share * 100' <<<"$json")" ;;
@@ -747,6 +773,99 @@ run_tlspub() {
     done
 }
 
+# ---- Clustered JetStream (three members) ---------------------------------------------------
+
+# meta_leader HTTP_PORT: the meta leader named by a member's /jsz when it sees a group of 3.
+meta_leader() {
+    curl -s --max-time 1 "http://127.0.0.1:$1/jsz" 2>/dev/null |
+        jq -r 'if (.meta_cluster.cluster_size // 0) >= 3 then .meta_cluster.leader // "" else "" end' 2>/dev/null
+}
+
+# wait_meta HTTP_PORT...: until every member names the same, non-empty meta leader (30 s).
+wait_meta() {
+    local i h l first ok
+    for i in $(seq 1 150); do
+        ok=1; first=
+        for h in "$@"; do
+            l=$(meta_leader "$h")
+            if [ -z "$l" ] || { [ -n "$first" ] && [ "$l" != "$first" ]; }; then ok=0; break; fi
+            first=$l
+        done
+        [ "$ok" = 1 ] && return 0
+        sleep 0.2
+    done
+    return 1
+}
+
+# start_cluster KIND TAG: three members of KIND named bench-1..3, each with routes to the
+# other two and a fresh store dir; up when every member has 2 routes, the route sets are
+# stable and all agree on a meta leader. Sets C_PIDS (comma-separated), C_URL (member 1),
+# C_STORES; logs and configs are $WORK/KIND-TAG-{1,2,3}.{conf,log}.
+start_cluster() {
+    local kind=$1 tag=$2 bin attempt i j base ok routes
+    local -a p h x pid
+    case "$kind" in canopy) bin=$CANOPY_SERVER ;; *) bin=$NATS_SERVER ;; esac
+    base="$WORK/$kind-$tag"
+    for attempt in 1 2 3; do
+        read -r p[1] h[1] x[1] p[2] h[2] x[2] p[3] h[3] x[3] <<<"$(free_ports 9)"
+        C_STORES=
+        for i in 1 2 3; do
+            routes=
+            for j in 1 2 3; do [ "$j" = "$i" ] || routes="$routes${routes:+, }\"nats-route://127.0.0.1:${x[$j]}\""; done
+            local extra=
+            [ "$kind" = canopy ] && [ -n "${CANOPY_CLUSTER_EXTRA:-}" ] && extra=", $CANOPY_CLUSTER_EXTRA"
+            rm -rf "$base-$i.store"; mkdir -p "$base-$i.store"
+            C_STORES="$C_STORES $base-$i.store"
+            printf 'server_name: bench-%s\nlisten: "127.0.0.1:%s"\nhttp: "127.0.0.1:%s"\ncluster { name: bench, listen: "127.0.0.1:%s", routes: [%s] %s }\njetstream { store_dir: "%s" }\n' \
+                "$i" "${p[$i]}" "${h[$i]}" "${x[$i]}" "$routes" "$extra" "$base-$i.store" >"$base-$i.conf"
+        done
+        for i in 1 2 3; do
+            "$bin" -c "$base-$i.conf" >"$base-$i.log" 2>&1 &
+            pid[$i]=$!; HOP_PIDS="$HOP_PIDS ${pid[$i]}"
+        done
+        ok=1
+        for i in 1 2 3; do wait_port "${pid[$i]}" "${p[$i]}" || { ok=0; break; }; done
+        if [ "$ok" = 1 ]; then
+            for i in 1 2 3; do wait_json "http://127.0.0.1:${h[$i]}/routez" '.num_routes >= 2' || { ok=0; break; }; done
+        fi
+        if [ "$ok" = 1 ] && wait_stable_routes "${h[1]}" "${h[2]}" "${h[3]}" && wait_meta "${h[1]}" "${h[2]}" "${h[3]}"; then
+            C_PIDS="${pid[1]},${pid[2]},${pid[3]}"
+            C_URL="nats://127.0.0.1:${p[1]}"
+            return 0
+        fi
+        stop_topology
+        rm -rf $C_STORES
+    done
+    echo "bench.sh: $kind 3-member cluster did not form; logs:" >&2
+    tail -n 20 "$base-1.log" "$base-2.log" "$base-3.log" >&2 2>/dev/null || true
+    return 1
+}
+
+# run_jsr3 NAME ROUND ORDER BENCH-ARGS...: one round of a clustered JetStream scenario
+# (`canopy bench ... --replicas 3` against member 1) on each implementation.
+run_jsr3() {
+    local name=$1 round=$2 order=$3 kind json f; shift 3
+    for kind in $order; do
+        f="$WORK/$kind-$name-$round"
+        if ! start_cluster "$kind" "$name-$round"; then
+            record "$name" fail "$kind" 1; continue
+        fi
+        if json=$("$CANOPY" -s "$C_URL" bench canopy.js.bench "$@" --replicas 3 --timeout 10s \
+            --server-pid "$C_PIDS" --json 2>"$f.err"); then
+            echo "$json" >"$f.json"
+            extract "$name" "$kind" "$json"
+            echo "           stream leader $(jq -r '.js_cluster.cluster.leader // "?"' <<<"$json"), client on $(jq -r '.js_cluster.connected // "?"' <<<"$json")" >&2
+            [ "$(jq -r '.js_cluster.cluster.leader == .js_cluster.connected' <<<"$json")" = true ] &&
+                record "$name" local "$kind" 1
+        else
+            echo "  round $round $name on $kind FAILED: $(tail -n 3 "$f.err")" >&2
+            record "$name" fail "$kind" 1
+        fi
+        stop_topology
+        rm -rf $C_STORES
+    done
+}
+
 REQS=$((MSGS / 50)); [ "$REQS" -lt 1000 ] && REQS=1000
 JS_MSGS=$((MSGS / 5)); [ "$JS_MSGS" -lt 1000 ] && JS_MSGS=1000
 # run_js NAME ROUND ORDER BENCH-ARGS...: a single-server scenario with JetStream enabled.
@@ -784,10 +903,18 @@ for round in $(seq 1 "$ROUNDS"); do
     fi
     want jspub && run_js jspub "$round" "$order" canopy.js.bench --js pub --msgs "$JS_MSGS" --size 128
     want jspub1k && run_js jspub1k "$round" "$order" canopy.js.bench --js pub --msgs "$JS_MSGS" --size 1024
+    want jsrawpub && run_js jsrawpub "$round" "$order" canopy.js.bench --js pub --raw --msgs "$JS_MSGS" --size 128
+    want jsrawpub1k && run_js jsrawpub1k "$round" "$order" canopy.js.bench --js pub --raw --msgs "$JS_MSGS" --size 1024
     want jssync && run_js jssync "$round" "$order" canopy.js.bench --js sync --msgs "$REQS" --size 128
     want jsfetch && run_js jsfetch "$round" "$order" canopy.js.bench --js fetch --msgs "$JS_MSGS" --size 128
     want kvput && run_js kvput "$round" "$order" canopy.js.bench --js kvput --msgs "$REQS" --size 128
     want kvget && run_js kvget "$round" "$order" canopy.js.bench --js kvget --msgs "$REQS" --size 128
+    if [ "$HOPS" = 1 ]; then
+        want jsr3pub && run_jsr3 jsr3pub "$round" "$order" --js pub --msgs "$JS_MSGS" --size 128
+        want jsr3pub1k && run_jsr3 jsr3pub1k "$round" "$order" --js pub --msgs "$JS_MSGS" --size 1024
+        want jsr3sync && run_jsr3 jsr3sync "$round" "$order" --js sync --msgs "$REQS" --size 128
+        want jsr3rawpub && run_jsr3 jsr3rawpub "$round" "$order" --js pub --raw --msgs "$JS_MSGS" --size 128
+    fi
 done
 
 # Table.
@@ -826,6 +953,8 @@ if [ "$TLS" = 1 ]; then
 fi
 want jspub && row jspub "js pub 128" msgs/s higher
 want jspub1k && row jspub1k "js pub 1k" msgs/s higher
+want jsrawpub && row jsrawpub "js rawpub 128" msgs/s higher
+want jsrawpub1k && row jsrawpub1k "js rawpub 1k" msgs/s higher
 want jssync && row jssync "js sync p50" us lower
 want jssync && row jssync99 "js sync p99" us lower
 want jsfetch && row jsfetch "js fetch" msgs/s higher
@@ -833,18 +962,31 @@ want kvput && row kvput "kv put p50" us lower
 want kvput && row kvput99 "kv put p99" us lower
 want kvget && row kvget "kv get p50" us lower
 want kvget && row kvget99 "kv get p99" us lower
+if [ "$HOPS" = 1 ]; then
+    want jsr3pub && row jsr3pub "r3 pub 128" msgs/s higher
+    want jsr3pub1k && row jsr3pub1k "r3 pub 1k" msgs/s higher
+    want jsr3sync && row jsr3sync "r3 sync p50" us lower
+    want jsr3sync && row jsr3sync99 "r3 sync p99" us lower
+    want jsr3rawpub && row jsr3rawpub "r3 rawpub 128" msgs/s higher
+fi
 echo
 echo "client CPU = share of one core used by 'canopy bench' ($CLIENT clients) during the run; near 100% means the load generator may be the limit."
 echo "  (leaf/route/tls pub/sub: the busier of the publisher and the Python hop subscriber; tls pub/sub: both clients are Python;"
-echo "  js/kv rows: 'canopy bench --js' on async-nats' JetStream API, whatever --async-nats says.)"
+echo "  js/kv/r3 rows: 'canopy bench --js' on async-nats' JetStream API, whatever --async-nats says; rawpub rows: its raw publisher.)"
 echo "server ns/msg = server CPU time per delivered message (per published one for pub-only and js pub, per request for"
 echo "  req/rep, per operation for js sync and kv; per fetched message for js fetch);"
-echo "  for the leaf/route/tls leaf rows, the CPU of both servers together (sampled from /proc around the run)."
+echo "  for the leaf/route/tls leaf rows, the CPU of both servers together (sampled from /proc around the run);"
+echo "  for the r3 rows, the CPU of the three cluster members together."
 for f in "$WORK"/*.fail.* "$WORK"/*.lost.*; do
     [ -e "$f" ] || continue
     b=$(basename "$f")
     case "$b" in *.fail.*) what="failed round(s)" ;; *) what="round(s) with lost messages" ;; esac
     echo "NOTE: ${b##*.} had $(wc -l <"$f") $what in ${b%%.*} (see --keep-logs)"
+done
+for f in "$WORK"/*.local.*; do
+    [ -e "$f" ] || continue
+    b=$(basename "$f")
+    echo "NOTE: in $(wc -l <"$f") of $ROUNDS round(s) of ${b%%.*} on ${b##*.} the stream leader was the member the client was connected to"
 done
 [ "$SERVERS" = nats ] && echo "NOTE: canopy-server ($CANOPY_SERVER) was not found; only nats-server was measured."
 exit 0

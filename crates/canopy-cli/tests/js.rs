@@ -328,6 +328,22 @@ fn bench_js_modes() {
         let text = js.ok(&["bench", "canopy.js.bench", "--js", mode, "--msgs", "50"]);
         assert!(text.contains("JetStream benchmark"), "{text}");
     }
+    // The raw publisher (user/password in its raw CONNECT): every ack counted and checked.
+    let r = js.json(&[
+        "bench",
+        "canopy.js.bench",
+        "--js",
+        "pub",
+        "--raw",
+        "--msgs",
+        "3000",
+        "--window",
+        "64",
+    ]);
+    assert_eq!(r["client"], "raw", "{r}");
+    assert_eq!(r["pub"]["msgs"], 3000, "{r}");
+    let err = js.fails(&["bench", "canopy.js.bench", "--js", "sync", "--raw"]);
+    assert!(err.contains("--raw goes with --js pub only"), "{err}");
     // The bench leaves nothing behind.
     assert_eq!(js.json(&["account", "info"])["streams"], 0);
 }

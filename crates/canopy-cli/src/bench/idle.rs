@@ -17,8 +17,15 @@ const PARALLEL: usize = 64;
 pub async fn run(conn: &ConnArgs, a: &BenchArgs, n: usize) -> Result<Report> {
     let addr = conn.socket_addr()?;
     let json = conn.connect_json("canopy bench idle")?;
-    let rss_before = a.server_pid.map(procstat::rss_kib).transpose()?;
-    let window = CpuWindow::start(a.server_pid)?;
+    // Memory is the first server's (the one the connections go to).
+    let rss = || {
+        a.server_pid
+            .first()
+            .map(|&p| procstat::rss_kib(p))
+            .transpose()
+    };
+    let rss_before = rss()?;
+    let window = CpuWindow::start(&a.server_pid)?;
     let t0 = Instant::now();
     let conns: Vec<RawConn> = futures::stream::iter(0..n)
         .map(|_| RawConn::connect(&addr, &json))
@@ -30,7 +37,7 @@ pub async fn run(conn: &ConnArgs, a: &BenchArgs, n: usize) -> Result<Report> {
         .context("opening idle connections")?;
     let connect_secs = t0.elapsed().as_secs_f64();
     tokio::time::sleep(a.settle).await;
-    let rss_after = a.server_pid.map(procstat::rss_kib).transpose()?;
+    let rss_after = rss()?;
     let (client_cpu, server_cpu) = window.finish(0)?;
     let mut conns = conns;
     let (subs, bytes_per_sub) = if a.idle_subs > 0 {
@@ -45,7 +52,7 @@ pub async fn run(conn: &ConnArgs, a: &BenchArgs, n: usize) -> Result<Report> {
             .collect::<Result<Vec<_>>>()
             .context("subscribing")?;
         tokio::time::sleep(a.settle).await;
-        let rss_subs = a.server_pid.map(procstat::rss_kib).transpose()?;
+        let rss_subs = rss()?;
         let total = n * k;
         let per = rss_after
             .zip(rss_subs)
@@ -79,5 +86,6 @@ pub async fn run(conn: &ConnArgs, a: &BenchArgs, n: usize) -> Result<Report> {
         }),
         client_cpu,
         server_cpu,
+        js_cluster: None,
     })
 }

@@ -3,7 +3,8 @@
 //! subject, deleted before and after the run:
 //!
 //! - `pub`: async publish with acks, at most `--window` unacknowledged publishes in
-//!   flight (a sliding window); reports publish msgs/s (all acks received).
+//!   flight (a sliding window); reports publish msgs/s (all acks received). With `--raw`
+//!   the publisher is the raw-protocol one of [`super::jsraw`] instead of async-nats.
 //! - `sync`: publish and wait for the ack, one at a time; reports latency.
 //! - `fetch`: fill the stream with `--msgs` messages (untimed), then drain it through a
 //!   durable pull consumer (explicit acks) with sequential fetches of `--batch`
@@ -11,7 +12,10 @@
 //! - `kvput`: sequential KV puts (1000 keys round robin); reports latency.
 //! - `kvget`: 1000 keys written (untimed), then sequential KV gets; reports latency.
 //!
-//! Latency modes run 100 untimed warm-up operations first.
+//! Latency modes run 100 untimed warm-up operations first. `--replicas N` creates the
+//! stream (or bucket) with `num_replicas: N`; above 1 the run first waits until the stream
+//! has a leader and N-1 current replicas, and the report says which server the client is
+//! connected to and which one leads the stream (`js_cluster`).
 
 use super::{latency_stats, side_stats, BenchArgs, ClientRun, CpuWindow, Report};
 use crate::conn::ConnArgs;
@@ -54,8 +58,11 @@ impl JsMode {
 }
 
 pub async fn run(conn: &ConnArgs, a: &BenchArgs, mode: JsMode) -> Result<Report> {
-    if a.window == 0 || a.batch == 0 {
-        bail!("--window and --batch must be at least 1");
+    if a.window == 0 || a.batch == 0 || a.replicas == 0 {
+        bail!("--window, --batch and --replicas must be at least 1");
+    }
+    if a.raw && mode != JsMode::Pub {
+        bail!("--raw goes with --js pub only");
     }
     let client = conn
         .connect_with("canopy bench js", |o| {
@@ -63,7 +70,7 @@ pub async fn run(conn: &ConnArgs, a: &BenchArgs, mode: JsMode) -> Result<Report>
                 .subscription_capacity(1 << 16)
         })
         .await?;
-    let js = jetstream::new(client.clone());
+    let js = jetstream::new(client);
     let payload = Bytes::from(
         (0..a.size)
             .map(|i| b'a' + (i % 26) as u8)
@@ -72,7 +79,7 @@ pub async fn run(conn: &ConnArgs, a: &BenchArgs, mode: JsMode) -> Result<Report>
     let storage = a.storage.kind();
     let mut report = Report {
         mode: mode.name(),
-        client: "async-nats",
+        client: if a.raw { "raw" } else { "async-nats" },
         subject: a.subject.clone(),
         msgs: a.msgs,
         size: a.size,
@@ -84,27 +91,18 @@ pub async fn run(conn: &ConnArgs, a: &BenchArgs, mode: JsMode) -> Result<Report>
         idle: None,
         client_cpu: empty_cpu(),
         server_cpu: None,
+        js_cluster: None,
     };
-    match mode {
-        JsMode::Pub | JsMode::Sync | JsMode::Fetch => {
-            let _ = js.delete_stream(NAME).await;
-            create_stream(
-                &client,
-                serde_json::json!({
-                    "name": NAME,
-                    "subjects": [a.subject],
-                    "storage": a.storage.as_str(),
-                    "num_replicas": 1,
-                }),
-            )
-            .await?;
-        }
-        JsMode::Kvput | JsMode::Kvget => {
-            let _ = js.delete_key_value(NAME).await;
-        }
-    }
-    let result = measure(&js, a, mode, &payload, storage, &mut report).await;
-    // Leave nothing behind on the server, whatever happened.
+    remove(&js, mode).await;
+    let result = measure(&js, conn, a, mode, &payload, storage, &mut report).await;
+    // Leave nothing behind on the server, whatever happened (creation included).
+    remove(&js, mode).await;
+    result?;
+    Ok(report)
+}
+
+/// Deletes the bench stream or bucket, if there is one.
+async fn remove(js: &jetstream::Context, mode: JsMode) {
     match mode {
         JsMode::Kvput | JsMode::Kvget => {
             let _ = js.delete_key_value(NAME).await;
@@ -113,12 +111,11 @@ pub async fn run(conn: &ConnArgs, a: &BenchArgs, mode: JsMode) -> Result<Report>
             let _ = js.delete_stream(NAME).await;
         }
     }
-    result?;
-    Ok(report)
 }
 
 async fn measure(
     js: &jetstream::Context,
+    conn: &ConnArgs,
     a: &BenchArgs,
     mode: JsMode,
     payload: &Bytes,
@@ -126,9 +123,36 @@ async fn measure(
     report: &mut Report,
 ) -> Result<()> {
     let subject = async_nats::Subject::from(a.subject.clone());
+    if matches!(mode, JsMode::Pub | JsMode::Sync | JsMode::Fetch) {
+        create_stream(
+            &js.client(),
+            serde_json::json!({
+                "name": NAME,
+                "subjects": [a.subject],
+                "storage": a.storage.as_str(),
+                "num_replicas": a.replicas,
+            }),
+        )
+        .await?;
+        report.js_cluster = Some(ready(&js.client(), NAME, a.replicas).await?);
+    }
     match mode {
+        JsMode::Pub if a.raw => {
+            let p = super::jsraw::RawJsPublisher::connect(
+                &conn.socket_addr()?,
+                &conn.connect_json("canopy bench js raw pub")?,
+                NAME,
+            )
+            .await?;
+            let window = CpuWindow::start(&a.server_pid)?;
+            let run = p
+                .run(&a.subject, payload, a.msgs, a.window, a.timeout)
+                .await?;
+            (report.client_cpu, report.server_cpu) = window.finish(a.msgs)?;
+            report.pub_stats = Some(side_stats(&[run], a.msgs));
+        }
         JsMode::Pub => {
-            let window = CpuWindow::start(a.server_pid)?;
+            let window = CpuWindow::start(&a.server_pid)?;
             let run = publish_window(js, &subject, payload, a.msgs, a.window).await?;
             (report.client_cpu, report.server_cpu) = window.finish(a.msgs)?;
             report.pub_stats = Some(side_stats(&[run], a.msgs));
@@ -137,7 +161,7 @@ async fn measure(
             for _ in 0..WARMUP {
                 sync_publish(js, &subject, payload).await?;
             }
-            let window = CpuWindow::start(a.server_pid)?;
+            let window = CpuWindow::start(&a.server_pid)?;
             let mut lat = Vec::with_capacity(a.msgs as usize);
             let start = Instant::now();
             for _ in 0..a.msgs {
@@ -165,7 +189,7 @@ async fn measure(
                 })
                 .await
                 .map_err(|e| anyhow!("creating consumer {NAME}: {e}"))?;
-            let window = CpuWindow::start(a.server_pid)?;
+            let window = CpuWindow::start(&a.server_pid)?;
             let start = Instant::now();
             let (mut got, mut bytes, mut empty_since) = (0u64, 0u64, None::<Instant>);
             while got < a.msgs {
@@ -213,7 +237,7 @@ async fn measure(
                     "name": format!("KV_{NAME}"),
                     "subjects": [format!("$KV.{NAME}.>")],
                     "storage": storage_name(storage),
-                    "num_replicas": 1,
+                    "num_replicas": a.replicas,
                     "max_msgs_per_subject": 1,
                     "discard": "new",
                     "allow_direct": true,
@@ -223,6 +247,7 @@ async fn measure(
                 }),
             )
             .await?;
+            report.js_cluster = Some(ready(&js.client(), &format!("KV_{NAME}"), a.replicas).await?);
             let store = js
                 .get_key_value(NAME)
                 .await
@@ -257,7 +282,7 @@ async fn measure(
             for i in 0..WARMUP {
                 op(i).await?;
             }
-            let window = CpuWindow::start(a.server_pid)?;
+            let window = CpuWindow::start(&a.server_pid)?;
             let mut lat = Vec::with_capacity(a.msgs as usize);
             let start = Instant::now();
             for i in 0..a.msgs {
@@ -281,7 +306,24 @@ fn storage_name(s: stream::StorageType) -> &'static str {
 }
 
 /// `$JS.API.STREAM.CREATE` with a raw config (what every server version understands).
+/// A replicated stream is asked for again for up to 10 s: a cluster whose meta leader
+/// was just elected may not know every peer yet (nats-server answers "insufficient
+/// resources" then).
 async fn create_stream(client: &async_nats::Client, config: serde_json::Value) -> Result<()> {
+    let replicated = config["num_replicas"].as_u64().is_some_and(|r| r > 1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match create_stream_once(client, config.clone()).await {
+            Err(e) if replicated && Instant::now() < deadline => {
+                eprintln!("{e:#}; asking again");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            r => return r,
+        }
+    }
+}
+
+async fn create_stream_once(client: &async_nats::Client, config: serde_json::Value) -> Result<()> {
     let name = config["name"].as_str().unwrap_or_default().to_string();
     let m = client
         .request(
@@ -293,6 +335,62 @@ async fn create_stream(client: &async_nats::Client, config: serde_json::Value) -
     let v: serde_json::Value =
         serde_json::from_slice(&m.payload).context("decoding the stream create reply")?;
     crate::js::check(&v).with_context(|| format!("creating stream {name}"))
+}
+
+/// `$JS.API.STREAM.INFO` of `name` as JSON, waiting at most `wait` for the answer.
+async fn stream_info(
+    client: &async_nats::Client,
+    name: &str,
+    wait: Duration,
+) -> Result<serde_json::Value> {
+    let req = client.request(format!("$JS.API.STREAM.INFO.{name}"), Bytes::new());
+    let m = tokio::time::timeout(wait, req)
+        .await
+        .map_err(|_| anyhow!("stream info {name}: no answer within {wait:?}"))?
+        .map_err(|e| anyhow!("stream info {name}: {e}"))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&m.payload).context("decoding the stream info reply")?;
+    crate::js::check(&v).with_context(|| format!("stream info {name}"))?;
+    Ok(v)
+}
+
+/// With `replicas` above 1, waits (up to 20 s) until the stream has a leader and
+/// `replicas - 1` replicas that say they are current, asking again when an answer takes
+/// over a second (Canopy at 571a251 sometimes leaves a `STREAM.INFO` sent right after an
+/// R3 create unanswered). Returns the server the client is connected to and the stream's
+/// `cluster` object as last seen.
+async fn ready(
+    client: &async_nats::Client,
+    name: &str,
+    replicas: usize,
+) -> Result<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let cluster = loop {
+        let info = match stream_info(client, name, Duration::from_secs(1)).await {
+            // A new replicated stream answers once its group has a leader.
+            Err(_) if replicas > 1 && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            r => r?,
+        };
+        let cluster = info["cluster"].clone();
+        let leader = cluster["leader"].as_str().is_some_and(|l| !l.is_empty());
+        let current = cluster["replicas"]
+            .as_array()
+            .map_or(0, |r| r.iter().filter(|p| p["current"] == true).count());
+        if replicas <= 1 || (leader && current + 1 >= replicas) {
+            break cluster;
+        }
+        if Instant::now() > deadline {
+            bail!("stream {name} not ready with {replicas} replicas after 20 s: {cluster}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    Ok(serde_json::json!({
+        "connected": client.server_info().server_name,
+        "cluster": cluster,
+    }))
 }
 
 async fn sync_publish(

@@ -9,6 +9,7 @@
 
 mod idle;
 mod js;
+mod jsraw;
 mod nats;
 pub mod raw;
 
@@ -36,7 +37,8 @@ pub struct BenchArgs {
     /// Payload size in bytes.
     #[arg(long, default_value_t = 128)]
     pub size: usize,
-    /// Use the lean raw-protocol publisher/subscriber instead of async-nats.
+    /// Use the lean raw-protocol publisher/subscriber instead of async-nats (with
+    /// `--js pub`: the raw JetStream publisher, acks read from the socket).
     #[arg(long, conflicts_with = "request")]
     pub raw: bool,
     /// Request/reply latency mode: a responder on its own connection, `--clients` requesters.
@@ -56,8 +58,10 @@ pub struct BenchArgs {
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub settle: Duration,
     /// PID of the server process, to report its CPU time and memory (Linux /proc).
-    #[arg(long)]
-    pub server_pid: Option<u32>,
+    /// Several (comma-separated, e.g. a cluster's members): CPU time is their sum, memory
+    /// the first one's.
+    #[arg(long, value_delimiter = ',')]
+    pub server_pid: Vec<u32>,
     /// Give up on a subscriber after this long without a message (or a request's reply).
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub timeout: Duration,
@@ -67,8 +71,12 @@ pub struct BenchArgs {
     /// JetStream mode: async publish with acks (pub), sync publish latency (sync), pull
     /// fetch with acks (fetch), KV put or get latency (kvput, kvget). Uses a fresh stream
     /// or bucket CANOPY_BENCH on SUBJECT, deleted afterwards.
-    #[arg(long, value_enum, conflicts_with_all = ["request", "raw", "idle"])]
+    #[arg(long, value_enum, conflicts_with_all = ["request", "idle"])]
     pub js: Option<js::JsMode>,
+    /// Replicas (`num_replicas`) of the JetStream bench stream or bucket; above 1 the run
+    /// waits until the stream has a leader and its replicas before measuring.
+    #[arg(long, default_value_t = 1)]
+    pub replicas: usize,
     /// Storage of the JetStream bench stream or bucket.
     #[arg(long, value_enum, default_value = "file")]
     pub storage: crate::js::Storage,
@@ -178,20 +186,34 @@ pub struct Report {
     pub client_cpu: CpuStats,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_cpu: Option<CpuStats>,
+    /// JetStream modes: the server the client is connected to and the bench stream's
+    /// cluster state (leader, replicas) when the run started.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub js_cluster: Option<serde_json::Value>,
 }
 
-/// CPU readings of this process and optionally the server, taken at window start.
+/// CPU readings of this process and optionally the servers, taken at window start.
 pub struct CpuWindow {
     wall: Instant,
     me: Duration,
-    server: Option<(u32, Duration)>,
+    server: Option<(Vec<u32>, Duration)>,
+}
+
+/// CPU time of the given processes together.
+fn servers_cpu(pids: &[u32]) -> Result<Duration> {
+    let mut sum = Duration::ZERO;
+    for &p in pids {
+        sum += procstat::cpu_time(Some(p)).with_context(|| format!("server {p} CPU time"))?;
+    }
+    Ok(sum)
 }
 
 impl CpuWindow {
-    pub fn start(server_pid: Option<u32>) -> Result<CpuWindow> {
-        let server = match server_pid {
-            Some(p) => Some((p, procstat::cpu_time(Some(p)).context("server CPU time")?)),
-            None => None,
+    pub fn start(server_pids: &[u32]) -> Result<CpuWindow> {
+        let server = if server_pids.is_empty() {
+            None
+        } else {
+            Some((server_pids.to_vec(), servers_cpu(server_pids)?))
         };
         Ok(CpuWindow {
             wall: Instant::now(),
@@ -215,11 +237,7 @@ impl CpuWindow {
         };
         let me = stats(procstat::cpu_time(None)?.saturating_sub(self.me));
         let server = match self.server {
-            Some((p, before)) => Some(stats(
-                procstat::cpu_time(Some(p))
-                    .context("server CPU time")?
-                    .saturating_sub(before),
-            )),
+            Some((pids, before)) => Some(stats(servers_cpu(&pids)?.saturating_sub(before))),
             None => None,
         };
         Ok((me, server))
@@ -354,7 +372,7 @@ async fn run_pubsub(conn: &ConnArgs, a: &BenchArgs) -> Result<Report> {
             let json = conn.connect_json(&format!("canopy bench pub {i}"))?;
             pubs.push(raw::RawPublisher::connect(&addr, &json).await?);
         }
-        let window = CpuWindow::start(a.server_pid)?;
+        let window = CpuWindow::start(&a.server_pid)?;
         let handles: Vec<_> = pubs
             .into_iter()
             .zip(&shares)
@@ -383,6 +401,7 @@ async fn run_pubsub(conn: &ConnArgs, a: &BenchArgs) -> Result<Report> {
         idle: None,
         client_cpu,
         server_cpu,
+        js_cluster: None,
     })
 }
 
@@ -510,6 +529,25 @@ fn print_report(r: &Report) {
         if let (Some(n), Some(per)) = (i.subs, i.bytes_per_sub) {
             println!("Subscriptions: {n}, server RSS growth {per:.0} bytes/subscription");
         }
+    }
+    if let Some(c) = r.js_cluster.as_ref().filter(|c| {
+        c["cluster"]["replicas"]
+            .as_array()
+            .is_some_and(|r| !r.is_empty())
+    }) {
+        println!(
+            "Stream leader: {} (client connected to {}; replicas: {})",
+            c["cluster"]["leader"].as_str().unwrap_or("-"),
+            c["connected"].as_str().unwrap_or("-"),
+            c["cluster"]["replicas"]
+                .as_array()
+                .map(|r| r
+                    .iter()
+                    .filter_map(|p| p["name"].as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "))
+                .unwrap_or_default()
+        );
     }
     print_cpu("Client", &r.client_cpu);
     if let Some(s) = &r.server_cpu {

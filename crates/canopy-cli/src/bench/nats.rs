@@ -41,7 +41,7 @@ pub async fn pubsub(
     for i in 0..a.pubs {
         pubs.push(conn.connect(&format!("canopy bench pub {i}")).await?);
     }
-    let window = CpuWindow::start(a.server_pid)?;
+    let window = CpuWindow::start(&a.server_pid)?;
     let payload = Bytes::copy_from_slice(payload);
     let subject = Subject::from(a.subject.clone());
     let handles: Vec<_> = pubs
@@ -147,7 +147,7 @@ pub async fn run_request(conn: &ConnArgs, a: &BenchArgs) -> Result<Report> {
     }
     let payload = Bytes::from(vec![b'r'; a.size]);
     let subject = Subject::from(a.subject.clone());
-    let window = CpuWindow::start(a.server_pid)?;
+    let window = CpuWindow::start(&a.server_pid)?;
     let t0 = Instant::now();
     let handles: Vec<_> = clients
         .into_iter()
@@ -189,5 +189,6 @@ pub async fn run_request(conn: &ConnArgs, a: &BenchArgs) -> Result<Report> {
         idle: None,
         client_cpu,
         server_cpu,
+        js_cluster: None,
     })
 }
