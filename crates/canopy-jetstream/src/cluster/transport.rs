@@ -182,7 +182,7 @@ pub(super) fn incoming(cluster: &Weak<Cluster>, m: JsMsg) {
         let r = if kind == STATUS {
             Ok(Bytes::from(c2.status_probe().to_string()))
         } else {
-            match (RpcKind::from_token(&kind), c2.group(&group)) {
+            match (RpcKind::from_token(&kind), registered(&c2, &group).await) {
                 (Some(k), Some(g)) => g.handle_rpc(k, m.payload).await,
                 (None, _) => Err(format!("unknown RPC kind {kind:?}")),
                 (_, None) => Err(format!("no raft group {group:?} on this server")),
@@ -193,6 +193,26 @@ pub(super) fn incoming(cluster: &Weak<Cluster>, m: JsMsg) {
             .publish(&c2.system_account, &reply, None, None, &body);
     });
 }
+
+/// The group an RPC is for. A new stream's members open their group at about the same
+/// time, and the first vote can arrive just before this member registered its own: it
+/// waits a little (at most [`REGISTER_GRACE`]) rather than fail the vote (which openraft
+/// logs as an error on every healthy create).
+async fn registered(c: &Cluster, group: &str) -> Option<canopy_raft::Group> {
+    let deadline = tokio::time::Instant::now() + REGISTER_GRACE;
+    loop {
+        if let Some(g) = c.group(group) {
+            return Some(g);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// How long an RPC waits for its group to be registered here.
+const REGISTER_GRACE: Duration = Duration::from_millis(500);
 
 #[cfg(test)]
 mod tests {
