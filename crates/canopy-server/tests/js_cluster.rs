@@ -357,3 +357,39 @@ async fn an_r3_stream_takes_publishes_as_soon_as_its_create_is_answered() {
         );
     }
 }
+
+/// Stream leaders spread over the members: the first founder (placement's least loaded
+/// pick, ties shuffled) starts the group's first election. When every founder started one
+/// at once, the meta leader (which applies the create first) led nearly every stream.
+/// Eight R3 streams on three members all led by one member happens by chance with
+/// probability 3 × (1/3)^8 ≈ 0.05%.
+#[tokio::test]
+async fn stream_leaders_spread_over_the_members() {
+    let ms = cluster(3);
+    let (nc, js) = js(ms[0].server()).await;
+    let mut leaders = std::collections::BTreeSet::new();
+    for i in 0..8 {
+        let st = eventually(Duration::from_secs(20), "create an R3 stream", || {
+            let js = js.clone();
+            async move {
+                js.create_stream(stream::Config {
+                    name: format!("SPREAD{i}"),
+                    subjects: vec![format!("spread{i}.>")],
+                    num_replicas: 3,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| e.to_string())
+            }
+        })
+        .await;
+        let leader = st
+            .cached_info()
+            .cluster
+            .as_ref()
+            .and_then(|c| c.leader.clone());
+        leaders.insert(leader.unwrap_or_default());
+    }
+    drop(nc);
+    assert!(leaders.len() >= 2, "every stream led by {leaders:?}");
+}

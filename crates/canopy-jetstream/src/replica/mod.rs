@@ -1377,6 +1377,7 @@ impl Engine {
         gcfg.name.clone_from(&group.name);
         gcfg.dir.clone_from(&group.dir);
         gcfg.me = group.me.clone();
+        let election_max = gcfg.election_timeout_max;
         // The stream's log is as durable as a single-server stream: fsynced per append
         // with `sync_interval: always`, else every `sync_interval` (a killed process loses
         // nothing either way; the copies on the other members cover a lost machine).
@@ -1401,13 +1402,32 @@ impl Engine {
                 r.group = Some(g2);
             }
         });
-        if group.bootstrap && !g.initialized() {
+        // The first founder (placement's pick: the least loaded member, ties shuffled)
+        // initialises the group, which starts its election at once, so it usually leads.
+        // When every founder initialised at once, the member that applied the meta entry
+        // first (the meta leader) won nearly every election and led most streams. The
+        // others initialise only if the group has not reached them after two election
+        // timeouts (the first founder failed), so the group forms without it too.
+        let first = group.peers.first().is_none_or(|p| p.id == group.me.id);
+        if group.bootstrap && first && !g.initialized() {
             if let Err(e) = g.bootstrap(group.peers.clone()).await {
                 h.raft.lock().take();
                 g.shutdown().await;
                 self.drop_stream(&acc, &name);
                 return Err(e.into());
             }
+        } else if group.bootstrap && !g.initialized() {
+            let (g2, peers) = (g.clone(), group.peers.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(election_max * 2).await;
+                if !g2.initialized() {
+                    if let Err(e) = g2.bootstrap(peers).await {
+                        tracing::warn!(
+                            "JetStream: a replicated stream's group could not be initialised: {e}"
+                        );
+                    }
+                }
+            });
         }
         // Leadership changes, and the `cluster` object refreshed twice a second.
         let mut rx = g.leader_watch();
