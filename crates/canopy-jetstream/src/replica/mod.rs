@@ -9,7 +9,9 @@
 //!   `<store_dir>/<account>/streams/<name>/`, metadata in `replica.json` there, which the
 //!   single-server recovery skips) and its Raft member (log under `GroupSpec::dir`). With
 //!   `GroupSpec::bootstrap` (a new stream: every member calls it with the same `peers`) an
-//!   uninitialised group is initialised; a member added by a scale-up or a restarted
+//!   uninitialised group is initialised — by the first of `peers` at once, by the others
+//!   only if the group has not reached them after two election timeouts, so the first
+//!   peer (placement's pick) usually leads; a member added by a scale-up or a restarted
 //!   member passes `bootstrap: false` and is brought in by the leader. Leadership changes
 //!   are wired inside: the leader ingests publishes, runs the consumers and answers acks and
 //!   pulls; followers ignore them.
