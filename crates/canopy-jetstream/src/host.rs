@@ -16,6 +16,8 @@
 //!   or another domain's) through it, so it is sent by a sender the engine's own API
 //!   subscription hears, and the reply comes back on a host task.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -173,6 +175,32 @@ pub trait Host: Send + Sync + 'static {
     ) {
         let _ = (account, subject, headers, payload, timeout);
         done(None);
+    }
+
+    /// [`Host::request`] as a future: resolves with the reply (`None`: no reply in time, or
+    /// no responders). A host that can send the request in the caller's context, and hand
+    /// the reply straight to the waiting future, overrides it (the clustered JetStream's
+    /// Raft RPCs take this path: the default costs a host task and two hand-overs per RPC).
+    fn request_future(
+        &self,
+        account: &str,
+        subject: &str,
+        headers: Option<&[u8]>,
+        payload: &[u8],
+        timeout: Duration,
+    ) -> Pin<Box<dyn Future<Output = Option<JsMsg>> + Send + 'static>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.request(
+            account,
+            subject,
+            headers,
+            payload,
+            timeout,
+            Box::new(move |m| {
+                let _ = tx.send(m);
+            }),
+        );
+        Box::pin(async move { rx.await.ok().flatten() })
     }
 
     /// Is anyone (locally or over a link) interested in `subject` in `account`?

@@ -57,7 +57,11 @@ fn ms(d: Duration) -> u64 {
 }
 
 fn peer_of(m: &Metrics, id: NodeId) -> Peer {
-    match m.membership_config.membership().get_node(&id) {
+    peer_in(&m.membership_config, id)
+}
+
+fn peer_in(membership: &crate::types::StoredMembership, id: NodeId) -> Peer {
+    match membership.membership().get_node(&id) {
         Some(n) => Peer {
             id,
             name: n.addr.clone(),
@@ -180,10 +184,12 @@ impl Group {
         Ok(Group { inner })
     }
 
-    /// Follows the metrics: publishes leader changes and records when this member became
-    /// leader. Ends when the Raft core stops.
+    /// Follows the server metrics (state, leader, membership: openraft notifies them only
+    /// when they change, unlike the full metrics, which change with every append, commit
+    /// and apply, several wake-ups per replicated entry on every member): publishes leader
+    /// changes and records when this member became leader. Ends when the Raft core stops.
     fn spawn_watcher(inner: &Arc<Inner>) {
-        let mut rx = inner.raft.metrics();
+        let mut rx = inner.raft.server_metrics();
         let tx = inner.leader_tx.clone();
         let since = inner.leader_since.clone();
         let me = inner.cfg.me.id;
@@ -191,7 +197,7 @@ impl Group {
             loop {
                 {
                     let m = rx.borrow_and_update();
-                    let leader = m.current_leader.map(|id| peer_of(&m, id));
+                    let leader = m.current_leader.map(|id| peer_in(&m.membership_config, id));
                     let leading = m.state == ServerState::Leader && m.current_leader == Some(me);
                     {
                         let mut s = since.lock();

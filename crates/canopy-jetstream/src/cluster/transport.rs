@@ -6,7 +6,7 @@
 //! `<kind>` one of `AE`, `V`, `IS` ([`RpcKind::token`]) or `ST` (the cluster layer's own
 //! status probe, answered without a group). Each JetStream member subscribes
 //! `$CRG.<its node>.>` in the system account on its own [`Lane::Cluster`] queue; the
-//! request goes out through [`Host::request`] (its reply inbox is the service's).
+//! request goes out through [`Host::request_future`] (its reply inbox is the service's).
 //!
 //! Reply bodies start with one byte: `0` and the group's reply, or `1` and an error text.
 //! Incoming RPCs run on tasks of the server's runtime, at most [`MAX_INFLIGHT`] at a time;
@@ -81,25 +81,17 @@ impl RouteTransport {
         body: Bytes,
         timeout: Duration,
     ) -> BoxFuture<Result<Bytes, TransportError>> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
         let subject = subject(to.id, group, kind);
         self.stats.sent.fetch_add(1, Ordering::Relaxed);
-        self.host.request(
-            &self.system_account,
-            &subject,
-            None,
-            &body,
-            timeout,
-            Box::new(move |m| {
-                let _ = tx.send(m);
-            }),
-        );
+        let reply = self
+            .host
+            .request_future(&self.system_account, &subject, None, &body, timeout);
         let peer = to.name.clone();
         let stats = self.stats.clone();
         Box::pin(async move {
-            let r = match rx.await {
-                Ok(Some(m)) => decode(&peer, m.payload),
-                Ok(None) | Err(_) => Err(TransportError::Unreachable(peer)),
+            let r = match reply.await {
+                Some(m) => decode(&peer, m.payload),
+                None => Err(TransportError::Unreachable(peer)),
             };
             if r.is_err() {
                 stats.failed.fetch_add(1, Ordering::Relaxed);

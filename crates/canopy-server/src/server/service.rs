@@ -355,6 +355,21 @@ impl Service {
         payload: &[u8],
         timeout: Duration,
     ) -> Result<InMsg, RequestError> {
+        self.send_request(acc, subject, headers, payload)?
+            .wait(timeout)
+            .await
+    }
+
+    /// Publishes a request into `acc` at once (in the caller's context); the returned
+    /// [`PendingReply`] waits for its first reply. [`Service::request`] in two steps, for
+    /// callers that must not wait for a task to be scheduled before the request goes out.
+    pub fn send_request(
+        &self,
+        acc: &Arc<Account>,
+        subject: &str,
+        headers: Option<&[u8]>,
+        payload: &[u8],
+    ) -> Result<PendingReply, RequestError> {
         let is_new = self.inbox_accounts.lock().insert(acc.name.clone());
         if is_new {
             let sink = Arc::new(ReplySink {
@@ -371,11 +386,29 @@ impl Service {
             self.pending.lock().remove(&reply);
             return Err(RequestError::NoResponders);
         }
-        match tokio::time::timeout(timeout, rx).await {
+        Ok(PendingReply {
+            pending: self.pending.clone(),
+            reply,
+            rx,
+        })
+    }
+}
+
+/// A request sent by [`Service::send_request`], waiting for its reply.
+pub struct PendingReply {
+    pending: Arc<Mutex<HashMap<String, oneshot::Sender<InMsg>>>>,
+    reply: String,
+    rx: oneshot::Receiver<InMsg>,
+}
+
+impl PendingReply {
+    /// Waits up to `timeout` for the first reply (a `503` status means no responders).
+    pub async fn wait(self, timeout: Duration) -> Result<InMsg, RequestError> {
+        match tokio::time::timeout(timeout, self.rx).await {
             Ok(Ok(m)) if is_status(&m, b"503") => Err(RequestError::NoResponders),
             Ok(Ok(m)) => Ok(m),
             Ok(Err(_)) | Err(_) => {
-                self.pending.lock().remove(&reply);
+                self.pending.lock().remove(&self.reply);
                 Err(RequestError::Timeout)
             }
         }

@@ -8,7 +8,9 @@
 //! account.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -408,6 +410,26 @@ impl Host for JsHost {
                 .await;
             done(r.ok().map(js_msg));
         });
+    }
+
+    /// As [`Host::request`], but the request is published in the caller's context and
+    /// the reply completes the returned future directly (no host task per request).
+    fn request_future(
+        &self,
+        account: &str,
+        subject: &str,
+        headers: Option<&[u8]>,
+        payload: &[u8],
+        timeout: std::time::Duration,
+    ) -> Pin<Box<dyn Future<Output = Option<JsMsg>> + Send + 'static>> {
+        let (Some(acc), Some(svc)) = (self.server.account(account), self.lanes.get(&Lane::Ack))
+        else {
+            return Box::pin(std::future::ready(None));
+        };
+        match svc.send_request(&acc, subject, headers, payload) {
+            Ok(pending) => Box::pin(async move { pending.wait(timeout).await.ok().map(js_msg) }),
+            Err(_) => Box::pin(std::future::ready(None)),
+        }
     }
 
     fn has_interest(&self, account: &str, subject: &str) -> bool {
