@@ -88,13 +88,7 @@ async fn bootstrap_is_idempotent_and_state_survives_restart() {
         c.group(n).bootstrap(members.clone()).await.expect("again");
     }
     let mut want = Vec::new();
-    for i in 0..5 {
-        c.group(&l)
-            .propose(Bytes::from(entry(i)))
-            .await
-            .expect("propose");
-        want.push(entry(i));
-    }
+    want.extend(c.propose_range(&l, 0..5).await);
     c.wait_applied(&["a", "b", "c"], &want).await;
     let f = ["a", "b", "c"]
         .into_iter()
@@ -104,13 +98,7 @@ async fn bootstrap_is_idempotent_and_state_survives_restart() {
     let sm = c.stop(f).await;
     let others: Vec<&str> = ["a", "b", "c"].into_iter().filter(|n| *n != f).collect();
     let l2 = c.leader(&others).await;
-    for i in 5..15 {
-        c.group(&l2)
-            .propose(Bytes::from(entry(i)))
-            .await
-            .expect("propose");
-        want.push(entry(i));
-    }
+    want.extend(c.propose_range(&l2, 5..15).await);
     let g = c.open(f, Some(sm)).await;
     assert!(g.initialized());
     g.bootstrap(members.clone())
@@ -130,13 +118,7 @@ async fn leader_cut_off_loses_nothing_committed() {
     let c = Cluster::start(&all, 1000).await;
     let old = c.leader(&all).await;
     let mut want = Vec::new();
-    for i in 0..5 {
-        c.group(&old)
-            .propose(Bytes::from(entry(i)))
-            .await
-            .expect("propose");
-        want.push(entry(i));
-    }
+    want.extend(c.propose_range(&old, 0..5).await);
     c.wait_applied(&all, &want).await;
 
     c.net.cut(&old);
@@ -145,13 +127,7 @@ async fn leader_cut_off_loses_nothing_committed() {
     let others: Vec<&str> = all.into_iter().filter(|n| *n != old).collect();
     let new = c.leader(&others).await;
     assert_ne!(new, old);
-    for i in 5..10 {
-        c.group(&new)
-            .propose(Bytes::from(entry(i)))
-            .await
-            .expect("propose on new leader");
-        want.push(entry(i));
-    }
+    want.extend(c.propose_range(&new, 5..10).await);
     c.net.heal(&old);
     let res = pending.await.expect("join");
     assert!(
@@ -173,22 +149,10 @@ async fn compacted_log_catches_up_by_snapshot() {
     let l = c.leader(&all).await;
     let f = all.into_iter().find(|n| *n != l).expect("follower");
     let mut want = Vec::new();
-    for i in 0..3 {
-        c.group(&l)
-            .propose(Bytes::from(entry(i)))
-            .await
-            .expect("propose");
-        want.push(entry(i));
-    }
+    want.extend(c.propose_range(&l, 0..3).await);
     c.wait_applied(&all, &want).await;
     let sm = c.stop(f).await;
-    for i in 3..60 {
-        c.group(&l)
-            .propose(Bytes::from(entry(i)))
-            .await
-            .expect("propose");
-        want.push(entry(i));
-    }
+    want.extend(c.propose_range(&l, 3..60).await);
     // The leader snapshotted and dropped the log the stopped follower still needs.
     let deadline = Instant::now() + Duration::from_secs(5);
     while !c.dir_of(&l).join("snapshot.bin").exists() {
@@ -348,13 +312,7 @@ async fn torn_log_tail_after_a_crash_reopens() {
     let c = Cluster::start(&["a"], 1000).await;
     c.leader(&["a"]).await;
     let mut want = Vec::new();
-    for i in 0..5 {
-        c.group("a")
-            .propose(Bytes::from(entry(i)))
-            .await
-            .expect("propose");
-        want.push(entry(i));
-    }
+    want.extend(c.propose_range("a", 0..5).await);
     c.stop("a").await;
 
     // A crash while writing a record: half of a record after the last whole one.
@@ -413,13 +371,7 @@ async fn volatile_state_machine_is_rebuilt_on_open() {
     let c = Cluster::start(&["a"], 10).await;
     c.leader(&["a"]).await;
     let mut want = Vec::new();
-    for i in 0..25 {
-        c.group("a")
-            .propose(Bytes::from(entry(i)))
-            .await
-            .expect("propose");
-        want.push(entry(i));
-    }
+    want.extend(c.propose_range("a", 0..25).await);
     let deadline = Instant::now() + Duration::from_secs(5);
     while !c.dir_of("a").join("snapshot.bin").exists() {
         assert!(Instant::now() < deadline, "no snapshot");

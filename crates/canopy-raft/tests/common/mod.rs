@@ -131,6 +131,20 @@ impl Cluster {
         c
     }
 
+    /// Proposes `entry(i)` for each `i` of `range` on `node`, one after the other; returns
+    /// the entries (what the members should then apply).
+    pub async fn propose_range(&self, node: &str, range: std::ops::Range<usize>) -> Vec<Vec<u8>> {
+        let mut out = Vec::with_capacity(range.len());
+        for i in range {
+            self.group(node)
+                .propose(Bytes::from(entry(i)))
+                .await
+                .unwrap_or_else(|e| panic!("propose {i} on {node}: {e:?}"));
+            out.push(entry(i));
+        }
+        out
+    }
+
     pub fn group(&self, node: &str) -> Group {
         self.nodes.lock()[node].group.clone()
     }
