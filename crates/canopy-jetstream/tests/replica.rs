@@ -1,11 +1,11 @@
 //! Replicated (R3) streams in one process: three engines, each with its own store
 //! directory and a recording test host, whose stream groups talk through an in-memory
-//! transport that can cut a member off. A publish is handed to every member's stream
+//! transport (canopy_raft::mem) that can cut a member off. A publish is handed to every member's stream
 //! subscription (as routes would deliver it): only the leader may answer.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -15,7 +15,8 @@ use bytes::Bytes;
 use canopy_jetstream::host::{Handler, Host, HostInfo, JsMsg, Lane, Origin, SubId, Via};
 use canopy_jetstream::types::StreamConfig;
 use canopy_jetstream::{AccountLimits, Config, Engine, GroupSpec};
-use canopy_raft::{BoxFuture, GroupConfig, Peer, RpcKind, Transport, TransportError};
+use canopy_raft::mem::{MemNet, MemTransport};
+use canopy_raft::{GroupConfig, Peer};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 
@@ -135,53 +136,16 @@ impl FakeHost {
     }
 }
 
-/// The network: live engines by server name, and who is cut off.
-#[derive(Default)]
-struct Net {
-    engines: Mutex<HashMap<String, Arc<Engine>>>,
-    cut: Mutex<HashSet<String>>,
-}
+/// Live engines by server name: the in-memory network finds each stream's group in them.
+type Engines = Arc<Mutex<HashMap<String, Arc<Engine>>>>;
 
-struct MemTransport {
-    from: String,
-    net: Arc<Net>,
-}
-
-impl Transport for MemTransport {
-    fn call(
-        &self,
-        to: &Peer,
-        group: &str,
-        kind: RpcKind,
-        body: Bytes,
-        timeout: Duration,
-    ) -> BoxFuture<Result<Bytes, TransportError>> {
-        let net = self.net.clone();
-        let from = self.from.clone();
-        let to = to.name.clone();
-        let group = group.to_string();
-        Box::pin(async move {
-            let blocked = {
-                let cut = net.cut.lock();
-                cut.contains(&from) || cut.contains(&to)
-            };
-            let g = net
-                .engines
-                .lock()
-                .get(&to)
-                .and_then(|e| e.raft_group(ACC, &group));
-            let (false, Some(g)) = (blocked, g) else {
-                tokio::time::sleep(timeout.min(Duration::from_millis(20))).await;
-                return Err(TransportError::Unreachable(to));
-            };
-            match tokio::time::timeout(timeout, g.handle_rpc(kind, body)).await {
-                Ok(Ok(b)) if !net.cut.lock().contains(&from) => Ok(b),
-                Ok(Ok(_)) => Err(TransportError::Unreachable(to)),
-                Ok(Err(reason)) => Err(TransportError::Remote { peer: to, reason }),
-                Err(_) => Err(TransportError::Timeout(to)),
-            }
-        })
-    }
+fn network() -> (Engines, Arc<MemNet>) {
+    let engines = Engines::default();
+    let live = engines.clone();
+    let net = MemNet::resolving(Box::new(move |node, group| {
+        live.lock().get(node).and_then(|e| e.raft_group(ACC, group))
+    }));
+    (engines, Arc::new(net))
 }
 
 struct Node {
@@ -191,7 +155,8 @@ struct Node {
 
 struct Cluster {
     dir: tempfile::TempDir,
-    net: Arc<Net>,
+    engines: Engines,
+    net: Arc<MemNet>,
     nodes: Mutex<HashMap<String, Node>>,
     inbox: AtomicU64,
     /// Raft snapshot interval (entries).
@@ -234,9 +199,11 @@ impl Cluster {
                 .with_test_writer()
                 .try_init();
         }
+        let (engines, net) = network();
         let c = Cluster {
             dir: tempfile::tempdir().unwrap(),
-            net: Arc::new(Net::default()),
+            engines,
+            net,
             nodes: Mutex::new(HashMap::new()),
             inbox: AtomicU64::new(0),
             snapshot_every,
@@ -277,7 +244,7 @@ impl Cluster {
         engine
             .enable_account(ACC, AccountLimits::default())
             .unwrap();
-        self.net.engines.lock().insert(n.into(), engine.clone());
+        self.engines.lock().insert(n.into(), engine.clone());
         let mut tuning = GroupConfig::new(STREAM, PathBuf::new(), Peer::new(n));
         tuning.heartbeat = Duration::from_millis(50);
         (tuning.election_timeout_min, tuning.election_timeout_max) = self.election;
@@ -304,8 +271,8 @@ impl Cluster {
 
     /// Shuts `n` down (its group, then its engine) and cuts it off.
     async fn kill(&self, n: &str) {
-        self.net.cut.lock().insert(n.into());
-        self.net.engines.lock().remove(n);
+        self.net.cut(n);
+        self.engines.lock().remove(n);
         let node = self.nodes.lock().remove(n).unwrap();
         node.engine.close_replicated_stream(ACC, STREAM).await;
         node.engine.shutdown();
@@ -514,7 +481,7 @@ async fn r3_stream_replicates_survives_leader_loss_and_catches_up() {
     assert_eq!(&want[..40], &c.contents(&second, 40).await[..]);
 
     // The old leader restarts from its directory and catches up.
-    c.net.cut.lock().remove(&leader);
+    c.net.heal(&leader);
     c.open(&leader, false).await;
     c.wait_last(&leader, 60).await;
     assert_eq!(c.contents(&leader, 60).await, want);
@@ -699,7 +666,7 @@ async fn r3_publishes_after_a_lost_quorum_do_not_reuse_sequences() {
     assert_eq!(v["error"]["err_code"], json!(10008), "{v}");
     // The followers are back while y waits; if y was refused too, it is sent again.
     for f in &followers {
-        c.net.cut.lock().remove(f);
+        c.net.heal(f);
         c.open(f, false).await;
     }
     let end = Instant::now() + Duration::from_secs(30);
@@ -770,7 +737,7 @@ async fn r3_wiped_member_catches_up_from_a_snapshot() {
     c.kill(&follower).await;
     std::fs::remove_dir_all(c.node_dir(&follower)).unwrap();
     c.publish_acked(30, 12).await;
-    c.net.cut.lock().remove(&follower);
+    c.net.heal(&follower);
     c.open(&follower, false).await;
     c.wait_last(&follower, 42).await;
     assert_eq!(
@@ -786,9 +753,11 @@ async fn r3_wiped_member_catches_up_from_a_snapshot() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scale_r1_to_r3_and_back() {
+    let (engines, net) = network();
     let c = Cluster {
         dir: tempfile::tempdir().unwrap(),
-        net: Arc::new(Net::default()),
+        engines,
+        net,
         nodes: Mutex::new(HashMap::new()),
         inbox: AtomicU64::new(0),
         snapshot_every: 8_192,

@@ -12,10 +12,16 @@ use parking_lot::Mutex;
 
 use crate::{BoxFuture, Group, Peer, RpcKind, Transport, TransportError};
 
+/// Finds a server's group by (server name, group name) when it is not registered.
+pub type Resolver = Box<dyn Fn(&str, &str) -> Option<Group> + Send + Sync>;
+
 /// The network: who is registered, who is cut off.
 #[derive(Default)]
 pub struct MemNet {
     groups: Mutex<HashMap<(String, String), Group>>,
+    /// Where groups live when the application opens them itself (e.g. canopy-jetstream's
+    /// replicated streams, one group per stream inside an engine).
+    resolve: Option<Resolver>,
     cut: Mutex<HashSet<String>>,
     /// RPCs attempted.
     pub calls: AtomicUsize,
@@ -25,6 +31,14 @@ pub struct MemNet {
 }
 
 impl MemNet {
+    /// A network whose groups are found by `resolve` (registered ones first).
+    pub fn resolving(resolve: Resolver) -> MemNet {
+        MemNet {
+            resolve: Some(resolve),
+            ..Default::default()
+        }
+    }
+
     /// Makes `g` reachable as group `group` on server `node`.
     pub fn register(&self, node: &str, group: &str, g: Group) {
         self.groups
@@ -82,7 +96,8 @@ impl Transport for MemTransport {
                 tokio::time::sleep(timeout.min(Duration::from_millis(20))).await;
                 return Err(TransportError::Unreachable(to));
             }
-            let g = net.groups.lock().get(&(to.clone(), group)).cloned();
+            let registered = net.groups.lock().get(&(to.clone(), group.clone())).cloned();
+            let g = registered.or_else(|| net.resolve.as_ref().and_then(|f| f(&to, &group)));
             let Some(g) = g else {
                 return Err(TransportError::Unreachable(to));
             };
