@@ -7,88 +7,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use canopy_jetstream::host::{Handler, Host, HostInfo, JsMsg, Lane, Origin, SubId, Via};
 use canopy_jetstream::{AccountLimits, Config, Engine};
-use parking_lot::Mutex;
 use serde_json::{json, Value};
 
-#[derive(Clone, Debug)]
-struct Out {
-    to: String,
-    subject: String,
-    reply: Option<String>,
-    hdr: Vec<u8>,
-    payload: Vec<u8>,
-}
-
-#[derive(Default)]
-struct FakeHost {
-    subs: Mutex<Vec<(u64, String, String, Handler)>>,
-    out: Mutex<Vec<Out>>,
-    next: AtomicU64,
-    interest: Mutex<Vec<String>>,
-}
-
-impl Host for FakeHost {
-    fn subscribe(
-        &self,
-        account: &str,
-        subject: &str,
-        _q: Option<&str>,
-        _lane: Lane,
-        handler: Handler,
-    ) -> Result<SubId, String> {
-        let id = self.next.fetch_add(1, Ordering::SeqCst);
-        self.subs
-            .lock()
-            .push((id, account.into(), subject.into(), handler));
-        Ok(SubId(id))
-    }
-    fn unsubscribe(&self, id: SubId) {
-        self.subs.lock().retain(|s| s.0 != id.0);
-    }
-    fn publish(
-        &self,
-        account: &str,
-        subject: &str,
-        reply: Option<&str>,
-        headers: Option<&[u8]>,
-        payload: &[u8],
-    ) -> u64 {
-        self.deliver(account, subject, subject, reply, headers, payload)
-    }
-    fn deliver(
-        &self,
-        _account: &str,
-        to: &str,
-        subject: &str,
-        reply: Option<&str>,
-        headers: Option<&[u8]>,
-        payload: &[u8],
-    ) -> u64 {
-        self.out.lock().push(Out {
-            to: to.into(),
-            subject: subject.into(),
-            reply: reply.map(str::to_string),
-            hdr: headers.unwrap_or(&[]).to_vec(),
-            payload: payload.to_vec(),
-        });
-        1
-    }
-    fn has_interest(&self, _account: &str, subject: &str) -> bool {
-        self.interest.lock().iter().any(|s| s == subject)
-    }
-    fn info(&self) -> HostInfo {
-        HostInfo {
-            server_id: "SRV".into(),
-            server_name: "srv".into(),
-            cluster: None,
-            version: "2.10.0".into(),
-            ..Default::default()
-        }
-    }
-}
+mod common;
+use common::{FakeHost, Out};
 
 struct T {
     host: Arc<FakeHost>,
@@ -98,7 +21,7 @@ struct T {
 
 impl T {
     fn start(dir: &std::path::Path) -> T {
-        let host = Arc::new(FakeHost::default());
+        let host = Arc::new(FakeHost::new("srv", None));
         let cfg = Config {
             store_dir: dir.to_path_buf(),
             max_memory: -1,
@@ -121,29 +44,7 @@ impl T {
 
     /// Injects a message as a client publish.
     fn publish(&self, subject: &str, reply: Option<&str>, hdr: Option<&[u8]>, payload: &[u8]) {
-        let subs: Vec<Handler> = self
-            .host
-            .subs
-            .lock()
-            .iter()
-            .filter(|s| s.1 == "A" && canopy_subject::subject_matches(&s.2, subject))
-            .map(|s| s.3.clone())
-            .collect();
-        for h in subs {
-            h(JsMsg {
-                account: Arc::from("A"),
-                subject: subject.into(),
-                reply: reply.map(str::to_string),
-                headers: hdr.map(Bytes::copy_from_slice),
-                payload: Bytes::copy_from_slice(payload),
-                origin: Origin {
-                    cid: 1,
-                    user: String::new(),
-                    server: None,
-                    via: Via::Client,
-                },
-            });
-        }
+        self.host.inject("A", subject, reply, hdr, payload);
     }
 
     fn inbox(&self) -> String {
@@ -505,7 +406,7 @@ fn pull_consumer_acks_redelivery_and_restart() {
         strict: true,
         request_queue_limit: 10,
     };
-    assert!(Engine::start(cfg, Arc::new(FakeHost::default())).is_err());
+    assert!(Engine::start(cfg, Arc::new(FakeHost::new("srv", None))).is_err());
     t.engine.shutdown();
 }
 

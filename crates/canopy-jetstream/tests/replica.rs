@@ -11,8 +11,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use canopy_jetstream::host::{Handler, Host, HostInfo, JsMsg, Lane, Origin, SubId, Via};
 use canopy_jetstream::types::StreamConfig;
 use canopy_jetstream::{AccountLimits, Config, Engine, GroupSpec};
 use canopy_raft::mem::{MemNet, MemTransport};
@@ -24,117 +22,8 @@ const ACC: &str = "A";
 const STREAM: &str = "ORDERS";
 const NODES: [&str; 3] = ["n1", "n2", "n3"];
 
-#[derive(Clone, Debug)]
-struct Out {
-    to: String,
-    subject: String,
-    reply: Option<String>,
-    hdr: Vec<u8>,
-    payload: Vec<u8>,
-}
-
-struct FakeHost {
-    name: String,
-    subs: Mutex<Vec<(u64, String, String, Handler)>>,
-    out: Mutex<Vec<Out>>,
-    next: AtomicU64,
-}
-
-impl Host for FakeHost {
-    fn subscribe(
-        &self,
-        account: &str,
-        subject: &str,
-        _q: Option<&str>,
-        _lane: Lane,
-        handler: Handler,
-    ) -> Result<SubId, String> {
-        let id = self.next.fetch_add(1, Ordering::SeqCst);
-        self.subs
-            .lock()
-            .push((id, account.into(), subject.into(), handler));
-        Ok(SubId(id))
-    }
-    fn unsubscribe(&self, id: SubId) {
-        self.subs.lock().retain(|s| s.0 != id.0);
-    }
-    fn publish(
-        &self,
-        account: &str,
-        subject: &str,
-        reply: Option<&str>,
-        headers: Option<&[u8]>,
-        payload: &[u8],
-    ) -> u64 {
-        self.deliver(account, subject, subject, reply, headers, payload)
-    }
-    fn deliver(
-        &self,
-        _account: &str,
-        to: &str,
-        subject: &str,
-        reply: Option<&str>,
-        headers: Option<&[u8]>,
-        payload: &[u8],
-    ) -> u64 {
-        self.out.lock().push(Out {
-            to: to.into(),
-            subject: subject.into(),
-            reply: reply.map(str::to_string),
-            hdr: headers.unwrap_or(&[]).to_vec(),
-            payload: payload.to_vec(),
-        });
-        1
-    }
-    fn has_interest(&self, _account: &str, _subject: &str) -> bool {
-        false
-    }
-    fn info(&self) -> HostInfo {
-        HostInfo {
-            server_id: self.name.to_uppercase(),
-            server_name: self.name.clone(),
-            cluster: Some("C".into()),
-            version: "2.10.0".into(),
-            ..Default::default()
-        }
-    }
-}
-
-impl FakeHost {
-    fn inject(&self, subject: &str, reply: Option<&str>, hdr: Option<&[u8]>, payload: &[u8]) {
-        let subs: Vec<Handler> = self
-            .subs
-            .lock()
-            .iter()
-            .filter(|s| s.1 == ACC && canopy_subject::subject_matches(&s.2, subject))
-            .map(|s| s.3.clone())
-            .collect();
-        for h in subs {
-            h(JsMsg {
-                account: Arc::from(ACC),
-                subject: subject.into(),
-                reply: reply.map(str::to_string),
-                headers: hdr.map(Bytes::copy_from_slice),
-                payload: Bytes::copy_from_slice(payload),
-                origin: Origin {
-                    cid: 1,
-                    user: String::new(),
-                    server: None,
-                    via: Via::Client,
-                },
-            });
-        }
-    }
-
-    fn sent_to(&self, to: &str) -> Vec<Out> {
-        self.out
-            .lock()
-            .iter()
-            .filter(|o| o.to == to)
-            .cloned()
-            .collect()
-    }
-}
+mod common;
+use common::{FakeHost, Out};
 
 /// Live engines by server name: the in-memory network finds each stream's group in them.
 type Engines = Arc<Mutex<HashMap<String, Arc<Engine>>>>;
@@ -225,12 +114,7 @@ impl Cluster {
     }
 
     async fn open_with(&self, n: &str, bootstrap: bool, peers: Vec<Peer>) {
-        let host = Arc::new(FakeHost {
-            name: n.to_string(),
-            subs: Mutex::new(Vec::new()),
-            out: Mutex::new(Vec::new()),
-            next: AtomicU64::new(1),
-        });
+        let host = Arc::new(FakeHost::new(n, Some("C")));
         let cfg = Config {
             store_dir: self.node_dir(n).join("jetstream"),
             max_memory: -1,
@@ -319,7 +203,8 @@ impl Cluster {
     /// Publishes as a client would: every member's subscription gets it.
     fn publish(&self, subject: &str, reply: &str, hdr: Option<&[u8]>, payload: &[u8]) {
         for n in self.live() {
-            self.host(&n).inject(subject, Some(reply), hdr, payload);
+            self.host(&n)
+                .inject(ACC, subject, Some(reply), hdr, payload);
         }
     }
 
@@ -348,7 +233,7 @@ impl Cluster {
             body.to_string().into_bytes()
         };
         self.host(n)
-            .inject(&format!("$JS.API.{subject}"), Some(&inbox), None, &b);
+            .inject(ACC, &format!("$JS.API.{subject}"), Some(&inbox), None, &b);
         let end = Instant::now() + Duration::from_secs(15);
         loop {
             if let Some(o) = self.host(n).sent_to(&inbox).first() {
@@ -526,6 +411,7 @@ async fn r3_consumer_resumes_on_the_new_leader() {
     }
     let pull = c.inbox();
     c.host(&leader).inject(
+        ACC,
         &format!("$JS.API.CONSUMER.MSG.NEXT.{STREAM}.C"),
         Some(&pull),
         None,
@@ -538,8 +424,13 @@ async fn r3_consumer_resumes_on_the_new_leader() {
     let mut confirms = Vec::new();
     for o in &got[..5] {
         let inbox = c.inbox();
-        c.host(&leader)
-            .inject(o.reply.as_deref().unwrap(), Some(&inbox), None, b"+ACK");
+        c.host(&leader).inject(
+            ACC,
+            o.reply.as_deref().unwrap(),
+            Some(&inbox),
+            None,
+            b"+ACK",
+        );
         confirms.push(inbox);
     }
     for inbox in &confirms {
@@ -559,6 +450,7 @@ async fn r3_consumer_resumes_on_the_new_leader() {
     assert!(r.get("error").is_none(), "{r}");
     let waiting = c.inbox();
     c.host(&leader).inject(
+        ACC,
         &format!("$JS.API.CONSUMER.MSG.NEXT.{STREAM}.E"),
         Some(&waiting),
         None,
@@ -580,6 +472,7 @@ async fn r3_consumer_resumes_on_the_new_leader() {
     // The new leader redelivers the unacknowledged half (after ack_wait), never the rest.
     let pull2 = c.inbox();
     c.host(&second).inject(
+        ACC,
         &format!("$JS.API.CONSUMER.MSG.NEXT.{STREAM}.C"),
         Some(&pull2),
         None,
@@ -721,6 +614,7 @@ async fn r3_wiped_member_catches_up_from_a_snapshot() {
     assert!(r.get("error").is_none(), "{r}");
     let pull = c.inbox();
     c.host(&leader).inject(
+        ACC,
         &format!("$JS.API.CONSUMER.MSG.NEXT.{STREAM}.D"),
         Some(&pull),
         None,
@@ -729,8 +623,13 @@ async fn r3_wiped_member_catches_up_from_a_snapshot() {
     let got = c.wait_for(&pull, 4, 10).await;
     for o in &got[..3] {
         let inbox = c.inbox();
-        c.host(&leader)
-            .inject(o.reply.as_deref().unwrap(), Some(&inbox), None, b"+ACK");
+        c.host(&leader).inject(
+            ACC,
+            o.reply.as_deref().unwrap(),
+            Some(&inbox),
+            None,
+            b"+ACK",
+        );
         assert_eq!(c.wait_for(&inbox, 1, 10).await.len(), 1);
     }
     let follower = NODES.iter().find(|n| **n != leader).unwrap().to_string();

@@ -99,6 +99,8 @@ impl Transport for MemTransport {
             let registered = net.groups.lock().get(&(to.clone(), group.clone())).cloned();
             let g = registered.or_else(|| net.resolve.as_ref().and_then(|f| f(&to, &group)));
             let Some(g) = g else {
+                // A server that is not there does not answer either.
+                tokio::time::sleep(timeout.min(Duration::from_millis(20))).await;
                 return Err(TransportError::Unreachable(to));
             };
             match tokio::time::timeout(timeout, g.handle_rpc(kind, body)).await {
