@@ -225,6 +225,24 @@ impl Cluster {
     }
 
     /// An API request to member `n`.
+    /// Creates the durable consumer `config.durable_name` through `n`'s API; the answer
+    /// (an error fails the test).
+    async fn create_durable(&self, n: &str, config: Value) -> Value {
+        let name = config["durable_name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let r = self
+            .api(
+                n,
+                &format!("CONSUMER.CREATE.{STREAM}.{name}"),
+                json!({"stream_name": STREAM, "config": config}),
+            )
+            .await;
+        assert!(r.get("error").is_none(), "{r}");
+        r
+    }
+
     async fn api(&self, n: &str, subject: &str, body: Value) -> Value {
         let inbox = self.inbox();
         let b = if body.is_null() {
@@ -384,16 +402,14 @@ async fn r3_consumer_resumes_on_the_new_leader() {
     let leader = c.leader().await;
     c.publish_acked(0, 10).await;
     let r = c
-        .api(
+        .create_durable(
             &leader,
-            &format!("CONSUMER.CREATE.{STREAM}.C"),
-            json!({"stream_name": STREAM, "config": {
+            json!({
                 "durable_name": "C", "ack_policy": "explicit", "ack_wait": 1_000_000_000i64,
                 "deliver_policy": "all",
-            }}),
+            }),
         )
         .await;
-    assert!(r.get("error").is_none(), "{r}");
     assert_eq!(r["cluster"]["leader"], json!(leader));
     // Every member knows the consumer.
     for n in NODES {
@@ -438,16 +454,11 @@ async fn r3_consumer_resumes_on_the_new_leader() {
     }
     // A pull waiting on the leader when it steps down ends with 409 Leadership Change
     // (on a consumer with nothing to deliver, so that nothing else answers it first).
-    let r = c
-        .api(
-            &leader,
-            &format!("CONSUMER.CREATE.{STREAM}.E"),
-            json!({"stream_name": STREAM, "config": {
-                "durable_name": "E", "ack_policy": "explicit", "deliver_policy": "new",
-            }}),
-        )
-        .await;
-    assert!(r.get("error").is_none(), "{r}");
+    c.create_durable(
+        &leader,
+        json!({"durable_name": "E", "ack_policy": "explicit", "deliver_policy": "new"}),
+    )
+    .await;
     let waiting = c.inbox();
     c.host(&leader).inject(
         ACC,
@@ -602,16 +613,11 @@ async fn r3_wiped_member_catches_up_from_a_snapshot() {
     let c = Cluster::start_with(8).await;
     let leader = c.leader().await;
     c.publish_acked(0, 30).await;
-    let r = c
-        .api(
-            &leader,
-            &format!("CONSUMER.CREATE.{STREAM}.D"),
-            json!({"stream_name": STREAM, "config": {
-                "durable_name": "D", "ack_policy": "explicit", "deliver_policy": "all",
-            }}),
-        )
-        .await;
-    assert!(r.get("error").is_none(), "{r}");
+    c.create_durable(
+        &leader,
+        json!({"durable_name": "D", "ack_policy": "explicit", "deliver_policy": "all"}),
+    )
+    .await;
     let pull = c.inbox();
     c.host(&leader).inject(
         ACC,
