@@ -413,14 +413,14 @@ struct Session {
     replay: Option<ReplayCount>,
 }
 
-/// The batch list of a leaf's spool replay, counted off as its messages arrive.
+/// The batch list of a leaf's spool replay, counted off as its messages arrive; from the
+/// batch's `$LSPOOL.B` to its `$LSPOOL.M`.
 struct ReplayCount {
     epoch: String,
     /// (spool sequence, fingerprint) of the messages still to come, in order.
     pending: std::collections::VecDeque<(u64, u32)>,
-    /// The last sequence counted, and the last one shared with the cluster.
+    /// The last sequence counted (0: none yet).
     last: u64,
-    shared: u64,
 }
 
 /// An accepted leaf connection's record, nonce and INFO.
@@ -973,27 +973,18 @@ impl Session {
         match (kind, seq) {
             (Some("B"), None) => {
                 // A malformed list counts nothing: the batch is then covered by its `M`.
-                self.replay = spool::parse_batch_list(payload).map(|pending| {
-                    let (last, shared) = match self.replay.take() {
-                        Some(r) if r.epoch == epoch => (r.last, r.shared),
-                        _ => (0, 0),
-                    };
-                    ReplayCount {
-                        epoch: epoch.to_string(),
-                        pending,
-                        last,
-                        shared,
-                    }
+                self.replay = spool::parse_batch_list(payload).map(|pending| ReplayCount {
+                    epoch: epoch.to_string(),
+                    pending,
+                    last: 0,
                 });
             }
             (Some("M"), Some(seq))
                 if self.server.spool_marks.advance(epoch, self.conn.cid, seq) =>
             {
+                // The batch is complete and its end shared: nothing left to count.
                 crate::services::system::share_spool_mark(&self.server, epoch, seq);
-                if let Some(r) = self.replay.as_mut().filter(|r| r.epoch == epoch) {
-                    r.shared = r.shared.max(seq);
-                    r.last = r.last.max(seq);
-                }
+                self.replay = None;
             }
             (Some("Q"), None) => {
                 let seq = self.server.spool_marks.take_over(epoch, self.conn.cid);
@@ -1145,7 +1136,7 @@ impl Session {
     fn teardown(&mut self) {
         // How far a cut replay got here, for the members of the cluster the leaf may come
         // back to.
-        if let Some(r) = self.replay.take().filter(|r| r.last > r.shared) {
+        if let Some(r) = self.replay.take().filter(|r| r.last > 0) {
             crate::services::system::share_spool_mark(&self.server, &r.epoch, r.last);
         }
         let reason = self
