@@ -3,6 +3,9 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod client_sync;
+
+use client_sync::sync;
 use std::time::Duration;
 
 use canopy_testkit::{assert_eventually, free_fixed_port, ServerProcess};
@@ -13,18 +16,6 @@ async fn connect(s: &ServerProcess, user: &str, pass: &str) -> async_nats::Clien
         .connect(s.url())
         .await
         .unwrap()
-}
-
-/// Waits until the server has processed everything this client sent before (async-nats'
-/// `flush` only drains the socket): a message to our own inbox comes back after them.
-async fn sync(nc: &async_nats::Client) {
-    let inbox = nc.new_inbox();
-    let mut sub = nc.subscribe(inbox.clone()).await.unwrap();
-    nc.publish(inbox, "".into()).await.unwrap();
-    tokio::time::timeout(Duration::from_secs(5), sub.next())
-        .await
-        .unwrap()
-        .unwrap();
 }
 
 /// Collects what arrives on `sub`: waits up to 5s for `expected` messages, then `quiet`
@@ -108,7 +99,7 @@ async fn service_import_routes_the_reply_back() {
     let s = ServerProcess::canopy(SECURE).unwrap();
     let us = connect(&s, "us", "uspw").await;
     let mut svc = us.subscribe("api.time").await.unwrap();
-    us.flush().await.unwrap();
+    sync(&us).await;
     let responder = us.clone();
     tokio::spawn(async move {
         while let Some(m) = svc.next().await {

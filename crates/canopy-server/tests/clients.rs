@@ -2,22 +2,13 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod client_sync;
+
+use client_sync::sync;
 use std::time::Duration;
 
 use canopy_testkit::ServerProcess;
 use futures::StreamExt;
-
-/// Waits until the server has processed everything this client sent before (async-nats'
-/// `flush` only drains the socket): a message to our own inbox comes back after them.
-async fn sync(nc: &async_nats::Client) {
-    let inbox = nc.new_inbox();
-    let mut sub = nc.subscribe(inbox.clone()).await.unwrap();
-    nc.publish(inbox, "".into()).await.unwrap();
-    tokio::time::timeout(Duration::from_secs(5), sub.next())
-        .await
-        .unwrap()
-        .unwrap();
-}
 
 fn server() -> ServerProcess {
     ServerProcess::canopy("listen: 127.0.0.1:-1\nhttp: 127.0.0.1:-1\n").expect("start")

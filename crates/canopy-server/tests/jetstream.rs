@@ -4,6 +4,9 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod client_sync;
+
+use client_sync::sync;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream};
@@ -584,7 +587,7 @@ async fn push_deliveries_cross_a_stream_import() {
     let a = user("a").connect(s.url()).await.unwrap();
     let b = user("b").connect(s.url()).await.unwrap();
     let mut sub = b.subscribe("from-a.b").await.unwrap();
-    b.flush().await.unwrap();
+    sync(&b).await;
     let js = jetstream::new(a.clone());
     let st = orders(&js).await;
     st.create_consumer(consumer::push::Config {

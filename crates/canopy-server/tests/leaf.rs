@@ -18,6 +18,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod client_sync;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -25,6 +27,7 @@ use std::time::{Duration, Instant};
 use async_nats::{Client, HeaderMap, Message, Subscriber};
 use bytes::Bytes;
 use canopy_testkit::{free_fixed_port, Impl, ServerProcess};
+use client_sync::sync;
 use futures::StreamExt;
 
 const GO: Impl = Impl::NatsServer;
@@ -392,20 +395,6 @@ async fn client(s: &ServerProcess) -> Client {
         .connect(s.url())
         .await
         .unwrap_or_else(|e| panic!("connect to {:?} at {}: {e}", s.kind, s.url()))
-}
-
-/// Returns once the server has processed everything `c` sent before (async-nats `flush`
-/// only drains the socket buffer): a message to itself comes back only after that.
-async fn sync(c: &Client) {
-    let subject = unique("sync");
-    let mut s = c.subscribe(subject.clone()).await.unwrap();
-    c.publish(subject, Bytes::new()).await.unwrap();
-    c.flush().await.unwrap();
-    match tokio::time::timeout(DELIVERY, s.next()).await {
-        Ok(Some(_)) => {}
-        other => panic!("sync with the server failed: {other:?}"),
-    }
-    let _ = s.unsubscribe().await;
 }
 
 async fn sub(c: &Client, subject: &str) -> Subscriber {

@@ -5,11 +5,14 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod client_sync;
+
 use std::time::Duration;
 
 use async_nats::{Client, Subscriber};
 use bytes::Bytes;
 use canopy_testkit::{hub_and_leaf, nats_server_bin, Impl, ServerProcess};
+use client_sync::sync;
 use futures::StreamExt;
 
 /// Upper bound for a link to form and interest to propagate.
@@ -35,7 +38,7 @@ async fn connect(s: &ServerProcess, user: Option<(&str, &str)>) -> Client {
 
 async fn sub(c: &Client, subject: &str) -> Subscriber {
     let s = c.subscribe(subject.to_string()).await.unwrap();
-    c.flush().await.unwrap();
+    sync(c).await;
     s
 }
 

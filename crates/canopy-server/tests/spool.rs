@@ -9,6 +9,9 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod client_sync;
+
+use client_sync::sync;
 use std::io::Read;
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
@@ -111,25 +114,6 @@ async fn client(s: &ServerProcess) -> Client {
         .connect(s.url())
         .await
         .unwrap_or_else(|e| panic!("connect to {}: {e}", s.url()))
-}
-
-/// Returns once the server processed everything `c` sent before.
-async fn sync(c: &Client) {
-    let subject = format!("sync.{}", rand_suffix());
-    let mut s = c.subscribe(subject.clone()).await.unwrap();
-    c.publish(subject, Bytes::new()).await.unwrap();
-    c.flush().await.unwrap();
-    assert!(
-        matches!(tokio::time::timeout(WAIT, s.next()).await, Ok(Some(_))),
-        "sync with the server failed"
-    );
-    let _ = s.unsubscribe().await;
-}
-
-fn rand_suffix() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    N.fetch_add(1, Ordering::Relaxed) + u64::from(std::process::id()) * 1_000_000
 }
 
 /// The leaf's only remote's spool counters (`/leafz` `canopy_remotes[0].spool`).

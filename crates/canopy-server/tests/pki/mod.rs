@@ -4,6 +4,11 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::new_without_default)]
 
+#[path = "../client_sync/mod.rs"]
+mod client_sync;
+#[allow(unused_imports)]
+pub use client_sync::sync;
+
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -138,18 +143,6 @@ pub fn raw_connect(addr: &str, jwt: &str, signer: &KeyPair) -> String {
     c.send_str(&format!("CONNECT {connect}\r\nPING\r\n"))
         .unwrap();
     c.read_op().unwrap_or_else(|e| format!("<{e}>"))
-}
-
-/// Waits until the server has processed everything this client sent before: a message
-/// to our own inbox comes back after it.
-pub async fn sync(nc: &async_nats::Client) {
-    let inbox = nc.new_inbox();
-    let mut sub = nc.subscribe(inbox.clone()).await.unwrap();
-    nc.publish(inbox, "".into()).await.unwrap();
-    tokio::time::timeout(Duration::from_secs(5), sub.next())
-        .await
-        .unwrap()
-        .unwrap();
 }
 
 pub async fn roundtrip(a: &async_nats::Client, b: &async_nats::Client, subject: &str) {
