@@ -67,6 +67,22 @@ const DURABLE_ACK_WAIT: i64 = 5_000_000_000;
 /// Messages a durable sourcing consumer may have in flight.
 const DURABLE_MAX_ACK_PENDING: i64 = 512;
 
+/// A delivery the replicated leader stores through its group (see
+/// [`crate::replica::queue_sourced`]).
+pub(crate) struct Sourced {
+    /// The source's index in `StreamCore::sources`.
+    pub source: usize,
+    /// The origin sequence.
+    pub sseq: u64,
+    /// A mirror's message keeps the origin's sequence and timestamp.
+    pub mirror_ts: Option<i64>,
+    /// Subject, headers and payload as stored; `None`: nothing to store (it came from
+    /// this stream), only the position moves and the origin hears the ack.
+    pub msg: Option<(String, Vec<u8>, bytes::Bytes)>,
+    /// A durable origin's ack subject, answered once the message is committed.
+    pub ack: Option<String>,
+}
+
 /// One entry of `mirror` or `sources`, parsed.
 #[derive(Debug, Clone)]
 pub(crate) struct Spec {
@@ -257,6 +273,9 @@ pub(crate) struct Source {
     /// This stream's sequence of the newest message stored from this source (0: none
     /// in this run).
     at: u64,
+    /// A replicated stream's leader: the newest origin sequence handed to the proposal
+    /// queue and not yet applied (0: none). Deliveries at or below it are not queued again.
+    queued: u64,
 }
 
 impl Source {
@@ -289,6 +308,7 @@ impl Source {
             dirty: false,
             fc_stalls: 0,
             at: 0,
+            queued: 0,
         }
     }
 
@@ -572,6 +592,10 @@ impl StreamCore {
 
     /// When the sources' timers next have work.
     pub(crate) fn sources_next(&self, now: Instant) -> Option<Instant> {
+        if !crate::replica::delivers(self) {
+            // A replicated stream's follower: its leader sources.
+            return None;
+        }
         self.sources
             .iter()
             .map(|s| match s.phase {
@@ -583,6 +607,9 @@ impl StreamCore {
 
     /// The sources' timers: start due attempts, time out requests, detect stalls.
     pub(crate) fn sources_tick(&mut self, now: Instant) {
+        if !crate::replica::delivers(self) {
+            return;
+        }
         for i in 0..self.sources.len() {
             let s = &self.sources[i];
             match s.phase {
@@ -870,6 +897,24 @@ impl StreamCore {
             return;
         }
         s.lag = pending;
+        if self.repl.is_some() {
+            // A replicated stream: the message is stored by the group; a durable origin
+            // hears the ack once the entry holding it is committed.
+            let newer = sseq > s.sseq.max(s.queued);
+            if newer {
+                s.queued = sseq;
+            }
+            let durable = s.durable;
+            if newer {
+                let item = self.sourced_item(i, sseq, ts, m);
+                crate::replica::queue_sourced(self, item);
+            } else if durable {
+                if let Some(r) = &m.reply {
+                    self.host.publish(&self.account, r, None, None, b"+ACK");
+                }
+            }
+            return;
+        }
         if sseq > s.sseq {
             let ok = if s.mirror {
                 self.store_mirrored(sseq, ts, &m)
@@ -935,6 +980,29 @@ impl StreamCore {
     /// `Nats-Stream-Source` header (`<origin> <origin seq> <filters> <destinations>
     /// <original subject> <origin identity>`).
     fn store_sourced(&mut self, i: usize, sseq: u64, m: &JsMsg) -> bool {
+        let Some((subject, hdr)) = self.sourced_as(i, sseq, m) else {
+            return true;
+        };
+        let before = self.store.totals().last_seq;
+        self.commit_one(subject, hdr, m.payload.clone());
+        let last = self.store.totals().last_seq;
+        let ok = last > before;
+        if ok {
+            self.sources[i].at = last;
+        }
+        if ok {
+            self.update_stats();
+            self.drive_consumers();
+        }
+        ok
+    }
+
+    /// The subject and headers a sourced message is stored with: the source's transform,
+    /// and the `Nats-Stream-Source` header (`<origin> <origin seq> <filters> <destinations>
+    /// <original subject> <origin identity>`). `None`: not to be stored (it came from this
+    /// stream in the first place: two streams sourcing each other would send it round for
+    /// ever).
+    fn sourced_as(&self, i: usize, sseq: u64, m: &JsMsg) -> Option<(String, Vec<u8>)> {
         let s = &self.sources[i];
         let from = m
             .headers
@@ -942,9 +1010,7 @@ impl StreamCore {
             .and_then(|h| header(h, "Nats-Stream-Source"))
             .and_then(|h| h.split([' ', ':']).next());
         if !s.spec.is_external() && from == Some(self.name.as_str()) {
-            // Sourced from this stream in the first place (two streams sourcing each
-            // other): taking it would send it round for ever.
-            return true;
+            return None;
         }
         let subject = s.transform(&m.subject);
         let mut parts: Vec<&str> = s.spec.iname.splitn(3, ' ').collect();
@@ -958,19 +1024,95 @@ impl StreamCore {
             value.push_str(id);
         }
         let hdr = util::strip_headers(m.headers.as_deref().unwrap_or(&[]), &["Nats-Stream-Source"]);
-        let hdr = util::add_headers(&hdr, &[("Nats-Stream-Source", value)]);
-        let before = self.store.totals().last_seq;
-        self.commit_one(subject, hdr, m.payload.clone());
-        let last = self.store.totals().last_seq;
-        let ok = last > before;
-        if ok {
-            self.sources[i].at = last;
+        Some((
+            subject,
+            util::add_headers(&hdr, &[("Nats-Stream-Source", value)]),
+        ))
+    }
+
+    /// A delivery of source `i` as the replicated leader proposes it.
+    fn sourced_item(&self, i: usize, sseq: u64, ts: i64, m: JsMsg) -> Sourced {
+        let s = &self.sources[i];
+        let ack = s.durable.then(|| m.reply.clone()).flatten();
+        if s.mirror {
+            return Sourced {
+                source: i,
+                sseq,
+                mirror_ts: Some(ts),
+                msg: Some((
+                    m.subject,
+                    m.headers.map(|h| h.to_vec()).unwrap_or_default(),
+                    m.payload,
+                )),
+                ack,
+            };
         }
-        if ok {
-            self.update_stats();
-            self.drive_consumers();
+        let msg = self
+            .sourced_as(i, sseq, &m)
+            .map(|(subject, hdr)| (subject, hdr, m.payload));
+        Sourced {
+            source: i,
+            sseq,
+            mirror_ts: None,
+            msg,
+            ack,
         }
-        ok
+    }
+
+    /// Is a queued delivery still new against the applied positions (the leader prepares
+    /// its entry: after a failed proposal the sources restart from the applied state, and
+    /// the failed entry may still commit)?
+    pub(crate) fn sourced_is_new(&self, item: &Sourced) -> bool {
+        self.sources
+            .get(item.source)
+            .is_some_and(|s| item.sseq > s.sseq)
+    }
+
+    /// An applied message (replicated streams, every member): the source positions follow
+    /// the stream's contents, so that a new leader sources on from where the group is.
+    pub(crate) fn sourced_applied(&mut self, seq: u64, hdr: &[u8]) {
+        if let Some(s) = self.sources.iter_mut().find(|s| s.mirror) {
+            s.sseq = s.sseq.max(seq);
+            s.dirty = true;
+            return;
+        }
+        let Some(h) = header(hdr, "Nats-Stream-Source") else {
+            return;
+        };
+        let f: Vec<&str> = h.split(' ').collect();
+        if f.len() < 4 {
+            return;
+        }
+        let iname = format!("{} {} {}", f[0], f[2], f[3]);
+        let Some(s) = self.sources.iter_mut().find(|s| s.spec.iname == iname) else {
+            return;
+        };
+        if let Some(sseq) = f[1].parse::<u64>().ok().filter(|&q| q > s.sseq) {
+            s.sseq = sseq;
+        }
+        s.at = seq;
+        if let Some(id) = f.get(5) {
+            if s.ident.as_deref() != Some(id) {
+                s.ident = Some(id.to_string());
+            }
+        }
+        s.dirty = true;
+    }
+
+    /// Leadership of a replicated stream began (its no-op applied) or ended, or a
+    /// proposal failed: every source starts again from the applied positions (a leader) or
+    /// stops (a follower).
+    pub(crate) fn sources_restart(&mut self) {
+        let leads = crate::replica::delivers(self);
+        for i in 0..self.sources.len() {
+            self.sources[i].queued = 0;
+            if leads {
+                self.source_retry(i, None, false);
+            } else {
+                self.source_cancel(i);
+                self.sources[i].phase = Phase::Wait(Instant::now());
+            }
+        }
     }
 
     /// Stream info's `mirror` and `sources`.

@@ -139,6 +139,21 @@ pub(crate) struct Prepared {
     pub(crate) rollup: Option<bool>,
 }
 
+impl Prepared {
+    /// A message stored as it is, without publish checks (sourced messages).
+    pub(crate) fn plain(subject: String, hdr: Vec<u8>, payload: bytes::Bytes) -> Prepared {
+        Prepared {
+            subject,
+            hdr,
+            payload,
+            reply: None,
+            ttl: None,
+            msg_id: None,
+            rollup: None,
+        }
+    }
+}
+
 /// Where a batch's messages are republished, and each subject's last sequence so far.
 pub(crate) struct RepublishPlan {
     to: Vec<Option<String>>,
@@ -483,15 +498,7 @@ impl StreamCore {
 
     /// Stores one message that needs no header checks (sourced messages).
     pub(crate) fn commit_one(&mut self, subject: String, hdr: Vec<u8>, payload: bytes::Bytes) {
-        self.commit(vec![Prepared {
-            subject,
-            hdr,
-            payload,
-            reply: None,
-            ttl: None,
-            msg_id: None,
-            rollup: None,
-        }]);
+        self.commit(vec![Prepared::plain(subject, hdr, payload)]);
     }
 
     /// After a mirrored message was stored under its own sequence: consumers hear of it.

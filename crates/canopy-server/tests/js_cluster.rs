@@ -393,3 +393,250 @@ async fn stream_leaders_spread_over_the_members() {
     drop(nc);
     assert!(leaders.len() >= 2, "every stream led by {leaders:?}");
 }
+
+/// Publishes until acknowledged (a stream leader may be changing), for at most 30 s.
+async fn publish_acked(js: &async_nats::jetstream::Context, subject: String) {
+    eventually(Duration::from_secs(30), "publish not acknowledged", || {
+        let (js, subject) = (js.clone(), subject.clone());
+        async move {
+            let ack = js
+                .publish(subject, "x".into())
+                .await
+                .map_err(|e| e.to_string())?;
+            ack.await.map(|_| ()).map_err(|e| e.to_string())
+        }
+    })
+    .await
+}
+
+/// An R3 stream's `state` once it holds `msgs` messages (asked of whichever member
+/// answers), within 60 s.
+async fn holds(nc: &async_nats::Client, stream: &str, msgs: u64) -> serde_json::Value {
+    let subject = format!("$JS.API.STREAM.INFO.{stream}");
+    eventually(
+        Duration::from_secs(60),
+        "stream never held them",
+        || async {
+            let info = request(nc, &subject, "").await.ok_or("no answer")?;
+            if info["state"]["messages"] == msgs {
+                Ok(info)
+            } else {
+                Err(info.to_string())
+            }
+        },
+    )
+    .await
+}
+
+/// The subjects of a stream's first `n` messages, read through a pull consumer; fails on
+/// a subject seen twice.
+async fn subjects_once(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+    n: usize,
+) -> std::collections::BTreeSet<String> {
+    let c = js
+        .get_stream(stream)
+        .await
+        .unwrap()
+        .create_consumer(consumer::pull::Config {
+            ack_policy: consumer::AckPolicy::None,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut msgs = c.messages().await.unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < n {
+        let m = tokio::time::timeout(Duration::from_secs(10), msgs.next())
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| panic!("{stream}: {} of {n} read back", seen.len()))
+            .unwrap();
+        assert!(seen.insert(m.subject.to_string()), "twice: {}", m.subject);
+    }
+    seen
+}
+
+/// R3 mirrors and sources (issue 19): the stream leader runs them and stores what arrives
+/// through the group, the positions follow the replicated contents, so a new leader after
+/// a `kill -9` of the old one sources on from where the group is: nothing missing, nothing
+/// twice, from a limits origin and from a work-queue origin (whose messages go only once
+/// they are stored).
+#[tokio::test]
+async fn r3_mirror_and_sources_continue_after_their_leader_is_killed() {
+    let mut ms = cluster(3);
+    let (nc, js0) = js(ms[0].server()).await;
+    for (name, subjects, retention) in [
+        ("ORIG", "orig.>", stream::RetentionPolicy::Limits),
+        ("WQ", "wq.>", stream::RetentionPolicy::WorkQueue),
+    ] {
+        js0.create_stream(stream::Config {
+            name: name.into(),
+            subjects: vec![subjects.into()],
+            retention,
+            num_replicas: 3,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    let src = |n: &str| stream::Source {
+        name: n.into(),
+        ..Default::default()
+    };
+    js0.create_stream(stream::Config {
+        name: "AGG".into(),
+        sources: Some(vec![src("ORIG"), src("WQ")]),
+        num_replicas: 3,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    js0.create_stream(stream::Config {
+        name: "MIR".into(),
+        mirror: Some(src("ORIG")),
+        num_replicas: 3,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    for i in 0..100 {
+        publish_acked(&js0, format!("orig.{i}")).await;
+        if i % 2 == 0 {
+            publish_acked(&js0, format!("wq.{i}")).await;
+        }
+    }
+    holds(&nc, "AGG", 150).await;
+    holds(&nc, "MIR", 100).await;
+    holds(&nc, "WQ", 0).await;
+
+    // kill -9 the member that leads AGG; the others go on.
+    let agg = holds(&nc, "AGG", 150).await;
+    let leader = agg["cluster"]["leader"].as_str().unwrap().to_string();
+    let li = ms.iter().position(|m| m.name == leader).unwrap();
+    ms[li].proc.as_mut().unwrap().kill();
+    ms[li].proc = None;
+    let other = ms.iter().find(|m| m.proc.is_some()).unwrap();
+    let (nc, js1) = js(other.server()).await;
+    for i in 100..200 {
+        publish_acked(&js1, format!("orig.{i}")).await;
+        if i % 2 == 0 {
+            publish_acked(&js1, format!("wq.{i}")).await;
+        }
+    }
+    let agg = holds(&nc, "AGG", 300).await;
+    assert_eq!(agg["state"]["last_seq"], 300, "{agg}");
+    let mir = holds(&nc, "MIR", 200).await;
+    assert_eq!(mir["state"]["last_seq"], 200, "{mir}");
+    holds(&nc, "WQ", 0).await;
+
+    // Every origin message exactly once.
+    let seen = subjects_once(&js1, "AGG", 300).await;
+    for i in 0..200 {
+        assert!(seen.contains(&format!("orig.{i}")), "orig.{i} missing");
+        if i % 2 == 0 {
+            assert!(seen.contains(&format!("wq.{i}")), "wq.{i} missing");
+        }
+    }
+    // Deleting the aggregate deletes its durable sourcing consumer on the work queue.
+    assert!(js1.delete_stream("AGG").await.unwrap().success);
+    eventually(
+        Duration::from_secs(15),
+        "sourcing durable left behind",
+        || async {
+            let wq = request(&nc, "$JS.API.STREAM.INFO.WQ", "")
+                .await
+                .ok_or("no answer")?;
+            match wq["state"]["consumer_count"].as_u64() {
+                Some(0) => Ok(()),
+                _ => Err(wq.to_string()),
+            }
+        },
+    )
+    .await;
+}
+
+/// The seed's hub cluster aggregating an edge (issue 19 with issue 14): an R3 stream on a
+/// 3-member hub sources a limits stream and a work-queue stream of a leaf's JetStream
+/// domain `edge`, the leaf linked to every hub member. The member leading the aggregate
+/// is killed while the edge keeps publishing; a new leader sources on: every edge message
+/// exactly once, and the work queue emptied only by what the hub stored.
+#[tokio::test]
+async fn r3_hub_stream_sources_an_edge_domain_through_a_leader_kill() {
+    let (mut ms, ports) = members(3);
+    let leaf_ports: Vec<u16> = (0..3).map(|_| free_fixed_port()).collect();
+    for (m, lp) in ms.iter_mut().zip(&leaf_ports) {
+        m.extra = format!("leafnodes {{ listen: 127.0.0.1:{lp} }}\n");
+        start(m, &ports);
+    }
+    wait_formed(&ms, 3);
+    let edge_store = tempfile::tempdir().unwrap();
+    let urls: Vec<String> = leaf_ports
+        .iter()
+        .map(|p| format!("nats-leaf://127.0.0.1:{p}"))
+        .collect();
+    let edge = ServerProcess::canopy(&format!(
+        "server_name: edge\nlisten: 127.0.0.1:-1\n\
+         jetstream {{ store_dir: \"{}\", domain: edge }}\n\
+         leafnodes {{ remotes: [ {{ urls: [{}] }} ] }}\n",
+        edge_store.path().display(),
+        urls.join(", ")
+    ))
+    .unwrap();
+    let (enc, ejs) = js(&edge).await;
+    for (name, subjects, retention) in [
+        ("ORDERS", "orders.>", stream::RetentionPolicy::Limits),
+        ("JOBS", "jobs.>", stream::RetentionPolicy::WorkQueue),
+    ] {
+        ejs.create_stream(stream::Config {
+            name: name.into(),
+            subjects: vec![subjects.into()],
+            retention,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    let (hnc, hjs) = js(ms[0].server()).await;
+    let ext = |n: &str| stream::Source {
+        name: n.into(),
+        external: Some(stream::External {
+            api_prefix: "$JS.edge.API".into(),
+            delivery_prefix: None,
+        }),
+        ..Default::default()
+    };
+    hjs.create_stream(stream::Config {
+        name: "AGG".into(),
+        sources: Some(vec![ext("ORDERS"), ext("JOBS")]),
+        num_replicas: 3,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    for i in 0..50 {
+        publish_acked(&ejs, format!("orders.{i}")).await;
+        publish_acked(&ejs, format!("jobs.{i}")).await;
+    }
+    let agg = holds(&hnc, "AGG", 100).await;
+    let leader = agg["cluster"]["leader"].as_str().unwrap().to_string();
+    let li = ms.iter().position(|m| m.name == leader).unwrap();
+    drop((hnc, hjs));
+    ms[li].proc.as_mut().unwrap().kill();
+    ms[li].proc = None;
+    for i in 50..150 {
+        publish_acked(&ejs, format!("orders.{i}")).await;
+        publish_acked(&ejs, format!("jobs.{i}")).await;
+    }
+    let other = ms.iter().find(|m| m.proc.is_some()).unwrap();
+    let (hnc, hjs) = js(other.server()).await;
+    let agg = holds(&hnc, "AGG", 300).await;
+    assert_eq!(agg["state"]["last_seq"], 300, "{agg}");
+    let jobs = request(&enc, "$JS.API.STREAM.INFO.JOBS", "").await.unwrap();
+    assert_eq!(jobs["state"]["messages"], 0, "{jobs}");
+    let seen = subjects_once(&hjs, "AGG", 300).await;
+    assert!((0..150)
+        .all(|i| seen.contains(&format!("orders.{i}")) && seen.contains(&format!("jobs.{i}"))));
+}

@@ -299,9 +299,6 @@ impl Cluster {
         reply: &str,
     ) -> Result<(), E> {
         let cfg = streams::parse_config(Some(name), body)?;
-        if cfg.num_replicas > 1 && (cfg.mirror.is_some() || cfg.sources.is_some()) {
-            return Err(E::ClusteredReplicasNotAvailable);
-        }
         let existing = self.machine.state.lock().stream(&acc.name, name).cloned();
         let sa = match existing {
             Some(sa) if streams::same_config(&sa.config, &cfg) => sa,
@@ -356,13 +353,31 @@ impl Cluster {
     }
 
     async fn propose_delete(&self, acc: &Account, name: &str, reply: &str) -> Result<(), E> {
-        let sa = self.assignment(acc, name)?;
+        let mut sa = self.assignment(acc, name)?;
+        // The first of the entry's peers answers once its copy is gone: put a member that
+        // is up first (the order of a deleted assignment matters for nothing else). With
+        // every host down, this member (the meta leader) answers once the entry commits.
+        let online = self.js_peers();
+        let up = sa
+            .peers
+            .iter()
+            .position(|p| *p == self.me.name || online.contains(p));
+        if let Some(i) = up {
+            sa.peers.rotate_left(i);
+        }
         self.propose(Entry {
             action: Action::Delete,
             stream: sa,
-            reply: Some(reply.to_string()),
+            reply: up.map(|_| reply.to_string()),
         })
-        .await
+        .await?;
+        if up.is_none() {
+            if let Some(e) = self.engine.upgrade() {
+                let ok = Ok(serde_json::json!({"success": true}));
+                crate::api::reply_to(&e, acc, reply, "stream_delete_response", ok);
+            }
+        }
+        Ok(())
     }
 
     /// The assignment of stream `name` of the account (10059 without one).

@@ -693,6 +693,11 @@ fn reconciler(rx: mpsc::Receiver<Job>, engine: Weak<Engine>, cluster: Weak<Clust
                             );
                         }
                     }
+                    if peers.is_empty() && e.is_stream_leader(&account, &name) {
+                        // The stream is deleted: its leader deletes the durable sourcing
+                        // consumers on their origins, as a single server does.
+                        e.delete_remote_sources(&account, &name);
+                    }
                     c.rt.block_on(e.delete_replicated_stream(&account, &name));
                     c.unregister_group(&group);
                     remove_group_dir(&c, &group);

@@ -369,9 +369,6 @@ impl Cluster {
         if cfg.storage == StorageType::Memory && (from == 1 || to == 1) {
             return Err(E::StreamReplicasNotUpdatable);
         }
-        if to > 1 && (cfg.mirror.is_some() || cfg.sources.is_some()) {
-            return Err(E::ClusteredReplicasNotAvailable);
-        }
         let mut new = StreamAssignment {
             config: cfg,
             founders: old.founders().to_vec(),

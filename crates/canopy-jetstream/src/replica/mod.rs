@@ -73,6 +73,7 @@ use crate::api::errors::{ApiError, E};
 use crate::consumer::Consumer;
 use crate::engine::{Account, ConsumerMeta, Engine, StoreSettings, StreamMeta};
 use crate::host::JsMsg;
+use crate::source::Sourced;
 use crate::stream::{ctx, Cmd, Prepared, StreamCore, StreamHandle};
 use crate::types::{ConsumerConfig, StreamConfig};
 use crate::util::{header, now_ns, rfc3339};
@@ -161,6 +162,8 @@ pub(crate) struct Repl {
     /// Ops the leader decided on its own (inactive consumers deleted).
     admin: Vec<Op>,
     queue: Vec<JsMsg>,
+    /// Deliveries of the stream's mirror or sources, in arrival order.
+    sourced: Vec<Sourced>,
     inflight: Option<Inflight>,
 }
 
@@ -190,6 +193,7 @@ impl Repl {
             ack_replies: Vec::new(),
             admin: Vec::new(),
             queue: Vec::new(),
+            sourced: Vec::new(),
             inflight: None,
         }
     }
@@ -217,6 +221,10 @@ struct Inflight {
     msgs_op: Option<usize>,
     pubs: Vec<PubWaiter>,
     acks: Vec<String>,
+    /// Durable origins' ack subjects of sourced messages: (message of the entry, reply).
+    source_acks: Vec<(usize, String)>,
+    /// The entry carries sourced messages.
+    sourced: bool,
 }
 
 enum PubWaiter {
@@ -320,6 +328,24 @@ pub(crate) fn queue_pubs(core: &mut StreamCore, msgs: Vec<JsMsg>) {
     }
 }
 
+/// A delivery of the stream's mirror or sources reached the leader: queued for the next
+/// entry (a member that does not lead ignores it; a full queue restarts the sources from
+/// the applied positions).
+pub(crate) fn queue_sourced(core: &mut StreamCore, item: Sourced) {
+    let Some(r) = core.repl.as_mut() else {
+        return;
+    };
+    if !r.leading {
+        return;
+    }
+    if r.sourced.len() >= MAX_QUEUE {
+        r.sourced.clear();
+        core.sources_restart();
+        return;
+    }
+    r.sourced.push(item);
+}
+
 /// A publish whose checks read the stream's last state: it starts a new entry.
 fn needs_applied_state(m: &JsMsg) -> bool {
     m.headers.as_deref().is_some_and(|h| {
@@ -354,16 +380,19 @@ pub(crate) fn pump(core: &mut StreamCore) {
                 msgs_op: None,
                 pubs: Vec::new(),
                 acks: Vec::new(),
+                source_acks: Vec::new(),
+                sourced: false,
             },
         );
         return;
     }
     let queue = std::mem::take(&mut r.queue);
+    let sourced = std::mem::take(&mut r.sourced);
     let (origin, epoch) = (r.me.id, r.epoch);
     // Messages: prepared against the applied state, sequences after the last one.
-    let last = core.store.totals().last_seq;
+    let mut last = core.store.totals().last_seq;
     let ts = now_ns();
-    let mut batch: Vec<(u64, Prepared)> = Vec::new();
+    let mut batch: Vec<(u64, i64, Prepared)> = Vec::new();
     let mut pubs = Vec::new();
     let mut ids: HashMap<String, u64> = HashMap::new();
     let mut rest = Vec::new();
@@ -378,7 +407,7 @@ pub(crate) fn pump(core: &mut StreamCore) {
             rest.push(m);
             continue;
         }
-        let pending_last = last + batch.len() as u64;
+        let pending_last = last;
         match core.prepare(m, pending_last) {
             Ok(p) => {
                 if let Some(&seq) = p.msg_id.as_ref().and_then(|id| ids.get(id)) {
@@ -398,15 +427,53 @@ pub(crate) fn pump(core: &mut StreamCore) {
                     reply: p.reply.clone(),
                 });
                 bytes += size;
-                batch.push((seq, p));
+                last = seq;
+                batch.push((seq, ts, p));
             }
             Err((reply, e)) => core.err_reply(reply.as_deref(), e),
         }
+    }
+    // Sourced messages: no publish checks; a mirror's keep the origin's sequences.
+    let mut source_acks = Vec::new();
+    let mut sourced_left = Vec::new();
+    let has_sourced = !sourced.is_empty();
+    for item in sourced {
+        let size = item
+            .msg
+            .as_ref()
+            .map_or(0, |(s, h, p)| s.len() + h.len() + p.len());
+        if !sourced_left.is_empty()
+            || batch.len() >= MAX_BATCH
+            || (!batch.is_empty() && bytes + size > MAX_BATCH_BYTES)
+        {
+            sourced_left.push(item);
+            continue;
+        }
+        let seq = match item.mirror_ts {
+            Some(_) => item.sseq,
+            None => last + 1,
+        };
+        let stored_already = !core.sourced_is_new(&item) || seq <= last;
+        let Some((subject, hdr, payload)) = item.msg.filter(|_| !stored_already) else {
+            // Stored already, or not to be stored: the origin may let it go.
+            if let Some(a) = item.ack {
+                core.host.publish(&core.account, &a, None, None, b"+ACK");
+            }
+            continue;
+        };
+        if let Some(a) = item.ack {
+            source_acks.push((batch.len(), a));
+        }
+        bytes += size;
+        last = seq;
+        let p = Prepared::plain(subject, hdr, payload);
+        batch.push((seq, item.mirror_ts.unwrap_or(ts), p));
     }
     let Some(r) = core.repl.as_mut() else {
         return;
     };
     r.queue = rest;
+    r.sourced = sourced_left;
     let mut cops: Vec<(String, Vec<COp>)> = Vec::new();
     for (name, ops) in &r.consumer_ops {
         let v = std::mem::take(&mut *ops.lock());
@@ -429,12 +496,12 @@ pub(crate) fn pump(core: &mut StreamCore) {
     if !batch.is_empty() {
         w.u8(1);
         w.len(batch.len());
-        for (seq, p) in &batch {
+        for (seq, ts, p) in &batch {
             entry::put_msg(
                 &mut w,
                 &entry::MsgRef {
                     seq: *seq,
-                    ts,
+                    ts: *ts,
                     ttl: p.ttl,
                     rollup: p.rollup,
                     subject: &p.subject,
@@ -460,6 +527,8 @@ pub(crate) fn pump(core: &mut StreamCore) {
             msgs_op,
             pubs,
             acks,
+            source_acks,
+            sourced: has_sourced,
         },
     );
 }
@@ -530,6 +599,25 @@ fn committed(core: &mut StreamCore, res: Result<(u64, Bytes), ProposeError>) {
             for a in inf.acks {
                 core.host.publish(&core.account, &a, None, None, &[]);
             }
+            let mut refused = false;
+            for (i, reply) in inf.source_acks {
+                match results.get(i) {
+                    Some(None) => {
+                        core.host
+                            .publish(&core.account, &reply, None, None, b"+ACK");
+                    }
+                    // Not acknowledged: the origin sends it again.
+                    _ => refused = true,
+                }
+            }
+            if refused || (inf.sourced && results.iter().any(Option::is_some)) {
+                // A sourced message the store refused: its source's queued position is
+                // past it; start again from what is applied.
+                if let Some(r) = core.repl.as_mut() {
+                    r.sourced.clear();
+                }
+                core.sources_restart();
+            }
         }
         Err(e) => {
             tracing::debug!(stream = %core.name, "JetStream proposal failed: {e}");
@@ -550,6 +638,14 @@ fn committed(core: &mut StreamCore, res: Result<(u64, Bytes), ProposeError>) {
                 }
                 for m in queued {
                     core.err_reply(m.reply.as_deref(), E::ClusterNotAvail);
+                }
+            }
+            // Sourcing starts again from the applied positions (what the failed entry
+            // carried is dropped when it is delivered again and the entry did commit).
+            if let Some(r) = core.repl.as_mut() {
+                if inf.sourced || !r.sourced.is_empty() {
+                    r.sourced.clear();
+                    core.sources_restart();
                 }
             }
         }
@@ -576,6 +672,7 @@ fn become_ready(core: &mut StreamCore) {
     for c in core.consumers.values_mut() {
         c.resume();
     }
+    core.sources_restart();
     tracing::info!(stream = %core.name, account = %core.account, "JetStream: now the stream leader");
 }
 
@@ -615,6 +712,7 @@ fn lose_leadership(core: &mut StreamCore) {
     }
     r.recording.store(false, Ordering::SeqCst);
     r.queue.clear();
+    r.sourced.clear();
     r.ack_replies.clear();
     r.admin.clear();
     for ops in r.consumer_ops.values() {
@@ -627,6 +725,7 @@ fn lose_leadership(core: &mut StreamCore) {
             c.leadership_lost(&ctx);
         }
     }
+    core.sources_restart();
     tracing::info!(stream = %core.name, account = %core.account, "JetStream: no longer the stream leader");
 }
 
@@ -838,6 +937,9 @@ fn apply_msgs(core: &mut StreamCore, msgs: Vec<entry::RMsg>) -> Vec<u8> {
         match core.store.store_raw(*seq, *ts, m) {
             Ok(()) => {
                 stored += 1;
+                if !core.sources.is_empty() {
+                    core.sourced_applied(*seq, &p.hdr);
+                }
                 core.stored_effects(p, i, *seq, *ts, plan.as_mut());
                 results.push(None);
             }
@@ -1319,9 +1421,6 @@ pub(crate) fn msg_delete(
 
 /// What a replicated stream cannot do yet.
 fn supported(cfg: &StreamConfig) -> Result<(), ReplicaError> {
-    if cfg.mirror.is_some() || cfg.sources.is_some() {
-        return Err(ReplicaError::Unsupported("mirrors and sources"));
-    }
     if cfg.subject_delete_marker_ttl > 0 {
         return Err(ReplicaError::Unsupported("subject delete markers"));
     }
@@ -1561,6 +1660,19 @@ impl Engine {
             m.group.shutdown().await;
         }
         self.drop_stream(&acc, stream);
+    }
+
+    /// A replicated stream is being deleted: its durable sourcing consumers are deleted on
+    /// their origins (called on the leader, before [`Engine::delete_replicated_stream`]).
+    pub fn delete_remote_sources(&self, account: &str, stream: &str) {
+        let h = self
+            .accounts
+            .read()
+            .get(account)
+            .and_then(|acc| acc.stream(stream));
+        if let Some(h) = h {
+            h.call(|c: &mut StreamCore| c.sources_delete_remote());
+        }
     }
 
     /// [`Engine::close_replicated_stream`], then removes the stream's store directory.
