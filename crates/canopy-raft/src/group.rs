@@ -224,6 +224,14 @@ impl Group {
         });
     }
 
+    /// Does this member know a leader and has it applied every entry it knows to be
+    /// committed (a follower fit to serve reads, within an election timeout of staleness)?
+    pub fn is_current(&self) -> bool {
+        let leader = self.inner.raft.metrics().borrow().current_leader.is_some();
+        leader
+            && self.inner.sm.applied_index().unwrap_or(0) >= self.inner.log.committed().unwrap_or(0)
+    }
+
     /// Has this member ever been part of an initialised group (state on disk)?
     pub fn initialized(&self) -> bool {
         self.inner.bootstrapped.load(Ordering::Relaxed) || self.inner.log.has_state()

@@ -640,3 +640,75 @@ async fn r3_hub_stream_sources_an_edge_domain_through_a_leader_kill() {
     assert!((0..150)
         .all(|i| seen.contains(&format!("orders.{i}")) && seen.contains(&format!("jobs.{i}"))));
 }
+
+/// The messages this member received over its routes so far (`/routez`).
+fn route_in_msgs(s: &ServerProcess) -> u64 {
+    let rz = s.monitor("/routez").unwrap();
+    rz["routes"]
+        .as_array()
+        .map(|rs| rs.iter().filter_map(|r| r["in_msgs"].as_u64()).sum())
+        .unwrap_or(0)
+}
+
+/// Direct gets of an R3 stream with `allow_direct` (issue 19): every replica serves them
+/// through a queue group, as nats-server's do, so a request is answered exactly once and
+/// by the replica on the requester's own server (no answer crosses a route).
+#[tokio::test]
+async fn r3_direct_gets_are_answered_once_by_the_local_replica() {
+    let ms = cluster(3);
+    let (_, js0) = js(ms[0].server()).await;
+    js0.create_stream(stream::Config {
+        name: "DG".into(),
+        subjects: vec!["dg.>".into()],
+        num_replicas: 3,
+        allow_direct: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    for i in 1..=10 {
+        publish_acked(&js0, format!("dg.{i}")).await;
+    }
+    for m in &ms {
+        let (nc, _) = js(m.server()).await;
+        // Every replica has applied the ten messages and subscribed (bounded wait).
+        eventually(Duration::from_secs(15), "direct get not served", || async {
+            let r = nc
+                .request("$JS.API.DIRECT.GET.DG.dg.10", "".into())
+                .await
+                .map_err(|e| e.to_string())?;
+            let seq = r
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(async_nats::header::NATS_SEQUENCE));
+            match seq.map(|v| v.as_str()) {
+                Some("10") => Ok(()),
+                other => Err(format!("{other:?} {:?}", r.headers)),
+            }
+        })
+        .await;
+        let got = answers(&nc, "$JS.API.DIRECT.GET.DG", r#"{"seq":3}"#).await;
+        assert_eq!(got.len(), 1, "{}: {got:?}", m.name);
+        let before = route_in_msgs(m.server());
+        for i in 0..300 {
+            let seq = i % 10 + 1;
+            let r = nc
+                .request(
+                    "$JS.API.DIRECT.GET.DG",
+                    format!(r#"{{"seq":{seq}}}"#).into(),
+                )
+                .await
+                .unwrap();
+            let h = r.headers.unwrap();
+            let got = h.get(async_nats::header::NATS_SEQUENCE).unwrap();
+            assert_eq!(got.as_str(), seq.to_string());
+            assert_eq!(r.payload.as_ref(), b"x");
+        }
+        let over_routes = route_in_msgs(m.server()) - before;
+        assert!(
+            over_routes < 150,
+            "{}: {over_routes} messages came over routes during 300 direct gets",
+            m.name
+        );
+    }
+}

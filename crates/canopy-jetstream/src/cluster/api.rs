@@ -135,6 +135,16 @@ fn kind_of(rest: &str) -> &'static str {
 }
 
 impl Cluster {
+    /// Is `stream` a replicated stream with `allow_direct` (its replicas answer direct
+    /// gets through a queue group, not through the `$JS.API.>` handlers)?
+    fn serves_direct_in_group(&self, acc: &Account, stream: &str) -> bool {
+        self.machine
+            .state
+            .lock()
+            .stream(&acc.name, stream)
+            .is_some_and(|sa| !sa.group.is_empty() && sa.config.allow_direct)
+    }
+
     /// Should this member handle `rest` with the single-server handlers? `false`: it stays
     /// silent, or the cluster layer answers (meta requests on the leader, `10008`).
     pub(crate) fn admit_api(self: &Arc<Self>, acc: &Arc<Account>, msg: &JsMsg, rest: &str) -> bool {
@@ -142,6 +152,10 @@ impl Cluster {
         let is_leader = leader.as_deref() == Some(self.me.name.as_str());
         match classify(rest) {
             Class::Stream { name, direct } => {
+                if direct && self.serves_direct_in_group(acc, name) {
+                    // Its replicas' queue subscriptions answer (replica::DirectSubs).
+                    return false;
+                }
                 let local = if direct {
                     acc.direct_stream(name).is_some()
                 } else {

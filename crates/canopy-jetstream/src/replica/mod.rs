@@ -280,6 +280,89 @@ impl ConsumerStore for RecStore {
     }
 }
 
+/// The direct-get subscriptions of one replicated stream on this member. As nats-server
+/// does, every replica that is current (and the leader) subscribes
+/// `$JS.API.DIRECT.GET.<stream>` (and `.>`, and the domain's prefix) in the queue group
+/// `_sys_`: a request reaches exactly one of them, the one on the requester's server when
+/// there is one. The `$JS.API.>` handlers leave these requests alone (`cluster/api.rs`).
+struct DirectSubs {
+    engine: std::sync::Weak<Engine>,
+    account: Arc<Account>,
+    subjects: Vec<(String, usize)>,
+    ids: Vec<crate::host::SubId>,
+}
+
+impl DirectSubs {
+    fn new(e: &Arc<Engine>, acc: &Arc<Account>, stream: &str) -> DirectSubs {
+        let mut prefixes = vec!["$JS.API".to_string()];
+        if let Some(d) = &e.cfg.domain {
+            prefixes.push(format!("$JS.{d}.API"));
+        }
+        let subjects = prefixes
+            .iter()
+            .flat_map(|p| {
+                let plen = p.len() + ".DIRECT.GET.".len();
+                [
+                    (format!("{p}.DIRECT.GET.{stream}"), plen),
+                    (format!("{p}.DIRECT.GET.{stream}.>"), plen),
+                ]
+            })
+            .collect();
+        DirectSubs {
+            engine: Arc::downgrade(e),
+            account: acc.clone(),
+            subjects,
+            ids: Vec::new(),
+        }
+    }
+
+    /// Subscribes (`serve`) or unsubscribes; `h` holds the ids too, so that stopping the
+    /// stream removes them.
+    fn set(&mut self, h: Option<&StreamHandle>, serve: bool) {
+        let Some(e) = self.engine.upgrade() else {
+            return;
+        };
+        if !serve {
+            for id in self.ids.drain(..) {
+                e.host.unsubscribe(id);
+                if let Some(h) = h {
+                    h.subs.lock().retain(|x| *x != id);
+                }
+            }
+            return;
+        }
+        if !self.ids.is_empty() {
+            return;
+        }
+        for (subject, plen) in &self.subjects {
+            let (acc, plen) = (self.account.clone(), *plen);
+            let weak = self.engine.clone();
+            let handler: crate::host::Handler = Arc::new(move |m: JsMsg| {
+                if let Some(e) = weak.upgrade() {
+                    let rest = m.subject.get(plen..).unwrap_or("").to_string();
+                    crate::api::direct_get(&acc, &m, &rest, e.host.as_ref());
+                }
+            });
+            let r = e.host.subscribe(
+                &self.account.name,
+                subject,
+                Some("_sys_"),
+                crate::host::Lane::Api,
+                handler,
+            );
+            match r {
+                Ok(id) => {
+                    self.ids.push(id);
+                    if let Some(h) = h {
+                        h.subs.lock().push(id);
+                    }
+                }
+                Err(err) => tracing::warn!("JetStream: subscribing {subject}: {err}"),
+            }
+        }
+    }
+}
+
 /// A replicated stream's Raft member and the runtime it runs on (in its
 /// [`StreamHandle`]).
 pub(crate) struct Member {
@@ -1530,18 +1613,23 @@ impl Engine {
                 }
             });
         }
-        // Leadership changes, and the `cluster` object refreshed twice a second.
+        // Leadership changes, and the `cluster` object refreshed twice a second; the
+        // direct-get subscriptions follow whether this member is current.
         let mut rx = g.leader_watch();
         let weak = Arc::downgrade(&h);
         let cluster = self.host.info().cluster;
+        let mut direct = DirectSubs::new(self, &acc, &name);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(500));
             let mut last: Option<Option<Peer>> = None;
             loop {
                 let leader = rx.borrow_and_update().clone();
                 let Some(h) = weak.upgrade() else {
+                    direct.set(None, false);
                     break;
                 };
+                let serve = h.cfg.read().allow_direct && (g.is_current() || g.status().is_leader);
+                direct.set(Some(&h), serve);
                 let info = cluster_json(&g, cluster.as_deref());
                 if last.as_ref() != Some(&leader) {
                     last = Some(leader.clone());
