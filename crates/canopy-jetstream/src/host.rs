@@ -110,6 +110,8 @@ pub struct HostInfo {
 pub struct RoutePeer {
     /// Its server name.
     pub name: String,
+    /// Its server id (new at every start).
+    pub id: String,
     /// Its route INFO says `jetstream: true`.
     pub jetstream: bool,
     /// It is a Canopy server (speaks Canopy's Raft transport); a Go nats-server is not.

@@ -443,6 +443,14 @@ async fn server_remove_drops_a_dead_member_and_moves_its_copies() {
     )
     .await;
     assert_eq!(info["state"]["messages"], 7, "{info}");
+    // The removal is in the meta group's state, with the server id of the removed run
+    // (none: it was down); when the server comes back it is admitted again, as nats-server
+    // re-adds a removed server that returns, and the stream stays where it moved.
+    start(&mut ms[vi], &ports);
+    wait_formed(&ms, 4);
+    let info = settled(&nc, "SR", 2).await;
+    assert!(!replica_names(&info).contains(&victim), "{info}");
+    assert_eq!(info["state"]["messages"], 7, "{info}");
 }
 
 #[tokio::test]

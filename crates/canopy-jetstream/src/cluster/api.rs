@@ -339,6 +339,7 @@ impl Cluster {
             action: Action::Create,
             stream: sa,
             reply: Some(reply.to_string()),
+            server: None,
         })
         .await
     }
@@ -362,6 +363,7 @@ impl Cluster {
             action: Action::Update,
             stream: StreamAssignment { config: cfg, ..old },
             reply: Some(reply.to_string()),
+            server: None,
         })
         .await
     }
@@ -383,6 +385,7 @@ impl Cluster {
             action: Action::Delete,
             stream: sa,
             reply: up.map(|_| reply.to_string()),
+            server: None,
         })
         .await?;
         if up.is_none() {

@@ -61,6 +61,16 @@ pub enum Action {
     Create,
     Update,
     Delete,
+    /// `SERVER.REMOVE`: [`Entry::server`] is kept out of the meta group (see
+    /// [`MetaState::removed`]); `stream` is unused.
+    RemoveServer,
+}
+
+/// A server removed by `SERVER.REMOVE`: its name and the server id of the run removed.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RemovedServer {
+    pub name: String,
+    pub id: String,
 }
 
 /// A meta-group log entry.
@@ -71,6 +81,9 @@ pub struct Entry {
     /// The client's reply subject: the member hosting the stream answers it.
     #[serde(default)]
     pub reply: Option<String>,
+    /// The server of an [`Action::RemoveServer`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<RemovedServer>,
 }
 
 /// The replicated state, as persisted.
@@ -78,6 +91,11 @@ pub struct Entry {
 pub struct MetaState {
     pub applied: u64,
     pub streams: BTreeMap<String, BTreeMap<String, StreamAssignment>>,
+    /// Servers removed by `SERVER.REMOVE`: name → the server id of the run that was
+    /// removed (empty when it was not routed then). The meta leader does not admit that
+    /// run again; a restarted server (a new id) is admitted.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub removed: BTreeMap<String, String>,
 }
 
 impl MetaState {
@@ -109,6 +127,12 @@ impl MetaState {
     }
 
     fn apply(&mut self, e: &Entry) {
+        if e.action == Action::RemoveServer {
+            if let Some(s) = &e.server {
+                self.removed.insert(s.name.clone(), s.id.clone());
+            }
+            return;
+        }
         let acc = self.streams.entry(e.stream.account.clone()).or_default();
         match e.action {
             Action::Create | Action::Update => {
@@ -117,6 +141,7 @@ impl MetaState {
             Action::Delete => {
                 acc.remove(e.stream.name());
             }
+            Action::RemoveServer => {}
         }
         if acc.is_empty() {
             self.streams.remove(&e.stream.account);
@@ -313,6 +338,7 @@ mod tests {
             action,
             stream: s,
             reply: reply.map(String::from),
+            server: None,
         })
         .unwrap()
     }
@@ -341,6 +367,37 @@ mod tests {
             Ok(Job::Remove { reply: Some(_), .. })
         ));
         assert!(m2.state.lock().stream("$G", "S").is_none());
+    }
+
+    #[test]
+    fn a_removed_server_is_part_of_the_replicated_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("meta_state.json");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let m = MetaMachine::open("a", file.clone(), tx.clone());
+        m.apply(1, &entry(Action::Create, sa("S", "b"), None));
+        let _ = rx.try_iter().count();
+        let removal = Entry {
+            action: Action::RemoveServer,
+            stream: sa("", ""),
+            reply: None,
+            server: Some(RemovedServer {
+                name: "b".into(),
+                id: "NB1".into(),
+            }),
+        };
+        m.apply(2, &serde_json::to_vec(&removal).unwrap());
+        assert_eq!(rx.try_iter().count(), 0, "a removal is no stream job");
+        assert_eq!(
+            m.state.lock().removed.get("b").map(String::as_str),
+            Some("NB1")
+        );
+        assert_eq!(m.state.lock().total(), 1, "streams untouched");
+        // Persisted (and in snapshots); a state written before the field reads as empty.
+        let m2 = MetaMachine::open("a", file, tx);
+        assert_eq!(m2.state.lock().removed.len(), 1);
+        let old: MetaState = serde_json::from_str(r#"{"applied":3,"streams":{}}"#).unwrap();
+        assert!(old.removed.is_empty());
     }
 
     #[test]
@@ -392,6 +449,7 @@ mod tests {
             action: Action::Create,
             stream: sa("NEW", "a"),
             reply: None,
+            server: None,
         });
         let snap = serde_json::to_vec(&other).unwrap();
         m.restore(9, &snap).unwrap();

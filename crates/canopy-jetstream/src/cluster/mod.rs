@@ -112,8 +112,6 @@ pub struct Cluster {
     pub(crate) busy: Arc<Mutex<HashSet<String>>>,
     /// A `SERVER.REMOVE` is in progress (one at a time).
     pub(crate) removing: AtomicBool,
-    /// Servers removed by `SERVER.REMOVE` on this leader: not admitted again.
-    pub(crate) removed: Mutex<HashSet<String>>,
 }
 
 impl Engine {
@@ -174,7 +172,6 @@ impl Engine {
             shut: AtomicBool::new(false),
             busy: Arc::new(Mutex::new(HashSet::new())),
             removing: AtomicBool::new(false),
-            removed: Mutex::new(HashSet::new()),
         });
         if self.cluster.set(cluster.clone()).is_err() {
             return Ok(());
@@ -297,7 +294,12 @@ impl Cluster {
 
     /// The routed JetStream peers that speak Canopy's transport (server names, sorted).
     pub(crate) fn js_peers(&self) -> Vec<String> {
-        let mut out = Vec::new();
+        self.js_route_peers().into_iter().map(|p| p.name).collect()
+    }
+
+    /// [`Cluster::js_peers`] with their server ids (sorted by name).
+    pub(crate) fn js_route_peers(&self) -> Vec<crate::host::RoutePeer> {
+        let mut out: Vec<crate::host::RoutePeer> = Vec::new();
         for p in self.host.route_peers() {
             if !p.jetstream || p.name.is_empty() || p.name == self.me.name {
                 continue;
@@ -313,11 +315,11 @@ impl Cluster {
                 }
                 continue;
             }
-            if !out.contains(&p.name) {
-                out.push(p.name);
+            if !out.iter().any(|o| o.name == p.name) {
+                out.push(p);
             }
         }
-        out.sort();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
         out
     }
 
@@ -518,10 +520,15 @@ impl Cluster {
             .iter()
             .map(|r| (r.peer.name.clone(), r.voter))
             .collect();
-        for p in self.js_peers() {
-            if self.removed.lock().contains(&p) {
+        for rp in self.js_route_peers() {
+            // Removed by `SERVER.REMOVE` and still the same run of that server: kept out.
+            // Once it restarts (a new server id) it is admitted again, as nats-server
+            // re-adds a removed server that comes back.
+            let removed = self.machine.state.lock().removed.get(&rp.name) == Some(&rp.id);
+            if removed {
                 continue;
             }
+            let p = rp.name;
             let status = self.probe(&p).await;
             if members.get(&p) == Some(&true) {
                 continue;

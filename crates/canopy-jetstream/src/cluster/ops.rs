@@ -284,6 +284,7 @@ impl Cluster {
             action: Action::Update,
             stream: new,
             reply: None,
+            server: None,
         })
         .await?;
         Ok(json!({"success": true}))
@@ -291,8 +292,8 @@ impl Cluster {
 
     /// `$JS.API.SERVER.REMOVE` (system account) on the meta leader: the server's replicated
     /// streams move to other members (or shrink when none is eligible; its R1 streams stay
-    /// assigned to it, offline until it returns), then it leaves the meta group. It is not
-    /// admitted again by this leader while it stays routed.
+    /// assigned to it, offline until it returns), then it leaves the meta group. That run
+    /// of it is not admitted again by any leader; restarted, it is.
     pub(crate) async fn server_remove(&self, body: &[u8]) -> Result<Value, E> {
         if body.trim_ascii().is_empty() {
             return Err(E::BadRequest);
@@ -321,7 +322,30 @@ impl Cluster {
     }
 
     async fn remove_member(&self, g: &Group, name: &str) -> Result<(), E> {
-        self.removed.lock().insert(name.to_string());
+        // Remembered by the whole meta group (any later leader keeps this run out).
+        let id = self
+            .js_route_peers()
+            .into_iter()
+            .find(|p| p.name == name)
+            .map(|p| p.id)
+            .unwrap_or_default();
+        self.propose(Entry {
+            action: Action::RemoveServer,
+            stream: StreamAssignment {
+                account: String::new(),
+                config: crate::types::StreamConfig::default(),
+                peers: Vec::new(),
+                group: String::new(),
+                created: 0,
+                founders: Vec::new(),
+            },
+            reply: None,
+            server: Some(super::meta::RemovedServer {
+                name: name.to_string(),
+                id,
+            }),
+        })
+        .await?;
         let hosted: Vec<StreamAssignment> = {
             let st = self.machine.state.lock();
             st.hosted_by(name)
@@ -338,6 +362,7 @@ impl Cluster {
                 action: Action::Update,
                 stream: new,
                 reply: None,
+                server: None,
             })
             .await?;
         }
@@ -404,6 +429,7 @@ impl Cluster {
             action: Action::Update,
             stream: new,
             reply: None,
+            server: None,
         })
         .await?;
         let res = self.wait_scaled(acc, &old.config.name, to).await;

@@ -464,6 +464,7 @@ impl Host for JsHost {
             .filter(|r| seen.insert(r.remote_id.clone()))
             .map(|r| RoutePeer {
                 name: r.remote_name.clone(),
+                id: r.remote_id.clone(),
                 jetstream: r.jetstream,
                 canopy: r.canopy,
             })
