@@ -32,6 +32,10 @@ const MAX_GAP: u64 = 1024;
 const MAX_STAGED: usize = 1 << 20;
 /// Sealed segments at least this large whose live bytes fall under half get compacted.
 const COMPACT_MIN: u64 = 64 * 1024;
+/// Bytes read at once when reads go forward through a segment (consumers, replays).
+const READ_AHEAD: usize = 64 * 1024;
+/// A read that starts at most this far past the previous one's end counts as sequential.
+const SEQUENTIAL_GAP: u64 = 4096;
 
 /// Options of a [`FileStore`].
 #[derive(Clone)]
@@ -104,7 +108,18 @@ pub struct FileBackend {
     unsynced: BTreeSet<u64>,
     dir_dirty: bool,
     read_cache: Mutex<Option<(u64, Box<dyn FsFile>)>>,
+    read_ahead: Mutex<ReadAhead>,
     _lock: LockGuard,
+}
+
+/// The bytes last read ahead from one segment, and where the previous read ended (to tell
+/// a forward scan from random access, which reads only what it asks for).
+#[derive(Default)]
+struct ReadAhead {
+    base: u64,
+    off: u64,
+    buf: Vec<u8>,
+    last_end: Option<(u64, u64)>,
 }
 
 fn seg_path(dir: &Path, base: u64) -> PathBuf {
@@ -152,6 +167,7 @@ impl FileStore {
             unsynced: BTreeSet::new(),
             dir_dirty: true,
             read_cache: Mutex::new(None),
+            read_ahead: Mutex::new(ReadAhead::default()),
             _lock: lock,
         };
         let mut store = Store::from_parts(idx, be, cfg, opts.clock);
@@ -300,6 +316,56 @@ impl FileBackend {
             if g.as_ref().is_some_and(|(b, _)| *b == base) {
                 *g = None;
             }
+        }
+        if let Ok(mut ra) = self.read_ahead.lock() {
+            if ra.base == base {
+                *ra = ReadAhead::default();
+            }
+        }
+    }
+
+    /// [`FileBackend::read_at`] through the read-ahead buffer: a read inside it is a copy;
+    /// a read just past the previous one fills it with up to [`READ_AHEAD`] bytes (never
+    /// beyond `limit`, the bytes the segment holds); other reads go to the file alone.
+    /// Segment bytes never change in place (appends only; compaction and removal
+    /// invalidate), so the buffer cannot go stale.
+    fn read_seq(&self, base: u64, off: u64, len: usize, limit: u64) -> Result<Vec<u8>> {
+        let Ok(mut ra) = self.read_ahead.lock() else {
+            return self.read_at(base, off, len);
+        };
+        let end = off + len as u64;
+        if ra.base == base && off >= ra.off && end <= ra.off + ra.buf.len() as u64 {
+            let at = (off - ra.off) as usize;
+            ra.last_end = Some((base, end));
+            return Ok(ra.buf[at..at + len].to_vec());
+        }
+        let sequential = ra
+            .last_end
+            .is_some_and(|(b, e)| b == base && off >= e && off - e <= SEQUENTIAL_GAP);
+        ra.last_end = Some((base, end));
+        let fill_end = limit.min(off + READ_AHEAD as u64);
+        if !sequential || len >= READ_AHEAD / 2 || fill_end <= end {
+            drop(ra);
+            return self.read_at(base, off, len);
+        }
+        // The index's idea of the segment's size is only a bound: should the file be
+        // shorter, the read falls back to what was asked.
+        let Ok(buf) = self.read_at(base, off, (fill_end - off) as usize) else {
+            return self.read_at(base, off, len);
+        };
+        let out = buf[..len].to_vec();
+        ra.base = base;
+        ra.off = off;
+        ra.buf = buf;
+        Ok(out)
+    }
+
+    /// The bytes segment `base` holds on disk (its staged tail excluded).
+    fn segment_limit(&self, c: &Chunk) -> u64 {
+        if c.base == self.open_base {
+            c.raw.saturating_sub(self.staged.len() as u64)
+        } else {
+            c.raw
         }
     }
 
@@ -515,7 +581,8 @@ impl Backend for FileBackend {
 
     fn read(&self, idx: &Index, seq: u64, slot: Slot) -> Result<StoredMsg> {
         let c = idx.chunk_of(seq).ok_or(StoreError::NotFound)?;
-        let buf = self.read_at(c.base, u64::from(slot.off), slot.len as usize)?;
+        let limit = self.segment_limit(c);
+        let buf = self.read_seq(c.base, u64::from(slot.off), slot.len as usize, limit)?;
         let m = StoredMsg::from_record(buf)
             .map_err(|e| corrupt(&self.seg(c.base), u64::from(slot.off), e))?;
         if m.seq != seq {

@@ -588,6 +588,17 @@ impl<T: Clone + PartialEq + Send + Sync> Sublist<T> {
     /// [`Sublist::matches`] plus the generation the result is valid for, read under the same
     /// lock: a caller-side cache keyed on it can never hold a result older than its key.
     pub fn match_with_generation(&self, subject: &str) -> (Arc<MatchResult<T>>, u64) {
+        self.match_inner(subject, true)
+    }
+
+    /// [`Sublist::match_with_generation`] for a subject that is not expected again (a
+    /// JetStream ack or a request's reply inbox): the cache is read but not filled, which
+    /// spares the write lock, the key's allocation and the sweeps.
+    pub fn match_once(&self, subject: &str) -> (Arc<MatchResult<T>>, u64) {
+        self.match_inner(subject, false)
+    }
+
+    fn match_inner(&self, subject: &str, fill: bool) -> (Arc<MatchResult<T>>, u64) {
         self.matches.fetch_add(1, Ordering::Relaxed);
         let guard = self.inner.read();
         // Only changed under the write lock, so stable while we hold the read lock.
@@ -601,7 +612,7 @@ impl<T: Clone + PartialEq + Send + Sync> Sublist<T> {
         }
         let mut result = MatchResult::default();
         collect(&guard.root, subject, &mut result);
-        let caching = guard.cache.is_some();
+        let caching = fill && guard.cache.is_some();
         drop(guard);
 
         let result = if result.is_empty() {
@@ -711,6 +722,26 @@ mod tests {
             .collect();
         q.sort();
         (sorted(&r.psubs), q)
+    }
+
+    #[test]
+    fn match_once_answers_like_matches_without_filling_the_cache() {
+        let sl: Sublist<u32> = Sublist::new();
+        sl.insert("$JS.ACK.>", None, 1).unwrap();
+        sl.insert("$JS.ACK.S.*.>", Some("q"), 2).unwrap();
+        for i in 0..100 {
+            let subject = format!("$JS.ACK.S.C.1.{i}.{i}.0.0");
+            let (once, g1) = sl.match_once(&subject);
+            let (full, g2) = sl.match_with_generation(&subject);
+            assert_eq!(norm(&once), norm(&full));
+            assert_eq!(g1, g2);
+        }
+        // Only the match_with_generation calls left entries behind.
+        assert_eq!(sl.stats().num_cache, 100);
+        sl.match_once("$JS.ACK.S.C.1.x.1.0.0");
+        assert_eq!(sl.stats().num_cache, 100);
+        // A cached subject is still answered from the cache.
+        assert_eq!(norm(&sl.match_once("$JS.ACK.S.C.1.7.7.0.0").0).0, vec![1]);
     }
 
     type Model = Vec<(String, Option<String>, u32)>;
