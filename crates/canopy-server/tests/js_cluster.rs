@@ -327,14 +327,36 @@ async fn an_r3_stream_takes_publishes_as_soon_as_its_create_is_answered() {
             .unwrap();
         let v: serde_json::Value = serde_json::from_slice(&first.payload).unwrap();
         assert!(v["error"].is_null(), "{v}");
-        // At once, no retry: the stream's leader must take it.
-        let ack = tokio::time::timeout(
-            Duration::from_secs(5),
-            nc.request(format!("new{i}.x"), "x".into()),
-        )
-        .await
-        .unwrap_or_else(|_| panic!("publish right after the create of NEW{i} unanswered"))
-        .unwrap();
+        assert!(
+            v["cluster"]["leader"].is_string() && v["cluster"]["leader_since"].is_string(),
+            "the create answer names its leader: {v}"
+        );
+        // At once, no retry: the stream's leader must take it. Only a leadership change
+        // after the create was answered excuses silence (a publish reaching a deposed
+        // leader is dropped unanswered, and clients retry): then it is retried.
+        let publish = || {
+            tokio::time::timeout(
+                Duration::from_secs(5),
+                nc.request(format!("new{i}.x"), "x".into()),
+            )
+        };
+        let ack = match publish().await {
+            Ok(r) => r.unwrap(),
+            Err(_) => {
+                let info = request(&nc, &format!("$JS.API.STREAM.INFO.NEW{i}"), "")
+                    .await
+                    .unwrap_or_default();
+                let same = |k: &str| info["cluster"][k] == v["cluster"][k];
+                assert!(
+                    !(same("leader") && same("leader_since")),
+                    "publish right after the create of NEW{i} unanswered, same leader: {info}"
+                );
+                publish()
+                    .await
+                    .unwrap_or_else(|_| panic!("NEW{i}: unanswered after a leader change"))
+                    .unwrap()
+            }
+        };
         let a: serde_json::Value = serde_json::from_slice(&ack.payload).unwrap();
         assert_eq!(a["seq"], 1, "{a}");
         // No second create answer arrived meanwhile.

@@ -162,9 +162,18 @@ impl Cluster {
                     acc.stream(name).is_some()
                 };
                 if local {
-                    // A replicated stream: its leader answers, not the followers.
+                    // A replicated stream: its ready leader answers, not the followers —
+                    // nor a member whose copy is open but whose Raft member is not
+                    // attached yet (it would answer for a stream nobody leads yet, and a
+                    // create waiting for the leader's answer would be answered too early).
+                    let replicated = self
+                        .machine
+                        .state
+                        .lock()
+                        .stream(&acc.name, name)
+                        .is_some_and(|sa| !sa.group.is_empty());
                     return match self.engine.upgrade() {
-                        Some(e) if e.raft_group(&acc.name, name).is_some() => {
+                        Some(e) if replicated || e.raft_group(&acc.name, name).is_some() => {
                             e.is_stream_leader(&acc.name, name)
                         }
                         _ => true,

@@ -745,6 +745,20 @@ fn become_ready(core: &mut StreamCore) {
         return;
     };
     r.ready = true;
+    // The `cluster` object may predate the group's own view of this leadership (it is
+    // refreshed twice a second): answers from now on name this leader.
+    let me = r.me.name.clone();
+    if let Some(o) = core.cluster.as_object_mut() {
+        if o.get("leader").and_then(Value::as_str) != Some(me.as_str())
+            || !o.contains_key("leader_since")
+        {
+            o.insert("leader".into(), json!(me));
+            o.insert("leader_since".into(), json!(rfc3339(now_ns())));
+        }
+        if let Some(Value::Array(reps)) = o.get_mut("replicas") {
+            reps.retain(|x| x["name"] != me.as_str());
+        }
+    }
     if let Some(h) = core.me.upgrade() {
         h.leader.store(true, Ordering::SeqCst);
     }
