@@ -649,6 +649,11 @@ impl Engine {
             api::msg_next(&acc, &msg, r, self.host.as_ref());
             return;
         }
+        // Direct gets go straight to their stream's thread too (no API worker hop).
+        if let Some(r) = rest.strip_prefix("DIRECT.GET.") {
+            api::direct_get(&acc, &msg, r, self.host.as_ref());
+            return;
+        }
         let Some(tx) = self.api_tx.lock().clone() else {
             return;
         };

@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use crate::engine::Account;
 use crate::host::{Host, JsMsg};
-use crate::stream::StreamCore;
+use crate::stream::{Cmd, StreamCore};
 use crate::util::{self, rfc3339, status};
 use canopy_store::StoredMsg;
 
@@ -61,7 +61,8 @@ pub(crate) fn direct_get(acc: &Account, m: &JsMsg, rest: &str, host: &dyn Host) 
         return;
     };
     let body = m.payload.clone();
-    h.call(move |c: &mut StreamCore| {
+    // Handed to the stream's thread without waiting: it answers the requester itself.
+    h.send(Cmd::Call(Box::new(move |c: &mut StreamCore| {
         let fail = |code: u16, text: &str| {
             let st = status(code, text, &[]);
             c.host.publish(&c.account, &reply, None, Some(&st), &[]);
@@ -107,7 +108,7 @@ pub(crate) fn direct_get(acc: &Account, m: &JsMsg, rest: &str, host: &dyn Host) 
             }
             None => fail(404, "Message Not Found"),
         }
-    });
+    })));
 }
 
 fn eob(c: &StreamCore, reply: &str, pending: u64, last: u64) {
