@@ -47,7 +47,10 @@
 //!   queued ones against the applied state (dedupe, `Nats-Expected-*`, limits), assigns
 //!   sequences after the last one and one timestamp, and proposes them as one entry with its
 //!   consumers' recorded delivery/ack updates and the double-ack replies waiting for them.
-//!   The pub acks go out once `propose` returned (quorum commit, applied here).
+//!   The pub acks go out when the leader applies its own entry (quorum commit): the
+//!   entry's epoch carries the proposal's number in its low bits, so `apply` recognises
+//!   the proposal in flight and answers it there, without the hop back from the
+//!   proposal's future (which then finds it done).
 //! - runs the consumers; their state changes are recorded ([`RecStore`]) and replicated
 //!   with the next entry; a follower applies them to its copy. The leader skips its own.
 //! - after winning an election, proposes a no-op first: once it is applied, everything the
@@ -81,6 +84,9 @@ use entry::{COp, Entry, Op, OpAnswer, W};
 
 /// Most publishes in one entry.
 const MAX_BATCH: usize = 1024;
+/// The low bits of an entry's epoch number the leader's proposal (0: an API proposal
+/// outside the pump); the high bits are the leadership's.
+const SERIAL_MASK: u64 = (1 << 20) - 1;
 /// Message bytes in one entry (a message larger than this goes alone): an entry, and with
 /// it every Raft RPC, stays within what the routes carry (`max_payload` and the cluster
 /// transport's headroom); Raft splits AppendEntries by bytes, not inside an entry.
@@ -152,8 +158,10 @@ pub(crate) struct Repl {
     /// A no-op failed for lack of quorum: the next is not proposed before this time (it
     /// would fail at once, and pump runs after every command: a busy loop otherwise).
     noop_retry: Option<std::time::Instant>,
-    /// This leadership's identity (entries carry it).
+    /// This leadership's identity (entries carry it; its low [`SERIAL_MASK`] bits are 0).
     epoch: u64,
+    /// The last proposal's number within the leadership (wraps within the mask, never 0).
+    serial: u64,
     /// Consumer state changes are recorded (leader, outside apply).
     recording: Arc<AtomicBool>,
     consumer_ops: HashMap<String, Arc<Mutex<Vec<COp>>>>,
@@ -188,6 +196,7 @@ impl Repl {
             unsure: false,
             noop_retry: None,
             epoch: 0,
+            serial: 0,
             recording: Arc::new(AtomicBool::new(false)),
             consumer_ops: HashMap::new(),
             ack_replies: Vec::new(),
@@ -214,6 +223,8 @@ impl Repl {
 
 /// A proposal in flight and who waits for it.
 struct Inflight {
+    /// Its number (the low bits of the entry's epoch).
+    serial: u64,
     /// A no-op: the leadership's first entry, or the one after a proposal that failed
     /// without a verdict ([`Repl::unsure`]).
     start: bool,
@@ -450,15 +461,17 @@ pub(crate) fn pump(core: &mut StreamCore) {
         if r.noop_retry.is_some_and(|t| std::time::Instant::now() < t) {
             return;
         }
+        let serial = next_serial(r);
         let e = Entry {
             origin: r.me.id,
-            epoch: r.epoch,
+            epoch: r.epoch | serial,
             ops: vec![Op::Noop],
         };
         propose(
             core,
             e.encode(),
             Inflight {
+                serial,
                 start: true,
                 msgs_op: None,
                 pubs: Vec::new(),
@@ -574,7 +587,8 @@ pub(crate) fn pump(core: &mut StreamCore) {
         }
         return;
     }
-    let mut w = entry::begin(origin, epoch, nops);
+    let serial = next_serial(r);
+    let mut w = entry::begin(origin, epoch | serial, nops);
     let msgs_op = (!batch.is_empty()).then_some(0);
     if !batch.is_empty() {
         w.u8(1);
@@ -606,6 +620,7 @@ pub(crate) fn pump(core: &mut StreamCore) {
         core,
         w.0,
         Inflight {
+            serial,
             start: false,
             msgs_op,
             pubs,
@@ -616,6 +631,12 @@ pub(crate) fn pump(core: &mut StreamCore) {
     );
 }
 
+/// The next proposal number of this leadership.
+fn next_serial(r: &mut Repl) -> u64 {
+    r.serial = (r.serial % SERIAL_MASK) + 1;
+    r.serial
+}
+
 /// Proposes `bytes` on the group; the result comes back to the stream's thread.
 fn propose(core: &mut StreamCore, bytes: Vec<u8>, inflight: Inflight) {
     let Some(r) = core.repl.as_mut() else {
@@ -624,84 +645,32 @@ fn propose(core: &mut StreamCore, bytes: Vec<u8>, inflight: Inflight) {
     let Some(g) = r.group.clone() else {
         return;
     };
+    let serial = inflight.serial;
     r.inflight = Some(inflight);
     let h = core.me.clone();
     r.rt.spawn(async move {
         let res = g.propose(Bytes::from(bytes)).await;
         if let Some(h) = h.upgrade() {
-            h.send(Cmd::Call(Box::new(move |c| committed(c, res))));
+            h.send(Cmd::Call(Box::new(move |c| committed(c, serial, res))));
         }
     });
 }
 
 /// The in-flight proposal's result: acks for what is committed (even when leadership was
 /// lost meanwhile: it is committed), errors or silence for the rest.
-fn committed(core: &mut StreamCore, res: Result<(u64, Bytes), ProposeError>) {
+fn committed(core: &mut StreamCore, serial: u64, res: Result<(u64, Bytes), ProposeError>) {
     let Some(r) = core.repl.as_mut() else {
         return;
     };
+    if r.inflight.as_ref().is_none_or(|i| i.serial != serial) {
+        // Already finished when its entry was applied here (see `apply`).
+        return;
+    }
     let Some(inf) = r.inflight.take() else {
         return;
     };
     match res {
-        Ok((_, answer)) => {
-            if inf.start {
-                // Everything this leader proposed before the no-op is applied now.
-                r.unsure = false;
-                r.noop_retry = None;
-                if r.leading && !r.ready {
-                    become_ready(core);
-                }
-            }
-            let answers = entry::decode_answers(&answer).unwrap_or_default();
-            let results = inf
-                .msgs_op
-                .and_then(|i| answers.get(i))
-                .and_then(|a| a.as_ref().ok())
-                .and_then(|b| entry::decode_msg_results(b).ok())
-                .unwrap_or_default();
-            for w in inf.pubs {
-                match w {
-                    PubWaiter::Stored { i, seq, reply } => {
-                        let Some(reply) = reply else { continue };
-                        match results.get(i) {
-                            Some(None) if !core.cfg.no_ack => core.ack_reply(&reply, seq, false),
-                            Some(Some(e)) => {
-                                core.err_reply(Some(&reply), E::StreamStoreFailed(e.clone()));
-                            }
-                            _ => {}
-                        }
-                    }
-                    PubWaiter::Dup { seq, reply } => {
-                        if let (Some(reply), false) = (reply, core.cfg.no_ack) {
-                            core.ack_reply(&reply, seq, true);
-                        }
-                    }
-                }
-            }
-            for a in inf.acks {
-                core.host.publish(&core.account, &a, None, None, &[]);
-            }
-            let mut refused = false;
-            for (i, reply) in inf.source_acks {
-                match results.get(i) {
-                    Some(None) => {
-                        core.host
-                            .publish(&core.account, &reply, None, None, b"+ACK");
-                    }
-                    // Not acknowledged: the origin sends it again.
-                    _ => refused = true,
-                }
-            }
-            if refused || (inf.sourced && results.iter().any(Option::is_some)) {
-                // A sourced message the store refused: its source's queued position is
-                // past it; start again from what is applied.
-                if let Some(r) = core.repl.as_mut() {
-                    r.sourced.clear();
-                }
-                core.sources_restart();
-            }
-        }
+        Ok((_, answer)) => finish(core, inf, &answer),
         Err(e) => {
             tracing::debug!(stream = %core.name, "JetStream proposal failed: {e}");
             // Not the leader (any more) or shut down: no answer, the clients retry.
@@ -736,6 +705,70 @@ fn committed(core: &mut StreamCore, res: Result<(u64, Bytes), ProposeError>) {
     core.update_stats();
     core.drive_consumers();
     pump(core);
+}
+
+/// A proposal of this leader committed (its entry applied here): answers what waited for
+/// it — acks for what is stored, errors for what the store refused.
+fn finish(core: &mut StreamCore, inf: Inflight, answer: &[u8]) {
+    let Some(r) = core.repl.as_mut() else {
+        return;
+    };
+    if inf.start {
+        // Everything this leader proposed before the no-op is applied now.
+        r.unsure = false;
+        r.noop_retry = None;
+        if r.leading && !r.ready {
+            become_ready(core);
+        }
+    }
+    let answers = entry::decode_answers(answer).unwrap_or_default();
+    let results = inf
+        .msgs_op
+        .and_then(|i| answers.get(i))
+        .and_then(|a| a.as_ref().ok())
+        .and_then(|b| entry::decode_msg_results(b).ok())
+        .unwrap_or_default();
+    for w in inf.pubs {
+        match w {
+            PubWaiter::Stored { i, seq, reply } => {
+                let Some(reply) = reply else { continue };
+                match results.get(i) {
+                    Some(None) if !core.cfg.no_ack => core.ack_reply(&reply, seq, false),
+                    Some(Some(e)) => {
+                        core.err_reply(Some(&reply), E::StreamStoreFailed(e.clone()));
+                    }
+                    _ => {}
+                }
+            }
+            PubWaiter::Dup { seq, reply } => {
+                if let (Some(reply), false) = (reply, core.cfg.no_ack) {
+                    core.ack_reply(&reply, seq, true);
+                }
+            }
+        }
+    }
+    for a in inf.acks {
+        core.host.publish(&core.account, &a, None, None, &[]);
+    }
+    let mut refused = false;
+    for (i, reply) in inf.source_acks {
+        match results.get(i) {
+            Some(None) => {
+                core.host
+                    .publish(&core.account, &reply, None, None, b"+ACK");
+            }
+            // Not acknowledged: the origin sends it again.
+            _ => refused = true,
+        }
+    }
+    if refused || (inf.sourced && results.iter().any(Option::is_some)) {
+        // A sourced message the store refused: its source's queued position is
+        // past it; start again from what is applied.
+        if let Some(r) = core.repl.as_mut() {
+            r.sourced.clear();
+        }
+        core.sources_restart();
+    }
 }
 
 /// The leadership's no-op is applied: the store holds everything committed before; the
@@ -787,7 +820,7 @@ fn on_leader(core: &mut StreamCore, leader: Option<Peer>, cluster: Value) {
         r.ready = false;
         r.unsure = false;
         r.noop_retry = None;
-        r.epoch = rand::random::<u64>() | 1;
+        r.epoch = (rand::random::<u64>() | (1 << 63)) & !SERIAL_MASK;
     } else if !mine && r.leading {
         lose_leadership(core);
     }
@@ -894,7 +927,11 @@ fn apply(core: &mut StreamCore, index: u64, bytes: &[u8]) -> Bytes {
     let Some(r) = core.repl.as_ref() else {
         return Bytes::new();
     };
-    let own = r.leading && e.origin == r.me.id && e.epoch == r.epoch;
+    let own = r.leading && e.origin == r.me.id && e.epoch & !SERIAL_MASK == r.epoch;
+    // This leader's proposal in flight: finished here, without waiting for the proposal's
+    // future to come back to this thread (`committed` then finds it done).
+    let serial = e.epoch & SERIAL_MASK;
+    let mine = own && serial != 0 && r.inflight.as_ref().is_some_and(|i| i.serial == serial);
     let recording = r.recording.clone();
     recording.store(false, Ordering::SeqCst);
     let mut answers = Vec::with_capacity(e.ops.len());
@@ -908,7 +945,14 @@ fn apply(core: &mut StreamCore, index: u64, bytes: &[u8]) -> Bytes {
     // The leader delivers what an entry made deliverable (a consumer created through
     // the API, messages of an entry it did not propose).
     core.drive_consumers();
-    Bytes::from(entry::encode_answers(&answers))
+    let answer = entry::encode_answers(&answers);
+    if mine {
+        if let Some(inf) = core.repl.as_mut().and_then(|r| r.inflight.take()) {
+            finish(core, inf, &answer);
+            pump(core);
+        }
+    }
+    Bytes::from(answer)
 }
 
 fn apply_op(core: &mut StreamCore, op: Op, own: bool) -> OpAnswer {
