@@ -224,6 +224,11 @@ impl Group {
         });
     }
 
+    /// Does this member lead the group (as far as it knows)?
+    pub fn leads(&self) -> bool {
+        self.is_leader(&self.inner.raft.metrics().borrow())
+    }
+
     /// Does this member know a leader and has it applied every entry it knows to be
     /// committed (a follower fit to serve reads, within an election timeout of staleness)?
     pub fn is_current(&self) -> bool {

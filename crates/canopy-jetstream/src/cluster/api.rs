@@ -344,13 +344,8 @@ impl Cluster {
                 }
             }
         };
-        self.propose(Entry {
-            action: Action::Create,
-            stream: sa,
-            reply: Some(reply.to_string()),
-            server: None,
-        })
-        .await
+        self.propose(Entry::stream(Action::Create, sa, Some(reply.to_string())))
+            .await
     }
 
     async fn propose_update(
@@ -368,12 +363,11 @@ impl Cluster {
         if cfg.num_replicas.max(1) != old.config.num_replicas.max(1) {
             return self.propose_scale(engine, acc, old, cfg, reply).await;
         }
-        self.propose(Entry {
-            action: Action::Update,
-            stream: StreamAssignment { config: cfg, ..old },
-            reply: Some(reply.to_string()),
-            server: None,
-        })
+        self.propose(Entry::stream(
+            Action::Update,
+            StreamAssignment { config: cfg, ..old },
+            Some(reply.to_string()),
+        ))
         .await
     }
 
@@ -390,12 +384,11 @@ impl Cluster {
         if let Some(i) = up {
             sa.peers.rotate_left(i);
         }
-        self.propose(Entry {
-            action: Action::Delete,
-            stream: sa,
-            reply: up.map(|_| reply.to_string()),
-            server: None,
-        })
+        self.propose(Entry::stream(
+            Action::Delete,
+            sa,
+            up.map(|_| reply.to_string()),
+        ))
         .await?;
         if up.is_none() {
             if let Some(e) = self.engine.upgrade() {

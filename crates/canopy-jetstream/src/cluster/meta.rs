@@ -98,6 +98,39 @@ pub struct MetaState {
     pub removed: BTreeMap<String, String>,
 }
 
+impl Entry {
+    /// A stream entry (create, update, delete), answered on `reply` by the member that
+    /// applies it for the stream.
+    pub fn stream(action: Action, stream: StreamAssignment, reply: Option<String>) -> Entry {
+        Entry {
+            action,
+            stream,
+            reply,
+            server: None,
+        }
+    }
+
+    /// `SERVER.REMOVE` of the run `id` of server `name` (see [`MetaState::removed`]).
+    pub fn remove_server(name: &str, id: String) -> Entry {
+        Entry {
+            action: Action::RemoveServer,
+            stream: StreamAssignment {
+                account: String::new(),
+                config: StreamConfig::default(),
+                peers: Vec::new(),
+                group: String::new(),
+                created: 0,
+                founders: Vec::new(),
+            },
+            reply: None,
+            server: Some(RemovedServer {
+                name: name.to_string(),
+                id,
+            }),
+        }
+    }
+}
+
 impl MetaState {
     pub fn stream(&self, account: &str, name: &str) -> Option<&StreamAssignment> {
         self.streams.get(account)?.get(name)
@@ -334,13 +367,7 @@ mod tests {
     }
 
     fn entry(action: Action, s: StreamAssignment, reply: Option<&str>) -> Vec<u8> {
-        serde_json::to_vec(&Entry {
-            action,
-            stream: s,
-            reply: reply.map(String::from),
-            server: None,
-        })
-        .unwrap()
+        serde_json::to_vec(&Entry::stream(action, s, reply.map(String::from))).unwrap()
     }
 
     #[test]
@@ -377,15 +404,7 @@ mod tests {
         let m = MetaMachine::open("a", file.clone(), tx.clone());
         m.apply(1, &entry(Action::Create, sa("S", "b"), None));
         let _ = rx.try_iter().count();
-        let removal = Entry {
-            action: Action::RemoveServer,
-            stream: sa("", ""),
-            reply: None,
-            server: Some(RemovedServer {
-                name: "b".into(),
-                id: "NB1".into(),
-            }),
-        };
+        let removal = Entry::remove_server("b", "NB1".into());
         m.apply(2, &serde_json::to_vec(&removal).unwrap());
         assert_eq!(rx.try_iter().count(), 0, "a removal is no stream job");
         assert_eq!(
@@ -445,12 +464,7 @@ mod tests {
         m.apply(1, &entry(Action::Create, sa("OLD", "a"), None));
         let _ = rx.try_iter().count();
         let mut other = MetaState::default();
-        other.apply(&Entry {
-            action: Action::Create,
-            stream: sa("NEW", "a"),
-            reply: None,
-            server: None,
-        });
+        other.apply(&Entry::stream(Action::Create, sa("NEW", "a"), None));
         let snap = serde_json::to_vec(&other).unwrap();
         m.restore(9, &snap).unwrap();
         let jobs: Vec<Job> = rx.try_iter().collect();

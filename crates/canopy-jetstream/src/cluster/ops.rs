@@ -280,13 +280,8 @@ impl Cluster {
             return Err(E::PeerRemap);
         }
         let new = self.remap(&sa, &peer, false).ok_or(E::PeerRemap)?;
-        self.propose(Entry {
-            action: Action::Update,
-            stream: new,
-            reply: None,
-            server: None,
-        })
-        .await?;
+        self.propose(Entry::stream(Action::Update, new, None))
+            .await?;
         Ok(json!({"success": true}))
     }
 
@@ -329,23 +324,7 @@ impl Cluster {
             .find(|p| p.name == name)
             .map(|p| p.id)
             .unwrap_or_default();
-        self.propose(Entry {
-            action: Action::RemoveServer,
-            stream: StreamAssignment {
-                account: String::new(),
-                config: crate::types::StreamConfig::default(),
-                peers: Vec::new(),
-                group: String::new(),
-                created: 0,
-                founders: Vec::new(),
-            },
-            reply: None,
-            server: Some(super::meta::RemovedServer {
-                name: name.to_string(),
-                id,
-            }),
-        })
-        .await?;
+        self.propose(Entry::remove_server(name, id)).await?;
         let hosted: Vec<StreamAssignment> = {
             let st = self.machine.state.lock();
             st.hosted_by(name)
@@ -358,13 +337,8 @@ impl Cluster {
             let Some(new) = self.remap(&sa, name, true) else {
                 continue;
             };
-            self.propose(Entry {
-                action: Action::Update,
-                stream: new,
-                reply: None,
-                server: None,
-            })
-            .await?;
+            self.propose(Entry::stream(Action::Update, new, None))
+                .await?;
         }
         let voters: Vec<Peer> = super::voters(g)
             .into_iter()
@@ -425,13 +399,8 @@ impl Cluster {
                 new.founders = Vec::new();
             }
         }
-        self.propose(Entry {
-            action: Action::Update,
-            stream: new,
-            reply: None,
-            server: None,
-        })
-        .await?;
+        self.propose(Entry::stream(Action::Update, new, None))
+            .await?;
         let res = self.wait_scaled(acc, &old.config.name, to).await;
         crate::api::reply_to(e, acc, reply, "stream_update_response", res);
         Ok(())

@@ -1686,7 +1686,7 @@ impl Engine {
                     direct.set(None, false);
                     break;
                 };
-                let serve = h.cfg.read().allow_direct && (g.is_current() || g.status().is_leader);
+                let serve = h.cfg.read().allow_direct && (g.is_current() || g.leads());
                 direct.set(Some(&h), serve);
                 let info = cluster_json(&g, cluster.as_deref());
                 if last.as_ref() != Some(&leader) {
