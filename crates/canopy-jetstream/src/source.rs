@@ -393,6 +393,35 @@ fn saved_path(core: &StreamCore) -> Option<std::path::PathBuf> {
     core.dir.as_ref().map(|d| d.join("sources.json"))
 }
 
+/// A stored message's `Nats-Stream-Source` header, as this stream reads it back:
+/// `<origin> <origin seq> <filters> <destinations> <original subject> [<identity>]`.
+struct SourceHeader<'a> {
+    /// The source's identity in `Spec::iname` form: `<origin> <filters> <destinations>`.
+    key: [&'a str; 3],
+    sseq: Option<u64>,
+    ident: Option<&'a str>,
+}
+
+impl<'a> SourceHeader<'a> {
+    /// The header of a stored message's header block, when it has one that parses.
+    fn of(hdr: &'a [u8]) -> Option<SourceHeader<'a>> {
+        let mut f = header(hdr, "Nats-Stream-Source")?.split(' ');
+        let (origin, sseq, filters, dests) = (f.next()?, f.next()?, f.next()?, f.next()?);
+        let ident = f.nth(1);
+        Some(SourceHeader {
+            key: [origin, filters, dests],
+            sseq: sseq.parse().ok(),
+            ident,
+        })
+    }
+
+    /// Is it from `spec`'s source (compared without building the name)?
+    fn is_from(&self, spec: &Spec) -> bool {
+        let mut parts = spec.iname.splitn(3, ' ');
+        self.key.iter().all(|k| parts.next() == Some(*k))
+    }
+}
+
 /// Recovers each source's position: a mirror's is the stream's last sequence; a source's
 /// is the newer of its newest `Nats-Stream-Source` header (bounded scan backwards) and
 /// `sources.json`, written when positions change (at most once per stream tick) and at
@@ -414,25 +443,20 @@ pub(crate) fn recover(core: &mut StreamCore) {
             break;
         };
         seq = m.seq.saturating_sub(1);
-        let Some(h) = header(m.headers(), "Nats-Stream-Source") else {
+        let Some(h) = SourceHeader::of(m.headers()) else {
             continue;
         };
-        let f: Vec<&str> = h.split(' ').collect();
-        if f.len() < 4 {
-            continue;
-        }
-        let iname = format!("{} {} {}", f[0], f[2], f[3]);
         let Some(k) = core
             .sources
             .iter()
             .enumerate()
-            .position(|(k, s)| s.spec.iname == iname && found[k].is_none())
+            .position(|(k, s)| h.is_from(&s.spec) && found[k].is_none())
         else {
             continue;
         };
         found[k] = Some(m.seq);
-        core.sources[k].sseq = f[1].parse().unwrap_or(0);
-        core.sources[k].ident = f.get(5).map(|x| x.to_string());
+        core.sources[k].sseq = h.sseq.unwrap_or(0);
+        core.sources[k].ident = h.ident.map(str::to_string);
         missing -= 1;
     }
     for (k, s) in core.sources.iter_mut().enumerate() {
@@ -1076,22 +1100,17 @@ impl StreamCore {
             s.dirty = true;
             return;
         }
-        let Some(h) = header(hdr, "Nats-Stream-Source") else {
+        let Some(h) = SourceHeader::of(hdr) else {
             return;
         };
-        let f: Vec<&str> = h.split(' ').collect();
-        if f.len() < 4 {
-            return;
-        }
-        let iname = format!("{} {} {}", f[0], f[2], f[3]);
-        let Some(s) = self.sources.iter_mut().find(|s| s.spec.iname == iname) else {
+        let Some(s) = self.sources.iter_mut().find(|s| h.is_from(&s.spec)) else {
             return;
         };
-        if let Some(sseq) = f[1].parse::<u64>().ok().filter(|&q| q > s.sseq) {
+        if let Some(sseq) = h.sseq.filter(|&q| q > s.sseq) {
             s.sseq = sseq;
         }
         s.at = seq;
-        if let Some(id) = f.get(5) {
+        if let Some(id) = h.ident {
             if s.ident.as_deref() != Some(id) {
                 s.ident = Some(id.to_string());
             }

@@ -416,21 +416,6 @@ async fn stream_leaders_spread_over_the_members() {
     assert!(leaders.len() >= 2, "every stream led by {leaders:?}");
 }
 
-/// Publishes until acknowledged (a stream leader may be changing), for at most 30 s.
-async fn publish_acked(js: &async_nats::jetstream::Context, subject: String) {
-    eventually(Duration::from_secs(30), "publish not acknowledged", || {
-        let (js, subject) = (js.clone(), subject.clone());
-        async move {
-            let ack = js
-                .publish(subject, "x".into())
-                .await
-                .map_err(|e| e.to_string())?;
-            ack.await.map(|_| ()).map_err(|e| e.to_string())
-        }
-    })
-    .await
-}
-
 /// An R3 stream's `state` once it holds `msgs` messages (asked of whichever member
 /// answers), within 60 s.
 async fn holds(nc: &async_nats::Client, stream: &str, msgs: u64) -> serde_json::Value {
@@ -525,9 +510,9 @@ async fn r3_mirror_and_sources_continue_after_their_leader_is_killed() {
     .await
     .unwrap();
     for i in 0..100 {
-        publish_acked(&js0, format!("orig.{i}")).await;
+        publish_once(&js0, &format!("orig.{i}"), "x").await;
         if i % 2 == 0 {
-            publish_acked(&js0, format!("wq.{i}")).await;
+            publish_once(&js0, &format!("wq.{i}"), "x").await;
         }
     }
     holds(&nc, "AGG", 150).await;
@@ -543,9 +528,9 @@ async fn r3_mirror_and_sources_continue_after_their_leader_is_killed() {
     let other = ms.iter().find(|m| m.proc.is_some()).unwrap();
     let (nc, js1) = js(other.server()).await;
     for i in 100..200 {
-        publish_acked(&js1, format!("orig.{i}")).await;
+        publish_once(&js1, &format!("orig.{i}"), "x").await;
         if i % 2 == 0 {
-            publish_acked(&js1, format!("wq.{i}")).await;
+            publish_once(&js1, &format!("wq.{i}"), "x").await;
         }
     }
     let agg = holds(&nc, "AGG", 300).await;
@@ -639,8 +624,8 @@ async fn r3_hub_stream_sources_an_edge_domain_through_a_leader_kill() {
     .await
     .unwrap();
     for i in 0..50 {
-        publish_acked(&ejs, format!("orders.{i}")).await;
-        publish_acked(&ejs, format!("jobs.{i}")).await;
+        publish_once(&ejs, &format!("orders.{i}"), "x").await;
+        publish_once(&ejs, &format!("jobs.{i}"), "x").await;
     }
     let agg = holds(&hnc, "AGG", 100).await;
     let leader = agg["cluster"]["leader"].as_str().unwrap().to_string();
@@ -649,8 +634,8 @@ async fn r3_hub_stream_sources_an_edge_domain_through_a_leader_kill() {
     ms[li].proc.as_mut().unwrap().kill();
     ms[li].proc = None;
     for i in 50..150 {
-        publish_acked(&ejs, format!("orders.{i}")).await;
-        publish_acked(&ejs, format!("jobs.{i}")).await;
+        publish_once(&ejs, &format!("orders.{i}"), "x").await;
+        publish_once(&ejs, &format!("jobs.{i}"), "x").await;
     }
     let other = ms.iter().find(|m| m.proc.is_some()).unwrap();
     let (hnc, hjs) = js(other.server()).await;
@@ -689,7 +674,7 @@ async fn r3_direct_gets_are_answered_once_by_the_local_replica() {
     .await
     .unwrap();
     for i in 1..=10 {
-        publish_acked(&js0, format!("dg.{i}")).await;
+        publish_once(&js0, &format!("dg.{i}"), "x").await;
     }
     for m in &ms {
         let (nc, _) = js(m.server()).await;

@@ -29,30 +29,10 @@ async fn create(nc: &async_nats::Client, cfg: Value) -> Value {
     got
 }
 
-/// Publishes `n` messages, each acknowledged. A publish whose ack does not come (a busy
-/// machine, an election) is sent again with the same `Nats-Msg-Id`, so it is stored once.
+/// Publishes `n` messages (payloads `m0`, `m1`, …), each acknowledged and stored once.
 async fn publish(js: &async_nats::jetstream::Context, subject: &str, n: usize) {
-    use async_nats::jetstream::message::PublishMessage;
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     for i in 0..n {
-        let id = NEXT
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            .to_string();
-        eventually(
-            Duration::from_secs(30),
-            "publish not acknowledged",
-            || async {
-                let m = PublishMessage::build()
-                    .payload(format!("m{i}").into())
-                    .message_id(&id);
-                let ack = js
-                    .send_publish(subject.to_string(), m)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                ack.await.map(|_| ()).map_err(|e| e.to_string())
-            },
-        )
-        .await;
+        publish_once(js, subject, &format!("m{i}")).await;
     }
 }
 

@@ -350,8 +350,8 @@ impl DirectSubs {
             let weak = self.engine.clone();
             let handler: crate::host::Handler = Arc::new(move |m: JsMsg| {
                 if let Some(e) = weak.upgrade() {
-                    let rest = m.subject.get(plen..).unwrap_or("").to_string();
-                    crate::api::direct_get(&acc, &m, &rest, e.host.as_ref());
+                    let rest = m.subject.get(plen..).unwrap_or("");
+                    crate::api::direct_get(&acc, &m, rest, e.host.as_ref());
                 }
             });
             let r = e.host.subscribe(

@@ -157,3 +157,28 @@ where
         }
     }
 }
+
+/// Publishes one message and waits for its ack. A publish whose ack does not come (a busy
+/// machine, an election) is sent again with the same `Nats-Msg-Id`, so it is stored once.
+pub async fn publish_once(js: &jetstream::Context, subject: &str, payload: &str) {
+    use async_nats::jetstream::message::PublishMessage;
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let id = NEXT
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        .to_string();
+    eventually(
+        Duration::from_secs(30),
+        "publish not acknowledged",
+        || async {
+            let m = PublishMessage::build()
+                .payload(payload.to_string().into())
+                .message_id(&id);
+            let ack = js
+                .send_publish(subject.to_string(), m)
+                .await
+                .map_err(|e| e.to_string())?;
+            ack.await.map(|_| ()).map_err(|e| e.to_string())
+        },
+    )
+    .await;
+}
