@@ -7,7 +7,7 @@
 
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
@@ -39,12 +39,12 @@ impl Drop for TempDir {
     }
 }
 
+/// A port below the ephemeral range (see `canopy_testkit::free_fixed_port`): an
+/// ephemeral one, released and then bound by the spawned server, could meanwhile be taken
+/// by an outgoing connection, or a readiness probe to it could connect to itself (the
+/// likely cause of a CI run where a server "listened" and then refused the bench).
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    canopy_testkit::free_fixed_port()
 }
 
 impl Server {
