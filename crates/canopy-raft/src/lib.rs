@@ -17,7 +17,9 @@
 //!   [`StateMachine::durable`] and is rebuilt from the snapshot and the log on open).
 //!   `apply`, `snapshot` and `restore` may block on disk I/O: the group calls them through
 //!   `tokio::task::block_in_place` (so a multi-threaded runtime is expected), one at a time,
-//!   never concurrently with each other. They must not wait for this group's own proposals
+//!   never concurrently with each other. An application that applies on a thread of its
+//!   own says so ([`StateMachine::applies_elsewhere`]) and gets each committed run of
+//!   entries at once through [`StateMachine::apply_run`], awaited without blocking. They must not wait for this group's own proposals
 //!   (a proposal waits for its `apply`). Snapshots are the application's bytes ([`StateMachine::snapshot`],
 //!   [`StateMachine::restore`]); a stream's snapshot is its state plus what a follower needs
 //!   to fetch the data from the leader's store, not the whole Raft log.
@@ -146,6 +148,20 @@ pub trait StateMachine: Send + Sync + 'static {
     /// ([`StateMachine::restore`], when there is one) and applies the log after it again.
     fn durable(&self) -> bool {
         true
+    }
+    /// Does [`StateMachine::apply_run`] hand its entries to a thread of the application's
+    /// own and return at once? Then the group awaits it on the runtime instead of calling
+    /// [`StateMachine::apply`] per entry through `block_in_place` (which hands the
+    /// runtime worker's queue to another thread on every applied batch).
+    fn applies_elsewhere(&self) -> bool {
+        false
+    }
+    /// Applies a run of consecutive committed entries `(index, entry)`, in order, and
+    /// answers each (called only when [`StateMachine::applies_elsewhere`]; the same
+    /// contract as [`StateMachine::apply`]). The default applies them here.
+    fn apply_run(&self, entries: Vec<(u64, Bytes)>) -> BoxFuture<Vec<Bytes>> {
+        let out: Vec<Bytes> = entries.iter().map(|(i, e)| self.apply(*i, e)).collect();
+        Box::pin(async move { out })
     }
 }
 

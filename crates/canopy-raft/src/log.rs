@@ -353,6 +353,16 @@ impl LogInner {
         })))
     }
 
+    /// Does reading `start..end` need the disk (some of it is older than the cache)?
+    fn reads_disk(&self, start: u64, end: u64) -> bool {
+        let Some(last) = self.last_index() else {
+            return false;
+        };
+        let (start, end) = (start.max(self.first), end.min(last + 1));
+        let cache_first = self.cache.front().map_or(u64::MAX, |e| e.log_id.index);
+        start < end && start < cache_first
+    }
+
     fn read(&self, start: u64, end: u64) -> Result<Vec<Entry>, String> {
         let Some(last) = self.last_index() else {
             return Ok(Vec::new());
@@ -840,6 +850,14 @@ impl RaftLogReader<TC> for LogStore {
     ) -> Result<Vec<Entry>, StorageError> {
         let (start, end) = bounds(&range);
         let inner = self.inner.clone();
+        {
+            // The replication of a new entry reads it from the cache: served here, without
+            // handing the runtime worker's tasks to another thread (`block_in_place`).
+            let g = inner.lock();
+            if !g.reads_disk(start, end) {
+                return g.read(start, end).map_err(|e| sto_err(ErrorVerb::Read, e));
+            }
+        }
         blocking(move || inner.lock().read(start, end)).map_err(|e| sto_err(ErrorVerb::Read, e))
     }
 }

@@ -57,6 +57,9 @@ pub(crate) struct SmShared {
     /// The applied index + 1 (0: nothing), readable without the lock (status() from
     /// inside `apply` must not deadlock).
     applied_next: AtomicU64,
+    /// Held across an application's `apply_run` (awaited, so `state` cannot be held), a
+    /// snapshot and an install: a snapshot never sees a run half applied.
+    gate: tokio::sync::Mutex<()>,
 }
 
 /// The adaptor openraft drives.
@@ -146,6 +149,7 @@ impl SmStore {
                     snapshot_seq: 0,
                     persisted: None,
                 }),
+                gate: tokio::sync::Mutex::new(()),
             }),
         })
     }
@@ -160,9 +164,85 @@ impl SmStore {
     }
 }
 
+impl SmStore {
+    /// `apply` for an application that applies on its own thread: the batch's normal
+    /// entries go over as one run and are awaited; the applied record is updated after.
+    async fn apply_elsewhere(&self, entries: Vec<Entry>) -> Result<Vec<Payload>, StorageError> {
+        let shared = &self.shared;
+        let _gate = shared.gate.lock().await;
+        let mut run = Vec::new();
+        let mut normal = Vec::with_capacity(entries.len());
+        let mut last = None;
+        let mut membership = None;
+        for e in entries {
+            last = Some(e.log_id);
+            match e.payload {
+                EntryPayload::Normal(p) => {
+                    normal.push(true);
+                    run.push((e.log_id.index, p.0));
+                }
+                EntryPayload::Membership(m) => {
+                    normal.push(false);
+                    membership = Some(StoredMembership::new(Some(e.log_id), m));
+                }
+                EntryPayload::Blank => normal.push(false),
+            }
+        }
+        let n = run.len();
+        let mut answers = if run.is_empty() {
+            Vec::new()
+        } else {
+            shared.app.apply_run(run).await
+        }
+        .into_iter();
+        if answers.len() != n {
+            return Err(sto_err(
+                ErrorVerb::Write,
+                format!("the application answered {} of {n} entries", answers.len()),
+            ));
+        }
+        let out = normal
+            .into_iter()
+            .map(|is| {
+                Payload(if is {
+                    answers.next().unwrap_or_default()
+                } else {
+                    Bytes::new()
+                })
+            })
+            .collect();
+        let persist = {
+            let mut st = shared.state.lock();
+            if last.is_some() {
+                st.applied.last_applied = last;
+            }
+            let changed = membership.is_some();
+            if let Some(m) = membership {
+                st.applied.membership = m;
+            }
+            shared
+                .applied_next
+                .store(next_of(st.applied.last_applied), Ordering::Relaxed);
+            changed || st.persisted.is_none_or(|t| t.elapsed() >= PERSIST_EVERY)
+        };
+        if persist {
+            let shared = shared.clone();
+            blocking(move || {
+                let mut st = shared.state.lock();
+                shared.persist_applied(&st.applied)?;
+                st.persisted = Some(std::time::Instant::now());
+                Ok::<_, String>(())
+            })
+            .map_err(|e| sto_err(ErrorVerb::Write, e))?;
+        }
+        Ok(out)
+    }
+}
+
 impl RaftSnapshotBuilder<TC> for SmStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TC>, StorageError> {
         let shared = self.shared.clone();
+        let _gate = self.shared.gate.lock().await;
         let (meta, data) = blocking(move || {
             let mut st = shared.state.lock();
             let data = shared.app.snapshot()?;
@@ -206,6 +286,9 @@ impl RaftStateMachine<TC> for SmStore {
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
         let shared = self.shared.clone();
+        if shared.app.applies_elsewhere() {
+            return self.apply_elsewhere(entries).await;
+        }
         blocking(move || {
             let mut st = shared.state.lock();
             let mut out = Vec::with_capacity(entries.len());
@@ -252,6 +335,7 @@ impl RaftStateMachine<TC> for SmStore {
         let data = snapshot.into_inner();
         let shared = self.shared.clone();
         let meta = meta.clone();
+        let _gate = self.shared.gate.lock().await;
         blocking(move || {
             let mut st = shared.state.lock();
             let index = meta.last_log_id.map(|l| l.index).unwrap_or(0);

@@ -173,6 +173,9 @@ pub(crate) struct Repl {
     /// Deliveries of the stream's mirror or sources, in arrival order.
     sourced: Vec<Sourced>,
     inflight: Option<Inflight>,
+    /// The epoch and serial of the last proposal finished by its own `apply` on this
+    /// thread: its proposal's task then has nothing to bring back here.
+    finished: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Repl {
@@ -204,6 +207,7 @@ impl Repl {
             queue: Vec::new(),
             sourced: Vec::new(),
             inflight: None,
+            finished: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         }
     }
 
@@ -648,8 +652,14 @@ fn propose(core: &mut StreamCore, bytes: Vec<u8>, inflight: Inflight) {
     let serial = inflight.serial;
     r.inflight = Some(inflight);
     let h = core.me.clone();
+    let (finished, id) = (r.finished.clone(), r.epoch | serial);
     r.rt.spawn(async move {
         let res = g.propose(Bytes::from(bytes)).await;
+        // Committed and finished by this member's apply already (which ran before the
+        // proposal returned): no wake-up of the stream's thread for nothing.
+        if res.is_ok() && finished.load(Ordering::Acquire) == id {
+            return;
+        }
         if let Some(h) = h.upgrade() {
             h.send(Cmd::Call(Box::new(move |c| committed(c, serial, res))));
         }
@@ -947,6 +957,9 @@ fn apply(core: &mut StreamCore, index: u64, bytes: &[u8]) -> Bytes {
     core.drive_consumers();
     let answer = entry::encode_answers(&answers);
     if mine {
+        if let Some(r) = core.repl.as_ref() {
+            r.finished.store(e.epoch, Ordering::Release);
+        }
         if let Some(inf) = core.repl.as_mut().and_then(|r| r.inflight.take()) {
             finish(core, inf, &answer);
             pump(core);
@@ -1407,6 +1420,33 @@ impl StateMachine for StreamSm {
         };
         let e = entry.to_vec();
         h.call(move |c| apply(c, index, &e)).unwrap_or_default()
+    }
+
+    fn applies_elsewhere(&self) -> bool {
+        true
+    }
+
+    /// The whole run in one visit to the stream's thread, answered through a oneshot the
+    /// group awaits (no runtime worker blocks, no thread hop per entry).
+    fn apply_run(&self, entries: Vec<(u64, Bytes)>) -> canopy_raft::BoxFuture<Vec<Bytes>> {
+        let n = entries.len();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let sent = self.h.upgrade().is_some_and(|h| {
+            h.send(Cmd::Call(Box::new(move |c| {
+                let out = entries.iter().map(|(i, e)| apply(c, *i, e)).collect();
+                let _ = tx.send(out);
+            })))
+        });
+        Box::pin(async move {
+            if !sent {
+                return vec![Bytes::new(); n];
+            }
+            // As `StreamHandle::call`: a thread that does not answer in 30 s is stopping.
+            match tokio::time::timeout(Duration::from_secs(30), rx).await {
+                Ok(Ok(out)) => out,
+                _ => vec![Bytes::new(); n],
+            }
+        })
     }
 
     fn snapshot(&self) -> Result<Bytes, String> {
