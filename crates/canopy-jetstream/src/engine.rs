@@ -1,7 +1,9 @@
 //! The engine: configuration, the store-directory lock, accounts (enable, recover, disable),
 //! the bounded API worker pool, the subscriptions each account gets (`$JS.API.>` on
-//! [`Lane::Api`], stream subjects on [`Lane::Ingest`], `$JS.ACK.>`/`$JS.FC.>` on
-//! [`Lane::Ack`]), and the monitoring views (`/varz` `jetstream`, `/jsz`, health).
+//! [`Lane::Api`], stream subjects inline under [`Lane::Ingest`]'s counters (the publisher's
+//! reader sends each message to the stream's thread, at most `ingest_queue_limit` waiting
+//! there), `$JS.ACK.>`/`$JS.FC.>` on [`Lane::Ack`]), and the monitoring views (`/varz`
+//! `jetstream`, `/jsz`, health).
 //!
 //! Layout under `store_dir` (the server passes nats-server's `<store_dir>/jetstream`):
 //! `<account>/streams/<stream>/meta.json` (config and creation time) next to the
@@ -45,6 +47,9 @@ pub struct Config {
     pub strict: bool,
     /// API requests queued before new ones are refused with a 503.
     pub request_queue_limit: usize,
+    /// Messages queued for one stream's thread before new ones are refused with a 503
+    /// (nats-server's `max_buffered_msgs`).
+    pub ingest_queue_limit: usize,
 }
 
 /// Per-account JetStream limits; -1 means unlimited.
@@ -566,16 +571,27 @@ impl Engine {
             self.host.unsubscribe(id);
         }
         let subjects = h.cfg.read().subjects.clone();
+        let limit = self.cfg.ingest_queue_limit.max(1);
         for s in subjects {
             let weak = Arc::downgrade(h);
-            let handler: crate::host::Handler = Arc::new(move |m: JsMsg| {
-                if let Some(h) = weak.upgrade() {
-                    h.send(Cmd::Pub(m));
+            // Straight from the publisher's reader to the stream's thread, bounded by the
+            // messages the thread has not taken yet.
+            let handler: crate::host::InlineHandler = Arc::new(move |m: JsMsg| {
+                let Some(h) = weak.upgrade() else {
+                    return true;
+                };
+                if h.stats.queued.fetch_add(1, Ordering::AcqRel) >= limit {
+                    h.stats.queued.fetch_sub(1, Ordering::AcqRel);
+                    return false;
                 }
+                if !h.send(Cmd::Pub(m)) {
+                    h.stats.queued.fetch_sub(1, Ordering::AcqRel);
+                }
+                true
             });
             let id = self
                 .host
-                .subscribe(&acc.name, &s, None, Lane::Ingest, handler)
+                .subscribe_inline(&acc.name, &s, None, Lane::Ingest, handler)
                 .map_err(|reason| EngineError::Subscribe {
                     account: acc.name.to_string(),
                     subject: s.clone(),

@@ -62,17 +62,23 @@ pub struct JsMsg {
 pub enum Lane {
     /// `$JS.API.>` requests.
     Api,
-    /// Messages published to stream subjects.
+    /// Messages published to stream subjects (sources' deliveries; the streams' own
+    /// subjects are subscribed inline and only use its counters).
     Ingest,
     /// Acks, flow control replies and other consumer traffic (`$JS.ACK.>`, `$JS.FC.>`).
     Ack,
     /// Raft RPCs between the members of a JetStream cluster (`$CRG.>` in the system
-    /// account): their own queue, so that API floods and ingest cannot starve heartbeats.
+    /// account): subscribed inline (handed to a task by the route's reader, never behind
+    /// API floods or ingest); the lane's service holds their counters.
     Cluster,
 }
 
 /// A message handler. Cheap to clone; see the module contract.
 pub type Handler = Arc<dyn Fn(JsMsg) + Send + Sync>;
+
+/// A handler run where the message is delivered ([`Host::subscribe_inline`]): it only
+/// hands the message on; `false` refuses it.
+pub type InlineHandler = Arc<dyn Fn(JsMsg) -> bool + Send + Sync>;
 
 /// What [`Host::request`] calls with the reply (`None`: no responders, a timeout, or a
 /// host without requests).
@@ -130,6 +136,31 @@ pub trait Host: Send + Sync + 'static {
         lane: Lane,
         handler: Handler,
     ) -> Result<SubId, String>;
+
+    /// As [`Host::subscribe`], but `handler` runs where the message is delivered (the
+    /// publishing connection's reader, or the thread that published it) instead of behind
+    /// a lane's queue: one task hop fewer per message. It must never block (a channel send
+    /// at most); `false` refuses the message, which is counted, and a request is answered
+    /// with a 503 at once, as a full lane's are. `lane` names whose counters (and
+    /// connection) the subscription uses. The default goes through that lane's queue.
+    fn subscribe_inline(
+        &self,
+        account: &str,
+        subject: &str,
+        queue: Option<&str>,
+        lane: Lane,
+        handler: InlineHandler,
+    ) -> Result<SubId, String> {
+        self.subscribe(
+            account,
+            subject,
+            queue,
+            lane,
+            Arc::new(move |m| {
+                handler(m);
+            }),
+        )
+    }
 
     /// Removes a subscription.
     fn unsubscribe(&self, id: SubId);

@@ -61,6 +61,9 @@ pub(crate) struct StreamStats {
     pub msgs: AtomicU64,
     pub bytes: AtomicU64,
     pub consumers: AtomicU64,
+    /// Published messages sent to the thread and not taken yet (bounded by
+    /// [`crate::engine::Config::ingest_queue_limit`]).
+    pub queued: std::sync::atomic::AtomicUsize,
 }
 
 /// The engine's handle on a running stream.
@@ -1046,7 +1049,10 @@ fn run(mut core: StreamCore, rx: Receiver<Cmd>) {
         let mut cmd = first;
         while let Some(c) = cmd.take() {
             match c {
-                Cmd::Pub(m) => pubs.push(m),
+                Cmd::Pub(m) => {
+                    core.stats.queued.fetch_sub(1, Ordering::AcqRel);
+                    pubs.push(m);
+                }
                 other => {
                     if !pubs.is_empty() {
                         core.ingest(std::mem::take(&mut pubs));

@@ -30,6 +30,7 @@ impl T {
             sync: canopy_store::SyncPolicy::default(),
             strict: true,
             request_queue_limit: 100,
+            ingest_queue_limit: 10_000,
         };
         let engine = Engine::start(cfg, host.clone()).expect("start");
         engine
@@ -405,6 +406,7 @@ fn pull_consumer_acks_redelivery_and_restart() {
         sync: canopy_store::SyncPolicy::default(),
         strict: true,
         request_queue_limit: 10,
+        ingest_queue_limit: 10_000,
     };
     assert!(Engine::start(cfg, Arc::new(FakeHost::new("srv", None))).is_err());
     t.engine.shutdown();

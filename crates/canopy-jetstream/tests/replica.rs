@@ -123,6 +123,7 @@ impl Cluster {
             sync: canopy_store::SyncPolicy::default(),
             strict: true,
             request_queue_limit: 100,
+            ingest_queue_limit: 10_000,
         };
         let engine = Engine::start(cfg, host.clone()).unwrap();
         engine

@@ -796,3 +796,60 @@ async fn seed_mesh_serves_jetstream_in_each_region() {
         .await
         .is_err());
 }
+
+/// `max_buffered_msgs` bounds what waits for a stream's thread: a burst beyond it is
+/// refused (a publish with a reply gets a 503 at once), every refusal is counted in `/varz`
+/// `canopy_services`, and everything not refused is stored and acknowledged.
+#[tokio::test]
+async fn a_burst_beyond_max_buffered_msgs_is_refused_and_counted() {
+    let store = tempfile::tempdir().unwrap();
+    let conf = format!(
+        "listen: 127.0.0.1:-1\nhttp: 127.0.0.1:-1\njetstream {{ store_dir: \"{}\", max_buffered_msgs: 1 }}\n",
+        store.path().display()
+    );
+    let s = ServerProcess::canopy(&conf).expect("start");
+    let (nc, js) = js(&s).await;
+    let mut st = orders(&js).await;
+    const N: usize = 5000;
+    let mut replies = nc.subscribe("_INBOX.burst.>").await.unwrap();
+    sync(&nc).await;
+    for i in 0..N {
+        nc.publish_with_reply(
+            format!("orders.{i}"),
+            format!("_INBOX.burst.{i}"),
+            "x".into(),
+        )
+        .await
+        .unwrap();
+    }
+    nc.flush().await.unwrap();
+    let (mut acked, mut refused) = (0u64, 0u64);
+    for _ in 0..N {
+        let m = tokio::time::timeout(Duration::from_secs(20), replies.next())
+            .await
+            .expect("every publish is answered")
+            .unwrap();
+        match m.status {
+            Some(code) if code.as_u16() == 503 => refused += 1,
+            None => {
+                let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+                assert_eq!(v["stream"], "ORDERS", "{v}");
+                acked += 1;
+            }
+            other => panic!("unexpected status {other:?}"),
+        }
+    }
+    // Nothing beyond one answer per publish (a refusal is not also a no-responders).
+    if let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(500), replies.next()).await {
+        panic!("a second answer to {}: {:?}", m.subject, m.status);
+    }
+    assert!(refused > 0, "a burst of {N} never overflowed a queue of 1");
+    assert_eq!(st.info().await.unwrap().state.messages, acked);
+    let v = s.monitor("/varz").unwrap();
+    assert_eq!(
+        v["canopy_services"]["jetstream.ingest"]["dropped"].as_u64(),
+        Some(refused),
+        "{}",
+        v["canopy_services"]
+    );
+}

@@ -179,12 +179,15 @@ impl Engine {
         let weak = Arc::downgrade(&cluster);
         let subject = format!("{}.{:016x}.>", transport::PREFIX, me.id);
         self.host
-            .subscribe(
+            .subscribe_inline(
                 &system_account,
                 &subject,
                 None,
                 Lane::Cluster,
-                Arc::new(move |m: JsMsg| transport::incoming(&weak, m)),
+                Arc::new(move |m: JsMsg| {
+                    transport::incoming(&weak, m);
+                    true
+                }),
             )
             .map_err(|reason| EngineError::Subscribe {
                 account: system_account.clone(),

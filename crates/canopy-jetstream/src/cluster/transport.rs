@@ -5,13 +5,14 @@
 //! token cannot), `<group>` the Raft group's name (a subject token by the raft contract) and
 //! `<kind>` one of `AE`, `V`, `IS` ([`RpcKind::token`]) or `ST` (the cluster layer's own
 //! status probe, answered without a group). Each JetStream member subscribes
-//! `$CRG.<its node>.>` in the system account on its own [`Lane::Cluster`] queue; the
+//! `$CRG.<its node>.>` in the system account inline ([`Host::subscribe_inline`] with
+//! [`Lane::Cluster`]'s counters): the route's reader hands each RPC straight to a task; the
 //! request goes out through [`Host::request_future`] (its reply inbox is the service's).
 //!
 //! Reply bodies start with one byte: `0` and the group's reply, or `1` and an error text.
 //! Incoming RPCs run on tasks of the server's runtime, at most [`MAX_INFLIGHT`] at a time;
-//! beyond that (and when the lane's queue is full) an RPC is dropped and counted, and the
-//! caller sees a timeout, which Raft treats as a lost message.
+//! beyond that an RPC is dropped and counted, and the caller sees a timeout, which Raft
+//! treats as a lost message.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -149,7 +150,7 @@ fn encode(r: Result<Bytes, String>) -> Vec<u8> {
     }
 }
 
-/// Handles an incoming `$CRG.<me>.<group>.<kind>` request (on the cluster lane's worker:
+/// Handles an incoming `$CRG.<me>.<group>.<kind>` request (on the delivering reader:
 /// hands it to a task and returns).
 pub(super) fn incoming(cluster: &Weak<Cluster>, m: JsMsg) {
     let Some(c) = cluster.upgrade() else {

@@ -97,6 +97,9 @@ pub struct Delivered {
     pub bytes: u64,
     /// Forwards over links.
     pub forwarded: u64,
+    /// An in-process subscriber refused the message and its reply was answered with a
+    /// 503 already (the publisher must not add a no-responders answer of its own).
+    pub answered: bool,
 }
 
 /// Where a message came from.
@@ -462,6 +465,7 @@ fn offer_to_sink(
         }
         Offer::Full => {
             if let Some(reply) = msg.reply {
+                d.answered = true;
                 answer_status(
                     acc,
                     reply,

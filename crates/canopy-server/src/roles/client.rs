@@ -849,7 +849,7 @@ impl Client {
         );
         self.batch_out_msgs += d.msgs;
         self.batch_out_bytes += d.bytes;
-        if d.msgs == 0 && self.no_responders {
+        if d.msgs == 0 && !d.answered && self.no_responders {
             if let Some(r) = reply {
                 no_responders(&self.account, r, self.conn.cid, &mut self.flush);
             }

@@ -250,7 +250,9 @@ impl Service {
         self.subscribe_sink(acc, subject, queue, Arc::new(sink))
     }
 
-    fn subscribe_sink(
+    /// Subscribes `sink` itself: the delivering reader calls it in place (it must not
+    /// block). Counted in this service's stats like its queued messages.
+    pub fn subscribe_sink(
         &self,
         acc: &Arc<Account>,
         subject: &str,

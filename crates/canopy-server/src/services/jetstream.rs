@@ -16,13 +16,13 @@ use std::sync::Arc;
 
 use canopy_conf::{Options, Pos, SyncInterval};
 use canopy_jetstream::host::{
-    Handler, Host, HostInfo, JsMsg, Lane, Origin, ReplyFn, RoutePeer, SubId, Via,
+    Handler, Host, HostInfo, InlineHandler, JsMsg, Lane, Origin, ReplyFn, RoutePeer, SubId, Via,
 };
 use canopy_jetstream::{AccountLimits, Config, Engine};
 use parking_lot::Mutex;
 
-use crate::core::inbox::{self, InMsg};
-use crate::server::service::{sync_handler, Service, ServiceOpts, SubHandle};
+use crate::core::inbox::{self, InMsg, Offer, Sink};
+use crate::server::service::{sync_handler, RequestError, Service, ServiceOpts, SubHandle};
 use crate::server::version;
 use crate::server::{AccountEvent, Server};
 
@@ -114,6 +114,7 @@ fn config(o: &Options) -> Config {
         sync,
         strict: true,
         request_queue_limit: positive(j.request_queue_limit).unwrap_or(DEFAULT_REQUEST_QUEUE),
+        ingest_queue_limit: positive(j.max_buffered_msgs).unwrap_or(DEFAULT_INGEST_QUEUE),
     }
 }
 
@@ -248,6 +249,25 @@ fn account_limits(server: &Server, account: &str) -> Option<AccountLimits> {
     })
 }
 
+/// A [`Host::subscribe_inline`] subscription: the handler runs on the delivering reader;
+/// what it takes and refuses is counted in its lane's service stats.
+struct InlineSink {
+    handler: InlineHandler,
+    stats: Arc<crate::server::service::ServiceStats>,
+}
+
+impl Sink for InlineSink {
+    fn offer(&self, msg: InMsg) -> Offer {
+        if (self.handler)(js_msg(msg)) {
+            self.stats.received.fetch_add(1, Ordering::Relaxed);
+            Offer::Accepted
+        } else {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            Offer::Full
+        }
+    }
+}
+
 /// The server side of [`Host`].
 pub struct JsHost {
     server: Arc<Server>,
@@ -281,6 +301,30 @@ impl JsHost {
 }
 
 impl JsHost {
+    /// Subscribes through `lane`'s service with `sub` and records the subscription.
+    fn subscribe_with(
+        &self,
+        account: &str,
+        lane: Lane,
+        sub: impl FnOnce(
+            &Service,
+            &Arc<crate::core::account::Account>,
+        ) -> Result<SubHandle, RequestError>,
+    ) -> Result<SubId, String> {
+        let acc = self
+            .server
+            .account(account)
+            .ok_or_else(|| format!("account {account} does not exist"))?;
+        let svc = self
+            .lanes
+            .get(&lane)
+            .ok_or_else(|| format!("no service for lane {lane:?}"))?;
+        let handle = sub(svc, &acc).map_err(|e| e.to_string())?;
+        let id = self.next_sub.fetch_add(1, Ordering::Relaxed);
+        self.subs.lock().insert(id, handle);
+        Ok(SubId(id))
+    }
+
     /// Runs `f` with the service that publishes for JetStream (the API lane's: its own
     /// subscriptions never hear it) and the account; 0 when the account is gone.
     fn with_sender(
@@ -326,24 +370,30 @@ impl Host for JsHost {
         lane: Lane,
         handler: Handler,
     ) -> Result<SubId, String> {
-        let acc = self
-            .server
-            .account(account)
-            .ok_or_else(|| format!("account {account} does not exist"))?;
-        let svc = self
-            .lanes
-            .get(&lane)
-            .ok_or_else(|| format!("no service for lane {lane:?}"))?;
-        let h = sync_handler(move |m| {
-            handler(js_msg(m));
-            Ok(())
-        });
-        let handle = svc
-            .subscribe(&acc, subject, queue, h)
-            .map_err(|e| e.to_string())?;
-        let id = self.next_sub.fetch_add(1, Ordering::Relaxed);
-        self.subs.lock().insert(id, handle);
-        Ok(SubId(id))
+        self.subscribe_with(account, lane, |svc, acc| {
+            let h = sync_handler(move |m| {
+                handler(js_msg(m));
+                Ok(())
+            });
+            svc.subscribe(acc, subject, queue, h)
+        })
+    }
+
+    fn subscribe_inline(
+        &self,
+        account: &str,
+        subject: &str,
+        queue: Option<&str>,
+        lane: Lane,
+        handler: InlineHandler,
+    ) -> Result<SubId, String> {
+        self.subscribe_with(account, lane, |svc, acc| {
+            let sink = InlineSink {
+                handler,
+                stats: svc.stats.clone(),
+            };
+            svc.subscribe_sink(acc, subject, queue, Arc::new(sink))
+        })
     }
 
     fn unsubscribe(&self, id: SubId) {
