@@ -476,12 +476,13 @@ impl Consumer {
     }
 
     /// Takes a new configuration (update or `CONSUMER.PAUSE`); a pause starts or ends with
-    /// it, announced by the `consumer_pause` advisory when it changed.
-    pub fn set_config(&mut self, ctx: &Ctx<'_>, cfg: ConsumerConfig) {
+    /// it, announced by the `consumer_pause` advisory when it changed and `announce` (a
+    /// replicated stream's followers apply the same change quietly).
+    pub fn set_config(&mut self, ctx: &Ctx<'_>, cfg: ConsumerConfig, announce: bool) {
         let changed = cfg.pause_until != self.cfg.pause_until;
         self.cfg = cfg;
         self.paused = self.cfg.pause_end().filter(|&t| t > now_ns());
-        if changed {
+        if changed && announce {
             self.pause_advisory(ctx);
         }
     }
@@ -491,6 +492,16 @@ impl Consumer {
         let end = self.cfg.pause_end().unwrap_or(0);
         let left = (end - now_ns()).max(0);
         (self.paused.is_some() && left > 0, rfc3339(end), left)
+    }
+
+    /// The `CONSUMER.PAUSE` answer as things are now.
+    pub fn pause_answer(&self) -> Value {
+        let (paused, pause_until, left) = self.pause_state();
+        let mut v = json!({"paused": paused, "pause_until": pause_until});
+        if paused {
+            v["pause_remaining"] = json!(left);
+        }
+        v
     }
 
     fn pause_advisory(&self, ctx: &Ctx<'_>) {

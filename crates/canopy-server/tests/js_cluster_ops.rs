@@ -203,6 +203,55 @@ async fn a_consumer_stepdown_hands_the_stream_group_over_and_keeps_the_ack_floor
     assert_eq!(none.unwrap()["error"]["err_code"], 10014);
 }
 
+/// `CONSUMER.PAUSE` on an R3 stream is committed with the group: the pause holds on the
+/// next leader, and a resume does too.
+#[tokio::test]
+async fn a_consumer_pause_survives_a_leader_change() {
+    let ms = cluster(3);
+    let (nc, js) = js(ms[2].server()).await;
+    create(
+        &nc,
+        json!({"name": "PZ", "subjects": ["pz.>"], "num_replicas": 3}),
+    )
+    .await;
+    publish(&js, "pz.x", 3).await;
+    durable_acking(&js, "PZ", 1).await;
+    settled(&nc, "PZ", 2).await;
+    let until = "2099-01-01T00:00:00Z";
+    let p = request(
+        &nc,
+        "$JS.API.CONSUMER.PAUSE.PZ.D",
+        &json!({ "pause_until": until }).to_string(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(p["paused"], true, "{p}");
+    assert!(
+        p["pause_until"].as_str().unwrap().starts_with("2099-01-01"),
+        "{p}"
+    );
+    let info = stepdown(&nc, "STREAM", "PZ", "CONSUMER.INFO.PZ.D").await;
+    assert_eq!(
+        info["paused"], true,
+        "the new leader lost the pause: {info}"
+    );
+    assert!(
+        info["config"]["pause_until"]
+            .as_str()
+            .unwrap()
+            .starts_with("2099-01-01"),
+        "{info}"
+    );
+    // Resumed (no time) on this leader, and still resumed on the next one.
+    let r = request(&nc, "$JS.API.CONSUMER.PAUSE.PZ.D", "{}")
+        .await
+        .unwrap();
+    assert_eq!(r["paused"], false, "{r}");
+    let info = stepdown(&nc, "STREAM", "PZ", "CONSUMER.INFO.PZ.D").await;
+    assert_ne!(info["paused"], true, "{info}");
+    assert!(info["config"].get("pause_until").is_none(), "{info}");
+}
+
 #[tokio::test]
 async fn a_peer_remove_moves_the_copy_to_another_member() {
     let ms = cluster(4);

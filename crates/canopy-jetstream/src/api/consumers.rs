@@ -316,7 +316,7 @@ pub(super) fn create(
         }
         if let Some(existing) = c.consumers.get_mut(&cname) {
             let ctx = ctx!(c);
-            existing.set_config(&ctx, cfg);
+            existing.set_config(&ctx, cfg, true);
             c.persist_consumer(&cname)?;
             return Ok(info_of(c, &c.consumers[&cname]));
         }
@@ -407,19 +407,17 @@ pub(super) fn pause(acc: &Account, stream: &str, name: &str, body: &[u8]) -> Res
         }
     };
     let name = name.to_string();
+    if let Some((h, g)) = crate::replica::group_of(acc, stream) {
+        return crate::replica::consumer_pause(&h, g, name, until);
+    }
     on_stream(acc, Some(stream), move |c| {
         let k = c.consumers.get_mut(&name).ok_or(E::ConsumerNotFound)?;
         let mut cfg = k.cfg.clone();
         cfg.pause_until = until;
         let ctx = ctx!(c);
-        k.set_config(&ctx, cfg);
-        let (paused, pause_until, left) = k.pause_state();
+        k.set_config(&ctx, cfg, true);
         c.persist_consumer(&name)?;
-        let mut v = json!({"paused": paused, "pause_until": pause_until});
-        if paused {
-            v["pause_remaining"] = json!(left);
-        }
-        Ok(v)
+        Ok(c.consumers[&name].pause_answer())
     })
 }
 

@@ -1149,7 +1149,7 @@ fn consumer_upsert_apply(
     let leader = core.repl.as_ref().is_some_and(|r| r.ready);
     if let Some(existing) = core.consumers.get_mut(&name) {
         let ctx = ctx!(core);
-        existing.set_config(&ctx, cfg);
+        existing.set_config(&ctx, cfg, leader);
         core.persist_consumer(&name)
             .map_err(|e| ApiError::from(e).description)?;
     } else {
@@ -1542,6 +1542,32 @@ pub(crate) fn consumer_upsert(
         Ok(b) => serde_json::from_slice(&b).map_err(|e| E::StreamGeneral(e.to_string())),
         Err(v) => Ok(v),
     }
+}
+
+/// `CONSUMER.PAUSE` on a replicated stream: the new `pause_until` is committed as a
+/// consumer update, so every member (and any later leader) holds the pause.
+pub(crate) fn consumer_pause(
+    h: &StreamHandle,
+    g: Group,
+    name: String,
+    until: Option<String>,
+) -> Result<Value, E> {
+    let n = name.clone();
+    propose_admin(h, g, move |c| {
+        let k = c.consumers.get(&n).ok_or(E::ConsumerNotFound)?;
+        let mut cfg = k.cfg.clone();
+        cfg.pause_until = until;
+        let config = serde_json::to_vec(&cfg).map_err(|e| E::StreamGeneral(e.to_string()))?;
+        Ok(Ok(Op::ConsumerUpsert {
+            name: n,
+            created: k.created,
+            config,
+        }))
+    })?
+    .map_err(|_| E::ConsumerNotFound)?;
+    h.call(move |c| c.consumers.get(&name).map(Consumer::pause_answer))
+        .flatten()
+        .ok_or(E::ConsumerNotFound)
 }
 
 /// Consumer delete on a replicated stream.
