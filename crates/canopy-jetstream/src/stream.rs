@@ -1036,11 +1036,36 @@ pub(crate) fn ctx_of<'a>(
     }
 }
 
+/// How long an idle stream thread keeps looking for the next command before it sleeps.
+/// A publisher streaming messages hands one over every microsecond or two: a thread that
+/// went to sleep after each would be woken (a futex call and a context switch on both
+/// sides) per message, which cost more than the messages' storage did.
+const SPIN: Duration = Duration::from_micros(20);
+
+/// `rx.recv_timeout(wait)` after looking for a command for up to [`SPIN`] (yielding the
+/// core meanwhile, so that on a busy machine the spin costs others nothing).
+fn spin_recv(rx: &Receiver<Cmd>, wait: Duration) -> Result<Cmd, RecvTimeoutError> {
+    let start = Instant::now();
+    loop {
+        match rx.try_recv() {
+            Ok(c) => return Ok(c),
+            Err(mpsc::TryRecvError::Disconnected) => return Err(RecvTimeoutError::Disconnected),
+            Err(mpsc::TryRecvError::Empty) => {}
+        }
+        let spent = start.elapsed();
+        if spent >= SPIN || spent >= wait {
+            break;
+        }
+        std::thread::yield_now();
+    }
+    rx.recv_timeout(wait.saturating_sub(start.elapsed()))
+}
+
 fn run(mut core: StreamCore, rx: Receiver<Cmd>) {
     let mut next = Instant::now();
     loop {
         let wait = next.saturating_duration_since(Instant::now());
-        let first = match rx.recv_timeout(wait) {
+        let first = match spin_recv(&rx, wait) {
             Ok(c) => Some(c),
             Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => break,
