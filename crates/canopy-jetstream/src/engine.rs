@@ -1,9 +1,9 @@
 //! The engine: configuration, the store-directory lock, accounts (enable, recover, disable),
 //! the bounded API worker pool, the subscriptions each account gets (`$JS.API.>` on
-//! [`Lane::Api`], stream subjects inline under [`Lane::Ingest`]'s counters (the publisher's
-//! reader sends each message to the stream's thread, at most `ingest_queue_limit` waiting
-//! there), `$JS.ACK.>`/`$JS.FC.>` on [`Lane::Ack`]), and the monitoring views (`/varz`
-//! `jetstream`, `/jsz`, health).
+//! [`Lane::Api`]; stream subjects and `$JS.ACK.>`/`$JS.FC.>` inline, under the counters of
+//! [`Lane::Ingest`] and [`Lane::Ack`]: the client's reader sends each publish or ack to the
+//! stream's thread, at most `ingest_queue_limit` of them waiting there), and the
+//! monitoring views (`/varz` `jetstream`, `/jsz`, health).
 //!
 //! Layout under `store_dir` (the server passes nats-server's `<store_dir>/jetstream`):
 //! `<account>/streams/<stream>/meta.json` (config and creation time) next to the
@@ -331,15 +331,24 @@ impl Engine {
             });
             self.sub(&acc, &format!("{p}.>"), Lane::Api, h)?;
         }
+        // Acks go from the client's reader straight to the stream's thread, bounded with
+        // its publishes.
         let me = self.me.clone();
         let acc2 = acc.clone();
-        let h: crate::host::Handler = Arc::new(move |m: JsMsg| {
-            if me.upgrade().is_some() {
-                ack_msg(&acc2, m);
-            }
-        });
-        self.sub(&acc, "$JS.ACK.>", Lane::Ack, h.clone())?;
-        self.sub(&acc, "$JS.FC.>", Lane::Ack, h)?;
+        let limit = self.cfg.ingest_queue_limit;
+        let h: crate::host::InlineHandler =
+            Arc::new(move |m: JsMsg| me.upgrade().is_none() || ack_msg(&acc2, m, limit));
+        for subject in ["$JS.ACK.>", "$JS.FC.>"] {
+            let id = self
+                .host
+                .subscribe_inline(&acc.name, subject, None, Lane::Ack, h.clone())
+                .map_err(|reason| EngineError::Subscribe {
+                    account: acc.name.to_string(),
+                    subject: subject.to_string(),
+                    reason,
+                })?;
+            acc.subs.lock().push(id);
+        }
         Ok(())
     }
 
@@ -577,17 +586,7 @@ impl Engine {
             // Straight from the publisher's reader to the stream's thread, bounded by the
             // messages the thread has not taken yet.
             let handler: crate::host::InlineHandler = Arc::new(move |m: JsMsg| {
-                let Some(h) = weak.upgrade() else {
-                    return true;
-                };
-                if h.stats.queued.fetch_add(1, Ordering::AcqRel) >= limit {
-                    h.stats.queued.fetch_sub(1, Ordering::AcqRel);
-                    return false;
-                }
-                if !h.send(Cmd::Pub(m)) {
-                    h.stats.queued.fetch_sub(1, Ordering::AcqRel);
-                }
-                true
+                weak.upgrade().is_none_or(|h| h.offer(Cmd::Pub(m), limit))
             });
             let id = self
                 .host
@@ -844,35 +843,42 @@ fn api_worker(rx: Arc<Mutex<Receiver<ApiJob>>>, me: Weak<Engine>) {
 }
 
 /// `$JS.ACK.<stream>.<consumer>.<dc>.<sseq>.<dseq>.<ts>.<pending>` and `$JS.FC.<stream>.<consumer>.<x>`.
-fn ack_msg(acc: &Account, m: JsMsg) {
+/// Hands an ack or flow-control reply to its stream's thread; `false` when the thread has
+/// `limit` messages waiting already (refused). One that names no stream is ignored.
+fn ack_msg(acc: &Account, m: JsMsg, limit: usize) -> bool {
     let toks: Vec<&str> = m.subject.split('.').collect();
     if toks.len() < 5 {
-        return;
+        return true;
     }
     let Some(h) = acc.stream(toks[2]) else {
-        return;
+        return true;
     };
     let consumer = toks[3].to_string();
     if toks[1] == "FC" {
-        h.send(Cmd::Fc {
-            consumer,
-            subject: m.subject.clone(),
-        });
-        return;
+        return h.offer(
+            Cmd::Fc {
+                consumer,
+                subject: m.subject.clone(),
+            },
+            limit,
+        );
     }
     if toks.len() < 9 {
-        return;
+        return true;
     }
     let (Ok(sseq), Ok(dseq)) = (toks[5].parse::<u64>(), toks[6].parse::<u64>()) else {
-        return;
+        return true;
     };
-    h.send(Cmd::Ack {
-        consumer,
-        sseq,
-        dseq,
-        body: m.payload.to_vec(),
-        reply: m.reply.clone(),
-    });
+    h.offer(
+        Cmd::Ack {
+            consumer,
+            sseq,
+            dseq,
+            body: m.payload.to_vec(),
+            reply: m.reply.clone(),
+        },
+        limit,
+    )
 }
 
 pub(crate) fn read_json<T: serde::de::DeserializeOwned>(p: &Path) -> Option<T> {

@@ -65,7 +65,8 @@ pub enum Lane {
     /// Messages published to stream subjects (sources' deliveries; the streams' own
     /// subjects are subscribed inline and only use its counters).
     Ingest,
-    /// Acks, flow control replies and other consumer traffic (`$JS.ACK.>`, `$JS.FC.>`).
+    /// Acks and flow control replies (`$JS.ACK.>`, `$JS.FC.>`: subscribed inline, only its
+    /// counters are used) and the requests JetStream makes of its own server.
     Ack,
     /// Raft RPCs between the members of a JetStream cluster (`$CRG.>` in the system
     /// account): subscribed inline (handed to a task by the route's reader, never behind

@@ -61,8 +61,8 @@ pub(crate) struct StreamStats {
     pub msgs: AtomicU64,
     pub bytes: AtomicU64,
     pub consumers: AtomicU64,
-    /// Published messages sent to the thread and not taken yet (bounded by
-    /// [`crate::engine::Config::ingest_queue_limit`]).
+    /// Publishes, acks and flow-control replies sent to the thread and not taken yet
+    /// ([`StreamHandle::offer`], bounded by [`crate::engine::Config::ingest_queue_limit`]).
     pub queued: std::sync::atomic::AtomicUsize,
 }
 
@@ -104,6 +104,21 @@ impl StreamHandle {
 
     pub fn send(&self, cmd: Cmd) -> bool {
         self.tx.send(cmd).is_ok()
+    }
+
+    /// Sends a client's publish, ack or flow-control reply unless `limit` of them wait for
+    /// the thread already ([`StreamStats::queued`]; the thread counts them off as it takes
+    /// them). `false`: refused.
+    pub fn offer(&self, cmd: Cmd, limit: usize) -> bool {
+        debug_assert!(matches!(cmd, Cmd::Pub(_) | Cmd::Ack { .. } | Cmd::Fc { .. }));
+        if self.stats.queued.fetch_add(1, Ordering::AcqRel) >= limit.max(1) {
+            self.stats.queued.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        if !self.send(cmd) {
+            self.stats.queued.fetch_sub(1, Ordering::AcqRel);
+        }
+        true
     }
 
     /// Runs `f` on the stream's thread and waits for its result.
@@ -1079,6 +1094,9 @@ fn run(mut core: StreamCore, rx: Receiver<Cmd>) {
                     pubs.push(m);
                 }
                 other => {
+                    if matches!(other, Cmd::Ack { .. } | Cmd::Fc { .. }) {
+                        core.stats.queued.fetch_sub(1, Ordering::AcqRel);
+                    }
                     if !pubs.is_empty() {
                         core.ingest(std::mem::take(&mut pubs));
                     }
