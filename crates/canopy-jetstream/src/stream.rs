@@ -1057,30 +1057,43 @@ pub(crate) fn ctx_of<'a>(
 /// sides) per message, which cost more than the messages' storage did.
 const SPIN: Duration = Duration::from_micros(20);
 
-/// `rx.recv_timeout(wait)` after looking for a command for up to [`SPIN`] (yielding the
-/// core meanwhile, so that on a busy machine the spin costs others nothing).
-fn spin_recv(rx: &Receiver<Cmd>, wait: Duration) -> Result<Cmd, RecvTimeoutError> {
+/// `rx.recv_timeout(wait)`, after looking for a command for up to [`SPIN`] (yielding the
+/// core meanwhile, so that on a busy machine the spin costs others little) when the last
+/// command came within that time. `streaming` is that state, updated here: requests one
+/// at a time (a sync publish every round trip) do not pay for a spin that never finds one.
+fn spin_recv(
+    rx: &Receiver<Cmd>,
+    wait: Duration,
+    streaming: &mut bool,
+) -> Result<Cmd, RecvTimeoutError> {
     let start = Instant::now();
-    loop {
-        match rx.try_recv() {
-            Ok(c) => return Ok(c),
-            Err(mpsc::TryRecvError::Disconnected) => return Err(RecvTimeoutError::Disconnected),
-            Err(mpsc::TryRecvError::Empty) => {}
+    if *streaming {
+        loop {
+            match rx.try_recv() {
+                Ok(c) => return Ok(c),
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    return Err(RecvTimeoutError::Disconnected)
+                }
+                Err(mpsc::TryRecvError::Empty) => {}
+            }
+            let spent = start.elapsed();
+            if spent >= SPIN || spent >= wait {
+                break;
+            }
+            std::thread::yield_now();
         }
-        let spent = start.elapsed();
-        if spent >= SPIN || spent >= wait {
-            break;
-        }
-        std::thread::yield_now();
     }
-    rx.recv_timeout(wait.saturating_sub(start.elapsed()))
+    let r = rx.recv_timeout(wait.saturating_sub(start.elapsed()));
+    *streaming = start.elapsed() < SPIN;
+    r
 }
 
 fn run(mut core: StreamCore, rx: Receiver<Cmd>) {
     let mut next = Instant::now();
+    let mut streaming = false;
     loop {
         let wait = next.saturating_duration_since(Instant::now());
-        let first = match spin_recv(&rx, wait) {
+        let first = match spin_recv(&rx, wait, &mut streaming) {
             Ok(c) => Some(c),
             Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => break,
