@@ -1084,7 +1084,8 @@ fn spin_recv(
         }
     }
     let r = rx.recv_timeout(wait.saturating_sub(start.elapsed()));
-    *streaming = start.elapsed() < SPIN;
+    // A timer's deadline coming up is not a command coming.
+    *streaming = r.is_ok() && start.elapsed() < SPIN;
     r
 }
 
