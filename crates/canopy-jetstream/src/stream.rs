@@ -110,7 +110,10 @@ impl StreamHandle {
     /// the thread already ([`StreamStats::queued`]; the thread counts them off as it takes
     /// them). `false`: refused.
     pub fn offer(&self, cmd: Cmd, limit: usize) -> bool {
-        debug_assert!(matches!(cmd, Cmd::Pub(_) | Cmd::Ack { .. } | Cmd::Fc { .. }));
+        debug_assert!(matches!(
+            cmd,
+            Cmd::Pub(_) | Cmd::Ack { .. } | Cmd::Fc { .. }
+        ));
         if self.stats.queued.fetch_add(1, Ordering::AcqRel) >= limit.max(1) {
             self.stats.queued.fetch_sub(1, Ordering::AcqRel);
             return false;
