@@ -66,6 +66,17 @@ pub(crate) struct StreamStats {
     pub queued: std::sync::atomic::AtomicUsize,
 }
 
+impl StreamStats {
+    /// The thread took one of the [`StreamStats::queued`] messages (never below zero: a
+    /// message sent without [`StreamHandle::offer`] must not wrap the count and so shut
+    /// the stream's ingest).
+    fn taken(&self) {
+        let _ = self
+            .queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| q.checked_sub(1));
+    }
+}
+
 /// The engine's handle on a running stream.
 pub(crate) struct StreamHandle {
     pub name: String,
@@ -1107,12 +1118,12 @@ fn run(mut core: StreamCore, rx: Receiver<Cmd>) {
         while let Some(c) = cmd.take() {
             match c {
                 Cmd::Pub(m) => {
-                    core.stats.queued.fetch_sub(1, Ordering::AcqRel);
+                    core.stats.taken();
                     pubs.push(m);
                 }
                 other => {
                     if matches!(other, Cmd::Ack { .. } | Cmd::Fc { .. }) {
-                        core.stats.queued.fetch_sub(1, Ordering::AcqRel);
+                        core.stats.taken();
                     }
                     if !pubs.is_empty() {
                         core.ingest(std::mem::take(&mut pubs));

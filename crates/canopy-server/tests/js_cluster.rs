@@ -35,15 +35,14 @@ async fn r1_streams_in_a_three_member_cluster() {
             .is_some_and(|h| ms.iter().any(|m| m.name == h)),
         "{host:?}"
     );
-    // Publishes from clients on every member are stored once.
+    // Publishes from clients on every member are stored once. A member learns the new
+    // stream's subjects from its host over a route, which can come after the create's
+    // answer reached the client: an early publish there may find no responders, and is
+    // sent again (with the same message id).
     for m in &ms {
         let (_nc, js) = js(m.server()).await;
         for i in 0..3 {
-            js.publish(format!("orders.{}.{i}", m.name), "x".into())
-                .await
-                .unwrap()
-                .await
-                .unwrap();
+            publish_once(&js, &format!("orders.{}.{i}", m.name), "x").await;
         }
     }
     // Stream info and a pull consumer from any member.

@@ -251,7 +251,8 @@ impl Service {
     }
 
     /// Subscribes `sink` itself: the delivering reader calls it in place (it must not
-    /// block). Counted in this service's stats like its queued messages.
+    /// block). The subscription is this service's (its connection and subscription count);
+    /// the sink counts what it takes and refuses (JetStream's in `stats`).
     pub fn subscribe_sink(
         &self,
         acc: &Arc<Account>,
