@@ -89,6 +89,13 @@ impl<'a> LinkForm<'a> {
     }
 }
 
+/// A subject published once: a JetStream ack (`$JS.ACK.…`, one per delivered message) or
+/// a reply to a request inbox (`_INBOX.…`). Matched with `Sublist::match_once`: caching
+/// it would cost the cache's write lock, a key and sweeps, for no later hit.
+pub fn is_one_off(subject: &[u8]) -> bool {
+    subject.starts_with(b"$JS.ACK.") || subject.starts_with(b"_INBOX.")
+}
+
 /// Delivery counters for one message.
 #[derive(Default, Clone, Copy)]
 pub struct Delivered {

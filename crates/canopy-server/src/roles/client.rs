@@ -120,12 +120,6 @@ struct LastPub {
     result: Arc<MatchResult<SubRef>>,
 }
 
-/// A subject published once: a JetStream ack (`$JS.ACK.…`, one per delivered message) or
-/// a reply to a request inbox (`_INBOX.…`).
-fn is_one_off(subject: &[u8]) -> bool {
-    subject.starts_with(b"$JS.ACK.") || subject.starts_with(b"_INBOX.")
-}
-
 /// Accepts client connections until the server stops accepting.
 pub async fn accept_clients(server: Arc<Server>, listener: tokio::net::TcpListener) {
     let until = server.accepting.clone();
@@ -699,7 +693,7 @@ impl Client {
     }
 
     fn lookup(&mut self, subject: &[u8], subject_str: &str) -> (u64, Arc<MatchResult<SubRef>>) {
-        if is_one_off(subject) {
+        if crate::core::deliver::is_one_off(subject) {
             // Each ack or reply subject is used once: caching it costs more than it saves.
             let (r, generation) = self.account.sublist.match_once(subject_str);
             return (generation, r);

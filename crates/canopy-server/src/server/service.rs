@@ -504,7 +504,16 @@ impl Server {
             }
             None => (None, payload),
         };
-        let result = acc.sublist.matches(route_subject);
+        // A reply the server publishes (a JetStream pub ack or API answer to a request's
+        // inbox) goes to that subject once; a delivery to a pull request's inbox (`seen`)
+        // repeats it for the whole batch, and is cached.
+        let result = if seen_subject.is_none()
+            && crate::core::deliver::is_one_off(route_subject.as_bytes())
+        {
+            acc.sublist.match_once(route_subject).0
+        } else {
+            acc.sublist.matches(route_subject)
+        };
         // Over links the subject rides in the ack reply (`<reply>@<subject>`); a delivery
         // without an ack reply crosses as the deliver subject, as in nats-server.
         let link_reply = match (seen_subject, reply) {
