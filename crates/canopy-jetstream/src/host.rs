@@ -163,6 +163,13 @@ pub trait Host: Send + Sync + 'static {
         )
     }
 
+    /// Runs `f`, holding back until it returns the wake-ups of the receivers of what it
+    /// publishes on this thread (a batch of pub acks then wakes each client's writer once).
+    /// `f` must not wait for answers to what it publishes. The default just runs `f`.
+    fn batch(&self, f: &mut dyn FnMut()) {
+        f()
+    }
+
     /// Removes a subscription.
     fn unsubscribe(&self, id: SubId);
 

@@ -1126,7 +1126,7 @@ fn run(mut core: StreamCore, rx: Receiver<Cmd>) {
                         core.stats.taken();
                     }
                     if !pubs.is_empty() {
-                        core.ingest(std::mem::take(&mut pubs));
+                        ingest_batch(&mut core, std::mem::take(&mut pubs));
                     }
                     if let Some(done) = handle(&mut core, other) {
                         core.close();
@@ -1144,7 +1144,7 @@ fn run(mut core: StreamCore, rx: Receiver<Cmd>) {
             cmd = rx.try_recv().ok();
         }
         if !pubs.is_empty() {
-            core.ingest(pubs);
+            ingest_batch(&mut core, pubs);
         }
         if Instant::now() >= next {
             core.tick();
@@ -1155,6 +1155,18 @@ fn run(mut core: StreamCore, rx: Receiver<Cmd>) {
         next = core.next_at();
     }
     core.close();
+}
+
+/// Ingests a batch of publishes with the host holding back its flushes until the batch's
+/// acks (and any deliveries it makes) are all written: one writer wake-up per client.
+fn ingest_batch(core: &mut StreamCore, pubs: Vec<JsMsg>) {
+    let host = core.host.clone();
+    let mut pubs = Some(pubs);
+    host.batch(&mut || {
+        if let Some(p) = pubs.take() {
+            core.ingest(p);
+        }
+    });
 }
 
 /// Handles one non-publish command; `Some` when the stream must stop.

@@ -527,6 +527,13 @@ impl FlushList {
             self.conns.push(c.clone());
         }
     }
+    /// Takes `other`'s receivers (to be flushed with this list's).
+    pub fn absorb(&mut self, other: &mut FlushList) {
+        for c in other.conns.drain(..) {
+            self.add(&c);
+        }
+    }
+
     pub fn flush(&mut self) {
         self.stalled.clear();
         for c in self.conns.drain(..) {

@@ -32,6 +32,32 @@ use crate::core::inbox::{InMsg, Offer, Sink};
 use crate::core::interest::LinkClass;
 use crate::server::Server;
 
+thread_local! {
+    /// Receivers whose flush [`with_deferred_flush`] holds back on this thread.
+    static DEFERRED: std::cell::RefCell<Option<FlushList>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` with the flushes of what this thread publishes held back, and done once when
+/// it returns (or unwinds): a batch of replies wakes each receiver's writer once instead of
+/// once per reply. Nested calls join the outer one. `f` must not wait for an answer to
+/// something it published (it would not leave before `f` returns).
+pub fn with_deferred_flush<R>(f: impl FnOnce() -> R) -> R {
+    struct Flusher;
+    impl Drop for Flusher {
+        fn drop(&mut self) {
+            if let Some(mut l) = DEFERRED.with(|d| d.borrow_mut().take()) {
+                l.flush();
+            }
+        }
+    }
+    if DEFERRED.with(|d| d.borrow().is_some()) {
+        return f();
+    }
+    DEFERRED.with(|d| *d.borrow_mut() = Some(FlushList::default()));
+    let _flusher = Flusher;
+    f()
+}
+
 /// What a handler returns: `Err` is logged (with the service and subject) and counted.
 pub type HandlerResult = Result<(), String>;
 /// A handler's future.
@@ -535,7 +561,16 @@ impl Server {
         let mut flush = FlushList::default();
         let mut scratch = Scratch::default();
         let d = deliver(acc, &result, &msg, origin, &mut scratch, &mut flush);
-        flush.flush();
+        let held = DEFERRED.with(|l| match l.borrow_mut().as_mut() {
+            Some(l) => {
+                l.absorb(&mut flush);
+                true
+            }
+            None => false,
+        });
+        if !held {
+            flush.flush();
+        }
         self.stats.out_msgs.fetch_add(d.msgs, Ordering::Relaxed);
         self.stats.out_bytes.fetch_add(d.bytes, Ordering::Relaxed);
         d.msgs
@@ -584,6 +619,25 @@ mod tests {
     use super::*;
     use crate::server::AccountEvent;
     use std::time::Instant;
+
+    fn deferring() -> bool {
+        DEFERRED.with(|d| d.borrow().is_some())
+    }
+
+    #[test]
+    fn deferred_flushes_end_with_their_scope_even_when_it_unwinds() {
+        assert!(!deferring());
+        with_deferred_flush(|| {
+            assert!(deferring());
+            // A nested scope joins the outer one and does not end it.
+            with_deferred_flush(|| assert!(deferring()));
+            assert!(deferring());
+        });
+        assert!(!deferring());
+        let r = std::panic::catch_unwind(|| with_deferred_flush(|| panic!("handler failed")));
+        assert!(r.is_err());
+        assert!(!deferring(), "a panic left this thread's flushes held back");
+    }
 
     fn server() -> Arc<Server> {
         Server::new(canopy_conf::Options::default())

@@ -396,6 +396,10 @@ impl Host for JsHost {
         })
     }
 
+    fn batch(&self, f: &mut dyn FnMut()) {
+        crate::server::service::with_deferred_flush(f)
+    }
+
     fn unsubscribe(&self, id: SubId) {
         if let Some(h) = self.subs.lock().remove(&id.0) {
             if let Some(svc) = self.lanes.get(&Lane::Api) {
