@@ -339,15 +339,10 @@ impl Engine {
         let h: crate::host::InlineHandler =
             Arc::new(move |m: JsMsg| me.upgrade().is_none() || ack_msg(&acc2, m, limit));
         for subject in ["$JS.ACK.>", "$JS.FC.>"] {
-            let id = self
+            let r = self
                 .host
-                .subscribe_inline(&acc.name, subject, None, Lane::Ack, h.clone())
-                .map_err(|reason| EngineError::Subscribe {
-                    account: acc.name.to_string(),
-                    subject: subject.to_string(),
-                    reason,
-                })?;
-            acc.subs.lock().push(id);
+                .subscribe_inline(&acc.name, subject, None, Lane::Ack, h.clone());
+            record_sub(&acc, subject, r)?;
         }
         Ok(())
     }
@@ -359,16 +354,8 @@ impl Engine {
         lane: Lane,
         h: crate::host::Handler,
     ) -> Result<(), EngineError> {
-        let id = self
-            .host
-            .subscribe(&acc.name, subject, None, lane, h)
-            .map_err(|reason| EngineError::Subscribe {
-                account: acc.name.to_string(),
-                subject: subject.to_string(),
-                reason,
-            })?;
-        acc.subs.lock().push(id);
-        Ok(())
+        let r = self.host.subscribe(&acc.name, subject, None, lane, h);
+        record_sub(acc, subject, r)
     }
 
     /// Recovers the account's file streams.
@@ -843,6 +830,22 @@ fn api_worker(rx: Arc<Mutex<Receiver<ApiJob>>>, me: Weak<Engine>) {
 }
 
 /// `$JS.ACK.<stream>.<consumer>.<dc>.<sseq>.<dseq>.<ts>.<pending>` and `$JS.FC.<stream>.<consumer>.<x>`.
+/// Keeps an account subscription's id (dropped when the account's JetStream is disabled),
+/// or names the subscription that failed.
+fn record_sub(
+    acc: &Account,
+    subject: &str,
+    r: Result<crate::host::SubId, String>,
+) -> Result<(), EngineError> {
+    let id = r.map_err(|reason| EngineError::Subscribe {
+        account: acc.name.to_string(),
+        subject: subject.to_string(),
+        reason,
+    })?;
+    acc.subs.lock().push(id);
+    Ok(())
+}
+
 /// Hands an ack or flow-control reply to its stream's thread; `false` when the thread has
 /// `limit` messages waiting already (refused). One that names no stream is ignored.
 fn ack_msg(acc: &Account, m: JsMsg, limit: usize) -> bool {
