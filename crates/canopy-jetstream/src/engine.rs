@@ -567,7 +567,7 @@ impl Engine {
             self.host.unsubscribe(id);
         }
         let subjects = h.cfg.read().subjects.clone();
-        let limit = self.cfg.ingest_queue_limit.max(1);
+        let limit = self.cfg.ingest_queue_limit;
         for s in subjects {
             let weak = Arc::downgrade(h);
             // Straight from the publisher's reader to the stream's thread, bounded by the

@@ -55,6 +55,14 @@ pub(crate) enum Cmd {
     Stop(mpsc::Sender<()>),
 }
 
+impl Cmd {
+    /// A client's message counted in [`StreamStats::queued`] while it waits for the thread
+    /// (sent with [`StreamHandle::offer`]).
+    fn counted(&self) -> bool {
+        matches!(self, Cmd::Pub(_) | Cmd::Ack { .. } | Cmd::Fc { .. })
+    }
+}
+
 /// Counters readable without asking the thread.
 #[derive(Debug, Default)]
 pub(crate) struct StreamStats {
@@ -121,10 +129,7 @@ impl StreamHandle {
     /// the thread already ([`StreamStats::queued`]; the thread counts them off as it takes
     /// them). `false`: refused.
     pub fn offer(&self, cmd: Cmd, limit: usize) -> bool {
-        debug_assert!(matches!(
-            cmd,
-            Cmd::Pub(_) | Cmd::Ack { .. } | Cmd::Fc { .. }
-        ));
+        debug_assert!(cmd.counted());
         if self.stats.queued.fetch_add(1, Ordering::AcqRel) >= limit.max(1) {
             self.stats.queued.fetch_sub(1, Ordering::AcqRel);
             return false;
@@ -1122,7 +1127,7 @@ fn run(mut core: StreamCore, rx: Receiver<Cmd>) {
                     pubs.push(m);
                 }
                 other => {
-                    if matches!(other, Cmd::Ack { .. } | Cmd::Fc { .. }) {
+                    if other.counted() {
                         core.stats.taken();
                     }
                     if !pubs.is_empty() {
