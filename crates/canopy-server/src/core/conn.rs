@@ -7,11 +7,14 @@
 //! with one syscall where the kernel allows.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::os::fd::RawFd;
+use std::sync::atomic::{
+    AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering,
+};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use parking_lot::Mutex;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
@@ -108,6 +111,12 @@ pub struct ConnShared {
     pub start: SystemTime,
     out: Mutex<Out>,
     wake: Notify,
+    /// The plain TCP socket's descriptor, for [`ConnShared::flush_direct`]; -1 when the
+    /// connection has none (TLS, WebSocket, links) or its writer has ended.
+    direct_fd: AtomicI32,
+    /// Held by whoever writes to the socket: the writer task for each of its writes, a
+    /// direct writer for one non-blocking send. Keeps the bytes in order.
+    writing: AtomicBool,
     /// Cancelled when the connection is closing; reader and writer both watch it.
     pub cancel: CancellationToken,
     /// Set with `cancel`: readers check it after every op, and a plain atomic load is
@@ -200,6 +209,8 @@ impl ConnShared {
                 closed: false,
             }),
             wake: Notify::new(),
+            direct_fd: AtomicI32::new(-1),
+            writing: AtomicBool::new(false),
             cancel: CancellationToken::new(),
             closing: AtomicBool::new(false),
             close_reason: Mutex::new(None),
@@ -274,6 +285,87 @@ impl ConnShared {
     #[inline]
     pub fn flush_signal(&self) {
         self.wake.notify_one();
+    }
+
+    /// Lets threads that deliver to this connection write its output themselves
+    /// ([`ConnShared::flush_direct`]). `fd` is its plain TCP socket: it must stay open
+    /// until [`writer_loop`] ends, which turns direct writes off before it lets its half
+    /// of the socket go.
+    pub fn enable_direct(&self, fd: RawFd) {
+        self.direct_fd.store(fd, Ordering::Release);
+    }
+
+    /// As [`ConnShared::flush_signal`], but when nothing is being written the calling
+    /// thread writes what is queued itself, without blocking: no thread is woken for it.
+    /// Falls back to waking the writer when the writer is busy, the socket would block
+    /// (what is left stays queued, in order), or the connection has no direct writes.
+    /// For a thread about to go idle with replies queued (a request's answer is on its
+    /// way one wake-up sooner); a thread with more work waiting should leave the write to
+    /// the writer, which runs beside it.
+    pub fn flush_direct(&self) {
+        if self.direct_fd.load(Ordering::Relaxed) < 0 || !self.try_write_direct() {
+            self.wake.notify_one();
+        }
+    }
+
+    /// `true`: nothing is left queued.
+    fn try_write_direct(&self) -> bool {
+        if self
+            .writing
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            return false;
+        }
+        let done = self.write_direct();
+        self.writing.store(false, Ordering::Release);
+        done
+    }
+
+    /// Writes the outbound buffer with non-blocking sends; the caller holds `writing`.
+    #[allow(unsafe_code)]
+    fn write_direct(&self) -> bool {
+        let fd = self.direct_fd.load(Ordering::Acquire);
+        if fd < 0 {
+            return false;
+        }
+        {
+            let mut out = self.out.lock();
+            if out.closed {
+                // The writer does the final flush.
+                return false;
+            }
+            while !out.buf.is_empty() {
+                // SAFETY: `fd` is the open socket of this connection: it was set by
+                // `enable_direct`, whose caller keeps it open until `writer_loop` ends,
+                // and `writer_loop` sets it to -1 (holding `writing`, as we do) before it
+                // lets its half of the socket go. The buffer is valid for its length.
+                let n = unsafe {
+                    libc::send(
+                        fd,
+                        out.buf.as_ptr().cast(),
+                        out.buf.len(),
+                        libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                    )
+                };
+                if n > 0 {
+                    out.buf.advance(n as usize);
+                    continue;
+                }
+                if n < 0
+                    && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
+                {
+                    continue;
+                }
+                // Would block, or an error the writer will meet and close on.
+                return false;
+            }
+        }
+        if self.stalled.load(Ordering::Relaxed) {
+            self.stalled.store(false, Ordering::Relaxed);
+            self.drained.notify_waiters();
+        }
+        true
     }
 
     /// Bytes waiting to be written (`/connz` `pending_bytes`).
@@ -535,9 +627,18 @@ impl FlushList {
     }
 
     pub fn flush(&mut self) {
+        self.flush_with(ConnShared::flush_signal);
+    }
+
+    /// As [`FlushList::flush`], writing directly where it can ([`ConnShared::flush_direct`]).
+    pub fn flush_direct(&mut self) {
+        self.flush_with(ConnShared::flush_direct);
+    }
+
+    fn flush_with(&mut self, f: fn(&ConnShared)) {
         self.stalled.clear();
         for c in self.conns.drain(..) {
-            c.flush_signal();
+            f(&c);
             if c.stalled.load(Ordering::Relaxed) {
                 self.stalled.push(c);
             }
@@ -553,9 +654,61 @@ pub struct Liveness {
     pub write_deadline: Duration,
 }
 
+/// The writer's half of the socket, and its share of `writing` with direct writers.
+/// Dropped (the loop ended, or its task was dropped mid-write), it turns direct writes off
+/// before the half goes: after that nobody else touches the descriptor.
+struct SocketWriter<W> {
+    conn: Arc<ConnShared>,
+    holding: bool,
+    wr: W,
+}
+
+impl<W> SocketWriter<W> {
+    /// Takes `writing`: a direct writer holds it for one non-blocking send at most.
+    fn lock(&mut self) {
+        if self.holding {
+            return;
+        }
+        while self
+            .conn
+            .writing
+            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            std::thread::yield_now();
+        }
+        self.holding = true;
+    }
+
+    fn unlock(&mut self) {
+        if self.holding {
+            self.holding = false;
+            self.conn.writing.store(false, Ordering::Release);
+        }
+    }
+
+    /// No more direct writes on this connection.
+    fn end_direct(&mut self) {
+        self.lock();
+        self.conn.direct_fd.store(-1, Ordering::Release);
+        self.unlock();
+    }
+}
+
+impl<W> Drop for SocketWriter<W> {
+    fn drop(&mut self) {
+        self.end_direct();
+    }
+}
+
 /// Drains the outbound buffer to the socket until the connection closes, sending PINGs on
 /// the interval and closing stale connections. Returns after the final flush.
-pub async fn writer_loop<W: AsyncWrite + Unpin>(conn: Arc<ConnShared>, mut wr: W, live: Liveness) {
+pub async fn writer_loop<W: AsyncWrite + Unpin>(conn: Arc<ConnShared>, wr: W, live: Liveness) {
+    let mut sock = SocketWriter {
+        conn: conn.clone(),
+        holding: false,
+        wr,
+    };
     let mut mine = BytesMut::new();
     let start = tokio::time::Instant::now() + live.ping_interval;
     let mut ticker = tokio::time::interval_at(start, live.ping_interval);
@@ -577,6 +730,9 @@ pub async fn writer_loop<W: AsyncWrite + Unpin>(conn: Arc<ConnShared>, mut wr: W
                 }
             }
         };
+        // Taken before the buffer, kept until it is written: a direct writer never sends
+        // bytes queued after these ahead of them.
+        sock.lock();
         conn.take_into(&mut mine);
         if conn.stalled.load(Ordering::Relaxed) {
             conn.stalled.store(false, Ordering::Relaxed);
@@ -591,6 +747,7 @@ pub async fn writer_loop<W: AsyncWrite + Unpin>(conn: Arc<ConnShared>, mut wr: W
             };
             // The flush is free on TCP; on TLS it pushes out records rustls still holds
             // when the socket was full at the end of `write_all`.
+            let wr = &mut sock.wr;
             let write = async {
                 wr.write_all(&mine).await?;
                 wr.flush().await
@@ -616,15 +773,19 @@ pub async fn writer_loop<W: AsyncWrite + Unpin>(conn: Arc<ConnShared>, mut wr: W
             }
         }
         if closing {
+            sock.end_direct();
             // Take what was queued between the swap and now (e.g. a final -ERR).
             conn.take_into(&mut mine);
             if !mine.is_empty() {
-                let _ = tokio::time::timeout(Duration::from_secs(1), wr.write_all(&mine)).await;
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(1), sock.wr.write_all(&mine)).await;
             }
             break;
         }
+        sock.unlock();
     }
-    let _ = tokio::time::timeout(Duration::from_secs(1), wr.shutdown()).await;
+    sock.end_direct();
+    let _ = tokio::time::timeout(Duration::from_secs(1), sock.wr.shutdown()).await;
 }
 
 /// `ip:port - cid:N` as nats-server prefixes its connection log lines.
@@ -752,5 +913,101 @@ pub async fn read_ops<R, H>(
         h.end_batch();
         conn.touch();
         want = next_read_size(&mut buf, want, n, spare);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write as _;
+    use std::os::fd::AsRawFd;
+    use tokio::io::AsyncReadExt;
+
+    const LINE: usize = 100;
+
+    /// Appends line number `n` (LINE bytes) to `b`.
+    fn line(b: &mut BytesMut, n: u64) {
+        let mut l = Vec::with_capacity(LINE);
+        let _ = write!(l, "{n:09}");
+        l.resize(LINE - 1, b'.');
+        l.push(b'\n');
+        b.extend_from_slice(&l);
+    }
+
+    async fn read_lines(rd: &mut tokio::net::TcpStream, from: u64, count: u64) {
+        let mut buf = vec![0u8; (count as usize) * LINE];
+        tokio::time::timeout(Duration::from_secs(30), rd.read_exact(&mut buf))
+            .await
+            .expect("every line arrives")
+            .expect("reading");
+        for (i, l) in buf.chunks(LINE).enumerate() {
+            let n: u64 = std::str::from_utf8(&l[..9])
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(u64::MAX);
+            assert_eq!(n, from + i as u64, "line {i} out of order");
+        }
+    }
+
+    /// A thread's direct writes reach the socket without the writer; with the writer
+    /// running and the socket filling up, producers on several threads (direct and
+    /// signalled flushes mixed) lose nothing and reorder nothing; once the writer has
+    /// ended, nobody writes to the descriptor again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn direct_writes_keep_every_byte_in_order_beside_the_writer() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, peer) = listener.accept().await.unwrap();
+        let conn = Arc::new(ConnShared::new(1, ConnKind::Client, peer, 256 << 20));
+        conn.enable_direct(server.as_raw_fd());
+
+        // No writer yet: only a direct write can deliver these.
+        for n in 0..10 {
+            assert!(conn.enqueue(|b| line(b, n)));
+            conn.flush_direct();
+        }
+        read_lines(&mut client, 0, 10).await;
+
+        let (_rd, wr) = tokio::io::split(server);
+        let live = Liveness {
+            ping_interval: Duration::from_secs(3600),
+            ping_max: 2,
+            write_deadline: Duration::from_secs(30),
+        };
+        let writer = tokio::spawn(writer_loop(conn.clone(), wr, live));
+        // Far more than the socket buffers hold while nobody reads: direct writes meet a
+        // full socket and leave the rest to the writer.
+        let (threads, per_thread) = (3u64, 40_000u64);
+        let next = Arc::new(AtomicU64::new(10));
+        let producers: Vec<_> = (0..threads)
+            .map(|t| {
+                let (conn, next) = (conn.clone(), next.clone());
+                std::thread::spawn(move || {
+                    for i in 0..per_thread {
+                        // Numbered under the buffer's lock: the order lines are queued in.
+                        assert!(conn.enqueue(|b| line(b, next.fetch_add(1, Ordering::Relaxed))));
+                        if (i + t) % 3 == 0 {
+                            conn.flush_signal();
+                        } else {
+                            conn.flush_direct();
+                        }
+                    }
+                })
+            })
+            .collect();
+        for p in producers {
+            p.join().expect("producer");
+        }
+        read_lines(&mut client, 10, threads * per_thread).await;
+
+        conn.close(CloseReason::ClientClosed);
+        tokio::time::timeout(Duration::from_secs(10), writer)
+            .await
+            .expect("the writer ends")
+            .expect("writer task");
+        assert_eq!(conn.direct_fd.load(Ordering::Relaxed), -1);
+        assert!(!conn.writing.load(Ordering::Relaxed));
     }
 }

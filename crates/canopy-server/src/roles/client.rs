@@ -123,7 +123,9 @@ struct LastPub {
 /// Accepts client connections until the server stops accepting.
 pub async fn accept_clients(server: Arc<Server>, listener: tokio::net::TcpListener) {
     let until = server.accepting.clone();
-    server.accept_loop(listener, until, "client", serve).await;
+    server
+        .accept_loop(listener, until, "client", serve_tcp)
+        .await;
 }
 
 /// Serves one client connection until it closes.
@@ -131,7 +133,15 @@ pub async fn serve<S>(server: Arc<Server>, stream: S, addr: SocketAddr)
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    serve_on(server, stream, addr, None).await
+    serve_on(server, stream, addr, None, None).await
+}
+
+/// Serves one client on a TCP connection: without TLS, the threads that deliver to it
+/// may write its output themselves ([`ConnShared::flush_direct`]).
+async fn serve_tcp(server: Arc<Server>, stream: tokio::net::TcpStream, addr: SocketAddr) {
+    use std::os::fd::AsRawFd;
+    let fd = stream.as_raw_fd();
+    serve_on(server, stream, addr, None, Some(fd)).await
 }
 
 /// Serves a client whose transport is already set up (a WebSocket connection, after its
@@ -140,11 +150,17 @@ pub async fn serve_upgraded<S>(server: Arc<Server>, stream: S, addr: SocketAddr,
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    serve_on(server, stream, addr, Some(ws)).await
+    serve_on(server, stream, addr, Some(ws), None).await
 }
 
-async fn serve_on<S>(server: Arc<Server>, stream: S, addr: SocketAddr, ws: Option<WsClient>)
-where
+/// `fd`: the plain TCP socket under `stream`, when it is one.
+async fn serve_on<S>(
+    server: Arc<Server>,
+    stream: S,
+    addr: SocketAddr,
+    ws: Option<WsClient>,
+    fd: Option<std::os::fd::RawFd>,
+) where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     let upgraded = ws.is_some();
@@ -199,6 +215,10 @@ where
     else {
         return;
     };
+    if let Some(fd) = fd.filter(|_| !stream.is_tls()) {
+        // The socket stays open until the writer ends: both halves hold it.
+        conn.enable_direct(fd);
+    }
     let (rd, wr) = tokio::io::split(stream);
     let writer = tokio::spawn(writer_loop(conn.clone(), wr, server.liveness()));
 
