@@ -165,8 +165,11 @@ pub trait Host: Send + Sync + 'static {
 
     /// Runs `f`, holding back until it returns the wake-ups of the receivers of what it
     /// publishes on this thread (a batch of pub acks then wakes each client's writer once).
-    /// `f` must not wait for answers to what it publishes. The default just runs `f`.
-    fn batch(&self, f: &mut dyn FnMut()) {
+    /// `f` must not wait for answers to what it publishes. `direct`: the calling thread
+    /// has nothing else waiting, so it may write those receivers' output itself where it
+    /// can, sparing their writers a wake-up. The default just runs `f`.
+    fn batch(&self, direct: bool, f: &mut dyn FnMut()) {
+        let _ = direct;
         f()
     }
 

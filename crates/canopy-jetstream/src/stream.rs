@@ -1131,9 +1131,11 @@ fn run(mut core: StreamCore, rx: Receiver<Cmd>) {
                         core.stats.taken();
                     }
                     if !pubs.is_empty() {
-                        ingest_batch(&mut core, std::mem::take(&mut pubs));
+                        ingest_batch(&mut core, std::mem::take(&mut pubs), false);
                     }
-                    if let Some(done) = handle(&mut core, other) {
+                    // Looked for first: whether this command is the last one waiting.
+                    let next = rx.try_recv().ok();
+                    if let Some(done) = handle(&mut core, other, next.is_none()) {
                         core.close();
                         // Dropped before the stop is acknowledged: the store's directory
                         // lock is released, so a restart in the same process can open it.
@@ -1141,6 +1143,8 @@ fn run(mut core: StreamCore, rx: Receiver<Cmd>) {
                         let _ = done.send(());
                         return;
                     }
+                    cmd = next;
+                    continue;
                 }
             }
             if pubs.len() >= MAX_BATCH {
@@ -1149,7 +1153,12 @@ fn run(mut core: StreamCore, rx: Receiver<Cmd>) {
             cmd = rx.try_recv().ok();
         }
         if !pubs.is_empty() {
-            ingest_batch(&mut core, pubs);
+            // The loop ended on an empty queue unless the batch filled up. A lone publish
+            // is a request waiting for its ack (sync publish, KV put): this thread writes
+            // the ack itself. Larger batches come from publishers streaming; there the
+            // writer writes beside this thread, which goes on with the next batch.
+            let last = pubs.len() == 1;
+            ingest_batch(&mut core, pubs, last);
         }
         if Instant::now() >= next {
             core.tick();
@@ -1164,18 +1173,23 @@ fn run(mut core: StreamCore, rx: Receiver<Cmd>) {
 
 /// Ingests a batch of publishes with the host holding back its flushes until the batch's
 /// acks (and any deliveries it makes) are all written: one writer wake-up per client.
-fn ingest_batch(core: &mut StreamCore, pubs: Vec<JsMsg>) {
+/// `last`: nothing else is waiting for the thread, which then writes the acks itself where
+/// it can (a sync publisher's ack leaves without waking its writer first).
+fn ingest_batch(core: &mut StreamCore, pubs: Vec<JsMsg>, last: bool) {
     let host = core.host.clone();
     let mut pubs = Some(pubs);
-    host.batch(&mut || {
+    host.batch(last, &mut || {
         if let Some(p) = pubs.take() {
             core.ingest(p);
         }
     });
 }
 
-/// Handles one non-publish command; `Some` when the stream must stop.
-fn handle(core: &mut StreamCore, cmd: Cmd) -> Option<mpsc::Sender<()>> {
+/// Handles one non-publish command; `Some` when the stream must stop. `last`: no other
+/// command is waiting, so what a call or an ack answers may be written by this thread
+/// itself ([`Host::batch`]). A pull request's deliveries are not held back that way: the
+/// client starts on the first ones while the rest are still being read from the store.
+fn handle(core: &mut StreamCore, cmd: Cmd, last: bool) -> Option<mpsc::Sender<()>> {
     if matches!(cmd, Cmd::Ack { .. } | Cmd::Next { .. } | Cmd::Fc { .. })
         && !crate::replica::delivers(core)
     {
@@ -1191,8 +1205,11 @@ fn handle(core: &mut StreamCore, cmd: Cmd) -> Option<mpsc::Sender<()>> {
             body,
             reply,
         } => {
-            core.handle_ack(&consumer, sseq, dseq, &body, reply.as_deref());
-            core.drive_consumers();
+            let host = core.host.clone();
+            host.batch(last, &mut || {
+                core.handle_ack(&consumer, sseq, dseq, &body, reply.as_deref());
+                core.drive_consumers();
+            });
         }
         Cmd::Next {
             consumer,
@@ -1209,7 +1226,15 @@ fn handle(core: &mut StreamCore, cmd: Cmd) -> Option<mpsc::Sender<()>> {
                 }
             }
         }
-        Cmd::Call(f) => f(core),
+        Cmd::Call(f) => {
+            let host = core.host.clone();
+            let mut f = Some(f);
+            host.batch(last, &mut || {
+                if let Some(f) = f.take() {
+                    f(core)
+                }
+            });
+        }
         Cmd::Stop(done) => return Some(done),
     }
     None

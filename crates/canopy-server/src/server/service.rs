@@ -40,13 +40,21 @@ thread_local! {
 /// Runs `f` with the flushes of what this thread publishes held back, and done once when
 /// it returns (or unwinds): a batch of replies wakes each receiver's writer once instead of
 /// once per reply. Nested calls join the outer one. `f` must not wait for an answer to
-/// something it published (it would not leave before `f` returns).
-pub fn with_deferred_flush<R>(f: impl FnOnce() -> R) -> R {
-    struct Flusher;
+/// something it published (it would not leave before `f` returns). `direct`: this thread
+/// writes the receivers' output itself where it can ([`FlushList::flush_direct`]), for a
+/// thread with nothing else waiting; a nested call follows the outer one's choice.
+pub fn with_deferred_flush<R>(direct: bool, f: impl FnOnce() -> R) -> R {
+    struct Flusher {
+        direct: bool,
+    }
     impl Drop for Flusher {
         fn drop(&mut self) {
             if let Some(mut l) = DEFERRED.with(|d| d.borrow_mut().take()) {
-                l.flush();
+                if self.direct {
+                    l.flush_direct();
+                } else {
+                    l.flush();
+                }
             }
         }
     }
@@ -54,7 +62,7 @@ pub fn with_deferred_flush<R>(f: impl FnOnce() -> R) -> R {
         return f();
     }
     DEFERRED.with(|d| *d.borrow_mut() = Some(FlushList::default()));
-    let _flusher = Flusher;
+    let _flusher = Flusher { direct };
     f()
 }
 
@@ -627,14 +635,14 @@ mod tests {
     #[test]
     fn deferred_flushes_end_with_their_scope_even_when_it_unwinds() {
         assert!(!deferring());
-        with_deferred_flush(|| {
+        with_deferred_flush(false, || {
             assert!(deferring());
             // A nested scope joins the outer one and does not end it.
-            with_deferred_flush(|| assert!(deferring()));
+            with_deferred_flush(true, || assert!(deferring()));
             assert!(deferring());
         });
         assert!(!deferring());
-        let r = std::panic::catch_unwind(|| with_deferred_flush(|| panic!("handler failed")));
+        let r = std::panic::catch_unwind(|| with_deferred_flush(true, || panic!("handler failed")));
         assert!(r.is_err());
         assert!(!deferring(), "a panic left this thread's flushes held back");
     }

@@ -396,8 +396,8 @@ impl Host for JsHost {
         })
     }
 
-    fn batch(&self, f: &mut dyn FnMut()) {
-        crate::server::service::with_deferred_flush(f)
+    fn batch(&self, direct: bool, f: &mut dyn FnMut()) {
+        crate::server::service::with_deferred_flush(direct, f)
     }
 
     fn unsubscribe(&self, id: SubId) {
