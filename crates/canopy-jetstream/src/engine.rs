@@ -213,6 +213,8 @@ pub(crate) struct ApiJob {
     pub msg: JsMsg,
     /// The subject after `$JS.API.` (or `$JS.<domain>.API.`).
     pub rest: String,
+    /// Heard on `$JS.<domain>.API.>`.
+    pub domain: bool,
 }
 
 /// The JetStream engine of one server.
@@ -305,31 +307,37 @@ impl Engine {
             let acc2 = acc.clone();
             let plen = p.len() + 1;
             let domain = p != "$JS.API";
-            let h: crate::host::Handler = Arc::new(move |m: JsMsg| {
-                if let Some(e) = me.upgrade() {
-                    let rest = m.subject.get(plen..).unwrap_or("").to_string();
-                    // nats-server's domain mapping also covers KV and object subjects
-                    // (`$JS.<d>.API.$KV.>` → `$KV.>`): clients of a domain put KV
-                    // values that way. They are published as written, for the streams.
-                    if domain && (rest.starts_with("$KV.") || rest.starts_with("$OBJ.")) {
-                        // In a cluster every member hears it: the one the client is on
-                        // republishes (not the ones it reached over a route).
-                        if e.cluster.get().is_some() && m.origin.via == crate::host::Via::Route {
-                            return;
+            // Runs on the requester's reader: pull requests and direct gets of a server
+            // without a cluster go straight to their stream's thread; everything else
+            // waits for the API workers (a full queue is answered with a 503).
+            let h: crate::host::InlineHandler = Arc::new(move |m: JsMsg| {
+                let Some(e) = me.upgrade() else {
+                    return true;
+                };
+                let rest = m.subject.get(plen..).unwrap_or("");
+                if e.cluster.get().is_none() {
+                    if let Some(r) = rest.strip_prefix("CONSUMER.MSG.NEXT.") {
+                        if api::msg_next_inline(&acc2, &m, r) {
+                            return true;
                         }
-                        e.host.publish(
-                            &m.account,
-                            &rest,
-                            m.reply.as_deref(),
-                            m.headers.as_deref(),
-                            &m.payload,
-                        );
-                        return;
+                    } else if let Some(r) = rest.strip_prefix("DIRECT.GET.") {
+                        if api::direct_get_inline(&acc2, &m, r) {
+                            return true;
+                        }
                     }
-                    e.api_request(acc2.clone(), m, rest);
                 }
+                let rest = rest.to_string();
+                e.queue_api(ApiJob {
+                    account: acc2.clone(),
+                    msg: m,
+                    rest,
+                    domain,
+                })
             });
-            self.sub(&acc, &format!("{p}.>"), Lane::Api, h)?;
+            let r = self
+                .host
+                .subscribe_inline(&acc.name, &format!("{p}.>"), None, Lane::Api, h);
+            record_sub(&acc, &format!("{p}.>"), r)?;
         }
         // Acks go from the client's reader straight to the stream's thread, bounded with
         // its publishes.
@@ -345,17 +353,6 @@ impl Engine {
             record_sub(&acc, subject, r)?;
         }
         Ok(())
-    }
-
-    fn sub(
-        &self,
-        acc: &Account,
-        subject: &str,
-        lane: Lane,
-        h: crate::host::Handler,
-    ) -> Result<(), EngineError> {
-        let r = self.host.subscribe(&acc.name, subject, None, lane, h);
-        record_sub(acc, subject, r)
     }
 
     /// Recovers the account's file streams.
@@ -639,8 +636,46 @@ impl Engine {
         }
     }
 
-    /// Queues an API request for the workers (MSG.NEXT goes straight to its stream).
-    fn api_request(&self, acc: Arc<Account>, msg: JsMsg, rest: String) {
+    /// Queues an API request for the workers; `false` when their queue is full.
+    fn queue_api(&self, job: ApiJob) -> bool {
+        let Some(tx) = self.api_tx.lock().clone() else {
+            return true;
+        };
+        match tx.try_send(job) {
+            Ok(()) | Err(TrySendError::Disconnected(_)) => true,
+            Err(TrySendError::Full(job)) => {
+                tracing::warn!(account = %job.account.name, "JetStream API queue limit reached, dropping a request");
+                false
+            }
+        }
+    }
+
+    /// Serves an API request on a worker.
+    fn serve_api(&self, job: ApiJob) {
+        let ApiJob {
+            account: acc,
+            msg,
+            rest,
+            domain,
+        } = job;
+        // nats-server's domain mapping also covers KV and object subjects
+        // (`$JS.<d>.API.$KV.>` → `$KV.>`): clients of a domain put KV values that way.
+        // They are published as written, for the streams.
+        if domain && (rest.starts_with("$KV.") || rest.starts_with("$OBJ.")) {
+            // In a cluster every member hears it: the one the client is on republishes
+            // (not the ones it reached over a route).
+            if self.cluster.get().is_some() && msg.origin.via == crate::host::Via::Route {
+                return;
+            }
+            self.host.publish(
+                &acc.name,
+                &rest,
+                msg.reply.as_deref(),
+                msg.headers.as_deref(),
+                &msg.payload,
+            );
+            return;
+        }
         // Clustered: one member answers (cluster/api.rs).
         if let Some(c) = self.cluster.get() {
             if !c.admit_api(&acc, &msg, &rest) {
@@ -651,30 +686,15 @@ impl Engine {
             api::msg_next(&acc, &msg, r, self.host.as_ref());
             return;
         }
-        // Direct gets go straight to their stream's thread too (no API worker hop).
-        if let Some(r) = rest.strip_prefix("DIRECT.GET.") {
-            api::direct_get(&acc, &msg, r, self.host.as_ref());
-            return;
-        }
-        let Some(tx) = self.api_tx.lock().clone() else {
-            return;
-        };
-        let reply = msg.reply.clone();
-        match tx.try_send(ApiJob {
-            account: acc.clone(),
-            msg,
-            rest,
-        }) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                tracing::warn!(account = %acc.name, "JetStream API queue limit reached, dropping a request");
-                if let Some(r) = reply {
-                    let h = crate::util::status(503, "", &[]);
-                    self.host.publish(&acc.name, &r, None, Some(&h), &[]);
-                }
-            }
-            Err(TrySendError::Disconnected(_)) => {}
-        }
+        api::handle(
+            self,
+            ApiJob {
+                account: acc,
+                msg,
+                rest,
+                domain,
+            },
+        );
     }
 
     /// nats-server's `/varz` `jetstream` object.
@@ -825,7 +845,7 @@ fn api_worker(rx: Arc<Mutex<Receiver<ApiJob>>>, me: Weak<Engine>) {
         let Some(engine) = me.upgrade() else {
             return;
         };
-        api::handle(&engine, job);
+        engine.serve_api(job);
     }
 }
 

@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use crate::engine::Account;
 use crate::host::{Host, JsMsg};
-use crate::stream::{Cmd, StreamCore};
+use crate::stream::{Cmd, StreamCore, StreamHandle};
 use crate::util::{self, rfc3339, status};
 use canopy_store::StoredMsg;
 
@@ -60,6 +60,28 @@ pub(crate) fn direct_get(acc: &Account, m: &JsMsg, rest: &str, host: &dyn Host) 
         host.publish(&acc.name, &reply, None, Some(&st), &[]);
         return;
     };
+    send_direct_get(&h, m, reply, subject);
+}
+
+/// As [`direct_get`] where it only hands the request on (a delivering reader): `false`
+/// when `rest` names no stream serving direct gets here (nothing is done then).
+pub(crate) fn direct_get_inline(acc: &Account, m: &JsMsg, rest: &str) -> bool {
+    let Some(reply) = m.reply.clone() else {
+        return true;
+    };
+    let (stream, subject) = match rest.split_once('.') {
+        Some((s, subj)) => (s, Some(subj.to_string())),
+        None => (rest, None),
+    };
+    let Some(h) = acc.direct_stream(stream) else {
+        return false;
+    };
+    send_direct_get(&h, m, reply, subject);
+    true
+}
+
+/// Hands a direct get to stream `h`'s thread, which answers `reply` itself.
+fn send_direct_get(h: &StreamHandle, m: &JsMsg, reply: String, subject: Option<String>) {
     let body = m.payload.clone();
     // Handed to the stream's thread without waiting: it answers the requester itself.
     h.send(Cmd::Call(Box::new(move |c: &mut StreamCore| {

@@ -18,7 +18,7 @@ use crate::host::{Host, JsMsg};
 use crate::stream::{Cmd, StreamCore};
 use errors::{ApiError, E};
 
-pub(crate) use direct::direct_get;
+pub(crate) use direct::{direct_get, direct_get_inline};
 pub(crate) use streams::stream_detail;
 
 /// The JetStream API level we implement: 1, nats-server 2.11's (per-message TTL, subject
@@ -114,7 +114,9 @@ pub(crate) fn parse_body<T: serde::de::DeserializeOwned + Default>(b: &[u8]) -> 
 
 /// Handles one queued API request.
 pub(crate) fn handle(engine: &Engine, job: ApiJob) {
-    let ApiJob { account, msg, rest } = job;
+    let ApiJob {
+        account, msg, rest, ..
+    } = job;
     let Some(reply) = msg.reply.clone() else {
         return;
     };
@@ -375,6 +377,24 @@ pub(crate) fn msg_next(acc: &Account, m: &JsMsg, rest: &str, host: &dyn Host) {
             host.publish(&acc.name, &reply, None, Some(&h), &[]);
         }
     }
+}
+
+/// As [`msg_next`] where it only hands the request on (a delivering reader): `false` when
+/// `rest` names no stream here (nothing is done then).
+pub(crate) fn msg_next_inline(acc: &Account, m: &JsMsg, rest: &str) -> bool {
+    let Some(reply) = m.reply.clone() else {
+        return true;
+    };
+    let (s, c) = rest.split_once('.').unwrap_or((rest, ""));
+    let Some(h) = acc.stream(s) else {
+        return false;
+    };
+    h.send(Cmd::Next {
+        consumer: c.to_string(),
+        reply,
+        body: m.payload.to_vec(),
+    });
+    true
 }
 
 /// Runs `f` on stream `name`'s thread.
