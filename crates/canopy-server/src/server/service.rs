@@ -34,26 +34,41 @@ use crate::server::Server;
 
 thread_local! {
     /// Receivers whose flush [`with_deferred_flush`] holds back on this thread.
-    static DEFERRED: std::cell::RefCell<Option<FlushList>> = const { std::cell::RefCell::new(None) };
+    static DEFERRED: std::cell::RefCell<Option<Deferred>> = const { std::cell::RefCell::new(None) };
 }
+
+/// What [`with_deferred_flush`] holds back.
+#[derive(Default)]
+struct Deferred {
+    list: FlushList,
+    /// Bytes published since the last flush.
+    bytes: usize,
+}
+
+/// Past this many bytes published in one deferred scope, its receivers are woken and the
+/// scope goes on: a scope that delivers a long burst (a push consumer catching up) never
+/// holds more than this unwritten, nor lets a receiver's buffer grow towards its
+/// slow-consumer bound unseen by its writer.
+const DEFER_MAX_BYTES: usize = 256 * 1024;
 
 /// Runs `f` with the flushes of what this thread publishes held back, and done once when
 /// it returns (or unwinds): a batch of replies wakes each receiver's writer once instead of
-/// once per reply. Nested calls join the outer one. `f` must not wait for an answer to
-/// something it published (it would not leave before `f` returns). `direct`: this thread
-/// writes the receivers' output itself where it can ([`FlushList::flush_direct`]), for a
-/// thread with nothing else waiting; a nested call follows the outer one's choice.
+/// once per reply ([`DEFER_MAX_BYTES`] bounds what waits). Nested calls join the outer one.
+/// `f` must not wait for an answer to something it published (it would not leave before
+/// `f` returns). `direct`: this thread writes the receivers' output itself where it can
+/// ([`FlushList::flush_direct`]), for a thread with nothing else waiting; a nested call
+/// follows the outer one's choice.
 pub fn with_deferred_flush<R>(direct: bool, f: impl FnOnce() -> R) -> R {
     struct Flusher {
         direct: bool,
     }
     impl Drop for Flusher {
         fn drop(&mut self) {
-            if let Some(mut l) = DEFERRED.with(|d| d.borrow_mut().take()) {
+            if let Some(mut d) = DEFERRED.with(|d| d.borrow_mut().take()) {
                 if self.direct {
-                    l.flush_direct();
+                    d.list.flush_direct();
                 } else {
-                    l.flush();
+                    d.list.flush();
                 }
             }
         }
@@ -61,7 +76,7 @@ pub fn with_deferred_flush<R>(direct: bool, f: impl FnOnce() -> R) -> R {
     if DEFERRED.with(|d| d.borrow().is_some()) {
         return f();
     }
-    DEFERRED.with(|d| *d.borrow_mut() = Some(FlushList::default()));
+    DEFERRED.with(|d| *d.borrow_mut() = Some(Deferred::default()));
     let _flusher = Flusher { direct };
     f()
 }
@@ -571,7 +586,13 @@ impl Server {
         let d = deliver(acc, &result, &msg, origin, &mut scratch, &mut flush);
         let held = DEFERRED.with(|l| match l.borrow_mut().as_mut() {
             Some(l) => {
-                l.absorb(&mut flush);
+                l.list.absorb(&mut flush);
+                // The bytes written for it, near enough (payloads and subjects).
+                l.bytes += (d.bytes as usize).max(payload.len()) + route_subject.len();
+                if l.bytes >= DEFER_MAX_BYTES {
+                    l.list.flush();
+                    l.bytes = 0;
+                }
                 true
             }
             None => false,
@@ -649,6 +670,28 @@ mod tests {
 
     fn server() -> Arc<Server> {
         Server::new(canopy_conf::Options::default())
+    }
+
+    #[tokio::test]
+    async fn a_deferred_scope_holds_back_a_bounded_amount() {
+        let s = server();
+        let acc = s.global_account();
+        let svc = Service::start(&s, "t", ServiceOpts::default());
+        let held = || DEFERRED.with(|d| d.borrow().as_ref().map(|d| d.bytes));
+        let payload = vec![b'x'; 1024];
+        let mut wrapped = false;
+        with_deferred_flush(true, || {
+            let mut last = 0;
+            for _ in 0..(DEFER_MAX_BYTES / 1024) * 3 {
+                svc.publish(&acc, "burst", None, None, &payload);
+                let now = held().unwrap_or(usize::MAX);
+                assert!(now < DEFER_MAX_BYTES, "{now} bytes held back");
+                wrapped |= now < last;
+                last = now;
+            }
+        });
+        assert!(wrapped, "the scope never flushed on its way");
+        assert_eq!(held(), None);
     }
 
     /// A handler that records what it saw.
