@@ -472,6 +472,17 @@ pub(crate) fn recover(core: &mut StreamCore) {
 }
 
 impl StreamCore {
+    /// A replicated origin identity (`Op::SourceIdent`, or a snapshot's): recorded by
+    /// every member, so that whoever leads next compares the origin with it.
+    pub(crate) fn source_ident_applied(&mut self, source: &str, ident: String) {
+        if let Some(s) = self.sources.iter_mut().find(|s| s.spec.iname == source) {
+            if s.ident.as_deref() != Some(ident.as_str()) {
+                s.ident = Some(ident);
+                s.dirty = true;
+            }
+        }
+    }
+
     /// Before retention removes `seqs`: saves the positions if one of them holds a source's
     /// newest header (else the headers still tell).
     pub(crate) fn sources_save_before_removing(&mut self, seqs: &[u64]) {
@@ -827,6 +838,7 @@ impl StreamCore {
         }
         let name = self.name.clone();
         let s = &mut self.sources[i];
+        let mut retry = false;
         if let (Some(old), Some(new)) = (&s.ident, &ident) {
             if old != new {
                 if s.mirror {
@@ -841,19 +853,21 @@ impl StreamCore {
                 tracing::warn!(stream = %name, source = %s.spec.name,
                     "JetStream source: the origin stream was recreated, sourcing again from its sequence 1");
                 s.sseq = 0;
-                s.ident = Some(new.clone());
-                s.dirty = true;
                 // A durable consumer on the new stream is new too and starts at its
                 // sequence 1; an ephemeral one was asked to start after the old position.
-                if !s.durable {
-                    return self.source_retry(i, None, false);
-                }
+                retry = !s.durable;
             }
         }
-        if ident.is_some() && ident != s.ident {
-            s.ident = ident;
+        if let Some(new) = ident.filter(|id| s.ident.as_ref() != Some(id)) {
+            s.ident = Some(new.clone());
             s.dirty = true;
+            let iname = s.spec.iname.clone();
+            crate::replica::source_ident(self, &iname, &new);
         }
+        if retry {
+            return self.source_retry(i, None, false);
+        }
+        let s = &mut self.sources[i];
         s.phase = Phase::Active;
         s.fails = 0;
         s.err = None;

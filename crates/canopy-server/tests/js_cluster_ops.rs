@@ -566,3 +566,62 @@ async fn scaling_r3_to_r5_and_back_keeps_every_message() {
     // The copies of the two members that left are gone from their stores.
     copies_only_on(&ms, "FIVE", &info).await;
 }
+
+/// An R3 mirror's record of its origin's identity is replicated (`Op::SourceIdent`): the
+/// origin is deleted, the mirror's leader steps down, and the origin is created again.
+/// The new leader, which never ran the mirror, still knows the identity it mirrored and
+/// says the origin was recreated instead of mirroring the new one from the old position.
+#[tokio::test]
+async fn an_r3_mirror_notices_an_origin_recreated_across_a_leader_change() {
+    let ms = cluster(3);
+    let (nc, js0) = js(ms[0].server()).await;
+    create(&nc, json!({"name": "ORIG", "subjects": ["orig.>"]})).await;
+    create(
+        &nc,
+        json!({"name": "MIR", "mirror": {"name": "ORIG"}, "num_replicas": 3}),
+    )
+    .await;
+    publish(&js0, "orig.a", 5).await;
+    let mir = eventually(Duration::from_secs(30), "mirror not filled", || async {
+        let i = request(&nc, "$JS.API.STREAM.INFO.MIR", "")
+            .await
+            .ok_or("no answer")?;
+        let current = i["cluster"]["replicas"]
+            .as_array()
+            .is_some_and(|r| r.len() == 2 && r.iter().all(|r| r["current"] == true));
+        if i["state"]["messages"] == 5 && current {
+            Ok(i)
+        } else {
+            Err(i.to_string())
+        }
+    })
+    .await;
+    let first_leader = mir["cluster"]["leader"].as_str().unwrap().to_string();
+
+    succeeds(&nc, "STREAM.DELETE.ORIG", "", "stream_delete").await;
+    let moved = stepdown(&nc, "STREAM", "MIR", "STREAM.INFO.MIR").await;
+    assert_ne!(
+        moved["cluster"]["leader"].as_str(),
+        Some(first_leader.as_str())
+    );
+    create(&nc, json!({"name": "ORIG", "subjects": ["orig.>"]})).await;
+    publish(&js0, "orig.b", 3).await;
+
+    eventually(
+        Duration::from_secs(30),
+        "the new leader did not notice the recreated origin",
+        || async {
+            let i = request(&nc, "$JS.API.STREAM.INFO.MIR", "")
+                .await
+                .ok_or("no answer")?;
+            let err = i["mirror"]["error"]["description"].as_str().unwrap_or("");
+            if err.contains("recreated") {
+                assert_eq!(i["state"]["messages"], 5, "{i}");
+                Ok(())
+            } else {
+                Err(i.to_string())
+            }
+        },
+    )
+    .await;
+}

@@ -81,6 +81,13 @@ pub(crate) enum Op {
         ops: Vec<COp>,
     },
     Config(Vec<u8>),
+    /// The identity (`Nats-Stream-Identity`) the leader learned for one of the stream's
+    /// origins (`source`: its `Spec::iname`). A mirror's messages do not carry it, so a
+    /// member that leads later knows it this way and notices an origin recreated meanwhile.
+    SourceIdent {
+        source: String,
+        ident: String,
+    },
 }
 
 /// A Raft entry of a stream's group.
@@ -312,6 +319,11 @@ pub(crate) fn put_op(w: &mut W, op: &Op) {
             w.u8(7);
             w.bytes(c);
         }
+        Op::SourceIdent { source, ident } => {
+            w.u8(8);
+            w.bytes(source.as_bytes());
+            w.bytes(ident.as_bytes());
+        }
     }
 }
 
@@ -396,6 +408,10 @@ fn get_op(r: &mut R<'_>) -> Result<Op, Malformed> {
             Op::ConsumerOps { name, ops }
         }
         7 => Op::Config(r.bytes()?.to_vec()),
+        8 => Op::SourceIdent {
+            source: r.string()?,
+            ident: r.string()?,
+        },
         _ => return Err(Malformed("unknown op")),
     })
 }
@@ -571,6 +587,10 @@ mod tests {
                     ],
                 },
                 Op::Config(b"{\"name\":\"S\"}".to_vec()),
+                Op::SourceIdent {
+                    source: "O > >".into(),
+                    ident: "S1".into(),
+                },
             ],
         }
     }

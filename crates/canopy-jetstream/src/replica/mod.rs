@@ -1022,6 +1022,21 @@ fn apply_op(core: &mut StreamCore, op: Op, own: bool) -> OpAnswer {
             set_config(core, cfg);
             Ok(Vec::new())
         }
+        Op::SourceIdent { source, ident } => {
+            core.source_ident_applied(&source, ident);
+            Ok(Vec::new())
+        }
+    }
+}
+
+/// The leader learned an origin's identity (`source`: its `Spec::iname`): replicated, so
+/// that a member leading later compares the origin with it.
+pub(crate) fn source_ident(core: &mut StreamCore, source: &str, ident: &str) {
+    if let Some(r) = core.repl.as_mut().filter(|r| r.leading) {
+        r.admin.push(Op::SourceIdent {
+            source: source.to_string(),
+            ident: ident.to_string(),
+        });
     }
 }
 
@@ -1226,7 +1241,8 @@ fn set_config(core: &mut StreamCore, cfg: StreamConfig) {
 
 // ---- snapshots ----
 
-const SNAP_VERSION: u8 = 1;
+/// 2 adds the origins' identities after the messages; 1 is still read.
+const SNAP_VERSION: u8 = 2;
 
 /// The stream as of the last applied entry: its configuration, consumers (configuration
 /// and state) and every live message, so that a follower that lacks them can restore.
@@ -1271,6 +1287,16 @@ fn snapshot(core: &mut StreamCore) -> Result<Bytes, String> {
     }
     w.len(n);
     w.0.extend_from_slice(&msgs.0);
+    let idents: Vec<(&str, &str)> = core
+        .sources
+        .iter()
+        .filter_map(|s| Some((s.spec.iname.as_str(), s.ident.as_deref()?)))
+        .collect();
+    w.len(idents.len());
+    for (source, ident) in idents {
+        w.bytes(source.as_bytes());
+        w.bytes(ident.as_bytes());
+    }
     Ok(Bytes::from(w.0))
 }
 
@@ -1280,11 +1306,14 @@ struct Snap {
     last: u64,
     consumers: Vec<(String, i64, Vec<u8>, ConsumerState)>,
     msgs: Vec<entry::RMsg>,
+    /// Origins' identities: (`Spec::iname`, identity).
+    idents: Vec<(String, String)>,
 }
 
 fn decode_snapshot(b: &[u8]) -> Result<Snap, entry::Malformed> {
     let mut r = entry::R::new(b);
-    if r.u8()? != SNAP_VERSION {
+    let version = r.u8()?;
+    if version != 1 && version != SNAP_VERSION {
         return Err(entry::Malformed("unknown snapshot version"));
     }
     let cfg =
@@ -1306,6 +1335,12 @@ fn decode_snapshot(b: &[u8]) -> Result<Snap, entry::Malformed> {
     for _ in 0..nm {
         msgs.push(entry::get_msg(&mut r)?);
     }
+    let mut idents = Vec::new();
+    if version >= 2 {
+        for _ in 0..r.count(8)? {
+            idents.push((r.string()?, r.string()?));
+        }
+    }
     r.done()?;
     Ok(Snap {
         cfg,
@@ -1313,6 +1348,7 @@ fn decode_snapshot(b: &[u8]) -> Result<Snap, entry::Malformed> {
         last,
         consumers,
         msgs,
+        idents,
     })
 }
 
@@ -1391,6 +1427,9 @@ fn restore(core: &mut StreamCore, index: u64, data: &[u8]) -> Result<(), String>
             let _ = c.store_mut().flush();
             c.resync();
         }
+    }
+    for (source, ident) in s.idents {
+        core.source_ident_applied(&source, ident);
     }
     core.dedupe.clear();
     core.dedupe_q.clear();

@@ -319,3 +319,25 @@ fn snapshots_restore_messages_deletes_and_consumers() {
     }
     assert!(restore(&mut b, 4, &snap[..snap.len() - 1]).is_err());
 }
+
+#[test]
+fn origin_identities_are_applied_and_carried_by_snapshots() {
+    let rt = rt();
+    let mirror = || cfg(json!({"subjects": [], "mirror": {"name": "O"}}));
+    let mut a = core(&rt, mirror());
+    let iname = a.sources[0].spec.iname.clone();
+    assert_eq!(a.sources[0].ident, None);
+    apply(
+        &mut a,
+        1,
+        &entry(vec![Op::SourceIdent {
+            source: iname.clone(),
+            ident: "ID1".into(),
+        }]),
+    );
+    assert_eq!(a.sources[0].ident.as_deref(), Some("ID1"));
+    let snap = snapshot(&mut a).unwrap();
+    let mut b = core(&rt, mirror());
+    restore(&mut b, 1, &snap).unwrap();
+    assert_eq!(b.sources[0].ident.as_deref(), Some("ID1"));
+}
