@@ -652,16 +652,11 @@ impl Engine {
 
     /// Serves an API request on a worker.
     fn serve_api(&self, job: ApiJob) {
-        let ApiJob {
-            account: acc,
-            msg,
-            rest,
-            domain,
-        } = job;
+        let (acc, msg, rest) = (&job.account, &job.msg, job.rest.as_str());
         // nats-server's domain mapping also covers KV and object subjects
         // (`$JS.<d>.API.$KV.>` → `$KV.>`): clients of a domain put KV values that way.
         // They are published as written, for the streams.
-        if domain && (rest.starts_with("$KV.") || rest.starts_with("$OBJ.")) {
+        if job.domain && (rest.starts_with("$KV.") || rest.starts_with("$OBJ.")) {
             // In a cluster every member hears it: the one the client is on republishes
             // (not the ones it reached over a route).
             if self.cluster.get().is_some() && msg.origin.via == crate::host::Via::Route {
@@ -669,7 +664,7 @@ impl Engine {
             }
             self.host.publish(
                 &acc.name,
-                &rest,
+                rest,
                 msg.reply.as_deref(),
                 msg.headers.as_deref(),
                 &msg.payload,
@@ -678,23 +673,15 @@ impl Engine {
         }
         // Clustered: one member answers (cluster/api.rs).
         if let Some(c) = self.cluster.get() {
-            if !c.admit_api(&acc, &msg, &rest) {
+            if !c.admit_api(acc, msg, rest) {
                 return;
             }
         }
         if let Some(r) = rest.strip_prefix("CONSUMER.MSG.NEXT.") {
-            api::msg_next(&acc, &msg, r, self.host.as_ref());
+            api::msg_next(acc, msg, r, self.host.as_ref());
             return;
         }
-        api::handle(
-            self,
-            ApiJob {
-                account: acc,
-                msg,
-                rest,
-                domain,
-            },
-        );
+        api::handle(self, job);
     }
 
     /// nats-server's `/varz` `jetstream` object.

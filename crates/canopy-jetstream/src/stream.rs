@@ -1176,11 +1176,17 @@ fn run(mut core: StreamCore, rx: Receiver<Cmd>) {
 /// `last`: nothing else is waiting for the thread, which then writes the acks itself where
 /// it can (a sync publisher's ack leaves without waking its writer first).
 fn ingest_batch(core: &mut StreamCore, pubs: Vec<JsMsg>, last: bool) {
+    batched(core, last, |c| c.ingest(pubs));
+}
+
+/// Runs `f` inside [`Host::batch`]: the wake-ups of what it publishes are held back until
+/// it returns; `direct`: nothing else waits, this thread may write them itself.
+fn batched(core: &mut StreamCore, direct: bool, f: impl FnOnce(&mut StreamCore)) {
     let host = core.host.clone();
-    let mut pubs = Some(pubs);
-    host.batch(last, &mut || {
-        if let Some(p) = pubs.take() {
-            core.ingest(p);
+    let mut f = Some(f);
+    host.batch(direct, &mut || {
+        if let Some(f) = f.take() {
+            f(core)
         }
     });
 }
@@ -1205,10 +1211,9 @@ fn handle(core: &mut StreamCore, cmd: Cmd, last: bool) -> Option<mpsc::Sender<()
             body,
             reply,
         } => {
-            let host = core.host.clone();
-            host.batch(last, &mut || {
-                core.handle_ack(&consumer, sseq, dseq, &body, reply.as_deref());
-                core.drive_consumers();
+            batched(core, last, |c| {
+                c.handle_ack(&consumer, sseq, dseq, &body, reply.as_deref());
+                c.drive_consumers();
             });
         }
         Cmd::Next {
@@ -1226,15 +1231,7 @@ fn handle(core: &mut StreamCore, cmd: Cmd, last: bool) -> Option<mpsc::Sender<()
                 }
             }
         }
-        Cmd::Call(f) => {
-            let host = core.host.clone();
-            let mut f = Some(f);
-            host.batch(last, &mut || {
-                if let Some(f) = f.take() {
-                    f(core)
-                }
-            });
-        }
+        Cmd::Call(f) => batched(core, last, f),
         Cmd::Stop(done) => return Some(done),
     }
     None

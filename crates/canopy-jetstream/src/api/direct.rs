@@ -48,19 +48,12 @@ fn send(
 
 /// Answers a Direct Get; `rest` is what follows `DIRECT.GET.`.
 pub(crate) fn direct_get(acc: &Account, m: &JsMsg, rest: &str, host: &dyn Host) {
-    let Some(reply) = m.reply.clone() else {
-        return;
-    };
-    let (stream, subject) = match rest.split_once('.') {
-        Some((s, subj)) => (s, Some(subj.to_string())),
-        None => (rest, None),
-    };
-    let Some(h) = acc.direct_stream(stream) else {
-        let st = status(503, "", &[]);
-        host.publish(&acc.name, &reply, None, Some(&st), &[]);
-        return;
-    };
-    send_direct_get(&h, m, reply, subject);
+    if !direct_get_inline(acc, m, rest) {
+        if let Some(reply) = &m.reply {
+            let st = status(503, "", &[]);
+            host.publish(&acc.name, reply, None, Some(&st), &[]);
+        }
+    }
 }
 
 /// As [`direct_get`] where it only hands the request on (a delivering reader): `false`

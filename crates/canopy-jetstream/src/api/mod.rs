@@ -359,22 +359,11 @@ pub(crate) fn account_info(e: &Engine, acc: &Account) -> Value {
 
 /// `$JS.API.CONSUMER.MSG.NEXT.<stream>.<consumer>`: straight to the stream's thread.
 pub(crate) fn msg_next(acc: &Account, m: &JsMsg, rest: &str, host: &dyn Host) {
-    let Some(reply) = m.reply.clone() else {
-        return;
-    };
-    let (s, c) = rest.split_once('.').unwrap_or((rest, ""));
-    match acc.stream(s) {
-        Some(h) => {
-            h.send(Cmd::Next {
-                consumer: c.to_string(),
-                reply,
-                body: m.payload.to_vec(),
-            });
-        }
-        None => {
+    if !msg_next_inline(acc, m, rest) {
+        if let Some(reply) = &m.reply {
             // No such consumer: what a client would see with nobody subscribed.
             let h = crate::util::status(503, "", &[]);
-            host.publish(&acc.name, &reply, None, Some(&h), &[]);
+            host.publish(&acc.name, reply, None, Some(&h), &[]);
         }
     }
 }
