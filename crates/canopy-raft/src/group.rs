@@ -607,6 +607,7 @@ impl Group {
         let membership = m.membership_config.membership();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
         let last_seen = self.inner.net.last_seen.lock().clone();
+        let committed = self.inner.log.committed().unwrap_or(0);
         let replicas = membership
             .nodes()
             .map(|(id, n)| {
@@ -631,7 +632,7 @@ impl Group {
                     voter: voters.contains(id),
                     matched,
                     lag: if is_leader {
-                        last_index.saturating_sub(matched)
+                        committed.saturating_sub(matched)
                     } else {
                         0
                     },
@@ -651,7 +652,7 @@ impl Group {
             },
             term: m.current_term,
             last_index,
-            committed: self.inner.log.committed().unwrap_or(0),
+            committed,
             applied: self.inner.sm.applied_index().unwrap_or(0),
             replicas,
         }

@@ -228,7 +228,9 @@ pub struct ReplicaStatus {
     pub voter: bool,
     /// Last log index known replicated to it.
     pub matched: u64,
-    /// Entries behind the leader's last index.
+    /// Committed entries it lacks: the leader's commit index minus `matched`. An entry
+    /// still being replicated is not counted (nats-server counts the same way), so a
+    /// follower under steady writes does not flap between current and behind.
     pub lag: u64,
     /// Time since the leader last heard from it (None: never, or not the leader).
     pub last_seen: Option<Duration>,

@@ -210,6 +210,12 @@ async fn five_nodes_commit_with_two_down_not_three() {
         "bounded: {:?}",
         t.elapsed()
     );
+    // What is appended but not committed is no replica's lag (nats-server's count).
+    let st = c.group(&l).status();
+    assert!(st.last_index > st.committed, "{st:?}");
+    for r in &st.replicas {
+        assert_eq!(r.lag, st.committed.saturating_sub(r.matched), "{st:?}");
+    }
     c.shutdown_all().await;
 }
 
