@@ -856,15 +856,24 @@ fn record_sub(
 /// Hands an ack or flow-control reply to its stream's thread; `false` when the thread has
 /// `limit` messages waiting already (refused). One that names no stream is ignored.
 fn ack_msg(acc: &Account, m: JsMsg, limit: usize) -> bool {
-    let toks: Vec<&str> = m.subject.split('.').collect();
-    if toks.len() < 5 {
+    // The first nine tokens, and how many there are: parsed without a vector, on every
+    // ack of every pull and push consumer.
+    let mut toks = [""; 9];
+    let mut n = 0;
+    for t in m.subject.split('.') {
+        if let Some(slot) = toks.get_mut(n) {
+            *slot = t;
+        }
+        n += 1;
+    }
+    if n < 5 {
         return true;
     }
     let Some(h) = acc.stream(toks[2]) else {
         return true;
     };
-    let consumer = toks[3].to_string();
     if toks[1] == "FC" {
+        let consumer = toks[3].to_string();
         return h.offer(
             Cmd::Fc {
                 consumer,
@@ -873,19 +882,25 @@ fn ack_msg(acc: &Account, m: JsMsg, limit: usize) -> bool {
             limit,
         );
     }
-    if toks.len() < 9 {
+    if n < 9 {
         return true;
     }
     let (Ok(sseq), Ok(dseq)) = (toks[5].parse::<u64>(), toks[6].parse::<u64>()) else {
         return true;
     };
+    // The consumer's name is cut out of the subject's own allocation.
+    let at = toks[3].as_ptr() as usize - m.subject.as_ptr() as usize;
+    let len = toks[3].len();
+    let mut consumer = m.subject;
+    consumer.truncate(at + len);
+    consumer.drain(..at);
     h.offer(
         Cmd::Ack {
             consumer,
             sseq,
             dseq,
-            body: m.payload.to_vec(),
-            reply: m.reply.clone(),
+            body: m.payload,
+            reply: m.reply,
         },
         limit,
     )

@@ -39,7 +39,7 @@ pub(crate) enum Cmd {
         consumer: String,
         sseq: u64,
         dseq: u64,
-        body: Vec<u8>,
+        body: bytes::Bytes,
         reply: Option<String>,
     },
     Next {
