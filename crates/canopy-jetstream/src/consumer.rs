@@ -8,6 +8,7 @@
 
 use std::cell::Cell;
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use canopy_store::{ConsumerState, ConsumerStore, MessageStore, SequencePair, StoredMsg};
@@ -157,6 +158,9 @@ pub(crate) struct Consumer {
     /// A pause (`pause_until`) in force: it ends then (ns since the epoch).
     paused: Option<i64>,
     pin: Option<Pin>,
+    /// Where each delivery's ack subject is written (kept: one allocation, not one per
+    /// message).
+    reply_buf: String,
 }
 
 impl Consumer {
@@ -197,6 +201,7 @@ impl Consumer {
             hold_until: None,
             paused: None,
             pin: None,
+            reply_buf: String::new(),
         };
         c.paused = c.cfg.pause_end().filter(|&t| t > now_ns());
         if c.cfg.replay_policy == ReplayPolicy::Original {
@@ -601,7 +606,10 @@ impl Consumer {
     ) -> Option<u64> {
         let dseq = self.st.state().delivered.consumer + 1;
         let pending = self.num_pending(ctx.store);
-        let reply = format!(
+        let mut reply = std::mem::take(&mut self.reply_buf);
+        reply.clear();
+        let _ = write!(
+            reply,
             "$JS.ACK.{}.{}.{}.{}.{}.{}.{}",
             ctx.stream, self.name, dc, m.seq, dseq, m.ts, pending
         );
@@ -623,6 +631,7 @@ impl Consumer {
         let hdr = (!hdr.is_empty()).then_some(hdr.as_slice());
         ctx.host
             .deliver(ctx.account, to, m.subject(), Some(&reply), hdr, payload);
+        self.reply_buf = reply;
         let now = now_ns();
         self.last_delivery = Instant::now();
         self.last_active_ns = now;
