@@ -836,7 +836,6 @@ fn api_worker(rx: Arc<Mutex<Receiver<ApiJob>>>, me: Weak<Engine>) {
     }
 }
 
-/// `$JS.ACK.<stream>.<consumer>.<dc>.<sseq>.<dseq>.<ts>.<pending>` and `$JS.FC.<stream>.<consumer>.<x>`.
 /// Keeps an account subscription's id (dropped when the account's JetStream is disabled),
 /// or names the subscription that failed.
 fn record_sub(
@@ -853,8 +852,10 @@ fn record_sub(
     Ok(())
 }
 
-/// Hands an ack or flow-control reply to its stream's thread; `false` when the thread has
-/// `limit` messages waiting already (refused). One that names no stream is ignored.
+/// Hands an ack (`$JS.ACK.<stream>.<consumer>.<dc>.<sseq>.<dseq>.<ts>.<pending>`) or
+/// flow-control reply (`$JS.FC.<stream>.<consumer>.<x>`) to its stream's thread; `false`
+/// when the thread has `limit` messages waiting already (refused). One that names no
+/// stream is ignored.
 fn ack_msg(acc: &Account, m: JsMsg, limit: usize) -> bool {
     // The first nine tokens, and how many there are: parsed without a vector, on every
     // ack of every pull and push consumer.
@@ -888,11 +889,12 @@ fn ack_msg(acc: &Account, m: JsMsg, limit: usize) -> bool {
     let (Ok(sseq), Ok(dseq)) = (toks[5].parse::<u64>(), toks[6].parse::<u64>()) else {
         return true;
     };
-    // The consumer's name is cut out of the subject's own allocation.
-    let at = toks[3].as_ptr() as usize - m.subject.as_ptr() as usize;
-    let len = toks[3].len();
+    // The consumer's name is cut out of the subject's own allocation: it follows the
+    // first three tokens and their dots.
+    let at = toks[..3].iter().map(|t| t.len() + 1).sum::<usize>();
+    let end = at + toks[3].len();
     let mut consumer = m.subject;
-    consumer.truncate(at + len);
+    consumer.truncate(end);
     consumer.drain(..at);
     h.offer(
         Cmd::Ack {

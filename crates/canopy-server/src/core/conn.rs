@@ -622,7 +622,9 @@ impl FlushList {
     /// Takes `other`'s receivers (to be flushed with this list's).
     pub fn absorb(&mut self, other: &mut FlushList) {
         for c in other.conns.drain(..) {
-            self.add(&c);
+            if !self.conns.iter().any(|x| Arc::ptr_eq(x, &c)) {
+                self.conns.push(c);
+            }
         }
     }
 
@@ -686,18 +688,14 @@ impl<W> SocketWriter<W> {
             self.conn.writing.store(false, Ordering::Release);
         }
     }
-
-    /// No more direct writes on this connection.
-    fn end_direct(&mut self) {
-        self.lock();
-        self.conn.direct_fd.store(-1, Ordering::Release);
-        self.unlock();
-    }
 }
 
 impl<W> Drop for SocketWriter<W> {
+    /// No more direct writes on this connection (runs before `wr` itself drops).
     fn drop(&mut self) {
-        self.end_direct();
+        self.lock();
+        self.conn.direct_fd.store(-1, Ordering::Release);
+        self.unlock();
     }
 }
 
@@ -773,8 +771,8 @@ pub async fn writer_loop<W: AsyncWrite + Unpin>(conn: Arc<ConnShared>, wr: W, li
             }
         }
         if closing {
-            sock.end_direct();
-            // Take what was queued between the swap and now (e.g. a final -ERR).
+            // Take what was queued between the swap and now (e.g. a final -ERR). Direct
+            // writers stay out: the buffer is closed, and this loop still holds `writing`.
             conn.take_into(&mut mine);
             if !mine.is_empty() {
                 let _ =
@@ -784,8 +782,8 @@ pub async fn writer_loop<W: AsyncWrite + Unpin>(conn: Arc<ConnShared>, wr: W, li
         }
         sock.unlock();
     }
-    sock.end_direct();
     let _ = tokio::time::timeout(Duration::from_secs(1), sock.wr.shutdown()).await;
+    // `sock` turns direct writes off as it drops, before its half of the socket.
 }
 
 /// `ip:port - cid:N` as nats-server prefixes its connection log lines.
