@@ -292,8 +292,16 @@ impl Group {
             RpcKind::TimeoutNow => {
                 let req: TimeoutNow = codec::from_json(&body)?;
                 let m = self.metrics();
-                // Only the current leader may hand over, and only for its own term.
-                if m.current_leader != Some(req.from) || m.current_term != req.term {
+                // Only the current leader may hand over, and only for its own term. A member
+                // that is between leaders after that leader's term (its own campaign for the
+                // hand-off failed: the other voters' leases had not lapsed yet) campaigns again
+                // at once rather than on its election timer; that disturbs no leader.
+                let follows_sender =
+                    m.current_leader == Some(req.from) && m.current_term == req.term;
+                let between = m.current_leader.is_none()
+                    && m.current_term >= req.term
+                    && m.state != ServerState::Leader;
+                if !follows_sender && !between {
                     return Err(format!(
                         "timeout-now from {} (term {}) ignored: leader {:?}, term {}",
                         req.from, req.term, m.current_leader, m.current_term
@@ -451,9 +459,10 @@ impl Group {
     ///
     /// openraft 0.9 has no leader transfer, so this is: wait (bounded) for the target to hold
     /// the whole log, pause this leader's heartbeats (so the other voters' leader leases
-    /// lapse), and ask the target ([`RpcKind::TimeoutNow`]) to start an election, repeating
-    /// until another member leads (at most six election timeouts plus an RPC timeout). Returns `Ok` once
-    /// another member leads; with more than three voters an other voter than `to` may win.
+    /// lapse) and its election timer, and ask the target ([`RpcKind::TimeoutNow`]) to start an
+    /// election, asking again every maximum election timeout until another member leads (at
+    /// most six election timeouts plus an RPC timeout). Returns `Ok` once another member
+    /// leads; with more than three voters an other voter than `to` may win.
     pub async fn step_down(&self, to: Option<Peer>) -> Result<(), ProposeError> {
         let me = self.inner.cfg.me.id;
         let m = self.metrics();
@@ -503,17 +512,25 @@ impl Group {
             tokio::time::sleep(cfg.heartbeat / 2).await;
         }
         let raft = &self.inner.raft;
+        // Pause this leader's heartbeats, and its own election timer: once it has granted
+        // the target's vote it is between leaders, and must not campaign back into the
+        // leadership it is handing over.
         raft.runtime_config().heartbeat(false);
-        // Heartbeats come back however this ends (also when the caller drops the future).
+        raft.runtime_config().elect(false);
+        // Both come back however this ends (also when the caller drops the future).
         struct Resume<'a>(&'a Raft<TC>);
         impl Drop for Resume<'_> {
             fn drop(&mut self) {
                 self.0.runtime_config().heartbeat(true);
+                self.0.runtime_config().elect(true);
             }
         }
         let resume = Resume(raft);
+        let start_term = m.current_term;
         let deadline = Instant::now() + cfg.election_timeout_max * 6 + cfg.rpc_timeout;
         let mut watch = self.leader_watch();
+        let mut asked = 0u32;
+        let mut last_answer = String::from("not asked");
         let moved = loop {
             let m = self.metrics();
             // Done once another member is known to lead (not merely when this one stopped
@@ -524,33 +541,52 @@ impl Group {
             if Instant::now() > deadline {
                 break false;
             }
-            if !self.is_leader(&m) {
-                // Between leaders: wait for the election's outcome.
-                let _ = tokio::time::timeout(cfg.election_timeout_min, watch.changed()).await;
-                continue;
-            }
+            // Ask the target to campaign: for this leader's term while it leads, and again
+            // while it is between leaders (the target's first campaign can fail on the other
+            // voters' leases, which this leader's last heartbeats renewed).
             let body = codec::to_json(&TimeoutNow {
                 from: me,
                 term: m.current_term,
             })
             .map_err(ProposeError::Fatal)?;
-            if let Err(e) = self
+            asked += 1;
+            last_answer = match self
                 .inner
                 .net
                 .call(&target_peer, RpcKind::TimeoutNow, body, cfg.rpc_timeout)
                 .await
             {
-                tracing::debug!(group = %cfg.name, "step down: timeout-now to {}: {e}", target_peer.name);
+                Ok(_) => "campaigning".into(),
+                Err(e) => {
+                    tracing::debug!(group = %cfg.name, "step down: timeout-now to {}: {e}", target_peer.name);
+                    e.to_string()
+                }
+            };
+            // Paced at the lease: a campaign asked for again restarts the one in progress.
+            let next = Instant::now() + cfg.election_timeout_max;
+            while Instant::now() < next.min(deadline) {
+                let m = self.metrics();
+                if m.current_leader.is_some_and(|l| l != me) {
+                    break;
+                }
+                let _ = tokio::time::timeout(cfg.heartbeat, watch.changed()).await;
+                watch.borrow_and_update();
             }
-            let _ = tokio::time::timeout(cfg.election_timeout_min, watch.changed()).await;
         };
         drop(resume);
         if moved {
             Ok(())
         } else {
+            let m = self.metrics();
             Err(ProposeError::Fatal(format!(
-                "leadership of group {} did not move to {}",
-                cfg.name, target_peer.name
+                "leadership of group {} did not move to {} (term {} -> {}, {:?}; asked {} times, last answer: {})",
+                cfg.name,
+                target_peer.name,
+                start_term,
+                m.current_term,
+                m.state,
+                asked,
+                last_answer
             )))
         }
     }

@@ -298,6 +298,17 @@ async fn step_down_until_moved(
                     return now;
                 }
                 eprintln!("step down attempt {attempt}: {e}; asking again");
+                for n in all {
+                    let s = c.group(n).status();
+                    eprintln!(
+                        "  {n}: leader {:?}, term {}, last {}, committed {}, applied {}",
+                        s.leader.map(|p| p.name),
+                        s.term,
+                        s.last_index,
+                        s.committed,
+                        s.applied
+                    );
+                }
             }
             Err(e) => panic!("step down: {e:?}"),
         }
