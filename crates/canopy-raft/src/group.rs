@@ -150,6 +150,7 @@ impl Group {
             transport,
             rpc_timeout: cfg.rpc_timeout,
             backoff: cfg.heartbeat.max(Duration::from_millis(10)) * 2,
+            quiet: cfg.heartbeat / 5,
             last_seen: Mutex::new(Default::default()),
         });
         let bootstrapped = log.has_state();

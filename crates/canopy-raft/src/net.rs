@@ -1,6 +1,9 @@
 //! openraft's network on the application's [`Transport`]: each RPC is one `Transport::call`
 //! whose body is this crate's encoding (`codec`). The time of the last successful RPC to each
 //! peer is kept for [`ReplicaStatus::last_seen`](crate::ReplicaStatus).
+//!
+//! An empty append (a heartbeat) that would tell a follower nothing it did not confirm a
+//! moment ago is answered here, without a round trip: see [`Conn::append_entries`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,7 +18,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::{BasicNode, RPCTypes};
+use openraft::{BasicNode, LogId, RPCTypes, Vote};
 use parking_lot::Mutex;
 
 use crate::codec;
@@ -28,6 +31,9 @@ pub(crate) struct NetShared {
     pub(crate) transport: Arc<dyn Transport>,
     pub(crate) rpc_timeout: Duration,
     pub(crate) backoff: Duration,
+    /// How recent a follower's confirmation must be for an empty append to be answered
+    /// without a round trip (see [`Conn::append_entries`]); zero sends every one.
+    pub(crate) quiet: Duration,
     pub(crate) last_seen: Mutex<HashMap<NodeId, Instant>>,
 }
 
@@ -58,6 +64,9 @@ pub(crate) struct Net(pub(crate) Arc<NetShared>);
 pub(crate) struct Conn {
     shared: Arc<NetShared>,
     peer: Peer,
+    /// The last append the follower accepted on this connection: the leader's vote, the
+    /// last log id the follower then held, and when the append was sent.
+    confirmed: Option<(Vote<NodeId>, Option<LogId<NodeId>>, Instant)>,
 }
 
 impl RaftNetworkFactory<TC> for Net {
@@ -70,6 +79,7 @@ impl RaftNetworkFactory<TC> for Net {
                 id: target,
                 name: node.addr.clone(),
             },
+            confirmed: None,
         }
     }
 }
@@ -123,6 +133,26 @@ impl RaftNetwork<TC> for Conn {
         rpc: AppendEntriesRequest<TC>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        // openraft follows every commit with an empty append to each follower, carrying
+        // only the new commit index: on a replicated stream written one message at a time
+        // that doubles the RPCs (and thread wake-ups) per message. When the follower
+        // accepted an append with the same vote, ending at the same log id, less than
+        // `quiet` ago, the empty append tells it nothing but the commit index, which the
+        // next append (or the next heartbeat past `quiet`) carries: it is answered here.
+        // Entries are never answered here, so nothing counts towards a commit unsent; the
+        // leader's view of this follower is at most `quiet` older than it believes (its
+        // lease, far longer, is what that affects). A fresh connection (openraft's
+        // leadership check opens one per check) always sends.
+        if rpc.entries.is_empty() {
+            if let Some((vote, last, at)) = &self.confirmed {
+                if *vote == rpc.vote && *last == rpc.prev_log_id && at.elapsed() < self.shared.quiet
+                {
+                    return Ok(AppendEntriesResponse::Success);
+                }
+            }
+        }
+        let sent_at = Instant::now();
+        let vote = rpc.vote;
         let mut rpc = rpc;
         let mut body = codec::encode_append(&rpc);
         // Too large for the transport (a follower catching up gets up to
@@ -136,6 +166,8 @@ impl RaftNetwork<TC> for Conn {
             part = rpc.entries.last().map(|e| e.log_id);
             body = codec::encode_append(&rpc);
         }
+        let sent_last = rpc.entries.last().map(|e| e.log_id).or(rpc.prev_log_id);
+        self.confirmed = None;
         let resp = self
             .rpc(
                 RpcKind::AppendEntries,
@@ -144,6 +176,9 @@ impl RaftNetwork<TC> for Conn {
                 &option,
             )
             .await?;
+        if matches!(resp, AppendEntriesResponse::Success) {
+            self.confirmed = Some((vote, sent_last, sent_at));
+        }
         Ok(match (resp, part) {
             (AppendEntriesResponse::Success, Some(last)) => {
                 AppendEntriesResponse::PartialSuccess(Some(last))

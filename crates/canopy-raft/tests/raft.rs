@@ -177,6 +177,38 @@ async fn compacted_log_catches_up_by_snapshot() {
     c.shutdown_all().await;
 }
 
+/// openraft follows each commit with an empty append that carries only the commit index.
+/// An empty append right behind one the follower accepted is answered without a round trip,
+/// so proposals made one at a time cost one append per follower each (plus heartbeats), and
+/// the followers still learn the last commit (from the heartbeat after the quiet spell).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn commit_notices_ride_on_the_next_append() {
+    let all = ["a", "b", "c"];
+    let c = Cluster::start(&all, 1000).await;
+    let l = c.leader(&all).await;
+    let g = c.group(&l);
+    let mut want = vec![entry(0)];
+    g.propose(Bytes::from(entry(0))).await.expect("propose");
+    const N: usize = 100;
+    let before = c.net.calls.load(std::sync::atomic::Ordering::Relaxed);
+    let t0 = Instant::now();
+    for i in 1..=N {
+        g.propose(Bytes::from(entry(i))).await.expect("propose");
+        want.push(entry(i));
+    }
+    let calls = c.net.calls.load(std::sync::atomic::Ordering::Relaxed) - before;
+    // Two followers: an append each per proposal, and at most the heartbeats of the time it
+    // took (50 ms apart in these tests). Sending every commit notice doubles the appends.
+    let beats = 2 * (t0.elapsed().as_millis() as usize / 50 + 2);
+    assert!(
+        calls <= 2 * N + beats,
+        "{calls} RPCs for {N} proposals one at a time (allowed {})",
+        2 * N + beats
+    );
+    c.wait_applied(&all, &want).await;
+    c.shutdown_all().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn five_nodes_commit_with_two_down_not_three() {
     let all = ["a", "b", "c", "d", "e"];
