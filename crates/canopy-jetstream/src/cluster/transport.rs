@@ -84,9 +84,22 @@ impl RouteTransport {
     ) -> BoxFuture<Result<Bytes, TransportError>> {
         let subject = subject(to.id, group, kind);
         self.stats.sent.fetch_add(1, Ordering::Relaxed);
-        let reply = self
-            .host
-            .request_future(&self.system_account, &subject, None, &body, timeout);
+        // Written by this task itself when the route is free (no writer wake-up on the
+        // path of every replicated entry); see `Host::batch`.
+        let mut reply = None;
+        self.host.batch(true, &mut || {
+            reply = Some(self.host.request_future(
+                &self.system_account,
+                &subject,
+                None,
+                &body,
+                timeout,
+            ));
+        });
+        let Some(reply) = reply else {
+            let peer = to.name.clone();
+            return Box::pin(async move { Err(TransportError::Unreachable(peer)) });
+        };
         let peer = to.name.clone();
         let stats = self.stats.clone();
         Box::pin(async move {
@@ -182,8 +195,10 @@ pub(super) fn incoming(cluster: &Weak<Cluster>, m: JsMsg) {
             }
         };
         let body = encode(r);
-        c2.host
-            .publish(&c2.system_account, &reply, None, None, &body);
+        c2.host.batch(true, &mut || {
+            c2.host
+                .publish(&c2.system_account, &reply, None, None, &body);
+        });
     });
 }
 

@@ -588,6 +588,12 @@ pub struct Rewind<S> {
     inner: S,
 }
 
+impl<S> Rewind<MaybeTls<S>> {
+    pub fn is_tls(&self) -> bool {
+        self.inner.is_tls()
+    }
+}
+
 impl<S> Rewind<S> {
     pub fn new(inner: S) -> Self {
         Rewind {

@@ -326,7 +326,8 @@ impl ConnShared {
     #[allow(unsafe_code)]
     fn write_direct(&self) -> bool {
         let fd = self.direct_fd.load(Ordering::Acquire);
-        if fd < 0 {
+        // A link switched to S2 frames its output in its writer.
+        if fd < 0 || self.compression.load(Ordering::Relaxed) != 0 {
             return false;
         }
         {
@@ -350,6 +351,13 @@ impl ConnShared {
                 };
                 if n > 0 {
                     out.buf.advance(n as usize);
+                    if self.kind != ConnKind::Client {
+                        // A link's writer counts what the socket took (its S2 layer);
+                        // bytes written here bypass it.
+                        self.stats
+                            .wire_out_bytes
+                            .fetch_add(n as u64, Ordering::Relaxed);
+                    }
                     continue;
                 }
                 if n < 0
@@ -945,6 +953,49 @@ mod tests {
                 .unwrap_or(u64::MAX);
             assert_eq!(n, from + i as u64, "line {i} out of order");
         }
+    }
+
+    /// A route's direct writes count the bytes the socket took (its writer's S2 layer,
+    /// which counts them otherwise, is bypassed); once the link frames its output with S2,
+    /// nothing is written directly and the output waits for the writer.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn direct_writes_on_a_link_count_wire_bytes_and_stop_for_s2() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut peer_end = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, peer) = listener.accept().await.unwrap();
+        let conn = Arc::new(ConnShared::new(1, ConnKind::Route, peer, 1 << 20));
+        conn.enable_direct(server.as_raw_fd());
+        for n in 0..5 {
+            assert!(conn.enqueue(|b| line(b, n)));
+            conn.flush_direct();
+        }
+        read_lines(&mut peer_end, 0, 5).await;
+        let sent: usize = (0..5u64)
+            .map(|n| {
+                let mut b = BytesMut::new();
+                line(&mut b, n);
+                b.len()
+            })
+            .sum();
+        assert_eq!(
+            conn.stats.wire_out_bytes.load(Ordering::Relaxed),
+            sent as u64
+        );
+        assert_eq!(conn.pending_bytes(), 0);
+        conn.compression.store(2, Ordering::Relaxed);
+        assert!(conn.enqueue(|b| line(b, 5)));
+        conn.flush_direct();
+        assert!(
+            conn.pending_bytes() > 0,
+            "an S2 link's output waits for its writer"
+        );
+        assert_eq!(
+            conn.stats.wire_out_bytes.load(Ordering::Relaxed),
+            sent as u64
+        );
+        drop(server);
     }
 
     /// A thread's direct writes reach the socket without the writer; with the writer

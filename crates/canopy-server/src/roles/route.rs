@@ -575,6 +575,8 @@ struct Handshook {
 
 /// Serves one route connection; `dial` when we dialled it.
 async fn serve_route(server: Arc<Server>, stream: TcpStream, addr: SocketAddr, dial: Option<Dial>) {
+    use std::os::fd::AsRawFd;
+    let fd = stream.as_raw_fd();
     let cid = server.next_cid();
     let conn = Arc::new(ConnShared::new(
         cid,
@@ -641,6 +643,10 @@ async fn serve_route(server: Arc<Server>, stream: TcpStream, addr: SocketAddr, d
             }
         },
     };
+    // Without TLS and S2, threads that queue Raft RPCs and replies for this route may
+    // write them themselves (`ConnShared::flush_direct`); only once the handshake, which
+    // writes its own bytes, is over. The socket stays open until the writer ends.
+    let direct = hs.as_ref().is_some_and(|h| h.s2.is_none()) && !stream.is_tls();
     let (rd, wr) = tokio::io::split(stream);
     // The writer starts after the handshake, which wrote its own bytes: from here on it
     // compresses if the handshake switched the connection to S2.
@@ -649,6 +655,9 @@ async fn serve_route(server: Arc<Server>, stream: TcpStream, addr: SocketAddr, d
         S2Write::new(wr, conn.clone()),
         server.liveness(),
     ));
+    if direct {
+        conn.enable_direct(fd);
+    }
     if let Some(hs) = hs {
         if s.register(hs.info) {
             let max_payload = server.opts().max_payload as usize;
