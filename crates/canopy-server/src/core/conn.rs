@@ -955,18 +955,32 @@ mod tests {
         }
     }
 
+    /// A connected socket pair: the far end, our end, and a connection of `kind` on our
+    /// end with direct writes on.
+    async fn direct_pair(
+        kind: ConnKind,
+        max_pending: usize,
+    ) -> (
+        tokio::net::TcpStream,
+        tokio::net::TcpStream,
+        Arc<ConnShared>,
+    ) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let far = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (ours, peer) = listener.accept().await.unwrap();
+        let conn = Arc::new(ConnShared::new(1, kind, peer, max_pending));
+        conn.enable_direct(ours.as_raw_fd());
+        (far, ours, conn)
+    }
+
     /// A route's direct writes count the bytes the socket took (its writer's S2 layer,
     /// which counts them otherwise, is bypassed); once the link frames its output with S2,
     /// nothing is written directly and the output waits for the writer.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn direct_writes_on_a_link_count_wire_bytes_and_stop_for_s2() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut peer_end = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (server, peer) = listener.accept().await.unwrap();
-        let conn = Arc::new(ConnShared::new(1, ConnKind::Route, peer, 1 << 20));
-        conn.enable_direct(server.as_raw_fd());
+        let (mut peer_end, server, conn) = direct_pair(ConnKind::Route, 1 << 20).await;
         for n in 0..5 {
             assert!(conn.enqueue(|b| line(b, n)));
             conn.flush_direct();
@@ -1004,13 +1018,7 @@ mod tests {
     /// ended, nobody writes to the descriptor again.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn direct_writes_keep_every_byte_in_order_beside_the_writer() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (server, peer) = listener.accept().await.unwrap();
-        let conn = Arc::new(ConnShared::new(1, ConnKind::Client, peer, 256 << 20));
-        conn.enable_direct(server.as_raw_fd());
+        let (mut client, server, conn) = direct_pair(ConnKind::Client, 256 << 20).await;
 
         // No writer yet: only a direct write can deliver these.
         for n in 0..10 {
