@@ -610,6 +610,9 @@ pub fn next_read_size(buf: &mut BytesMut, want: usize, n: usize, spare: usize) -
 /// The outbound bound of an internal connection (which never receives encoded output).
 const INTERNAL_MAX_PENDING: usize = 64 * 1024;
 
+/// The most receivers a reader writes to directly ([`FlushList::flush_after_read`]).
+pub const READER_DIRECT_MAX: usize = 4;
+
 /// The receivers a reader delivered to during one read batch; each is woken once.
 #[derive(Default)]
 pub struct FlushList {
@@ -643,6 +646,20 @@ impl FlushList {
     /// As [`FlushList::flush`], writing directly where it can ([`ConnShared::flush_direct`]).
     pub fn flush_direct(&mut self) {
         self.flush_with(ConnShared::flush_direct);
+    }
+
+    /// A reader's flush at the end of a read batch that held `msgs` messages. A batch of
+    /// one message for at most [`READER_DIRECT_MAX`] receivers is written directly where
+    /// it can: a reader that read one message is about to wait for the socket anyway, and
+    /// the send costs it less than waking a writer thread (on a request's path, one
+    /// wake-up fewer per hop). Busier batches wake the writers, which write beside the
+    /// reader while it goes on reading.
+    pub fn flush_after_read(&mut self, msgs: u64) {
+        if msgs <= 1 && self.conns.len() <= READER_DIRECT_MAX {
+            self.flush_direct();
+        } else {
+            self.flush();
+        }
     }
 
     fn flush_with(&mut self, f: fn(&ConnShared)) {
@@ -973,6 +990,38 @@ mod tests {
         let conn = Arc::new(ConnShared::new(1, kind, peer, max_pending));
         conn.enable_direct(ours.as_raw_fd());
         (far, ours, conn)
+    }
+
+    /// A reader that read one message writes its receivers' output itself; after a
+    /// busier read (or for more receivers than `READER_DIRECT_MAX`) it wakes the writers.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reader_writes_directly_only_after_a_one_message_read() {
+        let (mut far, _ours, conn) = direct_pair(ConnKind::Client, 1 << 20).await;
+        let mut list = FlushList::default();
+        assert!(conn.enqueue(|b| line(b, 0)));
+        list.add(&conn);
+        list.flush_after_read(2);
+        assert!(
+            conn.pending_bytes() > 0,
+            "a busy read leaves the write to the writer"
+        );
+        list.add(&conn);
+        list.flush_after_read(1);
+        assert_eq!(conn.pending_bytes(), 0);
+        read_lines(&mut far, 0, 1).await;
+        // Too many receivers for one reader: the writers are woken instead.
+        assert!(conn.enqueue(|b| line(b, 1)));
+        list.add(&conn);
+        for cid in 0..READER_DIRECT_MAX as u64 {
+            list.add(&Arc::new(ConnShared::new(
+                cid + 2,
+                ConnKind::Client,
+                conn.addr,
+                1 << 20,
+            )));
+        }
+        list.flush_after_read(1);
+        assert!(conn.pending_bytes() > 0);
     }
 
     /// A route's direct writes count the bytes the socket took (its writer's S2 layer,

@@ -450,7 +450,7 @@ impl Client {
 
     /// Publishes the batch's counters and wakes every receiver once.
     fn end_batch(&mut self) {
-        self.flush.flush();
+        self.flush.flush_after_read(self.batch_in_msgs);
         let s = &self.server.stats;
         if self.batch_in_msgs > 0 {
             self.conn

@@ -691,8 +691,9 @@ impl OpHandler for RouteSession {
     }
     fn end_batch(&mut self) {
         // Counters first: a receiver woken by the flush sees them already counted.
+        let msgs = self.batch.in_msgs;
         self.batch.publish(&self.conn, &self.server.stats);
-        self.flush.flush();
+        self.flush.flush_after_read(msgs);
     }
 }
 
