@@ -992,6 +992,20 @@ mod tests {
         (far, ours, conn)
     }
 
+    /// Queues lines `from..from + count`, each flushed directly, and reads them at `far`.
+    async fn direct_lines(
+        conn: &ConnShared,
+        far: &mut tokio::net::TcpStream,
+        from: u64,
+        count: u64,
+    ) {
+        for n in from..from + count {
+            assert!(conn.enqueue(|b| line(b, n)));
+            conn.flush_direct();
+        }
+        read_lines(far, from, count).await;
+    }
+
     /// A reader that read one message writes its receivers' output itself; after a
     /// busier read (or for more receivers than `READER_DIRECT_MAX`) it wakes the writers.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1030,22 +1044,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn direct_writes_on_a_link_count_wire_bytes_and_stop_for_s2() {
         let (mut peer_end, server, conn) = direct_pair(ConnKind::Route, 1 << 20).await;
-        for n in 0..5 {
-            assert!(conn.enqueue(|b| line(b, n)));
-            conn.flush_direct();
-        }
-        read_lines(&mut peer_end, 0, 5).await;
-        let sent: usize = (0..5u64)
-            .map(|n| {
-                let mut b = BytesMut::new();
-                line(&mut b, n);
-                b.len()
-            })
-            .sum();
-        assert_eq!(
-            conn.stats.wire_out_bytes.load(Ordering::Relaxed),
-            sent as u64
-        );
+        direct_lines(&conn, &mut peer_end, 0, 5).await;
+        let sent = 5 * LINE as u64;
+        assert_eq!(conn.stats.wire_out_bytes.load(Ordering::Relaxed), sent);
         assert_eq!(conn.pending_bytes(), 0);
         conn.compression.store(2, Ordering::Relaxed);
         assert!(conn.enqueue(|b| line(b, 5)));
@@ -1054,10 +1055,7 @@ mod tests {
             conn.pending_bytes() > 0,
             "an S2 link's output waits for its writer"
         );
-        assert_eq!(
-            conn.stats.wire_out_bytes.load(Ordering::Relaxed),
-            sent as u64
-        );
+        assert_eq!(conn.stats.wire_out_bytes.load(Ordering::Relaxed), sent);
         drop(server);
     }
 
@@ -1070,11 +1068,7 @@ mod tests {
         let (mut client, server, conn) = direct_pair(ConnKind::Client, 256 << 20).await;
 
         // No writer yet: only a direct write can deliver these.
-        for n in 0..10 {
-            assert!(conn.enqueue(|b| line(b, n)));
-            conn.flush_direct();
-        }
-        read_lines(&mut client, 0, 10).await;
+        direct_lines(&conn, &mut client, 0, 10).await;
 
         let (_rd, wr) = tokio::io::split(server);
         let live = Liveness {
