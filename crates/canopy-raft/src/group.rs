@@ -532,11 +532,11 @@ impl Group {
         let mut watch = self.leader_watch();
         let mut asked = 0u32;
         let mut last_answer = String::from("not asked");
+        // Done once another member is known to lead (not merely when this one stopped
+        // leading: an election in between may bring it back).
+        let moved_away = || self.metrics().current_leader.is_some_and(|l| l != me);
         let moved = loop {
-            let m = self.metrics();
-            // Done once another member is known to lead (not merely when this one stopped
-            // leading: an election in between may bring it back).
-            if m.current_leader.is_some_and(|l| l != me) {
+            if moved_away() {
                 break true;
             }
             if Instant::now() > deadline {
@@ -547,7 +547,7 @@ impl Group {
             // voters' leases, which this leader's last heartbeats renewed).
             let body = codec::to_json(&TimeoutNow {
                 from: me,
-                term: m.current_term,
+                term: self.metrics().current_term,
             })
             .map_err(ProposeError::Fatal)?;
             asked += 1;
@@ -565,11 +565,7 @@ impl Group {
             };
             // Paced at the lease: a campaign asked for again restarts the one in progress.
             let next = Instant::now() + cfg.election_timeout_max;
-            while Instant::now() < next.min(deadline) {
-                let m = self.metrics();
-                if m.current_leader.is_some_and(|l| l != me) {
-                    break;
-                }
+            while Instant::now() < next.min(deadline) && !moved_away() {
                 let _ = tokio::time::timeout(cfg.heartbeat, watch.changed()).await;
                 watch.borrow_and_update();
             }

@@ -86,20 +86,12 @@ impl RouteTransport {
         self.stats.sent.fetch_add(1, Ordering::Relaxed);
         // Written by this task itself when the route is free (no writer wake-up on the
         // path of every replicated entry); see `Host::batch`.
-        let mut reply = None;
+        let mut reply: BoxFuture<Option<JsMsg>> = Box::pin(std::future::ready(None));
         self.host.batch(true, &mut || {
-            reply = Some(self.host.request_future(
-                &self.system_account,
-                &subject,
-                None,
-                &body,
-                timeout,
-            ));
+            reply = self
+                .host
+                .request_future(&self.system_account, &subject, None, &body, timeout);
         });
-        let Some(reply) = reply else {
-            let peer = to.name.clone();
-            return Box::pin(async move { Err(TransportError::Unreachable(peer)) });
-        };
         let peer = to.name.clone();
         let stats = self.stats.clone();
         Box::pin(async move {
