@@ -52,6 +52,9 @@ pub(crate) enum Cmd {
         subject: String,
     },
     Call(Box<dyn FnOnce(&mut StreamCore) + Send>),
+    /// Wakes the thread to look at its timers again (a consumer command handled on
+    /// another thread set an earlier deadline, [`StreamHandle::try_inline`]).
+    Wake,
     Stop(mpsc::Sender<()>),
 }
 
@@ -98,31 +101,141 @@ pub(crate) struct StreamHandle {
     pub(crate) raft: parking_lot::Mutex<Option<crate::replica::Member>>,
     /// A replicated stream's member leads and ingests (readable without asking the thread).
     pub(crate) leader: std::sync::atomic::AtomicBool,
+    shared: Arc<Shared>,
+}
+
+/// Whether a consumer command may run on its sender's thread (a connection's reader):
+/// not when it may wait for the disk. An ack with a reply (AckSync) writes the consumer's
+/// state before it answers, fsynced with `sync_interval: always`; with that setting, acks
+/// and deliveries of an interest or work-queue stream remove messages, also fsynced.
+fn may_inline(core: &StreamCore, cmd: &Cmd) -> bool {
+    let fsyncs =
+        core.sync_every.is_none() && core.dir.is_some() && core.cfg.retention != Retention::Limits;
+    match cmd {
+        Cmd::Ack { reply, .. } => reply.is_none() && !fsyncs,
+        Cmd::Next { .. } | Cmd::Fc { .. } => !fsyncs,
+        _ => false,
+    }
+}
+
+/// What a stream's thread shares with the threads that hand it work.
+struct Shared {
+    /// The stream's state: the thread holds it while it works through its commands; a
+    /// consumer command finding it free and nothing queued is handled by its sender
+    /// ([`StreamHandle::try_inline`]). `None` once the stream stopped.
+    core: parking_lot::Mutex<Option<StreamCore>>,
+    /// Commands sent to the thread and not yet handled (taken and done).
+    pending: std::sync::atomic::AtomicUsize,
+    /// When the thread next wakes for its timers ([`Shared::base`] + nanoseconds).
+    planned: AtomicU64,
+    base: Instant,
+}
+
+impl Shared {
+    fn plan(&self, at: Instant) {
+        let ns = at.saturating_duration_since(self.base).as_nanos();
+        self.planned
+            .store(u64::try_from(ns).unwrap_or(u64::MAX), Ordering::Release);
+    }
+
+    fn planned(&self) -> Instant {
+        self.base + Duration::from_nanos(self.planned.load(Ordering::Acquire))
+    }
 }
 
 impl StreamHandle {
     /// Starts the stream's thread over `core`.
     pub fn spawn(mut core: StreamCore) -> std::io::Result<Arc<StreamHandle>> {
         let (tx, rx) = mpsc::channel();
-        let h = Arc::new(StreamHandle {
-            name: core.name.clone(),
-            uid: core.uid.clone(),
-            cfg: RwLock::new(core.cfg.clone()),
-            stats: core.stats.clone(),
-            tx,
-            subs: parking_lot::Mutex::new(Vec::new()),
-            raft: parking_lot::Mutex::new(None),
-            leader: std::sync::atomic::AtomicBool::new(false),
+        let now = Instant::now();
+        let h = Arc::new_cyclic(|me| {
+            core.me = me.clone();
+            StreamHandle {
+                name: core.name.clone(),
+                uid: core.uid.clone(),
+                cfg: RwLock::new(core.cfg.clone()),
+                stats: core.stats.clone(),
+                tx,
+                subs: parking_lot::Mutex::new(Vec::new()),
+                raft: parking_lot::Mutex::new(None),
+                leader: std::sync::atomic::AtomicBool::new(false),
+                shared: Arc::new(Shared {
+                    core: parking_lot::Mutex::new(None),
+                    pending: std::sync::atomic::AtomicUsize::new(0),
+                    planned: AtomicU64::new(0),
+                    base: now,
+                }),
+            }
         });
-        core.me = Arc::downgrade(&h);
+        let name = format!("js-stream-{}", core.name);
+        *h.shared.core.lock() = Some(core);
+        let shared = h.shared.clone();
         std::thread::Builder::new()
-            .name(format!("js-stream-{}", core.name))
-            .spawn(move || run(core, rx))?;
+            .name(name)
+            .spawn(move || run(shared, rx))?;
         Ok(h)
     }
 
     pub fn send(&self, cmd: Cmd) -> bool {
-        self.tx.send(cmd).is_ok()
+        // Counted before it can be taken: the thread counts it off when it is done.
+        self.shared.pending.fetch_add(1, Ordering::AcqRel);
+        if self.tx.send(cmd).is_ok() {
+            return true;
+        }
+        self.shared.pending.fetch_sub(1, Ordering::AcqRel);
+        false
+    }
+
+    /// Hands a pull request to the stream: handled on this thread when it can be
+    /// ([`StreamHandle::try_inline`]), sent to the stream's thread otherwise.
+    pub fn next(&self, cmd: Cmd) -> bool {
+        match self.try_inline(cmd) {
+            None => true,
+            Some(cmd) => self.send(cmd),
+        }
+    }
+
+    /// Handles a consumer command (an ack, a pull request, a flow-control reply) on the
+    /// calling thread, as nats-server does on the client's reader, when the stream's
+    /// thread is not working and has nothing queued (so nothing sent earlier is
+    /// overtaken): waking the stream's thread on another core costs more than the work
+    /// (on the two-core test machine a wake-up across cores takes 20-40 µs, one on the
+    /// same core 1-2 µs). What it delivers is written by this thread when the command is
+    /// done. Publishes, replicated streams and commands that may wait for the disk
+    /// ([`may_inline`]) always go through the thread. Gives the command back when it
+    /// cannot be handled here (`None`: done).
+    pub(crate) fn try_inline(&self, cmd: Cmd) -> Option<Cmd> {
+        if !matches!(cmd, Cmd::Ack { .. } | Cmd::Next { .. } | Cmd::Fc { .. })
+            || self.shared.pending.load(Ordering::Acquire) != 0
+        {
+            return Some(cmd);
+        }
+        let Some(mut guard) = self.shared.core.try_lock() else {
+            return Some(cmd);
+        };
+        let Some(core) = guard.as_mut() else {
+            return Some(cmd);
+        };
+        if core.repl.is_some()
+            || core.closed
+            || !may_inline(core, &cmd)
+            || self.shared.pending.load(Ordering::Acquire) != 0
+        {
+            return Some(cmd);
+        }
+        // Never stops the stream: only Stop does.
+        let mut cmd = Some(cmd);
+        batched(core, true, |c| {
+            if let Some(cmd) = cmd.take() {
+                let _ = handle(c, cmd, true);
+            }
+        });
+        let at = core.next_at();
+        drop(guard);
+        if at < self.shared.planned() {
+            self.send(Cmd::Wake);
+        }
+        None
     }
 
     /// Sends a client's publish, ack or flow-control reply unless `limit` of them wait for
@@ -130,6 +243,9 @@ impl StreamHandle {
     /// them). `false`: refused.
     pub fn offer(&self, cmd: Cmd, limit: usize) -> bool {
         debug_assert!(cmd.counted());
+        let Some(cmd) = self.try_inline(cmd) else {
+            return true;
+        };
         if self.stats.queued.fetch_add(1, Ordering::AcqRel) >= limit.max(1) {
             self.stats.queued.fetch_sub(1, Ordering::AcqRel);
             return false;
@@ -1108,9 +1224,10 @@ fn spin_recv(
     r
 }
 
-fn run(mut core: StreamCore, rx: Receiver<Cmd>) {
+fn run(shared: Arc<Shared>, rx: Receiver<Cmd>) {
     let mut next = Instant::now();
     let mut streaming = false;
+    shared.plan(next);
     loop {
         let wait = next.saturating_duration_since(Instant::now());
         let first = match spin_recv(&rx, wait, &mut streaming) {
@@ -1118,6 +1235,12 @@ fn run(mut core: StreamCore, rx: Receiver<Cmd>) {
             Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => break,
         };
+        let mut guard = shared.core.lock();
+        let Some(core) = guard.as_mut() else {
+            break;
+        };
+        // Commands taken in this round: counted off `pending` once they are done.
+        let mut taken = usize::from(first.is_some());
         let mut pubs = Vec::new();
         let mut cmd = first;
         while let Some(c) = cmd.take() {
@@ -1131,15 +1254,17 @@ fn run(mut core: StreamCore, rx: Receiver<Cmd>) {
                         core.stats.taken();
                     }
                     if !pubs.is_empty() {
-                        ingest_batch(&mut core, std::mem::take(&mut pubs), false);
+                        ingest_batch(core, std::mem::take(&mut pubs), false);
                     }
                     // Looked for first: whether this command is the last one waiting.
                     let next = rx.try_recv().ok();
-                    if let Some(done) = handle(&mut core, other, next.is_none()) {
+                    taken += usize::from(next.is_some());
+                    if let Some(done) = handle(core, other, next.is_none()) {
                         core.close();
                         // Dropped before the stop is acknowledged: the store's directory
                         // lock is released, so a restart in the same process can open it.
-                        drop(core);
+                        *guard = None;
+                        drop(guard);
                         let _ = done.send(());
                         return;
                     }
@@ -1151,6 +1276,7 @@ fn run(mut core: StreamCore, rx: Receiver<Cmd>) {
                 break;
             }
             cmd = rx.try_recv().ok();
+            taken += usize::from(cmd.is_some());
         }
         if !pubs.is_empty() {
             // The loop ended on an empty queue unless the batch filled up. A lone publish
@@ -1158,17 +1284,24 @@ fn run(mut core: StreamCore, rx: Receiver<Cmd>) {
             // the ack itself. Larger batches come from publishers streaming; there the
             // writer writes beside this thread, which goes on with the next batch.
             let last = pubs.len() == 1;
-            ingest_batch(&mut core, pubs, last);
+            ingest_batch(core, pubs, last);
         }
         if Instant::now() >= next {
             core.tick();
         }
         if core.repl.is_some() {
-            crate::replica::pump(&mut core);
+            crate::replica::pump(core);
         }
         next = core.next_at();
+        // Planned while the core is held: a command handled elsewhere from here on sees
+        // this deadline and wakes the thread if it needs an earlier one.
+        shared.plan(next);
+        drop(guard);
+        shared.pending.fetch_sub(taken, Ordering::AcqRel);
     }
-    core.close();
+    if let Some(mut core) = shared.core.lock().take() {
+        core.close();
+    }
 }
 
 /// Ingests a batch of publishes with the host holding back its flushes until the batch's
@@ -1232,6 +1365,7 @@ fn handle(core: &mut StreamCore, cmd: Cmd, last: bool) -> Option<mpsc::Sender<()
             }
         }
         Cmd::Call(f) => batched(core, last, f),
+        Cmd::Wake => {}
         Cmd::Stop(done) => return Some(done),
     }
     None

@@ -81,6 +81,19 @@ impl T {
         serde_json::from_slice(&first.payload).expect("json reply")
     }
 
+    /// Sends a pull request (`MSG.NEXT`) for `stream.consumer` and waits for `n` messages
+    /// on its inbox.
+    fn pull(&self, stream_consumer: &str, body: &[u8], n: usize) -> Vec<Out> {
+        let inbox = self.inbox();
+        self.publish(
+            &format!("$JS.API.CONSUMER.MSG.NEXT.{stream_consumer}"),
+            Some(&inbox),
+            None,
+            body,
+        );
+        self.wait_for(&inbox, n, Duration::from_secs(5))
+    }
+
     fn api(&self, subject: &str, body: Value) -> Value {
         let b = if body.is_null() {
             Vec::new()
@@ -301,14 +314,7 @@ fn pull_consumer_acks_redelivery_and_restart() {
         );
         assert_eq!(upd["error"]["err_code"], 10149);
 
-        let inbox = t.inbox();
-        t.publish(
-            "$JS.API.CONSUMER.MSG.NEXT.S.D",
-            Some(&inbox),
-            None,
-            br#"{"batch":2}"#,
-        );
-        let got = t.wait_for(&inbox, 2, Duration::from_secs(5));
+        let got = t.pull("S.D", br#"{"batch":2}"#, 2);
         assert_eq!(got.len(), 2);
         assert_eq!(got[0].subject, "s.0");
         assert_eq!(got[0].payload, b"m0");
@@ -324,14 +330,7 @@ fn pull_consumer_acks_redelivery_and_restart() {
         );
         assert_eq!(t.wait_for(&ack_inbox, 1, Duration::from_secs(5)).len(), 1);
         std::thread::sleep(Duration::from_millis(400));
-        let inbox = t.inbox();
-        t.publish(
-            "$JS.API.CONSUMER.MSG.NEXT.S.D",
-            Some(&inbox),
-            None,
-            br#"{"batch":1,"expires":3000000000}"#,
-        );
-        let got = t.wait_for(&inbox, 1, Duration::from_secs(5));
+        let got = t.pull("S.D", br#"{"batch":1,"expires":3000000000}"#, 1);
         let (dc, sseq, dseq, _) = ack_fields(got[0].reply.as_deref().unwrap());
         // The unacked s.1 comes back first (delivery 2) before the undelivered s.2.
         assert_eq!((dc, sseq, dseq), (2, 2, 3));
@@ -342,34 +341,13 @@ fn pull_consumer_acks_redelivery_and_restart() {
         assert_eq!(info["ack_floor"]["stream_seq"], 1);
         t.publish(got[0].reply.as_deref().unwrap(), None, None, b"+ACK");
         // no_wait with the last message pending delivery, then with nothing left.
-        let inbox = t.inbox();
-        t.publish(
-            "$JS.API.CONSUMER.MSG.NEXT.S.D",
-            Some(&inbox),
-            None,
-            br#"{"batch":5,"no_wait":true}"#,
-        );
-        let got = t.wait_for(&inbox, 2, Duration::from_secs(5));
+        let got = t.pull("S.D", br#"{"batch":5,"no_wait":true}"#, 2);
         assert_eq!(got[0].subject, "s.2");
         assert_eq!(status_line(&got[1]), "NATS/1.0 408 Request Timeout");
-        let inbox = t.inbox();
-        t.publish(
-            "$JS.API.CONSUMER.MSG.NEXT.S.D",
-            Some(&inbox),
-            None,
-            br#"{"batch":1,"no_wait":true}"#,
-        );
-        let got = t.wait_for(&inbox, 1, Duration::from_secs(5));
+        let got = t.pull("S.D", br#"{"batch":1,"no_wait":true}"#, 1);
         assert_eq!(status_line(&got[0]), "NATS/1.0 404 No Messages");
         // A request that expires gets a 408 with the pending counts.
-        let inbox = t.inbox();
-        t.publish(
-            "$JS.API.CONSUMER.MSG.NEXT.S.D",
-            Some(&inbox),
-            None,
-            br#"{"batch":3,"expires":200000000}"#,
-        );
-        let got = t.wait_for(&inbox, 1, Duration::from_secs(5));
+        let got = t.pull("S.D", br#"{"batch":3,"expires":200000000}"#, 1);
         let h = String::from_utf8_lossy(&got[0].hdr).to_string();
         assert!(h.starts_with("NATS/1.0 408 Request Timeout\r\n"), "{h}");
         assert!(h.contains("Nats-Pending-Messages: 3"), "{h}");
@@ -385,14 +363,7 @@ fn pull_consumer_acks_redelivery_and_restart() {
     assert_eq!(c["num_ack_pending"], 1);
     assert_eq!(c["ack_floor"]["stream_seq"], 2);
     t.publish("s.9", None, None, b"new");
-    let inbox = t.inbox();
-    t.publish(
-        "$JS.API.CONSUMER.MSG.NEXT.S.D",
-        Some(&inbox),
-        None,
-        br#"{"batch":2}"#,
-    );
-    let got = t.wait_for(&inbox, 2, Duration::from_secs(5));
+    let got = t.pull("S.D", br#"{"batch":2}"#, 2);
     // The message pending at shutdown is past its ack wait: redelivered first.
     assert_eq!(got[0].subject, "s.2");
     assert_eq!(ack_fields(got[0].reply.as_deref().unwrap()).0, 2);
@@ -646,5 +617,69 @@ fn subject_delete_markers_replace_the_last_expired_message() {
         assert!(Instant::now() < end + Duration::from_secs(3), "{info}");
         std::thread::sleep(Duration::from_millis(20));
     }
+    t.engine.shutdown();
+}
+
+#[test]
+fn consumer_commands_run_on_the_senders_thread_and_keep_the_timers() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = T::start(dir.path());
+    t.api("STREAM.CREATE.I", json!({"name": "I", "subjects": ["i.*"]}));
+    for i in 0..20 {
+        t.publish(&format!("i.{i}"), None, None, b"x");
+    }
+    let c = t.api(
+        "CONSUMER.CREATE.I.C",
+        json!({"stream_name": "I", "config": {"durable_name": "C", "ack_policy": "explicit"}}),
+    );
+    assert_eq!(c["num_pending"], 20, "{c}");
+    // With the stream's thread idle, a pull request is served by the thread that sent it
+    // (a connection's reader): the delivery is made before the publish returns. The
+    // thread may still be counting off the consumer create for a moment: a few tries.
+    let me = std::thread::current().id();
+    let mut inline = None;
+    for _ in 0..20 {
+        let got = t.pull("I.C", br#"{"batch":1,"no_wait":true}"#, 1);
+        assert_eq!(got.len(), 1, "no delivery");
+        if got[0].thread == me {
+            inline = Some(got[0].clone());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let m = inline.expect("no pull request was served on the sender's thread");
+    // Its ack is taken the same way.
+    t.publish(m.reply.as_deref().unwrap(), None, None, b"+ACK");
+    let info = t.api("CONSUMER.INFO.I.C", Value::Null);
+    assert!(
+        info["ack_floor"]["stream_seq"].as_u64().unwrap() >= 1,
+        "{info}"
+    );
+    // A request handled there that expires before the thread's next planned wake-up
+    // (up to a second away on a stream whose consumers have nothing to write) still
+    // expires on time: the thread is told to look at its timers again. First a probe
+    // answered on this thread (so the stream's thread is idle), then the request.
+    t.api("STREAM.CREATE.J", json!({"name": "J", "subjects": ["j.*"]}));
+    t.api(
+        "CONSUMER.CREATE.J.E",
+        json!({"stream_name": "J", "config": {"durable_name": "E", "ack_policy": "explicit"}}),
+    );
+    let mut idle = false;
+    for _ in 0..20 {
+        let got = t.pull("J.E", br#"{"batch":1,"no_wait":true}"#, 1);
+        assert_eq!(status_line(&got[0]), "NATS/1.0 404 No Messages");
+        if got[0].thread == me {
+            idle = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(idle, "no probe was answered on the sender's thread");
+    let start = Instant::now();
+    let got = t.pull("J.E", br#"{"batch":1,"expires":100000000}"#, 1);
+    let took = start.elapsed();
+    assert_eq!(status_line(&got[0]), "NATS/1.0 408 Request Timeout");
+    assert!(took >= Duration::from_millis(90), "expired after {took:?}");
+    assert!(took < Duration::from_millis(600), "expired after {took:?}");
     t.engine.shutdown();
 }

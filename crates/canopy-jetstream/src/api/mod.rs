@@ -378,7 +378,7 @@ pub(crate) fn msg_next_inline(acc: &Account, m: &JsMsg, rest: &str) -> bool {
     let Some(h) = acc.stream(s) else {
         return false;
     };
-    h.send(Cmd::Next {
+    h.next(Cmd::Next {
         consumer: c.to_string(),
         reply,
         body: m.payload.to_vec(),

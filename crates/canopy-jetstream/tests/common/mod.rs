@@ -18,6 +18,8 @@ pub struct Out {
     pub reply: Option<String>,
     pub hdr: Vec<u8>,
     pub payload: Vec<u8>,
+    /// The thread that published it.
+    pub thread: std::thread::ThreadId,
 }
 
 pub struct FakeHost {
@@ -131,6 +133,7 @@ impl Host for FakeHost {
             reply: reply.map(str::to_string),
             hdr: headers.unwrap_or(&[]).to_vec(),
             payload: payload.to_vec(),
+            thread: std::thread::current().id(),
         });
         1
     }
