@@ -64,6 +64,11 @@ impl Cmd {
     fn counted(&self) -> bool {
         matches!(self, Cmd::Pub(_) | Cmd::Ack { .. } | Cmd::Fc { .. })
     }
+
+    /// Consumer traffic: an ack, a pull request or a flow-control reply.
+    fn for_consumer(&self) -> bool {
+        matches!(self, Cmd::Ack { .. } | Cmd::Next { .. } | Cmd::Fc { .. })
+    }
 }
 
 /// Counters readable without asking the thread.
@@ -205,9 +210,7 @@ impl StreamHandle {
     /// ([`may_inline`]) always go through the thread. Gives the command back when it
     /// cannot be handled here (`None`: done).
     pub(crate) fn try_inline(&self, cmd: Cmd) -> Option<Cmd> {
-        if !matches!(cmd, Cmd::Ack { .. } | Cmd::Next { .. } | Cmd::Fc { .. })
-            || self.shared.pending.load(Ordering::Acquire) != 0
-        {
+        if !cmd.for_consumer() || self.shared.pending.load(Ordering::Acquire) != 0 {
             return Some(cmd);
         }
         let Some(mut guard) = self.shared.core.try_lock() else {
@@ -224,11 +227,8 @@ impl StreamHandle {
             return Some(cmd);
         }
         // Never stops the stream: only Stop does.
-        let mut cmd = Some(cmd);
         batched(core, true, |c| {
-            if let Some(cmd) = cmd.take() {
-                let _ = handle(c, cmd, true);
-            }
+            let _ = handle(c, cmd, true);
         });
         let at = core.next_at();
         drop(guard);
@@ -243,8 +243,13 @@ impl StreamHandle {
     /// them). `false`: refused.
     pub fn offer(&self, cmd: Cmd, limit: usize) -> bool {
         debug_assert!(cmd.counted());
-        let Some(cmd) = self.try_inline(cmd) else {
-            return true;
+        let cmd = if cmd.for_consumer() {
+            match self.try_inline(cmd) {
+                None => return true,
+                Some(cmd) => cmd,
+            }
+        } else {
+            cmd
         };
         if self.stats.queued.fetch_add(1, Ordering::AcqRel) >= limit.max(1) {
             self.stats.queued.fetch_sub(1, Ordering::AcqRel);
@@ -1329,9 +1334,7 @@ fn batched(core: &mut StreamCore, direct: bool, f: impl FnOnce(&mut StreamCore))
 /// itself ([`Host::batch`]). A pull request's deliveries are not held back that way: the
 /// client starts on the first ones while the rest are still being read from the store.
 fn handle(core: &mut StreamCore, cmd: Cmd, last: bool) -> Option<mpsc::Sender<()>> {
-    if matches!(cmd, Cmd::Ack { .. } | Cmd::Next { .. } | Cmd::Fc { .. })
-        && !crate::replica::delivers(core)
-    {
+    if cmd.for_consumer() && !crate::replica::delivers(core) {
         // A replicated stream's follower: its leader answers consumer traffic.
         return None;
     }
