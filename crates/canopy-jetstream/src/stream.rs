@@ -116,43 +116,30 @@ pub(crate) struct StreamHandle {
 fn may_inline(core: &StreamCore, cmd: &Cmd) -> bool {
     let fsyncs =
         core.sync_every.is_none() && core.dir.is_some() && core.cfg.retention != Retention::Limits;
-    match cmd {
-        Cmd::Ack { reply, .. } => reply.is_none() && !fsyncs,
-        Cmd::Next { .. } | Cmd::Fc { .. } => !fsyncs,
-        _ => false,
-    }
+    !fsyncs && !matches!(cmd, Cmd::Ack { reply: Some(_), .. })
 }
 
 /// What a stream's thread shares with the threads that hand it work.
 struct Shared {
     /// The stream's state: the thread holds it while it works through its commands; a
     /// consumer command finding it free and nothing queued is handled by its sender
-    /// ([`StreamHandle::try_inline`]). `None` once the stream stopped.
-    core: parking_lot::Mutex<Option<StreamCore>>,
+    /// ([`StreamHandle::try_inline`]).
+    state: parking_lot::Mutex<State>,
     /// Commands sent to the thread and not yet handled (taken and done).
     pending: std::sync::atomic::AtomicUsize,
-    /// When the thread next wakes for its timers ([`Shared::base`] + nanoseconds).
-    planned: AtomicU64,
-    base: Instant,
 }
 
-impl Shared {
-    fn plan(&self, at: Instant) {
-        let ns = at.saturating_duration_since(self.base).as_nanos();
-        self.planned
-            .store(u64::try_from(ns).unwrap_or(u64::MAX), Ordering::Release);
-    }
-
-    fn planned(&self) -> Instant {
-        self.base + Duration::from_nanos(self.planned.load(Ordering::Acquire))
-    }
+struct State {
+    /// `None` once the stream stopped.
+    core: Option<StreamCore>,
+    /// When the thread next wakes for its timers (set by the thread, under the lock).
+    planned: Instant,
 }
 
 impl StreamHandle {
     /// Starts the stream's thread over `core`.
     pub fn spawn(mut core: StreamCore) -> std::io::Result<Arc<StreamHandle>> {
         let (tx, rx) = mpsc::channel();
-        let now = Instant::now();
         let h = Arc::new_cyclic(|me| {
             core.me = me.clone();
             StreamHandle {
@@ -165,15 +152,16 @@ impl StreamHandle {
                 raft: parking_lot::Mutex::new(None),
                 leader: std::sync::atomic::AtomicBool::new(false),
                 shared: Arc::new(Shared {
-                    core: parking_lot::Mutex::new(None),
+                    state: parking_lot::Mutex::new(State {
+                        core: None,
+                        planned: Instant::now(),
+                    }),
                     pending: std::sync::atomic::AtomicUsize::new(0),
-                    planned: AtomicU64::new(0),
-                    base: now,
                 }),
             }
         });
         let name = format!("js-stream-{}", core.name);
-        *h.shared.core.lock() = Some(core);
+        h.shared.state.lock().core = Some(core);
         let shared = h.shared.clone();
         std::thread::Builder::new()
             .name(name)
@@ -213,14 +201,14 @@ impl StreamHandle {
         if !cmd.for_consumer() || self.shared.pending.load(Ordering::Acquire) != 0 {
             return Some(cmd);
         }
-        let Some(mut guard) = self.shared.core.try_lock() else {
+        let Some(mut guard) = self.shared.state.try_lock() else {
             return Some(cmd);
         };
-        let Some(core) = guard.as_mut() else {
+        let State { core, planned } = &mut *guard;
+        let Some(core) = core.as_mut() else {
             return Some(cmd);
         };
         if core.repl.is_some()
-            || core.closed
             || !may_inline(core, &cmd)
             || self.shared.pending.load(Ordering::Acquire) != 0
         {
@@ -230,9 +218,9 @@ impl StreamHandle {
         batched(core, true, |c| {
             let _ = handle(c, cmd, true);
         });
-        let at = core.next_at();
+        let early = core.next_at() < *planned;
         drop(guard);
-        if at < self.shared.planned() {
+        if early {
             self.send(Cmd::Wake);
         }
         None
@@ -1232,7 +1220,6 @@ fn spin_recv(
 fn run(shared: Arc<Shared>, rx: Receiver<Cmd>) {
     let mut next = Instant::now();
     let mut streaming = false;
-    shared.plan(next);
     loop {
         let wait = next.saturating_duration_since(Instant::now());
         let first = match spin_recv(&rx, wait, &mut streaming) {
@@ -1240,8 +1227,9 @@ fn run(shared: Arc<Shared>, rx: Receiver<Cmd>) {
             Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => break,
         };
-        let mut guard = shared.core.lock();
-        let Some(core) = guard.as_mut() else {
+        let mut guard = shared.state.lock();
+        let State { core, planned } = &mut *guard;
+        let Some(core) = core.as_mut() else {
             break;
         };
         // Commands taken in this round: counted off `pending` once they are done.
@@ -1268,7 +1256,7 @@ fn run(shared: Arc<Shared>, rx: Receiver<Cmd>) {
                         core.close();
                         // Dropped before the stop is acknowledged: the store's directory
                         // lock is released, so a restart in the same process can open it.
-                        *guard = None;
+                        guard.core = None;
                         drop(guard);
                         let _ = done.send(());
                         return;
@@ -1300,11 +1288,11 @@ fn run(shared: Arc<Shared>, rx: Receiver<Cmd>) {
         next = core.next_at();
         // Planned while the core is held: a command handled elsewhere from here on sees
         // this deadline and wakes the thread if it needs an earlier one.
-        shared.plan(next);
+        *planned = next;
         drop(guard);
         shared.pending.fetch_sub(taken, Ordering::AcqRel);
     }
-    if let Some(mut core) = shared.core.lock().take() {
+    if let Some(mut core) = shared.state.lock().core.take() {
         core.close();
     }
 }
