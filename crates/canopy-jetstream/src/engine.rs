@@ -482,11 +482,15 @@ impl Engine {
         core: StreamCore,
     ) -> Result<Arc<StreamHandle>, api::errors::E> {
         let name = core.name.clone();
+        let replicated = core.repl.is_some();
         let h =
             StreamHandle::spawn(core).map_err(|e| api::errors::E::StreamCreate(e.to_string()))?;
         acc.streams.write().insert(name, h.clone());
-        if let Err(e) = self.subscribe_stream(acc, &h) {
-            tracing::error!(account = %acc.name, stream = %h.name, "{e}");
+        // A replicated stream's member subscribes when it becomes the leader.
+        if !replicated {
+            if let Err(e) = self.subscribe_stream(acc, &h) {
+                tracing::error!(account = %acc.name, stream = %h.name, "{e}");
+            }
         }
         Ok(h)
     }
@@ -560,9 +564,7 @@ impl Engine {
         acc: &Account,
         h: &Arc<StreamHandle>,
     ) -> Result<(), EngineError> {
-        for id in h.subs.lock().drain(..) {
-            self.host.unsubscribe(id);
-        }
+        self.unsubscribe_stream(h);
         let subjects = h.cfg.read().subjects.clone();
         let limit = self.cfg.ingest_queue_limit;
         for s in subjects {
@@ -580,9 +582,16 @@ impl Engine {
                     subject: s.clone(),
                     reason,
                 })?;
-            h.subs.lock().push(id);
+            h.ingest.lock().push(id);
         }
         Ok(())
+    }
+
+    /// Removes the subscriptions to a stream's subjects.
+    pub(crate) fn unsubscribe_stream(&self, h: &StreamHandle) {
+        for id in h.ingest.lock().drain(..) {
+            self.host.unsubscribe(id);
+        }
     }
 
     /// A stream's `stream_action` advisory (create, modify, delete).
@@ -598,6 +607,7 @@ impl Engine {
 
     /// Stops a stream: unsubscribes, stops its thread (closing the store).
     pub(crate) fn stop_stream(&self, h: &StreamHandle) {
+        self.unsubscribe_stream(h);
         for id in h.subs.lock().drain(..) {
             self.host.unsubscribe(id);
         }

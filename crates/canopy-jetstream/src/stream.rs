@@ -101,6 +101,10 @@ pub(crate) struct StreamHandle {
     pub cfg: RwLock<StreamConfig>,
     pub stats: Arc<StreamStats>,
     tx: Sender<Cmd>,
+    /// The subscriptions to the stream's subjects (a replicated stream's only while this
+    /// member leads, as in nats-server: publishes go to the leader alone).
+    pub ingest: parking_lot::Mutex<Vec<crate::host::SubId>>,
+    /// Its other subscriptions (a replicated stream's direct gets).
     pub subs: parking_lot::Mutex<Vec<crate::host::SubId>>,
     /// A replicated stream's Raft member (readable without asking the thread).
     pub(crate) raft: parking_lot::Mutex<Option<crate::replica::Member>>,
@@ -148,6 +152,7 @@ impl StreamHandle {
                 cfg: RwLock::new(core.cfg.clone()),
                 stats: core.stats.clone(),
                 tx,
+                ingest: parking_lot::Mutex::new(Vec::new()),
                 subs: parking_lot::Mutex::new(Vec::new()),
                 raft: parking_lot::Mutex::new(None),
                 leader: std::sync::atomic::AtomicBool::new(false),

@@ -647,13 +647,18 @@ async fn r3_hub_stream_sources_an_edge_domain_through_a_leader_kill() {
         .all(|i| seen.contains(&format!("orders.{i}")) && seen.contains(&format!("jobs.{i}"))));
 }
 
-/// The messages this member received over its routes so far (`/routez`).
-fn route_in_msgs(s: &ServerProcess) -> u64 {
+/// A field of each of this member's routes (`/routez`).
+fn route_field(s: &ServerProcess, field: &str) -> Vec<u64> {
     let rz = s.monitor("/routez").unwrap();
     rz["routes"]
         .as_array()
-        .map(|rs| rs.iter().filter_map(|r| r["in_msgs"].as_u64()).sum())
-        .unwrap_or(0)
+        .map(|rs| rs.iter().filter_map(|r| r[field].as_u64()).collect())
+        .unwrap_or_default()
+}
+
+/// The messages this member received over its routes so far.
+fn route_in_msgs(s: &ServerProcess) -> u64 {
+    route_field(s, "in_msgs").iter().sum()
 }
 
 /// Direct gets of an R3 stream with `allow_direct` (issue 19): every replica serves them
@@ -716,5 +721,98 @@ async fn r3_direct_gets_are_answered_once_by_the_local_replica() {
             "{}: {over_routes} messages came over routes during 300 direct gets",
             m.name
         );
+    }
+}
+
+/// The subscriptions on `m` to `subject` that are its own, not a route's interest
+/// (`/subsz?subs=1&test=`, less the cids `/routez` names).
+fn own_subs_to(m: &Member, subject: &str) -> usize {
+    let routes = route_field(m.server(), "rid");
+    let z = m
+        .server()
+        .monitor(&format!("/subsz?subs=1&limit=1000&test={subject}"))
+        .unwrap();
+    z["subscriptions_list"]
+        .as_array()
+        .map(|l| {
+            l.iter()
+                .filter(|s| s["cid"].as_u64().is_some_and(|c| !routes.contains(&c)))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Only an R3 stream's leader subscribes the stream's subjects (as nats-server's does): a
+/// publish crosses one route, to the leader, and no follower is handed it only to drop it.
+/// A new leader subscribes, the old one unsubscribes.
+#[tokio::test]
+async fn only_the_r3_leader_subscribes_the_streams_subjects() {
+    let ms = cluster(3);
+    let (nc0, js0) = js(ms[0].server()).await;
+    js0.create_stream(stream::Config {
+        name: "LS".into(),
+        subjects: vec!["ls.>".into()],
+        num_replicas: 3,
+        allow_direct: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    for round in 0..2 {
+        let info = request(&nc0, "$JS.API.STREAM.INFO.LS", "").await.unwrap();
+        let leader = info["cluster"]["leader"].as_str().unwrap().to_string();
+        // Publishes from a client on every member are stored.
+        for m in &ms {
+            let (_nc, jsm) = js(m.server()).await;
+            publish_once(&jsm, &format!("ls.{round}.{}", m.name), "x").await;
+        }
+        let subject = format!("ls.{round}.x");
+        for m in &ms {
+            let own = own_subs_to(m, &subject);
+            let want = usize::from(m.name == leader);
+            assert_eq!(
+                own, want,
+                "{} (leader {leader}): {own} own subscriptions",
+                m.name
+            );
+        }
+        if round == 0 {
+            let got = answers(&nc0, "$JS.API.STREAM.LEADER.STEPDOWN.LS", "").await;
+            assert_eq!(got.len(), 1, "{got:?}");
+            eventually(Duration::from_secs(20), "no new leader", || async {
+                let i = request(&nc0, "$JS.API.STREAM.INFO.LS", "")
+                    .await
+                    .ok_or("no answer")?;
+                match i["cluster"]["leader"].as_str() {
+                    Some(l) if l != leader => Ok(()),
+                    _ => Err(i.to_string()),
+                }
+            })
+            .await;
+        }
+    }
+    let info = request(&nc0, "$JS.API.STREAM.INFO.LS", "").await.unwrap();
+    assert_eq!(info["state"]["messages"], 6, "{info}");
+    // A new subject: the leader subscribes it; the direct gets (their own subscriptions)
+    // are still served by every member after the update.
+    let mut cfg = info["config"].clone();
+    cfg["subjects"] = serde_json::json!(["ls.>", "lt.>"]);
+    let got = answers(&nc0, "$JS.API.STREAM.UPDATE.LS", &cfg.to_string()).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(got[0]["error"].is_null(), "{got:?}");
+    publish_once(&js0, "lt.1", "y").await;
+    for m in &ms {
+        let (nc, _) = js(m.server()).await;
+        eventually(Duration::from_secs(15), "direct get not served", || async {
+            let r = nc
+                .request("$JS.API.DIRECT.GET.LS", r#"{"last_by_subj":"lt.1"}"#.into())
+                .await
+                .map_err(|e| format!("{}: {e}", m.name))?;
+            match r.payload.as_ref() {
+                b"y" => Ok(()),
+                other => Err(format!("{}: {other:?} {:?}", m.name, r.headers)),
+            }
+        })
+        .await;
     }
 }

@@ -831,10 +831,30 @@ fn on_leader(core: &mut StreamCore, leader: Option<Peer>, cluster: Value) {
         r.unsure = false;
         r.noop_retry = None;
         r.epoch = (rand::random::<u64>() | (1 << 63)) & !SERIAL_MASK;
+        ingest(core, true);
     } else if !mine && r.leading {
         lose_leadership(core);
     }
     pump(core);
+}
+
+/// Subscribes the stream's subjects on this member (it leads) or removes them (it no longer
+/// does). Only the leader ingests, so only the leader subscribes, as in nats-server: a
+/// publish crosses one route to the leader and no follower receives it only to drop it.
+/// Publishes sent while the new leader's interest travels get no responders or no answer,
+/// as during any leader change (clients retry).
+fn ingest(core: &StreamCore, on: bool) {
+    let (Some(r), Some(h)) = (core.repl.as_ref(), core.me.upgrade()) else {
+        return;
+    };
+    let Some(e) = r.engine.upgrade() else {
+        return;
+    };
+    if !on {
+        e.unsubscribe_stream(&h);
+    } else if let Err(err) = e.subscribe_stream(&r.account, &h) {
+        tracing::error!(stream = %core.name, account = %core.account, "{err}");
+    }
 }
 
 /// Stops ingesting and delivering: queued publishes are dropped unanswered (clients
@@ -850,6 +870,10 @@ fn lose_leadership(core: &mut StreamCore) {
     if let Some(h) = core.me.upgrade() {
         h.leader.store(false, Ordering::SeqCst);
     }
+    ingest(core, false);
+    let Some(r) = core.repl.as_mut() else {
+        return;
+    };
     r.recording.store(false, Ordering::SeqCst);
     r.queue.clear();
     r.sourced.clear();
@@ -1230,12 +1254,9 @@ fn set_config(core: &mut StreamCore, cfg: StreamConfig) {
         return;
     };
     *h.cfg.write() = cfg;
-    if let Some(r) = &core.repl {
-        if let Some(e) = r.engine.upgrade() {
-            if let Err(err) = e.subscribe_stream(&r.account, &h) {
-                tracing::error!(stream = %core.name, "{err}");
-            }
-        }
+    // The subjects may have changed: the leader subscribes them again.
+    if core.repl.as_ref().is_some_and(|r| r.leading) {
+        ingest(core, true);
     }
 }
 
