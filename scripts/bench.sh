@@ -62,6 +62,10 @@
 #                  frames with a reply subject each on a raw socket, acks read and checked
 #                  by a minimal parser (async-nats needs more CPU per publish than Canopy)
 #   js rawpub 1k   the same with 1 KiB payloads                    metric: msgs/s (higher)
+#   js rawfetch    as js fetch, but the consumer is `canopy bench --js fetch --raw`: the
+#                  same pulls of 100 and acks on a raw socket, each delivery checked by a
+#                  minimal parser (async-nats hands each message and ack across tasks)
+#                                                                  metric: msgs/s (higher)
 # Clustered JetStream scenarios (issue 19; `--only jsr3` selects them all): a 3-member
 # cluster of each implementation (server_name, cluster { name, listen, routes to the other
 # two }, jetstream { store_dir }, http), fresh for every round; the script waits until
@@ -83,7 +87,7 @@
 #   --quick        2 rounds, 200000 msgs (smoke run)
 #   --only LIST    comma-separated scenarios to run: pubsub,fanout,pubonly,request,idle,
 #                  leafpub,leafreq,routepub,tlspub,tlsleaf,jspub,jspub1k,jssync,jsfetch,
-#                  kvput,kvget,jsrawpub,jsrawpub1k,jsr3pub,jsr3pub1k,jsr3sync,jsr3rawpub
+#                  kvput,kvget,jsrawpub,jsrawpub1k,jsrawfetch,jsr3pub,jsr3pub1k,jsr3sync,jsr3rawpub
 #                  (default: all; tls-pubsub and tls-leaf are accepted as aliases of
 #                  tlspub and tlsleaf; `js` selects the eight single-server JetStream
 #                  ones, `jsr3` the four clustered ones)
@@ -130,7 +134,7 @@ while [ $# -gt 0 ]; do
     esac
 done
 case "$ROUNDS$MSGS" in *[!0-9]*) echo "bench.sh: --rounds and --msgs take integers" >&2; exit 2 ;; esac
-ALL_SCENARIOS="pubsub fanout pubonly request idle leafpub leafreq routepub tlspub tlsleaf jspub jspub1k jssync jsfetch kvput kvget jsrawpub jsrawpub1k jsr3pub jsr3pub1k jsr3sync jsr3rawpub"
+ALL_SCENARIOS="pubsub fanout pubonly request idle leafpub leafreq routepub tlspub tlsleaf jspub jspub1k jssync jsfetch kvput kvget jsrawpub jsrawpub1k jsrawfetch jsr3pub jsr3pub1k jsr3sync jsr3rawpub"
 ONLY=${ONLY//tls-pubsub/tlspub}; ONLY=${ONLY//tls-leaf/tlsleaf}
 # expand_group NAME MEMBERS: replace the group name NAME in --only by its scenarios.
 expand_group() {
@@ -138,7 +142,7 @@ expand_group() {
         *",$1,"*) ONLY=",$ONLY,"; ONLY=${ONLY//,$1,/,}; ONLY=${ONLY#,}; ONLY=${ONLY%,}; ONLY="${ONLY:+$ONLY,}$2" ;;
     esac
 }
-expand_group js jspub,jspub1k,jssync,jsfetch,kvput,kvget,jsrawpub,jsrawpub1k
+expand_group js jspub,jspub1k,jssync,jsfetch,kvput,kvget,jsrawpub,jsrawpub1k,jsrawfetch
 expand_group jsr3 jsr3pub,jsr3pub1k,jsr3sync,jsr3rawpub
 for s in ${ONLY//,/ }; do
     case " $ALL_SCENARIOS " in *" $s "*) ;; *) echo "bench.sh: unknown scenario $s (one of: $ALL_SCENARIOS)" >&2; exit 2 ;; esac
@@ -304,7 +308,7 @@ extract() {
         idle) v=$(jq -r '.idle.bytes_per_conn // empty' <<<"$json"); record "$name" value "$kind" "$v" ;;
         jspub|jspub1k|jsrawpub|jsrawpub1k|jsr3pub|jsr3pub1k|jsr3rawpub)
             v=$(jq -r '.pub.msgs_per_sec' <<<"$json"); record "$name" value "$kind" "$v" ;;
-        jsfetch)
+        jsfetch|jsrawfetch)
             v=$(jq -r '.sub.msgs_per_sec' <<<"$json")
             if [ "$(jq -r '.sub.msgs < .sub.expected' <<<"$json")" = true ]; then
                 echo "  WARNING: $kind delivered too few messages in $name: $(jq -r '"\(.sub.msgs)/\(.sub.expected)"' <<<"$json")" >&2
@@ -907,6 +911,7 @@ for round in $(seq 1 "$ROUNDS"); do
     want jsrawpub1k && run_js jsrawpub1k "$round" "$order" canopy.js.bench --js pub --raw --msgs "$JS_MSGS" --size 1024
     want jssync && run_js jssync "$round" "$order" canopy.js.bench --js sync --msgs "$REQS" --size 128
     want jsfetch && run_js jsfetch "$round" "$order" canopy.js.bench --js fetch --msgs "$JS_MSGS" --size 128
+    want jsrawfetch && run_js jsrawfetch "$round" "$order" canopy.js.bench --js fetch --raw --msgs "$JS_MSGS" --size 128
     want kvput && run_js kvput "$round" "$order" canopy.js.bench --js kvput --msgs "$REQS" --size 128
     want kvget && run_js kvget "$round" "$order" canopy.js.bench --js kvget --msgs "$REQS" --size 128
     if [ "$HOPS" = 1 ]; then
@@ -958,6 +963,7 @@ want jsrawpub1k && row jsrawpub1k "js rawpub 1k" msgs/s higher
 want jssync && row jssync "js sync p50" us lower
 want jssync && row jssync99 "js sync p99" us lower
 want jsfetch && row jsfetch "js fetch" msgs/s higher
+want jsrawfetch && row jsrawfetch "js rawfetch" msgs/s higher
 want kvput && row kvput "kv put p50" us lower
 want kvput && row kvput99 "kv put p99" us lower
 want kvget && row kvget "kv get p50" us lower
@@ -972,9 +978,10 @@ fi
 echo
 echo "client CPU = share of one core used by 'canopy bench' ($CLIENT clients) during the run; near 100% means the load generator may be the limit."
 echo "  (leaf/route/tls pub/sub: the busier of the publisher and the Python hop subscriber; tls pub/sub: both clients are Python;"
-echo "  js/kv/r3 rows: 'canopy bench --js' on async-nats' JetStream API, whatever --async-nats says; rawpub rows: its raw publisher.)"
+echo "  js/kv/r3 rows: 'canopy bench --js' on async-nats' JetStream API, whatever --async-nats says; rawpub rows: its raw publisher;"
+echo "  rawfetch: its raw pull consumer.)"
 echo "server ns/msg = server CPU time per delivered message (per published one for pub-only and js pub, per request for"
-echo "  req/rep, per operation for js sync and kv; per fetched message for js fetch);"
+echo "  req/rep, per operation for js sync and kv; per fetched message for js fetch and rawfetch);"
 echo "  for the leaf/route/tls leaf rows, the CPU of both servers together (sampled from /proc around the run);"
 echo "  for the r3 rows, the CPU of the three cluster members together."
 for f in "$WORK"/*.fail.* "$WORK"/*.lost.*; do

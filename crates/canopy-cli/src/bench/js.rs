@@ -8,7 +8,8 @@
 //! - `sync`: publish and wait for the ack, one at a time; reports latency.
 //! - `fetch`: fill the stream with `--msgs` messages (untimed), then drain it through a
 //!   durable pull consumer (explicit acks) with sequential fetches of `--batch`
-//!   messages, acking each message; reports delivered msgs/s.
+//!   messages, acking each message; reports delivered msgs/s. With `--raw` the consumer
+//!   is the raw-protocol one of [`super::rawfetch`] (same pulls and acks, no async-nats).
 //! - `kvput`: sequential KV puts (1000 keys round robin); reports latency.
 //! - `kvget`: 1000 keys written (untimed), then sequential KV gets; reports latency.
 //!
@@ -61,8 +62,8 @@ pub async fn run(conn: &ConnArgs, a: &BenchArgs, mode: JsMode) -> Result<Report>
     if a.window == 0 || a.batch == 0 || a.replicas == 0 {
         bail!("--window, --batch and --replicas must be at least 1");
     }
-    if a.raw && mode != JsMode::Pub {
-        bail!("--raw goes with --js pub only");
+    if a.raw && !matches!(mode, JsMode::Pub | JsMode::Fetch) {
+        bail!("--raw goes with --js pub and --js fetch only");
     }
     let client = conn
         .connect_with("canopy bench js", |o| {
@@ -189,6 +190,20 @@ async fn measure(
                 })
                 .await
                 .map_err(|e| anyhow!("creating consumer {NAME}: {e}"))?;
+            if a.raw {
+                let f = super::rawfetch::RawFetcher::connect(
+                    &conn.socket_addr()?,
+                    &conn.connect_json("canopy bench js raw fetch")?,
+                )
+                .await?;
+                let window = CpuWindow::start(&a.server_pid)?;
+                let run = f
+                    .run(NAME, NAME, a.msgs, a.size, a.batch, a.timeout)
+                    .await?;
+                (report.client_cpu, report.server_cpu) = window.finish(run.msgs)?;
+                report.sub_stats = Some(side_stats(&[run], a.msgs));
+                return Ok(());
+            }
             let window = CpuWindow::start(&a.server_pid)?;
             let start = Instant::now();
             let (mut got, mut bytes, mut empty_since) = (0u64, 0u64, None::<Instant>);

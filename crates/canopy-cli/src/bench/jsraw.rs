@@ -43,47 +43,68 @@ pub enum Op {
 /// `PING`, `PONG`, `+OK`, `INFO` (a cluster member sends updates); anything else, a
 /// malformed ack or `-ERR` is an error.
 pub struct AckParser {
+    acks: Acks,
+    buf: Vec<u8>,
+}
+
+/// What an ack must look like.
+struct Acks {
     /// `_INBOX.<token>.`: the reply prefix every ack's subject must start with.
     prefix: Vec<u8>,
     stream: Vec<u8>,
-    buf: Vec<u8>,
 }
 
 impl AckParser {
     pub fn new(prefix: &str, stream: &str) -> AckParser {
         AckParser {
-            prefix: prefix.as_bytes().to_vec(),
-            stream: format!("\"stream\":\"{stream}\"").into_bytes(),
+            acks: Acks {
+                prefix: prefix.as_bytes().to_vec(),
+                stream: format!("\"stream\":\"{stream}\"").into_bytes(),
+            },
             buf: Vec::with_capacity(READ_BUF),
         }
     }
 
     /// Consume a chunk; calls `on` for every complete op, in order.
-    pub fn feed(&mut self, data: &[u8], mut on: impl FnMut(Op) -> Result<()>) -> Result<()> {
-        self.buf.extend_from_slice(data);
-        let mut at = 0;
-        let result = loop {
-            match self.one(at) {
-                Ok(Some((used, op))) => {
-                    at += used;
-                    if let Some(op) = op {
-                        if let Err(e) = on(op) {
-                            break Err(e);
-                        }
+    pub fn feed(&mut self, data: &[u8], on: impl FnMut(Op) -> Result<()>) -> Result<()> {
+        let acks = &self.acks;
+        feed_ops(&mut self.buf, data, |rest| acks.one(rest), on)
+    }
+}
+
+/// Appends `data` to `buf` and hands every complete op at its start to `on`, in order;
+/// `one` parses an op at the start of a slice (`None`: not wholly buffered yet; else the
+/// bytes it took and what it tells, if anything). What was parsed is dropped from `buf`.
+pub(super) fn feed_ops<O>(
+    buf: &mut Vec<u8>,
+    data: &[u8],
+    one: impl Fn(&[u8]) -> Result<Option<(usize, Option<O>)>>,
+    mut on: impl FnMut(O) -> Result<()>,
+) -> Result<()> {
+    buf.extend_from_slice(data);
+    let mut at = 0;
+    let result = loop {
+        match one(&buf[at..]) {
+            Ok(Some((used, op))) => {
+                at += used;
+                if let Some(op) = op {
+                    if let Err(e) = on(op) {
+                        break Err(e);
                     }
                 }
-                Ok(None) => break Ok(()),
-                Err(e) => break Err(e),
             }
-        };
-        self.buf.drain(..at);
-        result
-    }
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e),
+        }
+    };
+    buf.drain(..at);
+    result
+}
 
-    /// Parse one op at `at`: `None` when it is not wholly buffered yet, else the bytes it
-    /// took and what it asks (nothing for PONG, +OK, INFO).
-    fn one(&self, at: usize) -> Result<Option<(usize, Option<Op>)>> {
-        let rest = &self.buf[at..];
+impl Acks {
+    /// Parse one op at the start of `rest`: `None` when it is not wholly buffered yet, else
+    /// the bytes it took and what it asks (nothing for PONG, +OK, INFO).
+    fn one(&self, rest: &[u8]) -> Result<Option<(usize, Option<Op>)>> {
         let Some(nl) = rest.iter().position(|&b| b == b'\n') else {
             if rest.len() > MAX_LINE && !rest.starts_with(b"INFO") {
                 bail!("control line longer than {MAX_LINE} bytes");
@@ -193,7 +214,7 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 /// A non-empty run of ASCII digits as a number.
-fn number(t: &[u8]) -> Option<u64> {
+pub(super) fn number(t: &[u8]) -> Option<u64> {
     if t.is_empty() || t.len() > 19 || !t.iter().all(u8::is_ascii_digit) {
         return None;
     }
@@ -201,14 +222,14 @@ fn number(t: &[u8]) -> Option<u64> {
 }
 
 /// One bit per message or sequence in `0..n`: set once, counted.
-struct Seen {
+pub(super) struct Seen {
     bits: Vec<u64>,
     n: u64,
-    count: u64,
+    pub(super) count: u64,
 }
 
 impl Seen {
-    fn new(n: u64) -> Seen {
+    pub(super) fn new(n: u64) -> Seen {
         Seen {
             bits: vec![0; n.div_ceil(64) as usize],
             n,
@@ -217,7 +238,7 @@ impl Seen {
     }
 
     /// Marks `i` (0-based); false when it is outside `0..n` or was marked already.
-    fn mark(&mut self, i: u64) -> bool {
+    pub(super) fn mark(&mut self, i: u64) -> bool {
         let (w, b) = ((i / 64) as usize, 1u64 << (i % 64));
         let Some(word) = self.bits.get_mut(w).filter(|_| i < self.n) else {
             return false;
@@ -231,6 +252,35 @@ impl Seen {
     }
 }
 
+/// Connects asking for headers and status replies (a publish nothing answers comes back
+/// as a `503`, the end of a pull as a `408`, rather than as silence) and subscribes
+/// `<inbox><suffix>`, where the inbox `_INBOX.<token>` is this process's and moment's;
+/// returns the connection and the inbox.
+pub(super) async fn connect_with_inbox(
+    addr: &str,
+    connect_json: &str,
+    suffix: &str,
+) -> Result<(RawConn, String)> {
+    let mut hello: serde_json::Value =
+        serde_json::from_str(connect_json).context("CONNECT JSON")?;
+    hello["headers"] = true.into();
+    hello["no_responders"] = true.into();
+    let mut conn = RawConn::connect(addr, &hello.to_string()).await?;
+    let inbox = format!(
+        "_INBOX.{:x}{:x}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos())
+    );
+    conn.writer
+        .write_all(format!("SUB {inbox}{suffix} 1\r\n").as_bytes())
+        .await
+        .context("sending SUB")?;
+    conn.sync().await.context("SUB not acknowledged")?;
+    Ok((conn, inbox))
+}
+
 /// A raw JetStream publisher, connected, with its reply subscription in place.
 pub struct RawJsPublisher {
     reader: tokio::net::tcp::OwnedReadHalf,
@@ -242,29 +292,11 @@ pub struct RawJsPublisher {
 impl RawJsPublisher {
     /// Connect to `addr` and subscribe to the reply subjects of the acks for `stream`.
     pub async fn connect(addr: &str, connect_json: &str, stream: &str) -> Result<Self> {
-        // Ask for status replies (503 when nothing answers a publish) rather than silence.
-        let mut hello: serde_json::Value =
-            serde_json::from_str(connect_json).context("CONNECT JSON")?;
-        hello["headers"] = true.into();
-        hello["no_responders"] = true.into();
-        let mut conn = RawConn::connect(addr, &hello.to_string()).await?;
-        let token = format!(
-            "{:x}{:x}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.subsec_nanos())
-        );
-        let prefix = format!("_INBOX.{token}.");
-        conn.writer
-            .write_all(format!("SUB {prefix}* 1\r\n").as_bytes())
-            .await
-            .context("sending SUB")?;
-        conn.sync().await.context("SUB not acknowledged")?;
+        let (conn, inbox) = connect_with_inbox(addr, connect_json, ".*").await?;
         Ok(RawJsPublisher {
             reader: conn.reader,
             writer: conn.writer,
-            prefix,
+            prefix: format!("{inbox}."),
             stream: stream.to_string(),
         })
     }

@@ -12,6 +12,7 @@ mod js;
 mod jsraw;
 mod nats;
 pub mod raw;
+mod rawfetch;
 
 use crate::conn::ConnArgs;
 use crate::procstat;
@@ -38,7 +39,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 128)]
     pub size: usize,
     /// Use the lean raw-protocol publisher/subscriber instead of async-nats (with
-    /// `--js pub`: the raw JetStream publisher, acks read from the socket).
+    /// `--js pub`: the raw JetStream publisher, acks read from the socket; with `--js fetch`:
+    /// the raw pull consumer).
     #[arg(long, conflicts_with = "request")]
     pub raw: bool,
     /// Request/reply latency mode: a responder on its own connection, `--clients` requesters.
