@@ -8,7 +8,6 @@
 
 use std::cell::Cell;
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use canopy_store::{ConsumerState, ConsumerStore, MessageStore, SequencePair, StoredMsg};
@@ -606,13 +605,22 @@ impl Consumer {
     ) -> Option<u64> {
         let dseq = self.st.state().delivered.consumer + 1;
         let pending = self.num_pending(ctx.store);
+        // `$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<dseq>.<ts>.<pending>`, built
+        // without the formatting machinery (one per delivered message).
         let mut reply = std::mem::take(&mut self.reply_buf);
         reply.clear();
-        let _ = write!(
-            reply,
-            "$JS.ACK.{}.{}.{}.{}.{}.{}.{}",
-            ctx.stream, self.name, dc, m.seq, dseq, m.ts, pending
-        );
+        for part in ["$JS.ACK.", ctx.stream, ".", &self.name] {
+            reply.push_str(part);
+        }
+        let mut digits = itoa::Buffer::new();
+        for n in [dc, m.seq, dseq] {
+            reply.push('.');
+            reply.push_str(digits.format(n));
+        }
+        reply.push('.');
+        reply.push_str(digits.format(m.ts));
+        reply.push('.');
+        reply.push_str(digits.format(pending));
         let (hdr, payload): (Vec<u8>, &[u8]) = if self.cfg.headers_only {
             (
                 util::add_headers(
@@ -633,7 +641,8 @@ impl Consumer {
             .deliver(ctx.account, to, m.subject(), Some(&reply), hdr, payload);
         self.reply_buf = reply;
         let now = now_ns();
-        self.last_delivery = Instant::now();
+        let at = Instant::now();
+        self.last_delivery = at;
         self.last_active_ns = now;
         self.st.update_delivered(dseq, m.seq, dc, now);
         if self.cfg.ack_policy == AckPolicy::None {
@@ -641,10 +650,7 @@ impl Consumer {
             return Some(m.seq);
         }
         let wait = self.ack_wait_for(dc);
-        self.set_deadline(
-            m.seq,
-            Instant::now() + Duration::from_nanos(wait.max(0) as u64),
-        );
+        self.set_deadline(m.seq, at + Duration::from_nanos(wait.max(0) as u64));
         None
     }
 

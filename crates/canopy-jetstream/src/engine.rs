@@ -871,7 +871,7 @@ fn ack_msg(acc: &Account, m: JsMsg, limit: usize) -> bool {
     // ack of every pull and push consumer.
     let mut toks = [""; 9];
     let mut n = 0;
-    for t in m.subject.split('.') {
+    for t in canopy_subject::validate::tokens(&m.subject) {
         if let Some(slot) = toks.get_mut(n) {
             *slot = t;
         }

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use parking_lot::RwLock;
 
 use crate::matching::subject_matches;
-use crate::validate::{is_literal, is_well_formed, tokens, FWC, PWC};
+use crate::validate::{is_literal, is_well_formed, tokens, FWC, PWC, TSEP};
 
 /// Cache size above which the cache is trimmed.
 pub const CACHE_MAX: usize = 1024;
@@ -286,16 +286,24 @@ impl<T: PartialEq> Level<T> {
 /// Splits off the first token: `("a", Some("b.c"))` for `"a.b.c"`.
 #[inline]
 fn split_first(subject: &str) -> (&str, Option<&str>) {
-    match subject.split_once('.') {
-        Some((t, rest)) => (t, Some(rest)),
+    match subject.bytes().position(|b| b == TSEP) {
+        Some(i) => {
+            // The separator is ASCII: a char boundary.
+            let (first, rest) = subject.split_at(i);
+            (first, rest.get(1..))
+        }
         None => (subject, None),
     }
 }
 
-/// A published subject can match something only if it has no empty token.
+/// A published subject can match something only if it has no empty token: it is not
+/// empty, neither starts nor ends with a separator and has no two in a row.
 #[inline]
 fn is_matchable(subject: &str) -> bool {
-    !subject.is_empty() && tokens(subject).all(|t| !t.is_empty())
+    let b = subject.as_bytes();
+    b.first().is_some_and(|&c| c != TSEP)
+        && b.last().is_some_and(|&c| c != TSEP)
+        && !b.windows(2).any(|w| w[0] == TSEP && w[1] == TSEP)
 }
 
 /// Collects every node matching the (matchable) `subject` below `level`. Recursion happens
@@ -1121,6 +1129,18 @@ mod tests {
         fn sublist_matches_brute_force_tiny_cache(ops in prop::collection::vec(op_strategy(), 1..60)) {
             // Trimming on nearly every miss.
             run_ops(&Sublist::with_cache_limits(true, 4, 2), &ops)?;
+        }
+
+        /// The byte scans agree with `str::split` on any text, separators and non-ASCII
+        /// included.
+        #[test]
+        fn byte_scans_agree_with_str_split(s in "[a.é>*]{0,12}") {
+            let want: Vec<&str> = s.split('.').collect();
+            prop_assert_eq!(tokens(&s).collect::<Vec<_>>(), want.clone());
+            prop_assert_eq!(is_matchable(&s), want.iter().all(|t| !t.is_empty()));
+            let (first, rest) = split_first(&s);
+            prop_assert_eq!(first, want[0]);
+            prop_assert_eq!(rest, s.split_once('.').map(|(_, r)| r));
         }
     }
 }

@@ -85,8 +85,8 @@ impl InMsg {
             _ => (None, payload),
         };
         InMsg {
-            subject: String::from_utf8_lossy(subject).into_owned(),
-            reply: reply.map(|r| String::from_utf8_lossy(r).into_owned()),
+            subject: owned_text(subject),
+            reply: reply.map(owned_text),
             headers,
             payload: Bytes::copy_from_slice(body),
             origin,
@@ -121,6 +121,15 @@ pub trait Sink: Send + Sync {
 
 /// Builds the origin of a message delivered in `account` from what the delivery path
 /// knows of its publisher.
+/// `b` as an owned string; invalid UTF-8 replaced (subjects from clients were checked
+/// already, so the lossy path is the rare one).
+fn owned_text(b: &[u8]) -> String {
+    match std::str::from_utf8(b) {
+        Ok(s) => s.to_owned(),
+        Err(_) => String::from_utf8_lossy(b).into_owned(),
+    }
+}
+
 pub fn origin_of(
     account: &str,
     cid: u64,
