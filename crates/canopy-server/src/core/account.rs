@@ -101,6 +101,9 @@ impl std::ops::Deref for SubRef {
 
 pub struct Account {
     pub name: String,
+    /// The name again, shared: what the messages handed to services carry (no
+    /// allocation per message).
+    pub shared_name: Arc<str>,
     pub sublist: Sublist<SubRef>,
     pub num_conns: AtomicUsize,
     pub num_leafs: AtomicUsize,
@@ -140,6 +143,7 @@ impl Account {
             interest: parking_lot::Mutex::new(InterestMap::default()),
             links: parking_lot::RwLock::new(Vec::new()),
             name: name.to_string(),
+            shared_name: Arc::from(name),
             sublist: Sublist::with_cache(cache),
             num_conns: AtomicUsize::new(0),
             num_leafs: AtomicUsize::new(0),

@@ -454,7 +454,7 @@ fn offer_to_sink(
     d: &mut Delivered,
 ) -> bool {
     let from = origin_of(
-        &acc.name,
+        &acc.shared_name,
         origin.cid,
         origin.conn,
         origin.class,

@@ -131,7 +131,7 @@ fn owned_text(b: &[u8]) -> String {
 }
 
 pub fn origin_of(
-    account: &str,
+    account: &Arc<str>,
     cid: u64,
     conn: Option<&ConnShared>,
     class: LinkClass,
@@ -142,7 +142,7 @@ pub fn origin_of(
         _ => String::new(),
     };
     MsgOrigin {
-        account: Arc::from(account),
+        account: account.clone(),
         cid,
         user,
         server: peer.map(Arc::from),
@@ -163,7 +163,7 @@ mod tests {
     use super::*;
 
     fn origin() -> MsgOrigin {
-        origin_of("A", 0, None, LinkClass::Client, None)
+        origin_of(&Arc::from("A"), 0, None, LinkClass::Client, None)
     }
 
     #[test]
