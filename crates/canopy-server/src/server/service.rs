@@ -43,6 +43,8 @@ struct Deferred {
     list: FlushList,
     /// Bytes published since the last flush.
     bytes: usize,
+    /// The scope's thread writes to the receivers itself ([`with_deferred_flush`]).
+    direct: bool,
 }
 
 /// Past this many bytes published in one deferred scope, its receivers are woken and the
@@ -50,6 +52,12 @@ struct Deferred {
 /// holds more than this unwritten, nor lets a receiver's buffer grow towards its
 /// slow-consumer bound unseen by its writer.
 const DEFER_MAX_BYTES: usize = 256 * 1024;
+
+/// A scope whose thread writes to the receivers itself writes every this many bytes: a
+/// pull request's batch goes out in a few writes, so that the client starts on (and acks)
+/// its first messages while the rest are read from the store, rather than after the whole
+/// batch (measured: `canopy bench --js fetch`, about +10% msgs/s with either client).
+const DIRECT_CHUNK_BYTES: usize = 6 * 1024;
 
 /// Runs `f` with the flushes of what this thread publishes held back, and done once when
 /// it returns (or unwinds): a batch of replies wakes each receiver's writer once instead of
@@ -76,7 +84,12 @@ pub fn with_deferred_flush<R>(direct: bool, f: impl FnOnce() -> R) -> R {
     if DEFERRED.with(|d| d.borrow().is_some()) {
         return f();
     }
-    DEFERRED.with(|d| *d.borrow_mut() = Some(Deferred::default()));
+    DEFERRED.with(|d| {
+        *d.borrow_mut() = Some(Deferred {
+            direct,
+            ..Deferred::default()
+        })
+    });
     let _flusher = Flusher { direct };
     f()
 }
@@ -597,7 +610,10 @@ impl Server {
                 l.list.absorb(&mut flush);
                 // The bytes written for it, near enough (payloads and subjects).
                 l.bytes += (d.bytes as usize).max(payload.len()) + route_subject.len();
-                if l.bytes >= DEFER_MAX_BYTES {
+                if l.direct && l.bytes >= DIRECT_CHUNK_BYTES {
+                    l.list.flush_direct();
+                    l.bytes = 0;
+                } else if l.bytes >= DEFER_MAX_BYTES {
                     l.list.flush();
                     l.bytes = 0;
                 }
@@ -680,6 +696,8 @@ mod tests {
         Server::new(canopy_conf::Options::default())
     }
 
+    /// A scope holds back at most [`DEFER_MAX_BYTES`], and one whose thread writes
+    /// directly at most [`DIRECT_CHUNK_BYTES`] (and a message): it writes on its way.
     #[tokio::test]
     async fn a_deferred_scope_holds_back_a_bounded_amount() {
         let s = server();
@@ -687,19 +705,28 @@ mod tests {
         let svc = Service::start(&s, "t", ServiceOpts::default());
         let held = || DEFERRED.with(|d| d.borrow().as_ref().map(|d| d.bytes));
         let payload = vec![b'x'; 1024];
-        let mut wrapped = false;
-        with_deferred_flush(true, || {
-            let mut last = 0;
-            for _ in 0..(DEFER_MAX_BYTES / 1024) * 3 {
-                svc.publish(&acc, "burst", None, None, &payload);
-                let now = held().unwrap_or(usize::MAX);
-                assert!(now < DEFER_MAX_BYTES, "{now} bytes held back");
-                wrapped |= now < last;
-                last = now;
-            }
-        });
-        assert!(wrapped, "the scope never flushed on its way");
-        assert_eq!(held(), None);
+        for (direct, bound) in [
+            (true, DIRECT_CHUNK_BYTES + 2 * 1024),
+            (false, DEFER_MAX_BYTES),
+        ] {
+            let (mut wrapped, mut most) = (false, 0);
+            with_deferred_flush(direct, || {
+                let mut last = 0;
+                for _ in 0..(DEFER_MAX_BYTES / 1024) * 3 {
+                    svc.publish(&acc, "burst", None, None, &payload);
+                    let now = held().unwrap_or(usize::MAX);
+                    assert!(now < bound, "direct {direct}: {now} bytes held back");
+                    wrapped |= now < last;
+                    (last, most) = (now, most.max(now));
+                }
+            });
+            assert!(
+                wrapped,
+                "direct {direct}: the scope never flushed on its way"
+            );
+            assert_eq!(direct, most < DIRECT_CHUNK_BYTES + 2 * 1024, "{most}");
+            assert_eq!(held(), None);
+        }
     }
 
     /// A handler that records what it saw.
