@@ -342,8 +342,25 @@ fn bench_js_modes() {
     ]);
     assert_eq!(r["client"], "raw", "{r}");
     assert_eq!(r["pub"]["msgs"], 3000, "{r}");
+    // The raw pull consumer: every delivery checked and acked, the last pull shorter.
+    let r = js.json(&[
+        "bench",
+        "canopy.js.bench",
+        "--js",
+        "fetch",
+        "--raw",
+        "--msgs",
+        "3050",
+        "--batch",
+        "100",
+    ]);
+    assert_eq!(r["client"], "raw", "{r}");
+    assert_eq!(r["sub"]["msgs"], 3050, "{r}");
     let err = js.fails(&["bench", "canopy.js.bench", "--js", "sync", "--raw"]);
-    assert!(err.contains("--raw goes with --js pub only"), "{err}");
+    assert!(
+        err.contains("--raw goes with --js pub and --js fetch only"),
+        "{err}"
+    );
     // The bench leaves nothing behind.
     assert_eq!(js.json(&["account", "info"])["streams"], 0);
 }
