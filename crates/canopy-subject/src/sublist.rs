@@ -600,8 +600,9 @@ impl<T: Clone + PartialEq + Send + Sync> Sublist<T> {
     }
 
     /// [`Sublist::match_with_generation`] for a subject that is not expected again (a
-    /// JetStream ack or a request's reply inbox): the cache is read but not filled, which
-    /// spares the write lock, the key's allocation and the sweeps.
+    /// JetStream ack or a request's reply inbox): the cache is neither read (it would
+    /// hash the whole subject for a miss) nor filled, which spares the write lock, the
+    /// key's allocation and the sweeps. The answer is the same.
     pub fn match_once(&self, subject: &str) -> (Arc<MatchResult<T>>, u64) {
         self.match_inner(subject, false)
     }
@@ -611,7 +612,12 @@ impl<T: Clone + PartialEq + Send + Sync> Sublist<T> {
         let guard = self.inner.read();
         // Only changed under the write lock, so stable while we hold the read lock.
         let gen = self.genid.load(Ordering::Relaxed);
-        if let Some(r) = guard.cache.as_ref().and_then(|c| c.get(subject)) {
+        if let Some(r) = guard
+            .cache
+            .as_ref()
+            .filter(|_| fill)
+            .and_then(|c| c.get(subject))
+        {
             return (r.clone(), gen);
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
@@ -748,7 +754,7 @@ mod tests {
         assert_eq!(sl.stats().num_cache, 100);
         sl.match_once("$JS.ACK.S.C.1.x.1.0.0");
         assert_eq!(sl.stats().num_cache, 100);
-        // A cached subject is still answered from the cache.
+        // A subject in the cache gets the same answer.
         assert_eq!(norm(&sl.match_once("$JS.ACK.S.C.1.7.7.0.0").0).0, vec![1]);
     }
 
