@@ -328,34 +328,28 @@ fn bench_js_modes() {
         let text = js.ok(&["bench", "canopy.js.bench", "--js", mode, "--msgs", "50"]);
         assert!(text.contains("JetStream benchmark"), "{text}");
     }
-    // The raw publisher (user/password in its raw CONNECT): every ack counted and checked.
-    let r = js.json(&[
-        "bench",
-        "canopy.js.bench",
-        "--js",
-        "pub",
-        "--raw",
-        "--msgs",
-        "3000",
-        "--window",
-        "64",
-    ]);
-    assert_eq!(r["client"], "raw", "{r}");
-    assert_eq!(r["pub"]["msgs"], 3000, "{r}");
-    // The raw pull consumer: every delivery checked and acked, the last pull shorter.
-    let r = js.json(&[
-        "bench",
-        "canopy.js.bench",
-        "--js",
-        "fetch",
-        "--raw",
-        "--msgs",
-        "3050",
-        "--batch",
-        "100",
-    ]);
-    assert_eq!(r["client"], "raw", "{r}");
-    assert_eq!(r["sub"]["msgs"], 3050, "{r}");
+    // The raw clients (user/password in their raw CONNECT): the publisher counts and
+    // checks every ack; the pull consumer checks and acks every delivery (the last pull
+    // shorter than the batch).
+    for (mode, opt, val, side, n) in [
+        ("pub", "--window", "64", "pub", 3000),
+        ("fetch", "--batch", "100", "sub", 3050),
+    ] {
+        let msgs = n.to_string();
+        let r = js.json(&[
+            "bench",
+            "canopy.js.bench",
+            "--js",
+            mode,
+            "--raw",
+            "--msgs",
+            &msgs,
+            opt,
+            val,
+        ]);
+        assert_eq!(r["client"], "raw", "{r}");
+        assert_eq!(r[side]["msgs"], n, "{r}");
+    }
     let err = js.fails(&["bench", "canopy.js.bench", "--js", "sync", "--raw"]);
     assert!(
         err.contains("--raw goes with --js pub and --js fetch only"),
