@@ -580,14 +580,17 @@ impl Server {
         // without an ack reply crosses as the deliver subject, as in nats-server. Built
         // only when the message may cross a link (or be spooled for one): a delivery to a
         // local client (most of them) does without the allocation.
-        let may_cross = acc.spooling.load(Ordering::Relaxed)
-            || !result.qsubs.is_empty()
-            || result
-                .psubs
-                .iter()
-                .any(|s| s.conn.kind != crate::core::conn::ConnKind::Client);
+        // Looked at only for a delivery with an ack reply (not for every reply published).
+        let may_cross = || {
+            acc.spooling.load(Ordering::Relaxed)
+                || !result.qsubs.is_empty()
+                || result
+                    .psubs
+                    .iter()
+                    .any(|s| s.conn.kind != crate::core::conn::ConnKind::Client)
+        };
         let link_reply = match (seen_subject, reply) {
-            (Some(s), Some(r)) if may_cross && r.as_bytes().starts_with(LinkForm::ACK_PREFIX) => {
+            (Some(s), Some(r)) if r.as_bytes().starts_with(LinkForm::ACK_PREFIX) && may_cross() => {
                 Some(format!("{r}@{s}"))
             }
             _ => None,
