@@ -118,8 +118,7 @@ pub(crate) struct StreamHandle {
 /// state before it answers, fsynced with `sync_interval: always`; with that setting, acks
 /// and deliveries of an interest or work-queue stream remove messages, also fsynced.
 fn may_inline(core: &StreamCore, cmd: &Cmd) -> bool {
-    let fsyncs =
-        core.sync_every.is_none() && core.dir.is_some() && core.cfg.retention != Retention::Limits;
+    let fsyncs = core.fsyncs_every_write() && core.cfg.retention != Retention::Limits;
     !fsyncs && !matches!(cmd, Cmd::Ack { reply: Some(_), .. })
 }
 
@@ -138,6 +137,38 @@ struct State {
     core: Option<StreamCore>,
     /// When the thread next wakes for its timers (set by the thread, under the lock).
     planned: Instant,
+}
+
+/// The state of an [`idle`](StreamHandle::idle) stream, held by the thread doing its
+/// work. Released, it wakes the stream's thread when the work set an earlier deadline than
+/// the one the thread sleeps towards.
+pub(crate) struct Idle<'a> {
+    h: &'a StreamHandle,
+    guard: Option<parking_lot::MutexGuard<'a, State>>,
+}
+
+impl Idle<'_> {
+    /// The stream's core (always there: [`StreamHandle::idle`] hands out a guard only
+    /// over a running core).
+    pub(crate) fn core(&mut self) -> Option<&mut StreamCore> {
+        self.guard.as_mut().and_then(|g| g.core.as_mut())
+    }
+}
+
+impl Drop for Idle<'_> {
+    fn drop(&mut self) {
+        let Some(guard) = self.guard.take() else {
+            return;
+        };
+        let early = guard
+            .core
+            .as_ref()
+            .is_some_and(|c| c.next_at() < guard.planned);
+        drop(guard);
+        if early {
+            self.h.send(Cmd::Wake);
+        }
+    }
 }
 
 impl StreamHandle {
@@ -193,41 +224,74 @@ impl StreamHandle {
         }
     }
 
+    /// The stream's state, for work done on the calling thread, when the stream's thread
+    /// is not working and has nothing queued (so nothing sent earlier is overtaken):
+    /// waking the stream's thread on another core costs more than most of its work (on the
+    /// two-core test machine a wake-up across cores takes 20-70 µs, one on the same core
+    /// 1-2 µs). What the work publishes is written by this thread (see [`batched`]).
+    /// `None`: the thread is busy, has work queued, or stopped.
+    pub(crate) fn idle(&self) -> Option<Idle<'_>> {
+        if self.shared.pending.load(Ordering::Acquire) != 0 {
+            return None;
+        }
+        let guard = self.shared.state.try_lock()?;
+        if guard.core.is_none() || self.shared.pending.load(Ordering::Acquire) != 0 {
+            return None;
+        }
+        Some(Idle {
+            h: self,
+            guard: Some(guard),
+        })
+    }
+
     /// Handles a consumer command (an ack, a pull request, a flow-control reply) on the
-    /// calling thread, as nats-server does on the client's reader, when the stream's
-    /// thread is not working and has nothing queued (so nothing sent earlier is
-    /// overtaken): waking the stream's thread on another core costs more than the work
-    /// (on the two-core test machine a wake-up across cores takes 20-40 µs, one on the
-    /// same core 1-2 µs). What it delivers is written by this thread when the command is
-    /// done. Publishes, replicated streams and commands that may wait for the disk
-    /// ([`may_inline`]) always go through the thread. Gives the command back when it
-    /// cannot be handled here (`None`: done).
+    /// calling thread, as nats-server does on the client's reader, when the stream is
+    /// [`idle`](StreamHandle::idle). Publishes to a stream that stores them itself,
+    /// replicated streams and commands that may wait for the disk ([`may_inline`]) always
+    /// go through the thread. Gives the command back when it cannot be handled here
+    /// (`None`: done).
     pub(crate) fn try_inline(&self, cmd: Cmd) -> Option<Cmd> {
-        if !cmd.for_consumer() || self.shared.pending.load(Ordering::Acquire) != 0 {
+        if !cmd.for_consumer() {
             return Some(cmd);
         }
-        let Some(mut guard) = self.shared.state.try_lock() else {
+        let Some(mut idle) = self.idle() else {
             return Some(cmd);
         };
-        let State { core, planned } = &mut *guard;
-        let Some(core) = core.as_mut() else {
+        let Some(core) = idle.core() else {
             return Some(cmd);
         };
-        if core.repl.is_some()
-            || !may_inline(core, &cmd)
-            || self.shared.pending.load(Ordering::Acquire) != 0
-        {
+        if core.repl.is_some() || !may_inline(core, &cmd) {
             return Some(cmd);
         }
         // Never stops the stream: only Stop does.
         batched(core, true, |c| {
             let _ = handle(c, cmd, true);
         });
-        let early = core.next_at() < *planned;
-        drop(guard);
-        if early {
-            self.send(Cmd::Wake);
+        None
+    }
+
+    /// A publish to a replicated stream this member leads, queued and proposed on the
+    /// calling thread (the publisher's reader) when the stream is
+    /// [`idle`](StreamHandle::idle): the leader only checks it against the applied state
+    /// and hands the entry to the Raft group; the disk is written by the group's log and
+    /// by the apply. Gives the message back when it cannot be handled here.
+    fn try_inline_pub(&self, m: JsMsg) -> Option<JsMsg> {
+        if !self.leader.load(Ordering::Relaxed) {
+            return Some(m);
         }
+        let Some(mut idle) = self.idle() else {
+            return Some(m);
+        };
+        let Some(core) = idle.core() else {
+            return Some(m);
+        };
+        if !crate::replica::ready_leader(core) {
+            return Some(m);
+        }
+        batched(core, true, |c| {
+            c.ingest(vec![m]);
+            crate::replica::pump(c);
+        });
         None
     }
 
@@ -236,13 +300,15 @@ impl StreamHandle {
     /// them). `false`: refused.
     pub fn offer(&self, cmd: Cmd, limit: usize) -> bool {
         debug_assert!(cmd.counted());
-        let cmd = if cmd.for_consumer() {
-            match self.try_inline(cmd) {
+        let cmd = match cmd {
+            Cmd::Pub(m) => match self.try_inline_pub(m) {
+                None => return true,
+                Some(m) => Cmd::Pub(m),
+            },
+            cmd => match self.try_inline(cmd) {
                 None => return true,
                 Some(cmd) => cmd,
-            }
-        } else {
-            cmd
+            },
         };
         if self.stats.queued.fetch_add(1, Ordering::AcqRel) >= limit.max(1) {
             self.stats.queued.fetch_sub(1, Ordering::AcqRel);
@@ -911,6 +977,11 @@ impl StreamCore {
         c.pull_request(&ctx, reply, body);
     }
 
+    /// A file store with `sync_interval: always`: every write waits for the disk.
+    pub(crate) fn fsyncs_every_write(&self) -> bool {
+        self.sync_every.is_none() && self.dir.is_some()
+    }
+
     /// When the timers next have work.
     fn next_at(&self) -> Instant {
         let now = Instant::now();
@@ -1312,7 +1383,7 @@ fn ingest_batch(core: &mut StreamCore, pubs: Vec<JsMsg>, last: bool) {
 
 /// Runs `f` inside [`Host::batch`]: the wake-ups of what it publishes are held back until
 /// it returns; `direct`: nothing else waits, this thread may write them itself.
-fn batched(core: &mut StreamCore, direct: bool, f: impl FnOnce(&mut StreamCore)) {
+pub(crate) fn batched(core: &mut StreamCore, direct: bool, f: impl FnOnce(&mut StreamCore)) {
     let host = core.host.clone();
     let mut f = Some(f);
     host.batch(direct, &mut || {

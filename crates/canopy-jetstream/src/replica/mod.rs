@@ -405,6 +405,11 @@ pub(crate) fn delivers(core: &StreamCore) -> bool {
     core.repl.as_ref().is_none_or(|r| r.ready)
 }
 
+/// Is this a replicated stream whose leader here is ready (its no-op applied)?
+pub(crate) fn ready_leader(core: &StreamCore) -> bool {
+    core.repl.as_ref().is_some_and(|r| r.leading && r.ready)
+}
+
 /// Publishes reached a replicated stream: the leader queues them; followers ignore them.
 pub(crate) fn queue_pubs(core: &mut StreamCore, msgs: Vec<JsMsg>) {
     let Some(r) = core.repl.as_mut() else {
@@ -1486,10 +1491,25 @@ impl StateMachine for StreamSm {
         true
     }
 
-    /// The whole run in one visit to the stream's thread, answered through a oneshot the
-    /// group awaits (no runtime worker blocks, no thread hop per entry).
+    /// The whole run applied by the calling task (the group's state machine task) when the
+    /// stream is [`idle`](StreamHandle::idle) and its store does not fsync every write: on
+    /// the leader, the publishers' acks leave from here, with no hop to the stream's thread
+    /// on the path of every replicated publish. Otherwise the run goes to the stream's
+    /// thread in one visit, answered through a oneshot the group awaits (no runtime worker
+    /// blocks, no thread hop per entry).
     fn apply_run(&self, entries: Vec<(u64, Bytes)>) -> canopy_raft::BoxFuture<Vec<Bytes>> {
         let n = entries.len();
+        if let Some(h) = self.h.upgrade() {
+            if let Some(mut idle) = h.idle() {
+                if let Some(core) = idle.core().filter(|c| !c.fsyncs_every_write()) {
+                    let mut out = Vec::with_capacity(n);
+                    crate::stream::batched(core, true, |c| {
+                        out.extend(entries.iter().map(|(i, e)| apply(c, *i, e)));
+                    });
+                    return Box::pin(std::future::ready(out));
+                }
+            }
+        }
         let (tx, rx) = tokio::sync::oneshot::channel();
         let sent = self.h.upgrade().is_some_and(|h| {
             h.send(Cmd::Call(Box::new(move |c| {

@@ -341,3 +341,63 @@ fn origin_identities_are_applied_and_carried_by_snapshots() {
     restore(&mut b, 1, &snap).unwrap();
     assert_eq!(b.sources[0].ident.as_deref(), Some("ID1"));
 }
+
+/// Polls `f` once: `Some` when it is ready at once.
+fn ready_now<T>(f: &mut canopy_raft::BoxFuture<T>) -> Option<T> {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match f.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(v) => Some(v),
+        std::task::Poll::Pending => None,
+    }
+}
+
+#[test]
+fn a_run_is_applied_by_its_caller_when_the_stream_is_idle_and_by_the_thread_when_busy() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let _in_rt = rt.enter();
+    let h = StreamHandle::spawn(core(&rt, cfg(json!({})))).unwrap();
+    let sm = StreamSm {
+        h: Arc::downgrade(&h),
+        durable: false,
+    };
+    let run = |from: u64| {
+        (from..from + 2)
+            .map(|i| {
+                let e = entry(vec![Op::Msgs(vec![msg(i, "s.a", "x")])]);
+                (i, Bytes::from(e))
+            })
+            .collect::<Vec<_>>()
+    };
+    // Idle: applied by the caller, the answers ready without waiting for the thread.
+    let mut f = sm.apply_run(run(1));
+    let out = ready_now(&mut f).expect("an idle stream's run is applied by its caller");
+    assert_eq!(out.len(), 2);
+    assert!(msg_results(&out[0])[0].is_none(), "stored");
+    assert_eq!(h.stats.msgs.load(Ordering::Relaxed), 2);
+
+    // Busy (the thread works on a command): the run waits its turn on the thread.
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    assert!(h.send(Cmd::Call(Box::new(move |_| {
+        let _ = started_tx.send(());
+        let _ = go_rx.recv_timeout(Duration::from_secs(10));
+    }))));
+    started_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    let mut f = sm.apply_run(run(3));
+    assert!(
+        ready_now(&mut f).is_none(),
+        "a busy stream's run goes to its thread"
+    );
+    go_tx.send(()).unwrap();
+    let out = rt.block_on(f);
+    assert_eq!(out.len(), 2);
+    assert!(msg_results(&out[1])[0].is_none(), "stored");
+    let seqs = h
+        .call(|c| contents(c).iter().map(|m| m.0).collect::<Vec<_>>())
+        .unwrap();
+    assert_eq!(seqs, vec![1, 2, 3, 4]);
+    h.stop();
+}
