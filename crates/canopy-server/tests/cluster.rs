@@ -139,6 +139,20 @@ async fn three_canopy_members_gossip_and_deliver_once() {
     let (_c, info) = canopy_testkit::RawClient::connect(&servers[0].addr()).unwrap();
     assert_eq!(info["cluster"], "hub");
     assert_eq!(info["connect_urls"].as_array().unwrap().len(), 3);
+    // Routes (and clustered JetStream's Raft) run on the links runtime: one worker.
+    for s in &servers {
+        let pid = s.pid().unwrap();
+        assert_eq!(threads_named(pid, "canopy-links"), 1, "{}", s.log());
+    }
+}
+
+/// The threads of process `pid` named `name`.
+fn threads_named(pid: u32, name: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|comm| comm.trim() == name)
+        .count()
 }
 
 #[tokio::test]

@@ -2,6 +2,7 @@
 //! and reload ([`signal`]). The top of the dependency chain.
 
 pub mod flags;
+pub mod links;
 pub mod listen;
 pub mod run;
 pub mod signal;

@@ -356,9 +356,17 @@ pub fn main() -> i32 {
             return 1;
         }
     };
+    let links = match crate::process::links::start() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{prog}: cannot start runtime: {e}");
+            return 1;
+        }
+    };
     let res = rt.block_on(run_server(opts, f, prog));
     // Exit at once: tasks still parked (reconnect timers, services) are not waited for.
     rt.shutdown_background();
+    links.shutdown_background();
     match res {
         Ok(()) => 0,
         Err(e) => {
@@ -537,10 +545,15 @@ pub async fn run_server(opts: Options, f: Flags, prog: String) -> anyhow::Result
                 raddr.port()
             );
             route_url = Some(url.trim_end_matches('/').to_string());
-            listeners.push(tokio::spawn(crate::roles::route::accept_routes(
-                server.clone(),
-                l,
-            )));
+            // On the links runtime, which the accepted connections then register with.
+            let l = l.into_std()?;
+            let s = server.clone();
+            listeners.push(crate::process::links::handle().spawn(async move {
+                match tokio::net::TcpListener::from_std(l) {
+                    Ok(l) => crate::roles::route::accept_routes(s, l).await,
+                    Err(e) => tracing::error!("Error listening for route connections: {e}"),
+                }
+            }));
         }
         server.start_routes();
     }

@@ -283,7 +283,7 @@ impl Server {
         let peer_id = Arc::new(Mutex::new(expect_id.clone()));
         for slot in slots {
             let s = self.clone();
-            tokio::spawn(s.dial_route(
+            crate::process::links::handle().spawn(s.dial_route(
                 url.clone(),
                 expect_id.clone(),
                 explicit,

@@ -160,6 +160,10 @@ pub fn start(server: &Arc<Server>) -> anyhow::Result<Option<Arc<Engine>>> {
         let opts = canopy_jetstream::cluster::ClusterOptions {
             unique_tag: j.unique_tag.clone().filter(|t| !t.is_empty()),
         };
+        // The cluster's Raft groups and RPC handlers run on the links runtime, with the
+        // routes they travel on.
+        let links = crate::process::links::handle();
+        let _links = links.enter();
         engine
             .start_cluster(opts)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
