@@ -1499,24 +1499,23 @@ impl StateMachine for StreamSm {
     /// blocks, no thread hop per entry).
     fn apply_run(&self, entries: Vec<(u64, Bytes)>) -> canopy_raft::BoxFuture<Vec<Bytes>> {
         let n = entries.len();
-        if let Some(h) = self.h.upgrade() {
-            if let Some(mut idle) = h.idle() {
-                if let Some(core) = idle.core().filter(|c| !c.fsyncs_every_write()) {
-                    let mut out = Vec::with_capacity(n);
-                    crate::stream::batched(core, true, |c| {
-                        out.extend(entries.iter().map(|(i, e)| apply(c, *i, e)));
-                    });
-                    return Box::pin(std::future::ready(out));
-                }
+        let Some(h) = self.h.upgrade() else {
+            return Box::pin(std::future::ready(vec![Bytes::new(); n]));
+        };
+        if let Some(mut idle) = h.idle() {
+            if let Some(core) = idle.core().filter(|c| !c.fsyncs_every_write()) {
+                let mut out = Vec::with_capacity(n);
+                crate::stream::batched(core, true, |c| {
+                    out.extend(entries.iter().map(|(i, e)| apply(c, *i, e)));
+                });
+                return Box::pin(std::future::ready(out));
             }
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let sent = self.h.upgrade().is_some_and(|h| {
-            h.send(Cmd::Call(Box::new(move |c| {
-                let out = entries.iter().map(|(i, e)| apply(c, *i, e)).collect();
-                let _ = tx.send(out);
-            })))
-        });
+        let sent = h.send(Cmd::Call(Box::new(move |c| {
+            let out = entries.iter().map(|(i, e)| apply(c, *i, e)).collect();
+            let _ = tx.send(out);
+        })));
         Box::pin(async move {
             if !sent {
                 return vec![Bytes::new(); n];
