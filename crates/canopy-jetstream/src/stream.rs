@@ -289,7 +289,7 @@ impl StreamHandle {
             return Some(m);
         }
         batched(core, true, |c| {
-            c.ingest(vec![m]);
+            crate::replica::queue_pubs(c, std::iter::once(m));
             crate::replica::pump(c);
         });
         None

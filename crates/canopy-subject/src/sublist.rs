@@ -286,14 +286,9 @@ impl<T: PartialEq> Level<T> {
 /// Splits off the first token: `("a", Some("b.c"))` for `"a.b.c"`.
 #[inline]
 fn split_first(subject: &str) -> (&str, Option<&str>) {
-    match subject.bytes().position(|b| b == TSEP) {
-        Some(i) => {
-            // The separator is ASCII: a char boundary.
-            let (first, rest) = subject.split_at(i);
-            (first, rest.get(1..))
-        }
-        None => (subject, None),
-    }
+    let mut t = tokens(subject);
+    let first = t.next().unwrap_or(subject);
+    (first, t.rest)
 }
 
 /// A published subject can match something only if it has no empty token: it is not

@@ -43,7 +43,8 @@ pub fn tokens(s: &str) -> Tokens<'_> {
 /// The iterator of [`tokens`].
 #[derive(Clone, Debug)]
 pub struct Tokens<'a> {
-    rest: Option<&'a str>,
+    /// What follows the tokens taken so far (`None`: no token left).
+    pub(crate) rest: Option<&'a str>,
 }
 
 impl<'a> Iterator for Tokens<'a> {

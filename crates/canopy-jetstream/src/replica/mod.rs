@@ -411,21 +411,21 @@ pub(crate) fn ready_leader(core: &StreamCore) -> bool {
 }
 
 /// Publishes reached a replicated stream: the leader queues them; followers ignore them.
-pub(crate) fn queue_pubs(core: &mut StreamCore, msgs: Vec<JsMsg>) {
+pub(crate) fn queue_pubs(core: &mut StreamCore, msgs: impl IntoIterator<Item = JsMsg>) {
     let Some(r) = core.repl.as_mut() else {
         return;
     };
     if !r.leading {
         return;
     }
-    let room = MAX_QUEUE.saturating_sub(r.queue.len());
-    let mut msgs = msgs;
-    let over = if msgs.len() > room {
-        msgs.split_off(room)
-    } else {
-        Vec::new()
-    };
-    r.queue.extend(msgs);
+    let mut over = Vec::new();
+    for m in msgs {
+        if r.queue.len() < MAX_QUEUE {
+            r.queue.push(m);
+        } else {
+            over.push(m);
+        }
+    }
     for m in over {
         core.err_reply(m.reply.as_deref(), E::ClusterNotAvail);
     }

@@ -119,8 +119,6 @@ pub trait Sink: Send + Sync {
     fn offer(&self, msg: InMsg) -> Offer;
 }
 
-/// Builds the origin of a message delivered in `account` from what the delivery path
-/// knows of its publisher.
 /// `b` as an owned string; invalid UTF-8 replaced (subjects from clients were checked
 /// already, so the lossy path is the rare one).
 fn owned_text(b: &[u8]) -> String {
@@ -130,6 +128,8 @@ fn owned_text(b: &[u8]) -> String {
     }
 }
 
+/// Builds the origin of a message delivered in `account` from what the delivery path
+/// knows of its publisher.
 pub fn origin_of(
     account: &Arc<str>,
     cid: u64,

@@ -578,9 +578,9 @@ impl Server {
         };
         // Over links the subject rides in the ack reply (`<reply>@<subject>`); a delivery
         // without an ack reply crosses as the deliver subject, as in nats-server. Built
-        // only when the message may cross a link (or be spooled for one): a delivery to a
-        // local client (most of them) does without the allocation.
-        // Looked at only for a delivery with an ack reply (not for every reply published).
+        // only for a delivery with an ack reply that may cross a link (or be spooled for
+        // one): a delivery to a local client (most of them) does without the allocation,
+        // and other replies the server publishes skip the check.
         let may_cross = || {
             acc.spooling.load(Ordering::Relaxed)
                 || !result.qsubs.is_empty()
